@@ -1,0 +1,31 @@
+"""The `lolscan` command: parse, call the library, render. Each command lives in its own module."""
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from ..errors import LolscanError
+from .console import err_console
+
+app = typer.Typer(
+    name="lolscan",
+    help="Score LoRA adapter files with small GL-equivariant metanetworks.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _register() -> None:
+    # Each module adds its command(s) to `app`; keep this list in CLI help order.
+    from . import inspect_cmd  # noqa: F401
+
+
+def main() -> None:
+    _register()
+    try:
+        app()
+    except LolscanError as exc:  # library errors that escaped a command
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
