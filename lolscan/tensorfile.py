@@ -59,7 +59,7 @@ def read_header(path: str | os.PathLike) -> tuple[dict, int]:
                 raise InputError("not a safetensors file: shorter than its 8-byte header length", path=p)
             n = int.from_bytes(head, "little")
             if n > MAX_HEADER_BYTES:
-                raise InputError(f"safetensors header claims {n} bytes, over the {MAX_HEADER_BYTES} byte limit", path=p)
+                raise InputError(f"not a safetensors file: header length {n} is over the {MAX_HEADER_BYTES} byte limit", path=p)
             if 8 + n > size:
                 raise InputError(f"truncated safetensors file: header needs {8 + n} bytes, file has {size}", path=p)
             raw = fh.read(n)
@@ -153,10 +153,20 @@ def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype)
 
 
+def _looks_pickled(path: Path) -> bool:
+    """torch.save writes a zip archive (PK) or a raw pickle (protocol byte 0x80)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+    except OSError:
+        return False
+    return head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"
+
+
 def read_tensor_file(path: str | os.PathLike, *, allow_pickle: bool = False) -> TensorFile:
     p = Path(path)
     if not p.exists():
         raise InputError("no such file", path=p)
-    if p.suffix.lower() in PICKLE_SUFFIXES:
+    if p.suffix.lower() in PICKLE_SUFFIXES or _looks_pickled(p):
         return read_pickle(p, allow_pickle=allow_pickle)
     return read_safetensors(p)

@@ -1,0 +1,159 @@
+"""Turning grouped tensors into canonical layers, whatever the key scheme."""
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from ..adapter import Adapter, Layer
+from ..errors import InputError, UnsupportedFormat
+from ..tensorfile import TensorFile
+from .common import as_float, dora_axis, lora_layer, scalar, split_scale
+
+# scale_of(module path, rank, alpha from the file or None) -> (scale, alpha used)
+ScaleRule = Callable[[str, int, "float | None"], tuple[float, "float | None"]]
+
+_REFUSED = {
+    "oft": "OFT/BOFT (orthogonal finetuning) multiplies the base weight; its ΔW cannot be expressed without the base model",
+    "ia3": "IA³ rescales the base weight; its ΔW cannot be expressed without the base model",
+    "glora": "GLoRA has a base-weight-dependent part; its ΔW cannot be expressed without the base model",
+}
+
+
+@dataclass
+class Built:
+    layers: dict[str, Layer] = field(default_factory=dict)
+    extras: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+
+def alpha_rule(default_alpha_is_rank: bool = True) -> ScaleRule:
+    """kohya/LyCORIS/diffusers rule: s = alpha/r with alpha from the file; no alpha (or 0) ⇒ s = 1."""
+
+    def rule(module: str, rank: int, alpha: float | None) -> tuple[float, float | None]:
+        if alpha is None or (alpha == 0 and default_alpha_is_rank):
+            return 1.0, None
+        return alpha / rank, alpha
+
+    return rule
+
+
+def build_layers(
+    tf: TensorFile,
+    modules: dict[str, dict[str, str]],
+    *,
+    name_of: Callable[[str], str],
+    scale_of: ScaleRule,
+    default_alpha: Callable[[str], "float | None"] = lambda module: None,
+) -> Built:
+    out = Built()
+    t = tf.tensors
+    for module, roles in modules.items():
+        for role, reason in _REFUSED.items():
+            if role in roles:
+                raise UnsupportedFormat(f"module {module!r}: {reason}; lolscan reads low-rank adapters only", path=tf.path)
+        name = name_of(module)
+        alpha = scalar(t[roles["alpha"]], roles["alpha"], tf.path) if "alpha" in roles else None
+        keys = tuple(sorted(roles.values()))
+        layer: Layer | None = None
+        if "up" in roles or "down" in roles:
+            if not ("up" in roles and "down" in roles):
+                missing = "down" if "up" in roles else "up"
+                raise InputError(f"module {module!r} has no {missing} weight to pair with", path=tf.path)
+            rank = t[roles["down"]].shape[0]
+            s, used_alpha = scale_of(module, rank, alpha)
+            if "scale" in roles:  # A1111's explicit scale overrides alpha/dim
+                s = scalar(t[roles["scale"]], roles["scale"], tf.path)
+            layer = lora_layer(t[roles["up"]], t[roles["down"]], s, name=module, path=tf.path, keys=keys,
+                               mid=t[roles["mid"]] if "mid" in roles else None, alpha=used_alpha)
+        elif "emb_A" in roles and "emb_B" in roles:
+            A = as_float(t[roles["emb_A"]], roles["emb_A"], tf.path)  # [r, num_embeddings]
+            B = as_float(t[roles["emb_B"]], roles["emb_B"], tf.path)  # [dim, r]
+            if A.ndim != 2 or B.ndim != 2 or A.shape[0] != B.shape[1]:
+                raise InputError(f"module {module!r}: embedding factors {list(A.shape)} / {list(B.shape)} do not pair", path=tf.path)
+            s, used_alpha = scale_of(module, A.shape[0], alpha)
+            # Embedding weight is [num_embeddings, dim] and ΔW = s·(B A)ᵀ = s·Aᵀ Bᵀ.
+            U, V = split_scale(A.T, B, s)
+            layer = Layer(U=U, V=V, shape=(A.shape[1], B.shape[0]), kind="embedding", alpha=used_alpha, scale=s, source_keys=keys)
+        elif any(r.startswith("hada_") for r in roles) or any(r.startswith("lokr_") for r in roles):
+            layer = _lycoris_layer(tf, module, roles, alpha if alpha is not None else default_alpha(module))
+        elif "diff" in roles:
+            for k in roles.values():
+                out.extras[k] = tuple(t[k].shape)
+            out.warnings.append(f"{module}: full-weight difference (not low-rank) reported, not scored")
+            continue
+        else:
+            for k in roles.values():
+                out.extras[k] = tuple(t[k].shape)
+            continue
+        if "magnitude" in roles:
+            mag = as_float(t[roles["magnitude"]], roles["magnitude"], tf.path).float()
+            layer.magnitude = mag.reshape(-1)
+            layer.dora_axis = dora_axis(mag, layer)
+        if "bias" in roles:
+            out.extras[roles["bias"]] = tuple(t[roles["bias"]].shape)
+        if name in out.layers:
+            raise InputError(f"two entries map to the same module {name!r}", path=tf.path)
+        out.layers[name] = layer
+    return out
+
+
+def _lycoris_layer(tf: TensorFile, module: str, roles: dict[str, str], alpha: float | None) -> Layer:
+    from . import lycoris
+
+    t = {role: as_float(tf.tensors[key], key, tf.path) for role, key in roles.items() if role not in ("alpha", "scale", "magnitude")}
+    keys = tuple(sorted(roles.values()))
+    try:
+        if "hada_w1_a" in t:
+            s = lycoris.lycoris_scale(alpha, t, "loha")
+            out_shape = _loha_shape(t)
+            U, V = lycoris.loha_factors(t["hada_w1_a"], t["hada_w1_b"], t["hada_w2_a"], t["hada_w2_b"], scale=s,
+                                        t1=t.get("hada_t1"), t2=t.get("hada_t2"), out_shape=out_shape)
+            algo = "loha"
+        else:
+            s = lycoris.lycoris_scale(alpha, t, "lokr")
+            out_shape = _lokr_shape(t)
+            kw = {k.removeprefix("lokr_").replace("_", ""): v for k, v in t.items()}
+            U, V = lycoris.lokr_factors(scale=s, out_shape=out_shape, **kw)
+            algo = "lokr"
+    except (KeyError, RuntimeError, ValueError) as exc:
+        raise InputError(f"module {module!r}: malformed LyCORIS tensors ({exc})", path=tf.path) from None
+    return Layer(U=U.float(), V=V.float(), shape=out_shape, kind="conv" if len(out_shape) > 2 else "linear",
+                 algo=algo, alpha=alpha, scale=s, source_keys=keys)
+
+
+def _loha_shape(t: dict[str, torch.Tensor]) -> tuple[int, ...]:
+    if "hada_t1" in t:  # Tucker: w_a [r, out], w_b [r, in], t [r, r, kh, kw]
+        return (t["hada_w1_a"].shape[1], t["hada_w1_b"].shape[1], *t["hada_t1"].shape[2:])
+    return (t["hada_w1_a"].shape[0], t["hada_w1_b"].shape[1])
+
+
+def _lokr_shape(t: dict[str, torch.Tensor]) -> tuple[int, ...]:
+    w1 = t["lokr_w1"] if "lokr_w1" in t else t["lokr_w1_a"] @ t["lokr_w1_b"]
+    if "lokr_w2" in t:
+        w2_shape = tuple(t["lokr_w2"].shape)
+    elif "lokr_t2" in t:
+        w2_shape = (t["lokr_w2_a"].shape[1], t["lokr_w2_b"].shape[1], *t["lokr_t2"].shape[2:])
+    else:
+        w2_shape = (t["lokr_w2_a"].shape[0], t["lokr_w2_b"].shape[1])
+    a, c = w1.shape
+    return (a * w2_shape[0], c * w2_shape[1], *w2_shape[2:])
+
+
+def finish(fmt: str, tf: TensorFile, built: Built, *, source: str, metadata: dict, config: dict | None = None,
+           leftover: list[str] = ()) -> Adapter:
+    extras = dict(built.extras)
+    for k in leftover:
+        extras[k] = tuple(tf.tensors[k].shape)
+    if not built.layers:
+        raise UnsupportedFormat("contains no LoRA layers lolscan can read" + (f" (found {len(extras)} other tensors)" if extras else ""), path=tf.path)
+    lora_keys = {k for layer in built.layers.values() for k in layer.source_keys}
+    dtypes = Counter(tf.dtypes[k] for k in lora_keys if k in tf.dtypes)
+    warnings = list(built.warnings)
+    bad = [n for n, layer in built.layers.items() if not (torch.isfinite(layer.U).all() and torch.isfinite(layer.V).all())]
+    if bad:
+        warnings.append(f"{len(bad)} module(s) hold NaN/Inf values, e.g. {bad[0]}")
+    return Adapter(layers=built.layers, format=fmt, source=source, metadata=metadata, config=config or {},
+                   extra_tensors=extras, warnings=warnings, dtype=dtypes.most_common(1)[0][0] if dtypes else "")

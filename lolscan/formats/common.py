@@ -1,0 +1,82 @@
+"""Building exact canonical layers from raw up/down tensors."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..adapter import Layer
+from ..errors import InputError
+
+
+def as_float(t: torch.Tensor, key: str, path: str) -> torch.Tensor:
+    """Return `t` in float64, refusing integer/bool tensors where factors are expected."""
+    if not (t.is_floating_point()):
+        raise InputError(f"tensor {key!r} has dtype {str(t.dtype).replace('torch.', '')}, expected floating point", path=path)
+    return t.to(torch.float64)
+
+
+def scalar(t: torch.Tensor, key: str, path: str) -> float:
+    """Read a 0-d (or single-element) alpha/scale tensor."""
+    if t.numel() != 1:
+        raise InputError(f"tensor {key!r} should hold one number, has shape {list(t.shape)}", path=path)
+    return float(as_float(t, key, path).reshape(-1)[0])
+
+
+def split_scale(up: torch.Tensor, down_t: torch.Tensor, s: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fold scalar `s` evenly into both factors: U = sign(s)·√|s|·up, V = √|s|·down_t."""
+    c = math.sqrt(abs(s))
+    return (up * (c if s >= 0 else -c)).float(), (down_t * c).float()
+
+
+def lora_layer(
+    up: torch.Tensor,
+    down: torch.Tensor,
+    scale: float,
+    *,
+    name: str,
+    path: str,
+    keys: tuple[str, ...],
+    mid: torch.Tensor | None = None,
+    alpha: float | None = None,
+) -> Layer:
+    """A LoRA/LoCon module from `up` [out, r(, 1, 1)] and `down` [r, in(, kh, kw)] (+ Tucker `mid`)."""
+    up64 = as_float(up, keys[0], path)
+    down64 = as_float(down, keys[-1], path)
+    if up64.ndim < 2 or down64.ndim < 2:
+        raise InputError(f"module {name!r}: up/down must be at least 2-D, got {list(up.shape)} and {list(down.shape)}", path=path)
+    r = down64.shape[0]
+    if any(d != 1 for d in up64.shape[2:]):
+        raise InputError(f"module {name!r}: up weight {list(up.shape)} is not a 1×1 kernel", path=path)
+    B = up64.reshape(up64.shape[0], -1)
+    if mid is not None:
+        mid64 = as_float(mid, f"{name}.lora_mid.weight", path)
+        if mid64.ndim < 3 or mid64.shape[0] != B.shape[1] or mid64.shape[1] != r:
+            raise InputError(f"module {name!r}: lora_mid {list(mid.shape)} does not pair with up {list(up.shape)} / down {list(down.shape)}", path=path)
+        d = down64.reshape(r, -1)  # Tucker: down is [r, in, 1, 1]
+        # M[a, i, h, w] = Σ_b mid[a, b, h, w] · down[b, i]
+        A = torch.einsum("abhw,bi->aihw", mid64, d).reshape(mid64.shape[0], -1)
+        kernel = tuple(mid64.shape[2:])
+        in_ch = d.shape[1]
+    else:
+        A = down64.reshape(r, -1)
+        kernel = tuple(down64.shape[2:])
+        in_ch = down64.shape[1]
+    if B.shape[1] != A.shape[0]:
+        raise InputError(
+            f"module {name!r}: rank mismatch between up {list(up.shape)} and down {list(down.shape)}", path=path
+        )
+    U, V = split_scale(B, A.T, scale)
+    shape = (B.shape[0], in_ch, *kernel)
+    return Layer(
+        U=U, V=V, shape=shape, kind="conv" if kernel else "linear", algo="locon-tucker" if mid is not None else "lora",
+        alpha=alpha, scale=scale, source_keys=keys,
+    )
+
+
+def dora_axis(magnitude: torch.Tensor, layer: Layer) -> str:
+    """Which axis a DoRA magnitude normalises: per output row (PEFT, LyCORIS ≥3.2) or per input column."""
+    flat = magnitude.reshape(-1)
+    if magnitude.ndim >= 2 and magnitude.shape[0] == 1 and flat.numel() == layer.shape[1]:
+        return "in"
+    return "out"

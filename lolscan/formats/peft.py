@@ -1,0 +1,80 @@
+"""PEFT adapters: a folder with adapter_config.json + adapter_model.safetensors (or a bare weights file)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from ..adapter import Adapter
+from ..errors import InputError, UnsupportedFormat
+from ..tensorfile import TensorFile, read_tensor_file
+from .build import build_layers, finish
+from .grouping import group_keys
+from .names import dotted_module_name
+from .peft_config import BASE_DEPENDENT_PEFT_TYPES, LOW_RANK_PEFT_TYPES, peft_scale
+
+CONFIG_NAME = "adapter_config.json"
+WEIGHT_NAMES = ("adapter_model.safetensors", "adapter_model.bin")
+
+
+def is_peft_folder(path: Path) -> bool:
+    return path.is_dir() and (path / CONFIG_NAME).is_file()
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"unreadable adapter_config.json ({type(exc).__name__})", path=path) from None
+    if not isinstance(config, dict):
+        raise InputError("adapter_config.json is not a JSON object", path=path)
+    return config
+
+
+def check_peft_type(config: dict[str, Any], path: Path | str) -> str:
+    peft_type = str(config.get("peft_type") or "LORA").upper()
+    if peft_type in BASE_DEPENDENT_PEFT_TYPES:
+        raise UnsupportedFormat(f"PEFT {peft_type} adapters change W through the base weights; their ΔW cannot be expressed without the base model", path=path)
+    if peft_type not in LOW_RANK_PEFT_TYPES:
+        raise UnsupportedFormat(f"PEFT adapter type {peft_type!r} is not supported (LORA, LOHA, LOKR are)", path=path)
+    return peft_type
+
+
+def load_peft_folder(folder: Path, *, allow_pickle: bool) -> Adapter:
+    config = read_config(folder / CONFIG_NAME)
+    check_peft_type(config, folder / CONFIG_NAME)
+    for name in WEIGHT_NAMES:
+        if (folder / name).is_file():
+            tf = read_tensor_file(folder / name, allow_pickle=allow_pickle)
+            return from_tensors(tf, config, source=str(folder))
+    raise InputError(f"PEFT folder has no {' or '.join(WEIGHT_NAMES)}", path=folder)
+
+
+def module_path(key_module: str) -> str:
+    """Path inside the base model, as PEFT's patterns see it (no `base_model.model.` wrapper)."""
+    return key_module.removeprefix("base_model.model.")
+
+
+def from_tensors(tf: TensorFile, config: dict[str, Any], *, source: str) -> Adapter:
+    modules, leftover = group_keys(tf.tensors)
+    if config.get("fan_in_fan_out"):
+        pass  # factor shapes are unchanged; ΔW is always reported in the [out, in] orientation
+    built = build_layers(
+        tf, modules,
+        name_of=dotted_module_name,
+        scale_of=lambda module, rank, alpha: peft_scale(config, module_path(module), rank),
+        default_alpha=lambda module: peft_scale(config, module_path(module), 1)[1],
+    )
+    declared = config.get("r")
+    for name, layer in built.layers.items():
+        if declared and layer.rank != declared and not _in_rank_pattern(config, name):
+            built.warnings.append(f"{name}: rank {layer.rank} differs from r={declared} and no rank_pattern covers it")
+            break
+    metadata = {"peft_config": config, **({"safetensors": tf.metadata} if tf.metadata else {})}
+    return finish("peft", tf, built, source=source, metadata=metadata, config=config, leftover=leftover)
+
+
+def _in_rank_pattern(config: dict[str, Any], name: str) -> bool:
+    from .peft_config import pattern_value
+
+    return pattern_value(config.get("rank_pattern") or {}, name) is not None

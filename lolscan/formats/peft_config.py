@@ -1,0 +1,48 @@
+"""PEFT's scaling rules (adapter_config.json, and diffusers' per-component `lora_adapter_metadata`)."""
+from __future__ import annotations
+
+import json
+import math
+import re
+from typing import Any
+
+# Adapter methods that change W in a way that needs the base weights to express as ΔW.
+BASE_DEPENDENT_PEFT_TYPES = {"OFT", "BOFT", "IA3", "VERA", "FOURIERFT", "HRA", "LN_TUNING", "VBLORA", "BONE", "C3A", "SHIRA", "MISS"}
+LOW_RANK_PEFT_TYPES = {"LORA", "LOHA", "LOKR", "ADALORA"}
+
+
+def pattern_value(patterns: dict[str, Any], module_path: str) -> Any | None:
+    """PEFT's get_pattern_key: the first pattern (dict order) fully matching the path's tail wins."""
+    for key, value in patterns.items():
+        if re.match(rf"(.*\.)?({key})$", module_path):
+            return value
+    return None
+
+
+def peft_scale(config: dict[str, Any], module_path: str, rank: int) -> tuple[float, float]:
+    """(scale, alpha) for one module: alpha/r, or alpha/√r with rsLoRA. `rank` comes from the tensors."""
+    alpha = pattern_value(config.get("alpha_pattern") or {}, module_path)
+    if alpha is None:
+        alpha = config.get("lora_alpha", config.get("alpha", 8))
+    alpha = float(alpha)
+    if config.get("use_rslora"):
+        return alpha / math.sqrt(rank), alpha
+    return alpha / rank, alpha
+
+
+def split_component_metadata(raw: str | None) -> dict[str, dict[str, Any]]:
+    """diffusers' `lora_adapter_metadata`: {"unet.r": 4, "unet.lora_alpha": 8, …} → {"unet": {...}}."""
+    if not raw:
+        return {}
+    try:
+        flat = json.loads(raw)
+    except json.JSONDecodeError:
+        return {}
+    if not isinstance(flat, dict):
+        return {}
+    out: dict[str, dict[str, Any]] = {}
+    for key, value in flat.items():
+        component, _, field = key.partition(".")
+        if field:
+            out.setdefault(component, {})[field] = value
+    return out

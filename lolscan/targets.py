@@ -1,0 +1,289 @@
+"""What a checkpoint predicts: one `Target` per label column, with its kind and encoding.
+
+Kinds: ``regression`` (one standardised output), ``binary`` (one logit), ``multiclass``
+(one logit per class, softmax) and ``multilabel`` (one logit per label, independent sigmoids).
+A target knows how to turn raw column values into training tensors, how to compute its loss,
+and how to turn model outputs back into user-facing predictions.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .errors import UsageError
+
+KINDS = ("regression", "binary", "multiclass", "multilabel")
+MAX_CLASSES = 50  # more distinct strings than this is not inferred as multiclass
+_TRUE = {"1", "true", "yes"}
+_FALSE = {"0", "false", "no"}
+
+
+@dataclass
+class Target:
+    name: str
+    kind: str
+    labels: list[str] = field(default_factory=list)  # class / label names (binary: [negative, positive])
+    units: str = ""
+    mean: float = 0.0  # regression normalisation (training split)
+    std: float = 1.0
+    offset: int = 0  # this target's slice of the model output
+    width: int = 1
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise UsageError(f"target {self.name!r}: unknown kind {self.kind!r} (expected one of {', '.join(KINDS)})")
+
+    @property
+    def out_slice(self) -> slice:
+        return slice(self.offset, self.offset + self.width)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Target:
+        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        return cls(**known)
+
+    # ---- encoding -------------------------------------------------------------------------
+    def encode(self, values: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Raw column values -> (y, mask). y is [N, width] float; mask [N] is False where missing.
+
+        Regression values are standardised with this target's mean/std.
+        """
+        n = len(values)
+        y = torch.zeros(n, self.width)
+        mask = torch.zeros(n, dtype=torch.bool)
+        for i, v in enumerate(values):
+            if is_missing(v):
+                continue
+            mask[i] = True
+            if self.kind == "regression":
+                y[i, 0] = (to_float(v, self.name) - self.mean) / self.std
+            elif self.kind == "binary":
+                y[i, 0] = float(self._binary_index(v))
+            elif self.kind == "multiclass":
+                y[i, 0] = float(self._class_index(v))
+            else:
+                for label in split_set(v):
+                    y[i, self._class_index(label)] = 1.0
+        return y, mask
+
+    def true_values(self, values: Sequence[Any]) -> list[Any]:
+        """Raw values normalised to what `decode` reports (floats, label names, label lists)."""
+        out: list[Any] = []
+        for v in values:
+            if is_missing(v):
+                out.append(None)
+            elif self.kind == "regression":
+                out.append(to_float(v, self.name))
+            elif self.kind == "binary":
+                out.append(self.labels[self._binary_index(v)])
+            elif self.kind == "multiclass":
+                out.append(self.labels[self._class_index(v)])
+            else:
+                out.append(split_set(v))
+        return out
+
+    def _binary_index(self, v: Any) -> int:
+        s = label_str(v)
+        if s in self.labels:
+            return self.labels.index(s)
+        low = s.lower()
+        if self.labels == ["0", "1"] and (low in _TRUE or low in _FALSE):
+            return 1 if low in _TRUE else 0
+        try:
+            f = float(s)
+        except ValueError:
+            f = math.nan
+        if self.labels == ["0", "1"] and f in (0.0, 1.0):
+            return int(f)
+        raise UsageError(f"target {self.name!r}: value {s!r} is not one of {self.labels}")
+
+    def _class_index(self, v: Any) -> int:
+        s = label_str(v)
+        if s not in self.labels:
+            raise UsageError(f"target {self.name!r}: label {s!r} was not seen in training (labels: {', '.join(self.labels)})")
+        return self.labels.index(s)
+
+    # ---- training -------------------------------------------------------------------------
+    def loss(self, out: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Mean loss over the rows where this target is labelled (0 if none are)."""
+        if not bool(mask.any()):
+            return out.sum() * 0.0
+        o, t = out[mask][:, self.out_slice], y[mask]
+        if self.kind == "regression":
+            return F.mse_loss(o, t)
+        if self.kind in ("binary", "multilabel"):
+            return F.binary_cross_entropy_with_logits(o, t)
+        return F.cross_entropy(o, t[:, 0].long())
+
+    # ---- prediction -----------------------------------------------------------------------
+    def scores(self, out: torch.Tensor) -> torch.Tensor:
+        """Model outputs [N, *] -> this target's scores in user units: values or probabilities."""
+        o = out[:, self.out_slice].float()
+        if self.kind == "regression":
+            return o * self.std + self.mean
+        if self.kind == "multiclass":
+            return torch.softmax(o, dim=1)
+        return torch.sigmoid(o)
+
+    def decode(self, scores_row: Sequence[float]) -> dict[str, Any]:
+        """One row of `scores` -> {"value": …, "probabilities": {...}} for reports."""
+        s = [float(x) for x in scores_row]
+        if self.kind == "regression":
+            return {"value": s[0]}
+        if self.kind == "binary":
+            p = s[0]
+            return {"value": self.labels[1] if p >= 0.5 else self.labels[0], "probability": p}
+        probs = dict(zip(self.labels, s))
+        if self.kind == "multiclass":
+            best = max(range(len(s)), key=lambda i: s[i])
+            return {"value": self.labels[best], "probability": s[best], "probabilities": probs}
+        return {"value": [lab for lab, p in probs.items() if p >= 0.5], "probabilities": probs}
+
+    def describe(self) -> str:
+        if self.kind == "regression":
+            return f"{self.name} (regression{', ' + self.units if self.units else ''})"
+        return f"{self.name} ({self.kind}: {', '.join(self.labels)})"
+
+
+# ---- raw value helpers ----------------------------------------------------------------------
+def is_missing(v: Any) -> bool:
+    if v is None:
+        return True
+    if isinstance(v, float) and math.isnan(v):
+        return True
+    return isinstance(v, str) and v.strip() in ("", "NA", "N/A", "nan", "NaN", "null", "None")
+
+
+def label_str(v: Any) -> str:
+    if isinstance(v, bool):
+        return "1" if v else "0"
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v))
+    return str(v).strip()
+
+
+def to_float(v: Any, name: str) -> float:
+    if isinstance(v, bool):
+        return float(v)
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        raise UsageError(f"target {name!r}: value {v!r} is not a number (regression)") from None
+    if not math.isfinite(f):
+        raise UsageError(f"target {name!r}: value {v!r} is not finite")
+    return f
+
+
+def split_set(v: Any) -> list[str]:
+    """A multilabel cell: a JSON list, or a '|'-separated string ('' = no labels)."""
+    if isinstance(v, (list, tuple)):
+        items = [label_str(x) for x in v]
+    else:
+        s = str(v).strip()
+        items = [x.strip() for x in s.split("|")] if s else []
+    return sorted({x for x in items if x})
+
+
+def _is_number(v: Any) -> bool:
+    if isinstance(v, bool):
+        return False
+    if isinstance(v, (int, float)):
+        return True
+    try:
+        float(str(v))
+        return True
+    except ValueError:
+        return False
+
+
+def infer_kind(name: str, values: Sequence[Any]) -> str:
+    """floats -> regression; 0/1 (or true/false) -> binary; lists or '|' sets -> multilabel;
+    a few distinct strings -> multiclass."""
+    present = [v for v in values if not is_missing(v)]
+    if not present:
+        raise UsageError(f"target column {name!r} has no values")
+    if any(isinstance(v, (list, tuple)) for v in present) or any(isinstance(v, str) and "|" in v for v in present):
+        return "multilabel"
+    if any(isinstance(v, bool) for v in present):
+        return "binary"
+    if all(_is_number(v) for v in present):
+        return "binary" if {float(v) for v in present} <= {0.0, 1.0} else "regression"
+    if {label_str(v).lower() for v in present} <= _TRUE | _FALSE:
+        return "binary"
+    distinct = {label_str(v) for v in present}
+    if len(distinct) <= MAX_CLASSES and len(distinct) < max(2, len(present)):
+        return "multiclass"
+    raise UsageError(
+        f"target column {name!r}: cannot infer its kind ({len(distinct)} distinct text values); "
+        f"pass --kind {name}=multiclass or another kind"
+    )
+
+
+def make_target(name: str, values: Sequence[Any], kind: str | None = None, units: str = "") -> Target:
+    """Build a target from a column's values (kind inferred unless given). Normalisation is fitted later."""
+    kind = kind or infer_kind(name, values)
+    if kind not in KINDS:
+        raise UsageError(f"--kind {name}={kind}: unknown kind (expected one of {', '.join(KINDS)})")
+    present = [v for v in values if not is_missing(v)]
+    if not present:
+        raise UsageError(f"target column {name!r} has no values")
+    if kind == "regression":
+        for v in present:
+            to_float(v, name)
+        return Target(name, kind, units=units)
+    if kind == "binary":
+        distinct = sorted({label_str(v) for v in present})
+        low = {d.lower() for d in distinct}
+        numeric01 = all(_is_number(d) and float(d) in (0.0, 1.0) for d in distinct)
+        if numeric01 or low <= (_TRUE | _FALSE):
+            labels = ["0", "1"]
+        elif len(distinct) <= 2:
+            labels = distinct if len(distinct) == 2 else [distinct[0], f"not {distinct[0]}"]
+        else:
+            raise UsageError(f"target {name!r}: binary needs two values, found {len(distinct)} ({', '.join(distinct[:5])}…)")
+        return Target(name, kind, labels=labels, units=units)
+    if kind == "multiclass":
+        labels = sorted({label_str(v) for v in present}, key=_natural_key)
+        if len(labels) < 2:
+            raise UsageError(f"target {name!r}: multiclass needs at least two classes, found {labels}")
+        return Target(name, kind, labels=labels, width=len(labels), units=units)
+    labels = sorted({x for v in present for x in split_set(v)}, key=_natural_key)
+    if not labels:
+        raise UsageError(f"target {name!r}: multilabel column has no labels")
+    return Target(name, kind, labels=labels, width=len(labels), units=units)
+
+
+def _natural_key(s: str) -> tuple:
+    try:
+        return (0, float(s), s)
+    except ValueError:
+        return (1, 0.0, s)
+
+
+def layout(targets: list[Target]) -> int:
+    """Assign each target its slice of the output vector; return the total output width."""
+    off = 0
+    for t in targets:
+        t.offset = off
+        off += t.width
+    return off
+
+
+def fit_normalisation(target: Target, values: Sequence[Any]) -> None:
+    """Regression: mean/std from the training split's labelled values (std 1 if degenerate)."""
+    if target.kind != "regression":
+        return
+    xs = [to_float(v, target.name) for v in values if not is_missing(v)]
+    if not xs:
+        raise UsageError(f"target {target.name!r} has no labelled rows in the training split")
+    mean = sum(xs) / len(xs)
+    var = sum((x - mean) ** 2 for x in xs) / max(len(xs) - 1, 1)
+    target.mean, target.std = mean, (math.sqrt(var) if var > 0 else 1.0)
