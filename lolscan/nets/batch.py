@@ -1,0 +1,145 @@
+"""Pack adapters into per-shape tensors so a metanetwork runs batched matmuls over layer groups.
+
+For each `ShapeGroup` (spec layers with one ``(n, m)``) a `FactorGroup` holds
+``U: [B, L_g, n, r_g]`` and ``V: [B, L_g, m, r_g]`` where ``r_g`` is the largest rank any adapter
+of the batch has in that group. Smaller ranks are zero-padded in the rank columns, which leaves
+U Vᵀ unchanged exactly; a spec module an adapter does not touch gets all-zero factors (ΔW = 0).
+``ranks`` keeps each layer's true rank (0 = not adapted) for models that need a fixed rank.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+
+import torch
+
+from ..adapter import Adapter
+from .spec import LayerSpec
+
+
+@dataclass
+class FactorGroup:
+    """All spec layers of one shape, for every adapter in the batch."""
+
+    n: int
+    m: int
+    indices: tuple[int, ...]  # spec positions of the L_g layers
+    U: torch.Tensor  # [B, L_g, n, r_g]
+    V: torch.Tensor  # [B, L_g, m, r_g]
+    ranks: torch.Tensor  # [B, L_g] int64 on CPU; true rank per adapter and layer, 0 = absent
+
+    @property
+    def rank(self) -> int:
+        return int(self.U.shape[-1])
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.indices)
+
+
+@dataclass
+class FactorBatch:
+    """A batch of adapters laid out for `LayerSpec` ``spec``; see the module docstring."""
+
+    spec: LayerSpec
+    groups: list[FactorGroup]
+    sources: list[str]
+
+    @property
+    def batch_size(self) -> int:
+        return len(self.sources)
+
+    def __len__(self) -> int:
+        return self.batch_size
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.spec)
+
+    @property
+    def device(self) -> torch.device:
+        return self.groups[0].U.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.groups[0].U.dtype
+
+    def ranks(self) -> torch.Tensor:
+        """``[B, L]`` true ranks in spec order (0 = module not adapted)."""
+        return self.to_spec_order([g.ranks for g in self.groups])
+
+    def rank_set(self) -> set[int]:
+        """The distinct ranks of the adapted modules in this batch."""
+        r = self.ranks()
+        return {int(x) for x in r[r > 0].unique()}
+
+    def to_spec_order(self, per_group: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Turn one ``[B, L_g, ...]`` tensor per group into ``[B, L, ...]`` in spec order."""
+        if len(per_group) != len(self.groups):
+            raise ValueError(f"expected {len(self.groups)} group tensors, got {len(per_group)}")
+        cat = torch.cat(list(per_group), dim=1)
+        if len(self.groups) == 1:
+            return cat  # one group: its indices are 0..L-1 already
+        inverse = torch.as_tensor(self.spec.group_inverse, device=cat.device)
+        return cat.index_select(1, inverse)
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> FactorBatch:
+        groups = [replace(g, U=g.U.to(device=device, dtype=dtype), V=g.V.to(device=device, dtype=dtype)) for g in self.groups]
+        return FactorBatch(self.spec, groups, list(self.sources))
+
+    def select(self, rows: Sequence[int] | slice) -> FactorBatch:
+        """A sub-batch (e.g. a minibatch for training); tensors are views/gathers, no re-collation."""
+        if isinstance(rows, slice):
+            idx = list(range(self.batch_size))[rows]
+        else:
+            idx = [int(i) for i in rows]
+        t = torch.as_tensor(idx, dtype=torch.long)
+        groups = []
+        for g in self.groups:
+            td = t.to(g.U.device)
+            groups.append(replace(g, U=g.U.index_select(0, td), V=g.V.index_select(0, td), ranks=g.ranks.index_select(0, t)))
+        return FactorBatch(self.spec, groups, [self.sources[i] for i in idx])
+
+
+def collate(
+    adapters: Adapter | Iterable[Adapter],
+    spec: LayerSpec,
+    device: torch.device | str | None = None,
+    *,
+    dtype: torch.dtype = torch.float32,
+    check: bool = True,
+) -> FactorBatch:
+    """Pack adapters for ``spec``. With ``check`` every adapter must fit (`LayerSpec.require_fits`)."""
+    batch = [adapters] if isinstance(adapters, Adapter) else list(adapters)
+    if not batch:
+        raise ValueError("collate needs at least one adapter")
+    if check:
+        for adapter in batch:
+            spec.require_fits(adapter)
+    target = torch.device(device) if device is not None else torch.device("cpu")
+    pin = target.type == "cuda"
+    B = len(batch)
+    groups: list[FactorGroup] = []
+    for sg in spec.groups:
+        names = [spec[i].name for i in sg.indices]
+        rows = [[adapter.layers.get(name) for name in names] for adapter in batch]
+        r = max((layer.rank for row in rows for layer in row if layer is not None), default=0)
+        r = max(r, 1)  # keep a (zero) rank column even when no adapter touches this group
+        L = len(names)
+        U = torch.zeros((B, L, sg.n, r), dtype=dtype, pin_memory=pin)
+        V = torch.zeros((B, L, sg.m, r), dtype=dtype, pin_memory=pin)
+        ranks = torch.zeros((B, L), dtype=torch.long)
+        for b, row in enumerate(rows):
+            for j, layer in enumerate(row):
+                if layer is None:
+                    continue
+                k = layer.rank
+                if k:
+                    U[b, j, :, :k].copy_(layer.U)
+                    V[b, j, :, :k].copy_(layer.V)
+                ranks[b, j] = k
+        if target.type != "cpu":
+            U = U.to(target, non_blocking=pin)
+            V = V.to(target, non_blocking=pin)
+        groups.append(FactorGroup(sg.n, sg.m, sg.indices, U, V, ranks))
+    return FactorBatch(spec, groups, [adapter.source for adapter in batch])
