@@ -17,6 +17,25 @@ app = typer.Typer(
 )
 
 
+def _version(value: bool) -> None:
+    if value:
+        from .. import __version__
+
+        print(f"lolscan {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version and exit."),
+) -> None:
+    """Score LoRA adapter files with small GL-equivariant metanetworks.
+
+    Exit codes: 0 ok, 1 a CI gate failed, 2 usage error, 3 unreadable or unsupported input,
+    4 adapter does not fit the chosen checkpoint.
+    """
+
+
 def _register() -> None:
     # Each module adds its command(s) to `app`; keep this list in CLI help order.
     from . import inspect_cmd  # noqa: F401

@@ -49,11 +49,11 @@ def load_adapter(target: str | Path, *, allow_pickle: bool = False, **source_opt
     """Read a local file/folder, or a remote URI (hf://, civitai:, …) through lolscan.sources."""
     text = str(target)
     try:
-        from .. import sources
-    except ImportError:  # sources not installed in this build
-        sources = None
-    if sources is not None and sources.is_remote(text):
-        resolved = sources.resolve(text, **source_options)
+        from ..sources import is_remote, resolve
+    except ImportError:  # TODO(lead): remove once lolscan.sources lands
+        is_remote = lambda _: False  # noqa: E731
+    if is_remote(text):
+        resolved = resolve(text, **source_options)
         adapter = load_path(resolved.path, allow_pickle=allow_pickle)
         adapter.source = resolved.uri
         adapter.metadata["source"] = resolved.metadata

@@ -1,0 +1,116 @@
+"""`lolscan inspect`: what is inside one or many LoRA files."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.table import Table
+
+from ..discovery import expand
+from ..errors import EXIT_BAD_INPUT, LolscanError
+from ..inspection import inspect_adapter
+from .app import app
+from .console import console, err_console
+from .options import SourceOptions, source_options
+
+INSPECT_SCHEMA_VERSION = 1
+
+
+def _fmt(x: Any) -> str:
+    if x is None:
+        return "–"
+    if isinstance(x, float):
+        return f"{x:.4g}"
+    return str(x)
+
+
+def _summary_table(r: dict[str, Any]) -> Table:
+    t = Table(title=f"[bold]{r['source']}[/]", show_header=False, title_justify="left", expand=False)
+    t.add_column(style="cyan", no_wrap=True)
+    t.add_column(overflow="fold")
+    ranks = str(r["rank_min"]) if r["rank_min"] == r["rank_max"] else f"{r['rank_min']}–{r['rank_max']} [yellow](mixed)[/]"
+    rows = [
+        ("format", r["format"]),
+        ("base family", r["family"]),
+        ("modules", str(r["modules"])),
+        ("rank", ranks),
+        ("alpha", ", ".join(_fmt(a) for a in r["alphas"]) or "– (scale 1)"),
+        ("effective scale", ", ".join(_fmt(s) for s in r["scales"])),
+        ("dtype", r["dtype"] or "–"),
+        ("DoRA", "yes (magnitude vectors; ΔW needs the base weights)" if r["dora"] else "no"),
+        ("NaN/Inf", f"[red]{len(r['nonfinite_modules'])} module(s)[/]" if r["nonfinite_modules"] else "none"),
+    ]
+    if "sha256" in r:
+        rows += [("SHA-256", r["sha256"]), ("AutoV2", r["autov2"])]
+    if r["extra_tensors"]:
+        names = list(r["extra_tensors"])
+        rows.append(("other tensors", f"{len(names)} not LoRA (e.g. {', '.join(names[:3])})"))
+    for w in r["warnings"]:
+        rows.append(("[yellow]warning[/]", w))
+    for key, value in r["metadata"].items():
+        text = value if isinstance(value, str) else json.dumps(value)
+        rows.append((key, text if len(text) <= 200 else text[:197] + "…"))
+    for k, v in rows:
+        t.add_row(k, v)
+    return t
+
+
+def _module_table(r: dict[str, Any], limit: int) -> Table:
+    t = Table(title="per module (ΔW computed from the factors)", title_justify="left")
+    for col, just in (("module", "left"), ("n×m", "right"), ("kind", "left"), ("rank", "right"),
+                      ("eff. rank", "right"), ("‖ΔW‖_F", "right"), ("‖ΔW‖_2", "right")):
+        t.add_column(col, justify=just, overflow="fold" if col == "module" else "ellipsis")
+    items = list(r["per_module"].items())
+    for name, s in items[: limit or None]:
+        flag = "" if s["finite"] else " [red]NaN/Inf[/]"
+        t.add_row(name + flag, f"{s['n']}×{s['m']}", s["kind"] + ("" if s["algo"] == "lora" else f"/{s['algo']}"),
+                  str(s["rank"]), _fmt(s["effective_rank"]), _fmt(s["frobenius"]), _fmt(s["spectral"]))
+    if limit and len(items) > limit:
+        t.caption = f"{len(items) - limit} more modules: --modules 0 shows all"
+    return t
+
+
+@app.command()
+def inspect(
+    targets: Annotated[list[str], typer.Argument(help="LoRA files, PEFT folders, folders or globs of many, or hf:// / civitai: URIs.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Write machine-readable JSON to stdout.")] = False,
+    modules: Annotated[int, typer.Option("--modules", help="Per-module rows to show in the table (0 = all).")] = 12,
+    allow_pickle: Annotated[bool, typer.Option("--allow-pickle", help="Open .pt/.bin/.ckpt with torch.load(weights_only=True).")] = False,
+    offline: Annotated[bool, typer.Option("--offline", help="Never touch the network; use cached remote files only.")] = False,
+    civitai_token: Annotated[Optional[str], typer.Option("--civitai-token", envvar="CIVITAI_TOKEN", show_envvar=True, help="Civitai API token (never printed).")] = None,
+    hf_token: Annotated[Optional[str], typer.Option("--hf-token", envvar="HF_TOKEN", show_envvar=True, help="Hugging Face token (never printed).")] = None,
+) -> None:
+    """Show what is inside LoRA adapters: format, base family, ranks, scales, per-module spectra, hashes, metadata."""
+    from .. import load
+
+    opts = source_options(SourceOptions(offline=offline, civitai_token=civitai_token, hf_token=hf_token))
+    reports, errors = [], []
+    for found in expand(targets, allow_pickle=allow_pickle):
+        if found.error:
+            errors.append({"source": found.source, "error": f"{found.source}: {found.error}"})
+            continue
+        try:
+            adapter = load(found.source, allow_pickle=allow_pickle, **opts)
+            path = Path(found.source)
+            report = inspect_adapter(adapter, path if path.exists() else _resolved_path(adapter))
+        except LolscanError as exc:
+            errors.append({"source": found.source, "error": str(exc)})
+            continue
+        reports.append(report)
+        if not as_json:
+            console.print(_summary_table(report))
+            if modules >= 0:
+                console.print(_module_table(report, modules))
+    for e in errors:
+        err_console.print(f"[bold red]error:[/] {e['error']}", highlight=False, soft_wrap=True)
+    if as_json:
+        print(json.dumps({"schema_version": INSPECT_SCHEMA_VERSION, "adapters": reports, "errors": errors}, indent=2))
+    if errors:
+        raise typer.Exit(EXIT_BAD_INPUT)
+
+
+def _resolved_path(adapter) -> Path | None:
+    local = (adapter.metadata.get("source") or {}).get("local_path")
+    return Path(local) if local else None
