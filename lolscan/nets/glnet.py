@@ -1,0 +1,129 @@
+"""GL-net (arXiv 2410.04207): GL(r)-equivariant layers on LoRA factors, then an invariant head.
+
+Layer i with factors (Uᵢ, Vᵢ), ΔWᵢ = Uᵢ Vᵢᵀ, has the gauge symmetry (Uᵢ R, Vᵢ R⁻ᵀ), R ∈ GL(r).
+Equivariant linear maps act on the left: (Φᵢ Uᵢ, Ψᵢ Vᵢ), Φᵢ ∈ R^{d×n}, Ψᵢ ∈ R^{d×m}. Between
+equivariant layers the GL gate scales row j of U by σ(row-sum j of U Vᵀ) and row j of V by
+σ(column-sum j of U Vᵀ); both sums come from r-vectors (U (Vᵀ1), V (Uᵀ1)), never from U Vᵀ.
+The head reads the invariant d×d products Ũᵢ Ṽᵢᵀ, concatenated over layers (or mean-pooled).
+Layers of one shape are processed together (einsum over the group's layer axis).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from ..adapter import Adapter
+from .batch import FactorBatch
+from .common import MetaNet, _chunks, make_mlp
+from .spec import LayerSpec
+
+POOLS = ("concat", "mean")
+
+
+def gl_gate(U: torch.Tensor, V: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """GL-equivariant nonlinearity on ``U: [..., d, r]``, ``V: [..., d, r]``."""
+    row_sums = (U @ V.sum(-2).unsqueeze(-1)).squeeze(-1)  # (U Vᵀ) 1 = U (Vᵀ 1): [..., d]
+    col_sums = (V @ U.sum(-2).unsqueeze(-1)).squeeze(-1)  # (U Vᵀ)ᵀ 1 = V (Uᵀ 1): [..., d]
+    return U * torch.sigmoid(row_sums).unsqueeze(-1), V * torch.sigmoid(col_sums).unsqueeze(-1)
+
+
+class GLNet(MetaNet):
+    """Hyperparameters: ``d`` hidden width, ``depth`` equivariant layers (≥1), ``pool`` concat|mean,
+    ``hidden``/``layers``/``dropout`` of the head MLP. ``d=1, pool="mean"`` is the paper's CLIP-score head."""
+
+    arch = "glnet"
+
+    def __init__(
+        self,
+        spec: LayerSpec,
+        out_dim: int,
+        *,
+        d: int = 32,
+        depth: int = 1,
+        pool: str = "concat",
+        hidden: int = 64,
+        layers: int = 2,
+        dropout: float = 0.0,
+    ):
+        if d <= 0 or depth < 1:
+            raise ValueError(f"glnet needs d >= 1 and depth >= 1, got d={d}, depth={depth}")
+        if pool not in POOLS:
+            raise ValueError(f"glnet pool must be one of {POOLS}, got {pool!r}")
+        hp = {"d": int(d), "depth": int(depth), "pool": pool, "hidden": int(hidden), "layers": int(layers), "dropout": float(dropout)}
+        super().__init__(spec, out_dim, hp)
+        self.d, self.depth, self.pool = int(d), int(depth), pool
+        # Φ init ~ N(0, 1/n): Φ ΔW Ψᵀ entries then have the scale of ΔW's RMS entry, whatever n, m.
+        self.phi = nn.ParameterList(
+            nn.Parameter(torch.randn(len(g.indices), d, g.n) / math.sqrt(g.n)) for g in spec.groups
+        )
+        self.psi = nn.ParameterList(
+            nn.Parameter(torch.randn(len(g.indices), d, g.m) / math.sqrt(g.m)) for g in spec.groups
+        )
+        # Hidden equivariant maps, d×d per layer and depth step: [depth-1, L_g, d, d] (none if depth=1).
+        hidden_groups = spec.groups if depth > 1 else ()
+        self.phi_hidden = nn.ParameterList(
+            nn.Parameter(torch.randn(depth - 1, len(g.indices), d, d) * math.sqrt(2.0 / d)) for g in hidden_groups
+        )
+        self.psi_hidden = nn.ParameterList(
+            nn.Parameter(torch.randn(depth - 1, len(g.indices), d, d) * math.sqrt(2.0 / d)) for g in hidden_groups
+        )
+        # Per-layer scalar multiplying both factors (so ΔWᵢ by its square); scalars commute with
+        # GL(r), so this keeps equivariance. Set by fit() so ΔW's RMS entry is ~1 per layer.
+        self.register_buffer("input_scale", torch.ones(len(spec)))
+        head_in = (len(spec) if pool == "concat" else 1) * d * d
+        self.head = make_mlp(head_in, out_dim, hidden, layers, dropout)
+
+    def equivariant(self, batch: FactorBatch) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per group ``(Ũ [B, L_g, d, r_g], Ṽ [B, L_g, d, r_g])``: the equivariant trunk's output."""
+        self._check_batch(batch)
+        out = []
+        for gi, g in enumerate(batch.groups):
+            idx = torch.as_tensor(g.indices, device=g.U.device)
+            scale = self.input_scale.index_select(0, idx).view(1, -1, 1, 1)
+            U = torch.einsum("ldn,blnr->bldr", self.phi[gi], g.U) * scale
+            V = torch.einsum("ldm,blmr->bldr", self.psi[gi], g.V) * scale
+            for k in range(self.depth - 1):
+                U, V = gl_gate(U, V)
+                U = torch.einsum("lde,bler->bldr", self.phi_hidden[gi][k], U)
+                V = torch.einsum("lde,bler->bldr", self.psi_hidden[gi][k], V)
+            out.append((U, V))
+        return out
+
+    def invariants(self, batch: FactorBatch) -> torch.Tensor:
+        """``[B, L, d, d]`` in spec order: Ũᵢ Ṽᵢᵀ, unchanged by any GL(r) gauge of the inputs."""
+        per_group = [U @ V.transpose(-1, -2) for U, V in self.equivariant(batch)]
+        return batch.to_spec_order(per_group)
+
+    def forward(self, batch: FactorBatch) -> torch.Tensor:
+        x = self.invariants(batch)
+        x = x.flatten(1) if self.pool == "concat" else x.mean(1).flatten(1)
+        return self.head(x)
+
+    @torch.no_grad()
+    def fit(self, adapters: Sequence[Adapter], *, batch_size: int = 32) -> GLNet:
+        """Set ``input_scale`` so each layer's ΔW has RMS entry ~1 over the training adapters."""
+        adapters = list(adapters)
+        if not adapters:
+            raise ValueError("fit needs at least one training adapter")
+        L = len(self.spec)
+        sq = torch.zeros(L, dtype=torch.float64)
+        count = torch.zeros(L, dtype=torch.float64)
+        for chunk in _chunks(adapters, batch_size):
+            batch = self.collate(chunk)
+            per_group = []
+            for g in batch.groups:
+                u, v = g.U.double(), g.V.double()
+                # ‖U Vᵀ‖_F² = Σ (UᵀU) ⊙ (VᵀV): r×r work only.
+                fro2 = ((u.transpose(-1, -2) @ u) * (v.transpose(-1, -2) @ v)).sum((-1, -2))
+                per_group.append(fro2 / (g.n * g.m))
+            ms = batch.to_spec_order(per_group).cpu()  # [B, L] mean square entry
+            present = batch.ranks() > 0
+            sq += torch.where(present, ms, torch.zeros_like(ms)).sum(0)
+            count += present.sum(0)
+        rms = (sq / count.clamp_min(1)).sqrt()
+        scale = torch.where((count > 0) & (rms > 0), rms.clamp_min(1e-30) ** -0.5, torch.ones_like(rms))
+        self.input_scale.copy_(scale.to(self.input_scale))
+        return self
