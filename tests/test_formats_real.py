@@ -1,0 +1,82 @@
+"""Every real fixture loads with the expected structure, and U Vᵀ equals ΔW recomputed from the raw tensors."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import lolscan
+
+REAL = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "real"
+pytestmark = pytest.mark.skipif(not REAL.is_dir(), reason="../shared/fixtures/real not present")
+
+
+def _close(adapter, expected: dict[str, torch.Tensor]):
+    assert set(adapter) == set(expected)
+    for name, delta in expected.items():
+        torch.testing.assert_close(adapter[name].delta().double(), delta, atol=1e-6, rtol=1e-4)
+
+
+def test_diffusers_attn_processor_file():
+    path = REAL / "catundchat_sd15_pytorch_lora_weights.safetensors"
+    raw = load_file(path)
+    adapter = lolscan.load(str(path))
+    assert adapter.format == "diffusers" and len(adapter) == 128 and set(adapter.ranks) == {4}
+    expected = {}
+    for key in raw:
+        m = re.match(r"(.*)\.processor\.(to_[qkv]|to_out)_lora\.down\.weight$", key)
+        if m:
+            up = raw[key.replace(".down.", ".up.")].double()
+            module = f"unet.{m[1]}.{m[2]}" + (".0" if m[2] == "to_out" else "")
+            expected[module] = up @ raw[key].double()  # no alphas: scale 1
+    _close(adapter, expected)
+
+
+@pytest.mark.parametrize("name,rank,extra", [("cloneofsimo_analog_svd_rank4.safetensors", 4, 0), ("cloneofsimo_lora_disney.safetensors", 1, 2)])
+def test_cloneofsimo_index_files(name, rank, extra):
+    path = REAL / name
+    raw = load_file(path)
+    adapter = lolscan.load(str(path))
+    assert adapter.format == "cloneofsimo" and len(adapter) == 192 and set(adapter.ranks) == {rank}
+    assert len(adapter.extra_tensors) == extra  # textual-inversion tokens are reported, not LoRA
+    # Each layer's ΔW is exactly up @ down of one index (scale 1); the name table must place
+    # every index on a module of the right shape: SD1.5 channels 320/640/1280, CLIP-L 768.
+    by_delta = {}
+    for key in raw:
+        m = re.match(r"(unet|text_encoder):(\d+):down$", key)
+        if m:
+            by_delta[(m[1], int(m[2]))] = raw[key.replace(":down", ":up")].double() @ raw[key].double()
+    layers = list(adapter.layers.items())
+    unet = [l for l in layers if l[0].startswith("unet.")]
+    te = [l for l in layers if l[0].startswith("text_encoder.")]
+    assert len(unet) == 144 and len(te) == 48
+    for i, (module, layer) in enumerate(unet):
+        torch.testing.assert_close(layer.delta().double(), by_delta[("unet", i)], atol=1e-6, rtol=1e-4)
+        width = {"down_blocks.0": 320, "down_blocks.1": 640, "down_blocks.2": 1280, "mid_block": 1280,
+                 "up_blocks.1": 1280, "up_blocks.2": 640, "up_blocks.3": 320}[re.match(r"unet\.((?:down|up)_blocks\.\d|mid_block)", module)[1]]
+        assert layer.n == (8 * width if module.endswith("ff.net.0.proj") else width)
+        assert layer.m == (768 if re.search(r"attn2\.to_[kv]$", module) else width)
+    for i, (module, layer) in enumerate(te):
+        torch.testing.assert_close(layer.delta().double(), by_delta[("text_encoder", i)], atol=1e-6, rtol=1e-4)
+        assert (layer.n, layer.m) == (768, 768)
+    assert adapter.ranks and adapter.dtype == ("F16" if rank == 4 else "F32")
+
+
+def test_peft_gradience_folder():
+    folder = REAL / "gradience_tiny_lora"
+    config = json.loads((folder / "adapter_config.json").read_text())
+    raw = load_file(folder / "adapter_model.safetensors")
+    adapter = lolscan.load(str(folder))
+    assert adapter.format == "peft" and len(adapter) == 12 and set(adapter.ranks) == {config["r"]}
+    s = config["lora_alpha"] / config["r"]
+    expected = {}
+    for key in raw:
+        if key.endswith(".lora_A.weight"):
+            module = key[len("base_model.model."): -len(".lora_A.weight")]
+            expected[module] = s * raw[key.replace("lora_A", "lora_B")].double() @ raw[key].double()
+    _close(adapter, expected)
+    assert adapter["transformer.h.0.attn.c_attn"].shape == (2304, 768)
