@@ -1,0 +1,61 @@
+"""collate: per-shape groups, exact rank padding, zeros for untouched modules, spec-order bookkeeping."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lolscan import Adapter, Layer
+from lolscan.errors import IncompatibleAdapter
+from lolscan.nets import LayerShape, LayerSpec, collate
+
+SPEC = LayerSpec(
+    [LayerShape("l0", 6, 5), LayerShape("l1", 4, 5), LayerShape("l2", 6, 5), LayerShape("l3", 3, 3), LayerShape("l4", 4, 5)]
+)
+
+
+def adapter(ranks: dict[str, int], source: str = "") -> Adapter:
+    layers = {}
+    for name, r in ranks.items():
+        s = SPEC.get(name)
+        layers[name] = Layer(torch.randn(s.n, r, dtype=torch.float64).float(), torch.randn(s.m, r).float(), shape=(s.n, s.m))
+    return Adapter(layers=layers, format="test", source=source)
+
+
+def test_layout_padding_and_zeros() -> None:
+    a = adapter({"l0": 3, "l1": 2, "l2": 5, "l4": 1}, source="a")
+    b = adapter({"l1": 4, "l3": 2}, source="b")
+    batch = collate([a, b], SPEC, dtype=torch.float64)
+    assert batch.batch_size == 2 and batch.sources == ["a", "b"] and batch.dtype == torch.float64
+    assert [(g.n, g.m, g.indices, g.rank) for g in batch.groups] == [(6, 5, (0, 2), 5), (4, 5, (1, 4), 4), (3, 3, (3,), 2)]
+    for g in batch.groups:
+        for b_i, ad in enumerate((a, b)):
+            for j, i in enumerate(g.indices):
+                layer = ad.layers.get(SPEC[i].name)
+                U, V = g.U[b_i, j], g.V[b_i, j]
+                if layer is None:  # untouched module: all-zero factors, rank 0
+                    assert not U.any() and not V.any() and g.ranks[b_i, j] == 0
+                    continue
+                r = layer.rank
+                assert torch.equal(U[:, :r], layer.U.double()) and torch.equal(V[:, :r], layer.V.double())
+                assert not U[:, r:].any() and not V[:, r:].any()  # padding is exact zeros...
+                assert torch.allclose(U @ V.T, layer.U.double() @ layer.V.double().T, rtol=1e-12, atol=1e-12)  # ...so ΔW is kept
+                assert g.ranks[b_i, j] == r
+    assert batch.ranks().tolist() == [[3, 2, 5, 0, 1], [0, 4, 0, 2, 0]]
+    assert batch.rank_set() == {1, 2, 3, 4, 5}
+
+
+def test_to_spec_order_and_select() -> None:
+    batch = collate([adapter({"l0": 1}), adapter({"l3": 2}), adapter({"l1": 1})], SPEC)
+    per_group = [torch.tensor(g.indices).expand(3, -1) for g in batch.groups]
+    assert batch.to_spec_order(per_group).tolist() == [list(range(5))] * 3
+    sub = batch.select([2, 0])
+    assert sub.batch_size == 2 and sub.ranks().tolist() == [[0, 1, 0, 0, 0], [1, 0, 0, 0, 0]]
+    assert torch.equal(sub.groups[0].U[1], batch.groups[0].U[0])
+
+
+def test_collate_refuses_what_does_not_fit() -> None:
+    wrong = Adapter(layers={"l0": Layer(torch.randn(5, 2), torch.randn(5, 2), shape=(5, 5))}, format="test", source="w")
+    with pytest.raises(IncompatibleAdapter, match="l0 is 5×5"):
+        collate([adapter({"l0": 1}), wrong], SPEC)
+    with pytest.raises(ValueError):
+        collate([], SPEC)
