@@ -52,15 +52,16 @@ class Target:
 
     # ---- encoding -------------------------------------------------------------------------
     def encode(self, values: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Raw column values -> (y, mask). y is [N, width] float; mask [N] is False where missing.
+        """Raw column values -> (y, mask). y is [N, width] float ([N, 1] class index for multiclass);
+        mask [N] is False where the value is missing.
 
         Regression values are standardised with this target's mean/std.
         """
         n = len(values)
-        y = torch.zeros(n, self.width)
+        y = torch.zeros(n, 1 if self.kind == "multiclass" else self.width)  # multiclass: the class index
         mask = torch.zeros(n, dtype=torch.bool)
         for i, v in enumerate(values):
-            if is_missing(v):
+            if self.missing(v):
                 continue
             mask[i] = True
             if self.kind == "regression":
@@ -78,7 +79,7 @@ class Target:
         """Raw values normalised to what `decode` reports (floats, label names, label lists)."""
         out: list[Any] = []
         for v in values:
-            if is_missing(v):
+            if self.missing(v):
                 out.append(None)
             elif self.kind == "regression":
                 out.append(to_float(v, self.name))
@@ -89,6 +90,12 @@ class Target:
             else:
                 out.append(split_set(v))
         return out
+
+    def missing(self, v: Any) -> bool:
+        """Multilabel: an empty cell is the empty label set; only null/NaN is missing."""
+        if self.kind == "multilabel":
+            return v is None or (isinstance(v, float) and math.isnan(v))
+        return is_missing(v)
 
     def _binary_index(self, v: Any) -> int:
         s = label_str(v)
