@@ -1,0 +1,1 @@
+"""Build labeled LoRA zoos: many adapters finetuned at once on one base model, labelled, written as PEFT folders."""

@@ -1,0 +1,233 @@
+"""Build a labeled LoRA zoo: train groups of adapters at once, label them, write PEFT folders + manifest.
+
+Layout of an output folder::
+
+    zoo.json            the resolved recipe, its digest, the pool digest, the base model's identity
+    manifest.jsonl      one row per finished adapter (the format `lolscan train` reads)
+    adapters/lora-NNNNN/adapter_config.json + adapter_model.safetensors
+
+Work is done one group at a time and a group's rows are appended in one write after its folders are
+in place, so an interrupted build resumes at the first unfinished group (``--max-minutes`` stops
+cleanly between groups, to fit a machine's per-command time limit).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from ..errors import UsageError
+from .data import build_pool, load_eval, resolve_root
+from .eval import mc_accuracy, val_losses
+from .multilora import eject, extract, find_targets, train_group
+from .recipe import LoraSpec, Recipe, group_specs, sample_specs
+
+MANIFEST = "manifest.jsonl"
+
+
+def load_base(base: dict[str, Any], device: str = "cpu", dtype: str | None = None,
+              path_override: str | None = None) -> tuple[nn.Module, Any]:
+    """A HF causal LM and its tokenizer; a GGUF file is dequantized by transformers (needs `gguf`)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = path_override or base["path"]
+    kw: dict[str, Any] = {}
+    if base.get("gguf_file"):
+        kw["gguf_file"] = base["gguf_file"]
+    dt = getattr(torch, dtype or base.get("dtype", "float32"))
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dt, **kw)
+    tok = AutoTokenizer.from_pretrained(path, **kw)
+    model.to(device).eval()
+    return model, tok
+
+
+def write_peft(folder: Path, spec: LoraSpec, factors: dict[str, tuple[torch.Tensor, torch.Tensor]],
+               recipe: Recipe, base_name: str, dtype: torch.dtype = torch.float32) -> None:
+    """One adapter as a standard PEFT folder, written to a temporary name and renamed into place."""
+    from peft import LoraConfig
+    from safetensors.torch import save_file
+
+    ranks = {n: int(a.shape[0]) for n, (a, _) in factors.items()}
+    pattern = {n: r for n, r in ranks.items() if r != spec.rank}
+    cfg = LoraConfig(r=spec.rank, lora_alpha=spec.alpha, target_modules=list(recipe.target_modules),
+                     lora_dropout=spec.dropout, bias="none", task_type="CAUSAL_LM",
+                     rank_pattern=pattern, base_model_name_or_path=base_name)
+    tensors = {}
+    for n, (a, b) in factors.items():
+        tensors[f"base_model.model.{n}.lora_A.weight"] = a.to(dtype).contiguous()
+        tensors[f"base_model.model.{n}.lora_B.weight"] = b.to(dtype).contiguous()
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    cfg.save_pretrained(str(tmp))
+    save_file(tensors, str(tmp / "adapter_model.safetensors"),
+              metadata={"format": "pt", "lolscan_zoo": recipe.name, "lolscan_zoo_id": spec.id})
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(tmp, folder)
+
+
+def read_manifest(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            line = line.strip()
+            if line:
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError:  # a torn last line from a killed process: redo that group
+                    break
+    return rows
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass
+class BuildReport:
+    out: Path
+    done: int
+    total: int
+    groups_run: int
+    seconds_train: float = 0.0
+    seconds_label: float = 0.0
+    seconds_write: float = 0.0
+    stopped_early: bool = False
+    base_labels: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def complete(self) -> bool:
+        return self.done == self.total
+
+
+def build(recipe: Recipe, out: str | Path, *, model: nn.Module | None = None, tokenizer: Any = None,
+          device: str = "cpu", dtype: str | None = None, base_path: str | None = None,
+          data_root: str | None = None, max_minutes: float | None = None, max_groups: int | None = None,
+          save_dtype: str = "float32", log: Callable[[str], None] = print) -> BuildReport:
+    """Build (or resume) the zoo described by `recipe` into `out`."""
+    t_start = time.monotonic()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "adapters").mkdir(exist_ok=True)
+    if model is None:
+        model, tokenizer = load_base(recipe.base, device=device, dtype=dtype, path_override=base_path)
+    base_name = recipe.base.get("name") or str(recipe.base.get("path", ""))
+    root = resolve_root(recipe.data_root, data_root)
+    targets = find_targets(model, recipe.target_modules)
+    if not targets:
+        raise UsageError(f"recipe: no nn.Linear named {recipe.target_modules} in the base model")
+    specs = sample_specs(recipe, targets)
+    pool = build_pool(recipe, tokenizer, root)
+    evals = {ev.name: load_eval(ev, tokenizer, root) for ev in recipe.evals}
+    info = {"recipe": recipe.to_dict(), "recipe_digest": recipe.digest(), "pool_digest": pool.digest(),
+            "base": base_name, "targets": targets,
+            "pool_sizes": {k: len(v) for k, v in pool.train.items()},
+            "val_sizes": {k: len(v) for k, v in pool.val.items()}}
+    info_path = out / "zoo.json"
+    if info_path.exists():
+        old = json.loads(info_path.read_text())
+        for key in ("recipe_digest", "pool_digest", "targets"):
+            if old.get(key) != info[key]:
+                raise UsageError(f"{out} holds a zoo of another recipe or data ({key} differs); "
+                                 "use a new output folder")
+        info = old
+    else:
+        # base-model labels, once: what the zoo's labels are to be read against
+        base_labels: dict[str, float] = {}
+        vl, per = val_losses(model, 1, pool.val, batch=recipe.eval_batch)
+        base_labels["val_loss"] = float(vl[0])
+        for name, reqs in evals.items():
+            r = mc_accuracy(model, 1, reqs, batch=recipe.eval_batch)
+            base_labels[f"{name}_acc"] = float(r.accuracy[0])
+            base_labels[f"{name}_gold_logprob"] = float(r.gold_logprob[0])
+        info["base_labels"] = base_labels
+        log(f"base model labels: {base_labels}")
+        tmp = info_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(info, indent=1))
+        os.replace(tmp, info_path)
+    manifest = out / MANIFEST
+    rows = read_manifest(manifest)
+    # rewrite without a torn tail, so appends start on a clean line
+    with open(manifest, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    done = {r["id"] for r in rows}
+    rep = BuildReport(out=out, done=len(done), total=len(specs), groups_run=0,
+                      base_labels=info.get("base_labels", {}))
+    groups = group_specs(specs, recipe.group_size)
+    for group in groups:
+        if all(s.id in done for s in group):
+            continue
+        if max_groups is not None and rep.groups_run >= max_groups:
+            rep.stopped_early = True
+            break
+        if max_minutes is not None and rep.groups_run > 0:
+            per_group = (time.monotonic() - t_start) / rep.groups_run
+            if time.monotonic() - t_start + per_group > max_minutes * 60:
+                rep.stopped_early = True
+                break
+        t0 = time.monotonic()
+        mods, losses = train_group(model, targets, group, pool.train, recipe.seed, recipe.lr_schedule)
+        _sync(model)
+        t1 = time.monotonic()
+        k = len(group)
+        vl, per_src = val_losses(model, k, pool.val, batch=recipe.eval_batch)
+        mc = {name: mc_accuracy(model, k, reqs, batch=recipe.eval_batch) for name, reqs in evals.items()}
+        _sync(model)
+        t2 = time.monotonic()
+        lines = []
+        for slot, s in enumerate(group):
+            ranks = s.layer_ranks or {n: s.rank for n in targets}
+            rel = f"adapters/{s.id}"
+            write_peft(out / rel, s, extract(mods, slot, ranks), recipe, base_name, getattr(torch, save_dtype))
+            tl = losses[: s.steps, slot]
+            row: dict[str, Any] = {"id": s.id, "path": rel, "split": s.split, "val_loss": round(float(vl[slot]), 6)}
+            for src, v in per_src.items():
+                row[f"val_loss_{src}"] = round(float(v[slot]), 6)
+            for name, r in mc.items():
+                row[f"{name}_acc"] = round(float(r.accuracy[slot]), 6)
+                row[f"{name}_gold_logprob"] = round(float(r.gold_logprob[slot]), 6)
+            row["sources"] = list(s.sources)
+            for src in (x.name for x in recipe.sources):
+                row[f"src_{src}"] = int(src in s.sources)
+            row.update({"rank": s.rank, "alpha": s.alpha, "lr": s.lr, "steps": s.steps,
+                        "batch_size": s.batch_size, "dropout": s.dropout, "weight_decay": s.weight_decay,
+                        "mixed_rank": s.layer_ranks is not None,
+                        "train_loss_first": round(float(tl[0]), 6),
+                        "train_loss_last": round(float(tl[-5:].mean()), 6)})
+            lines.append(json.dumps(row) + "\n")
+        with open(manifest, "a", encoding="utf-8") as f:
+            f.write("".join(lines))
+            f.flush()
+            os.fsync(f.fileno())
+        eject(model, targets)
+        t3 = time.monotonic()
+        rep.seconds_train += t1 - t0
+        rep.seconds_label += t2 - t1
+        rep.seconds_write += t3 - t2
+        rep.groups_run += 1
+        rep.done += sum(1 for s in group if s.id not in done)
+        done.update(s.id for s in group)
+        log(f"group {rep.groups_run}: {k} adapters (steps ≤ {max(s.steps for s in group)}, "
+            f"batch ≤ {max(s.batch_size for s in group)}) train {t1 - t0:.1f}s label {t2 - t1:.1f}s "
+            f"write {t3 - t2:.1f}s — {rep.done}/{rep.total} done")
+    return rep
+
+
+def _sync(model: nn.Module) -> None:
+    dev = next(model.parameters()).device
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)

