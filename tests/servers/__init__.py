@@ -1,0 +1,1 @@
+"""Loopback HTTP servers that stand in for the Hugging Face Hub and Civitai in tests."""
