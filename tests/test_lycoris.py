@@ -300,3 +300,60 @@ def test_maybe_compress_rtol_drops_negligible_directions(gen):
     assert uc.shape[1] == 2
     ref = u @ v.T
     assert float((uc @ vc.T - ref).abs().max()) < 1e-7 * math.sqrt(float((ref**2).sum()))
+
+
+# ---- cross-check against PEFT's own LoHa/LoKr (a port of LyCORIS; a project dependency) ---
+
+
+class _Tiny(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = torch.nn.Linear(40, 48)  # LoKr splits: out 6·8, in 5·8
+        self.conv = torch.nn.Conv2d(32, 48, (3, 3))  # out 6·8, in 4·8
+        self.pw = torch.nn.Conv2d(10, 15, 1)
+
+    def forward(self, x):  # pragma: no cover - never called
+        return x
+
+
+def _peft_cases():
+    from peft import LoHaConfig, LoKrConfig
+
+    targets = ["lin", "conv", "pw"]
+    yield "loha", LoHaConfig(r=3, alpha=5, target_modules=targets)
+    yield "loha", LoHaConfig(r=2, alpha=3, target_modules=targets, use_effective_conv2d=True)
+    yield "lokr", LoKrConfig(r=2, alpha=3, target_modules=targets)  # full w1, decomposed w2
+    yield "lokr", LoKrConfig(r=2, alpha=3, target_modules=targets, decompose_both=True)
+    yield "lokr", LoKrConfig(r=2, alpha=3, target_modules=targets, use_effective_conv2d=True)
+    yield "lokr", LoKrConfig(r=12, alpha=3, target_modules=targets)  # rank too big: full w2
+
+
+@pytest.mark.parametrize("case", range(6))
+def test_matches_peft_delta_weight(case):
+    pytest.importorskip("peft")
+    from peft import get_peft_model
+
+    algo, cfg = list(_peft_cases())[case]
+    torch.manual_seed(100 + case)
+    model = get_peft_model(_Tiny(), cfg)
+    prefix = "hada_" if algo == "loha" else "lokr_"
+    for name in ("lin", "conv", "pw"):
+        mod = getattr(model.base_model.model, name)
+        with torch.no_grad():
+            for pname, p in mod.named_parameters():
+                if pname.startswith(prefix):
+                    p.copy_(torch.randn_like(p))
+        t = {pname.split(".")[0]: p.detach().double() for pname, p in mod.named_parameters() if pname.startswith(prefix)}
+        s = float(mod.scaling["default"])
+        shape = tuple(mod.get_base_layer().weight.shape)
+        with torch.no_grad():
+            ref = mod.get_delta_weight("default").double().reshape(shape[0], -1)
+        if algo == "loha":
+            U, V = loha_factors(t["hada_w1_a"], t["hada_w1_b"], t["hada_w2_a"], t["hada_w2_b"], scale=s,
+                                t1=t.get("hada_t1"), t2=t.get("hada_t2"), out_shape=shape, dtype=F64)
+        else:
+            kw = {k.removeprefix("lokr_").replace("_", ""): v for k, v in t.items()}
+            U, V = lokr_factors(scale=s, out_shape=shape, dtype=F64, **kw)
+            if "lokr_w2" not in t or "lokr_w1" not in t:  # PEFT's alpha/r agrees with the LyCORIS rule here
+                assert lycoris_scale(cfg.alpha, t, "lokr") == pytest.approx(s)
+        assert rel_err(U, V, ref) < 1e-6, (name, sorted(t))  # PEFT computes in float32

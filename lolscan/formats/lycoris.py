@@ -15,6 +15,9 @@ float64; results are float32 unless ``dtype`` says otherwise. The scale ``s`` is
 evenly: both factors carry ``√|s|``, ``U`` also carries ``sign(s)``. The numeric oracle is
 the ComfyUI/A1111 application (scale applied once), not LyCORIS ``get_diff_weight``,
 which multiplies the scale a second time on top of ``get_weight``.
+
+Inconsistent shapes raise `InputError` (exit code 3) without a path; readers should
+re-raise it with the file's path (``InputError(str(e), path=...)``).
 """
 from __future__ import annotations
 
@@ -31,6 +34,7 @@ __all__ = [
     "lokr_factors",
     "lycoris_scale",
     "lokr_scale_rank",
+    "lokr_rank_for_scale",
     "maybe_compress",
 ]
 
@@ -266,6 +270,9 @@ def lokr_scale_rank(tensors: Mapping[str, Tensor]) -> int | None:
         if t is not None:
             return int(t.shape[0])
     return None
+
+
+lokr_rank_for_scale = lokr_scale_rank  # the name used in the task brief
 
 
 def lycoris_scale(alpha: float | Tensor | None, tensors: Mapping[str, Tensor], algo: str) -> float:
