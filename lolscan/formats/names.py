@@ -27,7 +27,7 @@ _COMPOUNDS = sorted(
         "down_blocks", "up_blocks", "mid_block", "transformer_blocks", "single_transformer_blocks",
         "to_q", "to_k", "to_v", "to_out", "to_add_out", "add_q_proj", "add_k_proj", "add_v_proj",
         "proj_in", "proj_out", "proj_mlp", "time_emb_proj", "conv_shortcut", "conv_in", "conv_out",
-        "time_embedding", "linear_1", "linear_2", "ff_context", "norm1_context", "norm_out",
+        "time_embedding", "time_embed", "label_emb", "linear_1", "linear_2", "ff_context", "norm1_context", "norm_out",
         "text_model", "self_attn", "q_proj", "k_proj", "v_proj", "out_proj", "o_proj", "gate_proj",
         "up_proj", "down_proj", "embed_tokens", "lm_head", "c_attn", "c_proj", "c_fc",
         "input_blocks", "output_blocks", "middle_block", "in_layers", "out_layers", "emb_layers",
@@ -75,9 +75,9 @@ def _resnet_inner(rest: str) -> str:
 
 def sgm_to_diffusers(path: str) -> str:
     """Map SGM/LDM UNet paths (kohya's SDXL names) onto diffusers' UNet2DConditionModel paths."""
-    m = re.match(r"input_blocks\.(\d+)\.(\d+)\.(.+)$", path)
+    m = re.match(r"input_blocks\.(\d+)\.(\d+)(?:\.(.+))?$", path)
     if m:
-        i, j, rest = int(m[1]), int(m[2]), m[3]
+        i, j, rest = int(m[1]), int(m[2]), m[3] or ""
         if i == 0:
             return "conv_in"
         block, idx = divmod(i - 1, 3)
@@ -99,9 +99,11 @@ def sgm_to_diffusers(path: str) -> str:
         if rest.startswith("conv"):
             return f"up_blocks.{block}.upsamplers.0.conv"
         return f"up_blocks.{block}.attentions.{idx}.{rest}"
-    m = re.match(r"(time_embed|label_emb)\.0\.(\d+)$", path)
+    m = re.match(r"(time_embed|label_emb\.0)\.(0|2)$", path)
     if m:
         return f"{'time_embedding' if m[1] == 'time_embed' else 'add_embedding'}.linear_{1 if m[2] == '0' else 2}"
+    if path == "out.2":
+        return "conv_out"
     return path
 
 
@@ -110,7 +112,7 @@ def kohya_module_name(module: str) -> str | None:
     for prefix, component in KOHYA_PREFIXES:
         if module.startswith(prefix):
             dotted = kohya_to_dotted(module[len(prefix):])
-            if component == "unet" and dotted.startswith(("input_blocks", "middle_block", "output_blocks", "time_embed", "label_emb")):
+            if component == "unet" and (dotted.startswith(("input_blocks", "middle_block", "output_blocks", "time_embed.", "label_emb.")) or dotted == "out.2"):
                 dotted = sgm_to_diffusers(dotted)
             if component == "unet" and dotted.startswith(("double_blocks", "single_blocks")):
                 component = "transformer"  # Flux trained by kohya: BFL module names

@@ -8,7 +8,7 @@ from typing import Any
 from ..adapter import Adapter
 from ..errors import InputError, UnsupportedFormat
 from ..tensorfile import TensorFile, read_tensor_file
-from .build import build_layers, finish
+from .build import alpha_rule, build_layers, finish
 from .grouping import group_keys
 from .names import dotted_module_name
 from .peft_config import BASE_DEPENDENT_PEFT_TYPES, LOW_RANK_PEFT_TYPES, peft_scale
@@ -59,12 +59,17 @@ def from_tensors(tf: TensorFile, config: dict[str, Any], *, source: str) -> Adap
     modules, leftover = group_keys(tf.tensors)
     if config.get("fan_in_fan_out"):
         pass  # factor shapes are unchanged; ΔW is always reported in the [out, in] orientation
-    built = build_layers(
-        tf, modules,
-        name_of=dotted_module_name,
-        scale_of=lambda module, rank, alpha: peft_scale(config, module_path(module), rank),
-        default_alpha=lambda module: peft_scale(config, module_path(module), 1)[1],
-    )
+    if config:
+        built = build_layers(
+            tf, modules,
+            name_of=dotted_module_name,
+            scale_of=lambda module, rank, alpha: peft_scale(config, module_path(module), rank),
+            default_alpha=lambda module: peft_scale(config, module_path(module), 1)[1],
+        )
+    else:  # weights without adapter_config.json: alphas from the file if any, else scale 1
+        built = build_layers(tf, modules, name_of=dotted_module_name, scale_of=alpha_rule())
+        if not any(layer.alpha is not None for layer in built.layers.values()):
+            built.warnings.append("no adapter_config.json and no alpha tensors: scale assumed to be 1")
     declared = config.get("r")
     for name, layer in built.layers.items():
         if declared and layer.rank != declared and not _in_rank_pattern(config, name):
