@@ -41,6 +41,10 @@ def test_layout_padding_and_zeros() -> None:
                 assert torch.allclose(U @ V.T, layer.U.double() @ layer.V.double().T, rtol=1e-12, atol=1e-12)  # ...so ΔW is kept
                 assert g.ranks[b_i, j] == r
     assert batch.ranks().tolist() == [[3, 2, 5, 0, 1], [0, 4, 0, 2, 0]]
+    # storage is [L_g, n, B, r_g] (batch-inner) so per-layer left products need no transposing copy
+    assert all(g.U.permute(1, 2, 0, 3).is_contiguous() and g.V.permute(1, 2, 0, 3).is_contiguous() for g in batch.groups)
+    moved = batch.to(dtype=torch.float32).select([1])
+    assert all(g.U.permute(1, 2, 0, 3).is_contiguous() for g in moved.groups)
     assert batch.rank_set() == {1, 2, 3, 4, 5}
 
 

@@ -5,6 +5,10 @@ For each `ShapeGroup` (spec layers with one ``(n, m)``) a `FactorGroup` holds
 of the batch has in that group. Smaller ranks are zero-padded in the rank columns, which leaves
 U Vᵀ unchanged exactly; a spec module an adapter does not touch gets all-zero factors (ΔW = 0).
 ``ranks`` keeps each layer's true rank (0 = not adapted) for models that need a fixed rank.
+
+Memory layout: U and V are permuted views of ``[L_g, n, B, r_g]`` storage, so the left
+multiplication by per-layer maps (``einsum("ldn,blnr->bldr")``) is one bmm over L_g without a
+transposing copy of the input. Shapes and indexing are unaffected.
 """
 from __future__ import annotations
 
@@ -84,6 +88,7 @@ class FactorBatch:
         return cat.index_select(1, inverse)
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> FactorBatch:
+        # Tensor.to keeps the strides (preserve_format), so the batch-inner layout survives.
         groups = [replace(g, U=g.U.to(device=device, dtype=dtype), V=g.V.to(device=device, dtype=dtype)) for g in self.groups]
         return FactorBatch(self.spec, groups, list(self.sources))
 
@@ -97,8 +102,18 @@ class FactorBatch:
         groups = []
         for g in self.groups:
             td = t.to(g.U.device)
-            groups.append(replace(g, U=g.U.index_select(0, td), V=g.V.index_select(0, td), ranks=g.ranks.index_select(0, t)))
+            groups.append(replace(g, U=_take_rows(g.U, td), V=_take_rows(g.V, td), ranks=g.ranks.index_select(0, t)))
         return FactorBatch(self.spec, groups, [self.sources[i] for i in idx])
+
+
+def _batch_inner(L: int, rows: int, B: int, r: int, dtype: torch.dtype) -> torch.Tensor:
+    """Zeros shaped ``[B, L, rows, r]`` whose storage is ``[L, rows, B, r]``."""
+    return torch.zeros((L, rows, B, r), dtype=dtype).permute(2, 0, 1, 3)
+
+
+def _take_rows(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """``t.index_select(0, idx)`` keeping the batch-inner storage layout."""
+    return t.permute(1, 2, 0, 3).index_select(2, idx).permute(2, 0, 1, 3)
 
 
 def collate(
@@ -117,7 +132,6 @@ def collate(
         for adapter in batch:
             spec.require_fits(adapter)
     target = torch.device(device) if device is not None else torch.device("cpu")
-    pin = target.type == "cuda"
     B = len(batch)
     groups: list[FactorGroup] = []
     for sg in spec.groups:
@@ -126,8 +140,8 @@ def collate(
         r = max((layer.rank for row in rows for layer in row if layer is not None), default=0)
         r = max(r, 1)  # keep a (zero) rank column even when no adapter touches this group
         L = len(names)
-        U = torch.zeros((B, L, sg.n, r), dtype=dtype, pin_memory=pin)
-        V = torch.zeros((B, L, sg.m, r), dtype=dtype, pin_memory=pin)
+        U = _batch_inner(L, sg.n, B, r, dtype)
+        V = _batch_inner(L, sg.m, B, r, dtype)
         ranks = torch.zeros((B, L), dtype=torch.long)
         for b, row in enumerate(rows):
             for j, layer in enumerate(row):
@@ -138,8 +152,8 @@ def collate(
                     U[b, j, :, :k].copy_(layer.U)
                     V[b, j, :, :k].copy_(layer.V)
                 ranks[b, j] = k
-        if target.type != "cpu":
-            U = U.to(target, non_blocking=pin)
-            V = V.to(target, non_blocking=pin)
+        if target.type != "cpu":  # packed on the host, one copy per group (strides kept)
+            U = U.to(target)
+            V = V.to(target)
         groups.append(FactorGroup(sg.n, sg.m, sg.indices, U, V, ranks))
     return FactorBatch(spec, groups, [adapter.source for adapter in batch])
