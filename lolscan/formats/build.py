@@ -118,6 +118,8 @@ def _lycoris_layer(tf: TensorFile, module: str, roles: dict[str, str], alpha: fl
             kw = {k.removeprefix("lokr_").replace("_", ""): v for k, v in t.items()}
             U, V = lycoris.lokr_factors(scale=s, out_shape=out_shape, **kw)
             algo = "lokr"
+    except InputError as exc:
+        raise InputError(f"module {module!r}: {exc}", path=tf.path) from None
     except (KeyError, RuntimeError, ValueError) as exc:
         raise InputError(f"module {module!r}: malformed LyCORIS tensors ({exc})", path=tf.path) from None
     return Layer(U=U.float(), V=V.float(), shape=out_shape, kind="conv" if len(out_shape) > 2 else "linear",
