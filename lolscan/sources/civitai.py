@@ -225,6 +225,16 @@ def _cached(vid: int, ref: CivitaiRef) -> Resolved | None:
     return Resolved(path=path, uri=_canonical(version, f), metadata=meta)
 
 
+def _newest_cached(model_id: int) -> int | None:
+    """The newest cached version of a model (offline answer for `civitai:model/<id>`)."""
+    found = []
+    for record_path in (cache_root() / "civitai").glob("*/version.json"):
+        version = (read_json(record_path) or {}).get("version") or {}
+        if version.get("modelId") == model_id and isinstance(version.get("id"), int):
+            found.append(version["id"])
+    return max(found, default=None)
+
+
 def _offline_missing(ref: CivitaiRef) -> InputError:
     where = cache_root() / "civitai"
     return InputError(
@@ -308,7 +318,7 @@ def resolve_civitai(ref: CivitaiRef, *, offline: bool, token: str | None, progre
     if vid is None and ref.file_hash is not None:
         vid = (read_json(_ref_path("hash", ref.file_hash)) or {}).get("version_id")
     if vid is None and offline and ref.model_id is not None:
-        vid = (read_json(_ref_path("model", str(ref.model_id))) or {}).get("version_id")
+        vid = (read_json(_ref_path("model", str(ref.model_id))) or {}).get("version_id") or _newest_cached(ref.model_id)
     if vid is not None:
         hit = _cached(vid, ref)
         if hit is not None:

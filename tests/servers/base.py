@@ -98,7 +98,7 @@ class MockServer:
     def start(self) -> "MockServer":
         self._httpd = _Server(("127.0.0.1", 0), _Handler)
         self._httpd.mock = self
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self._thread.start()
         return self
 
