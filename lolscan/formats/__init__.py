@@ -48,10 +48,8 @@ def load_path(path: Path, *, allow_pickle: bool = False) -> Adapter:
 def load_adapter(target: str | Path, *, allow_pickle: bool = False, **source_options) -> Adapter:
     """Read a local file/folder, or a remote URI (hf://, civitai:, …) through lolscan.sources."""
     text = str(target)
-    try:
-        from ..sources import is_remote, resolve
-    except ImportError:  # TODO(lead): remove once lolscan.sources lands
-        is_remote = lambda _: False  # noqa: E731
+    from ..sources import is_remote, resolve
+
     if is_remote(text):
         resolved = resolve(text, **source_options)
         adapter = load_path(resolved.path, allow_pickle=allow_pickle)
