@@ -48,6 +48,22 @@ def test_layout_padding_and_zeros() -> None:
     assert batch.rank_set() == {1, 2, 3, 4, 5}
 
 
+def test_uniform_rank_layers_are_copied_exactly() -> None:
+    ads = [adapter({name: 2 for name in SPEC.names}) for _ in range(3)]
+    ads.append(adapter({"l3": 1}))  # l3 mixes ranks 2 and 1; the other layers miss in the last adapter
+    for batch, expect in ((collate(ads[:3], SPEC), 3), (collate(ads, SPEC), 4)):
+        assert batch.batch_size == expect
+        for g in batch.groups:
+            for j, i in enumerate(g.indices):
+                for b, ad in enumerate(ads[:expect]):
+                    layer = ad.layers.get(SPEC[i].name)
+                    if layer is None:
+                        assert not g.U[b, j].any() and not g.V[b, j].any()
+                    else:
+                        assert torch.equal(g.U[b, j, :, : layer.rank], layer.U) and torch.equal(g.V[b, j, :, : layer.rank], layer.V)
+                        assert not g.U[b, j, :, layer.rank :].any()
+
+
 def test_to_spec_order_and_select() -> None:
     batch = collate([adapter({"l0": 1}), adapter({"l3": 2}), adapter({"l1": 1})], SPEC)
     per_group = [torch.tensor(g.indices).expand(3, -1) for g in batch.groups]

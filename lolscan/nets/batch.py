@@ -106,11 +106,6 @@ class FactorBatch:
         return FactorBatch(self.spec, groups, [self.sources[i] for i in idx])
 
 
-def _batch_inner(L: int, rows: int, B: int, r: int, dtype: torch.dtype) -> torch.Tensor:
-    """Zeros shaped ``[B, L, rows, r]`` whose storage is ``[L, rows, B, r]``."""
-    return torch.zeros((L, rows, B, r), dtype=dtype).permute(2, 0, 1, 3)
-
-
 def _take_rows(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """``t.index_select(0, idx)`` keeping the batch-inner storage layout."""
     return t.permute(1, 2, 0, 3).index_select(2, idx).permute(2, 0, 1, 3)
@@ -140,18 +135,29 @@ def collate(
         r = max((layer.rank for row in rows for layer in row if layer is not None), default=0)
         r = max(r, 1)  # keep a (zero) rank column even when no adapter touches this group
         L = len(names)
-        U = _batch_inner(L, sg.n, B, r, dtype)
-        V = _batch_inner(L, sg.m, B, r, dtype)
+        # Storage [L, n, B, r]: layer j of every adapter is one contiguous [n, B, r] block.
+        U_store = torch.empty((L, sg.n, B, r), dtype=dtype)
+        V_store = torch.empty((L, sg.m, B, r), dtype=dtype)
         ranks = torch.zeros((B, L), dtype=torch.long)
-        for b, row in enumerate(rows):
-            for j, layer in enumerate(row):
-                if layer is None:
+        for j in range(L):
+            column = [row[j] for row in rows]
+            if all(layer is not None and layer.rank == r for layer in column):
+                # common case: no padding, one stacking copy per layer
+                torch.stack([layer.U.to(dtype) for layer in column], dim=1, out=U_store[j])
+                torch.stack([layer.V.to(dtype) for layer in column], dim=1, out=V_store[j])
+                ranks[:, j] = r
+                continue
+            U_store[j].zero_()
+            V_store[j].zero_()
+            for b, layer in enumerate(column):
+                if layer is None or layer.rank == 0:
                     continue
                 k = layer.rank
-                if k:
-                    U[b, j, :, :k].copy_(layer.U)
-                    V[b, j, :, :k].copy_(layer.V)
+                U_store[j, :, b, :k].copy_(layer.U)
+                V_store[j, :, b, :k].copy_(layer.V)
                 ranks[b, j] = k
+        U = U_store.permute(2, 0, 1, 3)
+        V = V_store.permute(2, 0, 1, 3)
         if target.type != "cpu":  # packed on the host, one copy per group (strides kept)
             U = U.to(target)
             V = V.to(target)
