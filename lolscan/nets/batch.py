@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
+from functools import lru_cache
 
 import torch
 
@@ -84,8 +85,7 @@ class FactorBatch:
         cat = torch.cat(list(per_group), dim=1)
         if len(self.groups) == 1:
             return cat  # one group: its indices are 0..L-1 already
-        inverse = torch.as_tensor(self.spec.group_inverse, device=cat.device)
-        return cat.index_select(1, inverse)
+        return cat.index_select(1, index_tensor(self.spec.group_inverse, cat.device))
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> FactorBatch:
         # Tensor.to keeps the strides (preserve_format), so the batch-inner layout survives.
@@ -104,6 +104,12 @@ class FactorBatch:
             td = t.to(g.U.device)
             groups.append(replace(g, U=_take_rows(g.U, td), V=_take_rows(g.V, td), ranks=g.ranks.index_select(0, t)))
         return FactorBatch(self.spec, groups, [self.sources[i] for i in idx])
+
+
+@lru_cache(maxsize=512)
+def index_tensor(values: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """A cached int64 tensor of ``values`` on ``device`` (avoids a host->device copy per forward). Do not modify."""
+    return torch.as_tensor(values, dtype=torch.long, device=device)
 
 
 def _take_rows(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:

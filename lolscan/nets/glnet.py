@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..adapter import Adapter
-from .batch import FactorBatch
+from .batch import FactorBatch, index_tensor
 from .common import MetaNet, _chunks, make_mlp
 from .spec import LayerSpec
 
@@ -81,7 +81,7 @@ class GLNet(MetaNet):
         self._check_batch(batch)
         out = []
         for gi, g in enumerate(batch.groups):
-            idx = torch.as_tensor(g.indices, device=g.U.device)
+            idx = index_tensor(g.indices, g.U.device)
             scale = self.input_scale.index_select(0, idx).view(1, -1, 1, 1)
             U = torch.einsum("ldn,blnr->bldr", self.phi[gi], g.U) * scale
             V = torch.einsum("ldm,blmr->bldr", self.psi[gi], g.V) * scale
