@@ -56,6 +56,8 @@ def build_layers(
                 raise UnsupportedFormat(f"module {module!r}: {reason}; lolscan reads low-rank adapters only", path=tf.path)
         name = name_of(module)
         alpha = scalar(t[roles["alpha"]], roles["alpha"], tf.path) if "alpha" in roles else None
+        if alpha == 0:
+            out.warnings.append(f"{module}: alpha is 0; read as alpha = rank (kohya/LyCORIS), ComfyUI would disable it")
         keys = tuple(sorted(roles.values()))
         layer: Layer | None = None
         if "up" in roles or "down" in roles:

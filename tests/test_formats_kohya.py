@@ -1,0 +1,74 @@
+"""kohya-family details: alpha rules, Tucker LoCon, DoRA scale orientation, old diffusers text-encoder keys."""
+from __future__ import annotations
+
+import torch
+from safetensors.torch import save_file
+
+import lolscan
+
+UNET = "lora_unet_down_blocks_0_resnets_0_conv1"
+
+
+def test_alpha_rules(tmp_path):
+    torch.manual_seed(0)
+    down, up = torch.randn(4, 6), torch.randn(5, 4)
+    cases = {"none": None, "half": torch.tensor(2.0, dtype=torch.bfloat16), "zero": torch.tensor(0.0), "one_elem": torch.tensor([8.0])}
+    expected = {"none": 1.0, "half": 0.5, "zero": 1.0, "one_elem": 2.0}
+    for label, alpha in cases.items():
+        t = {"lora_te_text_model_encoder_layers_0_mlp_fc1.lora_down.weight": down, "lora_te_text_model_encoder_layers_0_mlp_fc1.lora_up.weight": up}
+        if alpha is not None:
+            t["lora_te_text_model_encoder_layers_0_mlp_fc1.alpha"] = alpha
+        save_file(t, tmp_path / f"{label}.safetensors")
+        a = lolscan.load(str(tmp_path / f"{label}.safetensors"))
+        layer = a["text_encoder.text_model.encoder.layers.0.mlp.fc1"]
+        torch.testing.assert_close(layer.delta(), expected[label] * up @ down, atol=1e-5, rtol=1e-5)
+        assert (label == "zero") == any("alpha is 0" in w for w in a.warnings)
+
+
+def test_tucker_locon_matches_lycoris_rebuild(tmp_path):
+    torch.manual_seed(0)
+    r, cin, cout = 3, 4, 5
+    down, mid, up = torch.randn(r, cin, 1, 1), torch.randn(r, r, 3, 3), torch.randn(cout, r, 1, 1)
+    save_file({f"{UNET}.lora_down.weight": down, f"{UNET}.lora_mid.weight": mid, f"{UNET}.lora_up.weight": up,
+               f"{UNET}.alpha": torch.tensor(6.0)}, tmp_path / "locon.safetensors")
+    layer = lolscan.load(str(tmp_path / "locon.safetensors"))["unet.down_blocks.0.resnets.0.conv1"]
+    # LyCORIS rebuild_tucker: einsum('i j k l, j r, i p -> p r k l', mid, down, up)
+    dense = torch.einsum("ijkl,jr,ip->prkl", mid, down.flatten(1), up.flatten(1).T) * (6.0 / r)
+    assert layer.shape == (cout, cin, 3, 3) and layer.algo == "locon-tucker"
+    torch.testing.assert_close(layer.delta(), dense.reshape(cout, -1), atol=1e-5, rtol=1e-5)
+
+
+def test_dora_scale_orientation(tmp_path):
+    torch.manual_seed(0)
+    down, up = torch.randn(2, 6), torch.randn(5, 2)
+    for label, scale, axis in (("out", torch.rand(5, 1), "out"), ("in", torch.rand(1, 6), "in")):
+        save_file({"lora_unet_a_proj_in.lora_down.weight": down, "lora_unet_a_proj_in.lora_up.weight": up,
+                   "lora_unet_a_proj_in.dora_scale": scale}, tmp_path / f"{label}.safetensors")
+        layer = next(iter(lolscan.load(str(tmp_path / f"{label}.safetensors")).layers.values()))
+        assert layer.dora_axis == axis and not layer.exact
+        torch.testing.assert_close(layer.magnitude, scale.reshape(-1))
+
+
+def test_old_diffusers_text_encoder_keys(tmp_path):
+    torch.manual_seed(0)
+    d, u = torch.randn(2, 8), torch.randn(8, 2)
+    save_file({"text_encoder.text_model.encoder.layers.0.self_attn.to_q_lora.down.weight": d,
+               "text_encoder.text_model.encoder.layers.0.self_attn.to_q_lora.up.weight": u,
+               "text_encoder.text_model.encoder.layers.0.mlp.fc1.lora_linear_layer.down.weight": d.clone(),
+               "text_encoder.text_model.encoder.layers.0.mlp.fc1.lora_linear_layer.up.weight": u.clone(),
+               "unet.mid_block.attentions.0.transformer_blocks.0.attn1.processor.to_out_lora.down.weight": d.clone(),
+               "unet.mid_block.attentions.0.transformer_blocks.0.attn1.processor.to_out_lora.up.weight": u.clone()}, tmp_path / "old.safetensors")
+    a = lolscan.load(str(tmp_path / "old.safetensors"))
+    assert set(a) == {"text_encoder.text_model.encoder.layers.0.self_attn.q_proj",
+                      "text_encoder.text_model.encoder.layers.0.mlp.fc1",
+                      "unet.mid_block.attentions.0.transformer_blocks.0.attn1.to_out.0"}
+    for layer in a.layers.values():
+        torch.testing.assert_close(layer.delta(), u @ d, atol=1e-5, rtol=1e-5)
+
+
+def test_a1111_scale_tensor_overrides_alpha(tmp_path):
+    down, up = torch.randn(2, 6), torch.randn(5, 2)
+    save_file({"lora_unet_a_proj_in.lora_down.weight": down, "lora_unet_a_proj_in.lora_up.weight": up,
+               "lora_unet_a_proj_in.alpha": torch.tensor(1.0), "lora_unet_a_proj_in.scale": torch.tensor(3.0)}, tmp_path / "s.safetensors")
+    layer = next(iter(lolscan.load(str(tmp_path / "s.safetensors")).layers.values()))
+    torch.testing.assert_close(layer.delta(), 3.0 * up @ down, atol=1e-5, rtol=1e-5)
