@@ -1,0 +1,68 @@
+"""`lolscan inspect` end to end on real files: figures checked against dense ΔW computed independently."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+REPO = Path(__file__).resolve().parents[1]
+REAL = REPO.parent / "shared" / "fixtures" / "real"
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "COLUMNS": "200"}
+    return subprocess.run([sys.executable, "-m", "lolscan", *args], capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
+
+
+@pytest.mark.skipif(not REAL.is_dir(), reason="fixtures missing")
+def test_inspect_json_on_real_peft_folder():
+    folder = REAL / "gradience_tiny_lora"
+    res = run_cli("inspect", str(folder), "--json")
+    assert res.returncode == 0, res.stderr
+    report = json.loads(res.stdout)
+    assert report["schema_version"] == 1 and report["errors"] == []
+    (a,) = report["adapters"]
+    assert a["format"] == "peft" and a["modules"] == 12 and a["rank_min"] == a["rank_max"] == 8
+    assert a["family"].startswith("gpt2-style") and "768" in a["family"]
+    assert a["scales"] == [2.0] and a["dtype"] == "F32"
+    sha = hashlib.sha256((folder / "adapter_model.safetensors").read_bytes()).hexdigest().upper()
+    assert a["sha256"] == sha and a["autov2"] == sha[:10]
+    raw = load_file(folder / "adapter_model.safetensors")
+    key = "base_model.model.transformer.h.3.attn.c_proj"
+    dense = 2.0 * raw[key + ".lora_B.weight"].double() @ raw[key + ".lora_A.weight"].double()
+    s = torch.linalg.svdvals(dense)
+    m = a["per_module"]["transformer.h.3.attn.c_proj"]
+    assert m["frobenius"] == pytest.approx(float(torch.linalg.norm(dense)), rel=1e-5)
+    assert m["spectral"] == pytest.approx(float(s[0]), rel=1e-5)
+    assert m["effective_rank"] == int((s > s[0] * 1e-5).sum())
+
+
+def test_inspect_reports_mixed_rank_deficient_and_nonfinite(tmp_path):
+    torch.manual_seed(0)
+    low = torch.randn(4, 1) @ torch.randn(1, 8)  # rank-1 content stored at rank 4
+    t = {
+        "lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": low, "lora_unet_down_blocks_0_attentions_0_proj_in.lora_up.weight": torch.randn(6, 4),
+        "lora_unet_down_blocks_1_attentions_0_proj_in.lora_down.weight": torch.randn(2, 8), "lora_unet_down_blocks_1_attentions_0_proj_in.lora_up.weight": torch.randn(6, 2),
+        "lora_unet_up_blocks_1_attentions_0_proj_in.lora_down.weight": torch.full((2, 8), float("nan")), "lora_unet_up_blocks_1_attentions_0_proj_in.lora_up.weight": torch.randn(6, 2),
+    }
+    save_file(t, tmp_path / "x.safetensors", metadata={"ss_network_module": "networks.lora", "ss_network_dim": "4",
+                                                      "ss_network_alpha": "None", "ss_base_model_version": "sd_v1",
+                                                      "ss_tag_frequency": json.dumps({"10_cat": {"cat": 5, "dog": 2}})})
+    res = run_cli("inspect", str(tmp_path / "x.safetensors"), "--json")
+    assert res.returncode == 0, res.stderr
+    (a,) = json.loads(res.stdout)["adapters"]
+    assert a["mixed_rank"] and (a["rank_min"], a["rank_max"]) == (2, 4)
+    assert a["family"] == "sd1"
+    assert a["per_module"]["unet.down_blocks.0.attentions.0.proj_in"]["effective_rank"] == 1
+    assert a["nonfinite_modules"] == ["unet.up_blocks.1.attentions.0.proj_in"]
+    assert a["metadata"]["ss_network_dim"] == 4 and a["metadata"]["ss_network_alpha"] is None
+    assert a["metadata"]["top_tags"] == ["cat", "dog"]
+    table = run_cli("inspect", str(tmp_path / "x.safetensors"))
+    assert table.returncode == 0 and "mixed" in table.stdout and "NaN/Inf" in table.stdout
