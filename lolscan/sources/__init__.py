@@ -46,10 +46,11 @@ def resolve(
         if isinstance(ref, HfRef):
             from .hub import resolve_hf
 
-            return resolve_hf(ref, offline=offline, token=hf_token, progress=progress)
-        from .civitai import resolve_civitai
+            result = resolve_hf(ref, offline=offline, token=hf_token, progress=progress)
+        else:
+            from .civitai import resolve_civitai
 
-        return resolve_civitai(ref, offline=offline, token=civitai_token, progress=progress)
+            result = resolve_civitai(ref, offline=offline, token=civitai_token, progress=progress)
     except InputError as exc:
         clean = _scrub(str(exc), secrets)
         if clean != str(exc):
@@ -58,3 +59,5 @@ def resolve(
     except OSError as exc:  # disk full, permissions, a cache on a read-only filesystem
         detail = _scrub(exc.strerror or type(exc).__name__, secrets)
         raise InputError(f"cannot use the download cache ({detail})", path=ref.uri) from None
+    result.metadata["local_path"] = str(result.path)  # where the cached copy lives (inspect hashes it)
+    return result
