@@ -157,10 +157,12 @@ def _looks_pickled(path: Path) -> bool:
     """torch.save writes a zip archive (PK) or a raw pickle (protocol byte 0x80)."""
     try:
         with open(path, "rb") as fh:
-            head = fh.read(4)
+            head = fh.read(9)
     except OSError:
         return False
-    return head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"
+    if head[8:9] == b"{":  # a safetensors header (its length may well start with byte 0x80)
+        return False
+    return head.startswith(b"PK\x03\x04") or (head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"))
 
 
 def read_tensor_file(path: str | os.PathLike, *, allow_pickle: bool = False) -> TensorFile:
