@@ -250,3 +250,12 @@ def test_unreachable_civitai_is_a_clean_error(sources_env, monkeypatch) -> None:
     monkeypatch.setenv("LOLSCAN_CIVITAI_ENDPOINT", f"http://127.0.0.1:{port}")
     with pytest.raises(InputError, match=f"civitai:{VID}: cannot reach Civitai"):
         resolve(f"civitai:{VID}", progress=False)
+
+
+def test_unreachable_civitai_falls_back_for_model_references_only_when_cached(civitai) -> None:
+    publish_cat(civitai)
+    online = resolve(f"civitai:model/{MID}", progress=False)
+    civitai.stop()
+    assert resolve(f"civitai:model/{MID}", progress=False).path == online.path
+    with pytest.raises(InputError, match="cannot reach Civitai"):
+        resolve("civitai:model/777", progress=False)

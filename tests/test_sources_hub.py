@@ -183,3 +183,13 @@ def test_concurrent_resolves_share_one_intact_entry(hub) -> None:
     assert errors == [] and len(results) == 2
     assert results[0].path == results[1].path
     assert sha256_hex(results[0].path) == sha256_hex(CAT)
+
+
+def test_unreachable_hub_falls_back_to_the_last_resolved_copy(hub) -> None:
+    hub.add_commit("acme/cat", {"pytorch_lora_weights.safetensors": CAT})
+    online = resolve("hf://acme/cat", progress=False)
+    hub.stop()
+    again = resolve("hf://acme/cat", progress=False)
+    assert again.path == online.path and again.uri == online.uri
+    with pytest.raises(InputError, match="hf://acme/other: cannot reach the Hub"):
+        resolve("hf://acme/other", progress=False)

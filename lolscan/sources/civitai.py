@@ -28,6 +28,10 @@ LORA_MODEL_TYPES = {"lora", "locon", "dora", "lycoris"}
 MODEL_FILE_TYPES = {"model", "pruned model"}
 
 
+class CivitaiUnreachable(InputError):
+    """Civitai could not be reached at all (as opposed to answering with an error)."""
+
+
 class _Api:
     def __init__(self, ref: CivitaiRef, token: str | None):
         self.ref = ref
@@ -38,7 +42,7 @@ class _Api:
     def error(self, exc: Exception, what: str) -> InputError:
         uri = self.ref.uri
         if isinstance(exc, HttpConnectionError):
-            return InputError(f"cannot reach Civitai at {self.base} ({exc})", path=uri)
+            return CivitaiUnreachable(f"cannot reach Civitai at {self.base} ({exc})", path=uri)
         assert isinstance(exc, HttpStatusError)
         said = f" (Civitai: {exc.message})" if exc.message else ""
         if exc.status == 401:
@@ -235,6 +239,10 @@ def _newest_cached(model_id: int) -> int | None:
     return max(found, default=None)
 
 
+def _last_model_version(model_id: int) -> int | None:
+    return (read_json(_ref_path("model", str(model_id))) or {}).get("version_id") or _newest_cached(model_id)
+
+
 def _offline_missing(ref: CivitaiRef) -> InputError:
     where = cache_root() / "civitai"
     return InputError(
@@ -318,7 +326,7 @@ def resolve_civitai(ref: CivitaiRef, *, offline: bool, token: str | None, progre
     if vid is None and ref.file_hash is not None:
         vid = (read_json(_ref_path("hash", ref.file_hash)) or {}).get("version_id")
     if vid is None and offline and ref.model_id is not None:
-        vid = (read_json(_ref_path("model", str(ref.model_id))) or {}).get("version_id") or _newest_cached(ref.model_id)
+        vid = _last_model_version(ref.model_id)
     if vid is not None:
         hit = _cached(vid, ref)
         if hit is not None:
@@ -327,7 +335,15 @@ def resolve_civitai(ref: CivitaiRef, *, offline: bool, token: str | None, progre
         raise _offline_missing(ref)
 
     api = _Api(ref, token)
-    version, model = _fetch_version(api, ref)
+    try:
+        version, model = _fetch_version(api, ref)
+    except CivitaiUnreachable:
+        # Civitai unreachable: a model reference falls back to the version it resolved to last time.
+        last = _last_model_version(ref.model_id) if ref.version_id is None and ref.model_id is not None else None
+        hit = _cached(last, ref) if last is not None else None
+        if hit is None:
+            raise
+        return hit
     if ref.version_id is not None and version["id"] != ref.version_id:
         raise InputError(f"Civitai answered with version {version['id']}", path=ref.uri)
     _check_lora(version, model, ref.uri)

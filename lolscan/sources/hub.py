@@ -290,6 +290,14 @@ def resolve_hf(ref: HfRef, *, offline: bool, token: str | None, progress: bool) 
         else:
             paths = [hf_hub_download(ref.repo_id, plan.files[0], revision=commit, tqdm_class=tqdm_class, **kw)]
     except errors as exc:
+        import httpx2
+
+        if record and isinstance(exc, (httpx2.TransportError, ConnectionError)):
+            # The Hub is unreachable: serve the copy resolved last time, as huggingface_hub itself does.
+            try:
+                return _from_record(record, ref, **kw)
+            except errors:
+                pass
         raise _hf_error(exc, ref, has_token, False) from None
     readme = None
     if "README.md" in siblings:

@@ -56,9 +56,9 @@ class _Handler(BaseHTTPRequestHandler):
         headers.setdefault("Content-Length", str(len(resp.body)))
         for k, v in headers.items():
             self.send_header(k, v)
-        if resp.truncate_to is not None:
-            self.send_header("Connection", "close")
-            self.close_connection = True
+        # One request per connection, so a stopped server is really unreachable (no live keep-alive sockets).
+        self.send_header("Connection", "close")
+        self.close_connection = True
         self.end_headers()
         if self.command != "HEAD":
             body = resp.body if resp.truncate_to is None else resp.body[: resp.truncate_to]
