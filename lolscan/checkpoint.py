@@ -1,0 +1,338 @@
+"""Checkpoints: a folder with ``model.safetensors`` and ``card.json``. Never pickle.
+
+The card holds everything needed to rebuild and trust the model: architecture and
+hyperparameters, the layer spec it was trained on, the base model family, the targets
+(kind, units, labels, normalisation), held-out metrics, a summary of the training data, the
+lolscan version, and the name/shape of every tensor (checked against the file on load).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .adapter import Adapter
+from .errors import IncompatibleAdapter, InputError, UsageError
+from .targets import Target
+
+CARD_SCHEMA_VERSION = 1
+CARD_NAME = "card.json"
+WEIGHTS_NAME = "model.safetensors"
+PLOT_NAME = "pred_vs_true.png"
+REQUIRED = ("schema_version", "architecture", "hparams", "out_dim", "layer_spec", "targets", "tensors", "lolscan_version")
+
+
+class CheckpointError(InputError):
+    """A checkpoint folder that cannot be trusted (missing, malformed, tensors disagree): exit 3."""
+
+
+# ---- where checkpoints live -------------------------------------------------------------------
+def bundled_dir() -> Path:
+    """Pretrained checkpoints shipped with the source tree (``models/``), or $LOLSCAN_MODELS_DIR."""
+    env = os.environ.get("LOLSCAN_MODELS_DIR")
+    if env:
+        return Path(env).expanduser()
+    import lolscan
+
+    return Path(lolscan.__file__).resolve().parent.parent / "models"
+
+
+def user_dir() -> Path:
+    """The user's own checkpoints: ``<user data dir>/models`` ($LOLSCAN_DATA_DIR replaces the data dir)."""
+    env = os.environ.get("LOLSCAN_DATA_DIR")
+    if env:
+        return Path(env).expanduser() / "models"
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("lolscan")) / "models"
+
+
+def is_checkpoint(p: Path) -> bool:
+    return p.is_dir() and (p / CARD_NAME).is_file()
+
+
+def looks_like_path(text: str) -> bool:
+    return "/" in text or os.sep in text or text.startswith((".", "~"))
+
+
+def output_path(out: str) -> Path:
+    """``--out``: a path when it contains a slash, else a name in the user checkpoint folder."""
+    if looks_like_path(out):
+        return Path(out).expanduser()
+    if not out or out in (".", "..") or any(c in out for c in '\\:*?"<>|'):
+        raise UsageError(f"--out {out!r}: not a usable checkpoint name")
+    return user_dir() / out
+
+
+def resolve(model: str) -> Path:
+    """``--model NAME|PATH``: an existing path, then a user checkpoint name, then a bundled one."""
+    p = Path(model).expanduser()
+    if p.exists():
+        if not is_checkpoint(p):
+            raise CheckpointError(f"not a lolscan checkpoint (no {CARD_NAME})", path=p)
+        return p
+    if not looks_like_path(model):
+        for root in (user_dir(), bundled_dir()):
+            if is_checkpoint(root / model):
+                return root / model
+    names = sorted({info["name"] for info in list_checkpoints()})
+    hint = f"available: {', '.join(names)}" if names else "no checkpoints are installed; train one with `lolscan train`"
+    raise UsageError(f"--model {model!r}: no such checkpoint folder or name ({hint})")
+
+
+def default_model() -> Path:
+    """The model used without --model: a bundled card marked ``"default": true``, else the only one."""
+    infos = [i for i in list_checkpoints() if not i.get("error")]
+    marked = [i for i in infos if i.get("default") and i["origin"] == "bundled"]
+    if marked:
+        return Path(marked[0]["path"])
+    if len(infos) == 1:
+        return Path(infos[0]["path"])
+    names = ", ".join(sorted(i["name"] for i in infos)) or "none installed"
+    raise UsageError(f"no --model given and no default checkpoint (available: {names})")
+
+
+def list_checkpoints() -> list[dict[str, Any]]:
+    """Cards of user then bundled checkpoints (cards only; weights are not read)."""
+    out = []
+    for origin, root in (("user", user_dir()), ("bundled", bundled_dir())):
+        if not root.is_dir():
+            continue
+        for p in sorted(root.iterdir()):
+            if not is_checkpoint(p) or p.name.startswith("."):
+                continue
+            info: dict[str, Any] = {"name": p.name, "origin": origin, "path": str(p)}
+            try:
+                card = read_card(p)
+            except CheckpointError as exc:
+                info["error"] = str(exc)
+                out.append(info)
+                continue
+            info.update(
+                architecture=card["architecture"],
+                task=task_summary([Target.from_json(t) for t in card["targets"]]),
+                base_model=card.get("base_model", "unknown"),
+                metrics=card.get("metrics", {}).get("test", {}),
+                default=bool(card.get("default", False)),
+                description=card.get("description", ""),
+            )
+            out.append(info)
+    return out
+
+
+def task_summary(targets: list[Target]) -> str:
+    return "; ".join(t.describe() for t in targets)
+
+
+# ---- the card ---------------------------------------------------------------------------------
+def read_card(folder: Path) -> dict[str, Any]:
+    path = folder / CARD_NAME
+    try:
+        card = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(f"missing {CARD_NAME}", path=folder) from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"unreadable card: {exc}", path=path) from None
+    validate_card(card, path)
+    return card
+
+
+def validate_card(card: Any, path: Path | str) -> None:
+    """Schema version and required fields, with one-line errors."""
+    if not isinstance(card, dict):
+        raise CheckpointError("card is not a JSON object", path=path)
+    version = card.get("schema_version")
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise CheckpointError("card has no integer schema_version", path=path)
+    if version > CARD_SCHEMA_VERSION:
+        raise CheckpointError(
+            f"card schema_version {version} is newer than this lolscan understands ({CARD_SCHEMA_VERSION}); upgrade lolscan",
+            path=path,
+        )
+    if version < 1:
+        raise CheckpointError(f"card schema_version {version} is not valid", path=path)
+    missing = [k for k in REQUIRED if k not in card]
+    if missing:
+        raise CheckpointError(f"card lacks required field(s): {', '.join(missing)}", path=path)
+    from .nets import ARCHITECTURES
+
+    if card["architecture"] not in ARCHITECTURES:
+        raise CheckpointError(f"card names unknown architecture {card['architecture']!r}", path=path)
+    if not isinstance(card["hparams"], dict):
+        raise CheckpointError("card hparams must be an object", path=path)
+    if not isinstance(card["targets"], list) or not card["targets"] or not all(isinstance(t, dict) for t in card["targets"]):
+        raise CheckpointError("card targets must be a non-empty list of objects", path=path)
+    try:
+        targets = [Target.from_json(t) for t in card["targets"]]
+    except (TypeError, UsageError) as exc:
+        raise CheckpointError(f"card has a malformed target: {exc}", path=path) from None
+    width = 0
+    for t in targets:
+        if t.offset != width or t.width < 1 or (t.kind in ("multiclass", "multilabel") and len(t.labels) != t.width):
+            raise CheckpointError(f"card target {t.name!r} has an inconsistent output slice", path=path)
+        if t.kind == "regression" and not (t.std > 0):
+            raise CheckpointError(f"card target {t.name!r} has a non-positive std", path=path)
+        width += t.width
+    if card["out_dim"] != width:
+        raise CheckpointError(f"card out_dim {card['out_dim']} does not match its targets' width {width}", path=path)
+    tensors = card["tensors"]
+    if not isinstance(tensors, dict) or not all(
+        isinstance(s, list) and all(isinstance(d, int) for d in s) for s in tensors.values()
+    ):
+        raise CheckpointError("card tensors must map names to shapes", path=path)
+
+
+# ---- the loaded checkpoint --------------------------------------------------------------------
+@dataclass
+class Checkpoint:
+    model: torch.nn.Module
+    card: dict[str, Any]
+    targets: list[Target]
+    spec: Any  # LayerSpec
+    path: Path | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.card.get("name") or (self.path.name if self.path else "model")
+
+    @property
+    def architecture(self) -> str:
+        return self.card["architecture"]
+
+    @property
+    def base_model(self) -> str:
+        return self.card.get("base_model", "unknown")
+
+    @property
+    def device(self) -> torch.device:
+        return next(iter(self.model.parameters())).device
+
+    def info(self) -> dict[str, Any]:
+        """What reports say about the model."""
+        return {
+            "name": self.name,
+            "path": str(self.path) if self.path else None,
+            "architecture": self.architecture,
+            "base_model": self.base_model,
+            "targets": [{"name": t.name, "kind": t.kind, "units": t.units, "labels": t.labels} for t in self.targets],
+        }
+
+    def require_fits(self, adapter: Adapter) -> None:
+        """Refuse an adapter this model cannot read, naming what differs (exit code 4)."""
+        try:
+            self.spec.require_fits(adapter)
+        except IncompatibleAdapter as exc:
+            msg = str(exc)
+            if exc.path and msg.startswith(f"{exc.path}: "):
+                msg = msg[len(exc.path) + 2 :]
+            raise IncompatibleAdapter(
+                f"does not fit checkpoint {self.name!r} (base model {self.base_model}): {msg}", path=exc.path or adapter.source
+            ) from None
+
+    @torch.no_grad()
+    def scores(self, adapters: list[Adapter]) -> dict[str, torch.Tensor]:
+        """Per-target scores (regression values in units, class probabilities) for fitting adapters."""
+        from .nets import collate
+
+        self.model.eval()
+        batch = collate(adapters, self.spec, self.device, dtype=_model_dtype(self.model), check=False)
+        out = self.model(batch).float().cpu()
+        return {t.name: t.scores(out) for t in self.targets}
+
+    def predict(self, adapters: list[Adapter]) -> list[dict[str, dict[str, Any]]]:
+        s = self.scores(adapters)
+        return [{t.name: t.decode(s[t.name][i].tolist()) for t in self.targets} for i in range(len(adapters))]
+
+    def save(self, folder: str | Path, *, overwrite: bool = False, files: dict[str, bytes] | None = None) -> Path:
+        """Write atomically: a temporary sibling folder is renamed into place."""
+        from safetensors.torch import save_file
+
+        dest = Path(folder)
+        if dest.exists() and not overwrite:
+            raise UsageError(f"{dest} already exists (pass --overwrite to replace it)")
+        if dest.exists() and not is_checkpoint(dest):
+            raise UsageError(f"{dest} exists and is not a lolscan checkpoint; refusing to replace it")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().to("cpu").contiguous() for k, v in self.model.state_dict().items()}
+        card = dict(self.card)
+        card["tensors"] = {k: list(v.shape) for k, v in state.items()}
+        validate_card(card, dest / CARD_NAME)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+        try:
+            save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "lolscan": "checkpoint"})
+            (tmp / CARD_NAME).write_text(json.dumps(card, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+            for name, data in (files or {}).items():
+                (tmp / name).write_bytes(data)
+            if dest.exists():
+                old = dest.with_name(f".{dest.name}.old")
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(dest, old)
+                os.replace(tmp, dest)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, dest)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        self.card = card
+        self.path = dest
+        return dest
+
+
+def _model_dtype(model: torch.nn.Module) -> torch.dtype:
+    for p in model.parameters():
+        return p.dtype
+    return torch.float32
+
+
+def load_checkpoint(model: str | Path, *, device: str | torch.device = "cpu") -> Checkpoint:
+    """Resolve ``--model`` and load it, validating the card and the tensors against each other."""
+    from .nets import LayerSpec, build_model
+    from .tensorfile import read_safetensors
+
+    folder = resolve(str(model)) if not isinstance(model, Path) else model
+    if not is_checkpoint(folder):
+        raise CheckpointError(f"not a lolscan checkpoint (no {CARD_NAME})", path=folder)
+    card = read_card(folder)
+    card_path = folder / CARD_NAME
+    try:
+        spec = LayerSpec.from_json(card["layer_spec"])
+    except (ValueError, TypeError) as exc:
+        raise CheckpointError(f"card layer_spec is malformed: {exc}", path=card_path) from None
+    targets = [Target.from_json(t) for t in card["targets"]]
+    weights = folder / WEIGHTS_NAME
+    if not weights.is_file():
+        raise CheckpointError(f"missing {WEIGHTS_NAME}", path=folder)
+    tf = read_safetensors(weights)  # validating reader: InputError on a damaged file
+    on_disk = {k: list(v.shape) for k, v in tf.tensors.items()}
+    if on_disk != card["tensors"]:
+        raise CheckpointError(_tensor_diff(card["tensors"], on_disk, "card", WEIGHTS_NAME), path=folder)
+    try:
+        net = build_model(card["architecture"], spec, int(card["out_dim"]), **card["hparams"])
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"cannot rebuild {card['architecture']} from the card: {exc}", path=card_path) from None
+    expected = {k: list(v.shape) for k, v in net.state_dict().items()}
+    if expected != on_disk:
+        raise CheckpointError(_tensor_diff(expected, on_disk, "the architecture", WEIGHTS_NAME), path=folder)
+    net.load_state_dict({k: v for k, v in tf.tensors.items()}, strict=True)
+    net.to(device)
+    net.eval()
+    return Checkpoint(net, card, targets, spec, path=folder)
+
+
+def _tensor_diff(a: dict[str, list[int]], b: dict[str, list[int]], a_name: str, b_name: str) -> str:
+    only_a = sorted(set(a) - set(b))
+    only_b = sorted(set(b) - set(a))
+    if only_a:
+        return f"tensor {only_a[0]!r} is in {a_name} but not in {b_name}" + (f" (and {len(only_a) - 1} more)" if len(only_a) > 1 else "")
+    if only_b:
+        return f"tensor {only_b[0]!r} is in {b_name} but not in {a_name}" + (f" (and {len(only_b) - 1} more)" if len(only_b) > 1 else "")
+    k = next(k for k in sorted(a) if a[k] != b[k])
+    return f"tensor {k!r} is {a[k]} in {a_name} but {b[k]} in {b_name}"

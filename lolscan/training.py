@@ -1,0 +1,475 @@
+"""Training a checkpoint from a labelled manifest: load, split, fit, early-stop, evaluate, card.
+
+Everything is seeded: the split (groups shuffled with ``seed``), the model initialisation and the
+minibatch order, so the same command on the same files gives the same checkpoint (on one device).
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import math
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .adapter import Adapter
+from .errors import LolscanError, UsageError
+from .manifest import Manifest, assign_splits
+from .metrics import target_metrics
+from .targets import Target, fit_normalisation, layout, make_target
+
+FIXED_RANK_ARCHS = ("mlp", "mlp-oalign")
+
+
+@dataclass
+class TrainOptions:
+    arch: str = "glnet"
+    hparams: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    max_steps: int = 2000
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    eval_every: int = 25
+    patience: int = 12  # evaluations without a better validation loss before stopping
+    device: str = "auto"
+    progress: bool = True
+    threads: int | None = None  # CPU threads for torch; 1 is fastest for tiny models on busy machines
+
+
+@dataclass
+class Dataset:
+    """A manifest's adapters, targets (normalisation fitted on train) and split indices."""
+
+    manifest: Manifest
+    adapters: list[Adapter]
+    targets: list[Target]
+    values: dict[str, list[Any]]  # target name -> raw column values, row order
+    splits: dict[str, list[int]]
+    spec: Any  # LayerSpec
+    base_model: str
+    split_method: str
+    seed: int
+
+    def encoded(self, split: str) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        idx = self.splits[split]
+        return {t.name: t.encode([self.values[t.name][i] for i in idx]) for t in self.targets}
+
+    def split_adapters(self, split: str) -> list[Adapter]:
+        return [self.adapters[i] for i in self.splits[split]]
+
+
+@dataclass
+class TrainResult:
+    model: torch.nn.Module
+    metrics: dict[str, dict[str, dict[str, Any]]]  # split -> target -> metric -> value
+    history: list[dict[str, float]]
+    best_step: int
+    steps: int
+    seconds: float
+    test_scores: dict[str, torch.Tensor]  # target -> scores on the test split
+    options: TrainOptions
+
+
+# ---- data -------------------------------------------------------------------------------------
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"--device {device}: CUDA is not available on this machine")
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise UsageError(f"--device {device!r}: expected auto, cpu or cuda") from None
+
+
+def load_all(
+    sources: Sequence[str], *, workers: int = 4, allow_pickle: bool = False, on_done: Callable[[], None] | None = None
+) -> list[Adapter]:
+    """Read every adapter (threads overlap the I/O); the first unreadable one raises its one-line error."""
+    import lolscan
+
+    def read(src: str) -> Adapter:
+        try:
+            return lolscan.load(src, allow_pickle=allow_pickle)
+        finally:
+            if on_done:
+                on_done()
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        return list(pool.map(read, sources))
+
+
+def guess_base_model(adapters: Sequence[Adapter]) -> str:
+    from .inspection import guess_family
+
+    counts = Counter(guess_family(a) for a in adapters)
+    if len(counts) == 1:
+        return next(iter(counts))
+    return "mixed: " + ", ".join(f"{k} ({v})" for k, v in counts.most_common())
+
+
+def prepare(
+    manifest: Manifest,
+    target_columns: Sequence[str],
+    *,
+    kinds: dict[str, str] | None = None,
+    units: dict[str, str] | None = None,
+    seed: int = 0,
+    val_fraction: float = 0.15,
+    test_fraction: float = 0.15,
+    workers: int = 4,
+    allow_pickle: bool = False,
+    base_model: str | None = None,
+    progress: bool = True,
+) -> Dataset:
+    from .nets import LayerSpec
+
+    kinds, units = kinds or {}, units or {}
+    if not target_columns:
+        raise UsageError("name at least one --target column")
+    if len(set(target_columns)) != len(target_columns):
+        raise UsageError("a --target column is named twice")
+    manifest.require_columns(list(target_columns))
+    for col in list(kinds) + list(units):
+        if col not in target_columns:
+            raise UsageError(f"--kind/--units {col}=…: {col!r} is not one of the --target columns")
+    splits = assign_splits(manifest, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction)
+    values = {c: manifest.column(c) for c in target_columns}
+    targets = [make_target(c, values[c], kinds.get(c), units.get(c, "")) for c in target_columns]
+    layout(targets)
+    for t in targets:
+        fit_normalisation(t, [values[t.name][i] for i in splits["train"]])
+        if not any(not t.missing(values[t.name][i]) for i in splits["train"]):
+            raise UsageError(f"target {t.name!r} has no labelled rows in the training split")
+
+    from .cli.console import err_console
+    from rich.progress import Progress
+
+    with Progress(console=err_console, transient=True, disable=not progress) as bar:
+        task = bar.add_task("reading adapters", total=len(manifest.rows))
+        adapters = load_all(
+            [r.source for r in manifest.rows], workers=workers, allow_pickle=allow_pickle, on_done=lambda: bar.advance(task)
+        )
+    try:
+        spec = LayerSpec.from_adapters(adapters)
+    except ValueError as exc:
+        raise UsageError(f"{manifest.path}: the adapters do not share one base model: {exc}") from None
+    method = "column" if manifest.has_split else ("group" if manifest.has_group else "random")
+    return Dataset(manifest, adapters, targets, values, splits, spec, base_model or guess_base_model(adapters), method, seed)
+
+
+# ---- training ---------------------------------------------------------------------------------
+def build(ds: Dataset, opts: TrainOptions, device: torch.device) -> torch.nn.Module:
+    """A fresh model for ``opts.arch``, data-dependent buffers fitted on the training split."""
+    from .nets import build_model, common_rank
+
+    hp = dict(opts.hparams)
+    train = ds.split_adapters("train")
+    if opts.arch in FIXED_RANK_ARCHS and "rank" not in hp:
+        try:
+            hp["rank"] = common_rank(ds.adapters)
+        except ValueError as exc:
+            raise UsageError(f"{opts.arch} reads one fixed LoRA rank, but {exc}; use glnet, mlp-svd or mlp-dense") from None
+    torch.manual_seed(opts.seed)
+    try:
+        model = build_model(opts.arch, ds.spec, sum(t.width for t in ds.targets), **hp)
+        model.to(device)
+        model.fit(train)
+    except ValueError as exc:
+        raise UsageError(f"{opts.arch}: {exc}") from None
+    return model
+
+
+def _loss(targets: Sequence[Target], out: torch.Tensor, ys: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    return sum((t.loss(out, *ys[t.name]) for t in targets), out.new_zeros(()))
+
+
+@torch.no_grad()
+def _outputs(model: torch.nn.Module, batch: Any, chunk: int = 256) -> torch.Tensor:
+    model.eval()
+    outs = [model(batch.select(slice(i, i + chunk))) for i in range(0, batch.batch_size, chunk)]
+    return torch.cat(outs).float()
+
+
+def _to(ys: dict[str, tuple[torch.Tensor, torch.Tensor]], device: torch.device) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    return {k: (y.to(device), m.to(device)) for k, (y, m) in ys.items()}
+
+
+def train(ds: Dataset, opts: TrainOptions) -> TrainResult:
+    """Minibatch AdamW on the summed target losses, early stopping on validation loss."""
+    if not opts.threads:
+        return _train(ds, opts)
+    before = torch.get_num_threads()
+    torch.set_num_threads(opts.threads)
+    try:
+        return _train(ds, opts)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _train(ds: Dataset, opts: TrainOptions) -> TrainResult:
+    from .cli.console import err_console
+    from .nets import collate
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    device = resolve_device(opts.device)
+    start = time.perf_counter()
+    model = build(ds, opts, device)
+    batches = {s: collate(ds.split_adapters(s), ds.spec, device) for s in ("train", "val", "test") if ds.splits[s]}
+    ys = {s: _to(ds.encoded(s), device) for s in batches}
+    n_train = len(ds.splits["train"])
+    gen = torch.Generator().manual_seed(opts.seed)
+    optim = torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
+    monitor = "val" if "val" in batches else "train"
+    best, best_state, best_step, stale = math.inf, copy.deepcopy(model.state_dict()), 0, 0
+    history: list[dict[str, float]] = []
+    step, order, pos = 0, torch.randperm(n_train, generator=gen), 0
+    bs = min(opts.batch_size, n_train)
+    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn())
+    with Progress(*columns, console=err_console, transient=True, disable=not opts.progress) as bar:
+        task = bar.add_task(f"training {opts.arch}", total=opts.max_steps)
+        while step < opts.max_steps:
+            if pos + bs > n_train:
+                order, pos = torch.randperm(n_train, generator=gen), 0
+            idx = order[pos : pos + bs]
+            pos += bs
+            model.train()
+            mb = batches["train"].select(idx.tolist())
+            mys = {k: (y[idx.to(device)], m[idx.to(device)]) for k, (y, m) in ys["train"].items()}
+            loss = _loss(ds.targets, model(mb), mys)
+            optim.zero_grad(set_to_none=True)
+            loss.backward()
+            optim.step()
+            step += 1
+            bar.advance(task)
+            if step % opts.eval_every == 0 or step == opts.max_steps:
+                with torch.no_grad():
+                    val = float(_loss(ds.targets, _outputs(model, batches[monitor]), ys[monitor]))
+                history.append({"step": step, "train_loss": float(loss.detach()), f"{monitor}_loss": val})
+                bar.update(task, description=f"training {opts.arch}  {monitor} loss {val:.4g}")
+                if not math.isfinite(best) or val < best - 1e-6 * best:
+                    best, best_state, best_step, stale = val, copy.deepcopy(model.state_dict()), step, 0
+                else:
+                    stale += 1
+                    if stale >= opts.patience:
+                        break
+    model.load_state_dict(best_state)
+    model.eval()
+    metrics: dict[str, dict[str, dict[str, Any]]] = {}
+    test_scores: dict[str, torch.Tensor] = {}
+    for s, batch in batches.items():
+        out = _outputs(model, batch)
+        metrics[s] = {}
+        for t in ds.targets:
+            y, m = ys[s][t.name]
+            scores = t.scores(out).cpu()
+            metrics[s][t.name] = target_metrics(t, scores, y.cpu(), m.cpu())
+            if s == "test":
+                test_scores[t.name] = scores
+    return TrainResult(model, metrics, history, best_step, step, time.perf_counter() - start, test_scores, opts)
+
+
+# ---- the checkpoint ---------------------------------------------------------------------------
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _label_summary(t: Target, values: list[Any]) -> dict[str, Any]:
+    present = [v for v in values if not t.missing(v)]
+    if t.kind == "regression":
+        xs = [float(v) for v in present]
+        return {"n": len(xs), "min": min(xs), "max": max(xs), "mean": sum(xs) / len(xs)}
+    if t.kind == "multilabel":
+        counts = Counter(x for v in t.true_values(present) for x in v)
+    else:
+        counts = Counter(t.true_values(present))
+    return {"n": len(present), "counts": {k: counts.get(k, 0) for k in t.labels}}
+
+
+def make_card(ds: Dataset, result: TrainResult, *, name: str, description: str = "") -> dict[str, Any]:
+    from . import __version__
+    from .checkpoint import CARD_SCHEMA_VERSION
+
+    model = result.model
+    opts = result.options
+    ranks = sorted({r for a in ds.adapters for r in a.ranks})
+    return {
+        "schema_version": CARD_SCHEMA_VERSION,
+        "name": name,
+        "description": description,
+        "lolscan_version": __version__,
+        "architecture": opts.arch,
+        "hparams": dict(model.hparams),
+        "out_dim": sum(t.width for t in ds.targets),
+        "base_model": ds.base_model,
+        "layer_spec": ds.spec.to_json(),
+        "targets": [t.to_json() for t in ds.targets],
+        "metrics": result.metrics,
+        "training": {
+            "seed": opts.seed,
+            "steps": result.steps,
+            "best_step": result.best_step,
+            "max_steps": opts.max_steps,
+            "batch_size": opts.batch_size,
+            "lr": opts.lr,
+            "weight_decay": opts.weight_decay,
+            "patience": opts.patience,
+            "eval_every": opts.eval_every,
+            "seconds": round(result.seconds, 2),
+        },
+        "training_data": {
+            "manifest": Path(ds.manifest.path).name,
+            "manifest_sha256": _sha256(ds.manifest.path),
+            "adapters": len(ds.adapters),
+            "splits": {s: len(v) for s, v in ds.splits.items()},
+            "split_method": ds.split_method,
+            "formats": dict(Counter(a.format for a in ds.adapters)),
+            "ranks": ranks,
+            "modules": len(ds.spec),
+            "labels": {t.name: _label_summary(t, [ds.values[t.name][i] for i in ds.splits["train"]]) for t in ds.targets},
+        },
+        "tensors": {},  # filled in by Checkpoint.save
+    }
+
+
+def plot_panels(ds: Dataset, result: TrainResult) -> list[tuple[list[float], list[float]]]:
+    """(true, predicted) per target on the test split; classification: (true 0/1 per class, probability)."""
+    panels = []
+    idx = ds.splits["test"]
+    for t in ds.targets:
+        if t.name not in result.test_scores:
+            continue
+        y, mask = t.encode([ds.values[t.name][i] for i in idx])
+        s = result.test_scores[t.name][mask]
+        y = y[mask]
+        if t.kind == "regression":
+            panels.append(((y[:, 0] * t.std + t.mean).tolist(), s[:, 0].tolist()))
+        elif t.kind == "binary":
+            panels.append((y[:, 0].tolist(), s[:, 0].tolist()))
+        elif t.kind == "multiclass":
+            onehot = torch.nn.functional.one_hot(y[:, 0].long(), t.width).float()
+            panels.append((onehot.flatten().tolist(), s.flatten().tolist()))
+        else:
+            panels.append((y.flatten().tolist(), s.flatten().tolist()))
+    return panels
+
+
+def save_checkpoint(ds: Dataset, result: TrainResult, out: Path, *, name: str, overwrite: bool = False, description: str = "") -> Path:
+    """Write the checkpoint folder (atomically) with its predicted-vs-true PNG inside."""
+    from .checkpoint import PLOT_NAME, Checkpoint
+    from .report import scatter_png
+
+    card = make_card(ds, result, name=name, description=description)
+    ckpt = Checkpoint(result.model, card, ds.targets, ds.spec)
+    files = {}
+    panels = plot_panels(ds, result)
+    if panels:
+        files[PLOT_NAME] = scatter_png(panels)
+    return ckpt.save(out, overwrite=overwrite, files=files)
+
+
+def run_safely(fn: Callable[[], Any]) -> Any:
+    """Turn torch/numeric failures during training into one-line lolscan errors."""
+    try:
+        return fn()
+    except LolscanError:
+        raise
+    except (RuntimeError, ValueError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise UsageError(f"training failed: {first[:300]}") from None
+
+
+# ---- a labelled synthetic zoo with known answers (tests and bench/architectures.py) ------------
+def write_synthetic_zoo(
+    folder: str | Path,
+    *,
+    n: int = 200,
+    layers: int = 4,
+    shape: tuple[int, int] = (16, 12),
+    rank: int | tuple[int, int] = 4,
+    seed: int = 0,
+) -> Path:
+    """Write ``n`` PEFT adapters and ``manifest.csv`` whose labels are known functions of ΔW.
+
+    Layer ℓ is a random rank-r update of Frobenius norm ≈ aℓ (aℓ log-uniform in [0.3, 3]) in
+    which one of the r directions is cℓ·uℓ* vℓ*ᵀ along fixed secret unit vectors (cℓ uniform in
+    [-2, 2]; for layer 1, cℓ ∈ [1, 2] in "planted" adapters and 0 otherwise). With
+    sℓ = uℓ*ᵀ ΔWℓ vℓ* (computed exactly from the stored factors) the labels are:
+    ``score`` = s₀ (regression, linear in ΔW), ``norm`` = ‖ΔW₀‖_F (regression, quadratic),
+    ``planted`` (binary), ``dominant`` = argmax of s₀, s₁, s₂ as "L0"/"L1"/"L2" (multiclass),
+    ``big`` = the layers with sℓ > 0.5 (multilabel). ``group`` pairs adapters, so group-aware
+    splitting is exercised. Every adapter has the same modules; ranks may vary if ``rank`` is a range.
+    """
+    import csv
+    import json
+    import random
+
+    from safetensors.torch import save_file
+
+    if layers < 3:
+        raise ValueError("the synthetic zoo needs at least 3 layers")
+    root = Path(folder)
+    root.mkdir(parents=True, exist_ok=True)
+    nd, md = shape
+    g = torch.Generator().manual_seed(seed)
+    rng = random.Random(seed)
+
+    def unit(k: int) -> torch.Tensor:
+        x = torch.randn(k, generator=g, dtype=torch.float64)
+        return x / x.norm()
+
+    secrets = [(unit(nd), unit(md)) for _ in range(layers)]
+    rows = []
+    for i in range(n):
+        r = rank if isinstance(rank, int) else rng.randint(rank[0], rank[1])
+        alpha = 2 * r
+        planted = i % 2 == 1
+        tensors, scores, norm0 = {}, [], 0.0
+        for layer in range(layers):
+            a = math.exp(rng.uniform(math.log(0.3), math.log(3.0)))
+            c = rng.uniform(-2.0, 2.0) if layer != 1 else (rng.uniform(1.0, 2.0) if planted else 0.0)
+            U = a * torch.randn(nd, r, generator=g, dtype=torch.float64) / math.sqrt(nd * r)
+            V = torch.randn(md, r, generator=g, dtype=torch.float64) / math.sqrt(md)
+            u_s, v_s = secrets[layer]
+            U[:, -1], V[:, -1] = c * u_s, v_s
+            U32, V32 = U.float(), V.float()
+            dw = U32.double() @ V32.double().T  # exactly what the file will hold (float32 factors)
+            scores.append(float(u_s @ dw @ v_s))
+            if layer == 0:
+                norm0 = float(torch.linalg.matrix_norm(dw))
+            name = f"base_model.model.model.layers.{layer}.proj"
+            tensors[f"{name}.lora_A.weight"] = V32.T.contiguous()
+            tensors[f"{name}.lora_B.weight"] = (U32 / (alpha / r)).contiguous()  # PEFT scale alpha/r = 2: exact in fp32
+        folder_i = root / f"lora_{i:04d}"
+        folder_i.mkdir(exist_ok=True)
+        save_file(tensors, str(folder_i / "adapter_model.safetensors"), metadata={"format": "pt"})
+        config = {"peft_type": "LORA", "r": r, "lora_alpha": alpha, "target_modules": ["proj"], "base_model_name_or_path": "synthetic/toy"}
+        (folder_i / "adapter_config.json").write_text(json.dumps(config))
+        rows.append(
+            {
+                "path": folder_i.name,
+                "score": f"{scores[0]:.8g}",
+                "norm": f"{norm0:.8g}",
+                "planted": int(planted),
+                "dominant": f"L{max(range(3), key=lambda k: scores[k])}",
+                "big": "|".join(f"L{k}" for k in range(layers) if scores[k] > 0.5),
+                "group": f"pair{i // 2}",
+            }
+        )
+    manifest = root / "manifest.csv"
+    with open(manifest, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return manifest
