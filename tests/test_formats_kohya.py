@@ -72,3 +72,19 @@ def test_a1111_scale_tensor_overrides_alpha(tmp_path):
                "lora_unet_a_proj_in.alpha": torch.tensor(1.0), "lora_unet_a_proj_in.scale": torch.tensor(3.0)}, tmp_path / "s.safetensors")
     layer = next(iter(lolscan.load(str(tmp_path / "s.safetensors")).layers.values()))
     torch.testing.assert_close(layer.delta(), 3.0 * up @ down, atol=1e-5, rtol=1e-5)
+
+
+def test_header_length_starting_with_0x80_is_not_mistaken_for_a_pickle(tmp_path):
+    import json
+    import struct
+
+    down, up = torch.randn(2, 6), torch.randn(5, 2)
+    header = {"lora_unet_a_proj_in.lora_down.weight": {"dtype": "F32", "shape": [2, 6], "data_offsets": [0, 48]},
+              "lora_unet_a_proj_in.lora_up.weight": {"dtype": "F32", "shape": [5, 2], "data_offsets": [48, 88]}}
+    blob = json.dumps(header).encode()
+    blob += b" " * (0x180 - len(blob))  # header length 384 = 0x0180: first byte 0x80, like a pickle's
+    path = tmp_path / "padded.safetensors"
+    path.write_bytes(struct.pack("<Q", len(blob)) + blob + down.numpy().tobytes() + up.numpy().tobytes())
+    assert path.read_bytes()[0] == 0x80
+    layer = next(iter(lolscan.load(str(path)).layers.values()))
+    torch.testing.assert_close(layer.delta(), up @ down, atol=1e-5, rtol=1e-5)
