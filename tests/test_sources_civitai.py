@@ -259,3 +259,10 @@ def test_unreachable_civitai_falls_back_for_model_references_only_when_cached(ci
     assert resolve(f"civitai:model/{MID}", progress=False).path == online.path
     with pytest.raises(InputError, match="cannot reach Civitai"):
         resolve("civitai:model/777", progress=False)
+
+
+def test_files_sharing_a_name_get_separate_entries(civitai) -> None:
+    civitai.add_lora(MID, VID, [(5, "same.safetensors", CAT), (6, "same.safetensors", DISNEY)])
+    a, b = resolve(f"civitai:{VID}", progress=False), resolve(f"civitai:{VID}+6", progress=False)
+    assert a.path != b.path
+    assert (sha256_hex(a.path), sha256_hex(b.path)) == (sha256_hex(CAT), sha256_hex(DISNEY))

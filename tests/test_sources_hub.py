@@ -99,7 +99,9 @@ def test_revision_pinning_by_sha_and_branch(hub) -> None:
     assert sha256_hex(stable.path) == sha256_hex(CAT) and stable.metadata["revision"] == "stable"
     hub.clear()  # a pinned commit that is cached needs no network at all
     again = resolve(f"hf://acme/evolving@{old}", progress=False)
-    assert again.path == pinned.path and hub.requests == []
+    canonical = resolve(pinned.uri, progress=False)
+    assert again.path == pinned.path == canonical.path and canonical.uri == pinned.uri
+    assert hub.requests == []
     with pytest.raises(InputError, match="revision 'nope' not found"):
         resolve("hf://acme/evolving@nope", progress=False)
 

@@ -277,12 +277,17 @@ def _fetch_version(api: _Api, ref: CivitaiRef) -> tuple[dict, dict | None]:
     return version, model
 
 
+def _local_name(f: dict, vid: int) -> str:
+    name = safe_name(str(f.get("name") or f"{vid}.safetensors"))
+    return name if name.lower().endswith(".safetensors") else name + ".safetensors"
+
+
 def _download(api: _Api, version: dict, model: dict | None, f: dict, ref: CivitaiRef, progress: bool) -> Resolved:
     vid = version["id"]
     vdir, record_path = _metadata_paths(vid)
-    name = safe_name(str(f.get("name") or f"{vid}.safetensors"))
-    if not name.lower().endswith(".safetensors"):
-        name += ".safetensors"
+    name = _local_name(f, vid)
+    if sum(_local_name(g, vid) == name for g in version.get("files") or [] if isinstance(g, dict)) > 1:
+        name = f"{f.get('id')}-{name}"  # two files of the version share a name
     dest = vdir / name
     hashes = _hashes(f)
     expected = hashes.get("SHA256")

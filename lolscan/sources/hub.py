@@ -315,6 +315,7 @@ def resolve_hf(ref: HfRef, *, offline: bool, token: str | None, progress: bool) 
         "card": _card(readme),
     }
     write_json_atomic(record_path, record)
-    # The same answer under the commit, so `@<commit>` (the canonical URI) needs no network next time.
-    write_json_atomic(_record_path(HfRef(ref.repo_id, commit, ref.path)), {**record, "revision": commit})
+    # The same answer under the commit and under the canonical URI, so those need no network next time.
+    for path in {ref.path, plan.target or None}:
+        write_json_atomic(_record_path(HfRef(ref.repo_id, commit, path)), {**record, "revision": commit})
     return _result(ref, record, paths)
