@@ -195,3 +195,34 @@ def test_unreachable_hub_falls_back_to_the_last_resolved_copy(hub) -> None:
     assert again.path == online.path and again.uri == online.uri
     with pytest.raises(InputError, match="hf://acme/other: cannot reach the Hub"):
         resolve("hf://acme/other", progress=False)
+
+
+def _blobs(sources_env) -> list:
+    return [p for p in tree_files(sources_env / "hf") if "/blobs/" in str(p) or p.name.endswith(".incomplete")]
+
+
+def test_truncated_hub_download_leaves_no_entry(hub, sources_env, monkeypatch) -> None:
+    import types
+
+    import huggingface_hub.file_download as fd
+
+    monkeypatch.setattr(fd, "time", types.SimpleNamespace(sleep=lambda s: None))  # its 5 resume tries, without 1 s waits
+    hub.add_commit("acme/cat", {"pytorch_lora_weights.safetensors": CAT})
+    hub.truncate.add("acme/cat/pytorch_lora_weights.safetensors")
+    with pytest.raises(InputError, match=r"^hf://acme/cat: download interrupted.*nothing was cached"):
+        resolve("hf://acme/cat", progress=False)
+    assert _blobs(sources_env) == []
+    with pytest.raises(InputError, match="offline"):
+        resolve("hf://acme/cat", offline=True, progress=False)
+
+
+def test_hub_file_with_wrong_sha256_is_removed_from_the_cache(hub, sources_env) -> None:
+    hub.add_commit("acme/cat", {"pytorch_lora_weights.safetensors": CAT})
+    hub.tamper.add("acme/cat/pytorch_lora_weights.safetensors")
+    with pytest.raises(InputError, match=r"SHA-256 mismatch.*removed it from the cache"):
+        resolve("hf://acme/cat", progress=False)
+    assert _blobs(sources_env) == []
+    with pytest.raises(InputError, match="offline"):
+        resolve("hf://acme/cat", offline=True, progress=False)
+    hub.tamper.clear()  # the next online request downloads a good copy
+    assert sha256_hex(resolve("hf://acme/cat", progress=False).path) == sha256_hex(CAT)

@@ -12,6 +12,7 @@ from servers.fixtures import CAT, PEFT_DIR, civitai, hub, sha256_hex, sources_en
 
 import lolscan
 from lolscan.errors import InputError
+from lolscan.sources import resolve
 
 ROOT = Path(__file__).resolve().parents[1]
 README = b"---\nbase_model: microsoft/DialoGPT-small\nlibrary_name: peft\n---\n"
@@ -71,3 +72,26 @@ def test_cli_inspect_remote_with_token_error_and_offline(civitai, hub, storage) 
     offline = _cli(["inspect", "--offline", "hf://acme/never-fetched"], env)
     assert offline.returncode == 3 and "offline" in offline.stderr and "Traceback" not in offline.stderr
     assert not any("never-fetched" in q.path for q in hub.requests)
+
+
+def test_offline_mode_opens_no_socket_at_all(hub, civitai, monkeypatch) -> None:
+    import socket
+
+    hub.add_commit("acme/tiny-peft", {"adapter_config.json": PEFT_DIR / "adapter_config.json",
+                                      "adapter_model.safetensors": PEFT_DIR / "adapter_model.safetensors", "README.md": README})
+    civitai.add_lora(11, 111, (1, "cat.safetensors", CAT))
+    online = [resolve(u, progress=False) for u in ("hf://acme/tiny-peft", "civitai:model/11")]
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("offline mode opened a network connection")
+
+    for name in ("connect", "connect_ex"):
+        monkeypatch.setattr(socket.socket, name, refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    offline = [resolve(u, offline=True, progress=False) for u in ("hf://acme/tiny-peft", "civitai:model/11")]
+    assert [r.path for r in offline] == [r.path for r in online]
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert resolve("hf://acme/tiny-peft", progress=False).path == online[0].path
+    with pytest.raises(InputError, match="offline"):
+        resolve("civitai:222", offline=True, progress=False)

@@ -12,14 +12,16 @@ them at every call and passes `endpoint=`, `cache_dir=` and `local_files_only=` 
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from ..errors import InputError
 from . import Resolved
-from .cache import cache_root, hf_cache_dir, read_json, write_json_atomic
+from .cache import cache_root, hf_cache_dir, read_json, sha256_file, write_json_atomic
 from .uris import HfRef, hf_endpoint, is_commit_sha
 
 PEFT_CONFIG = "adapter_config.json"
@@ -186,6 +188,12 @@ def _hf_error(exc: Exception, ref: HfRef, token: bool, offline: bool) -> InputEr
         return InputError(f"the Hub answered HTTP {status}", path=shown)
     import httpx2
 
+    if isinstance(exc, (httpx2.RemoteProtocolError, httpx2.ReadError)):
+        return InputError(
+            f"download interrupted: the connection closed before the whole file arrived ({type(exc).__name__}); "
+            "nothing was cached",
+            path=shown,
+        )
     if isinstance(exc, httpx2.HTTPError):
         return InputError(f"cannot reach the Hub at {hf_endpoint()} ({type(exc).__name__})", path=shown)
     if isinstance(exc, ValueError):
@@ -227,6 +235,28 @@ def _result(ref: HfRef, record: dict, paths: list[str]) -> Resolved:
         **record.get("card", {}),
     }
     return Resolved(path=local, uri=uri, metadata=meta)
+
+
+def _verify_blob(path: Path, ref: HfRef) -> None:
+    """Check a freshly cached file against its LFS ETag (its SHA-256); drop it from the cache if it differs.
+
+    huggingface_hub checks the size of a download but not its hash. Files stored in plain git
+    (ETag = git blob sha1, 40 hex) are left to huggingface_hub's size check.
+    """
+    blob = path.resolve()
+    expected = blob.name.lower()
+    if not re.fullmatch(r"[0-9a-f]{64}", expected):
+        return
+    actual = sha256_file(blob).lower()
+    if actual != expected:
+        for p in (path, blob):
+            with contextlib.suppress(OSError):
+                p.unlink()
+        raise InputError(
+            f"SHA-256 mismatch for {path.name}: the Hub publishes {expected[:16]}…, the download is {actual[:16]}…; "
+            "removed it from the cache",
+            path=ref.uri,
+        )
 
 
 def _offline_guess(ref: HfRef, errors: tuple, **kw) -> Resolved | None:
@@ -299,6 +329,10 @@ def resolve_hf(ref: HfRef, *, offline: bool, token: str | None, progress: bool) 
             except errors:
                 pass
         raise _hf_error(exc, ref, has_token, False) from None
+    verified = read_json(_record_path(HfRef(ref.repo_id, commit, plan.target or None)))
+    if not (verified and verified.get("files") == list(plan.files)):
+        for path in paths:
+            _verify_blob(Path(path), ref)
     readme = None
     if "README.md" in siblings:
         try:

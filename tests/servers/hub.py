@@ -31,6 +31,8 @@ class MockHub(MockServer):
     def __init__(self) -> None:
         super().__init__()
         self.repos: dict[str, HubRepo] = {}
+        self.tamper: set[str] = set()  # "repo/path": serve one flipped byte (size and ETag unchanged)
+        self.truncate: set[str] = set()  # "repo/path": announce the full size, send half, close
 
     def add_commit(
         self,
@@ -124,10 +126,13 @@ class MockHub(MockServer):
             return _error(404, "EntryNotFound", f"{path} does not exist at {rev}")
         headers = {
             "X-Repo-Commit": sha,
-            "ETag": f'"{hashlib.sha256(body).hexdigest()}"',
+            "ETag": f'"{hashlib.sha256(body).hexdigest()}"',  # an LFS file's ETag is its SHA-256
             "Content-Type": "application/octet-stream",
         }
-        return Response(200, body, headers)
+        key = f"{repo_id}/{path}"
+        if key in self.tamper:
+            body = body[:-1] + bytes([body[-1] ^ 1])
+        return Response(200, body, headers, truncate_to=len(body) // 2 if key in self.truncate else None)
 
     # -- helpers for assertions ------------------------------------------------------------
     def downloads(self) -> list[str]:
