@@ -228,12 +228,22 @@ class Checkpoint:
         """Refuse an adapter this model cannot read, naming what differs (exit code 4)."""
         try:
             self.spec.require_fits(adapter)
+            rank = self.card["hparams"].get("rank") if self.architecture in ("mlp", "mlp-oalign") else None
+            if rank is not None and set(adapter.ranks) - {rank}:
+                raise IncompatibleAdapter(
+                    f"{self.architecture} reads rank-{rank} modules only; this adapter has ranks {sorted(set(adapter.ranks))}",
+                    path=adapter.source or None,
+                )
         except IncompatibleAdapter as exc:
             msg = str(exc)
             if exc.path and msg.startswith(f"{exc.path}: "):
                 msg = msg[len(exc.path) + 2 :]
+            from .inspection import guess_family
+
             raise IncompatibleAdapter(
-                f"does not fit checkpoint {self.name!r} (base model {self.base_model}): {msg}", path=exc.path or adapter.source
+                f"does not fit checkpoint {self.name!r} (base model {self.base_model}; the adapter looks like "
+                f"{guess_family(adapter)}): {msg}",
+                path=exc.path or adapter.source,
             ) from None
 
     @torch.no_grad()
@@ -266,10 +276,13 @@ class Checkpoint:
         validate_card(card, dest / CARD_NAME)
         tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
         try:
+            os.chmod(tmp, 0o755)  # mkdtemp makes it private; a checkpoint is an ordinary folder
             save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "lolscan": "checkpoint"})
             (tmp / CARD_NAME).write_text(json.dumps(card, indent=2, sort_keys=False) + "\n", encoding="utf-8")
             for name, data in (files or {}).items():
                 (tmp / name).write_bytes(data)
+            for f in tmp.iterdir():
+                os.chmod(f, 0o644)
             if dest.exists():
                 old = dest.with_name(f".{dest.name}.old")
                 shutil.rmtree(old, ignore_errors=True)

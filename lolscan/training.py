@@ -90,14 +90,19 @@ def resolve_device(device: str) -> torch.device:
 
 
 def load_all(
-    sources: Sequence[str], *, workers: int = 4, allow_pickle: bool = False, on_done: Callable[[], None] | None = None
+    sources: Sequence[str],
+    *,
+    workers: int = 4,
+    allow_pickle: bool = False,
+    on_done: Callable[[], None] | None = None,
+    source_options: dict[str, Any] | None = None,
 ) -> list[Adapter]:
     """Read every adapter (threads overlap the I/O); the first unreadable one raises its one-line error."""
     import lolscan
 
     def read(src: str) -> Adapter:
         try:
-            return lolscan.load(src, allow_pickle=allow_pickle)
+            return lolscan.load(src, allow_pickle=allow_pickle, **(source_options or {}))
         finally:
             if on_done:
                 on_done()
@@ -128,6 +133,7 @@ def prepare(
     allow_pickle: bool = False,
     base_model: str | None = None,
     progress: bool = True,
+    source_options: dict[str, Any] | None = None,
 ) -> Dataset:
     from .nets import LayerSpec
 
@@ -155,7 +161,11 @@ def prepare(
     with Progress(console=err_console, transient=True, disable=not progress) as bar:
         task = bar.add_task("reading adapters", total=len(manifest.rows))
         adapters = load_all(
-            [r.source for r in manifest.rows], workers=workers, allow_pickle=allow_pickle, on_done=lambda: bar.advance(task)
+            [r.source for r in manifest.rows],
+            workers=workers,
+            allow_pickle=allow_pickle,
+            on_done=lambda: bar.advance(task),
+            source_options=source_options,
         )
     try:
         spec = LayerSpec.from_adapters(adapters)
@@ -376,6 +386,12 @@ def save_checkpoint(ds: Dataset, result: TrainResult, out: Path, *, name: str, o
     panels = plot_panels(ds, result)
     if panels:
         files[PLOT_NAME] = scatter_png(panels)
+        card["plot"] = {
+            "file": PLOT_NAME,
+            "split": "test",
+            "panels": [t.name for t in ds.targets if t.name in result.test_scores],
+            "axes": "x = true value (classification: 1 for the true class, else 0), y = prediction (probability)",
+        }
     return ckpt.save(out, overwrite=overwrite, files=files)
 
 

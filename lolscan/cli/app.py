@@ -39,6 +39,10 @@ def _root(
 def _register() -> None:
     # Each module adds its command(s) to `app`; keep this list in CLI help order.
     from . import inspect_cmd  # noqa: F401
+    from . import train_cmd  # noqa: F401
+    from . import predict_cmd  # noqa: F401
+    from . import eval_cmd  # noqa: F401
+    from . import models_cmd  # noqa: F401
 
 
 def main() -> None:

@@ -1,0 +1,167 @@
+"""`lolscan predict`: score adapters with a checkpoint; reports, streaming JSONL output, CI gates."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Literal, Optional
+
+import typer
+
+from ..errors import UsageError
+from ..report import FORMATS, apply_gates, atomic_write, check_gates, exit_code, format_from_suffix, jsonl_line, parse_gate, render, render_table, summary
+from .app import app
+from .console import console, err_console
+from .options import SourceOptions, source_options
+
+
+def read_done(path: Path) -> tuple[dict[str, dict[str, Any]], int]:
+    """Rows already in a JSONL output, by source, and the byte length of its complete lines.
+
+    A last line cut off by a crash (no newline, or not JSON) is not counted; the caller
+    truncates the file to the returned length before appending.
+    """
+    done: dict[str, dict[str, Any]] = {}
+    if not path.exists():
+        return done, 0
+    data = path.read_bytes()
+    good = 0
+    for line in data.splitlines(keepends=True):
+        if not line.endswith(b"\n"):
+            break
+        try:
+            row = json.loads(line)
+        except ValueError:
+            break
+        good += len(line)
+        if isinstance(row, dict) and isinstance(row.get("source"), str):
+            done[row["source"]] = row
+    return done, good
+
+
+def parse_gates(under: list[str], over: list[str]) -> list[Any]:
+    gates = []
+    for items, op in ((under, "under"), (over, "over")):
+        for text in items:
+            try:
+                gates.append(parse_gate(text, op))
+            except UsageError as exc:
+                raise typer.BadParameter(str(exc), param_hint=f"--fail-{op}") from None
+    return gates
+
+
+@app.command()
+def predict(
+    targets: Annotated[list[str], typer.Argument(help="LoRA files, PEFT folders, folders or globs of many, or hf:// / civitai: URIs.")],
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Checkpoint: a path, then a user checkpoint name, then a bundled one.")] = None,
+    fmt: Annotated[Literal["table", "json", "jsonl", "csv", "markdown", "junit"], typer.Option("--format", "-f", help="Report on stdout.")] = "table",
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Also write results here: .jsonl is appended as it goes; .json/.csv/.md/.xml are written once at the end.")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Skip adapters already scored in the --output JSONL.")] = False,
+    fail_under: Annotated[list[str], typer.Option("--fail-under", help="Gate TARGET=VALUE (or TARGET:LABEL=VALUE): fail when the prediction is below VALUE (equal passes).")] = [],
+    fail_over: Annotated[list[str], typer.Option("--fail-over", help="Gate TARGET=VALUE: fail when the prediction is above VALUE (equal passes).")] = [],
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    batch_size: Annotated[int, typer.Option(help="Adapters per scoring batch.", min=1)] = 32,
+    workers: Annotated[int, typer.Option(help="Threads reading files.", min=1)] = 4,
+    threads: Annotated[Optional[int], typer.Option(help="CPU threads for torch.", min=1)] = None,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bar on stderr.")] = True,
+    allow_pickle: Annotated[bool, typer.Option("--allow-pickle", help="Open .pt/.bin/.ckpt with torch.load(weights_only=True).")] = False,
+    offline: Annotated[bool, typer.Option("--offline", help="Never touch the network; cached remote files only.")] = False,
+    civitai_token: Annotated[Optional[str], typer.Option("--civitai-token", envvar="CIVITAI_TOKEN", help="Civitai API token (never printed).")] = None,
+    hf_token: Annotated[Optional[str], typer.Option("--hf-token", envvar="HF_TOKEN", help="Hugging Face token (never printed).")] = None,
+) -> None:
+    """Predict each adapter's targets with a checkpoint; optionally fail a CI job on the predictions.
+
+    Exit codes: 0 ok, 1 a gate failed, 2 usage error, 3 an adapter could not be read,
+    4 an adapter does not fit the checkpoint (4 wins over 3, 3 over 1).
+    """
+    from .models_cmd import cli_errors, open_model  # lazy: keeps `models` last in the help
+    import torch
+
+    from ..discovery import expand
+    from ..scoring import Scorer, ScoreOptions
+
+    gates = parse_gates(fail_under, fail_over)
+    out_fmt = None
+    if output is not None:
+        out_fmt = format_from_suffix(output)
+        if out_fmt is None:
+            raise typer.BadParameter(f"{output}: use a .jsonl, .json, .csv, .md or .xml file name", param_hint="--output")
+    if resume and out_fmt != "jsonl":
+        raise typer.BadParameter("--resume needs --output FILE.jsonl", param_hint="--resume")
+    if threads:
+        torch.set_num_threads(threads)
+    with cli_errors():
+        ckpt = open_model(model, device)
+        try:
+            check_gates(gates, ckpt.targets)
+        except UsageError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--fail-under/--fail-over") from None
+        found = expand(targets, allow_pickle=allow_pickle)
+        done: dict[str, dict[str, Any]] = {}
+        stream = None
+        if out_fmt == "jsonl":
+            assert output is not None
+            output.parent.mkdir(parents=True, exist_ok=True)
+            if resume:
+                done, good = read_done(output)
+                done = {k: v for k, v in done.items() if v.get("status") == "ok"}  # failures are retried
+                with open(output, "ab") as fh:
+                    fh.truncate(good)
+            stream = open(output, "a" if resume else "w", encoding="utf-8")
+        todo = [f for f in found if f.source not in done]
+        if done:
+            err_console.print(f"resuming: {len(found) - len(todo)} of {len(found)} adapters already in {output}", highlight=False)
+        opts = ScoreOptions(batch_size=batch_size, workers=workers, allow_pickle=allow_pickle,
+                            source_options=source_options(SourceOptions(offline=offline, civitai_token=civitai_token, hf_token=hf_token)))
+        new_rows: dict[str, dict[str, Any]] = {}
+        live_stdout = fmt == "jsonl"
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        columns = (TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        try:
+            with Progress(*columns, console=err_console, transient=True, disable=not progress or len(todo) < 2) as bar:
+                task = bar.add_task("scoring", total=len(todo))
+                for row in Scorer(ckpt, opts).score(todo):
+                    apply_gates(row, gates, ckpt.targets)
+                    new_rows[row["source"]] = row
+                    if row["status"] != "ok":
+                        bar.console.print(f"[bold red]error:[/] {row['source']}: {row['error']}", highlight=False, soft_wrap=True)
+                    if stream is not None:
+                        stream.write(jsonl_line(row))
+                        stream.flush()
+                    if live_stdout:
+                        sys.stdout.write(jsonl_line(row))
+                        sys.stdout.flush()
+                    bar.advance(task)
+        finally:
+            if stream is not None:
+                stream.close()
+        rows = []
+        for f in found:
+            row = new_rows.get(f.source) or done.get(f.source)
+            if row is not None:
+                if f.source in done and f.source not in new_rows:
+                    apply_gates(row, gates, ckpt.targets)  # gates of this run apply to resumed rows too
+                rows.append(row)
+        info = ckpt.info()
+        if fmt == "table":
+            if rows:
+                render_table(console, rows, ckpt.targets, title=f"{info['name']} ({info['architecture']}, {info['base_model']})")
+        elif not live_stdout:
+            sys.stdout.write(render(fmt, rows, info, gates, ckpt.targets))
+            sys.stdout.flush()
+        if out_fmt not in (None, "jsonl"):
+            assert output is not None
+            atomic_write(output, render(out_fmt, rows, info, gates, ckpt.targets))
+        s = summary(rows)
+        failed_gates = s["gate_failures"]
+        err_console.print(
+            f"{s['ok']} scored, {s['errors']} unreadable, {s['incompatible']} not fitting the model"
+            + (f", {failed_gates} gate failure(s)" if gates else ""),
+            highlight=False,
+        )
+        code = exit_code(rows)
+        if not found:
+            err_console.print("[bold red]error:[/] no adapters to score", highlight=False)
+            code = 3
+    raise typer.Exit(code)

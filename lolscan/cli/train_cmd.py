@@ -1,0 +1,159 @@
+"""`lolscan train`: fit a checkpoint (or all five architectures side by side) on a labelled manifest."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal, Optional
+
+import typer
+from rich.table import Table
+
+from ..errors import UsageError
+from ..metrics import HEADLINE, format_metric
+from .app import app
+from .console import console, err_console
+from .options import SourceOptions, source_options
+
+
+def parse_pairs(items: list[str], flag: str) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise typer.BadParameter(f"{item!r}: expected KEY=VALUE", param_hint=flag)
+        out[key.strip()] = value.strip()
+    return out
+
+
+def parse_hparams(items: list[str]) -> dict[str, Any]:
+    """``--hparam d=16 --hparam pool=mean``: values are JSON where they parse, else strings."""
+    out: dict[str, Any] = {}
+    for key, value in parse_pairs(items, "--hparam").items():
+        try:
+            out[key] = json.loads(value)
+        except ValueError:
+            out[key] = value
+    return out
+
+
+def metrics_table(results: dict[str, dict[str, Any]], targets: list[Any], title: str) -> Table:
+    """Rows: target × headline metric (regression: MSE, R², Kendall τ; classes: accuracy, AUC;
+    multilabel: mean accuracy, AUC); one column per architecture."""
+    names = {"mse": "MSE", "r2": "R²", "kendall_tau": "Kendall τ", "accuracy": "accuracy", "auc": "AUC", "mean_accuracy": "mean accuracy"}
+    table = Table(title=title)
+    table.add_column("target")
+    table.add_column("metric")
+    for arch in results:
+        table.add_column(arch, justify="right")
+    for t in targets:
+        for m in HEADLINE[t.kind]:
+            cells = []
+            for res in results.values():
+                test = (res.get("metrics") or {}).get("test", {})
+                cells.append(format_metric((test.get(t.name) or {}).get(m)) if "error" not in res else "–")
+            table.add_row(t.name, names[m], *cells)
+    table.add_row("", "steps (best)", *[("skipped" if "error" in r else f"{r['steps']} ({r['best_step']})") for r in results.values()])
+    table.add_row("", "seconds", *[("" if "error" in r else f"{r['seconds']:.1f}") for r in results.values()])
+    return table
+
+
+@app.command()
+def train(
+    manifest: Annotated[Path, typer.Argument(help="CSV or JSONL: a path/uri column, label columns, optional split or group column.")],
+    target: Annotated[list[str], typer.Option("--target", "-t", help="Label column to predict (repeatable).")],
+    arch: Annotated[Literal["glnet", "mlp", "mlp-oalign", "mlp-svd", "mlp-dense", "all"], typer.Option("--arch", help="Architecture, or 'all' to compare all five.")] = "glnet",
+    out: Annotated[Optional[str], typer.Option("--out", "-o", help="Checkpoint NAME (user data folder) or a PATH (contains a slash). With --arch all: NAME-<arch> each.")] = None,
+    kind: Annotated[list[str], typer.Option("--kind", help="Override a target's kind: COL=regression|binary|multiclass|multilabel.")] = [],
+    units: Annotated[list[str], typer.Option("--units", help="Units of a regression target, shown in reports: COL=UNITS.")] = [],
+    hparam: Annotated[list[str], typer.Option("--hparam", help="Architecture hyperparameter KEY=VALUE (JSON value), e.g. d=16.")] = [],
+    seed: Annotated[int, typer.Option(help="Seed for the split, initialisation and batch order.")] = 0,
+    steps: Annotated[int, typer.Option(help="Maximum optimiser steps.", min=1)] = 2000,
+    batch_size: Annotated[int, typer.Option(help="Minibatch size.", min=1)] = 32,
+    lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 1e-3,
+    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 1e-4,
+    patience: Annotated[int, typer.Option(help="Validation checks without improvement before stopping.", min=1)] = 12,
+    eval_every: Annotated[int, typer.Option(help="Steps between validation checks.", min=1)] = 25,
+    val_fraction: Annotated[float, typer.Option(help="Validation share when there is no split column.", min=0.0, max=0.9)] = 0.15,
+    test_fraction: Annotated[float, typer.Option(help="Test share when there is no split column.", min=0.0, max=0.9)] = 0.15,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    threads: Annotated[Optional[int], typer.Option(help="CPU threads for torch (1 is often fastest for small models).", min=1)] = None,
+    workers: Annotated[int, typer.Option(help="Threads reading adapter files.", min=1)] = 4,
+    base_model: Annotated[Optional[str], typer.Option("--base-model", help="Base model family for the card (default: guessed from the adapters).")] = None,
+    description: Annotated[str, typer.Option(help="Free text stored in the card.")] = "",
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing checkpoint of the same name.")] = False,
+    fmt: Annotated[Literal["table", "json"], typer.Option("--format", "-f", help="Result table or JSON on stdout.")] = "table",
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bars on stderr.")] = True,
+    allow_pickle: Annotated[bool, typer.Option("--allow-pickle", help="Open .pt/.bin/.ckpt with torch.load(weights_only=True).")] = False,
+    offline: Annotated[bool, typer.Option("--offline", help="Never touch the network; cached remote files only.")] = False,
+    civitai_token: Annotated[Optional[str], typer.Option("--civitai-token", envvar="CIVITAI_TOKEN", help="Civitai API token (never printed).")] = None,
+    hf_token: Annotated[Optional[str], typer.Option("--hf-token", envvar="HF_TOKEN", help="Hugging Face token (never printed).")] = None,
+) -> None:
+    """Train a checkpoint that predicts TARGET columns from adapter weights; report held-out test metrics."""
+    from .models_cmd import cli_errors  # lazy: keeps `models` last in the help
+    from ..checkpoint import output_path
+    from ..manifest import read_manifest
+    from ..nets import ARCHITECTURES, hparam_names
+    from ..training import TrainOptions, prepare, run_safely, save_checkpoint
+    from ..training import train as train_model
+
+    kinds = parse_pairs(kind, "--kind")
+    unit_map = parse_pairs(units, "--units")
+    hparams = parse_hparams(hparam)
+    if arch != "all" and not out:
+        raise typer.BadParameter("name the checkpoint to write, e.g. --out my-model", param_hint="--out")
+    if val_fraction + test_fraction >= 0.95:
+        raise typer.BadParameter("val and test fractions leave no training data", param_hint="--val-fraction/--test-fraction")
+    archs = list(ARCHITECTURES) if arch == "all" else [arch]
+    with cli_errors():
+        # Resolve every destination before hours of training, so a bad --out fails at once.
+        dests = {a: output_path(f"{out}-{a}" if arch == "all" else out) for a in archs} if out else {}
+        for a, d in dests.items():
+            if d.exists() and not overwrite:
+                raise UsageError(f"{d} already exists (pass --overwrite to replace it)")
+        ds = prepare(
+            read_manifest(manifest),
+            target,
+            kinds=kinds,
+            units=unit_map,
+            seed=seed,
+            val_fraction=val_fraction,
+            test_fraction=test_fraction,
+            workers=workers,
+            allow_pickle=allow_pickle,
+            base_model=base_model,
+            progress=progress,
+            source_options=source_options(SourceOptions(offline=offline, civitai_token=civitai_token, hf_token=hf_token)),
+        )
+        sizes = {s: len(v) for s, v in ds.splits.items()}
+        err_console.print(
+            f"{len(ds.adapters)} adapters ({sizes['train']} train / {sizes['val']} val / {sizes['test']} test, split by {ds.split_method}), "
+            f"{len(ds.spec)} modules, base model {ds.base_model}; targets: " + ", ".join(t.describe() for t in ds.targets),
+            highlight=False,
+        )
+        results: dict[str, dict[str, Any]] = {}
+        for a in archs:
+            hp = {k: v for k, v in hparams.items() if arch != "all" or k in hparam_names(a)}
+            opts = TrainOptions(
+                arch=a, hparams=hp, seed=seed, max_steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                eval_every=eval_every, patience=patience, device=device, progress=progress, threads=threads,
+            )
+            try:
+                result = run_safely(lambda: train_model(ds, opts))
+            except UsageError as exc:
+                if arch != "all":
+                    raise
+                results[a] = {"error": str(exc)}
+                err_console.print(f"[yellow]skipped {a}:[/] {exc}", highlight=False)
+                continue
+            entry: dict[str, Any] = {"metrics": result.metrics, "steps": result.steps, "best_step": result.best_step, "seconds": result.seconds}
+            if a in dests:
+                name = dests[a].name
+                path = save_checkpoint(ds, result, dests[a], name=name, overwrite=overwrite, description=description)
+                entry["checkpoint"] = str(path)
+                err_console.print(f"wrote checkpoint [bold]{name}[/] to {path} (plot: {path / 'pred_vs_true.png'})", highlight=False)
+            results[a] = entry
+        if fmt == "json":
+            print(json.dumps({"schema_version": 1, "targets": [t.to_json() for t in ds.targets], "splits": sizes, "results": results}, indent=2, default=str))
+        else:
+            title = "test-split metrics" + (f" ({sizes['test']} adapters)" if sizes["test"] else " (no test split)")
+            console.print(metrics_table(results, ds.targets, title))
