@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib
 import os
 import re
 from dataclasses import dataclass
@@ -186,15 +187,14 @@ def _hf_error(exc: Exception, ref: HfRef, token: bool, offline: bool) -> InputEr
             need = "the token was rejected or lacks access" if token else "a token is needed (HF_TOKEN or --hf-token)"
             return InputError(f"the Hub refused access ({status}): {need}", path=shown)
         return InputError(f"the Hub answered HTTP {status}", path=shown)
-    import httpx2
-
-    if isinstance(exc, (httpx2.RemoteProtocolError, httpx2.ReadError)):
+    net = _net_errors()
+    if isinstance(exc, net["interrupted"]):
         return InputError(
             f"download interrupted: the connection closed before the whole file arrived ({type(exc).__name__}); "
             "nothing was cached",
             path=shown,
         )
-    if isinstance(exc, httpx2.HTTPError):
+    if isinstance(exc, net["any"]):
         return InputError(f"cannot reach the Hub at {hf_endpoint()} ({type(exc).__name__})", path=shown)
     if isinstance(exc, ValueError):
         return InputError(f"invalid Hugging Face reference ({type(exc).__name__})", path=shown)
@@ -202,10 +202,31 @@ def _hf_error(exc: Exception, ref: HfRef, token: bool, offline: bool) -> InputEr
 
 
 def _hf_exceptions() -> tuple[type[BaseException], ...]:
-    import httpx2
     from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, OfflineModeIsEnabled
 
-    return (HfHubHTTPError, EntryNotFoundError, OfflineModeIsEnabled, httpx2.HTTPError, ValueError, FileNotFoundError)
+    return (HfHubHTTPError, EntryNotFoundError, OfflineModeIsEnabled, *_net_errors()["any"], ValueError, FileNotFoundError)
+
+
+def _net_errors() -> dict[str, tuple[type[BaseException], ...]]:
+    """huggingface_hub's HTTP client exceptions: httpx2 (2.x, tested), httpx (1.x) or requests (0.x)."""
+    out: dict[str, tuple[type[BaseException], ...]] = {"any": (), "transport": (ConnectionError,), "interrupted": ()}
+    for name in ("httpx2", "httpx"):
+        try:
+            mod = importlib.import_module(name)
+        except ImportError:
+            continue
+        out["any"] += (mod.HTTPError,)
+        out["transport"] += (mod.TransportError,)
+        out["interrupted"] += (mod.RemoteProtocolError, mod.ReadError)
+    try:
+        import requests
+
+        out["any"] += (requests.RequestException,)
+        out["transport"] += (requests.ConnectionError, requests.Timeout)
+        out["interrupted"] += (requests.exceptions.ChunkedEncodingError,)
+    except ImportError:
+        pass
+    return out
 
 
 def _from_record(record: dict, ref: HfRef, **kw) -> Resolved:
@@ -320,9 +341,7 @@ def resolve_hf(ref: HfRef, *, offline: bool, token: str | None, progress: bool) 
         else:
             paths = [hf_hub_download(ref.repo_id, plan.files[0], revision=commit, tqdm_class=tqdm_class, **kw)]
     except errors as exc:
-        import httpx2
-
-        if record and isinstance(exc, (httpx2.TransportError, ConnectionError)):
+        if record and isinstance(exc, _net_errors()["transport"]):
             # The Hub is unreachable: serve the copy resolved last time, as huggingface_hub itself does.
             try:
                 return _from_record(record, ref, **kw)
