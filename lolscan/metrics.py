@@ -19,6 +19,7 @@ HEADLINE = {
     "multiclass": ("accuracy", "auc"),
     "multilabel": ("mean_accuracy", "auc"),
 }
+METRIC_NAMES = {"mse": "MSE", "r2": "R²", "kendall_tau": "Kendall τ", "accuracy": "accuracy", "auc": "AUC", "mean_accuracy": "mean accuracy"}
 HIGHER_IS_BETTER = {"mse": False, "r2": True, "kendall_tau": True, "accuracy": True, "auc": True, "mean_accuracy": True}
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from rich.table import Table
 
 from ..errors import EXIT_BAD_INPUT, EXIT_INCOMPATIBLE, EXIT_OK, UsageError
-from ..metrics import HEADLINE, format_metric, target_metrics
+from ..metrics import HEADLINE, METRIC_NAMES, format_metric, target_metrics
 from ..report import SCHEMA_VERSION, clean
 from ..targets import Target
 from .app import app
@@ -106,7 +106,7 @@ def eval_(
             card_test = (ckpt.card.get("metrics") or {}).get("test", {})
             for t in targets:
                 for k in HEADLINE[t.kind]:
-                    table.add_row(t.name, t.kind, str(metrics[t.name].get("n", 0)), k, format_metric(metrics[t.name].get(k)),
+                    table.add_row(t.name, t.kind, str(metrics[t.name].get("n", 0)), METRIC_NAMES[k], format_metric(metrics[t.name].get(k)),
                                   format_metric((card_test.get(t.name) or {}).get(k)))
             console.print(table)
         code = EXIT_OK

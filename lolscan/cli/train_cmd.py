@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from ..errors import UsageError
-from ..metrics import HEADLINE, format_metric
+from ..metrics import HEADLINE, METRIC_NAMES, format_metric
 from .app import app
 from .console import console, err_console
 from .options import SourceOptions, source_options
@@ -39,7 +39,6 @@ def parse_hparams(items: list[str]) -> dict[str, Any]:
 def metrics_table(results: dict[str, dict[str, Any]], targets: list[Any], title: str) -> Table:
     """Rows: target × headline metric (regression: MSE, R², Kendall τ; classes: accuracy, AUC;
     multilabel: mean accuracy, AUC); one column per architecture."""
-    names = {"mse": "MSE", "r2": "R²", "kendall_tau": "Kendall τ", "accuracy": "accuracy", "auc": "AUC", "mean_accuracy": "mean accuracy"}
     table = Table(title=title)
     table.add_column("target")
     table.add_column("metric")
@@ -51,7 +50,7 @@ def metrics_table(results: dict[str, dict[str, Any]], targets: list[Any], title:
             for res in results.values():
                 test = (res.get("metrics") or {}).get("test", {})
                 cells.append(format_metric((test.get(t.name) or {}).get(m)) if "error" not in res else "–")
-            table.add_row(t.name, names[m], *cells)
+            table.add_row(t.name, METRIC_NAMES[m], *cells)
     table.add_row("", "steps (best)", *[("skipped" if "error" in r else f"{r['steps']} ({r['best_step']})") for r in results.values()])
     table.add_row("", "seconds", *[("" if "error" in r else f"{r['seconds']:.1f}") for r in results.values()])
     return table

@@ -1,0 +1,136 @@
+"""`lolscan train`, `lolscan eval` and `lolscan models` end to end through the CLI."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from lolscan.cli.app import _register, app
+from lolscan.training import write_synthetic_zoo
+
+_register()
+TINY = ["--steps", "60", "--threads", "1", "--hparam", "d=4", "--hparam", "hidden=16", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory):
+    return write_synthetic_zoo(tmp_path_factory.mktemp("zoo"), n=80, seed=2)
+
+
+@pytest.fixture
+def dirs(tmp_path, monkeypatch):
+    monkeypatch.setenv("LOLSCAN_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("LOLSCAN_MODELS_DIR", str(tmp_path / "bundled"))
+    return tmp_path
+
+
+def run(*args: str):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def test_train_writes_a_named_checkpoint_with_plot(zoo, dirs):
+    r = run("train", zoo, "-t", "score", "-t", "planted", "--out", "toy", *TINY)
+    assert r.exit_code == 0, r.output
+    ckpt = dirs / "data" / "models" / "toy"
+    assert (ckpt / "card.json").is_file() and (ckpt / "model.safetensors").is_file()
+    assert (ckpt / "pred_vs_true.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    card = json.loads((ckpt / "card.json").read_text())
+    assert [t["name"] for t in card["targets"]] == ["score", "planted"]
+    assert card["plot"]["panels"] == ["score", "planted"]
+    assert "R²" in r.stdout and "glnet" in r.stdout
+    assert "wrote checkpoint" in r.stderr and "wrote checkpoint" not in r.stdout
+    # a second run refuses to overwrite unless asked
+    r = run("train", zoo, "-t", "score", "--out", "toy", *TINY)
+    assert r.exit_code == 2 and "already exists" in r.stderr
+    r = run("train", zoo, "-t", "score", "--out", "toy", "--overwrite", *TINY)
+    assert r.exit_code == 0 and [t["name"] for t in json.loads((ckpt / "card.json").read_text())["targets"]] == ["score"]
+    r = run("models", "--format", "json")
+    listed = json.loads(r.stdout)["models"]
+    assert [(m["name"], m["origin"], m["architecture"]) for m in listed] == [("toy", "user", "glnet")]
+    r = run("models")
+    assert r.exit_code == 0 and "toy" in r.stdout and "regression" in r.stdout
+    r = run("models", "toy")
+    assert r.exit_code == 0 and "test metrics" in r.stdout
+
+
+def test_out_with_a_slash_is_a_path_and_kind_override(zoo, dirs):
+    out = dirs / "somewhere" / "mine"
+    r = run("train", zoo, "-t", "planted", "--kind", "planted=multiclass", "--out", str(out), *TINY)
+    assert r.exit_code == 0, r.output
+    card = json.loads((out / "card.json").read_text())
+    assert card["targets"][0]["kind"] == "multiclass" and card["targets"][0]["labels"] == ["0", "1"]
+    assert not (dirs / "data").exists()
+
+
+@pytest.mark.parametrize(
+    "args, code, needle",
+    [
+        (["-t", "nope", "--out", "x"], 2, "no column 'nope'"),
+        (["-t", "score", "--kind", "score=ordinal", "--out", "x"], 2, "unknown kind"),
+        (["-t", "score", "--hparam", "wings=3", "--out", "x"], 2, "unknown hyperparameter"),
+        (["-t", "score"], 2, "--out"),
+        (["-t", "score", "--arch", "resnet", "--out", "x"], 2, "resnet"),
+    ],
+)
+def test_train_usage_errors(zoo, dirs, args, code, needle):
+    r = run("train", zoo, *args, *TINY)
+    assert r.exit_code == code, r.output
+    assert needle in r.output
+    assert not (dirs / "data" / "models" / "x").exists()
+
+
+def test_unreadable_adapter_in_manifest_is_exit_3_naming_it(zoo, dirs):
+    rows = list(csv.DictReader(open(zoo)))
+    bad = dirs / "broken.safetensors"
+    bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{")
+    manifest = dirs / "m.csv"
+    with open(manifest, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["path", "score"])
+        for r in rows[:30]:
+            w.writerow([str(zoo.parent / r["path"]), r["score"]])
+        w.writerow([str(bad), "1.0"])
+    r = run("train", manifest, "-t", "score", "--out", "x", *TINY)
+    assert r.exit_code == 3 and str(bad) in r.stderr and "Traceback" not in r.output
+
+
+def test_arch_all_compares_five_architectures(tmp_path_factory, dirs):
+    mixed = write_synthetic_zoo(tmp_path_factory.mktemp("mixed"), n=60, rank=(2, 4), seed=3)
+    r = run("train", mixed, "-t", "score", "--arch", "all", "--format", "json", "--steps", "20", "--threads", "1", "--no-progress")
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.stdout)["results"]
+    assert list(res) == ["glnet", "mlp", "mlp-oalign", "mlp-svd", "mlp-dense"]
+    # raw-factor MLPs need one fixed rank; this zoo mixes ranks 2-4
+    assert "one fixed LoRA rank" in res["mlp"]["error"] and "error" in res["mlp-oalign"]
+    for arch in ("glnet", "mlp-svd", "mlp-dense"):
+        assert set(res[arch]["metrics"]["test"]["score"]) >= {"mse", "r2", "kendall_tau"}
+
+
+def test_eval_reproduces_the_cards_test_metrics(zoo, dirs):
+    rows = list(csv.DictReader(open(zoo)))
+    manifest = dirs / "split.csv"
+    with open(manifest, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["path", "score", "dominant", "split"])
+        for i, r in enumerate(rows):
+            w.writerow([str(zoo.parent / r["path"]), r["score"], r["dominant"], ["train", "train", "train", "val", "test"][i % 5]])
+    r = run("train", manifest, "-t", "score", "-t", "dominant", "--out", "ev", *TINY)
+    assert r.exit_code == 0, r.output
+    card = json.loads((dirs / "data" / "models" / "ev" / "card.json").read_text())
+    r = run("eval", manifest, "--model", "ev", "--split", "test", "--format", "json")
+    assert r.exit_code == 0, r.output
+    got = json.loads(r.stdout)
+    assert got["schema_version"] == 1 and got["scored"] == 16
+    for target, metrics in card["metrics"]["test"].items():
+        for k, v in metrics.items():
+            assert got["metrics"][target][k] == pytest.approx(v, rel=1e-4, abs=1e-6), (target, k)
+    r = run("eval", manifest, "--model", "ev")
+    assert r.exit_code == 0 and "accuracy" in r.stdout and "R²" in r.stdout and "Kendall" in r.stdout
+    # one missing adapter: exit 3, the rest still evaluated
+    with open(manifest, "a", newline="") as fh:
+        csv.writer(fh).writerow([str(dirs / "gone.safetensors"), "0.1", "L0", "test"])
+    r = run("eval", manifest, "--model", "ev", "--split", "test", "--format", "json")
+    assert r.exit_code == 3 and json.loads(r.stdout)["scored"] == 16 and "gone.safetensors" in r.stderr
