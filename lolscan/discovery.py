@@ -55,6 +55,13 @@ def scan_folder(root: Path, *, allow_pickle: bool = False) -> Iterator[Path]:
             yield p
 
 
+def _peft_ancestor(p: Path) -> Path | None:
+    for parent in p.parents:
+        if is_peft_folder(parent):
+            return parent
+    return None
+
+
 def _has_magic(s: str) -> bool:
     return any(c in s for c in "*?[")
 
@@ -90,10 +97,8 @@ def expand(targets: Iterable[str], *, allow_pickle: bool = False) -> list[Found]
                 mp = Path(m)
                 if mp.is_dir():
                     hits.extend(scan_folder(mp, allow_pickle=allow_pickle))
-                elif is_peft_folder(mp.parent) and (mp.name == PEFT_CONFIG or _adapter_file(mp, allow_pickle)):
-                    hits.append(mp.parent)  # a file inside a PEFT folder stands for the folder
-                elif _adapter_file(mp, allow_pickle):
-                    hits.append(mp)
+                elif mp.name == PEFT_CONFIG or _adapter_file(mp, allow_pickle):
+                    hits.append(_peft_ancestor(mp) or mp)  # a file inside a PEFT folder stands for the folder
             if not hits:
                 add(Found(target, error="pattern matches no adapter files"))
             for h in hits:

@@ -1,7 +1,7 @@
 """Streaming scoring of many adapters: a small thread pool reads files while batches are scored.
 
 Memory stays flat in the number of files: at most ``window`` adapters are in flight (being read
-or waiting for their batch), whatever the folder size. Rows come back in input order, one per
+or queued) plus one batch being assembled, whatever the folder size. Rows come back in input order, one per
 target, including the ones that could not be read (status ``error``) or that do not fit the
 checkpoint (status ``incompatible``).
 """

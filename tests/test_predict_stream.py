@@ -1,0 +1,129 @@
+"""Target discovery and the streaming scorer: order, per-file errors, flat memory, true labels."""
+from __future__ import annotations
+
+import json
+import shutil
+import weakref
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import lolscan
+from lolscan.checkpoint import load_checkpoint
+from lolscan.discovery import Found, expand
+from lolscan.manifest import read_manifest
+from lolscan.scoring import Scorer, ScoreOptions
+from lolscan.training import TrainOptions, prepare, save_checkpoint, train, write_synthetic_zoo
+
+REAL = Path(__file__).resolve().parent.parent.parent / "shared" / "fixtures" / "real"
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("stream")
+    manifest = write_synthetic_zoo(root / "zoo", n=60, seed=4)
+    ds = prepare(read_manifest(manifest), ["score", "dominant"], progress=False)
+    result = train(ds, TrainOptions(arch="glnet", hparams={"d": 4, "hidden": 16}, max_steps=40, progress=False, threads=1))
+    path = save_checkpoint(ds, result, root / "ckpt", name="stream")
+    return root / "zoo", load_checkpoint(path)
+
+
+# ---- discovery --------------------------------------------------------------------------------
+def _touch(p: Path, data: bytes = b"x") -> Path:
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_bytes(data)
+    return p
+
+
+def test_discovery_rules(tmp_path):
+    peft = tmp_path / "lib" / "b_peft"
+    _touch(peft / "adapter_config.json", b"{}")
+    _touch(peft / "adapter_model.safetensors")
+    _touch(peft / "nested" / "inner.safetensors")  # inside a PEFT folder: part of it, not separate
+    _touch(tmp_path / "lib" / "a.safetensors")
+    _touch(tmp_path / "lib" / "sub" / "c.safetensors")
+    _touch(tmp_path / "lib" / "sub" / "notes.txt")
+    _touch(tmp_path / "lib" / "old.pt")
+    _touch(tmp_path / "lib" / ".cache" / "d.safetensors")
+    lib = tmp_path / "lib"
+    got = [f.source for f in expand([str(lib)])]
+    assert got == [str(lib / "a.safetensors"), str(peft), str(lib / "sub" / "c.safetensors")]
+    assert [f.source for f in expand([str(lib)], allow_pickle=True)][2] == str(lib / "old.pt")
+    assert [f.source for f in expand([str(peft)])] == [str(peft)]  # a PEFT folder is ONE adapter
+    # globs, duplicates, URIs, missing paths
+    found = expand([str(lib / "**" / "*.safetensors"), str(lib / "a.safetensors"), "hf://org/repo", str(tmp_path / "missing.safetensors")])
+    assert [f.source for f in found[:3]] == [str(lib / "a.safetensors"), str(peft), str(lib / "sub" / "c.safetensors")]
+    assert found[3] == Found("hf://org/repo")
+    assert found[4].error == "no such file or folder"
+    assert expand([str(tmp_path / "nothing*.safetensors")])[0].error == "pattern matches no adapter files"
+    (tmp_path / "empty").mkdir()
+    assert "no adapter files" in expand([str(tmp_path / "empty")])[0].error
+    assert expand([str(lib)]) == expand([str(lib)])
+
+
+# ---- the scorer -------------------------------------------------------------------------------
+def _folder(tmp_path: Path, zoo: Path, n: int) -> Path:
+    lib = tmp_path / "lib"
+    for i in range(n):
+        shutil.copytree(zoo / f"lora_{i:04d}", lib / f"lora_{i:04d}")
+    return lib
+
+
+def test_rows_in_order_with_errors_and_misfits_isolated(setup, tmp_path):
+    zoo, ckpt = setup
+    lib = _folder(tmp_path, zoo, 7)
+    _touch(lib / "lora_0002x.safetensors", b"\x08\x00\x00\x00\x00\x00\x00\x00{}")  # truncated/empty
+    shutil.copy(REAL / "cloneofsimo_lora_disney.safetensors", lib / "lora_0004x.safetensors")
+    found = expand([str(lib)])
+    rows = list(Scorer(ckpt, ScoreOptions(batch_size=3, workers=2)).score(found))
+    assert [r["source"] for r in rows] == [f.source for f in found]
+    status = {Path(r["source"]).name: r["status"] for r in rows}
+    assert status.pop("lora_0002x.safetensors") == "error"
+    assert status.pop("lora_0004x.safetensors") == "incompatible"
+    assert set(status.values()) == {"ok"}
+    by_name = {Path(r["source"]).name: r for r in rows}
+    assert "unet" in by_name["lora_0004x.safetensors"]["error"]
+    # the batched predictions equal scoring each adapter on its own
+    for name in ("lora_0000", "lora_0005"):
+        alone = ckpt.predict([lolscan.load(str(lib / name))])[0]
+        assert by_name[name]["predictions"]["score"]["value"] == pytest.approx(alone["score"]["value"], abs=1e-5)
+        assert by_name[name]["predictions"]["dominant"]["value"] == alone["dominant"]["value"]
+
+
+def test_memory_is_flat_in_the_number_of_files(setup, tmp_path, monkeypatch):
+    zoo, ckpt = setup
+    lib = _folder(tmp_path, zoo, 48)
+    alive, peak = [0], [0]
+    real_load = lolscan.load
+
+    def counting_load(*args, **kwargs):
+        adapter = real_load(*args, **kwargs)
+        alive[0] += 1
+        peak[0] = max(peak[0], alive[0])
+        weakref.finalize(adapter, lambda: alive.__setitem__(0, alive[0] - 1))
+        return adapter
+
+    monkeypatch.setattr(lolscan, "load", counting_load)
+    rows = list(Scorer(ckpt, ScoreOptions(batch_size=4, workers=2)).score(expand([str(lib)])))
+    assert len(rows) == 48 and all(r["status"] == "ok" for r in rows)
+    window = 2 * 4 + 2  # in flight (being read or queued) + one batch being assembled
+    assert peak[0] <= window + 4 < 48
+
+
+def test_true_labels_from_labels_json_and_metadata(setup, tmp_path):
+    zoo, ckpt = setup
+    lib = _folder(tmp_path, zoo, 2)
+    (lib / "labels.json").write_text(json.dumps({"lora_0000": {"score": 1.25, "dominant": "L2", "unrelated": 3}}))
+    a = lolscan.load(str(lib / "lora_0001"))
+    tensors = {}
+    for name, layer in a.layers.items():
+        tensors[f"base_model.model.{name}.lora_A.weight"] = layer.V.T.contiguous()
+        tensors[f"base_model.model.{name}.lora_B.weight"] = layer.U.contiguous()
+    save_file(tensors, str(lib / "with_meta.safetensors"), metadata={"lolscan_labels": json.dumps({"dominant": "L1"})})
+    rows = {Path(r["source"]).name: r for r in Scorer(ckpt).score(expand([str(lib)]))}
+    assert rows["lora_0000"]["truth"] == {"score": 1.25, "dominant": "L2"}
+    assert rows["lora_0001"]["truth"] == {}
+    assert rows["with_meta.safetensors"]["status"] == "ok", rows["with_meta.safetensors"]["error"]
+    assert rows["with_meta.safetensors"]["truth"] == {"dominant": "L1"}
