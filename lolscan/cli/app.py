@@ -43,6 +43,7 @@ def _register() -> None:
     from . import predict_cmd  # noqa: F401
     from . import eval_cmd  # noqa: F401
     from . import models_cmd  # noqa: F401
+    from . import zoo_cmd  # noqa: F401
 
 
 def main() -> None:

