@@ -88,3 +88,21 @@ def test_header_length_starting_with_0x80_is_not_mistaken_for_a_pickle(tmp_path)
     assert path.read_bytes()[0] == 0x80
     layer = next(iter(lolscan.load(str(path)).layers.values()))
     torch.testing.assert_close(layer.delta(), up @ down, atol=1e-5, rtol=1e-5)
+
+
+def test_flux_split_qkv_is_flagged_and_scored_as_loaders_do(tmp_path):
+    torch.manual_seed(0)
+    r, hidden = 2, 6
+    up = torch.zeros(3 * hidden, 3 * r)
+    for i in range(3):
+        up[i * hidden:(i + 1) * hidden, i * r:(i + 1) * r] = torch.randn(hidden, r)
+    down = torch.randn(3 * r, hidden)
+    name = "lora_unet_double_blocks_0_img_attn_qkv"
+    save_file({f"{name}.lora_down.weight": down, f"{name}.lora_up.weight": up, f"{name}.alpha": torch.tensor(4.0)}, tmp_path / "flux.safetensors")
+    a = lolscan.load(str(tmp_path / "flux.safetensors"))
+    layer = a["transformer.double_blocks.0.img_attn.qkv"]
+    torch.testing.assert_close(layer.delta(), (4.0 / (3 * r)) * up @ down, atol=1e-5, rtol=1e-5)
+    assert any("split_qkv" in w and "alpha/2" in w for w in a.warnings)
+    # A dense (not block-diagonal) up weight is an ordinary LoRA: no note.
+    save_file({f"{name}.lora_down.weight": down, f"{name}.lora_up.weight": torch.randn(3 * hidden, 3 * r), f"{name}.alpha": torch.tensor(4.0)}, tmp_path / "dense.safetensors")
+    assert not any("split_qkv" in w for w in lolscan.load(str(tmp_path / "dense.safetensors")).warnings)
