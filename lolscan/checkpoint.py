@@ -224,41 +224,30 @@ class Checkpoint:
             "targets": [{"name": t.name, "kind": t.kind, "units": t.units, "labels": t.labels} for t in self.targets],
         }
 
+    def fit_rule(self) -> dict[str, Any]:
+        """What `check_fits` needs (JSON-able, so reader processes can check without the model)."""
+        rank = self.card["hparams"].get("rank") if self.architecture in ("mlp", "mlp-oalign") else None
+        return {"spec": self.spec.to_json(), "name": self.name, "base_model": self.base_model, "architecture": self.architecture, "rank": rank}
+
     def require_fits(self, adapter: Adapter) -> None:
         """Refuse an adapter this model cannot read, naming what differs (exit code 4)."""
-        try:
-            self.spec.require_fits(adapter)
-            rank = self.card["hparams"].get("rank") if self.architecture in ("mlp", "mlp-oalign") else None
-            if rank is not None and set(adapter.ranks) - {rank}:
-                raise IncompatibleAdapter(
-                    f"{self.architecture} reads rank-{rank} modules only; this adapter has ranks {sorted(set(adapter.ranks))}",
-                    path=adapter.source or None,
-                )
-        except IncompatibleAdapter as exc:
-            msg = str(exc)
-            if exc.path and msg.startswith(f"{exc.path}: "):
-                msg = msg[len(exc.path) + 2 :]
-            from .inspection import guess_family
-
-            raise IncompatibleAdapter(
-                f"does not fit checkpoint {self.name!r} (base model {self.base_model}; the adapter looks like "
-                f"{guess_family(adapter)}): {msg}",
-                path=exc.path or adapter.source,
-            ) from None
+        check_fits(adapter, self.spec, self.fit_rule())
 
     @torch.no_grad()
-    def scores(self, adapters: list[Adapter]) -> dict[str, torch.Tensor]:
-        """Per-target scores (regression values in units, class probabilities) for fitting adapters."""
-        from .nets import collate
+    def scores(self, adapters: list[Adapter] | Any) -> dict[str, torch.Tensor]:
+        """Per-target scores (regression values in units, class probabilities) for fitting adapters,
+        given as a list or as an already collated `FactorBatch`."""
+        from .nets import FactorBatch, collate
 
         self.model.eval()
-        batch = collate(adapters, self.spec, self.device, dtype=_model_dtype(self.model), check=False)
+        batch = adapters if isinstance(adapters, FactorBatch) else collate(adapters, self.spec, self.device, dtype=_model_dtype(self.model), check=False)
         out = self.model(batch).float().cpu()
         return {t.name: t.scores(out) for t in self.targets}
 
-    def predict(self, adapters: list[Adapter]) -> list[dict[str, dict[str, Any]]]:
+    def predict(self, adapters: list[Adapter] | Any) -> list[dict[str, dict[str, Any]]]:
         s = self.scores(adapters)
-        return [{t.name: t.decode(s[t.name][i].tolist()) for t in self.targets} for i in range(len(adapters))]
+        n = len(next(iter(s.values())))
+        return [{t.name: t.decode(s[t.name][i].tolist()) for t in self.targets} for i in range(n)]
 
     def save(self, folder: str | Path, *, overwrite: bool = False, files: dict[str, bytes] | None = None) -> Path:
         """Write atomically: a temporary sibling folder is renamed into place."""
@@ -297,6 +286,30 @@ class Checkpoint:
         self.card = card
         self.path = dest
         return dest
+
+
+def check_fits(adapter: Adapter, spec: Any, rule: dict[str, Any]) -> None:
+    """`IncompatibleAdapter` (exit 4) naming what differs when `adapter` does not fit the layer spec
+    (or, for the fixed-rank MLPs, the rank) of the checkpoint described by `rule`."""
+    try:
+        spec.require_fits(adapter)
+        rank = rule.get("rank")
+        if rank is not None and set(adapter.ranks) - {rank}:
+            raise IncompatibleAdapter(
+                f"{rule['architecture']} reads rank-{rank} modules only; this adapter has ranks {sorted(set(adapter.ranks))}",
+                path=adapter.source or None,
+            )
+    except IncompatibleAdapter as exc:
+        msg = str(exc)
+        if exc.path and msg.startswith(f"{exc.path}: "):
+            msg = msg[len(exc.path) + 2 :]
+        from .inspection import guess_family
+
+        raise IncompatibleAdapter(
+            f"does not fit checkpoint {rule['name']!r} (base model {rule['base_model']}; the adapter looks like "
+            f"{guess_family(adapter)}): {msg}",
+            path=exc.path or adapter.source,
+        ) from None
 
 
 def _model_dtype(model: torch.nn.Module) -> torch.dtype:

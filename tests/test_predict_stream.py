@@ -93,23 +93,50 @@ def test_rows_in_order_with_errors_and_misfits_isolated(setup, tmp_path):
 
 
 def test_memory_is_flat_in_the_number_of_files(setup, tmp_path, monkeypatch):
+    """Adapters and their packed factors alive at once stay bounded, whatever the folder size."""
+    from lolscan import scoring
+
     zoo, ckpt = setup
     lib = _folder(tmp_path, zoo, 48)
     alive, peak = [0], [0]
-    real_load = lolscan.load
+    real_load, real_pack = lolscan.load, scoring.pack
 
-    def counting_load(*args, **kwargs):
-        adapter = real_load(*args, **kwargs)
+    def track(obj):
         alive[0] += 1
         peak[0] = max(peak[0], alive[0])
-        weakref.finalize(adapter, lambda: alive.__setitem__(0, alive[0] - 1))
-        return adapter
+        weakref.finalize(obj, lambda: alive.__setitem__(0, alive[0] - 1))
+        return obj
 
-    monkeypatch.setattr(lolscan, "load", counting_load)
+    monkeypatch.setattr(lolscan, "load", lambda *a, **k: track(real_load(*a, **k)))
+    monkeypatch.setattr(scoring, "pack", lambda adapter, spec: _tracked_pack(real_pack, track, adapter, spec))
     rows = list(Scorer(ckpt, ScoreOptions(batch_size=4, workers=2)).score(expand([str(lib)])))
     assert len(rows) == 48 and all(r["status"] == "ok" for r in rows)
     window = 2 * 4 + 2  # in flight (being read or queued) + one batch being assembled
-    assert peak[0] <= window + 4 < 48
+    assert peak[0] <= window + 4 + 2 < 48  # (+2: adapters being packed by the two readers)
+
+
+def _tracked_pack(real_pack, track, adapter, spec):
+    packed = real_pack(adapter, spec)
+    track(packed[0][0])  # the first group's U tensor lives exactly as long as the packed adapter
+    return packed
+
+
+def test_packing_equals_collate_and_processes_equal_threads(setup, tmp_path):
+    from lolscan.nets import collate
+    from lolscan.scoring import pack, stack
+
+    zoo, ckpt = setup
+    adapters = [lolscan.load(str(zoo / f"lora_{i:04d}")) for i in range(5)]
+    a = collate(adapters, ckpt.spec)
+    b = stack([pack(x, ckpt.spec) for x in adapters], ckpt.spec, [x.source for x in adapters], torch.device("cpu"))
+    for ga, gb in zip(a.groups, b.groups):
+        assert torch.equal(ga.U, gb.U) and torch.equal(ga.V, gb.V) and torch.equal(ga.ranks, gb.ranks)
+    lib = _folder(tmp_path, zoo, 9)
+    _touch(lib / "bad.safetensors", b"\x08\x00\x00\x00\x00\x00\x00\x00{}")
+    found = expand([str(lib)])
+    threads = list(Scorer(ckpt, ScoreOptions(batch_size=4, workers=2)).score(found))
+    procs = list(Scorer(ckpt, ScoreOptions(batch_size=4, processes=2)).score(found))
+    assert threads == procs and [r["status"] for r in procs].count("error") == 1
 
 
 def test_true_labels_from_labels_json_and_metadata(setup, tmp_path):

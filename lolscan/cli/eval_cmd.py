@@ -41,7 +41,7 @@ def eval_(
     fmt: Annotated[Literal["table", "json"], typer.Option("--format", "-f", help="table or json.")] = "table",
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     batch_size: Annotated[int, typer.Option(help="Adapters per scoring batch.", min=1)] = 32,
-    workers: Annotated[int, typer.Option(help="Threads reading files.", min=1)] = 4,
+    workers: Annotated[int, typer.Option(help="Threads reading files.", min=1)] = 2,
     allow_pickle: Annotated[bool, typer.Option("--allow-pickle", help="Open .pt/.bin/.ckpt with torch.load(weights_only=True).")] = False,
     offline: Annotated[bool, typer.Option("--offline", help="Never touch the network; cached remote files only.")] = False,
     civitai_token: Annotated[Optional[str], typer.Option("--civitai-token", envvar="CIVITAI_TOKEN", help="Civitai API token (never printed).")] = None,
@@ -51,7 +51,7 @@ def eval_(
     from .models_cmd import cli_errors, open_model  # lazy: keeps `models` last in the help
     from ..discovery import Found
     from ..manifest import read_manifest
-    from ..scoring import Scorer, ScoreOptions
+    from ..scoring import Scorer, ScoreOptions, auto_processes
 
     with cli_errors():
         m = read_manifest(manifest)
@@ -71,7 +71,7 @@ def eval_(
         for t in ckpt.targets:
             if t not in targets:
                 err_console.print(f"note: no column {t.name!r} in the manifest; not evaluated", highlight=False)
-        opts = ScoreOptions(batch_size=batch_size, workers=workers, allow_pickle=allow_pickle,
+        opts = ScoreOptions(batch_size=batch_size, workers=workers, allow_pickle=allow_pickle, processes=auto_processes(len(rows)),
                             source_options=source_options(SourceOptions(offline=offline, civitai_token=civitai_token, hf_token=hf_token)))
         scored = list(Scorer(ckpt, opts).score([Found(r.source) for r in rows]))
         failures = [s for s in scored if s["status"] != "ok"]

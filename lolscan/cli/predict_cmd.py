@@ -61,7 +61,8 @@ def predict(
     fail_over: Annotated[list[str], typer.Option("--fail-over", help="Gate TARGET=VALUE: fail when the prediction is above VALUE (equal passes).")] = [],
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     batch_size: Annotated[int, typer.Option(help="Adapters per scoring batch.", min=1)] = 32,
-    workers: Annotated[int, typer.Option(help="Threads reading files.", min=1)] = 4,
+    workers: Annotated[int, typer.Option(help="Threads reading files (when --procs is 0).", min=1)] = 2,
+    procs: Annotated[str, typer.Option("--procs", help="Processes parsing files: a number, 0 for threads only, or auto (many files on 4+ cores).")] = "auto",
     threads: Annotated[Optional[int], typer.Option(help="CPU threads for torch.", min=1)] = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bar on stderr.")] = True,
     allow_pickle: Annotated[bool, typer.Option("--allow-pickle", help="Open .pt/.bin/.ckpt with torch.load(weights_only=True).")] = False,
@@ -78,7 +79,7 @@ def predict(
     import torch
 
     from ..discovery import expand
-    from ..scoring import Scorer, ScoreOptions
+    from ..scoring import Scorer, ScoreOptions, auto_processes
 
     gates = parse_gates(fail_under, fail_over)
     out_fmt = None
@@ -88,6 +89,8 @@ def predict(
             raise typer.BadParameter(f"{output}: use a .jsonl, .json, .csv, .md or .xml file name", param_hint="--output")
     if resume and out_fmt != "jsonl":
         raise typer.BadParameter("--resume needs --output FILE.jsonl", param_hint="--resume")
+    if procs != "auto" and not (procs.isdigit()):
+        raise typer.BadParameter(f"{procs!r}: expected a number or auto", param_hint="--procs")
     if threads:
         torch.set_num_threads(threads)
     with cli_errors():
@@ -111,7 +114,8 @@ def predict(
         todo = [f for f in found if f.source not in done]
         if done:
             err_console.print(f"resuming: {len(found) - len(todo)} of {len(found)} adapters already in {output}", highlight=False)
-        opts = ScoreOptions(batch_size=batch_size, workers=workers, allow_pickle=allow_pickle,
+        n_procs = auto_processes(len(todo)) if procs == "auto" else int(procs)
+        opts = ScoreOptions(batch_size=batch_size, workers=workers, allow_pickle=allow_pickle, processes=n_procs,
                             source_options=source_options(SourceOptions(offline=offline, civitai_token=civitai_token, hf_token=hf_token)))
         new_rows: dict[str, dict[str, Any]] = {}
         live_stdout = fmt == "jsonl"
