@@ -132,29 +132,21 @@ def stack(packs: list[Packed], spec: Any, sources: list[str], device: torch.devi
     """Packed adapters -> the `FactorBatch` that `lolscan.nets.collate` would build from them."""
     from .nets import FactorBatch, FactorGroup
 
-    pin = device.type == "cuda"
     groups = []
     for gi, g in enumerate(spec.groups):
         parts = [[torch.as_tensor(x) for x in p[gi]] for p in packs]
         r = max(u.shape[-1] for u, _, _ in parts)
         L = len(g.indices)
-        if all(u.shape[-1] == r for u, _, _ in parts):  # one rank: a single stack per tensor
-            U = torch.stack([u for u, _, _ in parts]).to(dtype)
-            V = torch.stack([v for _, v, _ in parts]).to(dtype)
-            ranks = torch.stack([k for _, _, k in parts])
-            if device.type != "cpu":
-                U, V = U.to(device, non_blocking=pin), V.to(device, non_blocking=pin)
-            groups.append(FactorGroup(g.n, g.m, g.indices, U, V, ranks))
-            continue
-        U = torch.zeros((len(packs), L, g.n, r), dtype=dtype, pin_memory=pin)
-        V = torch.zeros((len(packs), L, g.m, r), dtype=dtype, pin_memory=pin)
-        ranks = torch.zeros((len(packs), L), dtype=torch.long)
-        for b, (u, v, k) in enumerate(parts):
-            U[b, :, :, : u.shape[-1]] = u
-            V[b, :, :, : v.shape[-1]] = v
-            ranks[b] = k
-        if device.type != "cpu":
-            U, V = U.to(device, non_blocking=pin), V.to(device, non_blocking=pin)
+        ranks = torch.stack([k for _, _, k in parts])
+        if all(u.shape[-1] == r for u, _, _ in parts):  # one rank: one stack, one transfer per tensor
+            U = torch.stack([u for u, _, _ in parts]).to(device=device, dtype=dtype)
+            V = torch.stack([v for _, v, _ in parts]).to(device=device, dtype=dtype)
+        else:  # zero-pad ranks on the target device (no per-batch pinned host buffers)
+            U = torch.zeros((len(packs), L, g.n, r), dtype=dtype, device=device)
+            V = torch.zeros((len(packs), L, g.m, r), dtype=dtype, device=device)
+            for b, (u, v, _) in enumerate(parts):
+                U[b, :, :, : u.shape[-1]] = u.to(device)
+                V[b, :, :, : v.shape[-1]] = v.to(device)
         groups.append(FactorGroup(g.n, g.m, g.indices, U, V, ranks))
     return FactorBatch(spec, groups, list(sources))
 

@@ -1,0 +1,156 @@
+"""Train the five architectures on a labelled zoo; print the paper-style table (mean ± std over seeds).
+
+The split is fixed (``--split-seed``); each seed re-initialises the model and reshuffles the
+minibatches. Metrics are on the held-out test split.
+
+    python bench/architectures.py zoo/manifest.csv --target score --target style
+    python bench/architectures.py --synthetic            # builds its own small labelled zoo
+
+The synthetic zoo (``lolscan.training.write_synthetic_zoo``) has labels that are known functions of
+ΔW: ``score`` = u*ᵀ ΔW₀ v* (linear), ``norm`` = ‖ΔW₀‖_F (quadratic), ``planted`` (a planted direction
+in layer 1), ``dominant`` (argmax of three layer scores) and ``big`` (the set of layers with s > 0.5).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from lolscan.metrics import HEADLINE, METRIC_NAMES  # noqa: E402
+
+SYNTHETIC_TARGETS = ["score", "norm", "planted", "dominant", "big"]
+
+
+def mean_std(xs: list[float]) -> tuple[float, float]:
+    xs = [x for x in xs if x is not None and not math.isnan(x)]
+    if not xs:
+        return math.nan, math.nan
+    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
+
+
+def parse_hparams(items: list[str]) -> dict[str, dict[str, Any]]:
+    """``--hparam glnet:d=16`` (one architecture) or ``--hparam hidden=32`` (every one that takes it)."""
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        arch, colon, name = key.partition(":")
+        if not colon:
+            arch, name = "*", key
+        try:
+            parsed: Any = json.loads(value)
+        except ValueError:
+            parsed = value
+        out.setdefault(arch, {})[name] = parsed
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("manifest", nargs="?", type=Path, help="labelled manifest (CSV/JSONL)")
+    ap.add_argument("--target", "-t", action="append", default=[], help="label column (repeatable)")
+    ap.add_argument("--synthetic", action="store_true", help="build and use a small synthetic labelled zoo")
+    ap.add_argument("--n", type=int, default=400, help="synthetic zoo size")
+    ap.add_argument("--rank", type=int, default=4, help="synthetic zoo LoRA rank (one rank, so mlp and mlp-oalign run)")
+    ap.add_argument("--arch", action="append", default=[], help="architectures (default: all five)")
+    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--split-seed", type=int, default=0)
+    ap.add_argument("--steps", type=int, default=600)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--patience", type=int, default=12)
+    ap.add_argument("--hparam", action="append", default=[], help="KEY=VALUE or ARCH:KEY=VALUE")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--threads", type=int, default=None, help="CPU threads for torch (1 is often fastest here)")
+    ap.add_argument("--json", type=Path, help="write all per-seed metrics here")
+    ap.add_argument("--markdown", action="store_true", help="print a Markdown table instead of a text table")
+    args = ap.parse_args()
+
+    from lolscan.errors import LolscanError
+    from lolscan.manifest import read_manifest
+    from lolscan.nets import ARCHITECTURES, hparam_names
+    from lolscan.training import TrainOptions, prepare, run_safely, train, write_synthetic_zoo
+
+    tmp = None
+    if args.synthetic:
+        tmp = tempfile.TemporaryDirectory(prefix="lolscan-arch-bench-")
+        manifest = write_synthetic_zoo(tmp.name, n=args.n, rank=args.rank, seed=args.split_seed)
+        targets = args.target or SYNTHETIC_TARGETS
+    elif args.manifest:
+        manifest, targets = args.manifest, args.target
+        if not targets:
+            ap.error("name at least one --target column")
+    else:
+        ap.error("give a MANIFEST or --synthetic")
+    archs = args.arch or list(ARCHITECTURES)
+    hp_all = parse_hparams(args.hparam)
+    try:
+        ds = prepare(read_manifest(manifest), targets, seed=args.split_seed, progress=False)
+    except LolscanError as exc:
+        sys.exit(f"error: {exc}")
+    sizes = {k: len(v) for k, v in ds.splits.items()}
+    print(f"{len(ds.adapters)} adapters ({sizes['train']}/{sizes['val']}/{sizes['test']} train/val/test), "
+          f"{len(ds.spec)} modules; targets: {', '.join(t.describe() for t in ds.targets)}", file=sys.stderr)
+
+    runs: dict[str, list[dict[str, Any]]] = {}
+    skipped: dict[str, str] = {}
+    for arch in archs:
+        hp = {k: v for k, v in hp_all.get("*", {}).items() if k in hparam_names(arch)} | hp_all.get(arch, {})
+        for seed in range(args.seeds):
+            opts = TrainOptions(arch=arch, hparams=hp, seed=seed, max_steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                                patience=args.patience, device=args.device, progress=False, threads=args.threads)
+            t0 = time.perf_counter()
+            try:
+                result = run_safely(lambda: train(ds, opts))
+            except LolscanError as exc:
+                skipped[arch] = str(exc)
+                break
+            runs.setdefault(arch, []).append({"seed": seed, "test": result.metrics.get("test", {}), "steps": result.steps,
+                                              "best_step": result.best_step, "seconds": time.perf_counter() - t0})
+            print(f"  {arch} seed {seed}: {time.perf_counter() - t0:.1f} s, best step {result.best_step}", file=sys.stderr)
+
+    cols = [(t, m) for t in ds.targets for m in HEADLINE[t.kind]]
+    header = ["architecture"] + [f"{t.name} {METRIC_NAMES[m]}" for t, m in cols] + ["s / run"]
+    lines = []
+    for arch in archs:
+        if arch in skipped:
+            lines.append([arch] + ["n/a"] * len(cols) + [f"skipped: {skipped[arch]}"])
+            continue
+        cells = [arch]
+        for t, m in cols:
+            mu, sd = mean_std([r["test"].get(t.name, {}).get(m) for r in runs[arch]])
+            cells.append("n/a" if math.isnan(mu) else f"{mu:.3f} ± {sd:.3f}")
+        cells.append(f"{statistics.fmean(r['seconds'] for r in runs[arch]):.1f}")
+        lines.append(cells)
+    title = f"test-split metrics, mean ± std over {args.seeds} seeds ({sizes['test']} test adapters)"
+    if args.markdown:
+        print(f"**{title}**\n")
+        print("| " + " | ".join(header) + " |")
+        print("|" + "---|" * len(header))
+        for cells in lines:
+            print("| " + " | ".join(cells) + " |")
+    else:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=title)
+        for h in header:
+            table.add_column(h, justify="left" if h == "architecture" else "right")
+        for cells in lines:
+            table.add_row(*cells)
+        Console(width=max(120, 16 * len(header))).print(table)
+    if args.json:
+        args.json.write_text(json.dumps({"splits": sizes, "targets": [t.to_json() for t in ds.targets], "runs": runs, "skipped": skipped}, indent=2))
+    if tmp is not None:
+        tmp.cleanup()
+
+
+if __name__ == "__main__":
+    main()
