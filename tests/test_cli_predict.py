@@ -64,6 +64,14 @@ def test_exit_0_table_with_real_predictions(env):
     assert "lora_0005" in r.stdout and "score" in r.stdout and "6 scored" in r.stderr
 
 
+def test_without_model_the_only_installed_checkpoint_is_used(env, tmp_path, monkeypatch):
+    r = run(one(env), "--format", "json")
+    assert r.exit_code == 0 and json.loads(r.stdout)["model"]["name"] == "toy"
+    shutil.copytree(env["ckpt"], tmp_path / "data" / "models" / "mine")  # now two: name one
+    r = run(one(env))
+    assert r.exit_code == 2 and "no --model given" in flat(r.stderr)
+
+
 def test_json_report_and_clean_stdout(env):
     r = run(env["lib"], "--model", "toy", "--format", "json")
     assert r.exit_code == 0

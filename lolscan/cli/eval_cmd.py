@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Annotated, Any, Literal, Optional
 
 import typer
-from pathlib import Path
 from rich.table import Table
 
 from ..errors import EXIT_BAD_INPUT, EXIT_INCOMPATIBLE, EXIT_OK, UsageError
@@ -18,7 +18,7 @@ from .console import console, err_console
 from .options import SourceOptions, source_options
 
 
-def scores_from_predictions(target: Target, preds: list[dict[str, Any]]) -> "torch.Tensor":
+def scores_from_predictions(target: Target, preds: list[dict[str, Any]]) -> Any:
     """Report predictions back to the score tensor ``Target.scores`` gives (values / probabilities)."""
     import torch
 

@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal, Optional
 import typer
 
 from ..errors import UsageError
-from ..report import FORMATS, apply_gates, atomic_write, check_gates, exit_code, format_from_suffix, jsonl_line, parse_gate, render, render_table, summary
+from ..report import apply_gates, atomic_write, check_gates, exit_code, format_from_suffix, jsonl_line, parse_gate, render, render_table, summary
 from .app import app
 from .console import console, err_console
 from .options import SourceOptions, source_options
