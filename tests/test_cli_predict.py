@@ -182,6 +182,9 @@ def test_streaming_output_and_resume(env, tmp_path, monkeypatch):
     assert [Path(x["source"]).name for x in rows] == [f"lora_{i:04d}" for i in range(6)]
     assert len(json.loads(r.stdout)["results"]) == 6  # the report covers resumed rows too
     assert "resuming: 3 of 6" in r.stderr
+    r = run(env["lib"], "--model", "toy", "--output", out, "--resume", "--format", "jsonl")
+    assert r.exit_code == 0 and len(r.stdout.splitlines()) == 6  # resumed rows are on stdout too
+    assert len(out.read_text().splitlines()) == 6  # nothing new to append
 
 
 def test_single_shot_outputs_are_atomic(env, tmp_path):

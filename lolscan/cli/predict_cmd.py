@@ -114,10 +114,17 @@ def predict(
         todo = [f for f in found if f.source not in done]
         if done:
             err_console.print(f"resuming: {len(found) - len(todo)} of {len(found)} adapters already in {output}", highlight=False)
+            if fmt == "jsonl":  # stdout gets the resumed rows first, then new ones as they are scored
+                for f in found:
+                    if f.source in done:
+                        apply_gates(done[f.source], gates, ckpt.targets)
+                        sys.stdout.write(jsonl_line(done[f.source]))
         n_procs = auto_processes(len(todo)) if procs == "auto" else int(procs)
         opts = ScoreOptions(batch_size=batch_size, workers=workers, allow_pickle=allow_pickle, processes=n_procs,
                             source_options=source_options(SourceOptions(offline=offline, civitai_token=civitai_token, hf_token=hf_token)))
         new_rows: dict[str, dict[str, Any]] = {}
+        # Streaming JSONL to stdout with no single-shot file keeps only what the exit code needs.
+        keep_rows = fmt != "jsonl" or out_fmt not in (None, "jsonl")
         live_stdout = fmt == "jsonl"
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -127,7 +134,9 @@ def predict(
                 task = bar.add_task("scoring", total=len(todo))
                 for row in Scorer(ckpt, opts).score(todo):
                     apply_gates(row, gates, ckpt.targets)
-                    new_rows[row["source"]] = row
+                    new_rows[row["source"]] = row if keep_rows else {
+                        "source": row["source"], "status": row["status"], "gates": [{"passed": g["passed"]} for g in row["gates"]]
+                    }
                     if row["status"] != "ok":
                         bar.console.print(f"[bold red]error:[/] {row['source']}: {row['error']}", highlight=False, soft_wrap=True)
                     if stream is not None:
