@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from ..checkpoint import Checkpoint, bundled_dir, default_model, list_checkpoints, load_checkpoint, read_card, resolve, user_dir
-from ..errors import EXIT_USAGE, LolscanError, UsageError
+from ..errors import LolscanError, UsageError
 from ..metrics import HEADLINE, format_metric
 from .app import app
 from .console import console, err_console
@@ -114,4 +114,4 @@ def _show_card(card: dict[str, Any]) -> None:
     console.print(t)
 
 
-__all__ = ["models", "cli_errors", "open_model", "bad_parameter", "headline_metrics", "EXIT_USAGE"]
+__all__ = ["models", "cli_errors", "open_model", "bad_parameter", "headline_metrics"]

@@ -104,6 +104,9 @@ def train(
         raise typer.BadParameter("val and test fractions leave no training data", param_hint="--val-fraction/--test-fraction")
     archs = list(ARCHITECTURES) if arch == "all" else [arch]
     with cli_errors():
+        from ..training import resolve_device
+
+        resolve_device(device)  # fail before reading the zoo
         # Resolve every destination before hours of training, so a bad --out fails at once.
         dests = {a: output_path(f"{out}-{a}" if arch == "all" else out) for a in archs} if out else {}
         for a, d in dests.items():
