@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import mmap
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,23 +104,22 @@ def read_safetensors(path: str | os.PathLike) -> TensorFile:
     metadata = header.pop("__metadata__", None) or {}
     tensors: dict[str, torch.Tensor] = {}
     dtypes: dict[str, str] = {}
-    with open(path, "rb") as fh:
-        size = os.fstat(fh.fileno()).st_size
-        buf = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
-        try:
-            for key, info in header.items():
-                dtype, nbytes = DTYPES[info["dtype"]]
-                begin, end = info["data_offsets"]
-                shape = info["shape"]
-                if end == begin:
-                    tensors[key] = torch.empty(shape, dtype=dtype)
-                else:
-                    # bytes() copies out of the map so the tensors outlive the file handle.
-                    tensors[key] = torch.frombuffer(bytearray(buf[start + begin : start + end]), dtype=dtype).reshape(shape)
-                dtypes[key] = info["dtype"]
-        finally:
-            if size:
-                buf.close()
+    with open(path, "rb") as fh:  # one read of the data region; tensors are views into it
+        fh.seek(start)
+        data = bytearray(os.fstat(fh.fileno()).st_size - start)
+        if fh.readinto(data) != len(data):
+            raise InputError("file changed while it was read", path=path)
+    for key, info in header.items():
+        dtype, itemsize = DTYPES[info["dtype"]]
+        begin, end = info["data_offsets"]
+        shape = info["shape"]
+        if end == begin:
+            tensors[key] = torch.empty(shape, dtype=dtype)
+        elif begin % itemsize == 0:
+            tensors[key] = torch.frombuffer(data, dtype=dtype, count=(end - begin) // itemsize, offset=begin).reshape(shape)
+        else:  # unaligned: copy out
+            tensors[key] = torch.frombuffer(bytearray(data[begin:end]), dtype=dtype).reshape(shape)
+        dtypes[key] = info["dtype"]
     return TensorFile(tensors, dict(metadata), dtypes, str(path))
 
 

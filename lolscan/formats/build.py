@@ -146,6 +146,13 @@ def _lokr_shape(t: dict[str, torch.Tensor]) -> tuple[int, ...]:
     return (a * w2_shape[0], c * w2_shape[1], *w2_shape[2:])
 
 
+def _finite(layer: Layer) -> bool:
+    # Fast path: a finite sum means every entry is finite; otherwise look properly.
+    if torch.isfinite(layer.U.sum() + layer.V.sum()):
+        return True
+    return bool(torch.isfinite(layer.U).all() and torch.isfinite(layer.V).all())
+
+
 def finish(fmt: str, tf: TensorFile, built: Built, *, source: str, metadata: dict, config: dict | None = None,
            leftover: list[str] = ()) -> Adapter:
     extras = dict(built.extras)
@@ -156,7 +163,7 @@ def finish(fmt: str, tf: TensorFile, built: Built, *, source: str, metadata: dic
     lora_keys = {k for layer in built.layers.values() for k in layer.source_keys}
     dtypes = Counter(tf.dtypes[k] for k in lora_keys if k in tf.dtypes)
     warnings = list(built.warnings)
-    bad = [n for n, layer in built.layers.items() if not (torch.isfinite(layer.U).all() and torch.isfinite(layer.V).all())]
+    bad = [n for n, layer in built.layers.items() if not _finite(layer)]
     if bad:
         warnings.append(f"{len(bad)} module(s) hold NaN/Inf values, e.g. {bad[0]}")
     return Adapter(layers=built.layers, format=fmt, source=source, metadata=metadata, config=config or {},

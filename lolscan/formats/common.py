@@ -9,11 +9,11 @@ from ..adapter import Layer
 from ..errors import InputError
 
 
-def as_float(t: torch.Tensor, key: str, path: str) -> torch.Tensor:
-    """Return `t` in float64, refusing integer/bool tensors where factors are expected."""
+def as_float(t: torch.Tensor, key: str, path: str, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """Return `t` as `dtype`, refusing integer/bool tensors where factors are expected."""
     if not (t.is_floating_point()):
         raise InputError(f"tensor {key!r} has dtype {str(t.dtype).replace('torch.', '')}, expected floating point", path=path)
-    return t.to(torch.float64)
+    return t.to(dtype)
 
 
 def scalar(t: torch.Tensor, key: str, path: str) -> float:
@@ -25,6 +25,8 @@ def scalar(t: torch.Tensor, key: str, path: str) -> float:
 
 def split_scale(up: torch.Tensor, down_t: torch.Tensor, s: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Fold scalar `s` evenly into both factors: U = sign(s)·√|s|·up, V = √|s|·down_t."""
+    if s == 1.0:
+        return up.float(), down_t.float()
     c = math.sqrt(abs(s))
     return (up * (c if s >= 0 else -c)).float(), (down_t * c).float()
 
@@ -41,8 +43,10 @@ def lora_layer(
     alpha: float | None = None,
 ) -> Layer:
     """A LoRA/LoCon module from `up` [out, r(, 1, 1)] and `down` [r, in(, kh, kw)] (+ Tucker `mid`)."""
-    up64 = as_float(up, keys[0], path)
-    down64 = as_float(down, keys[-1], path)
+    # float32 is exact enough for plain factors; the Tucker contraction is done in float64.
+    work = torch.float64 if mid is not None else torch.float32
+    up64 = as_float(up, keys[0], path, work)
+    down64 = as_float(down, keys[-1], path, work)
     if up64.ndim < 2 or down64.ndim < 2:
         raise InputError(f"module {name!r}: up/down must be at least 2-D, got {list(up.shape)} and {list(down.shape)}", path=path)
     r = down64.shape[0]

@@ -34,11 +34,24 @@ _DOTTED_SUFFIXES += [(s + ".weight", r) for s, r in _DOTTED_SUFFIXES if r.starts
 _DOTTED_SUFFIXES.sort(key=lambda item: -len(item[0]))
 
 
+_BY_SUFFIX = dict(_DOTTED_SUFFIXES)
+_MAX_DOTS = max(s.count(".") for s in _BY_SUFFIX)
+
+
 def split_key(key: str) -> tuple[str, str] | None:
     """(module path, role) for a LoRA-family tensor key, or None when no known suffix matches."""
-    for suffix, role in _DOTTED_SUFFIXES:
-        if key.endswith(suffix):
-            return key[: -len(suffix)], role
+    # Candidate suffixes start at a '.' (or at the '_' of an old diffusers `to_q_lora.`); longest wins.
+    dots = []
+    i = len(key)
+    while len(dots) < _MAX_DOTS and (i := key.rfind(".", 0, i)) >= 0:
+        dots.append(i)
+    for i in reversed(dots):
+        role = _BY_SUFFIX.get(key[i:])
+        if role is not None:
+            return key[:i], role
+        j = key.rfind("_", 0, i)
+        if j >= 0 and key[j:i] == "_lora" and key[j:] in _BY_SUFFIX:
+            return key[:j], _BY_SUFFIX[key[j:]]
     return None
 
 

@@ -8,6 +8,7 @@ mapped onto diffusers' (as diffusers' own converter does).
 """
 from __future__ import annotations
 
+import functools
 import re
 
 KOHYA_PREFIXES: tuple[tuple[str, str], ...] = (
@@ -40,16 +41,19 @@ _COMPOUNDS = sorted(
     },
     key=lambda s: -s.count("_"),
 )
-_COMPOUND_PARTS = [c.split("_") for c in _COMPOUNDS]
+_BY_HEAD: dict[str, list[list[str]]] = {}
+for _c in _COMPOUNDS:  # longest first within each head word
+    _BY_HEAD.setdefault(_c.split("_", 1)[0], []).append(_c.split("_"))
 
 
+@functools.lru_cache(maxsize=65536)
 def kohya_to_dotted(path: str) -> str:
     """``down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_out_0`` → dotted path."""
     parts = path.split("_")
     out: list[str] = []
     i = 0
     while i < len(parts):
-        for cp in _COMPOUND_PARTS:
+        for cp in _BY_HEAD.get(parts[i], ()):
             if parts[i : i + len(cp)] == cp:
                 out.append("_".join(cp))
                 i += len(cp)
@@ -107,6 +111,7 @@ def sgm_to_diffusers(path: str) -> str:
     return path
 
 
+@functools.lru_cache(maxsize=65536)
 def kohya_module_name(module: str) -> str | None:
     """Canonical name for a kohya-style module (``lora_unet_…``); None if it has no known prefix."""
     for prefix, component in KOHYA_PREFIXES:
