@@ -20,7 +20,6 @@ from .targets import is_missing
 SPLITS = ("train", "val", "test")
 _SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val", "dev": "val", "test": "test"}
 RESERVED = {"path", "uri", "split", "group"}
-_URI_PREFIXES = ("hf://", "civitai:", "http://", "https://", "urn:air:")
 
 
 @dataclass
@@ -58,7 +57,10 @@ class Manifest:
 
 
 def is_uri(s: str) -> bool:
-    return s.startswith(_URI_PREFIXES)
+    """A remote LoRA reference (hf://, civitai:, AIR, Hub/Civitai URLs), as lolscan.sources reads them."""
+    from .sources import is_remote
+
+    return is_remote(s)
 
 
 def read_manifest(path: str | Path) -> Manifest:
