@@ -1,7 +1,6 @@
 """What `lolscan inspect` reports about an adapter: structure, per-module spectra, hashes, metadata."""
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from collections import Counter
@@ -11,6 +10,7 @@ from typing import Any
 import torch
 
 from .adapter import Adapter, Layer
+from .hashing import sha256_file
 
 EFFECTIVE_RANK_RTOL = 1e-5  # singular values below σ_max·rtol count as zero
 
@@ -41,11 +41,7 @@ def file_hashes(path: Path) -> dict[str, str]:
                 break
         else:
             return {}
-    h = hashlib.sha256()
-    with open(weights, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    sha = h.hexdigest().upper()
+    sha = sha256_file(weights).upper()
     return {"sha256": sha, "autov2": sha[:10]}
 
 

@@ -6,7 +6,6 @@ minibatch order, so the same command on the same files gives the same checkpoint
 from __future__ import annotations
 
 import copy
-import hashlib
 import math
 import time
 from collections import Counter
@@ -18,6 +17,7 @@ from typing import Any
 
 import torch
 
+from .hashing import sha256_file
 from .adapter import Adapter
 from .errors import LolscanError, UsageError
 from .manifest import Manifest, assign_splits
@@ -287,14 +287,6 @@ def _train(ds: Dataset, opts: TrainOptions) -> TrainResult:
 
 
 # ---- the checkpoint ---------------------------------------------------------------------------
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _label_summary(t: Target, values: list[Any]) -> dict[str, Any]:
     present = [v for v in values if not t.missing(v)]
     if t.kind == "regression":
@@ -340,7 +332,7 @@ def make_card(ds: Dataset, result: TrainResult, *, name: str, description: str =
         },
         "training_data": {
             "manifest": Path(ds.manifest.path).name,
-            "manifest_sha256": _sha256(ds.manifest.path),
+            "manifest_sha256": sha256_file(ds.manifest.path),
             "adapters": len(ds.adapters),
             "splits": {s: len(v) for s, v in ds.splits.items()},
             "split_method": ds.split_method,

@@ -12,12 +12,12 @@ import torch
 
 from ..adapter import Adapter
 from .batch import FactorBatch
-from .common import FeatureMLP, mlp_hparams, pad_rank
-from .mlp import DEFAULT_MAX_FEATURES, require_rank
+from .common import pad_rank
+from .mlp import DEFAULT_MAX_FEATURES, FactorMLP, require_rank
 from .spec import LayerSpec
 
 
-class OAlignMLP(FeatureMLP):
+class OAlignMLP(FactorMLP):
     """Hyperparameters: ``rank`` (required), head ``hidden``/``layers``/``dropout``, ``standardize``, ``max_features``.
 
     Template factors are buffers ``template_u_<g>: [L_g, n, rank]``, ``template_v_<g>``; they start
@@ -39,12 +39,8 @@ class OAlignMLP(FeatureMLP):
         standardize: bool = True,
         max_features: int = DEFAULT_MAX_FEATURES,
     ):
-        if rank is None or isinstance(rank, bool) or not isinstance(rank, int) or rank <= 0:
-            raise ValueError(f"{self.arch} needs rank=<int>: the one LoRA rank it accepts (got {rank!r})")
-        hp = {"rank": rank, **mlp_hparams(hidden, layers, dropout, standardize), "max_features": int(max_features)}
-        feature_dim = sum((s.n + s.m) * rank for s in spec)
-        super().__init__(spec, out_dim, hp, feature_dim)
-        self.rank = rank
+        super().__init__(spec, out_dim, rank=rank, hidden=hidden, layers=layers, dropout=dropout,
+                         standardize=standardize, max_features=max_features)
         for gi, g in enumerate(spec.groups):
             L = len(g.indices)
             self.register_buffer(f"template_u_{gi}", torch.randn(L, g.n, rank))

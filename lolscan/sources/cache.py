@@ -19,6 +19,7 @@ from pathlib import Path
 import platformdirs
 from filelock import FileLock
 
+from ..hashing import sha256_file as file_sha256
 from ..errors import InputError
 
 CHUNK = 1 << 20
@@ -77,11 +78,8 @@ def write_json_atomic(path: Path, data: dict) -> None:
 
 
 def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(CHUNK), b""):
-            h.update(block)
-    return h.hexdigest().upper()
+    """Upper-case hex, as Civitai publishes it."""
+    return file_sha256(path).upper()
 
 
 @contextlib.contextmanager
