@@ -1,0 +1,83 @@
+"""`lolscan zoo build` / `zoo summary` as a user runs them: a TOML recipe, a HF model folder, a real process."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from zoo_toy import save_tiny_hf_base, toy_recipe, write_toy_data  # noqa: E402
+
+pytest.importorskip("peft")
+pytest.importorskip("transformers")
+tomllib = pytest.importorskip("tomllib" if sys.version_info >= (3, 11) else "tomli")
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _toml(d: dict) -> str:
+    """Just enough TOML for the toy recipe (json's string/number/list syntax is valid TOML inline)."""
+    lines, tables = [], []
+    for k, v in d.items():
+        if isinstance(v, dict):
+            tables.append((k, v))
+        elif isinstance(v, list) and v and isinstance(v[0], dict):
+            tables += [(f"[{k}]", x) for x in v]
+        else:
+            lines.append(f"{k} = {json.dumps(v)}")
+    for name, t in tables:
+        head = f"[{name}]"
+        sub = {k: v for k, v in t.items() if not (isinstance(v, list) and v and isinstance(v[0], dict))}
+        lines.append(head)
+        for k, v in sub.items():
+            if isinstance(v, dict):
+                inner = ", ".join(f"{ik} = {json.dumps(iv)}" for ik, iv in v.items())
+                lines.append(f"{k} = {{ {inner} }}")
+            else:
+                lines.append(f"{k} = {json.dumps(v)}")
+        for k, v in t.items():
+            if isinstance(v, list) and v and isinstance(v[0], dict):
+                for x in v:
+                    lines.append(f"[[{name}.{k}]]")
+                    lines += [f"{ik} = {json.dumps(iv)}" for ik, iv in x.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "lolscan", *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def test_cli_build_resume_and_summary(tmp_path):
+    data = tmp_path / "data"
+    write_toy_data(data)
+    base = tmp_path / "base"
+    save_tiny_hf_base(base)
+    d = toy_recipe(data, n_loras=4, group_size=2)
+    d["base"] = {"path": str(base), "name": "tiny-llama", "dtype": "float32"}
+    recipe = tmp_path / "toy.toml"
+    text = _toml(d)
+    assert tomllib.loads(text) == d  # the helper wrote the recipe we meant
+    recipe.write_text(text)
+    out = tmp_path / "zoo"
+    r1 = _run("zoo", "build", str(recipe), str(out), "--max-groups", "1")
+    assert r1.returncode == 0, r1.stderr
+    assert "2/4 adapters, stopped early" in r1.stderr
+    r2 = _run("zoo", "build", str(recipe), str(out))
+    assert r2.returncode == 0, r2.stderr
+    assert "4/4 adapters, complete" in r2.stderr and "group 2:" not in r2.stderr  # one group left, not two
+    rows = [json.loads(x) for x in (out / "manifest.jsonl").read_text().splitlines()]
+    assert len(rows) == 4 and all((out / r["path"] / "adapter_model.safetensors").is_file() for r in rows)
+    s = _run("zoo", "summary", str(out), "--json")
+    assert s.returncode == 0, s.stderr
+    info = json.loads(s.stdout)
+    assert info["rows"] == 4 and "val_loss" in info["labels"]
+    vals = [r["val_loss"] for r in rows]
+    assert abs(info["labels"]["val_loss"]["min"] - min(vals)) < 1e-9
+    # a recipe that cannot be read is a usage error (exit 2) with one line, no traceback
+    bad = tmp_path / "bad.toml"
+    bad.write_text("name = [\n")
+    r3 = _run("zoo", "build", str(bad), str(tmp_path / "z2"))
+    assert r3.returncode == 2 and "Traceback" not in r3.stderr and "bad.toml" in r3.stderr
