@@ -170,3 +170,33 @@ def test_shipped_recipes_parse():
     for p in sorted((Path(__file__).parent.parent / "recipes").glob("*.toml")):
         r = Recipe.load(p)
         assert r.n_loras >= 1 and r.sources and r.digest()
+
+
+def test_mixed_rank_zoo_round_trips_through_peft_and_lolscan(tmp_path):
+    root = tmp_path / "d"
+    write_toy_data(root)
+    recipe = Recipe.from_dict(toy_recipe(root, n_loras=2, lora={"target_modules": ["k_proj", "v_proj"],
+                                                                 "rank": {"choice": [1, 2, 3], "per_layer": True},
+                                                                 "alpha": 4}))
+    out = tmp_path / "z"
+    build(recipe, out, model=tiny_llama(), tokenizer=CharTokenizer(), log=lambda s: None)
+    from safetensors.torch import load_file
+
+    for row in read_manifest(out / "manifest.jsonl"):
+        assert row["mixed_rank"]
+        t = load_file(str(out / row["path"] / "adapter_model.safetensors"))
+        ranks = {k.split(".lora_A")[0]: v.shape[0] for k, v in t.items() if k.endswith("lora_A.weight")}
+        assert len(ranks) == 4 and max(ranks.values()) == row["rank"]
+        pm = _peft_model(out, row)
+        inner = pm.base_model.model
+        for key, r in ranks.items():
+            mod = inner.get_submodule(key.removeprefix("base_model.model."))
+            assert mod.r["default"] == r and abs(mod.scaling["default"] - 4 / r) < 1e-9
+        try:
+            import lolscan.formats  # noqa: F401
+        except ImportError:
+            continue
+        import lolscan
+
+        ad = lolscan.load(str(out / row["path"]))
+        assert sorted(ad.ranks) == sorted(ranks.values())
