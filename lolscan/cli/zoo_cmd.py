@@ -65,7 +65,8 @@ def summary_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Label spread of a zoo: is each label varied enough to be worth predicting?"""
-    from ..zoo.build import file_sha256, read_manifest
+    from ..hashing import sha256_file
+    from ..zoo.build import read_manifest
 
     path = zoo / "manifest.jsonl" if zoo.is_dir() else zoo
     rows = read_manifest(path)
@@ -78,7 +79,7 @@ def summary_cmd(
         if len(vals) == len(rows) and len(vals) > 1:
             stats[key] = {"mean": statistics.fmean(vals), "std": statistics.pstdev(vals),
                           "min": min(vals), "max": max(vals)}
-    info = {"manifest": str(path), "rows": len(rows), "sha256": file_sha256(path), "labels": stats}
+    info = {"manifest": str(path), "rows": len(rows), "sha256": sha256_file(path), "labels": stats}
     if as_json:
         sys.stdout.write(json.dumps(info, indent=1) + "\n")
         return

@@ -12,7 +12,6 @@ cleanly between groups, to fit a machine's per-command time limit).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -105,14 +104,6 @@ def read_manifest(path: Path) -> list[dict[str, Any]]:
                 except json.JSONDecodeError:  # a torn last line from a killed process: redo that group
                     break
     return rows
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 @dataclass
