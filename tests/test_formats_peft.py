@@ -46,7 +46,7 @@ def _merged_deltas(base: nn.Module, lora_cfg, tmp_path, *, scramble_magnitude: b
     torch.manual_seed(1)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if "lora_" in name:
+            if any(tag in name for tag in ("lora_", "hada_", "lokr_")):
                 p.copy_(torch.randn_like(p) * 0.3 + (1.0 if scramble_magnitude and "magnitude" in name else 0.0))
     out = tmp_path / "adapter"
     model.save_pretrained(out)
@@ -131,3 +131,15 @@ def test_peft_weights_file_alone_uses_sibling_config(tmp_path):
     folder, deltas, _ = _merged_deltas(_tiny_llama(), cfg, tmp_path)
     adapter = lolscan.load(str(folder / "adapter_model.safetensors"))
     _check_exact(adapter, deltas)
+
+
+@pytest.mark.parametrize("kind", ["loha", "lokr"])
+def test_peft_loha_lokr_equal_peft_merge(tmp_path, kind):
+    if kind == "loha":
+        cfg = peft.LoHaConfig(r=3, alpha=6, target_modules=["q_proj", "v_proj"], init_weights=False)
+    else:
+        cfg = peft.LoKrConfig(r=3, alpha=6, target_modules=["q_proj", "v_proj"], init_weights=False, decompose_factor=4)
+    folder, deltas, _ = _merged_deltas(_tiny_llama(), cfg, tmp_path)
+    adapter = lolscan.load(str(folder))
+    _check_exact(adapter, deltas)
+    assert {layer.algo for layer in adapter.layers.values()} == {kind}
