@@ -154,3 +154,29 @@ def test_true_labels_from_labels_json_and_metadata(setup, tmp_path):
     assert rows["lora_0001"]["truth"] == {}
     assert rows["with_meta.safetensors"]["status"] == "ok", rows["with_meta.safetensors"]["error"]
     assert rows["with_meta.safetensors"]["truth"] == {"dominant": "L1"}
+
+
+def test_packing_equals_collate_for_mixed_ranks_and_missing_modules(setup):
+    from lolscan.adapter import Adapter, Layer
+    from lolscan.nets import collate
+    from lolscan.scoring import pack, stack
+
+    zoo, ckpt = setup
+    base = [lolscan.load(str(zoo / f"lora_{i:04d}")) for i in range(3)]
+    names = list(ckpt.spec.names) if hasattr(ckpt.spec, "names") else [s.name for s in ckpt.spec]
+    torch.manual_seed(0)
+    varied = []
+    for k, a in enumerate(base):
+        layers = {}
+        for j, name in enumerate(names):
+            if k == 2 and j == 0:
+                continue  # a module this adapter does not touch: ΔW = 0
+            layer = a[name]
+            r = 1 + (j + k) % 6  # ranks 1..6 differ across adapters and layers
+            layers[name] = Layer(U=torch.randn(layer.n, r), V=torch.randn(layer.m, r), shape=layer.shape)
+        varied.append(Adapter(layers=layers, format="test", source=f"v{k}"))
+    a = collate(varied, ckpt.spec)
+    b = stack([pack(x, ckpt.spec) for x in varied], ckpt.spec, [x.source for x in varied], torch.device("cpu"))
+    for ga, gb in zip(a.groups, b.groups):
+        assert ga.U.shape == gb.U.shape
+        assert torch.equal(ga.U, gb.U) and torch.equal(ga.V, gb.V) and torch.equal(ga.ranks, gb.ranks)
