@@ -141,23 +141,14 @@ def stack(packs: list[Packed], spec: Any, sources: list[str], device: torch.devi
         if all(u.shape[-1] == r for u, _, _ in parts):  # one rank: one stack, one transfer per tensor
             U = torch.stack([u for u, _, _ in parts]).to(device=device, dtype=dtype)
             V = torch.stack([v for _, v, _ in parts]).to(device=device, dtype=dtype)
-        else:  # zero-pad ranks on the host, then one transfer per tensor (not one per adapter)
-            U = _padded([u for u, _, _ in parts], (L, g.n, r), dtype).to(device)
-            V = _padded([v for _, v, _ in parts], (L, g.m, r), dtype).to(device)
+        else:  # zero-pad ranks on the target device: the rank-strided copies are fast there, slow on the host
+            U = torch.zeros((len(packs), L, g.n, r), dtype=dtype, device=device)
+            V = torch.zeros((len(packs), L, g.m, r), dtype=dtype, device=device)
+            for b, (u, v, _) in enumerate(parts):
+                U[b, :, :, : u.shape[-1]] = u.to(device)
+                V[b, :, :, : v.shape[-1]] = v.to(device)
         groups.append(FactorGroup(g.n, g.m, g.indices, U, V, ranks))
     return FactorBatch(spec, groups, list(sources))
-
-
-def _padded(parts: list[torch.Tensor], shape: tuple[int, int, int], dtype: torch.dtype) -> torch.Tensor:
-    """Stack [L, ·, r_b] tensors into [B, L, ·, r], zero only where a rank is padded."""
-    out = torch.empty((len(parts), *shape), dtype=dtype)
-    r = shape[-1]
-    for b, p in enumerate(parts):
-        k = p.shape[-1]
-        out[b, :, :, :k] = p
-        if k < r:
-            out[b, :, :, k:] = 0
-    return out
 
 
 class _Reader:
