@@ -106,3 +106,12 @@ def test_flux_split_qkv_is_flagged_and_scored_as_loaders_do(tmp_path):
     # A dense (not block-diagonal) up weight is an ordinary LoRA: no note.
     save_file({f"{name}.lora_down.weight": down, f"{name}.lora_up.weight": torch.randn(3 * hidden, 3 * r), f"{name}.alpha": torch.tensor(4.0)}, tmp_path / "dense.safetensors")
     assert not any("split_qkv" in w for w in lolscan.load(str(tmp_path / "dense.safetensors")).warnings)
+
+
+def test_grouped_conv_lora_is_refused_clearly(tmp_path):
+    save_file({"base_model.model.conv.lora_A.weight": torch.randn(4, 3, 3, 3),
+               "base_model.model.conv.lora_B.weight": torch.randn(8, 2, 1, 1)}, tmp_path / "g.safetensors")
+    import pytest
+
+    with pytest.raises(lolscan.UnsupportedFormat, match="grouped-convolution"):
+        lolscan.load(str(tmp_path / "g.safetensors"))

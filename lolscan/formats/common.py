@@ -6,7 +6,7 @@ import math
 import torch
 
 from ..adapter import Layer
-from ..errors import InputError
+from ..errors import InputError, UnsupportedFormat
 
 
 def as_float(t: torch.Tensor, key: str, path: str, dtype: torch.dtype = torch.float64) -> torch.Tensor:
@@ -66,6 +66,10 @@ def lora_layer(
         A = down64.reshape(r, -1)
         kernel = tuple(down64.shape[2:])
         in_ch = down64.shape[1]
+    if B.shape[1] != A.shape[0] and kernel and B.shape[1] and A.shape[0] % B.shape[1] == 0:
+        raise UnsupportedFormat(
+            f"module {name!r}: grouped-convolution LoRA (up {list(up.shape)}, down {list(down.shape)}): its ΔW is "
+            "block-structured, not a rank-r product; not supported (PEFT does not merge it either)", path=path)
     if B.shape[1] != A.shape[0]:
         raise InputError(
             f"module {name!r}: rank mismatch between up {list(up.shape)} and down {list(down.shape)}", path=path
