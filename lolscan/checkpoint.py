@@ -293,6 +293,7 @@ def check_fits(adapter: Adapter, spec: Any, rule: dict[str, Any]) -> None:
     (or, for the fixed-rank MLPs, the rank) of the checkpoint described by `rule`."""
     try:
         spec.require_fits(adapter)
+        _check_declared_base(adapter, rule)
         rank = rule.get("rank")
         if rank is not None and set(adapter.ranks) - {rank}:
             raise IncompatibleAdapter(
@@ -310,6 +311,20 @@ def check_fits(adapter: Adapter, spec: Any, rule: dict[str, Any]) -> None:
             f"{guess_family(adapter)}): {msg}",
             path=exc.path or adapter.source,
         ) from None
+
+
+def _check_declared_base(adapter: Adapter, rule: dict[str, Any]) -> None:
+    """Refuse when the base model a remote source declares (Civitai "SD 1.5", a model card's base_model)
+    is another diffusion family than the checkpoint's, even if the layer shapes happen to fit."""
+    from .inspection import diffusion_family
+
+    declared = (adapter.metadata.get("source") or {}).get("base_model")
+    if not isinstance(declared, str) or not declared:
+        return
+    ours, theirs = diffusion_family(str(rule.get("base_model", ""))), diffusion_family(declared)
+    if ours and theirs and ours != theirs:
+        raise IncompatibleAdapter(f"its source declares base model {declared!r} ({theirs}); the checkpoint is for {ours}",
+                                  path=adapter.source or None)
 
 
 def _model_dtype(model: torch.nn.Module) -> torch.dtype:

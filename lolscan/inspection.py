@@ -73,6 +73,19 @@ def guess_family(adapter: Adapter) -> str:
     return _guess_llm(adapter)
 
 
+_DIFFUSION_FAMILIES = (("sdxl", "sdxl"), ("pony", "sdxl"), ("illustrious", "sdxl"), ("noobai", "sdxl"),
+                       ("flux", "flux"), ("sd3", "sd3"), ("sd2", "sd2"), ("sd1", "sd1"))
+
+
+def diffusion_family(text: str) -> str | None:
+    """sd1/sd2/sdxl/flux/sd3 from a free-text base model ("SD 1.5", "SDXL 1.0", "Pony", "sd1 (unet)"), else None."""
+    key = re.sub(r"[\s._-]", "", text.lower())
+    for needle, family in _DIFFUSION_FAMILIES:
+        if needle in key:
+            return family
+    return None
+
+
 def _guess_llm(adapter: Adapter) -> str:
     config = adapter.config or {}
     base = config.get("base_model_name_or_path")
