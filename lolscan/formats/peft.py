@@ -56,9 +56,8 @@ def module_path(key_module: str) -> str:
 
 
 def from_tensors(tf: TensorFile, config: dict[str, Any], *, source: str) -> Adapter:
+    # fan_in_fan_out (GPT-2 Conv1D) leaves the factor shapes unchanged: ΔW is still [out, in].
     modules, leftover = group_keys(tf.tensors)
-    if config.get("fan_in_fan_out"):
-        pass  # factor shapes are unchanged; ΔW is always reported in the [out, in] orientation
     if config:
         built = build_layers(
             tf, modules,
