@@ -19,19 +19,15 @@ from lolscan.checkpoint import (
     resolve,
 )
 from lolscan.errors import EXIT_BAD_INPUT, EXIT_INCOMPATIBLE, IncompatibleAdapter, UsageError
-from lolscan.manifest import read_manifest
-from lolscan.training import TrainOptions, prepare, save_checkpoint, train, write_synthetic_zoo
+from lolscan.training import save_checkpoint, write_synthetic_zoo
 
-REAL = Path(__file__).resolve().parent.parent.parent / "shared" / "fixtures" / "real"
+from helpers import REAL, train_tiny_checkpoint
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("ckpt")
-    manifest = write_synthetic_zoo(root / "zoo", n=60, seed=1)
-    ds = prepare(read_manifest(manifest), ["score", "dominant"], progress=False)
-    result = train(ds, TrainOptions(arch="glnet", hparams={"d": 4, "hidden": 16}, max_steps=40, progress=False, threads=1))
-    path = save_checkpoint(ds, result, root / "models" / "tiny", name="tiny")
+    _, ds, result, path = train_tiny_checkpoint(root, seed=1, name="tiny", out=root / "models" / "tiny")
     return ds, result, path
 
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
 import pytest
 import torch
@@ -11,7 +10,7 @@ from safetensors.torch import load_file
 
 import lolscan
 
-REAL = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "real"
+from helpers import REAL
 pytestmark = pytest.mark.skipif(not REAL.is_dir(), reason="../shared/fixtures/real not present")
 
 

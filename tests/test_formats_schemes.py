@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -11,7 +10,7 @@ from safetensors.torch import load_file, save_file
 
 import lolscan
 
-REAL = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "real"
+from helpers import REAL
 SD15 = REAL / "catundchat_sd15_pytorch_lora_weights.safetensors"
 
 
@@ -55,7 +54,6 @@ def test_sd15_in_kohya_diffusers_peft_and_old_keys(tmp_path):
     # fp16 storage of the kohya copy: compare it against an fp16-rounded original
     rounded = {}
     for path, (up, down) in modules.items():
-        proc = path.rsplit(".", 2)
         rounded[f"{path}.lora.down.weight"] = down.half().float()
         rounded[f"{path}.lora.up.weight"] = (up * 2).half().float() / 2
     save_file(rounded, tmp_path / "rounded.safetensors")

@@ -13,21 +13,16 @@ from safetensors.torch import save_file
 import lolscan
 from lolscan.checkpoint import load_checkpoint
 from lolscan.discovery import Found, expand
-from lolscan.manifest import read_manifest
 from lolscan.scoring import Scorer, ScoreOptions
-from lolscan.training import TrainOptions, prepare, save_checkpoint, train, write_synthetic_zoo
 
-REAL = Path(__file__).resolve().parent.parent.parent / "shared" / "fixtures" / "real"
+from helpers import REAL, train_tiny_checkpoint
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("stream")
-    manifest = write_synthetic_zoo(root / "zoo", n=60, seed=4)
-    ds = prepare(read_manifest(manifest), ["score", "dominant"], progress=False)
-    result = train(ds, TrainOptions(arch="glnet", hparams={"d": 4, "hidden": 16}, max_steps=40, progress=False, threads=1))
-    path = save_checkpoint(ds, result, root / "ckpt", name="stream")
-    return root / "zoo", load_checkpoint(path)
+    zoo, _, _, path = train_tiny_checkpoint(root, seed=4, name="stream", out=root / "ckpt")
+    return zoo, load_checkpoint(path)
 
 
 # ---- discovery --------------------------------------------------------------------------------

@@ -1,0 +1,21 @@
+"""Shared test helpers: where the real fixtures live, and a tiny trained checkpoint."""
+from __future__ import annotations
+
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+REAL = REPO.parent / "shared" / "fixtures" / "real"  # ../shared beside the checkout, never copied in
+
+
+def train_tiny_checkpoint(root: Path, *, seed: int, name: str, out: Path):
+    """A GL-net trained in seconds on a synthetic zoo whose labels are known functions of ΔW.
+
+    Returns (zoo folder, dataset, train result, checkpoint path).
+    """
+    from lolscan.manifest import read_manifest
+    from lolscan.training import TrainOptions, prepare, save_checkpoint, train, write_synthetic_zoo
+
+    manifest = write_synthetic_zoo(root / "zoo", n=60, seed=seed)
+    ds = prepare(read_manifest(manifest), ["score", "dominant"], progress=False)
+    result = train(ds, TrainOptions(arch="glnet", hparams={"d": 4, "hidden": 16}, max_steps=40, progress=False, threads=1))
+    return root / "zoo", ds, result, save_checkpoint(ds, result, out, name=name)
