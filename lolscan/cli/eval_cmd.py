@@ -15,7 +15,7 @@ from ..report import SCHEMA_VERSION, clean
 from ..targets import Target
 from .app import app
 from .console import console, err_console
-from .options import SourceOptions, source_options
+from .options import AllowPickle, CivitaiToken, HfToken, Offline, source_options
 
 
 def scores_from_predictions(target: Target, preds: list[dict[str, Any]]) -> Any:
@@ -42,10 +42,10 @@ def eval_(
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     batch_size: Annotated[int, typer.Option(help="Adapters per scoring batch.", min=1)] = 32,
     workers: Annotated[int, typer.Option(help="Threads reading files.", min=1)] = 2,
-    allow_pickle: Annotated[bool, typer.Option("--allow-pickle", help="Open .pt/.bin/.ckpt with torch.load(weights_only=True).")] = False,
-    offline: Annotated[bool, typer.Option("--offline", help="Never touch the network; cached remote files only.")] = False,
-    civitai_token: Annotated[Optional[str], typer.Option("--civitai-token", envvar="CIVITAI_TOKEN", help="Civitai API token (never printed).")] = None,
-    hf_token: Annotated[Optional[str], typer.Option("--hf-token", envvar="HF_TOKEN", help="Hugging Face token (never printed).")] = None,
+    allow_pickle: AllowPickle = False,
+    offline: Offline = False,
+    civitai_token: CivitaiToken = None,
+    hf_token: HfToken = None,
 ) -> None:
     """Report a checkpoint's metrics on a labelled set (every target column the manifest has)."""
     from .models_cmd import cli_errors, open_model  # lazy: keeps `models` last in the help
@@ -72,7 +72,7 @@ def eval_(
             if t not in targets:
                 err_console.print(f"note: no column {t.name!r} in the manifest; not evaluated", highlight=False)
         opts = ScoreOptions(batch_size=batch_size, workers=workers, allow_pickle=allow_pickle, processes=auto_processes(len(rows)),
-                            source_options=source_options(SourceOptions(offline=offline, civitai_token=civitai_token, hf_token=hf_token)))
+                            source_options=source_options(offline, civitai_token, hf_token))
         scored = list(Scorer(ckpt, opts).score([Found(r.source) for r in rows]))
         failures = [s for s in scored if s["status"] != "ok"]
         for s in failures:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -13,7 +13,7 @@ from ..errors import EXIT_BAD_INPUT, LolscanError
 from ..inspection import inspect_adapter
 from .app import app
 from .console import console, err_console
-from .options import SourceOptions, source_options
+from .options import AllowPickle, CivitaiToken, HfToken, Offline, source_options
 
 INSPECT_SCHEMA_VERSION = 1
 
@@ -77,15 +77,15 @@ def inspect(
     targets: Annotated[list[str], typer.Argument(help="LoRA files, PEFT folders, folders or globs of many, or hf:// / civitai: URIs.")],
     as_json: Annotated[bool, typer.Option("--json", help="Write machine-readable JSON to stdout.")] = False,
     modules: Annotated[int, typer.Option("--modules", help="Per-module rows to show in the table (0 = all).")] = 12,
-    allow_pickle: Annotated[bool, typer.Option("--allow-pickle", help="Open .pt/.bin/.ckpt with torch.load(weights_only=True).")] = False,
-    offline: Annotated[bool, typer.Option("--offline", help="Never touch the network; use cached remote files only.")] = False,
-    civitai_token: Annotated[Optional[str], typer.Option("--civitai-token", envvar="CIVITAI_TOKEN", show_envvar=True, help="Civitai API token (never printed).")] = None,
-    hf_token: Annotated[Optional[str], typer.Option("--hf-token", envvar="HF_TOKEN", show_envvar=True, help="Hugging Face token (never printed).")] = None,
+    allow_pickle: AllowPickle = False,
+    offline: Offline = False,
+    civitai_token: CivitaiToken = None,
+    hf_token: HfToken = None,
 ) -> None:
     """Show what is inside LoRA adapters: format, base family, ranks, scales, per-module spectra, hashes, metadata."""
     from .. import load
 
-    opts = source_options(SourceOptions(offline=offline, civitai_token=civitai_token, hf_token=hf_token))
+    opts = source_options(offline, civitai_token, hf_token)
     reports, errors = [], []
     for found in expand(targets, allow_pickle=allow_pickle):
         if found.error:

@@ -1,24 +1,23 @@
-"""Options shared by every command that reads adapters (remote sources, pickles)."""
+"""Options shared by every command that reads adapters (pickles, remote sources), declared once."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any, Optional
+
+import typer
+
+AllowPickle = Annotated[bool, typer.Option("--allow-pickle", help="Open .pt/.bin/.ckpt with torch.load(weights_only=True).")]
+Offline = Annotated[bool, typer.Option("--offline", help="Never touch the network; cached remote files only.")]
+CivitaiToken = Annotated[Optional[str], typer.Option("--civitai-token", envvar="CIVITAI_TOKEN", show_envvar=True, help="Civitai API token (never printed).")]
+HfToken = Annotated[Optional[str], typer.Option("--hf-token", envvar="HF_TOKEN", show_envvar=True, help="Hugging Face token (never printed).")]
 
 
-@dataclass
-class SourceOptions:
-    offline: bool = False
-    civitai_token: str | None = None
-    hf_token: str | None = None
-
-
-def source_options(opts: SourceOptions) -> dict[str, Any]:
+def source_options(offline: bool, civitai_token: str | None, hf_token: str | None) -> dict[str, Any]:
     """Keyword arguments for `lolscan.load` (only the ones that are set, so local-only builds work)."""
     out: dict[str, Any] = {}
-    if opts.offline:
+    if offline:
         out["offline"] = True
-    if opts.civitai_token:
-        out["civitai_token"] = opts.civitai_token
-    if opts.hf_token:
-        out["hf_token"] = opts.hf_token
+    if civitai_token:
+        out["civitai_token"] = civitai_token
+    if hf_token:
+        out["hf_token"] = hf_token
     return out

@@ -12,7 +12,7 @@ from ..errors import UsageError
 from ..report import apply_gates, atomic_write, check_gates, exit_code, format_from_suffix, jsonl_line, parse_gate, render, render_table, summary
 from .app import app
 from .console import console, err_console
-from .options import SourceOptions, source_options
+from .options import AllowPickle, CivitaiToken, HfToken, Offline, source_options
 
 
 def read_done(path: Path) -> tuple[dict[str, dict[str, Any]], int]:
@@ -65,10 +65,10 @@ def predict(
     procs: Annotated[str, typer.Option("--procs", help="Processes parsing files: a number, 0 for threads only, or auto (many files on 4+ cores).")] = "auto",
     threads: Annotated[Optional[int], typer.Option(help="CPU threads for torch.", min=1)] = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bar on stderr.")] = True,
-    allow_pickle: Annotated[bool, typer.Option("--allow-pickle", help="Open .pt/.bin/.ckpt with torch.load(weights_only=True).")] = False,
-    offline: Annotated[bool, typer.Option("--offline", help="Never touch the network; cached remote files only.")] = False,
-    civitai_token: Annotated[Optional[str], typer.Option("--civitai-token", envvar="CIVITAI_TOKEN", help="Civitai API token (never printed).")] = None,
-    hf_token: Annotated[Optional[str], typer.Option("--hf-token", envvar="HF_TOKEN", help="Hugging Face token (never printed).")] = None,
+    allow_pickle: AllowPickle = False,
+    offline: Offline = False,
+    civitai_token: CivitaiToken = None,
+    hf_token: HfToken = None,
 ) -> None:
     """Predict each adapter's targets with a checkpoint; optionally fail a CI job on the predictions.
 
@@ -121,7 +121,7 @@ def predict(
                         sys.stdout.write(jsonl_line(done[f.source]))
         n_procs = auto_processes(len(todo)) if procs == "auto" else int(procs)
         opts = ScoreOptions(batch_size=batch_size, workers=workers, allow_pickle=allow_pickle, processes=n_procs,
-                            source_options=source_options(SourceOptions(offline=offline, civitai_token=civitai_token, hf_token=hf_token)))
+                            source_options=source_options(offline, civitai_token, hf_token))
         new_rows: dict[str, dict[str, Any]] = {}
         # Streaming JSONL to stdout with no single-shot file keeps only what the exit code needs.
         keep_rows = fmt != "jsonl" or out_fmt not in (None, "jsonl")

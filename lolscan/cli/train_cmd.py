@@ -12,7 +12,7 @@ from ..errors import UsageError
 from ..metrics import HEADLINE, METRIC_NAMES, format_metric
 from .app import app
 from .console import console, err_console
-from .options import SourceOptions, source_options
+from .options import AllowPickle, CivitaiToken, HfToken, Offline, source_options
 
 
 def parse_pairs(items: list[str], flag: str) -> dict[str, str]:
@@ -82,10 +82,10 @@ def train(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing checkpoint of the same name.")] = False,
     fmt: Annotated[Literal["table", "json"], typer.Option("--format", "-f", help="Result table or JSON on stdout.")] = "table",
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bars on stderr.")] = True,
-    allow_pickle: Annotated[bool, typer.Option("--allow-pickle", help="Open .pt/.bin/.ckpt with torch.load(weights_only=True).")] = False,
-    offline: Annotated[bool, typer.Option("--offline", help="Never touch the network; cached remote files only.")] = False,
-    civitai_token: Annotated[Optional[str], typer.Option("--civitai-token", envvar="CIVITAI_TOKEN", help="Civitai API token (never printed).")] = None,
-    hf_token: Annotated[Optional[str], typer.Option("--hf-token", envvar="HF_TOKEN", help="Hugging Face token (never printed).")] = None,
+    allow_pickle: AllowPickle = False,
+    offline: Offline = False,
+    civitai_token: CivitaiToken = None,
+    hf_token: HfToken = None,
 ) -> None:
     """Train a checkpoint that predicts TARGET columns from adapter weights; report held-out test metrics."""
     from .models_cmd import cli_errors  # lazy: keeps `models` last in the help
@@ -124,7 +124,7 @@ def train(
             allow_pickle=allow_pickle,
             base_model=base_model,
             progress=progress,
-            source_options=source_options(SourceOptions(offline=offline, civitai_token=civitai_token, hf_token=hf_token)),
+            source_options=source_options(offline, civitai_token, hf_token),
         )
         sizes = {s: len(v) for s, v in ds.splits.items()}
         err_console.print(
