@@ -1,11 +1,10 @@
 """`civitai:` references, Civitai URLs and AIR against a loopback mock API and a second storage host."""
 from __future__ import annotations
 
-import threading
 import time
 
 import pytest
-from servers.fixtures import CAT, DISNEY, civitai, sha256_hex, sources_env, storage, tree_files  # noqa: F401
+from servers.fixtures import CAT, DISNEY, civitai, run_together, sha256_hex, sources_env, storage, tree_files  # noqa: F401
 
 from lolscan.errors import InputError
 from lolscan.sources import resolve
@@ -195,22 +194,7 @@ def test_offline_with_and_without_cache(civitai, storage) -> None:
 
 def test_concurrent_downloads_make_one_intact_entry(civitai, storage, sources_env) -> None:
     publish_cat(civitai)
-    results, errors = [], []
-    barrier = threading.Barrier(3)
-
-    def work() -> None:
-        barrier.wait()
-        try:
-            results.append(resolve(f"civitai:{VID}", progress=False))
-        except Exception as exc:  # pragma: no cover - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=work) for _ in range(3)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert errors == [] and len(results) == 3
+    results = run_together(lambda: resolve(f"civitai:{VID}", progress=False), 3)
     assert len({r.path for r in results}) == 1
     assert sha256_hex(results[0].path) == sha256_hex(CAT)
     assert len(storage.requests) == 1  # the others waited on the lock and found the verified entry

@@ -1,10 +1,9 @@
 """`hf://` and huggingface.co references against a loopback mock Hub, through huggingface_hub itself."""
 from __future__ import annotations
 
-import threading
 
 import pytest
-from servers.fixtures import CAT, DISNEY, PEFT_DIR, hub, sha256_hex, sources_env, tree_files  # noqa: F401
+from servers.fixtures import CAT, DISNEY, PEFT_DIR, hub, run_together, sha256_hex, sources_env, tree_files  # noqa: F401
 
 from lolscan.errors import InputError
 from lolscan.sources import resolve
@@ -167,22 +166,7 @@ def test_unreachable_hub_is_a_clean_error(sources_env, monkeypatch) -> None:
 
 def test_concurrent_resolves_share_one_intact_entry(hub) -> None:
     hub.add_commit("acme/cat", {"pytorch_lora_weights.safetensors": CAT})
-    results, errors = [], []
-    barrier = threading.Barrier(2)
-
-    def work() -> None:
-        barrier.wait()
-        try:
-            results.append(resolve("hf://acme/cat", progress=False))
-        except Exception as exc:  # pragma: no cover - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=work) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert errors == [] and len(results) == 2
+    results = run_together(lambda: resolve("hf://acme/cat", progress=False), 2)
     assert results[0].path == results[1].path
     assert sha256_hex(results[0].path) == sha256_hex(CAT)
 

@@ -5,6 +5,8 @@ Import them into a test module (`from servers.fixtures import hub, civitai, ...`
 from __future__ import annotations
 
 import hashlib
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -27,6 +29,27 @@ _ENV_CLEARED = (
 def sha256_hex(path_or_bytes: Path | bytes) -> str:
     data = path_or_bytes.read_bytes() if isinstance(path_or_bytes, Path) else path_or_bytes
     return hashlib.sha256(data).hexdigest().upper()
+
+
+def run_together(fn: Callable[[], object], n: int) -> list:
+    """Call `fn` from `n` threads released at the same instant; return the results, fail on any error."""
+    results, errors = [], []
+    barrier = threading.Barrier(n)
+
+    def work() -> None:
+        barrier.wait()
+        try:
+            results.append(fn())
+        except Exception as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == [] and len(results) == n
+    return results
 
 
 def tree_files(*roots: Path) -> list[Path]:
