@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .manifest import is_uri
+from .formats.peft import CONFIG_NAME, is_peft_folder
 from .tensorfile import PICKLE_SUFFIXES
 
-PEFT_CONFIG = "adapter_config.json"
 
 
 @dataclass(frozen=True)
@@ -25,10 +25,6 @@ class Found:
 
     source: str
     error: str | None = None
-
-
-def is_peft_folder(p: Path) -> bool:
-    return p.is_dir() and (p / PEFT_CONFIG).is_file()
 
 
 def _adapter_file(p: Path, allow_pickle: bool) -> bool:
@@ -97,7 +93,7 @@ def expand(targets: Iterable[str], *, allow_pickle: bool = False) -> list[Found]
                 mp = Path(m)
                 if mp.is_dir():
                     hits.extend(scan_folder(mp, allow_pickle=allow_pickle))
-                elif mp.name == PEFT_CONFIG or _adapter_file(mp, allow_pickle):
+                elif mp.name == CONFIG_NAME or _adapter_file(mp, allow_pickle):
                     hits.append(_peft_ancestor(mp) or mp)  # a file inside a PEFT folder stands for the folder
             if not hits:
                 add(Found(target, error="pattern matches no adapter files"))

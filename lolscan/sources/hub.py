@@ -21,12 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from ..errors import InputError
+from ..formats.peft import CONFIG_NAME as PEFT_CONFIG, WEIGHT_NAMES as PEFT_WEIGHTS
 from . import Resolved
 from .cache import cache_root, hf_cache_dir, read_json, sha256_file, write_json_atomic
 from .uris import HfRef, hf_endpoint, is_commit_sha
 
-PEFT_CONFIG = "adapter_config.json"
-PEFT_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
 DIFFUSERS_LORA = "pytorch_lora_weights.safetensors"
 _TRUE = {"1", "on", "yes", "true"}
 
