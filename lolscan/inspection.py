@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from .adapter import Adapter, Layer
+from .formats.peft import WEIGHT_NAMES
 from .hashing import sha256_file
 
 EFFECTIVE_RANK_RTOL = 1e-5  # singular values below σ_max·rtol count as zero
@@ -35,7 +36,7 @@ def file_hashes(path: Path) -> dict[str, str]:
     """SHA-256 of the weights file and its AutoV2 (first 10 hex, as Civitai/A1111 show it)."""
     weights = path
     if path.is_dir():
-        for name in ("adapter_model.safetensors", "adapter_model.bin"):
+        for name in WEIGHT_NAMES:
             if (path / name).is_file():
                 weights = path / name
                 break
