@@ -200,3 +200,51 @@ def test_mixed_rank_zoo_round_trips_through_peft_and_lolscan(tmp_path):
 
         ad = lolscan.load(str(out / row["path"]))
         assert sorted(ad.ranks) == sorted(ranks.values())
+
+
+def _tiny_qwen2():
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(1)
+    cfg = Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+    return Qwen2ForCausalLM(cfg).eval()
+
+
+@pytest.mark.parametrize("make", [tiny_llama, _tiny_qwen2], ids=["llama-eager", "qwen2-sdpa"])
+def test_shared_prefix_cache_scores_like_full_sequences(make, monkeypatch):
+    """Reusing the few-shot prefix from the KV cache gives the same option scores, for K adapters."""
+    from lolscan.zoo import eval as ev
+    from lolscan.zoo.data import McRequest
+    from lolscan.zoo.multilora import find_targets, inject
+
+    model = make()
+    k = 3
+    mods = inject(model, find_targets(model, ["k_proj", "v_proj"]), k=k, r_max=2)
+    g = torch.Generator().manual_seed(0)
+    for m in mods.values():
+        m.lora_A.data = torch.randn(m.lora_A.shape, generator=g)
+        m.lora_B.data = 0.3 * torch.randn(m.lora_B.shape, generator=g)
+    prefix = [1] + [int(t) for t in torch.randint(3, 64, (20,), generator=g)]
+    reqs = []
+    for d in range(5):  # letter questions of different lengths, one forward each
+        q = prefix + [int(t) for t in torch.randint(3, 64, (3 + 2 * d,), generator=g)]
+        reqs.append(McRequest(d, [q] * 4, [[10], [11], [12], [13]], d % 4))
+    q = prefix + [40, 41]  # a ranked-classification doc: multi-token continuations
+    reqs.append(McRequest(5, [q, q], [[7, 8, 9], [20]], 1))
+    made = []
+    real = ev._SharedPrefix
+
+    def spy(*a, **kw):
+        made.append(real(*a, **kw))
+        return made[-1]
+
+    monkeypatch.setattr(ev, "_SharedPrefix", spy)
+    full = ev.mc_accuracy(model, k, reqs, batch=2, min_shared_prefix=10**6)
+    assert not made
+    cached = ev.mc_accuracy(model, k, reqs, batch=2, min_shared_prefix=8)
+    assert made and made[0].length == len(prefix)
+    assert torch.allclose(full.scores, cached.scores, atol=1e-4)
+    assert torch.equal(full.accuracy, cached.accuracy)
+    # the adapters really differ, so a cache replayed for the wrong slot would be caught
+    assert not torch.allclose(full.scores[0], full.scores[1], atol=1e-3)

@@ -6,6 +6,7 @@ the same text under all K adapters. With K = 1 and no adapter injected it evalua
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -44,27 +45,80 @@ class McResult:
     scores: torch.Tensor  # [K, docs, options] summed continuation log-likelihoods
 
 
+def common_prefix(seqs: list[list[int]]) -> int:
+    """Length of the token prefix that every sequence starts with."""
+    first = seqs[0]
+    n = min(len(s) for s in seqs)
+    for s in seqs[1:]:
+        i = 0
+        while i < n and s[i] == first[i]:
+            i += 1
+        n = i
+    return n
+
+
+def _cache_tensors(cache: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    if hasattr(cache, "layers"):  # transformers >= 4.56
+        return [(layer.keys, layer.values) for layer in cache.layers]
+    return list(zip(cache.key_cache, cache.value_cache))
+
+
+class _SharedPrefix:
+    """Keys and values of a context prefix that every request shares (a few-shot block), computed once
+    per adapter and replayed for every batch, so each question costs only its own tokens."""
+
+    def __init__(self, model: nn.Module, k: int, prefix: list[int]):
+        body, _ = decoder_and_head(model)
+        dev = next(model.parameters()).device
+        ids = torch.tensor([prefix] * k, device=dev)  # one row per adapter slot
+        out = body(input_ids=ids, use_cache=True)
+        self.kv = [(a.detach(), b.detach()) for a, b in _cache_tensors(out.past_key_values)]
+        self.length = len(prefix)
+
+    def cache(self, e: int) -> Any:
+        """A fresh cache for a batch laid out adapter-major with e rows per adapter."""
+        from transformers import DynamicCache
+
+        c = DynamicCache()
+        for i, (a, b) in enumerate(self.kv):
+            c.update(a.repeat_interleave(e, dim=0), b.repeat_interleave(e, dim=0), i)
+        return c
+
+
 @torch.no_grad()
-def mc_accuracy(model: nn.Module, k: int, reqs: list[McRequest], batch: int = 8) -> McResult:
-    """Multiple choice by log-likelihood of each option's continuation (lm-eval's ``acc``)."""
+def mc_accuracy(model: nn.Module, k: int, reqs: list[McRequest], batch: int = 8,
+                min_shared_prefix: int = 16) -> McResult:
+    """Multiple choice by log-likelihood of each option's continuation (lm-eval's ``acc``).
+
+    A token prefix shared by every request (at least ``min_shared_prefix`` tokens, e.g. the same
+    five worked examples in front of every ARC question) is run once and reused from the KV cache.
+    """
     dev = next(model.parameters()).device
     model.eval()
-    _, head = decoder_and_head(model)
+    body, head = decoder_and_head(model)
     n_opt = max(len(r.continuations) for r in reqs)
     scores = np.zeros((k, len(reqs), n_opt), dtype=np.float64)
     present = np.zeros((k, len(reqs), n_opt), dtype=bool)
     units = list(iter_eval_units(reqs))
     units.sort(key=lambda u: len(u[1]))  # similar lengths together: less padding
+    seqs = [u[1] for u in units]
+    # keep at least one token of every sequence out of the prefix: its output is read
+    n_pre = min(common_prefix(seqs), min(len(s) for s in seqs) - 1)
+    shared = _SharedPrefix(model, k, seqs[0][:n_pre]) if n_pre >= min_shared_prefix else None
+    off = shared.length if shared else 0
     for i in range(0, len(units), batch):
         chunk = units[i:i + batch]
         e = len(chunk)
-        ids, lengths = pad_batch([u[1] for _ in range(k) for u in chunk])
-        h = hidden_states(model, ids.to(dev))  # [k*e, T, d]
+        ids, lengths = pad_batch([u[1][off:] for _ in range(k) for u in chunk])
+        if shared is None:
+            h = hidden_states(model, ids.to(dev))  # [k*e, T, d]
+        else:
+            h = body(input_ids=ids.to(dev), past_key_values=shared.cache(e), use_cache=True).last_hidden_state
         rows, pos, tok, where = [], [], [], []
         for j, (di, seq, opts) in enumerate(chunk):
             for oi, cont in opts:
                 for q, t in enumerate(cont):
-                    p = len(seq) - len(cont) + q  # the position whose output predicts token t
+                    p = len(seq) - len(cont) + q - off  # the position whose output predicts token t
                     rows.append(j)
                     pos.append(p)
                     tok.append(t)
