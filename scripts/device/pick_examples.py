@@ -1,6 +1,6 @@
 """Copy a few held-out (test-split) zoo adapters, float16, with their true labels, for models/examples/.
 
-python3 scripts/device/pick_examples.py ZOO OUT_DIR [N]
+python3 scripts/device/pick_examples.py ZOO OUT_DIR [N [SORT_LABEL]]
 """
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from safetensors.torch import load_file, save_file
 zoo, out = Path(sys.argv[1]), Path(sys.argv[2])
 n = int(sys.argv[3]) if len(sys.argv) > 3 else 4
 rows = [json.loads(x) for x in open(zoo / "manifest.jsonl") if x.strip()]
-test = sorted((r for r in rows if r["split"] == "test" and not r.get("mixed_rank")), key=lambda r: r["val_loss"])
+key = sys.argv[4] if len(sys.argv) > 4 else "val_loss"  # spread the examples over this label
+test = sorted((r for r in rows if r["split"] == "test" and not r.get("mixed_rank")), key=lambda r: r[key])
 # spread over the label range: lowest, highest and evenly between
 pick = [test[round(i * (len(test) - 1) / max(n - 1, 1))] for i in range(n)] if test else []
 out.mkdir(parents=True, exist_ok=True)
