@@ -6,8 +6,8 @@ matrix per transformer layer. Times (median of --repeats after --warmup runs):
   forward  batched GLNet.forward on that batch,
   loop     the same network evaluated with a Python loop over layers (lolscan.nets.reference,
            a direct transcription of the math), on per-layer views of the same packed batch,
-  tuned    a hand-tuned per-layer loop (`tuned_loop_forward`): per layer exactly the kernels the
-           batched forward runs for all layers at once, i.e. the strongest loop baseline,
+  tuned    a hand-tuned per-layer loop (`tuned_loop_forward`, --depth 1 only): per layer exactly the
+           kernels the batched forward runs for all layers at once, i.e. the strongest loop baseline,
   speedup  loop / forward (and tuned / forward).
 All three read the same packed tensors, so none pays for a layout copy the others avoid.
 With --count-ops, also the operator calls one forward makes at the first size, all three ways
@@ -89,7 +89,7 @@ def tuned_loop_forward(model: GLNet, batch: FactorBatch) -> torch.Tensor:
     """`GLNet.forward` (depth 1, concat pool) one layer at a time, with per layer the same kernels
     as the batched forward: ``mm`` on 2-D views of the packed inputs, the scale, one ``bmm`` for
     the adapters' d×d products; then one stack and the head."""
-    assert model.depth == 1 and model.pool == "concat", "the tuned loop covers the benchmark's depth-1 GL-net"
+    assert model.depth == 1 and model.pool == "concat", "the tuned loop covers depth-1 GL-nets only"
     feats: list = [None] * batch.num_layers
     scale = model.input_scale
     for gi, g in enumerate(batch.groups):
@@ -147,8 +147,9 @@ def bench_size(name: str, layers: int, d_model: int, args: argparse.Namespace, d
         ways = {
             "forward": lambda: model(batch),
             "loop_forward": lambda: glnet_loop_forward(model, inputs),
-            "tuned_loop_forward": lambda: tuned_loop_forward(model, batch),
         }
+        if model.depth == 1:
+            ways["tuned_loop_forward"] = lambda: tuned_loop_forward(model, batch)
         ref = ways["forward"]()
         diff = max((fn() - ref).abs().max().item() for fn in ways.values())
         t_collate = timed(lambda: collate(adapters, spec, device), device, args.warmup, args.repeats)
@@ -164,13 +165,17 @@ def bench_size(name: str, layers: int, d_model: int, args: argparse.Namespace, d
         "collate_ms": t_collate,
         "forward_ms": t["forward"],
         "loop_forward_ms": t["loop_forward"],
-        "tuned_loop_forward_ms": t["tuned_loop_forward"],
+        "tuned_loop_forward_ms": t.get("tuned_loop_forward"),  # None: no tuned loop for this depth
         "speedup": t["loop_forward"] / t["forward"],
-        "speedup_tuned": t["tuned_loop_forward"] / t["forward"],
+        "speedup_tuned": t["tuned_loop_forward"] / t["forward"] if "tuned_loop_forward" in t else None,
         "total_ms": t_collate + t["forward"],
         "max_abs_diff_vs_loop": diff,
         **ops,
     }
+
+
+def _num(x: float | None, width: int, spec: str, unit: str = "") -> str:
+    return f"{'-':>{width + len(unit)}}" if x is None else f"{x:>{width}{spec}}{unit}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -213,10 +218,12 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(r)
         print(f"{name:>5} {layers:>6} {d_model:>7} {r['params'] / 1e6:>8.1f}M {r['collate_ms']:>11.2f} "
               f"{r['forward_ms']:>11.2f} {r['loop_forward_ms']:>9.2f} {r['speedup']:>7.1f}x "
-              f"{r['tuned_loop_forward_ms']:>9.2f} {r['speedup_tuned']:>7.1f}x {r['total_ms']:>9.2f}", flush=True)
+              f"{_num(r['tuned_loop_forward_ms'], 9, '.2f')} {_num(r['speedup_tuned'], 7, '.1f', 'x')} {r['total_ms']:>9.2f}", flush=True)
         if r.get("ops_forward"):
             args.count_ops = False  # the first size only
             for way in ("forward", "loop_forward", "tuned_loop_forward"):
+                if f"ops_{way}" not in r:
+                    continue
                 c = r[f"ops_{way}"]
                 print(f"      {way}: {c['profiler_aten']} aten events in the profiler, "
                       f"{c['dispatched']} ops dispatched, {c['kernels']} of them kernels")
