@@ -370,14 +370,16 @@ def plot_panels(ds: Dataset, result: TrainResult) -> list[tuple[list[float], lis
 def save_checkpoint(ds: Dataset, result: TrainResult, out: Path, *, name: str, overwrite: bool = False, description: str = "") -> Path:
     """Write the checkpoint folder (atomically) with its predicted-vs-true PNG inside."""
     from .checkpoint import PLOT_NAME, Checkpoint
-    from .report import scatter_png
+    from .report import plot_title, scatter_png
 
     card = make_card(ds, result, name=name, description=description)
     ckpt = Checkpoint(result.model, card, ds.targets, ds.spec)
     files = {}
     panels = plot_panels(ds, result)
     if panels:
-        files[PLOT_NAME] = scatter_png(panels)
+        test = result.metrics.get("test", {})
+        titles = [plot_title(t.name, t.kind, test.get(t.name, {})) for t in ds.targets if t.name in result.test_scores]
+        files[PLOT_NAME] = scatter_png(panels, titles=titles)
         card["plot"] = {
             "file": PLOT_NAME,
             "split": "test",

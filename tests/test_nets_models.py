@@ -6,6 +6,8 @@ not MLP+SVD. Padding, missing modules and the batched-vs-loop reference are chec
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -199,6 +201,55 @@ def test_batched_glnet_equals_per_layer_loop(depth: int, pool: str, d: int, gen:
         batched = model(collate(ads, SPEC, dtype=F64))
         loop = glnet_loop_forward(model, per_layer_inputs(ads, SPEC, dtype=F64))
     torch.testing.assert_close(batched, loop, rtol=1e-10, atol=1e-12)
+
+
+# Groups in spec order (identity permutation, each a range of positions) and a single group.
+ORDERED_SPEC = LayerSpec([LayerShape("p", 7, 5), LayerShape("q", 7, 5), LayerShape("s", 4, 6)])
+ONE_GROUP_SPEC = LayerSpec([LayerShape(x, 6, 5) for x in "xyz"])
+
+
+def _random_adapters(spec: LayerSpec, ranks: list[int], gen: torch.Generator) -> list[Adapter]:
+    return [
+        Adapter(
+            layers={s.name: Layer(torch.randn(s.n, r, generator=gen, dtype=F64), torch.randn(s.m, r, generator=gen, dtype=F64),
+                                  shape=(s.n, s.m)) for s in spec},
+            format="test",
+        )
+        for r in ranks
+    ]
+
+
+@pytest.mark.parametrize("spec", [SPEC, ORDERED_SPEC, ONE_GROUP_SPEC], ids=["interleaved", "ordered", "one-group"])
+@pytest.mark.parametrize(("depth", "pool"), [(1, "concat"), (2, "concat"), (2, "mean")])
+def test_glnet_fast_paths_equal_the_loop_in_any_input_layout(spec: LayerSpec, depth: int, pool: str, gen: torch.Generator) -> None:
+    torch.manual_seed(0)
+    model = build_model("glnet", spec, 2, d=3, depth=depth, pool=pool, hidden=8).double()
+    ads = _random_adapters(spec, [2, 3, 1, 3], gen)
+    model.fit(ads)
+    batch = collate(ads, spec, dtype=F64)
+    # The same values in plain contiguous [B, L, n, r] tensors (not collate's batch-inner layout).
+    plain = replace(batch, groups=[replace(g, U=g.U.contiguous(), V=g.V.contiguous()) for g in batch.groups])
+    assert not batch.groups[0].U.is_contiguous() and plain.groups[0].U.is_contiguous()
+    with torch.no_grad():
+        loop = glnet_loop_forward(model, per_layer_inputs(ads, spec, dtype=F64))
+        torch.testing.assert_close(model(batch), loop, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(model(plain), loop, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(model.invariants(plain), model.invariants(batch), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("depth", [1, 3])
+def test_glnet_gradients_equal_the_loop(depth: int, gen: torch.Generator) -> None:
+    model = make("glnet", d=3, depth=depth, hidden=8)
+    ads = [adapter(gen=gen), adapter({"a": 2, "c": 5, "e": 1}, gen=gen)]
+    model.fit(ads)
+    grads = []
+    for fn in (lambda: model(collate(ads, SPEC, dtype=F64)), lambda: glnet_loop_forward(model, per_layer_inputs(ads, SPEC, dtype=F64))):
+        model.zero_grad()
+        fn().square().sum().backward()
+        grads.append({k: p.grad.clone() for k, p in model.named_parameters()})
+    assert grads[0].keys() == grads[1].keys()
+    for k in grads[0]:
+        torch.testing.assert_close(grads[0][k], grads[1][k], rtol=1e-10, atol=1e-12, msg=k)
 
 
 def test_glnet_fit_sets_unit_rms_updates(gen: torch.Generator) -> None:

@@ -11,6 +11,7 @@ import zlib
 
 import pytest
 
+from lolscan import report
 from lolscan.errors import UsageError
 from lolscan.report import (
     apply_gates,
@@ -177,21 +178,104 @@ def _decode_png(data: bytes) -> tuple[int, int, list[bytes]]:
     return w, h, rows
 
 
+def _ink(rows: list[bytes], x: int, y: int, w: int, h: int) -> list[str]:
+    """The black pixels of a w×h box as strings of '#' and '.'."""
+    return ["".join("#" if rows[yy][3 * xx : 3 * xx + 3] == b"\0\0\0" else "." for xx in range(x, x + w)) for yy in range(y, y + h)]
+
+
+def _drawn(text: str, scale: int = 1, up: bool = False) -> list[str]:
+    """``text`` drawn alone on a canvas of exactly its size, as '#'/'.' rows."""
+    length, height = max(report.text_width(text, scale), 1), 7 * scale
+    canvas = report._Canvas(height, length) if up else report._Canvas(length, height)
+    canvas.text(0, length - 1 if up else 0, text, scale=scale, up=up)
+    return _ink(_decode_png(canvas.png())[2], 0, 0, canvas.w, canvas.h)
+
+
+def test_glyphs_render_as_their_bitmaps():
+    assert all(len(g) == 7 and max(g) < 32 for g in report._FONT.values())
+    assert _drawn("R²") == [
+        "####...##..",
+        "#...#.#..#.",
+        "#...#...#..",
+        "####...#...",
+        "#.#...####.",
+        "#..#.......",
+        "#...#......",
+    ]
+    one = ["..#..", ".##..", "..#..", "..#..", "..#..", "..#..", ".###."]
+    assert _drawn("1") == one
+    assert _drawn("1", scale=2) == [r.replace("#", "##").replace(".", "..") for r in one for _ in (0, 1)]
+    # rotated to read upwards (a y-axis label): the top of the "L" faces left, its foot points up
+    assert _drawn("L", up=True) == ["......#", "......#", "......#", "......#", "#######"]
+    assert _drawn("~") == _drawn("?")  # characters without a glyph
+
+
 def test_scatter_png_is_a_valid_image_with_the_points():
-    data = scatter_png([([0.0, 1.0], [0.0, 1.0]), ([0.0, 1.0, 0.5], [1.0, 0.0, 0.5])], size=100)
+    size = 100
+    data = scatter_png([([0.0, 1.0], [0.0, 1.0]), ([0.0, 1.0, 0.5], [1.0, 0.0, 0.5])], size=size)
     w, h, rows = _decode_png(data)
-    assert (w, h) == (2 * 120 + 20, 180)
+    cell = report._LEFT + size + report._GAP
+    assert (w, h) == (2 * cell, report._TOP + size + report._BOTTOM)
     blue = (31, 119, 180)
 
     def has_blue(x_lo: int, x_hi: int, y_lo: int, y_hi: int) -> bool:
         return any(tuple(rows[y][3 * x : 3 * x + 3]) == blue for y in range(y_lo, y_hi) for x in range(x_lo, x_hi))
 
-    # panel 1 (x from 20, y from 40, 100 px, range padded 5%): points (0, 0) and (1, 1) only
-    assert has_blue(20, 30, 130, 140)  # (0, 0): bottom left
-    assert has_blue(110, 120, 40, 50)  # (1, 1): top right
-    assert not has_blue(110, 120, 130, 140) and not has_blue(20, 30, 40, 50)
-    # panel 2 (x from 140): (0, 1) top left, (1, 0) bottom right, (0.5, 0.5) centre
-    assert has_blue(140, 150, 40, 50) and has_blue(230, 240, 130, 140) and has_blue(185, 195, 85, 95)
+    # the range is padded 5% each side, so 0 and 1 sit 4-5 px inside the 100 px plot area
+    for k, points in enumerate([[(0, 0), (1, 1)], [(0, 1), (1, 0), (0.5, 0.5)]]):
+        x0, y0 = k * cell + report._LEFT, report._TOP
+        for a, b in [(0, 0), (0, 1), (1, 0), (1, 1), (0.5, 0.5)]:
+            x, y = x0 + 4 + round(a * 90), y0 + 95 - round(b * 90)
+            assert has_blue(x - 3, x + 4, y - 3, y + 4) == ((a, b) in points), (k, a, b)
+
+
+def test_scatter_png_titles_axis_labels_and_tick_values():
+    size = 200  # wide enough for the title at twice the font size
+    titles = ["val_loss  test R² 0.912", ""]
+    w, h, rows = _decode_png(scatter_png([([0.0, 1.0], [0.0, 1.0]), ([0.0, 1.0], [1.0, 0.0])], size=size, titles=titles))
+    cell, top = report._LEFT + size + report._GAP, report._TOP
+    # the title, drawn at twice the font size, in the band above the first panel only
+    title = _drawn(titles[0], scale=2)
+    y_title = (top - 14) // 2
+    assert _ink(rows, 4, y_title, len(title[0]), 14) == title
+    assert sum(r.count("#") for r in _ink(rows, 0, 0, w, top)) == sum(r.count("#") for r in title)
+    # tick values 0.0, 0.2, ..., 1.0 under the x axis and left of the y axis, centred on their ticks
+    inner, x0 = size - 1, report._LEFT
+    bottom = top + inner
+
+    def px(v: float) -> int:
+        return round((v + 0.05) / 1.1 * inner)
+
+    for v in (0.0, 0.2, 0.4, 0.6, 0.8, 1.0):
+        label = _drawn(f"{v:.1f}")
+        lw = len(label[0])
+        assert _ink(rows, x0 + px(v) - lw // 2, bottom + 7, lw, 7) == label, v
+        assert _ink(rows, x0 - 7 - lw, bottom - px(v) - 3, lw, 7) == label, v
+        assert _ink(rows, x0 + px(v), bottom + 1, 1, 4) == ["#"] * 4  # tick mark
+    # axis labels: "true" centred under the plot, "predicted" upright along its left edge
+    true = _drawn("true")
+    assert _ink(rows, x0 + (inner - len(true[0])) // 2, bottom + 20, len(true[0]), 7) == true
+    pred = _drawn("predicted", up=True)
+    assert _ink(rows, 4, top + (inner + len(pred)) // 2 - len(pred) + 1, 7, len(pred)) == pred
+    # the second panel has the same axes
+    assert _ink(rows, cell + x0 + (inner - len(true[0])) // 2, bottom + 20, len(true[0]), 7) == true
+
+
+def test_long_titles_are_shortened_to_their_panel_and_helpers():
+    size = 60
+    cell = report._LEFT + size + report._GAP
+    long = "a_very_long_target_name_indeed  test mean accuracy 0.812"
+    w, h, rows = _decode_png(scatter_png([([0.0], [0.0]), ([1.0], [1.0])], size=size, titles=[long, long]))
+    band = _ink(rows, 0, 0, w, report._TOP)
+    first = [r[:cell] for r in band]
+    assert any("#" in r for r in first) and all(r[cell - 4 : cell + 4] == "." * 8 for r in band)  # one size, no overlap
+    assert report.nice_ticks(2.35, 3.2) == pytest.approx([2.4, 2.6, 2.8, 3.0, 3.2])
+    assert report.nice_ticks(-7, -2) == [-7.0, -6.0, -5.0, -4.0, -3.0, -2.0]
+    assert [report.tick_label(v, [0.0, 0.05]) for v in (0.0, 0.05, -0.1)] == ["0.00", "0.05", "-0.10"]
+    assert report.tick_label(2e7, [0.0, 1e7]) == "2e+07"
+    assert report.plot_title("val_loss", "regression", {"r2": 0.91234}) == "val_loss  test R² 0.912"
+    assert report.plot_title("nsfw", "binary", {"accuracy": 0.5}) == "nsfw  test accuracy 0.500"
+    assert report.plot_title("src", "multilabel", {"mean_accuracy": float("nan")}) == "src  test mean accuracy n/a"
 
 
 # ---- atomic writes ----------------------------------------------------------------------------

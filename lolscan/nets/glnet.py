@@ -5,7 +5,7 @@ Equivariant linear maps act on the left: (Φᵢ Uᵢ, Ψᵢ Vᵢ), Φᵢ ∈ R^{
 equivariant layers the GL gate scales row j of U by σ(row-sum j of U Vᵀ) and row j of V by
 σ(column-sum j of U Vᵀ); both sums come from r-vectors (U (Vᵀ1), V (Uᵀ1)), never from U Vᵀ.
 The head reads the invariant d×d products Ũᵢ Ṽᵢᵀ, concatenated over layers (or mean-pooled).
-Layers of one shape are processed together (einsum over the group's layer axis).
+Layers of one shape are processed together (bmm over the group's layer axis; see `GLNet._trunk`).
 """
 from __future__ import annotations
 
@@ -28,6 +28,12 @@ def gl_gate(U: torch.Tensor, V: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     row_sums = (U @ V.sum(-2).unsqueeze(-1)).squeeze(-1)  # (U Vᵀ) 1 = U (Vᵀ 1): [..., d]
     col_sums = (V @ U.sum(-2).unsqueeze(-1)).squeeze(-1)  # (U Vᵀ)ᵀ 1 = V (Uᵀ 1): [..., d]
     return U * torch.sigmoid(row_sums).unsqueeze(-1), V * torch.sigmoid(col_sums).unsqueeze(-1)
+
+
+def _span(indices: tuple[int, ...]) -> tuple[int, int] | None:
+    """``(start, stop)`` if ``indices`` are ``start, start+1, …, stop-1``, else None."""
+    start = indices[0]
+    return (start, start + len(indices)) if indices == tuple(range(start, start + len(indices))) else None
 
 
 class GLNet(MetaNet):
@@ -75,31 +81,77 @@ class GLNet(MetaNet):
         self.register_buffer("input_scale", torch.ones(len(spec)))
         head_in = (len(spec) if pool == "concat" else 1) * d * d
         self.head = make_mlp(head_in, out_dim, hidden, layers, dropout)
+        # Constant layout facts of the spec, so the forward pass does no per-call index work:
+        # each group's spec positions as a (start, stop) range when contiguous, and the
+        # group-order -> spec-order permutation (None when it is the identity).
+        self._spans = [_span(g.indices) for g in spec.groups]
+        inverse = spec.group_inverse
+        self._spec_order = None if inverse == tuple(range(len(spec))) else inverse
 
-    def equivariant(self, batch: FactorBatch) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Per group ``(Ũ [B, L_g, d, r_g], Ṽ [B, L_g, d, r_g])``: the equivariant trunk's output."""
+    def _trunk(self, batch: FactorBatch) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per group ``(Ũᵀ, Ṽᵀ)`` as ``[L_g·B, r_g, d]`` tensors (layer-major): the equivariant trunk's output.
+
+        Kept transposed so every step is one ``bmm`` over the group's layers on free views: the
+        packed inputs ``[L_g, n, B, r]`` read as ``[L_g, B·r, n]``, times ``Φᵀ: [L_g, n, d]``; the
+        invariant products then come out of one bmm over ``L_g·B``. No einsum and no copies of the
+        inputs: at small model sizes a GPU forward is launch-bound, so it is kept to few ops.
+        """
         self._check_batch(batch)
         out = []
         for gi, g in enumerate(batch.groups):
-            idx = index_tensor(g.indices, g.U.device)
-            scale = self.input_scale.index_select(0, idx).view(1, -1, 1, 1)
-            U = torch.einsum("ldn,blnr->bldr", self.phi[gi], g.U) * scale
-            V = torch.einsum("ldm,blmr->bldr", self.psi[gi], g.V) * scale
+            L, B, r = g.num_layers, g.U.shape[0], g.U.shape[-1]
+            scale = self._group_scale(gi, g.U.device)
+            # [B, L, n, r] -> [L, B·r, n]: a view for collate()'s layout, a copy otherwise.
+            u = torch.bmm(g.U.permute(1, 0, 3, 2).reshape(L, B * r, g.n), self.phi[gi].mT).mul_(scale)
+            v = torch.bmm(g.V.permute(1, 0, 3, 2).reshape(L, B * r, g.m), self.psi[gi].mT).mul_(scale)
             for k in range(self.depth - 1):
-                U, V = gl_gate(U, V)
-                U = torch.einsum("lde,bler->bldr", self.phi_hidden[gi][k], U)
-                V = torch.einsum("lde,bler->bldr", self.psi_hidden[gi][k], V)
-            out.append((U, V))
+                # gl_gate on [L, B, d, r] views; the gated factors keep the transposed layout.
+                gu, gv = gl_gate(u.view(L, B, r, self.d).mT, v.view(L, B, r, self.d).mT)
+                u = torch.bmm(gu.mT.reshape(L, B * r, self.d), self.phi_hidden[gi][k].mT)
+                v = torch.bmm(gv.mT.reshape(L, B * r, self.d), self.psi_hidden[gi][k].mT)
+            out.append((u.view(L * B, r, self.d), v.view(L * B, r, self.d)))
+        return out
+
+    def _group_scale(self, gi: int, device: torch.device) -> torch.Tensor:
+        """``input_scale`` of group ``gi``'s layers as ``[L_g, 1, 1]`` (a view when they are a range)."""
+        span = self._spans[gi]
+        if span is None:
+            return self.input_scale.index_select(0, index_tensor(self.spec.groups[gi].indices, device)).view(-1, 1, 1)
+        if span[1] - span[0] == len(self.input_scale):
+            return self.input_scale.view(-1, 1, 1)
+        return self.input_scale[span[0] : span[1]].view(-1, 1, 1)
+
+    def _products(self, batch: FactorBatch) -> list[torch.Tensor]:
+        """Per group the invariants Ũᵢ Ṽᵢᵀ as ``[L_g, B, d·d]``: one bmm over all layers and adapters."""
+        B = batch.batch_size
+        return [torch.bmm(u.mT, v).view(-1, B, self.d * self.d) for u, v in self._trunk(batch)]
+
+    def equivariant(self, batch: FactorBatch) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per group ``(Ũ [B, L_g, d, r_g], Ṽ [B, L_g, d, r_g])``: the equivariant trunk's output."""
+        B, d = batch.batch_size, self.d
+        out = []
+        for u, v in self._trunk(batch):
+            r = u.shape[1]
+            out.append((u.view(-1, B, r, d).permute(1, 0, 3, 2), v.view(-1, B, r, d).permute(1, 0, 3, 2)))
         return out
 
     def invariants(self, batch: FactorBatch) -> torch.Tensor:
         """``[B, L, d, d]`` in spec order: Ũᵢ Ṽᵢᵀ, unchanged by any GL(r) gauge of the inputs."""
-        per_group = [U @ V.transpose(-1, -2) for U, V in self.equivariant(batch)]
-        return batch.to_spec_order(per_group)
+        B, d = batch.batch_size, self.d
+        return batch.to_spec_order([p.transpose(0, 1).view(B, -1, d, d) for p in self._products(batch)])
 
     def forward(self, batch: FactorBatch) -> torch.Tensor:
-        x = self.invariants(batch)
-        x = x.flatten(1) if self.pool == "concat" else x.mean(1).flatten(1)
+        products = self._products(batch)  # per group [L_g, B, d·d]
+        B = batch.batch_size
+        if self.pool == "mean":  # order-free: no need to put layers in spec order
+            x = (products[0] if len(products) == 1 else torch.cat(products)).mean(0)
+        elif len(products) == 1:
+            x = products[0].transpose(0, 1).reshape(B, -1)  # the one copy, into [B, L·d·d]
+        else:
+            x = torch.cat([p.transpose(0, 1) for p in products], dim=1)  # [B, L, d·d], group order
+            if self._spec_order is not None:
+                x = x.index_select(1, index_tensor(self._spec_order, x.device))
+            x = x.view(B, -1)
         return self.head(x)
 
     @torch.no_grad()
