@@ -40,6 +40,8 @@ class ScoreOptions:
     window: int | None = None  # adapters in flight; default 2 × batch_size + workers (+ processes)
     processes: int = 0  # > 0: parse files in this many processes (scales past the GIL on many cores)
     source_options: dict[str, Any] = field(default_factory=dict)  # for lolscan.load (offline, tokens)
+    start_method: str = "auto"  # reader processes: fork, forkserver or spawn; auto: see `start_method`
+    torch_threads: int | None = None  # intra-op threads while scoring; default: the cores the readers leave
     shm_budget: int = DEFAULT_BUDGET  # bytes of shared memory for the hand-off from reader processes; 0: pickle
 
 
@@ -196,22 +198,15 @@ def stack(packs: list[Packed], spec: Any, sources: list[str], device: torch.devi
         else:
             U = buffers.get((gi, "U"), (L, g.n, B, r), dtype, device)
             V = buffers.get((gi, "V"), (L, g.m, B, r), dtype, device)
-        for b, (u, v, _) in enumerate(parts):
-            _put(U[:, :, b], u)
-            _put(V[:, :, b], v)
+        for j, dst in ((0, U), (1, V)):
+            ks = [p[j].shape[-1] for p in parts]
+            if min(ks) < r:  # zero the rank columns some adapter pads, once for the whole batch
+                dst[..., min(ks) :].zero_()
+            for b, (src, k) in enumerate(zip((p[j] for p in parts), ks)):
+                dst[:, :, b, :k].copy_(src, non_blocking=True)
         ranks = torch.stack([k for _, _, k in parts])
         groups.append(FactorGroup(g.n, g.m, g.indices, U.permute(2, 0, 1, 3), V.permute(2, 0, 1, 3), ranks))
     return FactorBatch(spec, groups, list(sources))
-
-
-def _put(dst: torch.Tensor, src: torch.Tensor) -> None:
-    """``dst [L, n, R] <- src [L, n, r]`` with zero rank padding; r <= R."""
-    r = src.shape[-1]
-    if r == dst.shape[-1]:
-        dst.copy_(src, non_blocking=True)
-        return
-    dst[..., :r].copy_(src, non_blocking=True)
-    dst[..., r:].zero_()
 
 
 class _Reader:
@@ -285,9 +280,25 @@ class InSlot:
 
 def auto_processes(n_files: int) -> int:
     """Reader processes for ``--procs auto``: parsing is Python-bound, so past a couple of cores
-    processes scale where threads cannot; small jobs and small machines keep threads."""
+    processes scale where threads cannot; small jobs and small machines keep threads. With the
+    shared-memory hand-off the scoring process stays light, so all cores but two read."""
     cpus = os.cpu_count() or 1
-    return 0 if cpus < 4 or n_files < 64 else min(cpus - 2, 8)
+    return 0 if cpus < 4 or n_files < 64 else min(cpus - 2, 16)
+
+
+def start_method(wanted: str = "auto") -> str:
+    """How reader processes start. auto: fork (cheap) while CUDA is untouched; after that a fork
+    server, which is a clean interpreter that imports lolscan once and then forks the readers
+    (spawning each reader costs each its own torch import: seconds)."""
+    if wanted != "auto":
+        return wanted
+    if os.name != "posix":
+        return "spawn"
+    if not torch.cuda.is_initialized():
+        return "fork"
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload([__name__])
+    return "forkserver"
 
 
 _PROCESS_READER: _Reader | None = None
@@ -317,7 +328,7 @@ class Scorer:
         self._dtype = next(iter(ckpt.model.parameters())).dtype
         self._buffers = Buffers()
         self._arena: Arena | None = None
-        self.timings: dict[str, float] = {"wait": 0.0, "assemble": 0.0, "predict": 0.0}  # seconds the main thread spent per stage
+        self.timings: dict[str, float] = {"open": 0.0, "wait": 0.0, "assemble": 0.0, "predict": 0.0}  # seconds the main thread spent per stage
 
     def _reader(self) -> _Reader:
         targets = [t.to_json() for t in self.ckpt.targets]
@@ -325,8 +336,7 @@ class Scorer:
 
     def _pool(self, reader: _Reader) -> tuple[Executor, Any]:
         if self.opts.processes > 0:
-            # fork is cheap and fine while CUDA is untouched; otherwise start clean interpreters.
-            method = "fork" if os.name == "posix" and not torch.cuda.is_initialized() else "spawn"
+            method = start_method(self.opts.start_method)
             info = self._arena.info if self._arena is not None else None
             pool = ProcessPoolExecutor(
                 self.opts.processes, mp_context=multiprocessing.get_context(method), initializer=_worker_init, initargs=(reader, info)
@@ -387,11 +397,24 @@ class Scorer:
         """One row per item of `found`, in order. Reading overlaps scoring."""
         bs = max(1, self.opts.batch_size)
         window = self.opts.window or 2 * bs + max(self.opts.workers, 2 * self.opts.processes)
-        self._open_arena(window + 2 * bs)  # every item alive at once holds at most one slot
+        threads = torch.get_num_threads()
         try:
+            torch.set_num_threads(self._threads(threads))
+            t0 = time.perf_counter()
+            self._open_arena(window + 2 * bs)  # every item alive at once holds at most one slot
+            self.timings["open"] += time.perf_counter() - t0
             yield from self._score(found, bs, window)
         finally:
             self._close_arena()
+            torch.set_num_threads(threads)
+
+    def _threads(self, current: int) -> int:
+        """Torch threads while scoring: OpenMP threads that share their cores with busy readers
+        spin and stall (batches 5-10x slower on 2 busy cores), so leave the readers theirs."""
+        if self.opts.torch_threads:
+            return self.opts.torch_threads
+        readers = self.opts.processes or max(1, self.opts.workers)
+        return max(1, min(current, (os.cpu_count() or 1) - readers))
 
     def _score(self, found: Iterable[Found], bs: int, window: int) -> Iterator[dict[str, Any]]:
         source = iter(found)

@@ -153,30 +153,39 @@ def test_plan_stays_within_the_budget(setup):
     assert plan(spec, 10, budget=4 * packed_floats(spec, 1)) == 0  # not even rank 1: pickle
 
 
-def test_spawned_readers_in_a_fresh_process_leak_nothing(setup, tmp_path):
-    """The CUDA path starts readers with spawn; run it in a child interpreter so the resource
-    tracker's complaints, if any, can be read from its stderr."""
+def test_readers_started_clean_in_a_fresh_process_leak_nothing(setup):
+    """After CUDA is initialised readers start from a fork server (or spawn), not by fork; run both in
+    a child interpreter so the resource tracker's complaints, if any, can be read from its stderr."""
     _, path, lib = setup
     script = textwrap.dedent(f"""
         import sys, torch
         from lolscan import scoring
         from lolscan.checkpoint import load_checkpoint
         from lolscan.discovery import expand
-        scoring.torch.cuda.is_initialized = lambda: True  # as after loading a CUDA checkpoint: spawn
-        ckpt = load_checkpoint({str(path)!r})
-        found = expand([{str(lib)!r}])
-        rows = list(scoring.Scorer(ckpt, scoring.ScoreOptions(batch_size=4, processes=2)).score(found))
-        alone = list(scoring.Scorer(ckpt, scoring.ScoreOptions(batch_size=4, workers=1)).score(found))
-        assert [r["status"] for r in rows] == [r["status"] for r in alone]
-        for a, b in ((a, b) for a, b in zip(rows, alone) if b["status"] == "ok"):
-            assert abs(a["predictions"]["score"]["value"] - b["predictions"]["score"]["value"]) < 1e-5
-            assert a["predictions"]["dominant"]["value"] == b["predictions"]["dominant"]["value"]
-        print("rows", len(rows))
+
+        def main():
+            scoring.torch.cuda.is_initialized = lambda: True  # as after loading a CUDA checkpoint
+            assert scoring.start_method() == "forkserver"
+            ckpt = load_checkpoint({str(path)!r})
+            found = expand([{str(lib)!r}])
+            alone = list(scoring.Scorer(ckpt, scoring.ScoreOptions(batch_size=4, workers=1)).score(found))
+            for method in ("auto", "spawn"):
+                rows = list(scoring.Scorer(ckpt, scoring.ScoreOptions(batch_size=4, processes=2, start_method=method)).score(found))
+                assert [r["status"] for r in rows] == [r["status"] for r in alone]
+                for a, b in ((a, b) for a, b in zip(rows, alone) if b["status"] == "ok"):
+                    assert abs(a["predictions"]["score"]["value"] - b["predictions"]["score"]["value"]) < 1e-5
+                    assert a["predictions"]["dominant"]["value"] == b["predictions"]["dominant"]["value"]
+                print(method, "rows", len(rows))
+
+        if __name__ == "__main__":
+            main()
     """)
+    script_path = path.parent / "clean_start.py"
+    script_path.write_text(script)
     before = _segments()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    done = subprocess.run([sys.executable, str(script_path)], capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "rows 22" in done.stdout
+    assert "auto rows 22" in done.stdout and "spawn rows 22" in done.stdout
     assert "leaked" not in done.stderr and "resource_tracker" not in done.stderr, done.stderr[-2000:]
     assert _segments() == before
