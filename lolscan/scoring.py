@@ -349,8 +349,6 @@ class Scorer:
         floats = plan(self.ckpt.spec, slots, budget=self.opts.shm_budget) if self.opts.processes > 0 and self.opts.shm_budget > 0 else 0
         if floats:
             self._arena = Arena.create(slots, floats)
-            if self.ckpt.device.type == "cuda":
-                self._arena.pin()
 
     def _close_arena(self) -> None:
         if self._arena is not None:
@@ -448,6 +446,10 @@ class Scorer:
 
             try:
                 fill()
+                if self._arena is not None and self.ckpt.device.type == "cuda":
+                    t0 = time.perf_counter()  # page-locking overlaps the readers' start-up
+                    self._arena.pin()
+                    self.timings["open"] += time.perf_counter() - t0
                 batch: list[_Item] = []
                 n_adapters = 0
                 while pending:

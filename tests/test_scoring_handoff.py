@@ -189,3 +189,30 @@ def test_readers_started_clean_in_a_fresh_process_leak_nothing(setup):
     assert "auto rows 22" in done.stdout and "spawn rows 22" in done.stdout
     assert "leaked" not in done.stderr and "resource_tracker" not in done.stderr, done.stderr[-2000:]
     assert _segments() == before
+
+
+def test_pinning_registers_and_unregisters_the_whole_segment(setup, monkeypatch):
+    """CUDA page-locking through the runtime's register/unregister pair (a stand-in runtime here)."""
+    calls = []
+
+    class Runtime:
+        class cudaError:  # noqa: N801 - the runtime's spelling
+            success = 0
+
+        def cudaHostRegister(self, ptr, size, flags):  # noqa: N802
+            calls.append(("register", ptr, size, flags))
+            return 0
+
+        def cudaHostUnregister(self, ptr):  # noqa: N802
+            calls.append(("unregister", ptr))
+            return 0
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "cudart", lambda: Runtime())
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: None)
+    arena = Arena.create(3, 1000)
+    ptr = arena.slot(0).data_ptr()
+    assert arena.pin()
+    arena.close()
+    assert calls == [("register", ptr, 3 * 1000 * 4, 0), ("unregister", ptr)]
+    assert not (SHM / arena.info.name).exists()
