@@ -142,7 +142,8 @@ def raw_read(files: list[Path], workers: int) -> float:
 
 
 def cpu_seconds() -> float:
-    """User + system CPU time of this process and its reaped children (reader processes)."""
+    """User + system CPU time of this process and its reaped children (reader processes started by
+    fork or spawn; readers forked by a fork server are the server's children and are not counted)."""
     me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
@@ -224,7 +225,8 @@ def main() -> None:
     for label, r in results.items():
         print(f"{label:6} {r['raw_mb_per_s']:8.0f} MB/s {r['raw_files_per_s']:7.0f} f/s "
               f"{r['scan_mb_per_s']:8.0f} MB/s {r['scan_adapters_per_s']:7.1f} adapters/s {100 * r['scan_vs_raw']:9.1f} %")
-    print("ms per adapter (main thread: open, wait for readers, assemble, predict; cpu: all processes):")
+    print("ms per adapter (main thread: open, wait for readers, assemble, predict; cpu: this process and the readers "
+          "it started, not those of a fork server):")
     for label, r in results.items():
         print(f"{label:6} " + "  ".join(f"{k} {v:.2f}" for k, v in r["scan_ms_per_adapter"].items()) + f"  (first row after {r['scan_first_row_s']:.2f} s)")
     if args.json:

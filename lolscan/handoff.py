@@ -96,6 +96,8 @@ class Arena:
             self._pinned = err == rt.cudaError.success
         except Exception:  # an old or unusual runtime: copies stay synchronous, nothing else changes
             self._pinned = False
+        if not self._pinned:
+            _clear_cuda_error()
         return self._pinned
 
     def close(self) -> None:
@@ -121,3 +123,15 @@ class Arena:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _clear_cuda_error() -> None:
+    """Reset the CUDA runtime's last error after a refused registration, or torch would report it
+    at its next kernel launch. torch loads libcudart globally; where the symbol is not found, skip."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).cudaGetLastError()
+    except Exception:
+        pass
+
