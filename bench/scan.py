@@ -172,7 +172,7 @@ def scan(folder: Path, ckpt_path: Path, workers: int, batch_size: int, device: s
             ok += row["status"] == "ok"
     if device.startswith("cuda"):
         torch.cuda.synchronize()
-    return time.perf_counter() - t0, ok, {**scorer.timings, "cpu": cpu_seconds() - c0, "first_row_s": first}
+    return time.perf_counter() - t0, ok, {**scorer.timings, "cpu": cpu_seconds() - c0, "first_row_s": first, "handoff": scorer.handoff}
 
 
 def main() -> None:
@@ -215,6 +215,7 @@ def main() -> None:
             "scan_adapters_per_s": len(files) / t_scan,
             "scan_mb_per_s": total_mb / t_scan,
             "scan_vs_raw": t_raw / t_scan,
+            "scan_handoff": stages.pop("handoff"),
             "scan_first_row_s": stages.pop("first_row_s"),  # start-up: checkpoint, readers, first batch
             "scan_ms_per_adapter": {k: 1000 * v / len(files) for k, v in stages.items()},  # main thread stages; cpu: all processes
         }
@@ -228,7 +229,7 @@ def main() -> None:
     print("ms per adapter (main thread: open, wait for readers, assemble, predict; cpu: this process and the readers "
           "it started, not those of a fork server):")
     for label, r in results.items():
-        print(f"{label:6} " + "  ".join(f"{k} {v:.2f}" for k, v in r["scan_ms_per_adapter"].items()) + f"  (first row after {r['scan_first_row_s']:.2f} s)")
+        print(f"{label:6} " + "  ".join(f"{k} {v:.2f}" for k, v in r["scan_ms_per_adapter"].items()) + f"  (first row after {r['scan_first_row_s']:.2f} s; {r['scan_handoff']})")
     if args.json:
         args.json.write_text(json.dumps({"files": len(files), "mb": total_mb, "workers": args.workers, "procs": procs,
                                          "batch_size": args.batch_size, "device": args.device, "results": results}, indent=2))

@@ -228,6 +228,7 @@ class Scorer:
         self._dtype = next(iter(ckpt.model.parameters())).dtype
         self._buffers = Buffers()
         self._arena: Arena | None = None
+        self.handoff = "in process"  # how factors reach the scoring thread (bench and logs)
         self.timings: dict[str, float] = {"open": 0.0, "wait": 0.0, "assemble": 0.0, "predict": 0.0}  # seconds the main thread spent per stage
 
     def _reader(self) -> _Reader:
@@ -249,6 +250,9 @@ class Scorer:
         floats = plan(self.ckpt.spec, slots, budget=self.opts.shm_budget) if self.opts.processes > 0 and self.opts.shm_budget > 0 else 0
         if floats:
             self._arena = Arena.create(slots, floats)
+            self.handoff = f"shared memory, {slots} slots of {4 * floats / 1e6:.1f} MB"
+        elif self.opts.processes > 0:
+            self.handoff = "pickle"
 
     def _close_arena(self) -> None:
         if self._arena is not None:
@@ -348,7 +352,7 @@ class Scorer:
                 fill()
                 if self._arena is not None and self.ckpt.device.type == "cuda":
                     t0 = time.perf_counter()  # page-locking overlaps the readers' start-up
-                    self._arena.pin()
+                    self.handoff += ", page-locked" if self._arena.pin() else ", not page-locked"
                     self.timings["open"] += time.perf_counter() - t0
                 batch: list[_Item] = []
                 n_adapters = 0
