@@ -20,9 +20,10 @@ import json
 import math
 import os
 import random
+import resource
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -70,7 +71,13 @@ def write_lora(path: Path, rank: int, style: str, seed: int) -> None:
     save_file(tensors, str(path), metadata=meta)
 
 
+def _write_one(job: tuple[Path, int, str, int]) -> None:
+    torch.set_num_threads(1)
+    write_lora(*job)
+
+
 def generate(folder: Path, n: int, seed: int) -> list[Path]:
+    """The bench's files (written in parallel; each file's content depends only on its index)."""
     stamp = folder / "params.json"
     params = {"n": n, "seed": seed, "version": 1}
     files = [folder / "loras" / f"{i:05d}.safetensors" for i in range(n)]
@@ -78,11 +85,12 @@ def generate(folder: Path, n: int, seed: int) -> list[Path]:
         return files
     (folder / "loras").mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
+    jobs = [(f, rng.randint(4, 8), "kohya" if i % 2 == 0 else "diffusers", seed * 1_000_003 + i) for i, f in enumerate(files)]
     t0 = time.perf_counter()
-    for i, f in enumerate(files):
-        write_lora(f, rng.randint(4, 8), "kohya" if i % 2 == 0 else "diffusers", seed * 1_000_003 + i)
-        if (i + 1) % 500 == 0:
-            print(f"  wrote {i + 1}/{n} files ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
+    with ProcessPoolExecutor(os.cpu_count() or 1) as pool:
+        for i, _ in enumerate(pool.map(_write_one, jobs, chunksize=16)):
+            if (i + 1) % 500 == 0:
+                print(f"  wrote {i + 1}/{n} files ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
     os.sync()
     stamp.write_text(json.dumps(params))
     return files
@@ -133,22 +141,38 @@ def raw_read(files: list[Path], workers: int) -> float:
     return time.perf_counter() - t0
 
 
-def scan(folder: Path, ckpt_path: Path, workers: int, batch_size: int, device: str, processes: int = 0) -> tuple[float, int]:
+def cpu_seconds() -> float:
+    """User + system CPU time of this process and its reaped children (reader processes started by
+    fork or spawn; readers forked by a fork server are the server's children and are not counted)."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def scan(folder: Path, ckpt_path: Path, workers: int, batch_size: int, device: str, processes: int = 0,
+         shm_budget: int | None = None, start_method: str = "auto") -> tuple[float, int, dict[str, float]]:
+    """(seconds, adapters scored, main-thread seconds per stage + CPU seconds of all processes)."""
     from lolscan.checkpoint import load_checkpoint
     from lolscan.discovery import expand
     from lolscan.report import jsonl_line
     from lolscan.scoring import Scorer, ScoreOptions
 
     t0 = time.perf_counter()
+    c0 = cpu_seconds()
     ckpt = load_checkpoint(ckpt_path, device=device)
     ok = 0
+    opts = ScoreOptions(batch_size=batch_size, workers=workers, processes=processes, start_method=start_method)
+    if shm_budget is not None:
+        opts.shm_budget = shm_budget
+    scorer = Scorer(ckpt, opts)
+    first = 0.0
     with open(os.devnull, "w") as sink:
-        for row in Scorer(ckpt, ScoreOptions(batch_size=batch_size, workers=workers, processes=processes)).score(expand([str(folder / "loras")])):
+        for row in scorer.score(expand([str(folder / "loras")])):
+            first = first or time.perf_counter() - t0
             sink.write(jsonl_line(row))
             ok += row["status"] == "ok"
     if device.startswith("cuda"):
         torch.cuda.synchronize()
-    return time.perf_counter() - t0, ok
+    return time.perf_counter() - t0, ok, {**scorer.timings, "cpu": cpu_seconds() - c0, "first_row_s": first, "handoff": scorer.handoff}
 
 
 def main() -> None:
@@ -156,7 +180,9 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=3000, help="number of LoRA files")
     ap.add_argument("--dir", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "lolscan-scan-bench")
     ap.add_argument("--workers", type=int, default=4, help="reader threads (same for raw read and scan)")
-    ap.add_argument("--procs", type=int, default=0, help="reader processes for the scan (0: threads only)")
+    ap.add_argument("--procs", default="0", help="reader processes for the scan (0: threads only; auto: as `lolscan predict`)")
+    ap.add_argument("--start-method", default="auto", choices=["auto", "fork", "forkserver", "spawn"], help="how reader processes start")
+    ap.add_argument("--shm-budget", type=int, help="bytes of shared memory for the hand-off (0: pickle, as before it)")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--seed", type=int, default=0)
@@ -164,6 +190,9 @@ def main() -> None:
     ap.add_argument("--no-warm", action="store_true", help="skip the warm-cache runs")
     args = ap.parse_args()
 
+    from lolscan.scoring import auto_processes
+
+    procs = auto_processes(args.n) if args.procs == "auto" else int(args.procs)
     files = generate(args.dir, args.n, args.seed)
     total_mb = sum(f.stat().st_size for f in files) / 1e6
     print(f"{len(files)} files, {total_mb:.0f} MB ({total_mb / len(files):.2f} MB each) in {args.dir}", file=sys.stderr)
@@ -176,7 +205,7 @@ def main() -> None:
         t_raw = raw_read(files, args.workers)
         if cold:
             drop_cache(files)
-        t_scan, ok = scan(args.dir, ckpt, args.workers, args.batch_size, args.device, args.procs)
+        t_scan, ok, stages = scan(args.dir, ckpt, args.workers, args.batch_size, args.device, procs, args.shm_budget, args.start_method)
         assert ok == len(files), f"only {ok} of {len(files)} adapters scored"
         results[label] = {
             "raw_read_s": t_raw,
@@ -186,16 +215,23 @@ def main() -> None:
             "scan_adapters_per_s": len(files) / t_scan,
             "scan_mb_per_s": total_mb / t_scan,
             "scan_vs_raw": t_raw / t_scan,
+            "scan_handoff": stages.pop("handoff"),
+            "scan_first_row_s": stages.pop("first_row_s"),  # start-up: checkpoint, readers, first batch
+            "scan_ms_per_adapter": {k: 1000 * v / len(files) for k, v in stages.items()},  # main thread stages; cpu: all processes
         }
-    readers = f"{args.procs} reader processes" if args.procs else f"{args.workers} reader threads"
+    readers = f"{procs} reader processes" if procs else f"{args.workers} reader threads"
     print(f"\nfolder scoring, {len(files)} SD1.5 LoRAs ({total_mb:.0f} MB), {readers} (raw read: {args.workers} threads), "
-          f"batch {args.batch_size}, device {args.device}, torch threads {torch.get_num_threads()}")
+          f"batch {args.batch_size}, device {args.device}, torch threads {torch.get_num_threads()} (the scorer caps them at the cores its readers leave)")
     print(f"{'cache':6} {'raw read':>22} {'lolscan scan':>26} {'scan / raw':>11}")
     for label, r in results.items():
         print(f"{label:6} {r['raw_mb_per_s']:8.0f} MB/s {r['raw_files_per_s']:7.0f} f/s "
               f"{r['scan_mb_per_s']:8.0f} MB/s {r['scan_adapters_per_s']:7.1f} adapters/s {100 * r['scan_vs_raw']:9.1f} %")
+    print("ms per adapter (main thread: open, wait for readers, assemble, predict; cpu: this process and the readers "
+          "it started, not those of a fork server):")
+    for label, r in results.items():
+        print(f"{label:6} " + "  ".join(f"{k} {v:.2f}" for k, v in r["scan_ms_per_adapter"].items()) + f"  (first row after {r['scan_first_row_s']:.2f} s; {r['scan_handoff']})")
     if args.json:
-        args.json.write_text(json.dumps({"files": len(files), "mb": total_mb, "workers": args.workers, "procs": args.procs,
+        args.json.write_text(json.dumps({"files": len(files), "mb": total_mb, "workers": args.workers, "procs": procs,
                                          "batch_size": args.batch_size, "device": args.device, "results": results}, indent=2))
 
 

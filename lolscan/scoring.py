@@ -1,15 +1,18 @@
-"""Streaming scoring of many adapters: a small thread pool reads files while batches are scored.
+"""Streaming scoring of many adapters: readers (threads, or processes with ``processes``) read files
+while batches are scored.
 
 Memory stays flat in the number of files: at most ``window`` adapters are in flight (being read
 or queued) plus one batch being assembled, whatever the folder size. Rows come back in input order, one per
 target, including the ones that could not be read (status ``error``) or that do not fit the
-checkpoint (status ``incompatible``).
+checkpoint (status ``incompatible``). Reader processes hand packed factors back through
+shared-memory slots (`lolscan.handoff`), not pickles.
 """
 from __future__ import annotations
 
 import json
 import multiprocessing
 import os
+import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
@@ -23,6 +26,8 @@ from .adapter import Adapter
 from .checkpoint import Checkpoint, check_fits
 from .discovery import Found
 from .errors import IncompatibleAdapter, LolscanError
+from .handoff import DEFAULT_BUDGET, Arena, ArenaInfo, plan
+from .packing import Buffers, Packed, pack, slot_views, stack  # noqa: F401 - stack is public here too
 from .manifest import is_uri
 
 LABELS_FILE = "labels.json"
@@ -37,18 +42,17 @@ class ScoreOptions:
     window: int | None = None  # adapters in flight; default 2 × batch_size + workers (+ processes)
     processes: int = 0  # > 0: parse files in this many processes (scales past the GIL on many cores)
     source_options: dict[str, Any] = field(default_factory=dict)  # for lolscan.load (offline, tokens)
-
-
-# One adapter laid out for the checkpoint's spec: per shape group (U [L_g, n, r], V [L_g, m, r],
-# true ranks [L_g]); r is this adapter's largest rank in the group. Stacking these is `collate`.
-Packed = list[tuple[Any, Any, Any]]
+    start_method: str = "auto"  # reader processes: fork, forkserver or spawn; auto: see `start_method`
+    torch_threads: int | None = None  # intra-op threads while scoring; default: the cores the readers leave
+    shm_budget: int = DEFAULT_BUDGET  # bytes of shared memory for the hand-off from reader processes; 0: pickle
 
 
 @dataclass
 class _Item:
     found: Found
     row: dict[str, Any]
-    packed: Packed | None = None
+    packed: Packed | InSlot | None = None
+    slot: int | None = None  # shared-memory slot lent to this item's read, returned after scoring
 
 
 def _base_row(source: str) -> dict[str, Any]:
@@ -105,52 +109,6 @@ def true_labels(adapter: Adapter, source: str, label_files: _LabelFiles) -> dict
     return out
 
 
-def pack(adapter: Adapter, spec: Any) -> Packed:
-    """Lay one adapter out per shape group (zero rank padding and zero absent modules, as `collate`)."""
-    out: Packed = []
-    for g in spec.groups:
-        layers = [adapter.layers.get(spec[i].name) for i in g.indices]
-        r = max((layer.rank for layer in layers if layer is not None), default=0) or 1
-        if all(layer is not None and layer.rank == r for layer in layers):  # the common case: one op each
-            U = torch.stack([layer.U for layer in layers]).float()
-            V = torch.stack([layer.V for layer in layers]).float()
-            out.append((U, V, torch.full((len(layers),), r, dtype=torch.long)))
-            continue
-        U = torch.zeros(len(layers), g.n, r)
-        V = torch.zeros(len(layers), g.m, r)
-        ranks = torch.zeros(len(layers), dtype=torch.long)
-        for j, layer in enumerate(layers):
-            if layer is not None and layer.rank:
-                U[j, :, : layer.rank] = layer.U
-                V[j, :, : layer.rank] = layer.V
-                ranks[j] = layer.rank
-        out.append((U, V, ranks))
-    return out
-
-
-def stack(packs: list[Packed], spec: Any, sources: list[str], device: torch.device, dtype: torch.dtype = torch.float32) -> Any:
-    """Packed adapters -> the `FactorBatch` that `lolscan.nets.collate` would build from them."""
-    from .nets import FactorBatch, FactorGroup
-
-    groups = []
-    for gi, g in enumerate(spec.groups):
-        parts = [[torch.as_tensor(x) for x in p[gi]] for p in packs]
-        r = max(u.shape[-1] for u, _, _ in parts)
-        L = len(g.indices)
-        ranks = torch.stack([k for _, _, k in parts])
-        if all(u.shape[-1] == r for u, _, _ in parts):  # one rank: one stack, one transfer per tensor
-            U = torch.stack([u for u, _, _ in parts]).to(device=device, dtype=dtype)
-            V = torch.stack([v for _, v, _ in parts]).to(device=device, dtype=dtype)
-        else:  # zero-pad ranks on the target device: the rank-strided copies are fast there, slow on the host
-            U = torch.zeros((len(packs), L, g.n, r), dtype=dtype, device=device)
-            V = torch.zeros((len(packs), L, g.m, r), dtype=dtype, device=device)
-            for b, (u, v, _) in enumerate(parts):
-                U[b, :, :, : u.shape[-1]] = u.to(device)
-                V[b, :, :, : v.shape[-1]] = v.to(device)
-        groups.append(FactorGroup(g.n, g.m, g.indices, U, V, ranks))
-    return FactorBatch(spec, groups, list(sources))
-
-
 class _Reader:
     """Reads, checks and packs one adapter. Picklable, so reader processes can run it too."""
 
@@ -168,7 +126,8 @@ class _Reader:
         self.__dict__.update(state)
         self._spec, self._targets, self._labels = None, None, _LabelFiles()
 
-    def __call__(self, found: Found) -> _Item:
+    def __call__(self, found: Found, slot: torch.Tensor | None = None) -> _Item:
+        """Read ``found``; with ``slot`` (shared memory) the factors are packed into it when they fit."""
         import lolscan
 
         from .nets import LayerSpec
@@ -201,32 +160,63 @@ class _Reader:
                     row["truth"][t.name] = t.true_values([labels[t.name]])[0]
                 except LolscanError:
                     row["truth"][t.name] = labels[t.name]
+        if slot is not None:
+            in_slot = pack(adapter, self._spec, slot)
+            if in_slot is not None:  # only the true ranks travel; the factors stay in the slot
+                return _Item(found, row, InSlot([k.tolist() for _, _, k in in_slot]))
         packed = pack(adapter, self._spec)
+        assert packed is not None
         if self.as_numpy:  # plain pickling across processes (no shared-memory file descriptors)
             packed = [tuple(x.numpy() for x in group) for group in packed]
         return _Item(found, row, packed)
 
 
+@dataclass
+class InSlot:
+    """A reader's answer for factors it packed into its shared-memory slot: true ranks per group."""
+
+    ranks: list[list[int]]
+
+
 def auto_processes(n_files: int) -> int:
     """Reader processes for ``--procs auto``: parsing is Python-bound, so past a couple of cores
-    processes scale where threads cannot; small jobs and small machines keep threads."""
+    processes scale where threads cannot; small jobs and small machines keep threads. With the
+    shared-memory hand-off the scoring process stays light, so all cores but two read."""
     cpus = os.cpu_count() or 1
-    return 0 if cpus < 4 or n_files < 64 else min(cpus - 2, 8)
+    return 0 if cpus < 4 or n_files < 64 else min(cpus - 2, 16)
+
+
+def start_method(wanted: str = "auto") -> str:
+    """How reader processes start. auto: fork (cheap) while CUDA is untouched; after that a fork
+    server, which is a clean interpreter that imports lolscan once and then forks the readers
+    (spawning each reader costs each its own torch import: seconds)."""
+    if wanted != "auto":
+        return wanted
+    if os.name != "posix":
+        return "spawn"
+    if not torch.cuda.is_initialized():
+        return "fork"
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload([__name__])
+    return "forkserver"
 
 
 _PROCESS_READER: _Reader | None = None
+_PROCESS_ARENA: Arena | None = None
 
 
-def _worker_init(reader: _Reader) -> None:
-    """Reader processes get the reader once, not pickled with every file."""
-    global _PROCESS_READER
+def _worker_init(reader: _Reader, arena: ArenaInfo | None) -> None:
+    """Reader processes get the reader (and the shared-memory arena) once, not with every file."""
+    global _PROCESS_READER, _PROCESS_ARENA
     torch.set_num_threads(1)
     _PROCESS_READER = reader
+    _PROCESS_ARENA = Arena.attach(arena) if arena is not None else None
 
 
-def _process_read(found: Found) -> _Item:
+def _process_read(found: Found, slot: int | None = None) -> _Item:
     assert _PROCESS_READER is not None
-    return _PROCESS_READER(found)
+    view = _PROCESS_ARENA.slot(slot) if _PROCESS_ARENA is not None and slot is not None else None
+    return _PROCESS_READER(found, view)
 
 
 class Scorer:
@@ -236,6 +226,10 @@ class Scorer:
         self.ckpt = ckpt
         self.opts = opts or ScoreOptions()
         self._dtype = next(iter(ckpt.model.parameters())).dtype
+        self._buffers = Buffers()
+        self._arena: Arena | None = None
+        self.handoff = "in process"  # how factors reach the scoring thread (bench and logs)
+        self.timings: dict[str, float] = {"open": 0.0, "wait": 0.0, "assemble": 0.0, "predict": 0.0}  # seconds the main thread spent per stage
 
     def _reader(self) -> _Reader:
         targets = [t.to_json() for t in self.ckpt.targets]
@@ -243,23 +237,46 @@ class Scorer:
 
     def _pool(self, reader: _Reader) -> tuple[Executor, Any]:
         if self.opts.processes > 0:
-            # fork is cheap and fine while CUDA is untouched; otherwise start clean interpreters.
-            method = "fork" if os.name == "posix" and not torch.cuda.is_initialized() else "spawn"
+            method = start_method(self.opts.start_method)
+            info = self._arena.info if self._arena is not None else None
             pool = ProcessPoolExecutor(
-                self.opts.processes, mp_context=multiprocessing.get_context(method), initializer=_worker_init, initargs=(reader,)
+                self.opts.processes, mp_context=multiprocessing.get_context(method), initializer=_worker_init, initargs=(reader, info)
             )
             return pool, _process_read
         return ThreadPoolExecutor(max_workers=max(1, self.opts.workers), thread_name_prefix="lolscan-read"), reader
+
+    def _open_arena(self, slots: int) -> None:
+        """Shared-memory slots for reader processes (none when shared memory is short or disabled)."""
+        floats = plan(self.ckpt.spec, slots, budget=self.opts.shm_budget) if self.opts.processes > 0 and self.opts.shm_budget > 0 else 0
+        if floats:
+            self._arena = Arena.create(slots, floats)
+            self.handoff = f"shared memory, {slots} slots of {4 * floats / 1e6:.1f} MB"
+        elif self.opts.processes > 0:
+            self.handoff = "pickle"
+
+    def _close_arena(self) -> None:
+        if self._arena is not None:
+            self._arena.close()
+            self._arena = None
 
     def _score_batch(self, items: list[_Item]) -> None:
         todo = [it for it in items if it.packed is not None]
         if not todo:
             return
         spec, device = self.ckpt.spec, self.ckpt.device
+        for it in todo:
+            if isinstance(it.packed, InSlot):
+                assert self._arena is not None and it.slot is not None
+                it.packed = slot_views(self._arena.slot(it.slot), spec, it.packed.ranks, device)
 
         def run(group: list[_Item]) -> list[dict[str, Any]]:
-            batch = stack([it.packed for it in group], spec, [it.found.source for it in group], device, self._dtype)
-            return self.ckpt.predict(batch)
+            t0 = time.perf_counter()
+            batch = stack([it.packed for it in group], spec, [it.found.source for it in group], device, self._dtype, self._buffers)
+            t1 = time.perf_counter()
+            out = self.ckpt.predict(batch)
+            self.timings["assemble"] += t1 - t0
+            self.timings["predict"] += time.perf_counter() - t1
+            return out
 
         try:
             preds: list[dict[str, Any] | None] = list(run(todo))
@@ -271,6 +288,8 @@ class Scorer:
                 except Exception as exc:
                     it.row.update(status="error", error=f"scoring failed: {_one_line(exc, it.found.source)}")
                     preds.append(None)
+        if device.type == "cuda":  # the copies out of the slots are done before the slots are reused
+            torch.cuda.current_stream(device).synchronize()
         for it, p in zip(todo, preds):
             if p is not None:
                 it.row["predictions"] = p
@@ -280,7 +299,28 @@ class Scorer:
         """One row per item of `found`, in order. Reading overlaps scoring."""
         bs = max(1, self.opts.batch_size)
         window = self.opts.window or 2 * bs + max(self.opts.workers, 2 * self.opts.processes)
+        threads = torch.get_num_threads()
+        try:
+            torch.set_num_threads(self._threads(threads))
+            t0 = time.perf_counter()
+            self._open_arena(window + 2 * bs)  # every item alive at once holds at most one slot
+            self.timings["open"] += time.perf_counter() - t0
+            yield from self._score(found, bs, window)
+        finally:
+            self._close_arena()
+            torch.set_num_threads(threads)
+
+    def _threads(self, current: int) -> int:
+        """Torch threads while scoring: OpenMP threads that share their cores with busy readers
+        spin and stall (batches 5-10x slower on 2 busy cores), so leave the readers theirs."""
+        if self.opts.torch_threads:
+            return self.opts.torch_threads
+        readers = self.opts.processes or max(1, self.opts.workers)
+        return max(1, min(current, (os.cpu_count() or 1) - readers))
+
+    def _score(self, found: Iterable[Found], bs: int, window: int) -> Iterator[dict[str, Any]]:
         source = iter(found)
+        free = deque(range(self._arena.info.slots)) if self._arena is not None else deque()
         pool, read = self._pool(self._reader())
         pending: deque[Future[_Item] | _Item] = deque()
         with pool:
@@ -294,22 +334,53 @@ class Scorer:
                         row = _base_row(f.source)
                         row.update(status="error", error=f.error)
                         pending.append(_Item(f, row))
+                    elif free:
+                        slot = free.popleft()
+                        pending.append(_Slotted(pool.submit(read, f, slot), slot))
                     else:
                         pending.append(pool.submit(read, f))
 
-            fill()
-            batch: list[_Item] = []
-            n_adapters = 0
-            while pending:
-                head = pending.popleft()
-                item = head.result() if isinstance(head, Future) else head
+            def done(items: list[_Item]) -> Iterator[dict[str, Any]]:
+                self._score_batch(items)
+                for it in items:
+                    if it.slot is not None:
+                        free.append(it.slot)
+                        it.slot = None
+                    yield it.row
+
+            try:
                 fill()
-                batch.append(item)
-                n_adapters += item.packed is not None
-                if n_adapters >= bs or len(batch) >= 2 * bs or not pending:
-                    self._score_batch(batch)
-                    yield from (it.row for it in batch)
-                    batch, n_adapters = [], 0
-            if batch:
-                self._score_batch(batch)
-                yield from (it.row for it in batch)
+                if self._arena is not None and self.ckpt.device.type == "cuda":
+                    t0 = time.perf_counter()  # page-locking overlaps the readers' start-up
+                    self.handoff += ", page-locked" if self._arena.pin() else ", not page-locked"
+                    self.timings["open"] += time.perf_counter() - t0
+                batch: list[_Item] = []
+                n_adapters = 0
+                while pending:
+                    head = pending.popleft()
+                    t0 = time.perf_counter()
+                    item = head.result() if isinstance(head, (Future, _Slotted)) else head
+                    self.timings["wait"] += time.perf_counter() - t0
+                    fill()
+                    batch.append(item)
+                    n_adapters += item.packed is not None
+                    if n_adapters >= bs or len(batch) >= 2 * bs or not pending:
+                        yield from done(batch)
+                        batch, n_adapters = [], 0
+                if batch:
+                    yield from done(batch)
+            finally:  # stopped early: drop what is queued, wait for what runs (it may write a slot)
+                pool.shutdown(wait=True, cancel_futures=True)
+
+
+@dataclass
+class _Slotted:
+    """A submitted read that was given shared-memory slot ``slot``."""
+
+    future: Future[_Item]
+    slot: int
+
+    def result(self) -> _Item:
+        item = self.future.result()
+        item.slot = self.slot
+        return item
