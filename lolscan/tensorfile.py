@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 
@@ -36,91 +38,200 @@ DTYPES: dict[str, tuple[torch.dtype, int]] = {
 }
 FLOAT_DTYPES = {"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"}
 
+# One tensor of a safetensors file: (dtype name, shape, begin, end), offsets into the data region.
+Entry = tuple[str, tuple[int, ...], int, int]
+
+
+class SafetensorsTensors(Mapping[str, torch.Tensor]):
+    """A safetensors file's tensors as a mapping, each built (a view into the data) on first access.
+
+    Parsers mostly need shapes and dtypes (in `TensorFile.layout`) and a few values; building
+    hundreds of tensor objects up front would cost more than the rest of the parse.
+    """
+
+    def __init__(self, data: bytearray, layout: dict[str, Entry]):
+        self._data, self._layout = data, layout
+        self._built: dict[str, torch.Tensor] = {}
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        t = self._built.get(key)
+        if t is None:
+            t = self._built[key] = _view(self._data, self._layout[key])
+        return t
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._layout
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._layout)
+
+    def __len__(self) -> int:
+        return len(self._layout)
+
+
+def _view(data: bytearray, entry: Entry) -> torch.Tensor:
+    dtype_name, shape, begin, end = entry
+    dtype, itemsize = DTYPES[dtype_name]
+    if end == begin:
+        return torch.empty(shape, dtype=dtype)
+    if begin % itemsize == 0:
+        return torch.frombuffer(data, dtype=dtype, count=(end - begin) // itemsize, offset=begin).reshape(shape)
+    return torch.frombuffer(bytearray(data[begin:end]), dtype=dtype).reshape(shape)  # unaligned: copy out
+
 
 @dataclass
 class TensorFile:
-    """All tensors of one file plus its string metadata and per-tensor dtype names."""
+    """All tensors of one file plus its string metadata and per-tensor dtype names.
 
-    tensors: dict[str, torch.Tensor]
+    For safetensors files `tensors` builds each tensor on first access, `layout` holds every
+    tensor's (dtype name, shape, begin, end) with offsets into `data` (the file's data region).
+    """
+
+    tensors: Mapping[str, torch.Tensor]
     metadata: dict[str, str]
     dtypes: dict[str, str]
     path: str
+    layout: dict[str, Entry] | None = None
+    data: bytearray | None = None
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        """The shape of tensor `key`, without building it."""
+        return self.layout[key][1] if self.layout is not None else tuple(self.tensors[key].shape)
 
 
 def read_header(path: str | os.PathLike) -> tuple[dict, int]:
     """Parse and validate a safetensors header; return (header dict, data start offset)."""
     p = Path(path)
     try:
-        size = p.stat().st_size
         with open(p, "rb") as fh:
-            head = fh.read(8)
-            if len(head) < 8:
-                raise InputError("not a safetensors file: shorter than its 8-byte header length", path=p)
-            n = int.from_bytes(head, "little")
-            if n > MAX_HEADER_BYTES:
-                raise InputError(f"not a safetensors file: header length {n} is over the {MAX_HEADER_BYTES} byte limit", path=p)
-            if 8 + n > size:
-                raise InputError(f"truncated safetensors file: header needs {8 + n} bytes, file has {size}", path=p)
-            raw = fh.read(n)
+            header, start, _ = _read_header(fh, p)
     except OSError as exc:
         raise InputError(f"cannot read file: {exc.strerror or exc}", path=p) from None
+    return header, start
+
+
+def _read_header(fh: BinaryIO, p: Path) -> tuple[dict, int, dict[str, Entry]]:
+    """(header, data start, layout in header order) of the open file `fh`, validated."""
+    size = os.fstat(fh.fileno()).st_size
+    head = fh.read(8)
+    if len(head) < 8:
+        raise InputError("not a safetensors file: shorter than its 8-byte header length", path=p)
+    n = int.from_bytes(head, "little")
+    if n > MAX_HEADER_BYTES:
+        raise InputError(f"not a safetensors file: header length {n} is over the {MAX_HEADER_BYTES} byte limit", path=p)
+    if 8 + n > size:
+        raise InputError(f"truncated safetensors file: header needs {8 + n} bytes, file has {size}", path=p)
+    raw = fh.read(n)
     try:
         header = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise InputError("safetensors header is not valid JSON", path=p) from None
     if not isinstance(header, dict):
         raise InputError("safetensors header is not a JSON object", path=p)
-    data_len = size - 8 - n
-    spans = []
+    return header, 8 + n, _validate(header, size - 8 - n, p)
+
+
+def _validate(header: dict, data_len: int, p: Path) -> dict[str, Entry]:
+    """Check every header entry (in file order, first problem wins); return the layout."""
+    layout: dict[str, Entry] = {}
     for key, info in header.items():
         if key == "__metadata__":
             if not isinstance(info, dict) or not all(isinstance(v, str) for v in info.values()):
                 raise InputError("safetensors __metadata__ must map strings to strings", path=p)
             continue
-        if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= info.keys():
+        if not isinstance(info, dict) or "dtype" not in info or "shape" not in info or "data_offsets" not in info:
             raise InputError(f"tensor {key!r} has a malformed header entry", path=p)
         dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
         if dtype not in DTYPES:
             raise InputError(f"tensor {key!r} has unsupported dtype {dtype!r}", path=p)
-        if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)):
+        if not (isinstance(shape, list) and _are_dims(shape)):
             raise InputError(f"tensor {key!r} has a malformed shape {shape!r}", path=p)
-        if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)):
+        if not (isinstance(offsets, list) and len(offsets) == 2 and isinstance(offsets[0], int) and isinstance(offsets[1], int)):
             raise InputError(f"tensor {key!r} has malformed data_offsets", path=p)
         begin, end = offsets
         if not 0 <= begin <= end <= data_len:
             raise InputError(f"tensor {key!r} lies outside the file (truncated?)", path=p)
         if end - begin != math.prod(shape) * DTYPES[dtype][1]:
             raise InputError(f"tensor {key!r}: {end - begin} bytes do not fit shape {shape} of {dtype}", path=p)
-        spans.append((begin, end, key))
-    spans.sort()
+        layout[key] = (dtype, tuple(shape), begin, end)
+    spans = sorted((begin, end, key) for key, (_, _, begin, end) in layout.items())
     for (b0, e0, k0), (b1, _, k1) in zip(spans, spans[1:]):
         if b1 < e0:
             raise InputError(f"tensors {k0!r} and {k1!r} overlap", path=p)
-    return header, 8 + n
+    return layout
+
+
+def _are_dims(shape: list) -> bool:
+    for d in shape:
+        if not isinstance(d, int) or d < 0:
+            return False
+    return True
 
 
 def read_safetensors(path: str | os.PathLike) -> TensorFile:
-    header, start = read_header(path)
-    metadata = header.pop("__metadata__", None) or {}
-    tensors: dict[str, torch.Tensor] = {}
-    dtypes: dict[str, str] = {}
-    with open(path, "rb") as fh:  # one read of the data region; tensors are views into it
-        fh.seek(start)
+    """Validate the header, then read the data region once; tensors are views into it, built on access."""
+    p = Path(path)
+    try:
+        fh = open(p, "rb")
+    except OSError as exc:
+        raise InputError(f"cannot read file: {exc.strerror or exc}", path=p) from None
+    with fh:
+        try:
+            header, start, layout = _read_header(fh, p)
+        except OSError as exc:
+            raise InputError(f"cannot read file: {exc.strerror or exc}", path=p) from None
         data = bytearray(os.fstat(fh.fileno()).st_size - start)
         if fh.readinto(data) != len(data):
             raise InputError("file changed while it was read", path=path)
-    for key, info in header.items():
-        dtype, itemsize = DTYPES[info["dtype"]]
-        begin, end = info["data_offsets"]
-        shape = info["shape"]
-        if end == begin:
-            tensors[key] = torch.empty(shape, dtype=dtype)
-        elif begin % itemsize == 0:
-            tensors[key] = torch.frombuffer(data, dtype=dtype, count=(end - begin) // itemsize, offset=begin).reshape(shape)
-        else:  # unaligned: copy out
-            tensors[key] = torch.frombuffer(bytearray(data[begin:end]), dtype=dtype).reshape(shape)
-        dtypes[key] = info["dtype"]
-    return TensorFile(tensors, dict(metadata), dtypes, str(path))
+    metadata = header.get("__metadata__") or {}
+    dtypes = {key: entry[0] for key, entry in layout.items()}
+    return TensorFile(SafetensorsTensors(data, layout), dict(metadata), dtypes, str(path), layout, data)
+
+
+def float32_copies(tf: TensorFile, keys: Iterable[str]) -> dict[str, tuple[torch.Tensor, int]]:
+    """Fresh float32 copies of the floating-point tensors `keys`: {key: (flat buffer, element offset)}.
+
+    Tensors that lie back to back in a safetensors file with one dtype are converted together
+    (one op per run, not one per tensor), so several keys share a buffer; the buffers belong to
+    the caller, who may scale them in place. Values are exactly ``tensor.to(torch.float32)``.
+    """
+    wanted = {k for k in keys if tf.dtypes.get(k) in FLOAT_DTYPES}
+    if tf.layout is None or tf.data is None:
+        return {k: (tf.tensors[k].reshape(-1).to(torch.float32, copy=True), 0) for k in wanted}
+    out: dict[str, tuple[torch.Tensor, int]] = {}
+    for run in _runs(tf.layout, wanted):
+        dtype_name, begin, end = tf.layout[run[0]][0], tf.layout[run[0]][2], tf.layout[run[-1]][3]
+        buf = _view(tf.data, (dtype_name, ((end - begin) // DTYPES[dtype_name][1],), begin, end)).to(torch.float32, copy=True)
+        itemsize = DTYPES[dtype_name][1]
+        for k in run:
+            out[k] = (buf, (tf.layout[k][2] - begin) // itemsize)
+    return out
+
+
+def _runs(layout: dict[str, Entry], wanted: set[str]) -> list[list[str]]:
+    """Wanted keys grouped into runs of back-to-back tensors of one dtype (file order).
+
+    A run may hold unwanted tensors between wanted ones (e.g. kohya's `.alpha` scalars), never
+    before the first or after the last.
+    """
+    runs: list[list[str]] = []
+    current: list[str] = []
+    last_wanted = 0  # length of `current` up to its last wanted key
+    prev: Entry | None = None
+    for key in sorted(layout, key=lambda k: layout[k][2:]):
+        entry = layout[key]
+        if prev is None or entry[0] != prev[0] or entry[2] != prev[3] or entry[0] not in FLOAT_DTYPES:
+            if last_wanted:
+                runs.append(current[:last_wanted])
+            current, last_wanted = [], 0
+        if entry[0] in FLOAT_DTYPES and (current or key in wanted):
+            current.append(key)
+            if key in wanted:
+                last_wanted = len(current)
+        prev = entry
+    if last_wanted:
+        runs.append(current[:last_wanted])
+    return runs
 
 
 def read_pickle(path: str | os.PathLike, *, allow_pickle: bool) -> TensorFile:
