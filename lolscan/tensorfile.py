@@ -104,14 +104,14 @@ def read_header(path: str | os.PathLike) -> tuple[dict, int]:
     p = Path(path)
     try:
         with open(p, "rb") as fh:
-            header, start, _ = _read_header(fh, p)
+            header, start, _, _ = _read_header(fh, p)
     except OSError as exc:
         raise InputError(f"cannot read file: {exc.strerror or exc}", path=p) from None
     return header, start
 
 
-def _read_header(fh: BinaryIO, p: Path) -> tuple[dict, int, dict[str, Entry]]:
-    """(header, data start, layout in header order) of the open file `fh`, validated."""
+def _read_header(fh: BinaryIO, p: Path) -> tuple[dict, int, dict[str, Entry], bytes]:
+    """(header, data start, layout in header order, raw header bytes) of the open file `fh`, validated."""
     size = os.fstat(fh.fileno()).st_size
     head = fh.read(8)
     if len(head) < 8:
@@ -128,7 +128,7 @@ def _read_header(fh: BinaryIO, p: Path) -> tuple[dict, int, dict[str, Entry]]:
         raise InputError("safetensors header is not valid JSON", path=p) from None
     if not isinstance(header, dict):
         raise InputError("safetensors header is not a JSON object", path=p)
-    return header, 8 + n, _validate(header, size - 8 - n, p)
+    return header, 8 + n, _validate(header, size - 8 - n, p), raw
 
 
 def _validate(header: dict, data_len: int, p: Path) -> dict[str, Entry]:
@@ -177,7 +177,7 @@ def read_safetensors(path: str | os.PathLike) -> TensorFile:
         raise InputError(f"cannot read file: {exc.strerror or exc}", path=p) from None
     with fh:
         try:
-            header, start, layout = _read_header(fh, p)
+            header, start, layout, raw = _read_header(fh, p)
         except OSError as exc:
             raise InputError(f"cannot read file: {exc.strerror or exc}", path=p) from None
         data = bytearray(os.fstat(fh.fileno()).st_size - start)
@@ -185,7 +185,12 @@ def read_safetensors(path: str | os.PathLike) -> TensorFile:
             raise InputError("file changed while it was read", path=path)
     metadata = header.get("__metadata__") or {}
     dtypes = {key: entry[0] for key, entry in layout.items()}
-    return TensorFile(SafetensorsTensors(data, layout), dict(metadata), dtypes, str(path), layout, data)
+    tensors = SafetensorsTensors(data, layout)
+    if b"true" in raw:  # a JSON `true` passes as a dimension, but torch refuses it: fail here, as always
+        for key, (_, shape, _, _) in layout.items():
+            if any(type(d) is not int for d in shape):
+                tensors[key]
+    return TensorFile(tensors, dict(metadata), dtypes, str(path), layout, data)
 
 
 def float32_copies(tf: TensorFile, keys: Iterable[str]) -> dict[str, tuple[torch.Tensor, int]]:

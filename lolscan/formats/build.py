@@ -11,6 +11,7 @@ from ..adapter import Adapter, Layer
 from ..errors import InputError, UnsupportedFormat
 from ..tensorfile import TensorFile
 from .common import as_float, dora_axis, lora_layer, scalar, split_scale
+from .plain import PlainPairs
 
 # scale_of(module path, rank, alpha from the file or None) -> (scale, alpha used)
 ScaleRule = Callable[[str, int, "float | None"], tuple[float, "float | None"]]
@@ -27,6 +28,7 @@ class Built:
     layers: dict[str, Layer] = field(default_factory=dict)
     extras: dict[str, tuple[int, ...]] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    finite: set[str] = field(default_factory=set)  # layers already known to hold no NaN/Inf
 
 
 def alpha_rule(default_alpha_is_rank: bool = True) -> ScaleRule:
@@ -50,6 +52,7 @@ def build_layers(
 ) -> Built:
     out = Built()
     t = tf.tensors
+    plain = PlainPairs(tf, modules)
     for module, roles in modules.items():
         for role, reason in _REFUSED.items():
             if role in roles:
@@ -64,12 +67,14 @@ def build_layers(
             if not ("up" in roles and "down" in roles):
                 missing = "down" if "up" in roles else "up"
                 raise InputError(f"module {module!r} has no {missing} weight to pair with", path=tf.path)
-            rank = t[roles["down"]].shape[0]
+            rank = tf.shape(roles["down"])[0]
             s, used_alpha = scale_of(module, rank, alpha)
             if "scale" in roles:  # A1111's explicit scale overrides alpha/dim
                 s = scalar(t[roles["scale"]], roles["scale"], tf.path)
-            layer = lora_layer(t[roles["up"]], t[roles["down"]], s, name=module, path=tf.path, keys=keys,
-                               mid=t[roles["mid"]] if "mid" in roles else None, alpha=used_alpha)
+            layer = plain.layer(module, name, s, alpha=used_alpha, keys=keys)
+            if layer is None:
+                layer = lora_layer(t[roles["up"]], t[roles["down"]], s, name=module, path=tf.path, keys=keys,
+                                   mid=t[roles["mid"]] if "mid" in roles else None, alpha=used_alpha)
         elif "emb_A" in roles and "emb_B" in roles:
             A = as_float(t[roles["emb_A"]], roles["emb_A"], tf.path)  # [r, num_embeddings]
             B = as_float(t[roles["emb_B"]], roles["emb_B"], tf.path)  # [dim, r]
@@ -83,22 +88,23 @@ def build_layers(
             layer = _lycoris_layer(tf, module, roles, alpha if alpha is not None else default_alpha(module))
         elif "diff" in roles:
             for k in roles.values():
-                out.extras[k] = tuple(t[k].shape)
+                out.extras[k] = tf.shape(k)
             out.warnings.append(f"{module}: full-weight difference (not low-rank) reported, not scored")
             continue
         else:
             for k in roles.values():
-                out.extras[k] = tuple(t[k].shape)
+                out.extras[k] = tf.shape(k)
             continue
         if "magnitude" in roles:
             mag = as_float(t[roles["magnitude"]], roles["magnitude"], tf.path).float()
             layer.magnitude = mag.reshape(-1)
             layer.dora_axis = dora_axis(mag, layer)
         if "bias" in roles:
-            out.extras[roles["bias"]] = tuple(t[roles["bias"]].shape)
+            out.extras[roles["bias"]] = tf.shape(roles["bias"])
         if name in out.layers:
             raise InputError(f"two entries map to the same module {name!r}", path=tf.path)
         out.layers[name] = layer
+    out.finite = plain.finish()
     return out
 
 
@@ -157,13 +163,13 @@ def finish(fmt: str, tf: TensorFile, built: Built, *, source: str, metadata: dic
            leftover: list[str] = ()) -> Adapter:
     extras = dict(built.extras)
     for k in leftover:
-        extras[k] = tuple(tf.tensors[k].shape)
+        extras[k] = tf.shape(k)
     if not built.layers:
         raise UnsupportedFormat("contains no LoRA layers lolscan can read" + (f" (found {len(extras)} other tensors)" if extras else ""), path=tf.path)
     lora_keys = {k for layer in built.layers.values() for k in layer.source_keys}
     dtypes = Counter(tf.dtypes[k] for k in lora_keys if k in tf.dtypes)
     warnings = list(built.warnings)
-    bad = [n for n, layer in built.layers.items() if not _finite(layer)]
+    bad = [n for n, layer in built.layers.items() if n not in built.finite and not _finite(layer)]
     if bad:
         warnings.append(f"{len(bad)} module(s) hold NaN/Inf values, e.g. {bad[0]}")
     return Adapter(layers=built.layers, format=fmt, source=source, metadata=metadata, config=config or {},
