@@ -10,7 +10,7 @@ import torch
 from ..adapter import Adapter, Layer
 from ..errors import InputError, UnsupportedFormat
 from ..tensorfile import TensorFile
-from .common import as_float, dora_axis, lora_layer, scalar, split_scale
+from .common import as_float, dora_axis, lora_layer, scalar_of, split_scale
 from .plain import PlainPairs
 
 # scale_of(module path, rank, alpha from the file or None) -> (scale, alpha used)
@@ -54,11 +54,12 @@ def build_layers(
     t = tf.tensors
     plain = PlainPairs(tf, modules)
     for module, roles in modules.items():
-        for role, reason in _REFUSED.items():
-            if role in roles:
-                raise UnsupportedFormat(f"module {module!r}: {reason}; lolscan reads low-rank adapters only", path=tf.path)
+        if not _REFUSED.keys().isdisjoint(roles):
+            for role, reason in _REFUSED.items():
+                if role in roles:
+                    raise UnsupportedFormat(f"module {module!r}: {reason}; lolscan reads low-rank adapters only", path=tf.path)
         name = name_of(module)
-        alpha = scalar(t[roles["alpha"]], roles["alpha"], tf.path) if "alpha" in roles else None
+        alpha = scalar_of(tf, roles["alpha"]) if "alpha" in roles else None
         if alpha == 0:
             out.warnings.append(f"{module}: alpha is 0; read as alpha = rank (kohya/LyCORIS), ComfyUI would disable it")
         keys = tuple(sorted(roles.values()))
@@ -70,7 +71,7 @@ def build_layers(
             rank = tf.shape(roles["down"])[0]
             s, used_alpha = scale_of(module, rank, alpha)
             if "scale" in roles:  # A1111's explicit scale overrides alpha/dim
-                s = scalar(t[roles["scale"]], roles["scale"], tf.path)
+                s = scalar_of(tf, roles["scale"])
             layer = plain.layer(module, name, s, alpha=used_alpha, keys=keys)
             if layer is None:
                 layer = lora_layer(t[roles["up"]], t[roles["down"]], s, name=module, path=tf.path, keys=keys,

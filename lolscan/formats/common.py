@@ -2,25 +2,43 @@
 from __future__ import annotations
 
 import math
+import struct
 
 import torch
 
 from ..adapter import Layer
 from ..errors import InputError, UnsupportedFormat
+from ..tensorfile import DTYPES, TensorFile
+
+# safetensors dtypes whose single values `struct` reads exactly as torch converts them to float64.
+_STRUCT_FORMATS = {"F64": "<d", "F32": "<f", "F16": "<e"}
+
+
+def _check_float(t: torch.Tensor, key: str, path: str) -> None:
+    if not (t.is_floating_point()):
+        raise InputError(f"tensor {key!r} has dtype {str(t.dtype).replace('torch.', '')}, expected floating point", path=path)
 
 
 def as_float(t: torch.Tensor, key: str, path: str, dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """Return `t` as `dtype`, refusing integer/bool tensors where factors are expected."""
-    if not (t.is_floating_point()):
-        raise InputError(f"tensor {key!r} has dtype {str(t.dtype).replace('torch.', '')}, expected floating point", path=path)
+    _check_float(t, key, path)
     return t.to(dtype)
 
 
 def scalar(t: torch.Tensor, key: str, path: str) -> float:
-    """Read a 0-d (or single-element) alpha/scale tensor."""
+    """Read a 0-d (or single-element) alpha/scale tensor (its exact value as a Python float)."""
     if t.numel() != 1:
         raise InputError(f"tensor {key!r} should hold one number, has shape {list(t.shape)}", path=path)
-    return float(as_float(t, key, path).reshape(-1)[0])
+    _check_float(t, key, path)
+    return t.item()
+
+
+def scalar_of(tf: TensorFile, key: str) -> float:
+    """`scalar` of tensor `key`, read straight from a safetensors file's bytes when it is one F16/F32/F64 value."""
+    entry = tf.layout.get(key) if tf.layout is not None and tf.data is not None else None
+    if entry is not None and entry[0] in _STRUCT_FORMATS and entry[3] - entry[2] == DTYPES[entry[0]][1]:
+        return struct.unpack_from(_STRUCT_FORMATS[entry[0]], tf.data, entry[2])[0]
+    return scalar(tf.tensors[key], key, tf.path)
 
 
 def split_scale(up: torch.Tensor, down_t: torch.Tensor, s: float) -> tuple[torch.Tensor, torch.Tensor]:

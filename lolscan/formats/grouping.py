@@ -1,6 +1,7 @@
 """Pairing tensors into modules by key name (never by file order)."""
 from __future__ import annotations
 
+import functools
 from collections import OrderedDict
 
 # (suffix, role). Longest suffixes first so `.lora_A.default.weight` wins over `.weight`.
@@ -38,6 +39,7 @@ _BY_SUFFIX = dict(_DOTTED_SUFFIXES)
 _MAX_DOTS = max(s.count(".") for s in _BY_SUFFIX)
 
 
+@functools.lru_cache(maxsize=65536)  # folders of LoRAs for one base model repeat the same keys
 def split_key(key: str) -> tuple[str, str] | None:
     """(module path, role) for a LoRA-family tensor key, or None when no known suffix matches."""
     # Candidate suffixes start at a '.' (or at the '_' of an old diffusers `to_q_lora.`); longest wins.

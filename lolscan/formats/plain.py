@@ -18,9 +18,12 @@ from ..tensorfile import FLOAT_DTYPES, TensorFile, float32_copies
 
 def is_plain_pair(up_dtype: str | None, up: tuple[int, ...], down_dtype: str | None, down: tuple[int, ...]) -> bool:
     """True when `lora_layer` would read this up/down pair (no mid) without error or special case."""
+    if up_dtype not in FLOAT_DTYPES or down_dtype not in FLOAT_DTYPES:
+        return False
+    if len(up) == 2 and len(down) == 2:  # linear, the usual case: the test below, spelled out
+        return up[1] == down[0] and up[0] * up[1] * down[1] > 0
     return (
-        up_dtype in FLOAT_DTYPES and down_dtype in FLOAT_DTYPES
-        and len(up) >= 2 and len(down) >= 2
+        len(up) >= 2 and len(down) >= 2
         and all(d == 1 for d in up[2:])
         and math.prod(up) > 0 and math.prod(down) > 0
         and math.prod(up[1:]) == down[0]
@@ -31,15 +34,16 @@ class PlainPairs:
     """Float32 factors of a file's plain up/down modules, converted in bulk up front."""
 
     def __init__(self, tf: TensorFile, modules: dict[str, dict[str, str]]):
-        self.tf = tf
-        self.pairs: dict[str, tuple[str, str]] = {}  # module -> (up key, down key)
+        self.pairs: dict[str, tuple[str, str, tuple[int, ...], tuple[int, ...]]] = {}  # module -> up/down keys and shapes
+        dtypes = tf.dtypes
         for module, roles in modules.items():
             up, down = roles.get("up"), roles.get("down")
             if up is None or down is None or "mid" in roles:
                 continue
-            if is_plain_pair(tf.dtypes.get(up), tf.shape(up), tf.dtypes.get(down), tf.shape(down)):
-                self.pairs[module] = (up, down)
-        wanted = [k for pair in self.pairs.values() for k in pair]
+            up_shape, down_shape = tf.shape(up), tf.shape(down)
+            if is_plain_pair(dtypes.get(up), up_shape, dtypes.get(down), down_shape):
+                self.pairs[module] = (up, down, up_shape, down_shape)
+        wanted = [k for pair in self.pairs.values() for k in pair[:2]]
         self.copies = float32_copies(tf, wanted) if wanted else {}
         self.made: list[tuple[str, Layer, torch.Tensor, torch.Tensor]] = []  # (name, layer, U's buffer, V's buffer)
 
@@ -48,9 +52,10 @@ class PlainPairs:
         pair = self.pairs.get(module)
         if pair is None:
             return None
-        up, down = self.tf.shape(pair[0]), self.tf.shape(pair[1])
-        (ubuf, uoff), (vbuf, voff) = self.copies[pair[0]], self.copies[pair[1]]
-        n, r, cols = up[0], down[0], math.prod(down[1:])
+        up_key, down_key, up, down = pair
+        (ubuf, uoff), (vbuf, voff) = self.copies[up_key], self.copies[down_key]
+        n, r = up[0], down[0]
+        cols = down[1] if len(down) == 2 else math.prod(down[1:])
         kernel = down[2:]
         U = ubuf.as_strided((n, r), (r, 1), uoff)  # up reshaped to n × r
         V = vbuf.as_strided((cols, r), (1, cols), voff)  # (down reshaped to r × in·kh·kw)ᵀ
@@ -61,24 +66,31 @@ class PlainPairs:
     def finish(self) -> set[str]:
         """Fold each layer's scale into its factors (as `split_scale` does); return the names of the
         layers whose factors are known to be finite."""
-        by_buffer: dict[int, set[float]] = {}
-        for _, layer, ubuf, vbuf in self.made:
-            by_buffer.setdefault(id(ubuf), set()).add(layer.scale)
-            by_buffer.setdefault(id(vbuf), set()).add(layer.scale)
         buffers = {id(b): b for b, _ in self.copies.values()}
-        scaled_whole: set[int] = set()
-        for key, scales in by_buffer.items():
-            if len(scales) == 1 and (s := next(iter(scales))) > 0 and s != 1.0:  # one scale: one multiply
+        if any(layer.scale != 1.0 for _, layer, _, _ in self.made):
+            self._scale(buffers)
+        finite = {key for key, buf in buffers.items() if bool(torch.isfinite(buf.sum()))}
+        if len(finite) == len(buffers):
+            return {name for name, _, _, _ in self.made}
+        return {name for name, _, ubuf, vbuf in self.made if id(ubuf) in finite and id(vbuf) in finite}
+
+    def _scale(self, buffers: dict[int, torch.Tensor]) -> None:
+        """U = sign(s)·√|s|·up, V = √|s|·downᵀ in place; one multiply per buffer whose layers share one s > 0."""
+        scales: dict[int, set[float]] = {}
+        for _, layer, ubuf, vbuf in self.made:
+            scales.setdefault(id(ubuf), set()).add(layer.scale)
+            scales.setdefault(id(vbuf), set()).add(layer.scale)
+        whole: set[int] = set()
+        for key, found in scales.items():
+            if len(found) == 1 and (s := next(iter(found))) > 0 and s != 1.0:
                 buffers[key].mul_(math.sqrt(s))
-                scaled_whole.add(key)
+                whole.add(key)
         for _, layer, ubuf, vbuf in self.made:
             s = layer.scale
             if s == 1.0:
                 continue
             c = math.sqrt(abs(s))
-            if id(ubuf) not in scaled_whole:
+            if id(ubuf) not in whole:
                 layer.U.mul_(c if s >= 0 else -c)
-            if id(vbuf) not in scaled_whole:
+            if id(vbuf) not in whole:
                 layer.V.mul_(c)
-        finite = {key for key, buf in buffers.items() if bool(torch.isfinite(buf.sum()))}
-        return {name for name, _, ubuf, vbuf in self.made if id(ubuf) in finite and id(vbuf) in finite}
