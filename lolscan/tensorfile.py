@@ -134,6 +134,7 @@ def _read_header(fh: BinaryIO, p: Path) -> tuple[dict, int, dict[str, Entry], by
 def _validate(header: dict, data_len: int, p: Path) -> dict[str, Entry]:
     """Check every header entry (in file order, first problem wins); return the layout."""
     layout: dict[str, Entry] = {}
+    dtypes, prod = DTYPES, math.prod
     for key, info in header.items():
         if key == "__metadata__":
             if not isinstance(info, dict) or not all(isinstance(v, str) for v in info.values()):
@@ -142,30 +143,26 @@ def _validate(header: dict, data_len: int, p: Path) -> dict[str, Entry]:
         if not isinstance(info, dict) or "dtype" not in info or "shape" not in info or "data_offsets" not in info:
             raise InputError(f"tensor {key!r} has a malformed header entry", path=p)
         dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
-        if dtype not in DTYPES:
+        if dtype not in dtypes:
             raise InputError(f"tensor {key!r} has unsupported dtype {dtype!r}", path=p)
-        if not (isinstance(shape, list) and _are_dims(shape)):
+        if not isinstance(shape, list):
             raise InputError(f"tensor {key!r} has a malformed shape {shape!r}", path=p)
+        for d in shape:
+            if not isinstance(d, int) or d < 0:
+                raise InputError(f"tensor {key!r} has a malformed shape {shape!r}", path=p)
         if not (isinstance(offsets, list) and len(offsets) == 2 and isinstance(offsets[0], int) and isinstance(offsets[1], int)):
             raise InputError(f"tensor {key!r} has malformed data_offsets", path=p)
         begin, end = offsets
         if not 0 <= begin <= end <= data_len:
             raise InputError(f"tensor {key!r} lies outside the file (truncated?)", path=p)
-        if end - begin != math.prod(shape) * DTYPES[dtype][1]:
+        if end - begin != prod(shape) * dtypes[dtype][1]:
             raise InputError(f"tensor {key!r}: {end - begin} bytes do not fit shape {shape} of {dtype}", path=p)
         layout[key] = (dtype, tuple(shape), begin, end)
-    spans = sorted((begin, end, key) for key, (_, _, begin, end) in layout.items())
+    spans = sorted([(begin, end, key) for key, (_, _, begin, end) in layout.items()])
     for (b0, e0, k0), (b1, _, k1) in zip(spans, spans[1:]):
         if b1 < e0:
             raise InputError(f"tensors {k0!r} and {k1!r} overlap", path=p)
     return layout
-
-
-def _are_dims(shape: list) -> bool:
-    for d in shape:
-        if not isinstance(d, int) or d < 0:
-            return False
-    return True
 
 
 def read_safetensors(path: str | os.PathLike) -> TensorFile:

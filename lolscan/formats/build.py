@@ -167,11 +167,20 @@ def finish(fmt: str, tf: TensorFile, built: Built, *, source: str, metadata: dic
         extras[k] = tf.shape(k)
     if not built.layers:
         raise UnsupportedFormat("contains no LoRA layers lolscan can read" + (f" (found {len(extras)} other tensors)" if extras else ""), path=tf.path)
-    lora_keys = {k for layer in built.layers.values() for k in layer.source_keys}
-    dtypes = Counter(tf.dtypes[k] for k in lora_keys if k in tf.dtypes)
+    dtype = _main_dtype(tf, built.layers)
     warnings = list(built.warnings)
     bad = [n for n, layer in built.layers.items() if n not in built.finite and not _finite(layer)]
     if bad:
         warnings.append(f"{len(bad)} module(s) hold NaN/Inf values, e.g. {bad[0]}")
     return Adapter(layers=built.layers, format=fmt, source=source, metadata=metadata, config=config or {},
-                   extra_tensors=extras, warnings=warnings, dtype=dtypes.most_common(1)[0][0] if dtypes else "")
+                   extra_tensors=extras, warnings=warnings, dtype=dtype)
+
+
+def _main_dtype(tf: TensorFile, layers: dict[str, Layer]) -> str:
+    """The most common dtype name among the tensors the layers were read from."""
+    kinds = set(tf.dtypes.values())
+    if len(kinds) == 1 and all(layer.source_keys for layer in layers.values()):  # one dtype in the whole file
+        return kinds.pop()
+    lora_keys = {k for layer in layers.values() for k in layer.source_keys}
+    dtypes = Counter(tf.dtypes[k] for k in lora_keys if k in tf.dtypes)
+    return dtypes.most_common(1)[0][0] if dtypes else ""

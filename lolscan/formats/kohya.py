@@ -39,7 +39,10 @@ def _split_qkv_notes(tf: TensorFile, modules: dict[str, dict[str, str]]) -> list
     strength at training time was alpha/(R/k) (kohya-ss/sd-scripts#2204), so say so.
     """
     notes = []
+    suffixes = tuple(_SPLITS)
     for module, roles in modules.items():
+        if not module.endswith(suffixes):
+            continue
         kind = next((k for k in _SPLITS if module.endswith(k)), None)
         if kind is None or "up" not in roles or "alpha" not in roles:
             continue
