@@ -48,8 +48,12 @@ def build_layers(
     *,
     name_of: Callable[[str], str],
     scale_of: ScaleRule,
-    default_alpha: Callable[[str], "float | None"] = lambda module: None,
+    peft_lycoris: "Callable[[str], tuple[float, float] | None] | None" = None,
 ) -> Built:
+    """``peft_lycoris``: the tensors are PEFT LoHa/LoKr (``LycorisConfig``) ones, not kohya-style
+    LyCORIS: PEFT's Conv1d LoKr layout applies, and for each module it returns peft's
+    ``(scale, alpha)`` (``alpha / r`` from adapter_config.json), or None when there is no
+    config (then the LyCORIS rule with the file's alpha, if any, is used)."""
     out = Built()
     t = tf.tensors
     plain = PlainPairs(tf, modules)
@@ -86,7 +90,12 @@ def build_layers(
             U, V = split_scale(A.T, B, s)
             layer = Layer(U=U, V=V, shape=(A.shape[1], B.shape[0]), kind="embedding", alpha=used_alpha, scale=s, source_keys=keys)
         elif any(r.startswith("hada_") for r in roles) or any(r.startswith("lokr_") for r in roles):
-            layer = _lycoris_layer(tf, module, roles, alpha if alpha is not None else default_alpha(module))
+            if peft_lycoris is not None:
+                layer = _lycoris_layer(tf, module, roles, alpha, peft=True, peft_scale=peft_lycoris(module))
+                if layer.scale == 0:
+                    out.warnings.append(f"{module}: alpha is 0, so PEFT applies this module with scale 0")
+            else:
+                layer = _lycoris_layer(tf, module, roles, alpha)
         elif "diff" in roles:
             for k in roles.values():
                 out.extras[k] = tf.shape(k)
@@ -109,28 +118,36 @@ def build_layers(
     return out
 
 
-def _lycoris_layer(tf: TensorFile, module: str, roles: dict[str, str], alpha: float | None) -> Layer:
+def _lycoris_layer(tf: TensorFile, module: str, roles: dict[str, str], alpha: float | None, *, peft: bool = False,
+                   peft_scale: "tuple[float, float] | None" = None) -> Layer:
+    """``peft``: PEFT key conventions (Conv1d LoKr layout); ``peft_scale``: peft's (scale, alpha)
+    from adapter_config.json, replacing the LyCORIS/ComfyUI rule (which, for a LoKr with both
+    factors full, ignores alpha)."""
     from . import lycoris
 
     t = {role: as_float(tf.tensors[key], key, tf.path) for role, key in roles.items() if role not in ("alpha", "scale", "magnitude")}
     keys = tuple(sorted(roles.values()))
     try:
         if "hada_w1_a" in t:
-            s = lycoris.lycoris_scale(alpha, t, "loha")
+            s = lycoris.lycoris_scale(alpha, t, "loha") if peft_scale is None else peft_scale[0]
             out_shape = _loha_shape(t)
             U, V = lycoris.loha_factors(t["hada_w1_a"], t["hada_w1_b"], t["hada_w2_a"], t["hada_w2_b"], scale=s,
                                         t1=t.get("hada_t1"), t2=t.get("hada_t2"), out_shape=out_shape)
             algo = "loha"
         else:
-            s = lycoris.lycoris_scale(alpha, t, "lokr")
+            s = lycoris.lycoris_scale(alpha, t, "lokr") if peft_scale is None else peft_scale[0]
             out_shape = _lokr_shape(t)
             kw = {k.removeprefix("lokr_").replace("_", ""): v for k, v in t.items()}
-            U, V = lycoris.lokr_factors(scale=s, out_shape=out_shape, **kw)
+            # PEFT's Conv1d LoKr with a full W₂ kron's a 2-D W₁ with a 3-D W₂ (see lokr_factors).
+            conv1d = peft and "lokr_w2" in t and t["lokr_w2"].ndim == 3
+            U, V = lycoris.lokr_factors(scale=s, out_shape=out_shape, peft_conv1d=conv1d, **kw)
             algo = "lokr"
     except InputError as exc:
         raise InputError(f"module {module!r}: {exc}", path=tf.path) from None
     except (KeyError, RuntimeError, ValueError) as exc:
         raise InputError(f"module {module!r}: malformed LyCORIS tensors ({exc})", path=tf.path) from None
+    if peft_scale is not None:
+        alpha = peft_scale[1]
     return Layer(U=U.float(), V=V.float(), shape=out_shape, kind="conv" if len(out_shape) > 2 else "linear",
                  algo=algo, alpha=alpha, scale=s, source_keys=keys)
 

@@ -227,6 +227,7 @@ def lokr_factors(
     t2: Tensor | None = None,
     out_shape: tuple[int, ...],
     dtype: torch.dtype = torch.float32,
+    peft_conv1d: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """Exact ``(U, V)`` with ``U Vᵀ = scale·kron(W₁, W₂)`` flattened to ``[out, in·kh·kw]``.
 
@@ -236,7 +237,16 @@ def lokr_factors(
     flattens to the same matrix as the 2-D ``kron(W₁, W₂.reshape(b, -1))``.
     A full ``lokr_w1``/``lokr_w2`` is factored exactly by SVD at its numerical rank
     (≤ min of its sides), so the result has rank k·r with k = rank(W₁).
+
+    ``peft_conv1d``: PEFT's Conv1d LoKr with a full 3-D ``lokr_w2 [b, d, k]`` (only that
+    case). peft computes ``torch.kron(W₁, W₂).reshape(out, in, k)`` without unsqueezing
+    W₁, so torch.kron treats W₁ as ``[1, a, c]``: the product is ``[b, a·d, c·k]`` and the
+    reshape reads it as ``ΔW[(ib, ia), (jd, jc, kk)] = W₁[ia, jc]·W₂[ib, jd, kk]``, i.e.
+    the usual layout with the output index split as (b, a) instead of (a, b) and the
+    input-channel index as (d, c) instead of (c, d). The factors are permuted to match.
     """
+    if peft_conv1d and (w2 is None or w2.ndim != 3):
+        raise InputError("LoKr: the PEFT Conv1d layout applies only to a full 3-D lokr_w2")
     n, m = _flat_dims(out_shape)
     p, q = _lokr_w1(w1, w1a, w1b)  # W₁ = P Qᵀ, [a, k], [c, k]
     u2, v2 = _lokr_w2(w2, w2a, w2b, t2, out_shape)  # W₂ = U₂ V₂ᵀ, [b, r], [d·kh·kw, r]
@@ -245,7 +255,12 @@ def lokr_factors(
         raise InputError(
             f"LoKr: kron of W1 {a}×{c} and W2 {b}×{dk} is {a * b}×{c * dk}, weight {tuple(out_shape)} needs {n}×{m}"
         )
-    return _finish(_kron2(p, u2), _kron2(q, v2), scale, dtype)
+    u, v = _kron2(p, u2), _kron2(q, v2)  # rows (a, b); rows of v (c, d, k)
+    if peft_conv1d:
+        d, k = w2.shape[1], w2.shape[2]
+        u = u.reshape(a, b, -1).transpose(0, 1).reshape(n, -1)
+        v = v.reshape(c, d, k, -1).transpose(0, 1).reshape(m, -1)
+    return _finish(u, v, scale, dtype)
 
 
 # --------------------------------------------------------------------------- scale
@@ -282,7 +297,7 @@ def lycoris_scale(alpha: float | Tensor | None, tensors: Mapping[str, Tensor], a
     hada_w1_b.shape[0]``. LoKr: see `lokr_scale_rank`; both factors full ⇒ 1 whatever
     alpha says. The stored alpha already carries the rsLoRA adjustment, so ``alpha / r``
     also reproduces rs_lora files. (PEFT LoKr instead uses config ``alpha / r`` even when
-    both factors are full; its reader must not use this function for that case.)
+    both factors are full; the PEFT reader uses `peft_config.peft_lycoris_scale` instead.)
     """
     algo = algo.lower()
     if algo not in ("loha", "lokr"):

@@ -11,7 +11,7 @@ from ..tensorfile import TensorFile, read_tensor_file
 from .build import alpha_rule, build_layers, finish
 from .grouping import group_keys
 from .names import dotted_module_name
-from .peft_config import BASE_DEPENDENT_PEFT_TYPES, LOW_RANK_PEFT_TYPES, peft_scale
+from .peft_config import BASE_DEPENDENT_PEFT_TYPES, LOW_RANK_PEFT_TYPES, peft_lycoris_scale, peft_scale
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHT_NAMES = ("adapter_model.safetensors", "adapter_model.bin")
@@ -63,15 +63,16 @@ def from_tensors(tf: TensorFile, config: dict[str, Any], *, source: str) -> Adap
             tf, modules,
             name_of=dotted_module_name,
             scale_of=lambda module, rank, alpha: peft_scale(config, module_path(module), rank),
-            default_alpha=lambda module: peft_scale(config, module_path(module), 1)[1],
+            peft_lycoris=lambda module: peft_lycoris_scale(config, module_path(module)),
         )
     else:  # weights without adapter_config.json: alphas from the file if any, else scale 1
-        built = build_layers(tf, modules, name_of=dotted_module_name, scale_of=alpha_rule())
+        built = build_layers(tf, modules, name_of=dotted_module_name, scale_of=alpha_rule(), peft_lycoris=lambda module: None)
         if not any(layer.alpha is not None for layer in built.layers.values()):
             built.warnings.append("no adapter_config.json and no alpha tensors: scale assumed to be 1")
     declared = config.get("r")
     for name, layer in built.layers.items():
-        if declared and layer.rank != declared and not _in_rank_pattern(config, name):
+        # LoHa/LoKr ranks are products (r², rank(W₁)·r), not comparable with r.
+        if declared and layer.algo == "lora" and layer.rank != declared and not _in_rank_pattern(config, name):
             built.warnings.append(f"{name}: rank {layer.rank} differs from r={declared} and no rank_pattern covers it")
             break
     metadata = {"peft_config": config, **({"safetensors": tf.metadata} if tf.metadata else {})}

@@ -6,6 +6,8 @@ import math
 import re
 from typing import Any
 
+from ..errors import InputError
+
 # Adapter methods that change W in a way that needs the base weights to express as ΔW.
 BASE_DEPENDENT_PEFT_TYPES = {"OFT", "BOFT", "IA3", "VERA", "FOURIERFT", "HRA", "LN_TUNING", "VBLORA", "BONE", "C3A", "SHIRA", "MISS"}
 LOW_RANK_PEFT_TYPES = {"LORA", "LOHA", "LOKR", "ADALORA"}
@@ -27,6 +29,23 @@ def peft_scale(config: dict[str, Any], module_path: str, rank: int) -> tuple[flo
     alpha = float(alpha)
     if config.get("use_rslora"):
         return alpha / math.sqrt(rank), alpha
+    return alpha / rank, alpha
+
+
+def peft_lycoris_scale(config: dict[str, Any], module_path: str) -> tuple[float, float]:
+    """(scale, alpha) of a PEFT LoHa/LoKr module: peft's ``alpha / r`` with r and alpha from
+    rank_pattern/alpha_pattern or the config's r/alpha (LycorisConfig defaults 8/8), whatever
+    the tensor shapes. Unlike LyCORIS/ComfyUI, a LoKr with both Kronecker factors full still
+    gets ``alpha / r``, and alpha 0 gives scale 0."""
+    rank = pattern_value(config.get("rank_pattern") or {}, module_path)
+    if rank is None:
+        rank = config.get("r", 8)
+    alpha = pattern_value(config.get("alpha_pattern") or {}, module_path)
+    if alpha is None:
+        alpha = config.get("alpha", config.get("lora_alpha", 8))
+    rank, alpha = float(rank), float(alpha)
+    if not (rank > 0 and math.isfinite(alpha)):
+        raise InputError(f"adapter_config.json: bad r={rank:g} / alpha={alpha:g} for module {module_path!r}")
     return alpha / rank, alpha
 
 
