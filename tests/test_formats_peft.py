@@ -143,3 +143,94 @@ def test_peft_loha_lokr_equal_peft_merge(tmp_path, kind):
     adapter = lolscan.load(str(folder))
     _check_exact(adapter, deltas)
     assert {layer.algo for layer in adapter.layers.values()} == {kind}
+
+
+class TinyLoKrNet(nn.Module):
+    """Linear, Conv2d, Conv1d (k=3 and k=1): the layer types peft's LoKr supports."""
+
+    def __init__(self, wide: bool = False):
+        super().__init__()
+        w = 2 if wide else 1
+        self.fc = nn.Linear(24, 16)
+        self.conv = nn.Conv2d(8 * w, 16 * w, 3)
+        self.c1 = nn.Conv1d(8 * w, 16 * w, 3)
+        self.c1k1 = nn.Conv1d(8, 6, 1)
+
+    def forward(self, x):
+        return x
+
+
+def _lokr_roles(folder) -> dict[str, set[str]]:
+    from safetensors import safe_open
+
+    roles: dict[str, set[str]] = {}
+    with safe_open(str(folder / "adapter_model.safetensors"), "pt") as f:
+        for key in f.keys():
+            module, _, role = key.rpartition(".lokr_")
+            roles.setdefault(module.removeprefix("base_model.model."), set()).add(role)
+    return roles
+
+
+_LOKR_MODULES = ["fc", "conv", "c1", "c1k1"]
+
+
+@pytest.mark.parametrize(
+    "kwargs, expect",
+    [
+        # r ≥ max(b, d)/2 and decompose_both=False: peft keeps W₁ and W₂ full and still scales by alpha/r
+        (dict(r=8, alpha=4), {m: {"w1", "w2"} for m in _LOKR_MODULES}),
+        (dict(r=1, alpha=3, decompose_both=True),
+         {"fc": {"w1_a", "w1_b", "w2_a", "w2_b"}, "conv": {"w1_a", "w1_b", "w2_a", "w2_b"},
+          "c1": {"w1_a", "w1_b", "w2_a", "w2_b"}, "c1k1": {"w1", "w2_a", "w2_b"}}),
+        # rank_pattern/alpha_pattern: fc decomposed (r=1), the rest full with their own alpha/r
+        (dict(r=8, alpha=4, rank_pattern={"fc": 1}, alpha_pattern={"c1": 5, "conv": 2}),
+         {"fc": {"w1", "w2_a", "w2_b"}, "conv": {"w1", "w2"}, "c1": {"w1", "w2"}, "c1k1": {"w1", "w2"}}),
+    ],
+    ids=["both-full", "decomposed", "patterns"],
+)
+def test_peft_lokr_linear_conv2d_conv1d_equal_peft_merge(tmp_path, kwargs, expect):
+    cfg = peft.LoKrConfig(target_modules=_LOKR_MODULES, init_weights=False, **kwargs)
+    folder, deltas, _ = _merged_deltas(TinyLoKrNet(), cfg, tmp_path)
+    assert {m: {r.removesuffix(".weight") for r in roles} for m, roles in _lokr_roles(folder).items()} == expect
+    adapter = lolscan.load(str(folder))
+    # A decomposed conv W₂ (w2_b [r, d·k]) does not record the kernel size, so those layers have
+    # the flattened [out, in·k] shape; compare every ΔW flattened.
+    _check_exact(adapter, {m: d.reshape(d.shape[0], -1) for m, d in deltas.items()})
+    rank_pattern, alpha_pattern = kwargs.get("rank_pattern", {}), kwargs.get("alpha_pattern", {})
+    for m in _LOKR_MODULES:
+        layer = adapter[m]
+        assert layer.algo == "lokr"
+        alpha = alpha_pattern.get(m, kwargs["alpha"])
+        assert layer.alpha == alpha and layer.scale == pytest.approx(alpha / rank_pattern.get(m, kwargs["r"]))
+    if "w2" in expect["c1"]:
+        assert adapter["c1"].shape == (16, 8, 3) and adapter["c1"].kind == "conv"
+    assert not any("rank" in w for w in adapter.warnings), adapter.warnings
+
+
+def test_peft_lokr_effective_conv_tucker_equal_peft_merge(tmp_path):
+    # r < max(b, d)/2 with use_effective_conv2d: W₂ is a Tucker core lokr_t2 (Conv1d: [r, r, k, 1])
+    cfg = peft.LoKrConfig(r=2, alpha=3, target_modules=["conv", "c1"], init_weights=False, use_effective_conv2d=True)
+    folder, deltas, _ = _merged_deltas(TinyLoKrNet(wide=True), cfg, tmp_path)
+    roles = _lokr_roles(folder)
+    assert roles["conv"] == roles["c1"] == {"w1", "w2_a", "w2_b", "t2"}
+    _check_exact(lolscan.load(str(folder)), deltas)
+
+
+def test_peft_lokr_conv1d_layout_without_config(tmp_path):
+    # No adapter_config.json: scale is assumed 1 (alpha = r here), but the Conv1d layout is still peft's.
+    cfg = peft.LoKrConfig(r=8, alpha=8, target_modules=["c1", "c1k1"], init_weights=False)
+    folder, deltas, _ = _merged_deltas(TinyLoKrNet(), cfg, tmp_path)
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "lokr.safetensors").write_bytes((folder / "adapter_model.safetensors").read_bytes())
+    adapter = lolscan.load(str(bare / "lokr.safetensors"))
+    assert adapter.format == "peft"
+    _check_exact(adapter, deltas)
+
+
+def test_peft_lokr_alpha_zero_is_scale_zero(tmp_path):
+    cfg = peft.LoKrConfig(r=8, alpha=0, target_modules=["fc"], init_weights=False)
+    folder, _, _ = _merged_deltas(TinyLoKrNet(), cfg, tmp_path)
+    adapter = lolscan.load(str(folder))
+    assert adapter["fc"].scale == 0 and float(adapter["fc"].delta().abs().max()) == 0.0
+    assert any("alpha is 0" in w for w in adapter.warnings)
