@@ -63,8 +63,9 @@ def main() -> None:
         sync()
         out[name] = time.perf_counter() - t0
         out[name.replace("_s", "_acc")] = float(res.accuracy[0])
-        n = ev.max_docs or len(reqs)
-        out["acc_first_%d" % n] = float((res.scores[0, :n].argmax(-1) == torch.tensor([r.gold for r in reqs[:n]])).double().mean())
+        n = ev.max_docs or len(reqs)  # the zoo's label covers the first n questions
+        gold = torch.tensor([r.gold for r in reqs[:n]])
+        out[name.replace("_s", f"_acc_first_{n}")] = float((res.scores[0, :n].argmax(-1) == gold).double().mean())
         base, tok = load_base(recipe.base, device=args.device, path_override=args.base_path)  # unmerged again
 
     ck = load_checkpoint(resolve(args.model), device=args.device)
