@@ -227,12 +227,15 @@ def train(ds: Dataset, opts: TrainOptions) -> TrainResult:
 def _train(ds: Dataset, opts: TrainOptions) -> TrainResult:
     from .cli.console import err_console
     from .nets import collate
+    from .nets.common import FeatureMLP
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     device = resolve_device(opts.device)
     start = time.perf_counter()
     model = build(ds, opts, device)
     batches = {s: collate(ds.split_adapters(s), ds.spec, device) for s in ("train", "val", "test") if ds.splits[s]}
+    if isinstance(model, FeatureMLP):  # fixed feature extraction: once per split, not once per step
+        batches = {s: model.extract(b) for s, b in batches.items()}
     ys = {s: _to(ds.encoded(s), device) for s in batches}
     n_train = len(ds.splits["train"])
     gen = torch.Generator().manual_seed(opts.seed)

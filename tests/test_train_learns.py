@@ -89,3 +89,32 @@ def test_early_stopping_keeps_the_best_validation_state(learned):
     val = [h["val_loss"] for h in result.history]
     best = min(range(len(val)), key=val.__getitem__)
     assert result.best_step == result.history[best]["step"]
+
+
+@pytest.mark.parametrize("arch", ["mlp", "mlp-oalign", "mlp-svd", "mlp-dense"])
+def test_baselines_train_the_same_on_features_extracted_once(zoo, arch, monkeypatch):
+    """Training extracts a baseline's features once per split; the run must equal extracting them
+    again for every minibatch (the old way), step for step."""
+    from lolscan.nets import common
+
+    ds = prepare(read_manifest(zoo), ["score", "planted"], progress=False)
+    opts = TrainOptions(**{**OPTS, "arch": arch, "hparams": {}, "max_steps": 60, "eval_every": 10})
+    calls = []
+    orig_extract = common.FeatureMLP.extract
+
+    def spy(self, batch, *a, **kw):
+        out = orig_extract(self, batch, *a, **kw)
+        calls.append(type(out).__name__)
+        return out
+
+    monkeypatch.setattr(common.FeatureMLP, "extract", spy)
+    once = train(ds, opts)
+    assert calls and set(calls) == {"FeatureBatch"}
+    monkeypatch.setattr(common.FeatureMLP, "extract", lambda self, batch, *a, **kw: orig_extract(self, batch, max_elements=0))
+    every = train(ds, opts)
+    assert once.best_step == every.best_step and once.steps == every.steps
+    for s in once.metrics:
+        for t in once.metrics[s]:
+            for k, v in once.metrics[s][t].items():
+                if isinstance(v, float):
+                    assert v == pytest.approx(every.metrics[s][t][k], rel=1e-4, abs=1e-6), (s, t, k)

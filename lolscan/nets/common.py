@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -101,6 +102,24 @@ class MetaNet(nn.Module):
             raise ValueError("batch was collated for a different layer spec than this model's")
 
 
+@dataclass
+class FeatureBatch:
+    """Features already extracted from a `FactorBatch`: the baselines' feature extraction has no
+    learned parameters, so training computes it once per split instead of once per step."""
+
+    spec: LayerSpec
+    x: torch.Tensor  # [B, F]
+
+    @property
+    def batch_size(self) -> int:
+        return self.x.shape[0]
+
+    def select(self, rows: Sequence[int] | slice) -> FeatureBatch:
+        if not isinstance(rows, slice):
+            rows = torch.as_tensor([int(i) for i in rows], dtype=torch.long, device=self.x.device)
+        return FeatureBatch(self.spec, self.x[rows])
+
+
 class FeatureMLP(MetaNet):
     """A baseline: fixed feature extraction ``features(batch) -> [B, F]``, standardised, into an MLP."""
 
@@ -120,9 +139,20 @@ class FeatureMLP(MetaNet):
     def features(self, batch: FactorBatch) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def forward(self, batch: FactorBatch) -> torch.Tensor:
+    def extract(self, batch: FactorBatch, chunk: int = 256, max_elements: int = 1 << 27) -> FactorBatch | FeatureBatch:
+        """The batch's features, computed once (in chunks), or the batch itself when they would take
+        more than ``max_elements`` floats (e.g. mlp-dense on large layers)."""
         self._check_batch(batch)
-        x = self.features(batch)
+        if batch.batch_size * self.feature_dim > max_elements:
+            return batch
+        with torch.no_grad():
+            x = torch.cat([self.features(batch.select(slice(i, i + chunk)))
+                           for i in range(0, batch.batch_size, chunk)])
+        return FeatureBatch(batch.spec, x)
+
+    def forward(self, batch: FactorBatch | FeatureBatch) -> torch.Tensor:
+        self._check_batch(batch)
+        x = batch.x if isinstance(batch, FeatureBatch) else self.features(batch)
         if self.hparams["standardize"]:
             x = (x - self.feat_mean) / self.feat_std
         return self.head(x)
