@@ -5,11 +5,16 @@ JSON. Usage (GPU machine):
 
     python3 bench/zoo_throughput.py recipes/smollm2-135m-kv-r4.toml --device cuda --steps 40 --batch 8 \
         --k 32 64 128 --sequential 3 --json bench/results/zoo_throughput.json
+
+``--random-init DIR`` builds the base model from DIR's config.json with random weights (same shapes, so
+the same time per step) and reads the tokenizer from DIR: timing without carrying the weights.
+``--layout packed padded`` times both row layouts of `train_group`; ``--profile`` prints the top GPU
+kernels of two training steps; ``--eval-batch`` times the labels at several batch sizes.
 """
 from __future__ import annotations
 
 import argparse
-import copy
+import itertools
 import json
 import sys
 import time
@@ -65,6 +70,29 @@ def run_sequential(model, recipe, batches, lr: float, dev: str) -> float:
     return min(times[1:]) if len(times) > 1 else times[0]  # first one pays warm-up
 
 
+def random_base(folder: str, dtype: str, dev: str):
+    """A model with the shapes of folder/config.json and random weights, and the tokenizer beside it."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    cfg = AutoConfig.from_pretrained(folder)
+    torch.manual_seed(0)
+    with torch.device(dev):
+        model = AutoModelForCausalLM.from_config(cfg, dtype=getattr(torch, dtype))
+    return model.eval(), AutoTokenizer.from_pretrained(folder)
+
+
+def profile_steps(model, targets, spec, batches, layout: str) -> str:
+    """Top GPU kernels (self time) of two training steps."""
+    from torch.profiler import ProfilerActivity, profile
+
+    specs = [LoraSpec(**{**spec.__dict__, "steps": 2}) for _ in range(len(batches))]
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        train_group(model, targets, specs, {}, 0, batches=[b[:2] for b in batches], layout=layout)
+        torch.cuda.synchronize()
+    eject(model, targets)
+    return prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=22, max_name_column_width=60)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("recipe")
@@ -78,17 +106,25 @@ def main() -> None:
     ap.add_argument("--label", action="store_true", help="also time the batched labels (val loss, MC eval)")
     ap.add_argument("--base-eval-full", action="store_true",
                     help="the base model's accuracy on every document of the recipe's benchmarks (max_docs lifted)")
+    ap.add_argument("--random-init", default=None, metavar="DIR",
+                    help="random weights with DIR/config.json's shapes; tokenizer from DIR")
+    ap.add_argument("--layout", nargs="+", default=["packed"], choices=["packed", "padded"])
+    ap.add_argument("--eval-batch", type=int, nargs="+", default=None, help="label batch sizes (default: recipe's)")
+    ap.add_argument("--profile", action="store_true", help="top GPU kernels of two steps at the first K")
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
     recipe = Recipe.load(a.recipe)
     dev = a.device
-    model, tok = load_base(recipe.base, device=dev, path_override=a.base_path)
+    if a.random_init:
+        model, tok = random_base(a.random_init, recipe.base.get("dtype", "float32"), dev)
+    else:
+        model, tok = load_base(recipe.base, device=dev, path_override=a.base_path)
     root = resolve_root(recipe.data_root, a.data_root)
     pool = build_pool(recipe, tok, root)
     targets = find_targets(model, recipe.target_modules)
     res: dict = {"device": torch.cuda.get_device_name() if dev.startswith("cuda") else "cpu",
                  "base": recipe.base.get("name"), "steps": a.steps, "batch": a.batch, "targets": len(targets),
-                 "torch": torch.__version__}
+                 "torch": torch.__version__, "random_init": bool(a.random_init)}
     if a.base_eval_full:
         import dataclasses
 
@@ -107,54 +143,59 @@ def main() -> None:
     res["sequential_loras_per_min"] = 60 / s_seq
     rows = [("peft sequential", 1, s_seq, 60 / s_seq, 1.0, float("nan"))]
     res["multi"] = []
-    for k in a.k:
+    for k, layout in itertools.product(a.k, a.layout):
         specs = [LoraSpec(index=i, rank=4, layer_ranks=None, alpha=8.0, lr=1e-3, steps=a.steps, batch_size=a.batch,
                           dropout=0.05, weight_decay=0.01, sources=[], split="train") for i in range(k)]
         bs = batches_for(pool, k, a.steps, a.batch, 2)
+        name = f"multi K={k} {layout}"
+        if a.profile and dev.startswith("cuda") and k == a.k[0]:
+            print(f"== profile: {name}, two steps", flush=True)
+            print(profile_steps(model, targets, specs[0], bs, layout), flush=True)
         if dev.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
         try:
             # warm-up (kernels, allocator), then the timed run
-            warm = [copy.replace(s, steps=2) if hasattr(copy, "replace") else LoraSpec(**{**s.__dict__, "steps": 2})
-                    for s in specs]
-            train_group(model, targets, warm, pool.train, 0, batches=[b[:2] for b in bs])
+            warm = [LoraSpec(**{**s.__dict__, "steps": 2}) for s in specs]
+            train_group(model, targets, warm, pool.train, 0, batches=[b[:2] for b in bs], layout=layout)
             eject(model, targets)
             sync(dev)
             t0 = time.perf_counter()
-            train_group(model, targets, specs, pool.train, 0, batches=bs)
+            train_group(model, targets, specs, pool.train, 0, batches=bs, layout=layout)
             sync(dev)
             t = time.perf_counter() - t0
         except torch.OutOfMemoryError:
             eject(model, targets)
             torch.cuda.empty_cache()
-            rows.append((f"multi K={k}", k, float("nan"), float("nan"), float("nan"), float("nan")))
-            res["multi"].append({"k": k, "oom": True})
+            rows.append((name, k, float("nan"), float("nan"), float("nan"), float("nan")))
+            res["multi"].append({"k": k, "layout": layout, "oom": True})
             continue
-        entry = {"k": k, "s_per_group": t, "loras_per_min": 60 * k / t, "ratio_vs_peft": (60 * k / t) / (60 / s_seq)}
+        entry = {"k": k, "layout": layout, "s_per_group": t, "loras_per_min": 60 * k / t,
+                 "ratio_vs_peft": (60 * k / t) / (60 / s_seq)}
         if dev.startswith("cuda"):
             entry["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
-        if a.label:
-            sync(dev)
-            t0 = time.perf_counter()
-            val_losses(model, k, pool.val, batch=recipe.eval_batch)
-            sync(dev)
-            entry["val_label_s"] = time.perf_counter() - t0
-            for ev in recipe.evals:
-                reqs = load_eval(ev, tok, root)
-                t0 = time.perf_counter()
-                mc_accuracy(model, k, reqs, batch=recipe.eval_batch)
+        if a.label and layout == a.layout[0]:
+            for eb in a.eval_batch or [recipe.eval_batch]:
                 sync(dev)
-                entry[f"{ev.name}_label_s"] = time.perf_counter() - t0
-                entry[f"{ev.name}_docs"] = len(reqs)
+                t0 = time.perf_counter()
+                val_losses(model, k, pool.val, batch=eb)
+                sync(dev)
+                entry[f"val_label_s_b{eb}"] = time.perf_counter() - t0
+                for ev in recipe.evals:
+                    reqs = load_eval(ev, tok, root)
+                    t0 = time.perf_counter()
+                    mc_accuracy(model, k, reqs, batch=eb)
+                    sync(dev)
+                    entry[f"{ev.name}_label_s_b{eb}"] = time.perf_counter() - t0
+                    entry[f"{ev.name}_docs"] = len(reqs)
         eject(model, targets)
         res["multi"].append(entry)
-        rows.append((f"multi K={k}", k, t / k, entry["loras_per_min"], entry["ratio_vs_peft"], entry.get("peak_gib", float("nan"))))
+        rows.append((name, k, t / k, entry["loras_per_min"], entry["ratio_vs_peft"], entry.get("peak_gib", float("nan"))))
         print(json.dumps(entry), flush=True)
     print(f"\n{res['device']} — {recipe.base.get('name')}, rank 4 on {recipe.target_modules} ({len(targets)} modules), "
           f"{a.steps} steps × batch {a.batch}")
-    print(f"{'method':<18}{'K':>5}{'s/LoRA':>10}{'LoRAs/min':>12}{'× peft':>9}{'peak GiB':>10}")
+    print(f"{'method':<24}{'K':>5}{'s/LoRA':>10}{'LoRAs/min':>12}{'× peft':>9}{'peak GiB':>10}")
     for name, k, s, lpm, ratio, mem in rows:
-        print(f"{name:<18}{k:>5}{s:>10.3f}{lpm:>12.1f}{ratio:>9.1f}{mem:>10.1f}")
+        print(f"{name:<24}{k:>5}{s:>10.3f}{lpm:>12.1f}{ratio:>9.1f}{mem:>10.1f}")
     if a.json:
         Path(a.json).parent.mkdir(parents=True, exist_ok=True)
         Path(a.json).write_text(json.dumps(res, indent=1))

@@ -67,10 +67,12 @@ def _peft_reference(base, targets, spec, batches, schedule):
     return losses, factors
 
 
-@pytest.mark.parametrize("schedule", ["linear", "constant"])
-def test_stacked_training_equals_separate_peft_runs(schedule):
+@pytest.mark.parametrize("schedule,layout,attn", [("linear", "packed", "eager"), ("constant", "packed", "sdpa"),
+                                                   ("linear", "padded", "eager"), ("constant", "padded", "eager")])
+def test_stacked_training_equals_separate_peft_runs(schedule, layout, attn):
+    """Packed rows (several examples end to end, block-diagonal attention) and padded rows both give
+    peft's per-adapter loss and factors; the reference always runs one padded example per row."""
     base = tiny_llama()
-    base.config._attn_implementation = "eager"
     targets = find_targets(base, ["k_proj", "v_proj"])
     assert len(targets) == 4
     specs = [
@@ -82,7 +84,8 @@ def test_stacked_training_equals_separate_peft_runs(schedule):
     gen = torch.Generator().manual_seed(0)
     batches = [_batches(s, gen) for s in specs]
     model = copy.deepcopy(base)
-    mods, losses = train_group(model, targets, specs, {}, SEED, schedule, batches=batches)
+    model.config._attn_implementation = attn
+    mods, losses = train_group(model, targets, specs, {}, SEED, schedule, batches=batches, layout=layout)
     for slot, s in enumerate(specs):
         ref_losses, ref_factors = _peft_reference(base, targets, s, batches[slot], schedule)
         got = losses[: s.steps, slot]

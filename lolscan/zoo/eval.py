@@ -13,27 +13,43 @@ import torch
 from torch import nn
 
 from .data import McRequest, iter_eval_units
-from .multilora import decoder_and_head, hidden_states, lm_loss_per_row, pad_batch
+from .multilora import decoder_and_head, hidden_states, pack_rows, packed_nll, pad_batch
+
+
+def fill_rows(lengths: list[int], cap: int) -> list[list[int]]:
+    """Indices grouped, in order, into rows of at most `cap` tokens (a longer item gets a row alone)."""
+    rows: list[list[int]] = []
+    used = cap
+    for i, n in enumerate(lengths):
+        if used + n > cap:
+            rows.append([])
+            used = 0
+        rows[-1].append(i)
+        used += n
+    return rows
 
 
 @torch.no_grad()
-def val_losses(model: nn.Module, k: int, val: dict[str, list[list[int]]], batch: int = 8
+def val_losses(model: nn.Module, k: int, val: dict[str, list[list[int]]], batch: int = 8, row_tokens: int = 512
                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Token-weighted mean next-token NLL over all held-out sequences, and per source; tensors of [K]."""
-    dev = next(model.parameters()).device
+    """Token-weighted mean next-token NLL over all held-out sequences, and per source; tensors of [K].
+
+    Sequences are packed end to end into rows of about `row_tokens` (block-diagonal attention), so short
+    ones are not padded to the longest; each adapter slot gets its own copy of the rows."""
     model.eval()
     items = [(src, ids) for src in val for ids in val[src]]
     sums = {src: torch.zeros(k, dtype=torch.float64) for src in val}
     counts = {src: torch.zeros(k, dtype=torch.float64) for src in val}
     for i in range(0, len(items), batch):
         chunk = items[i:i + batch]
-        seqs = [ids for _ in range(k) for _, ids in chunk]
-        ids, lengths = pad_batch(seqs)
-        s, c = lm_loss_per_row(model, ids.to(dev), lengths)
+        groups = fill_rows([len(ids) for _, ids in chunk], row_tokens)
+        rows = [[chunk[j][1] for j in g] for _ in range(k) for g in groups]
+        s, c = packed_nll(model, pack_rows(rows))
         s, c = s.double().cpu().view(k, len(chunk)), c.double().cpu().view(k, len(chunk))
-        for j, (src, _) in enumerate(chunk):
-            sums[src] += s[:, j]
-            counts[src] += c[:, j]
+        for col, j in enumerate(j for g in groups for j in g):
+            src = chunk[j][0]
+            sums[src] += s[:, col]
+            counts[src] += c[:, col]
     total = sum(sums.values()) / sum(counts.values())
     return total.float(), {src: (sums[src] / counts[src]).float() for src in val}
 

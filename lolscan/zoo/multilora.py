@@ -9,6 +9,7 @@ is ``torch.optim.AdamW``'s update with per-adapter learning rate and weight deca
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Iterable
 
 import torch
@@ -183,6 +184,66 @@ def lm_loss_per_row(model: nn.Module, ids: torch.Tensor, lengths: torch.Tensor,
     return sums, counts
 
 
+@dataclass
+class Packed:
+    """Sequences packed end to end into rows (no padding between them), right-padded to one length.
+
+    ``seg`` numbers the sequences in order (row by row), -1 on padding; ``pos`` restarts at 0 in every
+    sequence, so rotary positions are those each sequence would have alone."""
+
+    ids: torch.Tensor  # [R, T]
+    pos: torch.Tensor  # [R, T]
+    seg: torch.Tensor  # [R, T]
+    n_seg: int
+
+
+def pack_rows(rows: list[list[list[int]]], pad_id: int = 0) -> Packed:
+    """Each row is a list of token sequences laid end to end."""
+    t = max(sum(len(s) for s in row) for row in rows)
+    ids = torch.full((len(rows), t), pad_id, dtype=torch.long)
+    pos = torch.zeros((len(rows), t), dtype=torch.long)
+    seg = torch.full((len(rows), t), -1, dtype=torch.long)
+    n = 0
+    for r, row in enumerate(rows):
+        at = 0
+        for s in row:
+            ids[r, at:at + len(s)] = torch.tensor(s, dtype=torch.long)
+            pos[r, at:at + len(s)] = torch.arange(len(s))
+            seg[r, at:at + len(s)] = n
+            at += len(s)
+            n += 1
+    return Packed(ids, pos, seg, n)
+
+
+def packed_mask(seg: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Additive [R, 1, T, T] attention mask: each token sees the earlier tokens of its own sequence.
+    Padding sees earlier padding (never nothing: an all-masked row would give NaN)."""
+    t = seg.shape[1]
+    causal = torch.ones(t, t, dtype=torch.bool, device=seg.device).tril()
+    allowed = (seg.unsqueeze(2) == seg.unsqueeze(1)) & causal
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=seg.device)
+    mask.masked_fill_(~allowed, torch.finfo(dtype).min)
+    return mask.unsqueeze(1)
+
+
+def packed_nll(model: nn.Module, p: Packed, checkpoint: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed next-token NLL and token count of every packed sequence ([n_seg] each)."""
+    body, head = decoder_and_head(model)
+    dev = next(model.parameters()).device
+    ids, seg = p.ids.to(dev), p.seg.to(dev)
+    mask = packed_mask(seg, head.weight.dtype)
+    h = body(input_ids=ids, position_ids=p.pos.to(dev), attention_mask=mask, use_cache=False).last_hidden_state
+    valid = (seg[:, 1:] == seg[:, :-1]) & (seg[:, :-1] >= 0)  # the next token is in the same sequence
+    flat = valid.reshape(-1).nonzero().squeeze(1)
+    hs = h[:, :-1].reshape(-1, h.shape[-1]).index_select(0, flat)
+    tg = ids[:, 1:].reshape(-1).index_select(0, flat)
+    owner = seg[:, :-1].reshape(-1).index_select(0, flat)
+    nll = token_nll(head, hs, tg, checkpoint=checkpoint)
+    sums = torch.zeros(p.n_seg, device=dev, dtype=torch.float32).index_add_(0, owner, nll)
+    counts = torch.zeros(p.n_seg, device=dev, dtype=torch.float32).index_add_(0, owner, torch.ones_like(nll))
+    return sums, counts
+
+
 def adapter_seed(seed: int, index: int, stream: int) -> int:
     import numpy as np
 
@@ -205,11 +266,16 @@ def init_factors(modules: dict[str, "MultiLoRALinear"], slot: int, seed: int, in
 
 def train_group(model: nn.Module, target_names: list[str], specs: list, train_pool: dict[str, list[list[int]]],
                 seed: int, lr_schedule: str = "constant", checkpoint_logits: bool = True,
-                batches: list[list[list[list[int]]]] | None = None) -> tuple[dict[str, MultiLoRALinear], torch.Tensor]:
+                batches: list[list[list[list[int]]]] | None = None, layout: str = "packed") -> tuple[dict[str, MultiLoRALinear], torch.Tensor]:
     """Train len(specs) adapters at once; returns the injected modules (factors live there) and the
     per-step training loss of each adapter, shape [max_steps, K] (NaN after an adapter finished).
 
+    ``layout``: "packed" lays each adapter's batch end to end in one row (block-diagonal attention), so
+    no step pads short examples up to the longest; "padded" gives every example its own row, padded.
+    Both compute the same loss; packed does about a third less work on ~80-token examples.
     ``batches`` (tests): explicit per-adapter batches [K][steps][b] of token lists instead of sampling."""
+    if layout not in ("packed", "padded"):
+        raise ValueError(f"layout must be 'packed' or 'padded', not {layout!r}")
     import numpy as np
 
     dev = next(model.parameters()).device
@@ -247,16 +313,27 @@ def train_group(model: nn.Module, target_names: list[str], specs: list, train_po
     model.train()
     for t in range(max_steps):
         active = steps > t
-        seqs, weight = [], torch.zeros(k * b_max)
-        for slot, s in enumerate(specs):
-            rows = draws[slot][min(t, s.steps - 1)]
-            for j in range(b_max):
-                seqs.append(rows[j % len(rows)])
-                weight[slot * b_max + j] = float(active[slot] and j < len(rows))
-        ids, lengths = pad_batch(seqs)
-        sums, counts = lm_loss_per_row(model, ids.to(dev), lengths, checkpoint=checkpoint_logits)
-        w = weight.to(dev)
-        per_adapter = (sums * w).view(k, b_max).sum(1) / (counts * w).view(k, b_max).sum(1).clamp(min=1)
+        if layout == "packed":
+            rows = []
+            for slot, s in enumerate(specs):
+                batch = draws[slot][min(t, s.steps - 1)]
+                rows.append(list(batch) if active[slot] else [batch[0][:2]])  # finished: a stub keeps its row
+            owner = torch.tensor([slot for slot, row in enumerate(rows) for _ in row], device=dev)
+            sums, counts = packed_nll(model, pack_rows(rows), checkpoint=checkpoint_logits)
+            per_sum = torch.zeros(k, device=dev).index_add_(0, owner, sums)
+            per_cnt = torch.zeros(k, device=dev).index_add_(0, owner, counts)
+            per_adapter = per_sum * active.to(dev, torch.float32) / per_cnt.clamp(min=1)
+        else:
+            seqs, weight = [], torch.zeros(k * b_max)
+            for slot, s in enumerate(specs):
+                rows = draws[slot][min(t, s.steps - 1)]
+                for j in range(b_max):
+                    seqs.append(rows[j % len(rows)])
+                    weight[slot * b_max + j] = float(active[slot] and j < len(rows))
+            ids, lengths = pad_batch(seqs)
+            sums, counts = lm_loss_per_row(model, ids.to(dev), lengths, checkpoint=checkpoint_logits)
+            w = weight.to(dev)
+            per_adapter = (sums * w).view(k, b_max).sum(1) / (counts * w).view(k, b_max).sum(1).clamp(min=1)
         per_adapter.sum().backward()
         if lr_schedule == "linear":
             lr = lr0 * (steps.double() - t).clamp(min=0) / steps.double()
