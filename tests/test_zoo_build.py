@@ -18,6 +18,7 @@ from lolscan.zoo.build import build, read_manifest  # noqa: E402
 from lolscan.zoo.data import load_eval, resolve_root  # noqa: E402
 from lolscan.zoo.eval import mc_accuracy  # noqa: E402
 from lolscan.zoo.multilora import lm_loss_per_row, pad_batch  # noqa: E402
+from lolscan.errors import UsageError  # noqa: E402
 from lolscan.zoo.recipe import Recipe  # noqa: E402
 
 
@@ -160,7 +161,6 @@ def test_other_seed_other_zoo_and_recipe_guard(zoo, tmp_path):
     a = {r["id"]: r["lr"] for r in read_manifest(tmp_path / "o" / "manifest.jsonl")}
     b = {r["id"]: r["lr"] for r in read_manifest(full_out / "manifest.jsonl")}
     assert a["lora-00000"] != b["lora-00000"]
-    from lolscan.errors import UsageError
 
     with pytest.raises(UsageError):  # resuming into a folder of another recipe is refused
         build(other, full_out, model=tiny_llama(), tokenizer=CharTokenizer(), log=lambda s: None)
@@ -170,6 +170,21 @@ def test_shipped_recipes_parse():
     for p in sorted((Path(__file__).parent.parent / "recipes").glob("*.toml")):
         r = Recipe.load(p)
         assert r.n_loras >= 1 and r.sources and r.digest()
+
+
+def test_recipe_extends_overrides_only_what_it_sets(tmp_path):
+    base = (Path(__file__).parent.parent / "recipes" / "qwen2.5-coder-1.5b-kv-r4.toml").read_text()
+    (tmp_path / "base.toml").write_text(base)
+    (tmp_path / "variant.toml").write_text('extends = "base.toml"\nseed = 9\n[lora]\nrank = { choice = [1, 8] }\n')
+    parent, child = Recipe.load(tmp_path / "base.toml"), Recipe.load(tmp_path / "variant.toml")
+    assert child.seed == 9 and child.rank == {"choice": [1, 8]}
+    assert child.target_modules == parent.target_modules and child.alpha == parent.alpha  # rest of [lora] kept
+    expect = parent.to_dict()
+    expect["seed"], expect["lora"]["rank"] = 9, {"choice": [1, 8]}
+    assert child.to_dict() == expect and child.digest() != parent.digest()
+    (tmp_path / "base.toml").write_text('extends = "variant.toml"\n' + base)
+    with pytest.raises(UsageError, match="loops"):
+        Recipe.load(tmp_path / "variant.toml")
 
 
 def test_mixed_rank_zoo_round_trips_through_peft_and_lolscan(tmp_path):

@@ -197,9 +197,11 @@ class Packed:
     n_seg: int
 
 
-def pack_rows(rows: list[list[list[int]]], pad_id: int = 0) -> Packed:
-    """Each row is a list of token sequences laid end to end."""
+def pack_rows(rows: list[list[list[int]]], pad_id: int = 0, multiple: int = 64) -> Packed:
+    """Each row is a list of token sequences laid end to end. The length is rounded up to `multiple`,
+    so a run sees few distinct shapes (each new shape costs the attention library a new plan)."""
     t = max(sum(len(s) for s in row) for row in rows)
+    t = -(-t // multiple) * multiple
     ids = torch.full((len(rows), t), pad_id, dtype=torch.long)
     pos = torch.zeros((len(rows), t), dtype=torch.long)
     seg = torch.full((len(rows), t), -1, dtype=torch.long)

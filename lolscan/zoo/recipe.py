@@ -97,13 +97,7 @@ class Recipe:
 
     @classmethod
     def load(cls, path: str | Path) -> "Recipe":
-        p = Path(path)
-        try:
-            with open(p, "rb") as f:
-                d = tomllib.load(f)
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise UsageError(f"cannot read recipe: {exc}", path=p) from None
-        return cls.from_dict(d)
+        return cls.from_dict(read_toml(Path(path)))
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -135,6 +129,34 @@ class Recipe:
 
 
 # ---- distributions ------------------------------------------------------------------------
+def merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """`over` on top of `base`: tables merge key by key, anything else (lists too) replaces."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = merged(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def read_toml(p: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A recipe file as a dict. ``extends = "other.toml"`` (relative to this file) starts from that
+    recipe and overrides what this one sets, so a variant (other ranks, another seed) states only
+    how it differs."""
+    try:
+        with open(p, "rb") as f:
+            d = tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise UsageError(f"cannot read recipe: {exc}", path=p) from None
+    parent = d.pop("extends", None)
+    if parent is None:
+        return d
+    if not isinstance(parent, str):
+        raise UsageError("recipe: extends must be a file name", path=p)
+    base_path = (p.parent / parent).resolve()
+    if base_path in _seen:
+        raise UsageError(f"recipe: extends loops back to {base_path.name}", path=p)
+    return merged(read_toml(base_path, _seen + (p.resolve(),)), d)
+
+
 def draw(spec: Any, rng: np.random.Generator) -> Any:
     """Draw one value. A plain number is a constant; a one-key table names a distribution."""
     if not isinstance(spec, dict):
