@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Qwen zoo, device call 17: the last chunk; rebuild and check the GGUF, convert it once to safetensors,
-# then build the zoo until the call's time is nearly up (resumable: qwen_train.sh may continue it).
+# then build the zoo until the call's time is nearly up (resumable: qwen_train.sh continues it).
+# GROUP (default 48) adapters train at once; on "out of memory" the build restarts at half that.
 set -o pipefail
 T0=$(date +%s)
 source scripts/device/qwen_env.sh
@@ -17,15 +18,15 @@ echo "model ready at $(( $(date +%s) - T0 )) s"
 python3 -m lolscan zoo convert-base $R $P/st --base-path $P/gguf 2>&1 | grep -v "it/s" | tail -3
 echo "converted at $(( $(date +%s) - T0 )) s"
 build() {  # build for what is left of the call, with group size $1
-  local left=$(( ${BUDGET:-580} - ($(date +%s) - T0) ))
+  local left=$(( ${BUDGET:-585} - ($(date +%s) - T0) ))
   timeout $left python3 -m lolscan zoo build $R $P/zoo --device ${DEV:-cuda} --base-path $P/st --group-size $1 \
-    --max-minutes $(python3 -c "print(($left - 40) / 60)") 2>&1 | grep -v "it/s" | tee -a $OUT/build1.log
+    --max-minutes $(python3 -c "print(($left - 25) / 60)") 2>&1 | grep -v "it/s" | tee -a $OUT/build1.log
 }
-build 16
+G1=${GROUP:-48}
+build $G1
 if grep -q "out of memory" $OUT/build1.log && [ ! -s $P/zoo/manifest.jsonl ]; then
-  echo "== OOM at group size 16: again at 8"; rm -rf $P/zoo; echo 8 > $P/group_size; build 8
-else
-  echo 16 > $P/group_size
+  G1=$(( G1 / 2 )); echo "== OOM: again at group size $G1"; rm -rf $P/zoo; build $G1
 fi
+echo $G1 > $P/group_size
 python3 -m lolscan zoo summary $P/zoo --json > $OUT/summary1.json; head -c 300 $OUT/summary1.json
 nvidia-smi --query-gpu=memory.used --format=csv,noheader
