@@ -8,13 +8,12 @@ JSON. Usage (GPU machine):
 
 ``--random-init DIR`` builds the base model from DIR's config.json with random weights (same shapes, so
 the same time per step) and reads the tokenizer from DIR: timing without carrying the weights.
-``--layout packed padded`` times both row layouts of `train_group`; ``--profile`` prints the top GPU
-kernels of two training steps; ``--eval-batch`` times the labels at several batch sizes.
+``--profile`` prints the top GPU kernels of two training steps; ``--eval-batch`` times the labels at
+several batch sizes.
 """
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import sys
 import time
@@ -81,13 +80,13 @@ def random_base(folder: str, dtype: str, dev: str):
     return model.eval(), AutoTokenizer.from_pretrained(folder)
 
 
-def profile_steps(model, targets, spec, batches, layout: str) -> str:
+def profile_steps(model, targets, spec, batches) -> str:
     """Top GPU kernels (self time) of two training steps."""
     from torch.profiler import ProfilerActivity, profile
 
     specs = [LoraSpec(**{**spec.__dict__, "steps": 2}) for _ in range(len(batches))]
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        train_group(model, targets, specs, {}, 0, batches=[b[:2] for b in batches], layout=layout)
+        train_group(model, targets, specs, {}, 0, batches=[b[:2] for b in batches])
         torch.cuda.synchronize()
     eject(model, targets)
     return prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=22, max_name_column_width=60)
@@ -108,7 +107,6 @@ def main() -> None:
                     help="the base model's accuracy on every document of the recipe's benchmarks (max_docs lifted)")
     ap.add_argument("--random-init", default=None, metavar="DIR",
                     help="random weights with DIR/config.json's shapes; tokenizer from DIR")
-    ap.add_argument("--layout", nargs="+", default=["packed"], choices=["packed", "padded"])
     ap.add_argument("--eval-batch", type=int, nargs="+", default=None, help="label batch sizes (default: recipe's)")
     ap.add_argument("--profile", action="store_true", help="top GPU kernels of two steps at the first K")
     ap.add_argument("--json", default=None)
@@ -143,37 +141,37 @@ def main() -> None:
     res["sequential_loras_per_min"] = 60 / s_seq
     rows = [("peft sequential", 1, s_seq, 60 / s_seq, 1.0, float("nan"))]
     res["multi"] = []
-    for k, layout in itertools.product(a.k, a.layout):
+    for k in a.k:
         specs = [LoraSpec(index=i, rank=4, layer_ranks=None, alpha=8.0, lr=1e-3, steps=a.steps, batch_size=a.batch,
                           dropout=0.05, weight_decay=0.01, sources=[], split="train") for i in range(k)]
         bs = batches_for(pool, k, a.steps, a.batch, 2)
-        name = f"multi K={k} {layout}"
+        name = f"multi K={k}"
         if a.profile and dev.startswith("cuda") and k == a.k[0]:
             print(f"== profile: {name}, two steps", flush=True)
-            print(profile_steps(model, targets, specs[0], bs, layout), flush=True)
+            print(profile_steps(model, targets, specs[0], bs), flush=True)
         if dev.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
         try:
             # warm-up (kernels, allocator), then the timed run
             warm = [LoraSpec(**{**s.__dict__, "steps": 2}) for s in specs]
-            train_group(model, targets, warm, pool.train, 0, batches=[b[:2] for b in bs], layout=layout)
+            train_group(model, targets, warm, pool.train, 0, batches=[b[:2] for b in bs])
             eject(model, targets)
             sync(dev)
             t0 = time.perf_counter()
-            train_group(model, targets, specs, pool.train, 0, batches=bs, layout=layout)
+            train_group(model, targets, specs, pool.train, 0, batches=bs)
             sync(dev)
             t = time.perf_counter() - t0
         except torch.OutOfMemoryError:
             eject(model, targets)
             torch.cuda.empty_cache()
             rows.append((name, k, float("nan"), float("nan"), float("nan"), float("nan")))
-            res["multi"].append({"k": k, "layout": layout, "oom": True})
+            res["multi"].append({"k": k, "oom": True})
             continue
-        entry = {"k": k, "layout": layout, "s_per_group": t, "loras_per_min": 60 * k / t,
+        entry = {"k": k, "s_per_group": t, "loras_per_min": 60 * k / t,
                  "ratio_vs_peft": (60 * k / t) / (60 / s_seq)}
         if dev.startswith("cuda"):
             entry["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
-        if a.label and layout == a.layout[0]:
+        if a.label:
             for eb in a.eval_batch or [recipe.eval_batch]:
                 sync(dev)
                 t0 = time.perf_counter()

@@ -56,6 +56,7 @@ class Dataset:
     base_model: str
     split_method: str
     seed: int
+    excluded: list[str] = field(default_factory=list)  # sources left out: their factors hold NaN/Inf
 
     def encoded(self, split: str) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         idx = self.splits[split]
@@ -135,6 +136,7 @@ def prepare(
     progress: bool = True,
     source_options: dict[str, Any] | None = None,
 ) -> Dataset:
+    from .formats.build import layer_finite
     from .nets import LayerSpec
 
     kinds, units = kinds or {}, units or {}
@@ -150,10 +152,6 @@ def prepare(
     values = {c: manifest.column(c) for c in target_columns}
     targets = [make_target(c, values[c], kinds.get(c), units.get(c, "")) for c in target_columns]
     layout(targets)
-    for t in targets:
-        fit_normalisation(t, [values[t.name][i] for i in splits["train"]])
-        if not any(not t.missing(values[t.name][i]) for i in splits["train"]):
-            raise UsageError(f"target {t.name!r} has no labelled rows in the training split")
 
     from .cli.console import err_console
     from rich.progress import Progress
@@ -167,12 +165,20 @@ def prepare(
             on_done=lambda: bar.advance(task),
             source_options=source_options,
         )
+    # a diverged finetune leaves NaN/Inf factors: one such adapter would turn every loss into NaN
+    bad = {i for i, a in enumerate(adapters) if not all(layer_finite(layer) for layer in a.layers.values())}
+    splits = {k: [i for i in v if i not in bad] for k, v in splits.items()}
+    for t in targets:
+        fit_normalisation(t, [values[t.name][i] for i in splits["train"]])
+        if not any(not t.missing(values[t.name][i]) for i in splits["train"]):
+            raise UsageError(f"target {t.name!r} has no labelled rows in the training split")
     try:
         spec = LayerSpec.from_adapters(adapters)
     except ValueError as exc:
         raise UsageError(f"{manifest.path}: the adapters do not share one base model: {exc}") from None
     method = "column" if manifest.has_split else ("group" if manifest.has_group else "random")
-    return Dataset(manifest, adapters, targets, values, splits, spec, base_model or guess_base_model(adapters), method, seed)
+    return Dataset(manifest, adapters, targets, values, splits, spec, base_model or guess_base_model(adapters), method, seed,
+                   excluded=[manifest.rows[i].source for i in sorted(bad)])
 
 
 # ---- training ---------------------------------------------------------------------------------
@@ -338,6 +344,7 @@ def make_card(ds: Dataset, result: TrainResult, *, name: str, description: str =
             "manifest_sha256": sha256_file(ds.manifest.path),
             "adapters": len(ds.adapters),
             "splits": {s: len(v) for s, v in ds.splits.items()},
+            "excluded_non_finite": len(ds.excluded),
             "split_method": ds.split_method,
             "formats": dict(Counter(a.format for a in ds.adapters)),
             "ranks": ranks,

@@ -133,3 +133,24 @@ def test_eval_reproduces_the_cards_test_metrics(zoo, dirs):
         csv.writer(fh).writerow([str(dirs / "gone.safetensors"), "0.1", "L0", "test"])
     r = run("eval", manifest, "--model", "ev", "--split", "test", "--format", "json")
     assert r.exit_code == 3 and json.loads(r.stdout)["scored"] == 16 and "gone.safetensors" in r.stderr
+
+
+def test_train_leaves_out_adapters_with_nan_factors(tmp_path, dirs):
+    """A diverged finetune (NaN factors) is left out with a warning; the rest trains to finite metrics."""
+    from safetensors.torch import load_file, save_file
+
+    manifest = write_synthetic_zoo(tmp_path / "z", n=60, seed=5)
+    rows = list(csv.DictReader(open(manifest)))
+    broken = manifest.parent / rows[3]["path"] / "adapter_model.safetensors"
+    t = load_file(str(broken))
+    key = sorted(t)[0]
+    t[key][0, 0] = float("nan")
+    save_file(t, str(broken))
+    r = run("train", manifest, "-t", "score", "--out", "nanzoo", "--format", "json", *TINY)
+    assert r.exit_code == 0, r.output
+    assert "left out 1 adapter" in r.stderr and rows[3]["path"] in r.stderr
+    card = json.loads((dirs / "data" / "models" / "nanzoo" / "card.json").read_text())
+    assert card["training_data"]["excluded_non_finite"] == 1
+    assert sum(card["training_data"]["splits"].values()) == 59
+    r2 = json.loads(r.stdout)["results"]["glnet"]["metrics"]["test"]["score"]
+    assert r2["n"] > 0 and all(isinstance(r2[k], float) and r2[k] == r2[k] for k in ("mse", "r2", "kendall_tau"))

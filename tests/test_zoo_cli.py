@@ -77,6 +77,15 @@ def test_cli_build_resume_and_summary(tmp_path):
     assert info["rows"] == 4 and "val_loss" in info["labels"]
     vals = [r["val_loss"] for r in rows]
     assert abs(info["labels"]["val_loss"]["min"] - min(vals)) < 1e-9
+    assert all(r["finite"] is True for r in rows) and info["labels"]["val_loss"]["non_finite"] == 0
+    # a diverged LoRA's NaN label is counted, not allowed to break the statistics
+    nan_zoo = tmp_path / "nan.jsonl"
+    nan_zoo.write_text("".join(json.dumps({**r, "val_loss": float("nan")} if i == 0 else r) + "\n"
+                               for i, r in enumerate(rows)))
+    s = _run("zoo", "summary", str(nan_zoo), "--json")
+    assert s.returncode == 0, s.stderr
+    st = json.loads(s.stdout)["labels"]["val_loss"]
+    assert st["non_finite"] == 1 and abs(st["mean"] - sum(vals[1:]) / 3) < 1e-9
     # a recipe that cannot be read is a usage error (exit 2) with one line, no traceback
     bad = tmp_path / "bad.toml"
     bad.write_text("name = [\n")

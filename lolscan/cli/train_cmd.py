@@ -127,6 +127,9 @@ def train(
             source_options=source_options(offline, civitai_token, hf_token),
         )
         sizes = {s: len(v) for s, v in ds.splits.items()}
+        if ds.excluded:
+            err_console.print(f"[yellow]warning:[/] left out {len(ds.excluded)} adapter(s) whose factors hold NaN/Inf "
+                              f"(a diverged finetune), e.g. {ds.excluded[0]}", highlight=False)
         err_console.print(
             f"{len(ds.adapters)} adapters ({sizes['train']} train / {sizes['val']} val / {sizes['test']} test, split by {ds.split_method}), "
             f"{len(ds.spec)} modules, base model {ds.base_model}; targets: " + ", ".join(t.describe() for t in ds.targets),

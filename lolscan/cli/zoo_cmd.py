@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import statistics
 import sys
 from pathlib import Path
@@ -110,15 +111,18 @@ def summary_cmd(
     for key in rows[0]:
         vals = [r[key] for r in rows if isinstance(r.get(key), (int, float)) and not isinstance(r.get(key), bool)]
         if len(vals) == len(rows) and len(vals) > 1:
-            stats[key] = {"mean": statistics.fmean(vals), "std": statistics.pstdev(vals),
-                          "min": min(vals), "max": max(vals)}
+            ok = [float(v) for v in vals if math.isfinite(v)]  # a diverged LoRA's loss is NaN
+            stats[key] = {"mean": statistics.fmean(ok) if ok else math.nan,
+                          "std": statistics.pstdev(ok) if len(ok) > 1 else math.nan,
+                          "min": min(ok, default=math.nan), "max": max(ok, default=math.nan),
+                          "non_finite": len(vals) - len(ok)}
     info = {"manifest": str(path), "rows": len(rows), "sha256": sha256_file(path), "labels": stats}
     if as_json:
         sys.stdout.write(json.dumps(info, indent=1) + "\n")
         return
     t = Table(title=f"{path} — {len(rows)} adapters, sha256 {info['sha256'][:16]}…")
-    for c in ("column", "mean", "std", "min", "max"):
+    for c in ("column", "mean", "std", "min", "max", "NaN/Inf"):
         t.add_column(c, justify="left" if c == "column" else "right")
     for k, s in stats.items():
-        t.add_row(k, *(f"{s[x]:.4g}" for x in ("mean", "std", "min", "max")))
+        t.add_row(k, *(f"{s[x]:.4g}" for x in ("mean", "std", "min", "max")), str(s["non_finite"] or ""))
     console.print(t)

