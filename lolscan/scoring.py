@@ -9,7 +9,6 @@ shared-memory slots (`lolscan.handoff`), not pickles.
 """
 from __future__ import annotations
 
-import json
 import multiprocessing
 import os
 import time
@@ -17,7 +16,6 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -28,10 +26,8 @@ from .discovery import Found
 from .errors import IncompatibleAdapter, LolscanError
 from .handoff import DEFAULT_BUDGET, Arena, ArenaInfo, plan
 from .packing import Buffers, Packed, pack, slot_views, stack  # noqa: F401 - stack is public here too
-from .manifest import is_uri
+from .labels import LABELS_FILE, METADATA_LABELS_KEY, LabelFiles, known_labels  # noqa: F401 - re-exported
 
-LABELS_FILE = "labels.json"
-METADATA_LABELS_KEY = "lolscan_labels"
 
 
 @dataclass
@@ -65,48 +61,10 @@ def _one_line(exc: BaseException, source: str) -> str:
     return text[len(prefix) :] if text.startswith(prefix) else text
 
 
-class _LabelFiles:
-    """``labels.json`` files next to adapters, read once per folder: {name: {target: value}}."""
-
-    def __init__(self) -> None:
-        self._cache: dict[Path, dict[str, Any]] = {}
-
-    def lookup(self, source: str) -> dict[str, Any]:
-        if is_uri(source):
-            return {}
-        p = Path(source)
-        folder = p.parent
-        if folder not in self._cache:
-            data: dict[str, Any] = {}
-            f = folder / LABELS_FILE
-            if f.is_file():
-                try:
-                    loaded = json.loads(f.read_text(encoding="utf-8"))
-                    data = loaded if isinstance(loaded, dict) else {}
-                except (OSError, ValueError):
-                    data = {}
-            self._cache[folder] = data
-        table = self._cache[folder]
-        for key in (p.name, p.stem):
-            if isinstance(table.get(key), dict):
-                return table[key]
-        return {}
-
-
-def true_labels(adapter: Adapter, source: str, label_files: _LabelFiles) -> dict[str, Any]:
+def true_labels(adapter: Adapter, source: str, label_files: LabelFiles) -> dict[str, Any]:
     """Known labels of an adapter: adapter metadata ``lolscan_labels`` (JSON), then ``labels.json``."""
-    out: dict[str, Any] = {}
     st = adapter.metadata.get("safetensors") if isinstance(adapter.metadata, dict) else None
-    raw = (st or {}).get(METADATA_LABELS_KEY) if isinstance(st, dict) else None
-    if isinstance(raw, str):
-        try:
-            parsed = json.loads(raw)
-            if isinstance(parsed, dict):
-                out.update(parsed)
-        except ValueError:
-            pass
-    out.update(label_files.lookup(source))
-    return out
+    return known_labels(st, source, label_files)
 
 
 class _Reader:
@@ -117,14 +75,14 @@ class _Reader:
         self.allow_pickle, self.source_options, self.as_numpy = allow_pickle, source_options, as_numpy
         self._spec: Any = None
         self._targets: list[Any] | None = None
-        self._labels = _LabelFiles()
+        self._labels = LabelFiles()
 
     def __getstate__(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if k not in ("_spec", "_targets", "_labels")}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self._spec, self._targets, self._labels = None, None, _LabelFiles()
+        self._spec, self._targets, self._labels = None, None, LabelFiles()
 
     def __call__(self, found: Found, slot: torch.Tensor | None = None) -> _Item:
         """Read ``found``; with ``slot`` (shared memory) the factors are packed into it when they fit."""
