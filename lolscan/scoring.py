@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import pickle
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -24,7 +25,10 @@ from .adapter import Adapter
 from .checkpoint import Checkpoint, check_fits
 from .discovery import Found
 from .errors import IncompatibleAdapter, LolscanError
-from .handoff import DEFAULT_BUDGET, Arena, ArenaInfo, plan
+from .handoff import DEFAULT_BUDGET, Arena, plan
+from .lightread import LightReader, init_worker, read_in_process
+from .lightread import base_row as _base_row
+from .lightread import one_line as _one_line
 from .packing import Buffers, Packed, pack, slot_views, stack  # noqa: F401 - stack is public here too
 from .labels import LABELS_FILE, METADATA_LABELS_KEY, LabelFiles, known_labels  # noqa: F401 - re-exported
 
@@ -51,20 +55,20 @@ class _Item:
     slot: int | None = None  # shared-memory slot lent to this item's read, returned after scoring
 
 
-def _base_row(source: str) -> dict[str, Any]:
-    return {"source": source, "status": "ok", "error": None, "predictions": {}, "truth": {}, "gates": []}
-
-
-def _one_line(exc: BaseException, source: str) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    prefix = f"{source}: "
-    return text[len(prefix) :] if text.startswith(prefix) else text
-
-
 def true_labels(adapter: Adapter, source: str, label_files: LabelFiles) -> dict[str, Any]:
     """Known labels of an adapter: adapter metadata ``lolscan_labels`` (JSON), then ``labels.json``."""
     st = adapter.metadata.get("safetensors") if isinstance(adapter.metadata, dict) else None
     return known_labels(st, source, label_files)
+
+
+def fill_truth(row: dict[str, Any], targets: Iterable[Any], labels: dict[str, Any]) -> None:
+    """A row's ``truth``: each target's known label, decoded as the target reads labels when it can."""
+    for t in targets:
+        if t.name in labels:
+            try:
+                row["truth"][t.name] = t.true_values([labels[t.name]])[0]
+            except LolscanError:
+                row["truth"][t.name] = labels[t.name]
 
 
 class _Reader:
@@ -111,13 +115,7 @@ class _Reader:
         except IncompatibleAdapter as exc:
             row.update(status="incompatible", error=_one_line(exc, found.source))
             return _Item(found, row)
-        labels = true_labels(adapter, found.source, self._labels)
-        for t in self._targets or ():
-            if t.name in labels:
-                try:
-                    row["truth"][t.name] = t.true_values([labels[t.name]])[0]
-                except LolscanError:
-                    row["truth"][t.name] = labels[t.name]
+        fill_truth(row, self._targets or (), true_labels(adapter, found.source, self._labels))
         if slot is not None:
             in_slot = pack(adapter, self._spec, slot)
             if in_slot is not None:  # only the true ranks travel; the factors stay in the slot
@@ -146,8 +144,9 @@ def auto_processes(n_files: int) -> int:
 
 def start_method(wanted: str = "auto") -> str:
     """How reader processes start. auto: fork (cheap) while CUDA is untouched; after that a fork
-    server, which is a clean interpreter that imports lolscan once and then forks the readers
-    (spawning each reader costs each its own torch import: seconds)."""
+    server, a clean interpreter that imports the torch-free `lolscan.lightread` once and then forks
+    the readers (spawning each reader costs each its own imports). Readers started by a fork server
+    or spawned re-import the ``__main__`` script (Python does): keep heavy imports out of its top level."""
     if wanted != "auto":
         return wanted
     if os.name != "posix":
@@ -155,26 +154,8 @@ def start_method(wanted: str = "auto") -> str:
     if not torch.cuda.is_initialized():
         return "fork"
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload([__name__])
+    ctx.set_forkserver_preload(["lolscan.lightread"])  # numpy, not torch: readers start in a fraction of a second
     return "forkserver"
-
-
-_PROCESS_READER: _Reader | None = None
-_PROCESS_ARENA: Arena | None = None
-
-
-def _worker_init(reader: _Reader, arena: ArenaInfo | None) -> None:
-    """Reader processes get the reader (and the shared-memory arena) once, not with every file."""
-    global _PROCESS_READER, _PROCESS_ARENA
-    torch.set_num_threads(1)
-    _PROCESS_READER = reader
-    _PROCESS_ARENA = Arena.attach(arena) if arena is not None else None
-
-
-def _process_read(found: Found, slot: int | None = None) -> _Item:
-    assert _PROCESS_READER is not None
-    view = _PROCESS_ARENA.slot(slot) if _PROCESS_ARENA is not None and slot is not None else None
-    return _PROCESS_READER(found, view)
 
 
 class Scorer:
@@ -194,13 +175,15 @@ class Scorer:
         return _Reader(self.ckpt.fit_rule(), targets, self.opts.allow_pickle, dict(self.opts.source_options), self.opts.processes > 0)
 
     def _pool(self, reader: _Reader) -> tuple[Executor, Any]:
+        """Reader processes run `lightread.read_in_process` (torch-free; ``reader`` where it declines),
+        called with a source and a slot; reader threads run ``reader`` itself, called with a `Found`."""
         if self.opts.processes > 0:
             method = start_method(self.opts.start_method)
             info = self._arena.info if self._arena is not None else None
-            pool = ProcessPoolExecutor(
-                self.opts.processes, mp_context=multiprocessing.get_context(method), initializer=_worker_init, initargs=(reader, info)
-            )
-            return pool, _process_read
+            light = LightReader(self.ckpt.fit_rule(), [t.name for t in self.ckpt.targets])
+            pool = ProcessPoolExecutor(self.opts.processes, mp_context=multiprocessing.get_context(method), initializer=init_worker,
+                                       initargs=(light, pickle.dumps(reader), info))
+            return pool, read_in_process
         return ThreadPoolExecutor(max_workers=max(1, self.opts.workers), thread_name_prefix="lolscan-read"), reader
 
     def _open_arena(self, slots: int) -> None:
@@ -292,9 +275,9 @@ class Scorer:
                         row = _base_row(f.source)
                         row.update(status="error", error=f.error)
                         pending.append(_Item(f, row))
-                    elif free:
-                        slot = free.popleft()
-                        pending.append(_Slotted(pool.submit(read, f, slot), slot))
+                    elif self.opts.processes > 0:
+                        slot = free.popleft() if free else None
+                        pending.append(_FromProcess(pool.submit(read, f.source, slot), f, slot, self.ckpt.targets))
                     else:
                         pending.append(pool.submit(read, f))
 
@@ -317,7 +300,7 @@ class Scorer:
                 while pending:
                     head = pending.popleft()
                     t0 = time.perf_counter()
-                    item = head.result() if isinstance(head, (Future, _Slotted)) else head
+                    item = head.result() if isinstance(head, (Future, _FromProcess)) else head
                     self.timings["wait"] += time.perf_counter() - t0
                     fill()
                     batch.append(item)
@@ -332,13 +315,22 @@ class Scorer:
 
 
 @dataclass
-class _Slotted:
-    """A submitted read that was given shared-memory slot ``slot``."""
+class _FromProcess:
+    """A read submitted to a reader process (`lightread.read_in_process`), lent ``slot`` if not None."""
 
-    future: Future[_Item]
-    slot: int
+    future: Future[tuple[str, Any]]
+    found: Found
+    slot: int | None
+    targets: list[Any]
 
     def result(self) -> _Item:
-        item = self.future.result()
+        kind, got = self.future.result()
+        if kind == "full":  # the full reader's item
+            item = got
+            item.found = self.found
+        else:  # the light reader's (row, true ranks or None, labels)
+            row, ranks, labels = got
+            fill_truth(row, self.targets, labels)
+            item = _Item(self.found, row, None if ranks is None else InSlot(ranks))
         item.slot = self.slot
         return item
