@@ -7,6 +7,7 @@ shared-memory slot, or a new one); `stack` copies packed adapters into the `Fact
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -16,6 +17,13 @@ from .adapter import Adapter
 # One adapter laid out for the checkpoint's spec: per shape group (U [L_g, n, r], V [L_g, m, r],
 # true ranks [L_g]); r is this adapter's largest rank in the group. Stacking these is `collate`.
 Packed = list[tuple[Any, Any, Any]]
+
+
+@dataclass
+class InSlot:
+    """A reader's answer for factors it packed into its shared-memory slot: true ranks per group."""
+
+    ranks: list[list[int]]
 
 
 def pack(adapter: Adapter, spec: Any, out: torch.Tensor | None = None) -> Packed | None:

@@ -2,7 +2,8 @@
 while batches are scored.
 
 Memory stays flat in the number of files: at most ``window`` adapters are in flight (being read
-or queued) plus one batch being assembled, whatever the folder size. Rows come back in input order, one per
+or queued) plus two batches (one being assembled while the one before it is scored, `lolscan.stages`),
+whatever the folder size. Rows come back in input order, one per
 target, including the ones that could not be read (status ``error``) or that do not fit the
 checkpoint (status ``incompatible``). Reader processes hand packed factors back through
 shared-memory slots (`lolscan.handoff`), not pickles.
@@ -29,7 +30,8 @@ from .handoff import DEFAULT_BUDGET, Arena, plan
 from .lightread import LightReader, init_worker, read_in_process
 from .lightread import base_row as _base_row
 from .lightread import one_line as _one_line
-from .packing import Buffers, Packed, pack, slot_views, stack  # noqa: F401 - stack is public here too
+from .packing import InSlot, Packed, pack, slot_views, stack  # noqa: F401 - public here too
+from .stages import Stages
 from .labels import LABELS_FILE, METADATA_LABELS_KEY, LabelFiles, known_labels  # noqa: F401 - re-exported
 
 
@@ -127,13 +129,6 @@ class _Reader:
         return _Item(found, row, packed)
 
 
-@dataclass
-class InSlot:
-    """A reader's answer for factors it packed into its shared-memory slot: true ranks per group."""
-
-    ranks: list[list[int]]
-
-
 def auto_processes(n_files: int) -> int:
     """Reader processes for ``--procs auto``: parsing is Python-bound, so past a couple of cores
     processes scale where threads cannot; small jobs and small machines keep threads. With the
@@ -165,10 +160,11 @@ class Scorer:
         self.ckpt = ckpt
         self.opts = opts or ScoreOptions()
         self._dtype = next(iter(ckpt.model.parameters())).dtype
-        self._buffers = Buffers()
         self._arena: Arena | None = None
         self.handoff = "in process"  # how factors reach the scoring thread (bench and logs)
-        self.timings: dict[str, float] = {"open": 0.0, "wait": 0.0, "assemble": 0.0, "predict": 0.0}  # seconds the main thread spent per stage
+        # Seconds per stage: open, wait (for readers) and retire (for a scored batch) on the main thread;
+        # assemble and predict on their own threads (they overlap each other and the main thread).
+        self.timings: dict[str, float] = {"open": 0.0, "wait": 0.0, "retire": 0.0, "assemble": 0.0, "predict": 0.0}
 
     def _reader(self) -> _Reader:
         targets = [t.to_json() for t in self.ckpt.targets]
@@ -200,42 +196,6 @@ class Scorer:
             self._arena.close()
             self._arena = None
 
-    def _score_batch(self, items: list[_Item]) -> None:
-        todo = [it for it in items if it.packed is not None]
-        if not todo:
-            return
-        spec, device = self.ckpt.spec, self.ckpt.device
-        for it in todo:
-            if isinstance(it.packed, InSlot):
-                assert self._arena is not None and it.slot is not None
-                it.packed = slot_views(self._arena.slot(it.slot), spec, it.packed.ranks, device)
-
-        def run(group: list[_Item]) -> list[dict[str, Any]]:
-            t0 = time.perf_counter()
-            batch = stack([it.packed for it in group], spec, [it.found.source for it in group], device, self._dtype, self._buffers)
-            t1 = time.perf_counter()
-            out = self.ckpt.predict(batch)
-            self.timings["assemble"] += t1 - t0
-            self.timings["predict"] += time.perf_counter() - t1
-            return out
-
-        try:
-            preds: list[dict[str, Any] | None] = list(run(todo))
-        except Exception:  # isolate the adapter that breaks the batch
-            preds = []
-            for it in todo:
-                try:
-                    preds.append(run([it])[0])
-                except Exception as exc:
-                    it.row.update(status="error", error=f"scoring failed: {_one_line(exc, it.found.source)}")
-                    preds.append(None)
-        if device.type == "cuda":  # the copies out of the slots are done before the slots are reused
-            torch.cuda.current_stream(device).synchronize()
-        for it, p in zip(todo, preds):
-            if p is not None:
-                it.row["predictions"] = p
-            it.packed = None  # release the factors
-
     def score(self, found: Iterable[Found]) -> Iterator[dict[str, Any]]:
         """One row per item of `found`, in order. Reading overlaps scoring."""
         bs = max(1, self.opts.batch_size)
@@ -264,6 +224,8 @@ class Scorer:
         free = deque(range(self._arena.info.slots)) if self._arena is not None else deque()
         pool, read = self._pool(self._reader())
         pending: deque[Future[_Item] | _Item] = deque()
+        stages = Stages(self.ckpt, self._dtype, lambda i: self._arena.slot(i), self.timings)
+        flight: deque[tuple[list[_Item], Future[None]]] = deque()  # batches in the stages, oldest first
         with pool:
 
             def fill() -> None:
@@ -281,13 +243,24 @@ class Scorer:
                     else:
                         pending.append(pool.submit(read, f))
 
-            def done(items: list[_Item]) -> Iterator[dict[str, Any]]:
-                self._score_batch(items)
+            def retire() -> Iterator[dict[str, Any]]:
+                items, scored = flight.popleft()
+                t0 = time.perf_counter()
+                scored.result()
+                self.timings["retire"] += time.perf_counter() - t0
                 for it in items:
                     if it.slot is not None:
                         free.append(it.slot)
                         it.slot = None
-                    yield it.row
+                fill()
+                yield from (it.row for it in items)
+
+            def done(items: list[_Item]) -> Iterator[dict[str, Any]]:
+                """Hand a full batch to the stages; then wait for the one before it (scored while this
+                one was assembled), so at most two batches hold factors and buffers at once."""
+                flight.append((items, stages.submit(items)))
+                if len(flight) > 1:
+                    yield from retire()
 
             try:
                 fill()
@@ -302,6 +275,9 @@ class Scorer:
                     t0 = time.perf_counter()
                     item = head.result() if isinstance(head, (Future, _FromProcess)) else head
                     self.timings["wait"] += time.perf_counter() - t0
+                    if item.packed is None and item.slot is not None:  # nothing to score: its slot is free now
+                        free.append(item.slot)
+                        item.slot = None
                     fill()
                     batch.append(item)
                     n_adapters += item.packed is not None
@@ -310,7 +286,10 @@ class Scorer:
                         batch, n_adapters = [], 0
                 if batch:
                     yield from done(batch)
-            finally:  # stopped early: drop what is queued, wait for what runs (it may write a slot)
+                while flight:
+                    yield from retire()
+            finally:  # stopped early: drop what is queued, wait for what runs (it may use a slot)
+                stages.close()
                 pool.shutdown(wait=True, cancel_futures=True)
 
 
