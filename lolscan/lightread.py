@@ -32,6 +32,8 @@ from .formats.peft_config import CONFIG_NAME, WEIGHT_NAMES, check_peft_type, is_
 from .formats.scheme import (ScaleRule, alpha_rule, diffusers_scale_rule, is_plain_pair, kohya_format, old_diffusers_keys,
                              old_module_name, peft_config_rule, scheme_of)
 from .labels import LabelFiles, known_labels
+from .slots import InSlot
+from .slots import layout as slot_layout
 from .npconvert import NUMPY, Converter
 from .sources.uris import is_remote
 from .stheader import PICKLE_SUFFIXES, Entry, looks_pickled, read_header
@@ -106,9 +108,9 @@ class LightReader:
         self.__dict__.update(state)
         self._labels, self._buf, self._convert = LabelFiles(), bytearray(), Converter()
 
-    def read(self, source: str, slot: np.ndarray | None) -> tuple[dict[str, Any], list[list[int]] | None, dict[str, Any]] | None:
-        """(row, true ranks per group, known labels) with the factors written into ``slot``; for an
-        unreadable header an error row (ranks None); None when the full reader must decide."""
+    def read(self, source: str, slot: np.ndarray | None) -> tuple[dict[str, Any], InSlot | None, dict[str, Any]] | None:
+        """(row, what was written into ``slot`` (bytes), known labels); for an unreadable header an
+        error row (and None); None when the full reader must decide."""
         found = self._locate(source) if slot is not None else None
         if found is None:
             return None
@@ -124,15 +126,15 @@ class LightReader:
         fmt, layers, metadata, data = parsed
         if not self._fits(layers):
             return None
-        ranks = self._pack(layers, data, slot)
-        if ranks is None:
+        where = self._pack(layers, data, slot)
+        if where is None:
             return None
         row = base_row(source)
         row["format"] = fmt
         row["rank"] = sorted({layer.rank for layer in layers.values()})
         row["layers"] = len(layers)
         labels = known_labels(metadata, source, self._labels)
-        return row, ranks, {t: labels[t] for t in self.targets if t in labels}
+        return row, where, {t: labels[t] for t in self.targets if t in labels}
 
     def _locate(self, source: str) -> tuple[Path, dict[str, Any] | None] | None:
         """The safetensors file to read and its adapter_config.json, as `formats.load_path` finds them."""
@@ -228,34 +230,54 @@ class LightReader:
                 return False
         return True
 
-    def _pack(self, layers: dict[str, Light], data: memoryview, slot: np.ndarray) -> list[list[int]] | None:
-        """`packing.pack` into ``slot``: per group U [L, n, r] then V [L, m, r], zero padded."""
-        plan = []
-        total = 0
+    def _pack(self, layers: dict[str, Light], data: memoryview, slot: np.ndarray) -> InSlot | None:
+        """Write the adapter into ``slot`` (bytes) in the layout of `lolscan.slots`: a group whose
+        factors are all float16 (or all bfloat16) with finite scales ≥ 0 keeps the file's bits, its
+        scales stored beside them; any other group is converted to float32, scales folded in, as
+        `packing.pack` writes it. None when the adapter does not fit the slot."""
+        plan, ranks, dtypes, scaled = [], [], [], []
         for n, m, names in self.groups:
             members = [layers.get(name) for name in names]
-            r = max((x.rank for x in members if x is not None), default=0) or 1
-            plan.append((n, m, members, r))
-            total += len(members) * (n + m) * r
-        if total > slot.size:
+            present = [x for x in members if x is not None]
+            kinds = {e[0] for x in present for e in (x.up, x.down)}
+            raw = len(kinds) == 1 and kinds <= {"F16", "BF16"} and all(math.isfinite(x.scale) and x.scale >= 0 for x in present)
+            plan.append(members)
+            ranks.append([0 if x is None else x.rank for x in members])
+            dtypes.append(kinds.pop() if raw else "F32")
+            scaled.append(raw and any(x.scale != 1.0 for x in present))
+        where = InSlot(ranks, dtypes, scaled)
+        blocks, used = slot_layout([(n, m) for n, m, _ in self.groups], where)
+        if used > slot.size:
             return None
-        f32 = self._convert.float32(data, [e for x in layers.values() for e in (x.up, x.down)])
-        at = 0
-        ranks = []
-        for n, m, members, r in plan:
-            L = len(members)
-            U = slot[at : at + L * n * r].reshape(L, n, r)
-            at += L * n * r
-            V = slot[at : at + L * m * r].reshape(L, m, r)
-            at += L * m * r
+        convert = [e for members, d in zip(plan, dtypes) if d == "F32" for x in members if x is not None for e in (x.up, x.down)]
+        f32 = self._convert.float32(data, convert) if convert else {}
+        for members, (u, v, sc), r in zip(plan, blocks, (b[0][1][2] for b in blocks)):
+            U, V = _block(slot, u), _block(slot, v)
             if not all(x is not None and x.rank == r for x in members):
                 U.fill(0)
                 V.fill(0)
             for j, x in enumerate(members):
-                if x is not None:
+                if x is None:
+                    continue
+                if u[2] == "F32":
                     _write(U[j, :, : x.rank], V[j, :, : x.rank], x, f32)
-            ranks.append([0 if x is None else x.rank for x in members])
-        return ranks
+                else:  # the file's bits; converted and scaled by the scorer (`packing.stack`)
+                    np.copyto(U[j, :, : x.rank], _bits(data, x.up).reshape(-1, x.rank))
+                    np.copyto(V[j, :, : x.rank], _bits(data, x.down).reshape(x.rank, -1).T)
+            if sc is not None:
+                _block(slot, sc)[:] = [np.float32(math.sqrt(x.scale)) if x is not None else 1.0 for x in members]
+        return where
+
+
+def _block(slot: np.ndarray, block: tuple[int, tuple[int, ...], str]) -> np.ndarray:
+    """A block of the slot as an array: float32, or the raw 16-bit words of float16/bfloat16."""
+    at, shape, dtype = block
+    kind = np.float32 if dtype == "F32" else np.uint16
+    return slot[at : at + math.prod(shape) * np.dtype(kind).itemsize].view(kind).reshape(shape)
+
+
+def _bits(data: memoryview, entry: Entry) -> np.ndarray:
+    return np.frombuffer(data, np.uint16, (entry[3] - entry[2]) // 2, entry[2])
 
 
 def _write(U: np.ndarray, V: np.ndarray, x: Light, f32: dict[tuple[int, int], np.ndarray]) -> None:
@@ -279,10 +301,10 @@ _STATE: dict[str, Any] = {}
 
 
 def attach(info: ArenaInfo) -> tuple[shared_memory.SharedMemory, np.ndarray]:
-    """The scorer's segment as one float32 array. The creator's resource tracker, which readers
+    """The scorer's segment as one byte array. The creator's resource tracker, which readers
     share, already knows the segment; unregistering here would drop the creator's registration."""
     shm = shared_memory.SharedMemory(name=info.name)
-    return shm, np.frombuffer(shm.buf, np.float32, info.slots * info.slot_floats)
+    return shm, np.frombuffer(shm.buf, np.uint8, info.slots * info.slot_floats * 4)
 
 
 def init_worker(light: LightReader, full_reader: bytes, arena: ArenaInfo | None) -> None:
@@ -296,9 +318,10 @@ def init_worker(light: LightReader, full_reader: bytes, arena: ArenaInfo | None)
 
 
 def read_in_process(source: str, slot: int | None = None) -> tuple[str, Any]:
-    """("light", (row, ranks, labels)) when this module read the file, else ("full", scoring._Item)."""
+    """("light", (row, InSlot, labels)) when this module read the file, else ("full", scoring._Item)."""
     flat, info = _STATE["flat"], _STATE["arena"]
-    view = flat[slot * info.slot_floats : (slot + 1) * info.slot_floats] if flat is not None and slot is not None else None
+    size = 4 * info.slot_floats if info is not None else 0
+    view = flat[slot * size : (slot + 1) * size] if flat is not None and slot is not None else None
     try:
         got = _STATE["light"].read(source, view)
     except Exception:  # an unusual file: the full reader decides, with lolscan.load's messages
@@ -316,4 +339,4 @@ def _full_read(source: str, view: np.ndarray | None) -> Any:
     if _STATE["full"] is None:
         torch.set_num_threads(1)
         _STATE["full"] = pickle.loads(_STATE["full_blob"])  # our own reader object, never a file's bytes
-    return _STATE["full"](Found(source), torch.from_numpy(view) if view is not None else None)
+    return _STATE["full"](Found(source), torch.from_numpy(view.view(np.float32)) if view is not None else None)

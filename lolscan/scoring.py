@@ -307,9 +307,9 @@ class _FromProcess:
         if kind == "full":  # the full reader's item
             item = got
             item.found = self.found
-        else:  # the light reader's (row, true ranks or None, labels)
-            row, ranks, labels = got
+        else:  # the light reader's (row, InSlot or None, labels)
+            row, written, labels = got
             fill_truth(row, self.targets, labels)
-            item = _Item(self.found, row, None if ranks is None else InSlot(ranks))
+            item = _Item(self.found, row, written)
         item.slot = self.slot
         return item

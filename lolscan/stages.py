@@ -49,7 +49,7 @@ class Stages:
     def _views(self, it: Any) -> Any:
         """``it.packed``, as views of its slot (copied to the device in one transfer) when it is in one."""
         if isinstance(it.packed, InSlot):
-            it.packed = slot_views(self.slot_of(it.slot), self.ckpt.spec, it.packed.ranks, self.ckpt.device)
+            it.packed = slot_views(self.slot_of(it.slot), self.ckpt.spec, it.packed, self.ckpt.device)
         return it.packed
 
     def _stack(self, items: list[Any], buffers: Buffers) -> Any:

@@ -22,7 +22,7 @@ from lolscan.handoff import packed_floats
 from lolscan.lightread import LightReader, init_worker, read_in_process
 from lolscan.nets import LayerShape, LayerSpec
 from lolscan.npconvert import Converter, bf16_to_f32, f16_to_f32
-from lolscan.packing import pack
+from lolscan.packing import pack, slot_views, stack
 from lolscan.scoring import _Reader
 
 from helpers import REAL, REPO
@@ -77,25 +77,42 @@ def _spec_with_extra(adapter) -> LayerSpec:
     return LayerSpec([*spec, LayerShape("never.touched", first.n, first.m)])
 
 
-def _compare(path: Path, spec: LayerSpec | None = None) -> dict:
-    """Read ``path`` both ways into NaN-filled slots; the used part must be the same bytes."""
+def _same(a: torch.Tensor, b: torch.Tensor, what: str) -> None:
+    """Bit for bit; NaNs only where the other has NaNs (their payloads differ even between torch's own kernels)."""
+    nan = torch.isnan(b)
+    assert torch.equal(torch.isnan(a), nan), what
+    assert torch.equal(a[~nan].view(torch.int32), b[~nan].view(torch.int32)), what
+
+
+def _compare(path: Path, spec: LayerSpec | None = None) -> tuple[dict, list[str]]:
+    """Read ``path`` with the light reader into a garbage-filled slot and assemble a batch from it, next
+    to a zoo-like adapter: the batch must hold the bytes of one assembled from ``pack(lolscan.load(path))``."""
     adapter = lolscan.load(str(path))
     spec = spec or _spec_with_extra(adapter)
-    size = packed_floats(spec, 16)
-    light_slot = np.full(size, np.nan, np.float32)
-    torch_slot = torch.full((size,), float("nan"))
-    got = LightReader(_rule(spec), ["score"]).read(str(path), light_slot)
+    slot = np.full(4 * packed_floats(spec, 16), 0x7F, np.uint8)
+    got = LightReader(_rule(spec), ["score"]).read(str(path), slot)
     assert got is not None, f"{path.name}: the light reader declined"
-    row, ranks, _ = got
-    packed = pack(adapter, spec, torch_slot)
-    assert ranks == [k.tolist() for _, _, k in packed]
-    used = sum(u.numel() + v.numel() for u, v, _ in packed)
-    want = torch_slot[:used].numpy()
-    nan = np.isnan(want)
-    assert np.array_equal(np.isnan(light_slot[:used]), nan), path.name
-    assert np.array_equal(_bits(light_slot[:used])[~nan], _bits(want)[~nan]), path.name
+    row, written, _ = got
+    assert written.ranks == [k.tolist() for _, _, k in pack(adapter, spec)]
+    other = pack(_neighbour(spec), spec)
+    cpu = torch.device("cpu")
+    light = stack([slot_views(torch.from_numpy(slot), spec, written), other], spec, ["a", "b"], cpu)
+    full = stack([pack(adapter, spec), other], spec, ["a", "b"], cpu)
+    for i, (ga, gb) in enumerate(zip(light.groups, full.groups)):
+        _same(ga.U, gb.U, f"{path.name} group {i} U")
+        _same(ga.V, gb.V, f"{path.name} group {i} V")
+        assert torch.equal(ga.ranks, gb.ranks)
     assert row["format"] == adapter.format and row["layers"] == len(adapter) and row["rank"] == sorted(set(adapter.ranks))
-    return row
+    return row, written.dtypes
+
+
+def _neighbour(spec: LayerSpec):
+    """An adapter of rank 6 on every module of ``spec``, batched beside the one under test (padding)."""
+    from lolscan.adapter import Adapter, Layer
+
+    g = torch.Generator().manual_seed(9)
+    layers = {s.name: Layer(U=torch.randn(s.n, 6, generator=g), V=torch.randn(s.m, 6, generator=g), shape=(s.n, s.m)) for s in spec}
+    return Adapter(layers=layers, format="test")
 
 
 def _kohya(path: Path, dtype: torch.dtype, *, alpha: float | None, ranks=(4, 4, 2), conv: bool = False, nan: bool = False) -> Path:
@@ -123,7 +140,16 @@ def _kohya(path: Path, dtype: torch.dtype, *, alpha: float | None, ranks=(4, 4, 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
 @pytest.mark.parametrize("alpha", [None, 2.0, -3.0, 0.0])
 def test_kohya_files_every_dtype_and_alpha(tmp_path, dtype, alpha):
-    _compare(_kohya(tmp_path / "k.safetensors", dtype, alpha=alpha, conv=True))
+    """16-bit groups keep the file's bits (scaled while the batch is assembled) unless a scale is
+    negative; the others are converted and scaled by the reader."""
+    _, dtypes = _compare(_kohya(tmp_path / "k.safetensors", dtype, alpha=alpha, conv=True))
+    raw = {torch.float16: "F16", torch.bfloat16: "BF16"}.get(dtype)
+    if raw is None:
+        assert set(dtypes) == {"F32"}
+    elif alpha is None or alpha >= 0:
+        assert set(dtypes) == {raw}  # every group (the spec's extra module shares the first group)
+    else:
+        assert dtypes == ["F32", raw, "F32"]  # the conv module has no alpha: scale 1
 
 
 def test_mixed_ranks_non_finite_values_and_a_rank_rule(tmp_path):
@@ -131,7 +157,7 @@ def test_mixed_ranks_non_finite_values_and_a_rank_rule(tmp_path):
         _compare(_kohya(tmp_path / f"nan_{str(dtype)[6:]}.safetensors", dtype, alpha=3.0, ranks=(5, 2, 7), nan=True))
     path = _kohya(tmp_path / "r.safetensors", torch.float16, alpha=None, ranks=(4, 2, 4))
     spec = LayerSpec.from_adapters([lolscan.load(str(path))])
-    assert LightReader(_rule(spec, rank=4), []).read(str(path), np.zeros(packed_floats(spec, 8), np.float32)) is None
+    assert LightReader(_rule(spec, rank=4), []).read(str(path), np.zeros(4 * packed_floats(spec, 8), np.uint8)) is None
 
 
 def test_peft_and_diffusers_files_and_folders(tmp_path):
@@ -150,7 +176,7 @@ def test_peft_and_diffusers_files_and_folders(tmp_path):
     _compare(folder)
     _compare(folder / "adapter_model.safetensors")  # a weights file beside its config
     row, _, labels = LightReader(_rule(LayerSpec.from_adapters([lolscan.load(str(folder))])), ["score"]).read(
-        str(folder), np.zeros(10_000, np.float32))
+        str(folder), np.zeros(40_000, np.uint8))
     assert row["format"] == "peft" and labels == {"score": 1.5}
 
     t = {}
@@ -160,16 +186,16 @@ def test_peft_and_diffusers_files_and_folders(tmp_path):
         t[f"{name}.lora_B.weight"] = torch.randn(n, r, generator=g).float()
     meta = {"lora_adapter_metadata": json.dumps({"unet.r": 4, "unet.lora_alpha": 2, "text_encoder.r": 2, "text_encoder.lora_alpha": 6})}
     save_file(t, str(tmp_path / "diffusers.safetensors"), metadata=meta)
-    assert _compare(tmp_path / "diffusers.safetensors")["format"] == "diffusers"
+    assert _compare(tmp_path / "diffusers.safetensors")[0]["format"] == "diffusers"
 
 
 def test_real_fixtures(tmp_path):
-    assert _compare(REAL / "catundchat_sd15_pytorch_lora_weights.safetensors")["format"] == "diffusers"
-    assert _compare(REAL / "gradience_tiny_lora")["format"] == "peft"
+    assert _compare(REAL / "catundchat_sd15_pytorch_lora_weights.safetensors")[0]["format"] == "diffusers"
+    assert _compare(REAL / "gradience_tiny_lora")[0]["format"] == "peft"
     for name in ("cloneofsimo_analog_svd_rank4.safetensors", "cloneofsimo_lora_disney.safetensors"):
         adapter = lolscan.load(str(REAL / name))
         spec = LayerSpec.from_adapters([adapter])
-        assert LightReader(_rule(spec), []).read(str(REAL / name), np.zeros(packed_floats(spec, 4), np.float32)) is None
+        assert LightReader(_rule(spec), []).read(str(REAL / name), np.zeros(4 * packed_floats(spec, 4), np.uint8)) is None
 
 
 def test_unaligned_float16_tensors(tmp_path):
@@ -198,7 +224,7 @@ def test_hostile_files_give_the_rows_of_the_full_reader(tmp_path):
     light = LightReader(rule, [])
     full = _Reader(rule, [], False, {}, True)
     init_worker(light, pickle.dumps(full), None)
-    slot = np.zeros(packed_floats(spec, 8), np.float32)
+    slot = np.zeros(4 * packed_floats(spec, 8), np.uint8)
     decided = 0
     for label, (path, _) in _hostile(tmp_path).items():
         want = full(Found(str(path))).row
@@ -252,3 +278,23 @@ def test_importing_lolscan_and_the_light_reader_does_not_import_torch():
     code = "import sys, lolscan, lolscan.lightread; assert 'torch' not in sys.modules, 'torch imported'; print(lolscan.Adapter.__name__)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={"PYTHONPATH": str(REPO)}, timeout=60)
     assert done.returncode == 0 and done.stdout.strip() == "Adapter", done.stderr[-2000:]
+
+
+def test_widening_and_scaling_paths_agree_with_lolscan_load_arithmetic():
+    """`packing` widens 16-bit factors and multiplies them by √s in float32, on the device in one op
+    (`_scaled`) or on the CPU through a contiguous buffer (`_widen`): both are ``x.float().mul_(√s)``,
+    the operation `formats.plain` applies to the file's factors."""
+    from lolscan.packing import _scaled, _widen
+
+    g = torch.Generator().manual_seed(4)
+    for dtype in (torch.float16, torch.bfloat16):
+        src = (torch.randn(3, 40, 5, generator=g) * 300).to(dtype)
+        src.view(-1)[:3] = torch.tensor([float("inf"), -0.0, 1e-7]).to(dtype)
+        for c in (1.0, 0.75, 2.0 ** 0.5, 0.0, 1e-3):
+            want = src.float().mul_(c)  # one scale per layer here: all three layers share c
+            scale = torch.full((3,), c, dtype=torch.float32)
+            dst = torch.full((3, 40, 2, 8), float("nan"))[:, :, 1, :5]
+            _scaled(src, scale, dst)
+            assert torch.equal(dst.contiguous().view(torch.int32), want.view(torch.int32)), (dtype, c)
+            assert torch.equal(_widen(src, scale, None).view(torch.int32), want.view(torch.int32)), (dtype, c)
+        assert torch.equal(_widen(src, None, torch.empty(3, 40, 5)).view(torch.int32), src.float().view(torch.int32))
