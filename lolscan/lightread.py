@@ -5,8 +5,10 @@ a fraction of a second (a fork server that imports torch takes seconds from a co
 file it validates the safetensors header (`stheader`, the checks and messages of `lolscan.load`),
 recognises plain LoRA files — kohya, diffusers and PEFT keys whose modules are up/down pairs with
 optional alphas (what `formats.plain` reads in bulk) — checks that the adapter fits the checkpoint's
-layer spec and converts the factors straight into its shared-memory slot, laid out as
-`packing.pack` lays them out: the same bytes as ``pack(lolscan.load(path), spec, slot)``.
+layer spec and writes the factors straight into its shared-memory slot (`lolscan.slots`): float16
+and bfloat16 factors as the file's bits with each layer's scale, the others converted to float32
+and scaled exactly as `lolscan.load` does. The batch the scorer assembles from the slot holds the
+bytes of one assembled from ``pack(lolscan.load(path), spec)``.
 
 Anything else (pickles, remote URIs, cloneofsimo, LyCORIS, DoRA, embeddings, adapters that do not
 fit, a full slot, ...) is not decided here: `read_in_process` hands it to the full reader, which
@@ -32,9 +34,9 @@ from .formats.peft_config import CONFIG_NAME, WEIGHT_NAMES, check_peft_type, is_
 from .formats.scheme import (ScaleRule, alpha_rule, diffusers_scale_rule, is_plain_pair, kohya_format, old_diffusers_keys,
                              old_module_name, peft_config_rule, scheme_of)
 from .labels import LabelFiles, known_labels
+from .npconvert import NUMPY, Converter
 from .slots import InSlot
 from .slots import layout as slot_layout
-from .npconvert import NUMPY, Converter
 from .sources.uris import is_remote
 from .stheader import PICKLE_SUFFIXES, Entry, looks_pickled, read_header
 
