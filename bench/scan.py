@@ -233,8 +233,9 @@ def main() -> None:
     for label, r in results.items():
         print(f"{label:6} {r['raw_mb_per_s']:8.0f} MB/s {r['raw_files_per_s']:7.0f} f/s "
               f"{r['scan_mb_per_s']:8.0f} MB/s {r['scan_adapters_per_s']:7.1f} adapters/s {100 * r['scan_vs_raw']:9.1f} %")
-    print("ms per adapter (main thread: open, wait for readers, assemble, predict; cpu: this process and the readers "
-          "it started, not those of a fork server):")
+    print("ms per adapter (Scorer.timings: open, wait for readers and retire (for a scored batch) on the main thread, "
+          "assemble and predict on their own overlapping threads; cpu: this process and the readers it started, "
+          "not those of a fork server):")
     for label, r in results.items():
         print(f"{label:6} " + "  ".join(f"{k} {v:.2f}" for k, v in r["scan_ms_per_adapter"].items()) + f"  (first row after {r['scan_first_row_s']:.2f} s; {r['scan_handoff']})")
     if args.json:
