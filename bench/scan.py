@@ -8,7 +8,8 @@ few of them, then measures with a cold page cache (posix_fadvise DONTNEED before
   raw read   every file read start to end by the same number of threads (the I/O limit)
   scan       lolscan's streaming scorer: discovery, parse, fit check, batch, score, JSONL rows
 
-and the same two with a warm cache (CPU cost only). Example (CPU)::
+and the same two with a warm cache (CPU cost only). torch is imported inside functions only: reader
+processes started by a fork server (or spawned) re-run this script's top level. Example (CPU)::
 
     python bench/scan.py --n 3000 --workers 4 --device cpu
     python bench/scan.py --n 3000 --device cuda --json results.json
@@ -25,8 +26,6 @@ import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
-
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -51,10 +50,11 @@ def sd15_attention_modules() -> list[tuple[str, int, int]]:
 
 
 def write_lora(path: Path, rank: int, style: str, seed: int) -> None:
+    import torch
     from safetensors.torch import save_file
 
     g = torch.Generator().manual_seed(seed)
-    tensors: dict[str, torch.Tensor] = {}
+    tensors: dict[str, "torch.Tensor"] = {}
     alpha = float(rank)  # kohya default alpha = rank (scale 1)
     for name, n, m in sd15_attention_modules():
         down = (torch.randn(rank, m, generator=g) / math.sqrt(m)).half()
@@ -72,6 +72,8 @@ def write_lora(path: Path, rank: int, style: str, seed: int) -> None:
 
 
 def _write_one(job: tuple[Path, int, str, int]) -> None:
+    import torch
+
     torch.set_num_threads(1)
     write_lora(*job)
 
@@ -171,6 +173,8 @@ def scan(folder: Path, ckpt_path: Path, workers: int, batch_size: int, device: s
             sink.write(jsonl_line(row))
             ok += row["status"] == "ok"
     if device.startswith("cuda"):
+        import torch
+
         torch.cuda.synchronize()
     return time.perf_counter() - t0, ok, {**scorer.timings, "cpu": cpu_seconds() - c0, "first_row_s": first, "handoff": scorer.handoff}
 
@@ -184,11 +188,14 @@ def main() -> None:
     ap.add_argument("--start-method", default="auto", choices=["auto", "fork", "forkserver", "spawn"], help="how reader processes start")
     ap.add_argument("--shm-budget", type=int, help="bytes of shared memory for the hand-off (0: pickle, as before it)")
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--device", help="cuda where there is one, else cpu")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=Path, help="also write the figures here")
     ap.add_argument("--no-warm", action="store_true", help="skip the warm-cache runs")
     args = ap.parse_args()
+    import torch
+
+    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
 
     from lolscan.scoring import auto_processes
 
@@ -226,8 +233,9 @@ def main() -> None:
     for label, r in results.items():
         print(f"{label:6} {r['raw_mb_per_s']:8.0f} MB/s {r['raw_files_per_s']:7.0f} f/s "
               f"{r['scan_mb_per_s']:8.0f} MB/s {r['scan_adapters_per_s']:7.1f} adapters/s {100 * r['scan_vs_raw']:9.1f} %")
-    print("ms per adapter (main thread: open, wait for readers, assemble, predict; cpu: this process and the readers "
-          "it started, not those of a fork server):")
+    print("ms per adapter (Scorer.timings: open, wait for readers and retire (for a scored batch) on the main thread, "
+          "assemble and predict on their own overlapping threads; cpu: this process and the readers it started, "
+          "not those of a fork server):")
     for label, r in results.items():
         print(f"{label:6} " + "  ".join(f"{k} {v:.2f}" for k, v in r["scan_ms_per_adapter"].items()) + f"  (first row after {r['scan_first_row_s']:.2f} s; {r['scan_handoff']})")
     if args.json:

@@ -1,12 +1,26 @@
 """lolscan: score LoRA adapters with GL-equivariant metanetworks."""
 from __future__ import annotations
 
-from .adapter import Adapter, Layer
+from typing import TYPE_CHECKING, Any
+
 from .errors import IncompatibleAdapter, InputError, LolscanError, UnsupportedFormat
+
+if TYPE_CHECKING:
+    from .adapter import Adapter, Layer
 
 __version__ = "0.1.0"
 
 __all__ = ["Adapter", "Layer", "load", "LolscanError", "InputError", "UnsupportedFormat", "IncompatibleAdapter", "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    """`Adapter` and `Layer` on first use: ``import lolscan`` does not import torch, so the light
+    reader processes of `lolscan.scoring` (`lolscan.lightread`) start in a fraction of a second."""
+    if name in ("Adapter", "Layer"):
+        from . import adapter
+
+        return getattr(adapter, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def load(target: str, *, allow_pickle: bool = False, **source_options) -> Adapter:

@@ -1,10 +1,11 @@
 """Shared-memory hand-off of packed factors from reader processes to the scorer.
 
 The scorer creates one POSIX shared-memory segment cut into fixed-size slots, before it starts
-its reader processes. Each file is read with one free slot: the reader packs the adapter's
-float32 factors straight into it and sends back only the layout (ranks), a few hundred bytes,
-instead of pickling megabytes. The scorer reads the slot in place and frees it once the batch
-holding it is scored. An adapter that does not fit its slot travels by pickle, as before.
+its reader processes. Each file is read with one free slot: the reader (`lolscan.lightread`, torch-free)
+writes the adapter's factors straight into it (float32, or the file's own float16/bfloat16 bits with
+their scales: `lolscan.slots`) and sends back only the layout, a few hundred bytes, instead of
+pickling megabytes. The scorer reads the slot in place and frees it once the batch holding it is
+scored. An adapter that does not fit its slot travels by pickle, as before.
 
 Leaks: only the creating process unlinks the segment (`Arena.close`, from a ``finally``); it is
 also registered with multiprocessing's resource tracker, which unlinks it should the scorer be
@@ -13,24 +14,16 @@ killed. Readers attach without registering anything of their own.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from multiprocessing import shared_memory
 from typing import Any
 
 import torch
 
+from .lightread import ArenaInfo
+
 FLOAT_BYTES = 4
 DEFAULT_BUDGET = 1 << 30  # bytes of shared memory at most, all slots together
 SHM_DIR = "/dev/shm"
-
-
-@dataclass(frozen=True)
-class ArenaInfo:
-    """What a reader process needs to attach: picklable."""
-
-    name: str
-    slots: int
-    slot_floats: int
 
 
 def packed_floats(spec: Any, rank: int) -> int:
@@ -76,8 +69,9 @@ class Arena:
 
     @classmethod
     def attach(cls, info: ArenaInfo) -> Arena:
-        """In a reader process. The creator's resource tracker, which readers share, already
-        knows the segment; unregistering here would drop the creator's registration."""
+        """Attach to an existing segment without owning it (reader processes use `lightread.attach`).
+        The creator's resource tracker, which readers share, already knows the segment;
+        unregistering here would drop the creator's registration."""
         return cls(shared_memory.SharedMemory(name=info.name), info, owner=False)
 
     def slot(self, i: int) -> torch.Tensor:

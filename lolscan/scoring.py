@@ -2,22 +2,22 @@
 while batches are scored.
 
 Memory stays flat in the number of files: at most ``window`` adapters are in flight (being read
-or queued) plus one batch being assembled, whatever the folder size. Rows come back in input order, one per
+or queued) plus two batches (one being assembled while the one before it is scored, `lolscan.stages`),
+whatever the folder size. Rows come back in input order, one per
 target, including the ones that could not be read (status ``error``) or that do not fit the
 checkpoint (status ``incompatible``). Reader processes hand packed factors back through
 shared-memory slots (`lolscan.handoff`), not pickles.
 """
 from __future__ import annotations
 
-import json
 import multiprocessing
 import os
+import pickle
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -26,12 +26,14 @@ from .adapter import Adapter
 from .checkpoint import Checkpoint, check_fits
 from .discovery import Found
 from .errors import IncompatibleAdapter, LolscanError
-from .handoff import DEFAULT_BUDGET, Arena, ArenaInfo, plan
-from .packing import Buffers, Packed, pack, slot_views, stack  # noqa: F401 - stack is public here too
-from .manifest import is_uri
+from .handoff import DEFAULT_BUDGET, Arena, plan
+from .lightread import LightReader, init_worker, read_in_process
+from .lightread import base_row as _base_row
+from .lightread import one_line as _one_line
+from .packing import InSlot, Packed, pack, slot_views, stack  # noqa: F401 - public here too
+from .stages import Stages
+from .labels import LABELS_FILE, METADATA_LABELS_KEY, LabelFiles, known_labels  # noqa: F401 - re-exported
 
-LABELS_FILE = "labels.json"
-METADATA_LABELS_KEY = "lolscan_labels"
 
 
 @dataclass
@@ -55,58 +57,20 @@ class _Item:
     slot: int | None = None  # shared-memory slot lent to this item's read, returned after scoring
 
 
-def _base_row(source: str) -> dict[str, Any]:
-    return {"source": source, "status": "ok", "error": None, "predictions": {}, "truth": {}, "gates": []}
-
-
-def _one_line(exc: BaseException, source: str) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    prefix = f"{source}: "
-    return text[len(prefix) :] if text.startswith(prefix) else text
-
-
-class _LabelFiles:
-    """``labels.json`` files next to adapters, read once per folder: {name: {target: value}}."""
-
-    def __init__(self) -> None:
-        self._cache: dict[Path, dict[str, Any]] = {}
-
-    def lookup(self, source: str) -> dict[str, Any]:
-        if is_uri(source):
-            return {}
-        p = Path(source)
-        folder = p.parent
-        if folder not in self._cache:
-            data: dict[str, Any] = {}
-            f = folder / LABELS_FILE
-            if f.is_file():
-                try:
-                    loaded = json.loads(f.read_text(encoding="utf-8"))
-                    data = loaded if isinstance(loaded, dict) else {}
-                except (OSError, ValueError):
-                    data = {}
-            self._cache[folder] = data
-        table = self._cache[folder]
-        for key in (p.name, p.stem):
-            if isinstance(table.get(key), dict):
-                return table[key]
-        return {}
-
-
-def true_labels(adapter: Adapter, source: str, label_files: _LabelFiles) -> dict[str, Any]:
+def true_labels(adapter: Adapter, source: str, label_files: LabelFiles) -> dict[str, Any]:
     """Known labels of an adapter: adapter metadata ``lolscan_labels`` (JSON), then ``labels.json``."""
-    out: dict[str, Any] = {}
     st = adapter.metadata.get("safetensors") if isinstance(adapter.metadata, dict) else None
-    raw = (st or {}).get(METADATA_LABELS_KEY) if isinstance(st, dict) else None
-    if isinstance(raw, str):
-        try:
-            parsed = json.loads(raw)
-            if isinstance(parsed, dict):
-                out.update(parsed)
-        except ValueError:
-            pass
-    out.update(label_files.lookup(source))
-    return out
+    return known_labels(st, source, label_files)
+
+
+def fill_truth(row: dict[str, Any], targets: Iterable[Any], labels: dict[str, Any]) -> None:
+    """A row's ``truth``: each target's known label, decoded as the target reads labels when it can."""
+    for t in targets:
+        if t.name in labels:
+            try:
+                row["truth"][t.name] = t.true_values([labels[t.name]])[0]
+            except LolscanError:
+                row["truth"][t.name] = labels[t.name]
 
 
 class _Reader:
@@ -117,14 +81,14 @@ class _Reader:
         self.allow_pickle, self.source_options, self.as_numpy = allow_pickle, source_options, as_numpy
         self._spec: Any = None
         self._targets: list[Any] | None = None
-        self._labels = _LabelFiles()
+        self._labels = LabelFiles()
 
     def __getstate__(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if k not in ("_spec", "_targets", "_labels")}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self._spec, self._targets, self._labels = None, None, _LabelFiles()
+        self._spec, self._targets, self._labels = None, None, LabelFiles()
 
     def __call__(self, found: Found, slot: torch.Tensor | None = None) -> _Item:
         """Read ``found``; with ``slot`` (shared memory) the factors are packed into it when they fit."""
@@ -153,13 +117,7 @@ class _Reader:
         except IncompatibleAdapter as exc:
             row.update(status="incompatible", error=_one_line(exc, found.source))
             return _Item(found, row)
-        labels = true_labels(adapter, found.source, self._labels)
-        for t in self._targets or ():
-            if t.name in labels:
-                try:
-                    row["truth"][t.name] = t.true_values([labels[t.name]])[0]
-                except LolscanError:
-                    row["truth"][t.name] = labels[t.name]
+        fill_truth(row, self._targets or (), true_labels(adapter, found.source, self._labels))
         if slot is not None:
             in_slot = pack(adapter, self._spec, slot)
             if in_slot is not None:  # only the true ranks travel; the factors stay in the slot
@@ -169,13 +127,6 @@ class _Reader:
         if self.as_numpy:  # plain pickling across processes (no shared-memory file descriptors)
             packed = [tuple(x.numpy() for x in group) for group in packed]
         return _Item(found, row, packed)
-
-
-@dataclass
-class InSlot:
-    """A reader's answer for factors it packed into its shared-memory slot: true ranks per group."""
-
-    ranks: list[list[int]]
 
 
 def auto_processes(n_files: int) -> int:
@@ -188,8 +139,9 @@ def auto_processes(n_files: int) -> int:
 
 def start_method(wanted: str = "auto") -> str:
     """How reader processes start. auto: fork (cheap) while CUDA is untouched; after that a fork
-    server, which is a clean interpreter that imports lolscan once and then forks the readers
-    (spawning each reader costs each its own torch import: seconds)."""
+    server, a clean interpreter that imports the torch-free `lolscan.lightread` once and then forks
+    the readers (spawning each reader costs each its own imports). Readers started by a fork server
+    or spawned re-import the ``__main__`` script (Python does): keep heavy imports out of its top level."""
     if wanted != "auto":
         return wanted
     if os.name != "posix":
@@ -197,26 +149,8 @@ def start_method(wanted: str = "auto") -> str:
     if not torch.cuda.is_initialized():
         return "fork"
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload([__name__])
+    ctx.set_forkserver_preload(["lolscan.lightread"])  # numpy, not torch: readers start in a fraction of a second
     return "forkserver"
-
-
-_PROCESS_READER: _Reader | None = None
-_PROCESS_ARENA: Arena | None = None
-
-
-def _worker_init(reader: _Reader, arena: ArenaInfo | None) -> None:
-    """Reader processes get the reader (and the shared-memory arena) once, not with every file."""
-    global _PROCESS_READER, _PROCESS_ARENA
-    torch.set_num_threads(1)
-    _PROCESS_READER = reader
-    _PROCESS_ARENA = Arena.attach(arena) if arena is not None else None
-
-
-def _process_read(found: Found, slot: int | None = None) -> _Item:
-    assert _PROCESS_READER is not None
-    view = _PROCESS_ARENA.slot(slot) if _PROCESS_ARENA is not None and slot is not None else None
-    return _PROCESS_READER(found, view)
 
 
 class Scorer:
@@ -226,23 +160,26 @@ class Scorer:
         self.ckpt = ckpt
         self.opts = opts or ScoreOptions()
         self._dtype = next(iter(ckpt.model.parameters())).dtype
-        self._buffers = Buffers()
         self._arena: Arena | None = None
         self.handoff = "in process"  # how factors reach the scoring thread (bench and logs)
-        self.timings: dict[str, float] = {"open": 0.0, "wait": 0.0, "assemble": 0.0, "predict": 0.0}  # seconds the main thread spent per stage
+        # Seconds per stage: open, wait (for readers) and retire (for a scored batch) on the main thread;
+        # assemble and predict on their own threads (they overlap each other and the main thread).
+        self.timings: dict[str, float] = {"open": 0.0, "wait": 0.0, "retire": 0.0, "assemble": 0.0, "predict": 0.0}
 
     def _reader(self) -> _Reader:
         targets = [t.to_json() for t in self.ckpt.targets]
         return _Reader(self.ckpt.fit_rule(), targets, self.opts.allow_pickle, dict(self.opts.source_options), self.opts.processes > 0)
 
     def _pool(self, reader: _Reader) -> tuple[Executor, Any]:
+        """Reader processes run `lightread.read_in_process` (torch-free; ``reader`` where it declines),
+        called with a source and a slot; reader threads run ``reader`` itself, called with a `Found`."""
         if self.opts.processes > 0:
             method = start_method(self.opts.start_method)
             info = self._arena.info if self._arena is not None else None
-            pool = ProcessPoolExecutor(
-                self.opts.processes, mp_context=multiprocessing.get_context(method), initializer=_worker_init, initargs=(reader, info)
-            )
-            return pool, _process_read
+            light = LightReader(self.ckpt.fit_rule(), [t.name for t in self.ckpt.targets])
+            pool = ProcessPoolExecutor(self.opts.processes, mp_context=multiprocessing.get_context(method), initializer=init_worker,
+                                       initargs=(light, pickle.dumps(reader), info))
+            return pool, read_in_process
         return ThreadPoolExecutor(max_workers=max(1, self.opts.workers), thread_name_prefix="lolscan-read"), reader
 
     def _open_arena(self, slots: int) -> None:
@@ -258,42 +195,6 @@ class Scorer:
         if self._arena is not None:
             self._arena.close()
             self._arena = None
-
-    def _score_batch(self, items: list[_Item]) -> None:
-        todo = [it for it in items if it.packed is not None]
-        if not todo:
-            return
-        spec, device = self.ckpt.spec, self.ckpt.device
-        for it in todo:
-            if isinstance(it.packed, InSlot):
-                assert self._arena is not None and it.slot is not None
-                it.packed = slot_views(self._arena.slot(it.slot), spec, it.packed.ranks, device)
-
-        def run(group: list[_Item]) -> list[dict[str, Any]]:
-            t0 = time.perf_counter()
-            batch = stack([it.packed for it in group], spec, [it.found.source for it in group], device, self._dtype, self._buffers)
-            t1 = time.perf_counter()
-            out = self.ckpt.predict(batch)
-            self.timings["assemble"] += t1 - t0
-            self.timings["predict"] += time.perf_counter() - t1
-            return out
-
-        try:
-            preds: list[dict[str, Any] | None] = list(run(todo))
-        except Exception:  # isolate the adapter that breaks the batch
-            preds = []
-            for it in todo:
-                try:
-                    preds.append(run([it])[0])
-                except Exception as exc:
-                    it.row.update(status="error", error=f"scoring failed: {_one_line(exc, it.found.source)}")
-                    preds.append(None)
-        if device.type == "cuda":  # the copies out of the slots are done before the slots are reused
-            torch.cuda.current_stream(device).synchronize()
-        for it, p in zip(todo, preds):
-            if p is not None:
-                it.row["predictions"] = p
-            it.packed = None  # release the factors
 
     def score(self, found: Iterable[Found]) -> Iterator[dict[str, Any]]:
         """One row per item of `found`, in order. Reading overlaps scoring."""
@@ -323,6 +224,8 @@ class Scorer:
         free = deque(range(self._arena.info.slots)) if self._arena is not None else deque()
         pool, read = self._pool(self._reader())
         pending: deque[Future[_Item] | _Item] = deque()
+        stages = Stages(self.ckpt, self._dtype, lambda i: self._arena.slot(i), self.timings)
+        flight: deque[tuple[list[_Item], Future[None]]] = deque()  # batches in the stages, oldest first
         with pool:
 
             def fill() -> None:
@@ -334,19 +237,30 @@ class Scorer:
                         row = _base_row(f.source)
                         row.update(status="error", error=f.error)
                         pending.append(_Item(f, row))
-                    elif free:
-                        slot = free.popleft()
-                        pending.append(_Slotted(pool.submit(read, f, slot), slot))
+                    elif self.opts.processes > 0:
+                        slot = free.popleft() if free else None
+                        pending.append(_FromProcess(pool.submit(read, f.source, slot), f, slot, self.ckpt.targets))
                     else:
                         pending.append(pool.submit(read, f))
 
-            def done(items: list[_Item]) -> Iterator[dict[str, Any]]:
-                self._score_batch(items)
+            def retire() -> Iterator[dict[str, Any]]:
+                items, scored = flight.popleft()
+                t0 = time.perf_counter()
+                scored.result()
+                self.timings["retire"] += time.perf_counter() - t0
                 for it in items:
                     if it.slot is not None:
                         free.append(it.slot)
                         it.slot = None
-                    yield it.row
+                fill()
+                yield from (it.row for it in items)
+
+            def done(items: list[_Item]) -> Iterator[dict[str, Any]]:
+                """Hand a full batch to the stages; then wait for the one before it (scored while this
+                one was assembled), so at most two batches hold factors and buffers at once."""
+                flight.append((items, stages.submit(items)))
+                if len(flight) > 1:
+                    yield from retire()
 
             try:
                 fill()
@@ -359,8 +273,11 @@ class Scorer:
                 while pending:
                     head = pending.popleft()
                     t0 = time.perf_counter()
-                    item = head.result() if isinstance(head, (Future, _Slotted)) else head
+                    item = head.result() if isinstance(head, (Future, _FromProcess)) else head
                     self.timings["wait"] += time.perf_counter() - t0
+                    if item.packed is None and item.slot is not None:  # nothing to score: its slot is free now
+                        free.append(item.slot)
+                        item.slot = None
                     fill()
                     batch.append(item)
                     n_adapters += item.packed is not None
@@ -369,18 +286,30 @@ class Scorer:
                         batch, n_adapters = [], 0
                 if batch:
                     yield from done(batch)
-            finally:  # stopped early: drop what is queued, wait for what runs (it may write a slot)
+                while flight:
+                    yield from retire()
+            finally:  # stopped early: drop what is queued, wait for what runs (it may use a slot)
+                stages.close()
                 pool.shutdown(wait=True, cancel_futures=True)
 
 
 @dataclass
-class _Slotted:
-    """A submitted read that was given shared-memory slot ``slot``."""
+class _FromProcess:
+    """A read submitted to a reader process (`lightread.read_in_process`), lent ``slot`` if not None."""
 
-    future: Future[_Item]
-    slot: int
+    future: Future[tuple[str, Any]]
+    found: Found
+    slot: int | None
+    targets: list[Any]
 
     def result(self) -> _Item:
-        item = self.future.result()
+        kind, got = self.future.result()
+        if kind == "full":  # the full reader's item
+            item = got
+            item.found = self.found
+        else:  # the light reader's (row, InSlot or None, labels)
+            row, written, labels = got
+            fill_truth(row, self.targets, labels)
+            item = _Item(self.found, row, written)
         item.slot = self.slot
         return item

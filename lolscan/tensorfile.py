@@ -7,20 +7,17 @@ caller explicitly allows it.
 """
 from __future__ import annotations
 
-import json
-import math
 import os
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 import torch
 
 from .errors import InputError
-
-MAX_HEADER_BYTES = 100_000_000  # the Rust reference implementation's limit
-PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+from .stheader import FLOAT_DTYPES, MAX_HEADER_BYTES, PICKLE_SUFFIXES, Entry  # noqa: F401 - re-exported
+from .stheader import looks_pickled as _looks_pickled
+from .stheader import read_header as _read_header
 
 DTYPES: dict[str, tuple[torch.dtype, int]] = {
     "F64": (torch.float64, 8),
@@ -36,10 +33,6 @@ DTYPES: dict[str, tuple[torch.dtype, int]] = {
     "U8": (torch.uint8, 1),
     "BOOL": (torch.bool, 1),
 }
-FLOAT_DTYPES = {"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"}
-
-# One tensor of a safetensors file: (dtype name, shape, begin, end), offsets into the data region.
-Entry = tuple[str, tuple[int, ...], int, int]
 
 
 class SafetensorsTensors(Mapping[str, torch.Tensor]):
@@ -108,61 +101,6 @@ def read_header(path: str | os.PathLike) -> tuple[dict, int]:
     except OSError as exc:
         raise InputError(f"cannot read file: {exc.strerror or exc}", path=p) from None
     return header, start
-
-
-def _read_header(fh: BinaryIO, p: Path) -> tuple[dict, int, dict[str, Entry], bytes]:
-    """(header, data start, layout in header order, raw header bytes) of the open file `fh`, validated."""
-    size = os.fstat(fh.fileno()).st_size
-    head = fh.read(8)
-    if len(head) < 8:
-        raise InputError("not a safetensors file: shorter than its 8-byte header length", path=p)
-    n = int.from_bytes(head, "little")
-    if n > MAX_HEADER_BYTES:
-        raise InputError(f"not a safetensors file: header length {n} is over the {MAX_HEADER_BYTES} byte limit", path=p)
-    if 8 + n > size:
-        raise InputError(f"truncated safetensors file: header needs {8 + n} bytes, file has {size}", path=p)
-    raw = fh.read(n)
-    try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise InputError("safetensors header is not valid JSON", path=p) from None
-    if not isinstance(header, dict):
-        raise InputError("safetensors header is not a JSON object", path=p)
-    return header, 8 + n, _validate(header, size - 8 - n, p), raw
-
-
-def _validate(header: dict, data_len: int, p: Path) -> dict[str, Entry]:
-    """Check every header entry (in file order, first problem wins); return the layout."""
-    layout: dict[str, Entry] = {}
-    dtypes, prod = DTYPES, math.prod
-    for key, info in header.items():
-        if key == "__metadata__":
-            if not isinstance(info, dict) or not all(isinstance(v, str) for v in info.values()):
-                raise InputError("safetensors __metadata__ must map strings to strings", path=p)
-            continue
-        if not isinstance(info, dict) or "dtype" not in info or "shape" not in info or "data_offsets" not in info:
-            raise InputError(f"tensor {key!r} has a malformed header entry", path=p)
-        dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
-        if dtype not in dtypes:
-            raise InputError(f"tensor {key!r} has unsupported dtype {dtype!r}", path=p)
-        if not isinstance(shape, list):
-            raise InputError(f"tensor {key!r} has a malformed shape {shape!r}", path=p)
-        for d in shape:
-            if not isinstance(d, int) or d < 0:
-                raise InputError(f"tensor {key!r} has a malformed shape {shape!r}", path=p)
-        if not (isinstance(offsets, list) and len(offsets) == 2 and isinstance(offsets[0], int) and isinstance(offsets[1], int)):
-            raise InputError(f"tensor {key!r} has malformed data_offsets", path=p)
-        begin, end = offsets
-        if not 0 <= begin <= end <= data_len:
-            raise InputError(f"tensor {key!r} lies outside the file (truncated?)", path=p)
-        if end - begin != prod(shape) * dtypes[dtype][1]:
-            raise InputError(f"tensor {key!r}: {end - begin} bytes do not fit shape {shape} of {dtype}", path=p)
-        layout[key] = (dtype, tuple(shape), begin, end)
-    spans = sorted([(begin, end, key) for key, (_, _, begin, end) in layout.items()])
-    for (b0, e0, k0), (b1, _, k1) in zip(spans, spans[1:]):
-        if b1 < e0:
-            raise InputError(f"tensors {k0!r} and {k1!r} overlap", path=p)
-    return layout
 
 
 def read_safetensors(path: str | os.PathLike) -> TensorFile:
@@ -262,18 +200,6 @@ def _dtype_name(dtype: torch.dtype) -> str:
         if dt == dtype:
             return name
     return str(dtype)
-
-
-def _looks_pickled(path: Path) -> bool:
-    """torch.save writes a zip archive (PK) or a raw pickle (protocol byte 0x80)."""
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(9)
-    except OSError:
-        return False
-    if head[8:9] == b"{":  # a safetensors header (its length may well start with byte 0x80)
-        return False
-    return head.startswith(b"PK\x03\x04") or (head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"))
 
 
 def read_tensor_file(path: str | os.PathLike, *, allow_pickle: bool = False) -> TensorFile:

@@ -217,3 +217,25 @@ def test_real_process_exit_codes(env, tmp_path):
     cmd = [sys.executable, "-m", "lolscan", "predict", "--model", "toy", "--no-progress"]
     p = subprocess.run([*cmd, str(REAL / "gradience_tiny_lora"), "-f", "jsonl"], capture_output=True, text=True, cwd=ROOT, env=base, timeout=120)
     assert p.returncode == 4 and json.loads(p.stdout)["status"] == "incompatible" and "Traceback" not in p.stderr
+
+
+def test_reader_processes_on_hostile_files_one_line_each_and_complete_output(env, tmp_path):
+    """`--procs 2` (the torch-free readers): each hostile file is one line naming it, exit code 3,
+    the JSONL output holds one whole row per target, the good adapters score as with threads."""
+    from test_hostile_input import _cases
+
+    lib = tmp_path / "lib"
+    shutil.copytree(env["lib"], lib)
+    bad = {p.name for p, _ in _cases(lib).values() if p.suffix != ".pt" and p.name != "empty_folder"}
+    (lib / "good.safetensors").unlink()  # a fine LoRA, of another base model (exit code 4)
+    base = {**os.environ, "LOLSCAN_MODELS_DIR": str(env["root"] / "models"), "LOLSCAN_DATA_DIR": str(tmp_path), "COLUMNS": "300"}
+    cmd = [sys.executable, "-m", "lolscan", "predict", str(lib), "--model", "toy", "--no-progress", "-f", "jsonl"]
+    procs = subprocess.run([*cmd, "--procs", "2", "-o", str(tmp_path / "out.jsonl")], capture_output=True, text=True, cwd=ROOT, env=base, timeout=300)
+    threads = subprocess.run([*cmd, "--procs", "0"], capture_output=True, text=True, cwd=ROOT, env=base, timeout=300)
+    assert procs.returncode == 3 and "Traceback" not in procs.stderr, procs.stderr[-2000:]
+    rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [json.loads(line) for line in procs.stdout.splitlines()] == rows == [json.loads(line) for line in threads.stdout.splitlines()]
+    errors = {Path(r["source"]).name for r in rows if r["status"] == "error"}
+    assert errors == bad and {r["status"] for r in rows if Path(r["source"]).name not in bad} == {"ok"}
+    lines = [line for line in procs.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == len(bad) and all(any(name in line for line in lines) for name in bad)

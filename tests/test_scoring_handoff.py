@@ -95,10 +95,12 @@ def test_processes_with_shared_memory_give_the_rows_of_threads_and_of_each_adapt
 
 def test_adapters_too_big_for_a_slot_travel_by_pickle(setup, monkeypatch):
     ckpt, _, lib = setup
+    from lolscan import stages
+
     sent = []
-    real_views = scoring.slot_views
+    real_views = stages.slot_views
     monkeypatch.setattr(scoring, "plan", lambda spec, slots, **kw: packed_floats(spec, 4))  # slots hold rank <= 4
-    monkeypatch.setattr(scoring, "slot_views", lambda *a, **k: sent.append(1) or real_views(*a, **k))
+    monkeypatch.setattr(stages, "slot_views", lambda *a, **k: sent.append(1) or real_views(*a, **k))
     found = expand([str(lib)])
     rows = list(Scorer(ckpt, ScoreOptions(batch_size=4, processes=2)).score(found))
     expected = list(Scorer(ckpt, ScoreOptions(batch_size=4, workers=1)).score(found))

@@ -1,59 +1,24 @@
-"""Format detection and the single entry point `load_adapter`."""
+"""Reading every LoRA file format into the canonical `Adapter` (entry point: `load_adapter`).
+
+The package itself imports nothing heavy: `load_adapter`, `load_path`, `from_tensor_file` and
+`FORMATS` come from `.loader` on first use, so the torch-free helpers (`grouping`, `names`,
+`peft_config`, `scheme`) can be imported by the light reader processes without torch.
+"""
 from __future__ import annotations
 
-from pathlib import Path
+import importlib
+from typing import Any
 
-from ..adapter import Adapter
-from ..errors import InputError, UnsupportedFormat
-from ..tensorfile import TensorFile, read_tensor_file
-from . import cloneofsimo, diffusers, kohya, peft
+_LOADER = ("FORMATS", "from_tensor_file", "load_path", "load_adapter")
+_SUBMODULES = ("build", "cloneofsimo", "common", "diffusers", "grouping", "kohya", "loader", "lycoris", "names", "peft",
+               "peft_config", "plain", "scheme")
 
-FORMATS = ("peft", "kohya", "lycoris", "diffusers", "cloneofsimo")
-
-
-def from_tensor_file(tf: TensorFile, *, source: str | None = None) -> Adapter:
-    """Detect the key scheme of a loaded tensor file and read it (detection order of LORA_FORMATS.md §0.4)."""
-    source = source or tf.path
-    if not tf.tensors:
-        raise UnsupportedFormat("holds no tensors", path=tf.path)
-    if kohya.looks_kohya(tf):
-        return kohya.from_tensors(tf, source=source)
-    keys = list(tf.tensors)
-    if any(k.startswith("base_model.model.") for k in keys):
-        return peft.from_tensors(tf, {}, source=source)
-    if cloneofsimo.looks_cloneofsimo(tf):
-        return cloneofsimo.from_tensors(tf, source=source)
-    if diffusers.looks_diffusers(tf):
-        return diffusers.from_tensors(tf, source=source)
-    # Fallback: any PEFT-style dotted keys (e.g. saved without the base_model.model. wrapper).
-    return peft.from_tensors(tf, {}, source=source)
+__all__ = list(_LOADER)
 
 
-def load_path(path: Path, *, allow_pickle: bool = False) -> Adapter:
-    if path.is_dir():
-        if peft.is_peft_folder(path):
-            return peft.load_peft_folder(path, allow_pickle=allow_pickle)
-        raise InputError("is a folder without adapter_config.json (not a PEFT adapter)", path=path)
-    if not path.exists():
-        raise InputError("no such file or folder", path=path)
-    tf = read_tensor_file(path, allow_pickle=allow_pickle)
-    sibling = path.parent / peft.CONFIG_NAME
-    if path.name in peft.WEIGHT_NAMES and sibling.is_file():
-        config = peft.read_config(sibling)
-        peft.check_peft_type(config, sibling)
-        return peft.from_tensors(tf, config, source=str(path))
-    return from_tensor_file(tf)
-
-
-def load_adapter(target: str | Path, *, allow_pickle: bool = False, **source_options) -> Adapter:
-    """Read a local file/folder, or a remote URI (hf://, civitai:, …) through lolscan.sources."""
-    text = str(target)
-    from ..sources import is_remote, resolve
-
-    if is_remote(text):
-        resolved = resolve(text, **source_options)
-        adapter = load_path(resolved.path, allow_pickle=allow_pickle)
-        adapter.source = resolved.uri
-        adapter.metadata["source"] = resolved.metadata
-        return adapter
-    return load_path(Path(text).expanduser(), allow_pickle=allow_pickle)
+def __getattr__(name: str) -> Any:
+    if name in _LOADER:
+        return getattr(importlib.import_module(".loader", __name__), name)
+    if name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

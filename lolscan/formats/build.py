@@ -12,9 +12,8 @@ from ..errors import InputError, UnsupportedFormat
 from ..tensorfile import TensorFile
 from .common import as_float, dora_axis, lora_layer, scalar_of, split_scale
 from .plain import PlainPairs
+from .scheme import ScaleRule, alpha_rule  # noqa: F401 - alpha_rule is re-exported
 
-# scale_of(module path, rank, alpha from the file or None) -> (scale, alpha used)
-ScaleRule = Callable[[str, int, "float | None"], tuple[float, "float | None"]]
 
 _REFUSED = {
     "oft": "OFT/BOFT (orthogonal finetuning) multiplies the base weight; its ΔW cannot be expressed without the base model",
@@ -29,17 +28,6 @@ class Built:
     extras: dict[str, tuple[int, ...]] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     finite: set[str] = field(default_factory=set)  # layers already known to hold no NaN/Inf
-
-
-def alpha_rule(default_alpha_is_rank: bool = True) -> ScaleRule:
-    """kohya/LyCORIS/diffusers rule: s = alpha/r with alpha from the file; no alpha (or 0) ⇒ s = 1."""
-
-    def rule(module: str, rank: int, alpha: float | None) -> tuple[float, float | None]:
-        if alpha is None or (alpha == 0 and default_alpha_is_rank):
-            return 1.0, None
-        return alpha / rank, alpha
-
-    return rule
 
 
 def build_layers(

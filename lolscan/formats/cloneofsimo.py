@@ -8,14 +8,14 @@ as a small table; the tests check it against the fixtures' tensor shapes.
 from __future__ import annotations
 
 import json
-import re
 
 from ..adapter import Adapter
 from ..errors import UnsupportedFormat
 from ..tensorfile import TensorFile
-from .build import alpha_rule, build_layers, finish
+from .build import build_layers, finish
+from .scheme import CLONEOFSIMO_KEY, alpha_rule
 
-_KEY = re.compile(r"^(unet|text_encoder):(\d+):(up|down)$")
+_KEY = CLONEOFSIMO_KEY
 
 # SD1.x transformer blocks in module-registration order: down_blocks, up_blocks, then mid_block.
 _SD1_TRANSFORMERS = (

@@ -5,16 +5,15 @@ import torch
 
 from ..adapter import Adapter
 from ..tensorfile import TensorFile
-from .build import alpha_rule, build_layers, finish
+from .build import build_layers, finish
 from .grouping import group_keys
-from .names import KOHYA_PREFIXES, kohya_module_name
+from .names import kohya_module_name
+from .scheme import alpha_rule, kohya_format
+from .scheme import looks_kohya as _looks_kohya
 
 
 def looks_kohya(tf: TensorFile) -> bool:
-    if "ss_network_module" in tf.metadata:
-        return True
-    prefixes = tuple(p for p, _ in KOHYA_PREFIXES)
-    return any(k.startswith(prefixes) for k in tf.tensors)
+    return _looks_kohya(tf.tensors, tf.metadata)
 
 
 def from_tensors(tf: TensorFile, *, source: str) -> Adapter:
@@ -23,8 +22,7 @@ def from_tensors(tf: TensorFile, *, source: str) -> Adapter:
     leftover += [k for m, roles in modules.items() if m not in kohya_modules for k in roles.values()]
     built = build_layers(tf, kohya_modules, name_of=lambda m: kohya_module_name(m) or m, scale_of=alpha_rule())
     built.warnings += _split_qkv_notes(tf, kohya_modules)
-    module_kind = tf.metadata.get("ss_network_module", "")
-    fmt = "lycoris" if module_kind.startswith("lycoris") or any(l.algo in ("loha", "lokr") for l in built.layers.values()) else "kohya"
+    fmt = kohya_format(tf.metadata, (layer.algo for layer in built.layers.values()))
     return finish(fmt, tf, built, source=source, metadata={"safetensors": tf.metadata}, leftover=leftover)
 
 

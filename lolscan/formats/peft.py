@@ -1,43 +1,17 @@
 """PEFT adapters: a folder with adapter_config.json + adapter_model.safetensors (or a bare weights file)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from ..adapter import Adapter
-from ..errors import InputError, UnsupportedFormat
+from ..errors import InputError
 from ..tensorfile import TensorFile, read_tensor_file
-from .build import alpha_rule, build_layers, finish
+from .build import build_layers, finish
 from .grouping import group_keys
 from .names import dotted_module_name
-from .peft_config import BASE_DEPENDENT_PEFT_TYPES, LOW_RANK_PEFT_TYPES, peft_lycoris_scale, peft_scale
-
-CONFIG_NAME = "adapter_config.json"
-WEIGHT_NAMES = ("adapter_model.safetensors", "adapter_model.bin")
-
-
-def is_peft_folder(path: Path) -> bool:
-    return path.is_dir() and (path / CONFIG_NAME).is_file()
-
-
-def read_config(path: Path) -> dict[str, Any]:
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"unreadable adapter_config.json ({type(exc).__name__})", path=path) from None
-    if not isinstance(config, dict):
-        raise InputError("adapter_config.json is not a JSON object", path=path)
-    return config
-
-
-def check_peft_type(config: dict[str, Any], path: Path | str) -> str:
-    peft_type = str(config.get("peft_type") or "LORA").upper()
-    if peft_type in BASE_DEPENDENT_PEFT_TYPES:
-        raise UnsupportedFormat(f"PEFT {peft_type} adapters change W through the base weights; their ΔW cannot be expressed without the base model", path=path)
-    if peft_type not in LOW_RANK_PEFT_TYPES:
-        raise UnsupportedFormat(f"PEFT adapter type {peft_type!r} is not supported (LORA, LOHA, LOKR are)", path=path)
-    return peft_type
+from .peft_config import CONFIG_NAME, WEIGHT_NAMES, check_peft_type, is_peft_folder, module_path, peft_lycoris_scale, read_config  # noqa: F401
+from .scheme import alpha_rule, peft_config_rule
 
 
 def load_peft_folder(folder: Path, *, allow_pickle: bool) -> Adapter:
@@ -50,11 +24,6 @@ def load_peft_folder(folder: Path, *, allow_pickle: bool) -> Adapter:
     raise InputError(f"PEFT folder has no {' or '.join(WEIGHT_NAMES)}", path=folder)
 
 
-def module_path(key_module: str) -> str:
-    """Path inside the base model, as PEFT's patterns see it (no `base_model.model.` wrapper)."""
-    return key_module.removeprefix("base_model.model.")
-
-
 def from_tensors(tf: TensorFile, config: dict[str, Any], *, source: str) -> Adapter:
     # fan_in_fan_out (GPT-2 Conv1D) leaves the factor shapes unchanged: ΔW is still [out, in].
     modules, leftover = group_keys(tf.tensors)
@@ -62,7 +31,7 @@ def from_tensors(tf: TensorFile, config: dict[str, Any], *, source: str) -> Adap
         built = build_layers(
             tf, modules,
             name_of=dotted_module_name,
-            scale_of=lambda module, rank, alpha: peft_scale(config, module_path(module), rank),
+            scale_of=peft_config_rule(config),
             peft_lycoris=lambda module: peft_lycoris_scale(config, module_path(module)),
         )
     else:  # weights without adapter_config.json: alphas from the file if any, else scale 1

@@ -1,16 +1,49 @@
-"""PEFT's scaling rules (adapter_config.json, and diffusers' per-component `lora_adapter_metadata`)."""
+"""PEFT's adapter_config.json (reading it, its scaling rules) and diffusers' per-component
+`lora_adapter_metadata`. No torch: the light reader processes use these too."""
 from __future__ import annotations
 
 import json
 import math
 import re
+from pathlib import Path
 from typing import Any
 
-from ..errors import InputError
+from ..errors import InputError, UnsupportedFormat
+
+CONFIG_NAME = "adapter_config.json"
+WEIGHT_NAMES = ("adapter_model.safetensors", "adapter_model.bin")
 
 # Adapter methods that change W in a way that needs the base weights to express as ΔW.
 BASE_DEPENDENT_PEFT_TYPES = {"OFT", "BOFT", "IA3", "VERA", "FOURIERFT", "HRA", "LN_TUNING", "VBLORA", "BONE", "C3A", "SHIRA", "MISS"}
 LOW_RANK_PEFT_TYPES = {"LORA", "LOHA", "LOKR", "ADALORA"}
+
+
+def is_peft_folder(path: Path) -> bool:
+    return path.is_dir() and (path / CONFIG_NAME).is_file()
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"unreadable adapter_config.json ({type(exc).__name__})", path=path) from None
+    if not isinstance(config, dict):
+        raise InputError("adapter_config.json is not a JSON object", path=path)
+    return config
+
+
+def check_peft_type(config: dict[str, Any], path: Path | str) -> str:
+    peft_type = str(config.get("peft_type") or "LORA").upper()
+    if peft_type in BASE_DEPENDENT_PEFT_TYPES:
+        raise UnsupportedFormat(f"PEFT {peft_type} adapters change W through the base weights; their ΔW cannot be expressed without the base model", path=path)
+    if peft_type not in LOW_RANK_PEFT_TYPES:
+        raise UnsupportedFormat(f"PEFT adapter type {peft_type!r} is not supported (LORA, LOHA, LOKR are)", path=path)
+    return peft_type
+
+
+def module_path(key_module: str) -> str:
+    """Path inside the base model, as PEFT's patterns see it (no `base_model.model.` wrapper)."""
+    return key_module.removeprefix("base_model.model.")
 
 
 def pattern_value(patterns: dict[str, Any], module_path: str) -> Any | None:

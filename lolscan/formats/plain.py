@@ -13,21 +13,8 @@ import math
 import torch
 
 from ..adapter import Layer
-from ..tensorfile import FLOAT_DTYPES, TensorFile, float32_copies
-
-
-def is_plain_pair(up_dtype: str | None, up: tuple[int, ...], down_dtype: str | None, down: tuple[int, ...]) -> bool:
-    """True when `lora_layer` would read this up/down pair (no mid) without error or special case."""
-    if up_dtype not in FLOAT_DTYPES or down_dtype not in FLOAT_DTYPES:
-        return False
-    if len(up) == 2 and len(down) == 2:  # linear, the usual case: the test below, spelled out
-        return up[1] == down[0] and up[0] * up[1] * down[1] > 0
-    return (
-        len(up) >= 2 and len(down) >= 2
-        and all(d == 1 for d in up[2:])
-        and math.prod(up) > 0 and math.prod(down) > 0
-        and math.prod(up[1:]) == down[0]
-    )
+from ..tensorfile import TensorFile, float32_copies
+from .scheme import is_plain_pair
 
 
 class PlainPairs:

@@ -1,0 +1,344 @@
+"""Torch-free reading of the common case, for the reader processes of `lolscan.scoring`.
+
+A reader process imports this module, numpy and lolscan's torch-free helpers only, so it starts in
+a fraction of a second (a fork server that imports torch takes seconds from a cold disk). For each
+file it validates the safetensors header (`stheader`, the checks and messages of `lolscan.load`),
+recognises plain LoRA files — kohya, diffusers and PEFT keys whose modules are up/down pairs with
+optional alphas (what `formats.plain` reads in bulk) — checks that the adapter fits the checkpoint's
+layer spec and writes the factors straight into its shared-memory slot (`lolscan.slots`): float16
+and bfloat16 factors as the file's bits with each layer's scale, the others converted to float32
+and scaled exactly as `lolscan.load` does. The batch the scorer assembles from the slot holds the
+bytes of one assembled from ``pack(lolscan.load(path), spec)``.
+
+Anything else (pickles, remote URIs, cloneofsimo, LyCORIS, DoRA, embeddings, adapters that do not
+fit, a full slot, ...) is not decided here: `read_in_process` hands it to the full reader, which
+imports torch in that process on first need.
+"""
+from __future__ import annotations
+
+import math
+import os
+import pickle
+from collections.abc import Mapping
+from dataclasses import dataclass
+from multiprocessing import shared_memory
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import LolscanError
+from .formats.grouping import group_keys
+from .formats.names import dotted_module_name, kohya_module_name
+from .formats.peft_config import CONFIG_NAME, WEIGHT_NAMES, check_peft_type, is_peft_folder, read_config
+from .formats.scheme import (ScaleRule, alpha_rule, diffusers_scale_rule, is_plain_pair, kohya_format, old_diffusers_keys,
+                             old_module_name, peft_config_rule, scheme_of)
+from .labels import LabelFiles, known_labels
+from .npconvert import NUMPY, Converter
+from .slots import InSlot
+from .slots import layout as slot_layout
+from .sources.uris import is_remote
+from .stheader import PICKLE_SUFFIXES, Entry, looks_pickled, read_header
+
+# Single alpha values read exactly as `formats.common.scalar_of` reads them.
+_SCALAR = {"F16": np.dtype("<f2"), "F32": np.dtype("<f4"), "F64": np.dtype("<f8")}
+_PLAIN_ROLES = ({"up", "down"}, {"up", "down", "alpha"})
+_SPLIT_QKV = ("attn_qkv", "linear1")  # kohya Flux modules whose notes need the tensors: full reader
+
+
+@dataclass(frozen=True)
+class ArenaInfo:
+    """What a reader process needs to attach to the scorer's shared-memory slots: picklable."""
+
+    name: str
+    slots: int
+    slot_floats: int
+
+
+@dataclass
+class Light:
+    """One plain module: its factors' safetensors entries, scale and canonical size."""
+
+    up: Entry
+    down: Entry
+    scale: float
+    n: int
+    m: int
+
+    @property
+    def rank(self) -> int:
+        return self.down[1][0]
+
+
+def base_row(source: str) -> dict[str, Any]:
+    return {"source": source, "status": "ok", "error": None, "predictions": {}, "truth": {}, "gates": []}
+
+
+def one_line(exc: BaseException, source: str) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    prefix = f"{source}: "
+    return text[len(prefix) :] if text.startswith(prefix) else text
+
+
+class LightReader:
+    """Reads plain LoRA files into shared-memory slots for one checkpoint (see the module docstring).
+
+    ``rule`` is `Checkpoint.fit_rule()`; groups are the spec's shape groups in `LayerSpec` order.
+    """
+
+    def __init__(self, rule: dict[str, Any], targets: list[str]):
+        self.groups: list[tuple[int, int, list[str]]] = []
+        self.shapes: dict[str, tuple[int, int]] = {}
+        by_shape: dict[tuple[int, int], int] = {}
+        for layer in rule["spec"]["layers"]:
+            key = (layer["n"], layer["m"])
+            if key not in by_shape:
+                by_shape[key] = len(self.groups)
+                self.groups.append((key[0], key[1], []))
+            self.groups[by_shape[key]][2].append(layer["name"])
+            self.shapes[layer["name"]] = key
+        self.rank = rule.get("rank")
+        self.targets = list(targets)
+        self._labels = LabelFiles()
+        self._buf = bytearray()  # the data region of the file being read, reused
+        self._convert = Converter()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k not in ("_labels", "_buf", "_convert")}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._labels, self._buf, self._convert = LabelFiles(), bytearray(), Converter()
+
+    def read(self, source: str, slot: np.ndarray | None) -> tuple[dict[str, Any], InSlot | None, dict[str, Any]] | None:
+        """(row, what was written into ``slot`` (bytes), known labels); for an unreadable header an
+        error row (and None); None when the full reader must decide."""
+        found = self._locate(source) if slot is not None else None
+        if found is None:
+            return None
+        path, config = found
+        try:
+            parsed = self._parse(path, config)
+        except LolscanError as exc:  # the header checks of lolscan.load, with its messages
+            row = base_row(source)
+            row.update(status="error", error=one_line(exc, source))
+            return row, None, {}
+        if parsed is None:
+            return None
+        fmt, layers, metadata, data = parsed
+        if not self._fits(layers):
+            return None
+        where = self._pack(layers, data, slot)
+        if where is None:
+            return None
+        row = base_row(source)
+        row["format"] = fmt
+        row["rank"] = sorted({layer.rank for layer in layers.values()})
+        row["layers"] = len(layers)
+        labels = known_labels(metadata, source, self._labels)
+        return row, where, {t: labels[t] for t in self.targets if t in labels}
+
+    def _locate(self, source: str) -> tuple[Path, dict[str, Any] | None] | None:
+        """The safetensors file to read and its adapter_config.json, as `formats.load_path` finds them."""
+        if is_remote(source):
+            return None
+        p = Path(source).expanduser()
+        try:
+            if p.is_dir():
+                if not is_peft_folder(p):
+                    return None
+                config = read_config(p / CONFIG_NAME)
+                check_peft_type(config, p / CONFIG_NAME)
+                weights = next((p / name for name in WEIGHT_NAMES if (p / name).is_file()), None)
+                return (weights, config) if weights is not None and weights.name == WEIGHT_NAMES[0] else None
+            if not p.is_file() or p.suffix.lower() in PICKLE_SUFFIXES or looks_pickled(p):
+                return None
+            sibling = p.parent / CONFIG_NAME
+            if p.name in WEIGHT_NAMES and sibling.is_file():
+                config = read_config(sibling)
+                check_peft_type(config, sibling)
+                return p, config
+        except (LolscanError, OSError):
+            return None
+        return p, None
+
+    def _parse(self, path: Path, config: dict[str, Any] | None) -> tuple[str, dict[str, Light], Mapping[str, str], memoryview] | None:
+        """(format, {canonical name: module}, string metadata, data region) of a plain file, else None."""
+        try:
+            fh = open(path, "rb")
+        except OSError:
+            return None
+        with fh:
+            try:
+                header, start, layout, _ = read_header(fh, path)
+                size = os.fstat(fh.fileno()).st_size - start
+                if len(self._buf) < size:
+                    self._buf = bytearray(size)
+                data = memoryview(self._buf)[:size]
+                if fh.readinto(data) != size:
+                    return None
+            except OSError:
+                return None
+        metadata = header.get("__metadata__") or {}
+        if not layout or any(type(d) is not int for _, shape, _, _ in layout.values() for d in shape):
+            return None  # no tensors, or JSON `true` as a dimension: the full reader says why
+        scheme = "peft" if config is not None else scheme_of(layout, metadata)
+        modules, _ = group_keys(layout)
+        if scheme == "kohya":
+            modules = {m: roles for m, roles in modules.items() if kohya_module_name(m) is not None}
+            if any(m.endswith(_SPLIT_QKV) for m in modules):
+                return None
+            name_of, scale_of, fmt = kohya_module_name, alpha_rule(), kohya_format(metadata, ())
+        elif scheme == "peft":
+            name_of, scale_of, fmt = dotted_module_name, (alpha_rule() if config is None else peft_config_rule(config)), "peft"
+        elif scheme == "diffusers":
+            name_of = old_module_name if old_diffusers_keys(layout) else dotted_module_name
+            scale_of, fmt = diffusers_scale_rule(metadata), "diffusers"
+        else:
+            return None
+        layers = self._layers(modules, layout, data, name_of, scale_of)
+        return (fmt, layers, metadata, data) if layers else None
+
+    @staticmethod
+    def _layers(modules: dict[str, dict[str, str]], layout: dict[str, Entry], data: memoryview, name_of: Any,
+                scale_of: ScaleRule) -> dict[str, Light] | None:
+        """`formats.build.build_layers` for files of plain pairs only (None as soon as a module is not)."""
+        layers: dict[str, Light] = {}
+        for module, roles in modules.items():
+            alpha = None
+            if "alpha" in roles:
+                entry = layout[roles["alpha"]]
+                if entry[0] not in _SCALAR or entry[3] - entry[2] != _SCALAR[entry[0]].itemsize:
+                    return None
+                alpha = float(np.frombuffer(data, _SCALAR[entry[0]], 1, entry[2])[0])
+            if roles.keys() == {"alpha"}:
+                continue  # reported as an extra tensor, not a layer
+            if roles.keys() not in _PLAIN_ROLES:
+                return None
+            up, down = layout[roles["up"]], layout[roles["down"]]
+            if not (is_plain_pair(up[0], up[1], down[0], down[1]) and up[0] in NUMPY and down[0] in NUMPY):
+                return None
+            scale, _ = scale_of(module, down[1][0], alpha)
+            name = name_of(module) or module
+            if name in layers:
+                return None
+            layers[name] = Light(up, down, scale, up[1][0], math.prod(down[1][1:]))
+        return layers
+
+    def _fits(self, layers: dict[str, Light]) -> bool:
+        """`checkpoint.check_fits` for a local file: every module in the spec with its shape (and the rank)."""
+        for name, layer in layers.items():
+            if self.shapes.get(name) != (layer.n, layer.m) or (self.rank is not None and layer.rank != self.rank):
+                return False
+        return True
+
+    def _pack(self, layers: dict[str, Light], data: memoryview, slot: np.ndarray) -> InSlot | None:
+        """Write the adapter into ``slot`` (bytes) in the layout of `lolscan.slots`: a group whose
+        factors are all float16 (or all bfloat16) with finite scales ≥ 0 keeps the file's bits, its
+        scales stored beside them; any other group is converted to float32, scales folded in, as
+        `packing.pack` writes it. None when the adapter does not fit the slot."""
+        plan, ranks, dtypes, scaled = [], [], [], []
+        for n, m, names in self.groups:
+            members = [layers.get(name) for name in names]
+            present = [x for x in members if x is not None]
+            kinds = {e[0] for x in present for e in (x.up, x.down)}
+            raw = len(kinds) == 1 and kinds <= {"F16", "BF16"} and all(math.isfinite(x.scale) and x.scale >= 0 for x in present)
+            plan.append(members)
+            ranks.append([0 if x is None else x.rank for x in members])
+            dtypes.append(kinds.pop() if raw else "F32")
+            scaled.append(raw and any(x.scale != 1.0 for x in present))
+        where = InSlot(ranks, dtypes, scaled)
+        blocks, used = slot_layout([(n, m) for n, m, _ in self.groups], where)
+        if used > slot.size:
+            return None
+        convert = [e for members, d in zip(plan, dtypes) if d == "F32" for x in members if x is not None for e in (x.up, x.down)]
+        f32 = self._convert.float32(data, convert) if convert else {}
+        for members, (u, v, sc), r in zip(plan, blocks, (b[0][1][2] for b in blocks)):
+            U, V = _block(slot, u), _block(slot, v)
+            if not all(x is not None and x.rank == r for x in members):
+                U.fill(0)
+                V.fill(0)
+            for j, x in enumerate(members):
+                if x is None:
+                    continue
+                if u[2] == "F32":
+                    _write(U[j, :, : x.rank], V[j, :, : x.rank], x, f32)
+                else:  # the file's bits; converted and scaled by the scorer (`packing.stack`)
+                    np.copyto(U[j, :, : x.rank], _bits(data, x.up).reshape(-1, x.rank))
+                    np.copyto(V[j, :, : x.rank], _bits(data, x.down).reshape(x.rank, -1).T)
+            if sc is not None:
+                _block(slot, sc)[:] = [np.float32(math.sqrt(x.scale)) if x is not None else 1.0 for x in members]
+        return where
+
+
+def _block(slot: np.ndarray, block: tuple[int, tuple[int, ...], str]) -> np.ndarray:
+    """A block of the slot as an array: float32, or the raw 16-bit words of float16/bfloat16."""
+    at, shape, dtype = block
+    kind = np.float32 if dtype == "F32" else np.uint16
+    return slot[at : at + math.prod(shape) * np.dtype(kind).itemsize].view(kind).reshape(shape)
+
+
+def _bits(data: memoryview, entry: Entry) -> np.ndarray:
+    return np.frombuffer(data, np.uint16, (entry[3] - entry[2]) // 2, entry[2])
+
+
+def _write(U: np.ndarray, V: np.ndarray, x: Light, f32: dict[tuple[int, int], np.ndarray]) -> None:
+    """U = sign(s)·√|s|·up and V = √|s|·downᵀ, as `formats.plain` computes them: float32 factors
+    (converted exactly, float64 rounded once) multiplied in float32."""
+    n, k = U.shape
+    up = f32[x.up[2], x.up[3]].reshape(n, k)
+    down = f32[x.down[2], x.down[3]].reshape(k, -1).T
+    if x.scale == 1.0:
+        np.copyto(U, up)
+        np.copyto(V, down)
+        return
+    c = math.sqrt(abs(x.scale))
+    np.multiply(up, np.float32(c if x.scale >= 0 else -c), out=U)
+    np.multiply(down, np.float32(c), out=V)
+
+
+# --- the reader process ------------------------------------------------------------------------
+
+_STATE: dict[str, Any] = {}
+
+
+def attach(info: ArenaInfo) -> tuple[shared_memory.SharedMemory, np.ndarray]:
+    """The scorer's segment as one byte array. The creator's resource tracker, which readers
+    share, already knows the segment; unregistering here would drop the creator's registration."""
+    shm = shared_memory.SharedMemory(name=info.name)
+    return shm, np.frombuffer(shm.buf, np.uint8, info.slots * info.slot_floats * 4)
+
+
+def init_worker(light: LightReader, full_reader: bytes, arena: ArenaInfo | None) -> None:
+    """Reader processes get the readers (and the shared-memory arena) once, not with every file.
+    ``full_reader`` is the pickled `scoring._Reader`, unpickled (importing torch) on first need."""
+    _STATE.clear()
+    _STATE.update(light=light, full_blob=full_reader, full=None, arena=None, flat=None)
+    if arena is not None:
+        _STATE["shm"], _STATE["flat"] = attach(arena)
+        _STATE["arena"] = arena
+
+
+def read_in_process(source: str, slot: int | None = None) -> tuple[str, Any]:
+    """("light", (row, InSlot, labels)) when this module read the file, else ("full", scoring._Item)."""
+    flat, info = _STATE["flat"], _STATE["arena"]
+    size = 4 * info.slot_floats if info is not None else 0
+    view = flat[slot * size : (slot + 1) * size] if flat is not None and slot is not None else None
+    try:
+        got = _STATE["light"].read(source, view)
+    except Exception:  # an unusual file: the full reader decides, with lolscan.load's messages
+        got = None
+    if got is not None:
+        return "light", got
+    return "full", _full_read(source, view)
+
+
+def _full_read(source: str, view: np.ndarray | None) -> Any:
+    import torch
+
+    from .discovery import Found
+
+    if _STATE["full"] is None:
+        torch.set_num_threads(1)
+        _STATE["full"] = pickle.loads(_STATE["full_blob"])  # our own reader object, never a file's bytes
+    return _STATE["full"](Found(source), torch.from_numpy(view.view(np.float32)) if view is not None else None)

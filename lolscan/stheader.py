@@ -1,0 +1,95 @@
+"""safetensors headers, parsed and validated without torch.
+
+`lolscan.tensorfile` builds tensors on top of this; the light reader processes
+(`lolscan.lightread`) use it directly, so both refuse a hostile file with the same one-line
+`InputError` (length, JSON, offsets, dtypes, sizes, overlaps; first problem wins).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import BinaryIO
+
+from .errors import InputError
+
+MAX_HEADER_BYTES = 100_000_000  # the Rust reference implementation's limit
+PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+
+# Bytes per element of each safetensors dtype name.
+ITEMSIZE: dict[str, int] = {
+    "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1,
+    "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
+}
+FLOAT_DTYPES = {"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"}
+
+# One tensor of a safetensors file: (dtype name, shape, begin, end), offsets into the data region.
+Entry = tuple[str, tuple[int, ...], int, int]
+
+
+def read_header(fh: BinaryIO, p: Path) -> tuple[dict, int, dict[str, Entry], bytes]:
+    """(header, data start, layout in header order, raw header bytes) of the open file `fh`, validated."""
+    size = os.fstat(fh.fileno()).st_size
+    head = fh.read(8)
+    if len(head) < 8:
+        raise InputError("not a safetensors file: shorter than its 8-byte header length", path=p)
+    n = int.from_bytes(head, "little")
+    if n > MAX_HEADER_BYTES:
+        raise InputError(f"not a safetensors file: header length {n} is over the {MAX_HEADER_BYTES} byte limit", path=p)
+    if 8 + n > size:
+        raise InputError(f"truncated safetensors file: header needs {8 + n} bytes, file has {size}", path=p)
+    raw = fh.read(n)
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise InputError("safetensors header is not valid JSON", path=p) from None
+    if not isinstance(header, dict):
+        raise InputError("safetensors header is not a JSON object", path=p)
+    return header, 8 + n, validate(header, size - 8 - n, p), raw
+
+
+def validate(header: dict, data_len: int, p: Path) -> dict[str, Entry]:
+    """Check every header entry (in file order, first problem wins); return the layout."""
+    layout: dict[str, Entry] = {}
+    sizes, prod = ITEMSIZE, math.prod
+    for key, info in header.items():
+        if key == "__metadata__":
+            if not isinstance(info, dict) or not all(isinstance(v, str) for v in info.values()):
+                raise InputError("safetensors __metadata__ must map strings to strings", path=p)
+            continue
+        if not isinstance(info, dict) or "dtype" not in info or "shape" not in info or "data_offsets" not in info:
+            raise InputError(f"tensor {key!r} has a malformed header entry", path=p)
+        dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+        if dtype not in sizes:
+            raise InputError(f"tensor {key!r} has unsupported dtype {dtype!r}", path=p)
+        if not isinstance(shape, list):
+            raise InputError(f"tensor {key!r} has a malformed shape {shape!r}", path=p)
+        for d in shape:
+            if not isinstance(d, int) or d < 0:
+                raise InputError(f"tensor {key!r} has a malformed shape {shape!r}", path=p)
+        if not (isinstance(offsets, list) and len(offsets) == 2 and isinstance(offsets[0], int) and isinstance(offsets[1], int)):
+            raise InputError(f"tensor {key!r} has malformed data_offsets", path=p)
+        begin, end = offsets
+        if not 0 <= begin <= end <= data_len:
+            raise InputError(f"tensor {key!r} lies outside the file (truncated?)", path=p)
+        if end - begin != prod(shape) * sizes[dtype]:
+            raise InputError(f"tensor {key!r}: {end - begin} bytes do not fit shape {shape} of {dtype}", path=p)
+        layout[key] = (dtype, tuple(shape), begin, end)
+    spans = sorted([(begin, end, key) for key, (_, _, begin, end) in layout.items()])
+    for (b0, e0, k0), (b1, _, k1) in zip(spans, spans[1:]):
+        if b1 < e0:
+            raise InputError(f"tensors {k0!r} and {k1!r} overlap", path=p)
+    return layout
+
+
+def looks_pickled(path: Path) -> bool:
+    """torch.save writes a zip archive (PK) or a raw pickle (protocol byte 0x80)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(9)
+    except OSError:
+        return False
+    if head[8:9] == b"{":  # a safetensors header (its length may well start with byte 0x80)
+        return False
+    return head.startswith(b"PK\x03\x04") or (head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"))
