@@ -19,3 +19,24 @@ def train_tiny_checkpoint(root: Path, *, seed: int, name: str, out: Path):
     ds = prepare(read_manifest(manifest), ["score", "dominant"], progress=False)
     result = train(ds, TrainOptions(arch="glnet", hparams={"d": 4, "hidden": 16}, max_steps=40, progress=False, threads=1))
     return root / "zoo", ds, result, save_checkpoint(ds, result, out, name=name)
+
+
+class ArenaLog:
+    """Names of the shared-memory arenas that scorers in this process create. Leak checks look at
+    these, not at all of /dev/shm, which other processes (a second test run, a helper) share."""
+
+    def __init__(self, monkeypatch):
+        from lolscan import handoff
+
+        self.names: list[str] = []
+        real = handoff.Arena.create.__func__
+
+        def create(cls, slots: int, slot_floats: int):
+            arena = real(cls, slots, slot_floats)
+            self.names.append(arena.info.name)
+            return arena
+
+        monkeypatch.setattr(handoff.Arena, "create", classmethod(create))
+
+    def alive(self) -> set[str]:
+        return {n for n in self.names if (Path("/dev/shm") / n).exists()}

@@ -21,7 +21,7 @@ from lolscan.discovery import expand
 from lolscan.handoff import Arena, packed_floats, plan
 from lolscan.scoring import Scorer, ScoreOptions, pack, slot_views
 
-from helpers import REAL, REPO, train_tiny_checkpoint
+from helpers import REAL, REPO, ArenaLog, train_tiny_checkpoint
 
 SHM = Path("/dev/shm")
 pytestmark = pytest.mark.skipif(not SHM.is_dir(), reason="needs POSIX shared memory in /dev/shm")
@@ -59,23 +59,19 @@ def _library(lib: Path, zoo: Path, ckpt) -> Path:
     return lib
 
 
-def _segments() -> set[str]:
-    return {p.name for p in SHM.iterdir()}
-
-
 def _children() -> set[int]:
     return {p.pid for p in multiprocessing.active_children()}
 
 
-def test_processes_with_shared_memory_give_the_rows_of_threads_and_of_each_adapter_alone(setup):
+def test_processes_with_shared_memory_give_the_rows_of_threads_and_of_each_adapter_alone(setup, monkeypatch):
     ckpt, _, lib = setup
     found = expand([str(lib)])
-    before = _segments()
+    arenas = ArenaLog(monkeypatch)
     threads = list(Scorer(ckpt, ScoreOptions(batch_size=4, workers=2)).score(found))
     scorer = Scorer(ckpt, ScoreOptions(batch_size=4, processes=2))
     shared = list(scorer.score(found))
     pickled = list(Scorer(ckpt, ScoreOptions(batch_size=4, processes=2, shm_budget=0)).score(found))
-    assert _segments() == before and scorer._arena is None
+    assert arenas.names and not arenas.alive() and scorer._arena is None
     assert [r["source"] for r in shared] == [f.source for f in found]
     status = {Path(r["source"]).name: r["status"] for r in shared}
     assert status.pop("broken.safetensors") == "error" and status.pop("other_base.safetensors") == "incompatible"
@@ -111,15 +107,15 @@ def test_adapters_too_big_for_a_slot_travel_by_pickle(setup, monkeypatch):
             assert a["predictions"][t]["value"] == pytest.approx(b["predictions"][t]["value"], abs=1e-5)
 
 
-def test_stopping_early_or_failing_leaves_no_segment_and_no_process(setup):
+def test_stopping_early_or_failing_leaves_no_segment_and_no_process(setup, monkeypatch):
     ckpt, _, lib = setup
     found = expand([str(lib)])
-    before, kids = _segments(), _children()
+    arenas, kids = ArenaLog(monkeypatch), _children()
     gen = Scorer(ckpt, ScoreOptions(batch_size=2, processes=2)).score(found)
     next(gen)
-    assert len(_segments() - before) == 1  # the arena exists while scanning
+    assert len(arenas.alive()) == 1  # the arena exists while scanning
     gen.close()
-    assert _segments() == before and _children() == kids
+    assert not arenas.alive() and _children() == kids
 
     class Boom(Exception):
         pass
@@ -127,7 +123,7 @@ def test_stopping_early_or_failing_leaves_no_segment_and_no_process(setup):
     with pytest.raises(Boom):
         for _ in Scorer(ckpt, ScoreOptions(batch_size=2, processes=2)).score(found):
             raise Boom
-    assert _segments() == before and _children() == kids
+    assert len(arenas.names) == 2 and not arenas.alive() and _children() == kids
 
 
 def test_pack_into_a_slot_round_trips(setup):
@@ -166,6 +162,12 @@ def test_readers_started_clean_in_a_fresh_process_leak_nothing(setup):
         from lolscan.discovery import expand
 
         def main():
+            create = scoring.Arena.create.__func__
+            def logged(cls, *a):  # name every arena this process makes, for the leak check
+                arena = create(cls, *a)
+                print("arena", arena.info.name)
+                return arena
+            scoring.Arena.create = classmethod(logged)
             scoring.torch.cuda.is_initialized = lambda: True  # as after loading a CUDA checkpoint
             assert scoring.start_method() == "forkserver"
             ckpt = load_checkpoint({str(path)!r})
@@ -184,13 +186,13 @@ def test_readers_started_clean_in_a_fresh_process_leak_nothing(setup):
     """)
     script_path = path.parent / "clean_start.py"
     script_path.write_text(script)
-    before = _segments()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run([sys.executable, str(script_path)], capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "auto rows 22" in done.stdout and "spawn rows 22" in done.stdout
     assert "leaked" not in done.stderr and "resource_tracker" not in done.stderr, done.stderr[-2000:]
-    assert _segments() == before
+    made = [line.split()[1] for line in done.stdout.splitlines() if line.startswith("arena ")]
+    assert len(made) == 2 and not any((SHM / name).exists() for name in made)
 
 
 def test_pinning_registers_and_unregisters_the_whole_segment(setup, monkeypatch):

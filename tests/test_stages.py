@@ -19,7 +19,7 @@ from lolscan.discovery import expand
 from lolscan.packing import pack, stack
 from lolscan.scoring import Scorer, ScoreOptions
 
-from helpers import REAL, train_tiny_checkpoint
+from helpers import REAL, ArenaLog, train_tiny_checkpoint
 
 SHM = Path("/dev/shm")
 
@@ -110,13 +110,13 @@ def test_an_adapter_that_breaks_its_batch_is_isolated(setup, monkeypatch):
     assert sum(r["status"] == "ok" for r in rows.values()) == 13
 
 
-def test_stopping_early_leaves_no_thread_process_or_segment(setup):
+def test_stopping_early_leaves_no_thread_process_or_segment(setup, monkeypatch):
     ckpt, lib = setup
     found = expand([str(lib)])
-    before, kids = {p.name for p in SHM.iterdir()}, {p.pid for p in multiprocessing.active_children()}
+    arenas, kids = ArenaLog(monkeypatch), {p.pid for p in multiprocessing.active_children()}
     gen = Scorer(ckpt, ScoreOptions(batch_size=2, processes=2)).score(found)
     next(gen)
     assert any(t.name.startswith("lolscan-predict") for t in threading.enumerate())
     gen.close()
     assert not any(t.name.startswith(("lolscan-assemble", "lolscan-predict")) for t in threading.enumerate())
-    assert {p.name for p in SHM.iterdir()} == before and {p.pid for p in multiprocessing.active_children()} == kids
+    assert arenas.names and not arenas.alive() and {p.pid for p in multiprocessing.active_children()} == kids
