@@ -15,7 +15,8 @@ zoo, out = Path(sys.argv[1]), Path(sys.argv[2])
 n = int(sys.argv[3]) if len(sys.argv) > 3 else 4
 rows = [json.loads(x) for x in open(zoo / "manifest.jsonl") if x.strip()]
 key = sys.argv[4] if len(sys.argv) > 4 else "val_loss"  # spread the examples over this label
-test = sorted((r for r in rows if r["split"] == "test" and not r.get("mixed_rank")), key=lambda r: r[key])
+test = sorted((r for r in rows if r["split"] == "test" and not r.get("mixed_rank") and r.get("finite", True)),
+              key=lambda r: r[key])
 # spread over the label range: lowest, highest and evenly between
 pick = [test[round(i * (len(test) - 1) / max(n - 1, 1))] for i in range(n)] if test else []
 out.mkdir(parents=True, exist_ok=True)
