@@ -369,8 +369,23 @@ def init_worker(light: LightReader, full_reader: bytes, arena: ArenaInfo | None)
         _STATE["arena"] = arena
 
 
+def start_worker(configs: Any) -> None:
+    """Initializer of reader processes started before the checkpoint is known (`scoring.ReaderPool`):
+    importing this module is the warm-up; the readers come later, one copy per process, through
+    ``configs`` (a multiprocessing queue), taken on the first read."""
+    _STATE.clear()
+    _STATE["configs"] = configs
+
+
+def warm() -> int:
+    """A no-op task that makes the pool start a reader process (its imports done when it returns)."""
+    return os.getpid()
+
+
 def read_in_process(source: str, slot: int | None = None) -> tuple[str, Any]:
     """("light", (row, InSlot, labels)) when this module read the file, else ("full", scoring._Item)."""
+    if "light" not in _STATE:  # started ahead (`start_worker`): this process's copy of the readers
+        init_worker(*_STATE["configs"].get())
     flat, info = _STATE["flat"], _STATE["arena"]
     size = 4 * info.slot_floats if info is not None else 0
     view = flat[slot * size : (slot + 1) * size] if flat is not None and slot is not None else None
