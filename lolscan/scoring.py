@@ -16,6 +16,7 @@ import pickle
 import threading
 import time
 from collections import deque
+from multiprocessing import resource_tracker
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -170,6 +171,9 @@ class ReaderPool:
         self.processes = processes
         self.method = start_method(method)
         ctx = multiprocessing.get_context(self.method)
+        # The resource tracker must run before readers fork: one forked first would start its own on
+        # attaching the arena, and that one would unlink the segment again, with a warning, at exit.
+        resource_tracker.ensure_running()
         self._configs = ctx.Queue()  # one copy of the readers per process, taken on its first read
         self._pool: ProcessPoolExecutor | None = ProcessPoolExecutor(processes, mp_context=ctx, initializer=lightread.start_worker,
                                                                      initargs=(self._configs,))

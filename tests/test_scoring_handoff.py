@@ -175,10 +175,10 @@ def test_readers_started_clean_in_a_fresh_process_leak_nothing(setup):
             ckpt = load_checkpoint({str(path)!r})
             found = expand([{str(lib)!r}])
             alone = list(scoring.Scorer(ckpt, scoring.ScoreOptions(batch_size=4, workers=1)).score(found))
-            for method in ("auto", "spawn", "early"):
+            for method in ("fork", "auto", "spawn", "early"):  # fork first: before any arena started the tracker
                 opts = scoring.ScoreOptions(batch_size=4, processes=2, start_method="auto" if method == "early" else method)
                 scorer = scoring.Scorer(ckpt, opts)
-                if method == "early":  # started ahead from the fork server, in the background
+                if method in ("early", "fork"):  # started ahead: from the fork server in the background, or forked now
                     scorer.prestart()
                 rows = list(scorer.score(found))
                 assert [r["status"] for r in rows] == [r["status"] for r in alone]
@@ -195,10 +195,10 @@ def test_readers_started_clean_in_a_fresh_process_leak_nothing(setup):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run([sys.executable, str(script_path)], capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "auto rows 22" in done.stdout and "spawn rows 22" in done.stdout and "early rows 22" in done.stdout
+    assert "auto rows 22" in done.stdout and "spawn rows 22" in done.stdout and "early rows 22" in done.stdout and "fork rows 22" in done.stdout
     assert "leaked" not in done.stderr and "resource_tracker" not in done.stderr, done.stderr[-2000:]
     made = [line.split()[1] for line in done.stdout.splitlines() if line.startswith("arena ")]
-    assert len(made) == 3 and not any((SHM / name).exists() for name in made)
+    assert len(made) == 4 and not any((SHM / name).exists() for name in made)
 
 
 def test_pinning_registers_and_unregisters_the_whole_segment(setup, monkeypatch):
