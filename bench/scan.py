@@ -151,8 +151,10 @@ def cpu_seconds() -> float:
 
 
 def scan(folder: Path, ckpt_path: Path, workers: int, batch_size: int, device: str, processes: int = 0,
-         shm_budget: int | None = None, start_method: str = "auto") -> tuple[float, int, dict[str, float]]:
-    """(seconds, adapters scored, main-thread seconds per stage + CPU seconds of all processes)."""
+         shm_budget: int | None = None, start_method: str = "auto", prestart: bool = True) -> tuple[float, int, dict[str, float]]:
+    """(seconds, adapters scored, main-thread seconds per stage + CPU seconds of all processes).
+    With ``prestart`` (and processes) the readers start before the checkpoint loads, as in `lolscan predict`."""
+    from lolscan import scoring
     from lolscan.checkpoint import load_checkpoint
     from lolscan.discovery import expand
     from lolscan.report import jsonl_line
@@ -160,12 +162,13 @@ def scan(folder: Path, ckpt_path: Path, workers: int, batch_size: int, device: s
 
     t0 = time.perf_counter()
     c0 = cpu_seconds()
+    readers = scoring.ReaderPool(processes, start_method) if prestart and processes > 0 and hasattr(scoring, "ReaderPool") else None
     ckpt = load_checkpoint(ckpt_path, device=device)
     ok = 0
     opts = ScoreOptions(batch_size=batch_size, workers=workers, processes=processes, start_method=start_method)
     if shm_budget is not None:
         opts.shm_budget = shm_budget
-    scorer = Scorer(ckpt, opts)
+    scorer = Scorer(ckpt, opts, readers=readers) if readers is not None else Scorer(ckpt, opts)
     first = 0.0
     with open(os.devnull, "w") as sink:
         for row in scorer.score(expand([str(folder / "loras")])):
@@ -186,6 +189,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=4, help="reader threads (same for raw read and scan)")
     ap.add_argument("--procs", default="0", help="reader processes for the scan (0: threads only; auto: as `lolscan predict`)")
     ap.add_argument("--start-method", default="auto", choices=["auto", "fork", "forkserver", "spawn"], help="how reader processes start")
+    ap.add_argument("--no-prestart", action="store_true", help="start reader processes after the checkpoint loads (as before ReaderPool)")
     ap.add_argument("--shm-budget", type=int, help="bytes of shared memory for the hand-off (0: pickle, as before it)")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--device", help="cuda where there is one, else cpu")
@@ -212,7 +216,8 @@ def main() -> None:
         t_raw = raw_read(files, args.workers)
         if cold:
             drop_cache(files)
-        t_scan, ok, stages = scan(args.dir, ckpt, args.workers, args.batch_size, args.device, procs, args.shm_budget, args.start_method)
+        t_scan, ok, stages = scan(args.dir, ckpt, args.workers, args.batch_size, args.device, procs, args.shm_budget, args.start_method,
+                                 not args.no_prestart)
         assert ok == len(files), f"only {ok} of {len(files)} adapters scored"
         results[label] = {
             "raw_read_s": t_raw,

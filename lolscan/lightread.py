@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import os
 import pickle
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from multiprocessing import shared_memory
@@ -38,7 +39,7 @@ from .npconvert import NUMPY, Converter
 from .slots import InSlot
 from .slots import layout as slot_layout
 from .sources.uris import is_remote
-from .stheader import PICKLE_SUFFIXES, Entry, looks_pickled, read_header
+from .stheader import PICKLE_SUFFIXES, Entry, looks_pickled, parse_header, read_raw_header
 
 # Single alpha values read exactly as `formats.common.scalar_of` reads them.
 _SCALAR = {"F16": np.dtype("<f2"), "F32": np.dtype("<f4"), "F64": np.dtype("<f8")}
@@ -102,13 +103,16 @@ class LightReader:
         self._labels = LabelFiles()
         self._buf = bytearray()  # the data region of the file being read, reused
         self._convert = Converter()
+        self._plans: OrderedDict[tuple[bytes, int, bool], _Plan | None] = OrderedDict()  # header cache, see `_plan`
+        self._plan_bytes = 0
 
     def __getstate__(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k not in ("_labels", "_buf", "_convert")}
+        return {k: v for k, v in self.__dict__.items() if k not in ("_labels", "_buf", "_convert", "_plans", "_plan_bytes")}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._labels, self._buf, self._convert = LabelFiles(), bytearray(), Converter()
+        self._plans, self._plan_bytes = OrderedDict(), 0
 
     def read(self, source: str, slot: np.ndarray | None) -> tuple[dict[str, Any], InSlot | None, dict[str, Any]] | None:
         """(row, what was written into ``slot`` (bytes), known labels); for an unreadable header an
@@ -170,8 +174,10 @@ class LightReader:
             return None
         with fh:
             try:
-                header, start, layout, _ = read_header(fh, path)
-                size = os.fstat(fh.fileno()).st_size - start
+                raw, size = read_raw_header(fh, path)
+                plan = self._plan(raw, size, config is not None, path)
+                if plan is None:
+                    return None
                 if len(self._buf) < size:
                     self._buf = bytearray(size)
                 data = memoryview(self._buf)[:size]
@@ -179,50 +185,40 @@ class LightReader:
                     return None
             except OSError:
                 return None
-        metadata = header.get("__metadata__") or {}
-        if not layout or any(type(d) is not int for _, shape, _, _ in layout.values() for d in shape):
-            return None  # no tensors, or JSON `true` as a dimension: the full reader says why
-        scheme = "peft" if config is not None else scheme_of(layout, metadata)
-        modules, _ = group_keys(layout)
-        if scheme == "kohya":
-            modules = {m: roles for m, roles in modules.items() if kohya_module_name(m) is not None}
-            if any(m.endswith(_SPLIT_QKV) for m in modules):
-                return None
-            name_of, scale_of, fmt = kohya_module_name, alpha_rule(), kohya_format(metadata, ())
-        elif scheme == "peft":
-            name_of, scale_of, fmt = dotted_module_name, (alpha_rule() if config is None else peft_config_rule(config)), "peft"
-        elif scheme == "diffusers":
-            name_of = old_module_name if old_diffusers_keys(layout) else dotted_module_name
-            scale_of, fmt = diffusers_scale_rule(metadata), "diffusers"
-        else:
-            return None
-        layers = self._layers(modules, layout, data, name_of, scale_of)
+        fmt, metadata, modules, scale_of = plan
+        if config is not None:  # a PEFT folder: the scale comes from its adapter_config.json
+            scale_of = peft_config_rule(config)
+        layers = self._layers(modules, data, scale_of)
         return (fmt, layers, metadata, data) if layers else None
 
+    def _plan(self, raw: bytes, data_len: int, peft: bool, path: Path) -> _Plan | None:
+        """What the header alone decides (validation, key scheme, modules, names), cached by the
+        header's exact bytes and the data length: files of one trainer and shape share their header,
+        and a repeat costs a dict lookup. A header that fails validation raises (with ``path``) and
+        is never cached."""
+        key = (raw, data_len, peft)
+        cache = self._plans
+        if key in cache:
+            cache.move_to_end(key)
+            return cache[key]
+        header, layout = parse_header(raw, data_len, path)
+        plan = _plan_of(header, layout, peft)
+        if len(raw) <= PLAN_CACHE_BYTES // 4:
+            cache[key] = plan
+            self._plan_bytes += len(raw)
+            while len(cache) > PLAN_CACHE_ENTRIES or self._plan_bytes > PLAN_CACHE_BYTES:
+                old, _ = cache.popitem(last=False)
+                self._plan_bytes -= len(old[0])
+        return plan
+
     @staticmethod
-    def _layers(modules: dict[str, dict[str, str]], layout: dict[str, Entry], data: memoryview, name_of: Any,
-                scale_of: ScaleRule) -> dict[str, Light] | None:
-        """`formats.build.build_layers` for files of plain pairs only (None as soon as a module is not)."""
+    def _layers(modules: list[_Module], data: memoryview, scale_of: ScaleRule) -> dict[str, Light]:
+        """`formats.build.build_layers` for files of plain pairs (the header checks are in the plan)."""
         layers: dict[str, Light] = {}
-        for module, roles in modules.items():
-            alpha = None
-            if "alpha" in roles:
-                entry = layout[roles["alpha"]]
-                if entry[0] not in _SCALAR or entry[3] - entry[2] != _SCALAR[entry[0]].itemsize:
-                    return None
-                alpha = float(np.frombuffer(data, _SCALAR[entry[0]], 1, entry[2])[0])
-            if roles.keys() == {"alpha"}:
-                continue  # reported as an extra tensor, not a layer
-            if roles.keys() not in _PLAIN_ROLES:
-                return None
-            up, down = layout[roles["up"]], layout[roles["down"]]
-            if not (is_plain_pair(up[0], up[1], down[0], down[1]) and up[0] in NUMPY and down[0] in NUMPY):
-                return None
+        for module, name, up, down, alpha_at, n, m in modules:
+            alpha = None if alpha_at is None else float(np.frombuffer(data, alpha_at[0], 1, alpha_at[1])[0])
             scale, _ = scale_of(module, down[1][0], alpha)
-            name = name_of(module) or module
-            if name in layers:
-                return None
-            layers[name] = Light(up, down, scale, up[1][0], math.prod(down[1][1:]))
+            layers[name] = Light(up, down, scale, n, m)
         return layers
 
     def _fits(self, layers: dict[str, Light]) -> bool:
@@ -269,6 +265,60 @@ class LightReader:
             if sc is not None:
                 _block(slot, sc)[:] = [np.float32(math.sqrt(x.scale)) if x is not None else 1.0 for x in members]
         return where
+
+
+# One module of a plain file as its header describes it: (module key, canonical name, up entry,
+# down entry, alpha (numpy dtype, offset) or None, n, m).
+_Module = tuple[str, str, Any, Any, Any, int, int]
+# (format, string metadata, modules, scale rule; the rule of a PEFT folder comes from its config).
+_Plan = tuple[str, Mapping[str, str], list[_Module], Any]
+PLAN_CACHE_ENTRIES = 64  # distinct headers remembered per reader process
+PLAN_CACHE_BYTES = 32 << 20  # header bytes held as keys, all entries together
+
+
+def _plan_of(header: dict, layout: dict[str, Entry], peft: bool) -> _Plan | None:
+    """The header-only part of reading a plain file (None: the full reader decides)."""
+    metadata = header.get("__metadata__") or {}
+    if not layout or any(type(d) is not int for _, shape, _, _ in layout.values() for d in shape):
+        return None  # no tensors, or JSON `true` as a dimension: the full reader says why
+    scheme = "peft" if peft else scheme_of(layout, metadata)
+    modules, _ = group_keys(layout)
+    if scheme == "kohya":
+        modules = {m: roles for m, roles in modules.items() if kohya_module_name(m) is not None}
+        if any(m.endswith(_SPLIT_QKV) for m in modules):
+            return None
+        name_of, scale_of, fmt = kohya_module_name, alpha_rule(), kohya_format(metadata, ())
+    elif scheme == "peft":
+        name_of, scale_of, fmt = dotted_module_name, alpha_rule(), "peft"
+    elif scheme == "diffusers":
+        name_of = old_module_name if old_diffusers_keys(layout) else dotted_module_name
+        scale_of, fmt = diffusers_scale_rule(metadata), "diffusers"
+    else:
+        return None
+    plan: list[_Module] = []
+    names: set[str] = set()
+    for module, roles in modules.items():
+        alpha_at = None
+        if "alpha" in roles:
+            entry = layout[roles["alpha"]]
+            if entry[0] not in _SCALAR or entry[3] - entry[2] != _SCALAR[entry[0]].itemsize:
+                return None
+            alpha_at = (_SCALAR[entry[0]], entry[2])
+        if roles.keys() == {"alpha"}:
+            continue  # an alpha alone: reported as an extra tensor, not a layer
+        if roles.keys() not in _PLAIN_ROLES:
+            return None
+        up, down = layout[roles["up"]], layout[roles["down"]]
+        if not (is_plain_pair(up[0], up[1], down[0], down[1]) and up[0] in NUMPY and down[0] in NUMPY):
+            return None
+        name = name_of(module) or module
+        if name in names:
+            return None
+        names.add(name)
+        plan.append((module, name, up, down, alpha_at, up[1][0], math.prod(down[1][1:])))
+    if not names:
+        return None
+    return fmt, metadata, plan, scale_of
 
 
 def _block(slot: np.ndarray, block: tuple[int, tuple[int, ...], str]) -> np.ndarray:
@@ -319,8 +369,23 @@ def init_worker(light: LightReader, full_reader: bytes, arena: ArenaInfo | None)
         _STATE["arena"] = arena
 
 
+def start_worker(configs: Any) -> None:
+    """Initializer of reader processes started before the checkpoint is known (`scoring.ReaderPool`):
+    importing this module is the warm-up; the readers come later, one copy per process, through
+    ``configs`` (a multiprocessing queue), taken on the first read."""
+    _STATE.clear()
+    _STATE["configs"] = configs
+
+
+def warm() -> int:
+    """A no-op task that makes the pool start a reader process (its imports done when it returns)."""
+    return os.getpid()
+
+
 def read_in_process(source: str, slot: int | None = None) -> tuple[str, Any]:
     """("light", (row, InSlot, labels)) when this module read the file, else ("full", scoring._Item)."""
+    if "light" not in _STATE:  # started ahead (`start_worker`): this process's copy of the readers
+        init_worker(*_STATE["configs"].get())
     flat, info = _STATE["flat"], _STATE["arena"]
     size = 4 * info.slot_floats if info is not None else 0
     view = flat[slot * size : (slot + 1) * size] if flat is not None and slot is not None else None

@@ -13,10 +13,12 @@ from __future__ import annotations
 import multiprocessing
 import os
 import pickle
+import threading
 import time
 from collections import deque
+from multiprocessing import resource_tracker
 from collections.abc import Iterable, Iterator
-from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +29,8 @@ from .checkpoint import Checkpoint, check_fits
 from .discovery import Found
 from .errors import IncompatibleAdapter, LolscanError
 from .handoff import DEFAULT_BUDGET, Arena, plan
-from .lightread import LightReader, init_worker, read_in_process
+from . import lightread
+from .lightread import ArenaInfo, LightReader, read_in_process
 from .lightread import base_row as _base_row
 from .lightread import one_line as _one_line
 from .packing import InSlot, Packed, pack, slot_views, stack  # noqa: F401 - public here too
@@ -153,12 +156,86 @@ def start_method(wanted: str = "auto") -> str:
     return "forkserver"
 
 
+class ReaderPool:
+    """Reader processes started ahead of the scan, so that their start-up (forks, a fork server's
+    imports) overlaps loading the checkpoint and walking the folder; `Scorer.score` hands them the
+    checkpoint's readers (`configure`) and shuts them down when the scan ends. One scan per pool.
+
+    Close it (or use it as a context manager) when no scan follows, e.g. the checkpoint failed to
+    load: the processes stop and nothing else is left behind (shared memory belongs to the scan).
+    """
+
+    def __init__(self, processes: int, method: str = "auto"):
+        if processes < 1:
+            raise ValueError(f"reader processes: {processes} (want at least 1)")
+        self.processes = processes
+        self.method = start_method(method)
+        ctx = multiprocessing.get_context(self.method)
+        # The resource tracker must run before readers fork: one forked first would start its own on
+        # attaching the arena, and that one would unlink the segment again, with a warning, at exit.
+        resource_tracker.ensure_running()
+        self._configs = ctx.Queue()  # one copy of the readers per process, taken on its first read
+        self._pool: ProcessPoolExecutor | None = ProcessPoolExecutor(processes, mp_context=ctx, initializer=lightread.start_worker,
+                                                                     initargs=(self._configs,))
+        self._configured = False
+        self._launcher: threading.Thread | None = None
+        if self.method == "fork":  # forked now, from this thread: a fork from another thread could copy a half-done import
+            self._launch()
+        else:  # a fork server starts and preloads in the background; launching waits for it, so not here
+            self._launcher = threading.Thread(target=self._launch, name="lolscan-readers-start", daemon=True)
+            self._launcher.start()
+
+    def _launch(self) -> None:
+        pool = self._pool
+        if pool is None:
+            return
+        try:
+            for _ in range(self.processes):  # each submit starts a process while none is idle (fork: all at once)
+                pool.submit(lightread.warm)
+        except RuntimeError:  # closed meanwhile
+            pass
+
+    def configure(self, light: LightReader, full_reader: bytes, arena: ArenaInfo | None) -> None:
+        """The readers of one checkpoint (and its shared-memory arena), for every process."""
+        if self._configured or self._pool is None:
+            raise RuntimeError("a ReaderPool serves one scan")
+        self._configured = True
+        for _ in range(self.processes):
+            self._configs.put((light, full_reader, arena))
+
+    def submit(self, fn: Any, /, *args: Any) -> Future[Any]:
+        assert self._pool is not None and self._configured, "configure the pool first"
+        return self._pool.submit(fn, *args)
+
+    def close(self) -> None:
+        """Stop the processes: wait for reads in progress (they may use a slot), drop queued ones."""
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        if self._launcher is not None:
+            self._launcher.join()
+        pool.shutdown(wait=True, cancel_futures=True)
+        self._configs.cancel_join_thread()  # copies no process took stay unread
+        self._configs.close()
+
+    def __enter__(self) -> ReaderPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 class Scorer:
     """Scores `Found` adapters against one checkpoint; see `score`."""
 
-    def __init__(self, ckpt: Checkpoint, opts: ScoreOptions | None = None):
+    def __init__(self, ckpt: Checkpoint, opts: ScoreOptions | None = None, readers: ReaderPool | None = None):
+        """``readers``: reader processes started ahead (`ReaderPool`, as many as ``opts.processes``);
+        the next `score` uses them and shuts them down."""
         self.ckpt = ckpt
         self.opts = opts or ScoreOptions()
+        if readers is not None and readers.processes != self.opts.processes:
+            raise ValueError(f"{readers.processes} reader processes started, options want {self.opts.processes}")
+        self._readers = readers
         self._dtype = next(iter(ckpt.model.parameters())).dtype
         self._arena: Arena | None = None
         self.handoff = "in process"  # how factors reach the scoring thread (bench and logs)
@@ -166,19 +243,42 @@ class Scorer:
         # assemble and predict on their own threads (they overlap each other and the main thread).
         self.timings: dict[str, float] = {"open": 0.0, "wait": 0.0, "retire": 0.0, "assemble": 0.0, "predict": 0.0}
 
+    def prestart(self) -> None:
+        """Start the reader processes now (with ``processes`` > 0), so that they are ready when
+        `score` is called; `close` stops them should no scan follow."""
+        if self.opts.processes > 0 and self._readers is None:
+            self._readers = ReaderPool(self.opts.processes, self.opts.start_method)
+
+    def close(self) -> None:
+        """Stop reader processes started ahead and not used by a scan."""
+        readers, self._readers = self._readers, None
+        if readers is not None:
+            readers.close()
+
+    def __enter__(self) -> Scorer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def _reader(self) -> _Reader:
         targets = [t.to_json() for t in self.ckpt.targets]
         return _Reader(self.ckpt.fit_rule(), targets, self.opts.allow_pickle, dict(self.opts.source_options), self.opts.processes > 0)
 
-    def _pool(self, reader: _Reader) -> tuple[Executor, Any]:
+    def _pool(self, reader: _Reader) -> tuple[Any, Any]:
         """Reader processes run `lightread.read_in_process` (torch-free; ``reader`` where it declines),
         called with a source and a slot; reader threads run ``reader`` itself, called with a `Found`."""
         if self.opts.processes > 0:
-            method = start_method(self.opts.start_method)
-            info = self._arena.info if self._arena is not None else None
-            light = LightReader(self.ckpt.fit_rule(), [t.name for t in self.ckpt.targets])
-            pool = ProcessPoolExecutor(self.opts.processes, mp_context=multiprocessing.get_context(method), initializer=init_worker,
-                                       initargs=(light, pickle.dumps(reader), info))
+            pool, self._readers = self._readers, None
+            if pool is None:
+                pool = ReaderPool(self.opts.processes, self.opts.start_method)
+            try:
+                info = self._arena.info if self._arena is not None else None
+                light = LightReader(self.ckpt.fit_rule(), [t.name for t in self.ckpt.targets])
+                pool.configure(light, pickle.dumps(reader), info)
+            except BaseException:
+                pool.close()
+                raise
             return pool, read_in_process
         return ThreadPoolExecutor(max_workers=max(1, self.opts.workers), thread_name_prefix="lolscan-read"), reader
 
@@ -226,7 +326,7 @@ class Scorer:
         pending: deque[Future[_Item] | _Item] = deque()
         stages = Stages(self.ckpt, self._dtype, lambda i: self._arena.slot(i), self.timings)
         flight: deque[tuple[list[_Item], Future[None]]] = deque()  # batches in the stages, oldest first
-        with pool:
+        with pool:  # a ReaderPool or a ThreadPoolExecutor: shut down when the scan ends
 
             def fill() -> None:
                 while len(pending) < window:
@@ -290,7 +390,10 @@ class Scorer:
                     yield from retire()
             finally:  # stopped early: drop what is queued, wait for what runs (it may use a slot)
                 stages.close()
-                pool.shutdown(wait=True, cancel_futures=True)
+                if isinstance(pool, ReaderPool):
+                    pool.close()
+                else:
+                    pool.shutdown(wait=True, cancel_futures=True)
 
 
 @dataclass

@@ -30,6 +30,14 @@ Entry = tuple[str, tuple[int, ...], int, int]
 
 def read_header(fh: BinaryIO, p: Path) -> tuple[dict, int, dict[str, Entry], bytes]:
     """(header, data start, layout in header order, raw header bytes) of the open file `fh`, validated."""
+    raw, data_len = read_raw_header(fh, p)
+    header, layout = parse_header(raw, data_len, p)
+    return header, 8 + len(raw), layout, raw
+
+
+def read_raw_header(fh: BinaryIO, p: Path) -> tuple[bytes, int]:
+    """(raw header bytes, length of the data region after them) of the open file `fh`; the length
+    checks of `read_header`. What the header says depends on these two values only (`parse_header`)."""
     size = os.fstat(fh.fileno()).st_size
     head = fh.read(8)
     if len(head) < 8:
@@ -39,14 +47,18 @@ def read_header(fh: BinaryIO, p: Path) -> tuple[dict, int, dict[str, Entry], byt
         raise InputError(f"not a safetensors file: header length {n} is over the {MAX_HEADER_BYTES} byte limit", path=p)
     if 8 + n > size:
         raise InputError(f"truncated safetensors file: header needs {8 + n} bytes, file has {size}", path=p)
-    raw = fh.read(n)
+    return fh.read(n), size - 8 - n
+
+
+def parse_header(raw: bytes, data_len: int, p: Path) -> tuple[dict, dict[str, Entry]]:
+    """(header, layout in header order) of raw header bytes followed by ``data_len`` bytes, validated."""
     try:
         header = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise InputError("safetensors header is not valid JSON", path=p) from None
     if not isinstance(header, dict):
         raise InputError("safetensors header is not a JSON object", path=p)
-    return header, 8 + n, validate(header, size - 8 - n, p), raw
+    return header, validate(header, data_len, p)
 
 
 def validate(header: dict, data_len: int, p: Path) -> dict[str, Entry]:

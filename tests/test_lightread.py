@@ -84,13 +84,13 @@ def _same(a: torch.Tensor, b: torch.Tensor, what: str) -> None:
     assert torch.equal(a[~nan].view(torch.int32), b[~nan].view(torch.int32)), what
 
 
-def _compare(path: Path, spec: LayerSpec | None = None) -> tuple[dict, list[str]]:
+def _compare(path: Path, spec: LayerSpec | None = None, reader: LightReader | None = None) -> tuple[dict, list[str]]:
     """Read ``path`` with the light reader into a garbage-filled slot and assemble a batch from it, next
     to a zoo-like adapter: the batch must hold the bytes of one assembled from ``pack(lolscan.load(path))``."""
     adapter = lolscan.load(str(path))
     spec = spec or _spec_with_extra(adapter)
     slot = np.full(4 * packed_floats(spec, 16), 0x7F, np.uint8)
-    got = LightReader(_rule(spec), ["score"]).read(str(path), slot)
+    got = (reader or LightReader(_rule(spec), ["score"])).read(str(path), slot)
     assert got is not None, f"{path.name}: the light reader declined"
     row, written, _ = got
     assert written.ranks == [k.tolist() for _, _, k in pack(adapter, spec)]
@@ -212,6 +212,67 @@ def test_unaligned_float16_tensors(tmp_path):
 
 
 # ---- what the light reader does not decide -----------------------------------------------------
+def _same_header(path: Path, seed: int, alpha: float, network: str = "networks.lora") -> Path:
+    """kohya files whose headers are byte for byte equal for equal ``network``: other factors and alphas."""
+    g = torch.Generator().manual_seed(seed)
+    t = {}
+    for key, n, m, r in (("lora_unet_down_blocks_0_attentions_0_proj_in", 32, 24, 4), ("lora_te_text_model_encoder_layers_0_self_attn_q_proj", 16, 16, 2)):
+        t[f"{key}.lora_down.weight"] = torch.randn(r, m, generator=g).half()
+        t[f"{key}.lora_up.weight"] = torch.randn(n, r, generator=g).half()
+        t[f"{key}.alpha"] = torch.tensor(alpha, dtype=torch.float16)
+    save_file(t, str(path), metadata={"ss_network_module": network})
+    return path
+
+
+def _header_bytes(path: Path) -> bytes:
+    raw = path.read_bytes()
+    return raw[: 8 + int.from_bytes(raw[:8], "little")]
+
+
+def test_header_cache_reuses_byte_identical_headers_only(tmp_path, monkeypatch):
+    """A repeated header is parsed once per reader; the factors, alphas and rows stay each file's own
+    (bit for bit those of lolscan.load); another header, or the same header over a data region of
+    another length, is parsed and validated afresh."""
+    import lolscan.lightread as lightread
+
+    a = _same_header(tmp_path / "a.safetensors", 1, 2.0)
+    b = _same_header(tmp_path / "b.safetensors", 2, -3.0)  # negative alpha: the reader converts and scales
+    c = _same_header(tmp_path / "c.safetensors", 3, 8.0, network="networks.lora_fa")  # one header byte apart
+    assert _header_bytes(a) == _header_bytes(b) != _header_bytes(c)
+    calls: list[bytes] = []
+    real = lightread.parse_header
+    monkeypatch.setattr(lightread, "parse_header", lambda raw, *rest: calls.append(raw) or real(raw, *rest))
+    spec = _spec_with_extra(lolscan.load(str(a)))
+    reader = LightReader(_rule(spec), ["score"])
+    for path in (a, b, a, b):
+        _compare(path, spec, reader)
+    assert len(calls) == 1
+    _compare(c, spec, reader)
+    assert len(calls) == 2
+    short = tmp_path / "short.safetensors"  # a's header over a cut data region: the offsets check fails
+    short.write_bytes(a.read_bytes()[:-6])
+    slot = np.zeros(4 * packed_floats(spec, 16), np.uint8)
+    row, written, _ = reader.read(str(short), slot)
+    assert row["status"] == "error" and written is None and "outside the file" in row["error"]
+    assert len(calls) == 3
+    _compare(b, spec, reader)
+    assert len(calls) == 3
+
+
+def test_header_cache_is_bounded(tmp_path, monkeypatch):
+    import lolscan.lightread as lightread
+
+    monkeypatch.setattr(lightread, "PLAN_CACHE_ENTRIES", 2)
+    files = [_same_header(tmp_path / f"{i}.safetensors", i, 1.0, network=f"networks.lora{i}") for i in range(4)]
+    spec = _spec_with_extra(lolscan.load(str(files[0])))
+    reader = LightReader(_rule(spec), [])
+    for path in files:
+        _compare(path, spec, reader)
+    assert [key[0] for key in reader._plans] == [_header_bytes(f)[8:] for f in files[2:]]
+    assert reader._plan_bytes == sum(len(key[0]) for key in reader._plans)
+    assert pickle.loads(pickle.dumps(reader))._plans == {}  # a reader process starts with its own cache
+
+
 def _hostile(tmp_path: Path) -> dict:
     from test_hostile_input import _cases
 

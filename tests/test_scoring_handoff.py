@@ -2,6 +2,7 @@
 alone, pickle fallback, no leaked segments or processes however the scan ends."""
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import shutil
@@ -18,6 +19,7 @@ import lolscan
 from lolscan import scoring
 from lolscan.checkpoint import load_checkpoint
 from lolscan.discovery import expand
+from lolscan.errors import LolscanError
 from lolscan.handoff import Arena, packed_floats, plan
 from lolscan.scoring import Scorer, ScoreOptions, pack, slot_views
 
@@ -173,8 +175,12 @@ def test_readers_started_clean_in_a_fresh_process_leak_nothing(setup):
             ckpt = load_checkpoint({str(path)!r})
             found = expand([{str(lib)!r}])
             alone = list(scoring.Scorer(ckpt, scoring.ScoreOptions(batch_size=4, workers=1)).score(found))
-            for method in ("auto", "spawn"):
-                rows = list(scoring.Scorer(ckpt, scoring.ScoreOptions(batch_size=4, processes=2, start_method=method)).score(found))
+            for method in ("fork", "auto", "spawn", "early"):  # fork first: before any arena started the tracker
+                opts = scoring.ScoreOptions(batch_size=4, processes=2, start_method="auto" if method == "early" else method)
+                scorer = scoring.Scorer(ckpt, opts)
+                if method in ("early", "fork"):  # started ahead: from the fork server in the background, or forked now
+                    scorer.prestart()
+                rows = list(scorer.score(found))
                 assert [r["status"] for r in rows] == [r["status"] for r in alone]
                 for a, b in ((a, b) for a, b in zip(rows, alone) if b["status"] == "ok"):
                     assert abs(a["predictions"]["score"]["value"] - b["predictions"]["score"]["value"]) < 1e-5
@@ -189,10 +195,10 @@ def test_readers_started_clean_in_a_fresh_process_leak_nothing(setup):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run([sys.executable, str(script_path)], capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "auto rows 22" in done.stdout and "spawn rows 22" in done.stdout
+    assert "auto rows 22" in done.stdout and "spawn rows 22" in done.stdout and "early rows 22" in done.stdout and "fork rows 22" in done.stdout
     assert "leaked" not in done.stderr and "resource_tracker" not in done.stderr, done.stderr[-2000:]
     made = [line.split()[1] for line in done.stdout.splitlines() if line.startswith("arena ")]
-    assert len(made) == 2 and not any((SHM / name).exists() for name in made)
+    assert len(made) == 4 and not any((SHM / name).exists() for name in made)
 
 
 def test_pinning_registers_and_unregisters_the_whole_segment(setup, monkeypatch):
@@ -220,3 +226,66 @@ def test_pinning_registers_and_unregisters_the_whole_segment(setup, monkeypatch)
     arena.close()
     assert calls == [("register", ptr, 3 * 1000 * 4, 0), ("unregister", ptr)]
     assert not (SHM / arena.info.name).exists()
+
+
+# ---- reader processes started ahead (ReaderPool, Scorer.prestart, `lolscan predict`) -------------
+def test_readers_started_ahead_give_the_same_rows_bit_for_bit(setup, monkeypatch):
+    ckpt, _, lib = setup
+    found = expand([str(lib)])
+    arenas, kids = ArenaLog(monkeypatch), _children()
+    plain = list(Scorer(ckpt, ScoreOptions(batch_size=4, processes=2)).score(found))
+    with scoring.ReaderPool(2) as readers:
+        assert readers.method == "fork" and len(_children() - kids) == 2  # forked at once, before any checkpoint
+        early = list(Scorer(ckpt, ScoreOptions(batch_size=4, processes=2), readers=readers).score(found))
+    scorer = Scorer(ckpt, ScoreOptions(batch_size=4, processes=2))
+    scorer.prestart()
+    prestarted = list(scorer.score(found))
+    threads = list(Scorer(ckpt, ScoreOptions(batch_size=4, workers=1)).score(found))
+    assert early == plain == prestarted  # predictions included, exactly
+    assert [r["status"] for r in early] == [r["status"] for r in threads]
+    assert len(arenas.names) == 3 and not arenas.alive() and _children() == kids
+    with scoring.ReaderPool(2) as readers, pytest.raises(ValueError):
+        Scorer(ckpt, ScoreOptions(processes=3), readers=readers)
+    assert _children() == kids
+
+
+def test_readers_started_ahead_stop_when_no_scan_follows(setup, monkeypatch):
+    _, path, lib = setup
+    arenas, kids = ArenaLog(monkeypatch), _children()
+    with pytest.raises(LolscanError):
+        with scoring.ReaderPool(2):
+            load_checkpoint(path.parent / "no-such-checkpoint")
+    assert _children() == kids
+    scorer = Scorer(load_checkpoint(path), ScoreOptions(processes=2))
+    scorer.prestart()
+    assert len(_children() - kids) == 2
+    scorer.close()
+    assert _children() == kids and not arenas.names
+
+
+def test_predict_starts_readers_before_the_checkpoint_and_leaks_nothing_when_it_fails(setup, monkeypatch, tmp_path):
+    from typer.testing import CliRunner
+
+    from lolscan.cli.app import _register, app
+
+    _register()
+
+    _, path, lib = setup
+    arenas, kids = ArenaLog(monkeypatch), _children()
+    started = []
+    real = scoring.ReaderPool.__init__
+
+    def logged(self, *a, **k):
+        real(self, *a, **k)
+        started.append(self)
+
+    monkeypatch.setattr(scoring.ReaderPool, "__init__", logged)
+    bad = CliRunner().invoke(app, ["predict", str(lib), "--procs", "2", "--model", str(tmp_path / "missing"), "-f", "jsonl"])
+    assert bad.exit_code != 0 and len(started) == 1 and started[0].processes == 2
+    assert _children() == kids and not arenas.names  # the processes stopped; no segment was ever made
+    ok = CliRunner().invoke(app, ["predict", str(lib), "--procs", "2", "--model", str(path), "-f", "jsonl", "--no-progress"])
+    assert ok.exit_code in (3, 4), ok.output  # the broken file and the other base model
+    assert len(started) == 2 and len(arenas.names) == 1 and not arenas.alive() and _children() == kids
+    alone = list(Scorer(load_checkpoint(path), ScoreOptions(batch_size=32, workers=2)).score(expand([str(lib)])))
+    rows = [json.loads(line) for line in ok.stdout.splitlines() if line.startswith("{")]
+    assert [r["predictions"] for r in rows] == [r["predictions"] for r in alone]

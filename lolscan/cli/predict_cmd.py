@@ -50,6 +50,44 @@ def parse_gates(under: list[str], over: list[str]) -> list[Any]:
     return gates
 
 
+def may_hold_many(targets: list[str]) -> bool:
+    """Whether ``targets`` may name enough adapters for ``--procs auto`` to start reader processes,
+    before the folders are walked: many targets, a glob, or a folder that is not one PEFT adapter."""
+    from ..formats.peft_config import is_peft_folder
+
+    if len(targets) >= 64:
+        return True
+    for t in targets:
+        if any(c in t for c in "*?["):
+            return True
+        p = Path(t).expanduser()
+        try:
+            if p.is_dir() and not is_peft_folder(p):
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def early_readers(procs: str, targets: list[str]) -> Any:
+    """A context manager holding the `ReaderPool` to start before the checkpoint loads (None when
+    reading will likely use threads, or the processes could not be started: the scan starts its own)."""
+    from contextlib import nullcontext
+
+    from ..scoring import ReaderPool, auto_processes
+
+    if procs == "auto":
+        n = auto_processes(1 << 30) if may_hold_many(targets) else 0
+    else:
+        n = int(procs)
+    if n <= 0:
+        return nullcontext()
+    try:
+        return ReaderPool(n)
+    except OSError:
+        return nullcontext()
+
+
 @app.command()
 def predict(
     targets: Annotated[list[str], typer.Argument(help="LoRA files, PEFT folders, folders or globs of many, or hf:// / civitai: URIs.")],
@@ -93,7 +131,9 @@ def predict(
         raise typer.BadParameter(f"{procs!r}: expected a number or auto", param_hint="--procs")
     if threads:
         torch.set_num_threads(threads)
-    with cli_errors():
+    # Reader processes start now and warm up while the checkpoint loads and the folder is walked;
+    # they stop on the way out whatever happens (a checkpoint that fails to load included).
+    with early_readers(procs, targets) as readers, cli_errors():
         ckpt = open_model(model, device)
         try:
             check_gates(gates, ckpt.targets)
@@ -120,6 +160,9 @@ def predict(
                         apply_gates(done[f.source], gates, ckpt.targets)
                         sys.stdout.write(jsonl_line(done[f.source]))
         n_procs = auto_processes(len(todo)) if procs == "auto" else int(procs)
+        if readers is not None and readers.processes != n_procs:  # auto guessed many files; there are few
+            readers.close()
+            readers = None
         opts = ScoreOptions(batch_size=batch_size, workers=workers, allow_pickle=allow_pickle, processes=n_procs,
                             source_options=source_options(offline, civitai_token, hf_token))
         new_rows: dict[str, dict[str, Any]] = {}
@@ -132,7 +175,7 @@ def predict(
         try:
             with Progress(*columns, console=err_console, transient=True, disable=not progress or len(todo) < 2) as bar:
                 task = bar.add_task("scoring", total=len(todo))
-                for row in Scorer(ckpt, opts).score(todo):
+                for row in Scorer(ckpt, opts, readers=readers).score(todo):
                     apply_gates(row, gates, ckpt.targets)
                     new_rows[row["source"]] = row if keep_rows else {
                         "source": row["source"], "status": row["status"], "gates": [{"passed": g["passed"]} for g in row["gates"]]
