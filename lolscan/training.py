@@ -19,7 +19,7 @@ import torch
 
 from .hashing import sha256_file
 from .adapter import Adapter
-from .errors import LolscanError, UsageError
+from .errors import InputError, LolscanError, UsageError
 from .manifest import Manifest, assign_splits
 from .metrics import target_metrics
 from .targets import Target, fit_normalisation, layout, make_target
@@ -168,6 +168,9 @@ def prepare(
     # a diverged finetune leaves NaN/Inf factors: one such adapter would turn every loss into NaN
     bad = {i for i, a in enumerate(adapters) if not all(layer_finite(layer) for layer in a.layers.values())}
     splits = {k: [i for i in v if i not in bad] for k, v in splits.items()}
+    if bad and not splits["train"]:
+        raise InputError(f"every adapter of the training split holds NaN/Inf factors ({len(bad)} such adapters, "
+                         f"e.g. {manifest.rows[min(bad)].source})", path=manifest.path)
     for t in targets:
         fit_normalisation(t, [values[t.name][i] for i in splits["train"]])
         if not any(not t.missing(values[t.name][i]) for i in splits["train"]):

@@ -154,3 +154,17 @@ def test_train_leaves_out_adapters_with_nan_factors(tmp_path, dirs):
     assert sum(card["training_data"]["splits"].values()) == 59
     r2 = json.loads(r.stdout)["results"]["glnet"]["metrics"]["test"]["score"]
     assert r2["n"] > 0 and all(isinstance(r2[k], float) and r2[k] == r2[k] for k in ("mse", "r2", "kendall_tau"))
+
+
+def test_train_refuses_a_zoo_whose_training_adapters_are_all_nan(tmp_path, dirs):
+    from safetensors.torch import load_file, save_file
+
+    manifest = write_synthetic_zoo(tmp_path / "z", n=12, seed=6)
+    for row in csv.DictReader(open(manifest)):
+        f = manifest.parent / row["path"] / "adapter_model.safetensors"
+        t = load_file(str(f))
+        save_file({k: v * float("nan") for k, v in t.items()}, str(f))
+    r = run("train", manifest, "-t", "score", "--out", "allnan", *TINY)
+    assert r.exit_code == 3 and "NaN/Inf" in r.stderr and "Traceback" not in r.output
+    assert len(r.stderr.strip().splitlines()) == 1  # one line
+    assert not (dirs / "data" / "models" / "allnan").exists()
