@@ -1,7 +1,6 @@
 """The zoo builder end to end at toy size: PEFT folders, labels, resume, determinism."""
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -17,7 +16,6 @@ pytest.importorskip("transformers")
 from lolscan.zoo.build import build, read_manifest  # noqa: E402
 from lolscan.zoo.data import load_eval, resolve_root  # noqa: E402
 from lolscan.zoo.eval import mc_accuracy  # noqa: E402
-from lolscan.zoo.multilora import lm_loss_per_row, pad_batch  # noqa: E402
 from lolscan.errors import UsageError  # noqa: E402
 from lolscan.zoo.recipe import Recipe  # noqa: E402
 

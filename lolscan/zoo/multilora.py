@@ -80,6 +80,14 @@ def kaiming_init_A(shape: tuple[int, int], gen: torch.Generator) -> torch.Tensor
     return (torch.rand(shape, generator=gen, dtype=torch.float32) * 2 - 1) * bound
 
 
+def to_device(t: torch.Tensor, dev: torch.device) -> torch.Tensor:
+    """A small per-step host tensor on `dev` without waiting for the GPU: a plain ``.to(cuda)``
+    synchronises the stream, which would stop the host from preparing the next step meanwhile."""
+    if dev.type != "cuda":
+        return t.to(dev)
+    return t.pin_memory().to(dev, non_blocking=True)
+
+
 class StackedAdamW:
     """torch.optim.AdamW (betas, eps, decoupled weight decay, bias correction) for stacked factors, with a
     learning rate and weight decay per adapter and a per-adapter ``active`` switch (finished adapters
@@ -104,10 +112,10 @@ class StackedAdamW:
         act = active.to(torch.float32)
         dev = self.params[0].device
         shape = (self.k,) + (1,) * (self.params[0].ndim - 1)
-        decay = (1 - lr.double() * wd.double() * active.double()).float().to(dev).view(shape)
-        step_size = (lr.double() / bc1 * active.double()).float().to(dev).view(shape)
-        bc2s = bc2_sqrt.float().to(dev).view(shape)
-        a = act.to(dev).view(shape)
+        decay = to_device((1 - lr.double() * wd.double() * active.double()).float(), dev).view(shape)
+        step_size = to_device((lr.double() / bc1 * active.double()).float(), dev).view(shape)
+        bc2s = to_device(bc2_sqrt.float(), dev).view(shape)
+        a = to_device(act, dev).view(shape)
         for p, m, v in zip(self.params, self.m, self.v):
             g = p.grad
             if g is None:
@@ -168,20 +176,22 @@ def pad_batch(seqs: list[list[int]], pad_id: int = 0) -> tuple[torch.Tensor, tor
 
 def lm_loss_per_row(model: nn.Module, ids: torch.Tensor, lengths: torch.Tensor,
                     checkpoint: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed next-token NLL and token count per row (the HF causal-LM loss before averaging)."""
-    h = hidden_states(model, ids)
-    _, head = decoder_and_head(model)
+    """Summed next-token NLL and token count per row (the HF causal-LM loss before averaging).
+
+    `ids` and `lengths` are host tensors: which positions count is worked out on the host, so the
+    step never waits for the GPU to say how many there are."""
+    dev = next(model.parameters()).device
     n, t = ids.shape
-    pos = torch.arange(t - 1, device=ids.device)
-    valid = pos.unsqueeze(0) < (lengths.to(ids.device) - 1).unsqueeze(1)  # [n, t-1]
+    valid = torch.arange(t - 1).unsqueeze(0) < (lengths - 1).unsqueeze(1)  # [n, t-1]
     flat = valid.reshape(-1).nonzero().squeeze(1)
-    hs = h[:, :-1].reshape(-1, h.shape[-1]).index_select(0, flat)
-    tg = ids[:, 1:].reshape(-1).index_select(0, flat)
+    ids_d, flat_d = to_device(ids, dev), to_device(flat, dev)
+    h = hidden_states(model, ids_d)
+    _, head = decoder_and_head(model)
+    hs = h[:, :-1].reshape(-1, h.shape[-1]).index_select(0, flat_d)
+    tg = ids_d[:, 1:].reshape(-1).index_select(0, flat_d)
     nll = token_nll(head, hs, tg, checkpoint=checkpoint)
-    row = flat // (t - 1)
-    sums = torch.zeros(n, device=ids.device, dtype=torch.float32).index_add_(0, row, nll)
-    counts = valid.sum(1).to(torch.float32)
-    return sums, counts
+    sums = torch.zeros(n, device=dev, dtype=torch.float32).index_add_(0, to_device(flat // (t - 1), dev), nll)
+    return sums, to_device(valid.sum(1).to(torch.float32), dev)
 
 
 @dataclass
@@ -309,7 +319,7 @@ def train_group(model: nn.Module, target_names: list[str], specs: list, train_po
         draws = batches
     lr0 = torch.tensor([s.lr for s in specs], dtype=torch.float64)
     wd = torch.tensor([s.weight_decay for s in specs], dtype=torch.float64)
-    losses = torch.full((max_steps, k), float("nan"))
+    losses = torch.full((max_steps, k), float("nan"), device=dev)  # read back once, after the last step
     model.train()
     for t in range(max_steps):
         active = steps > t
@@ -320,8 +330,8 @@ def train_group(model: nn.Module, target_names: list[str], specs: list, train_po
                 seqs.append(rows[j % len(rows)])
                 weight[slot * b_max + j] = float(active[slot] and j < len(rows))
         ids, lengths = pad_batch(seqs)
-        sums, counts = lm_loss_per_row(model, ids.to(dev), lengths, checkpoint=checkpoint_logits)
-        w = weight.to(dev)
+        sums, counts = lm_loss_per_row(model, ids, lengths, checkpoint=checkpoint_logits)
+        w = to_device(weight, dev)
         per_adapter = (sums * w).view(k, b_max).sum(1) / (counts * w).view(k, b_max).sum(1).clamp(min=1)
         per_adapter.sum().backward()
         if lr_schedule == "linear":
@@ -330,11 +340,11 @@ def train_group(model: nn.Module, target_names: list[str], specs: list, train_po
             lr = lr0
         opt.step(lr, wd, active)
         opt.zero_grad()
-        losses[t] = torch.where(active, per_adapter.detach().float().cpu(), torch.tensor(float("nan")))
+        losses[t] = torch.where(to_device(active, dev), per_adapter.detach().float(), float("nan"))
     model.eval()
     for p in params:
         p.requires_grad_(False)
-    return mods, losses
+    return mods, losses.cpu()
 
 
 def extract(mods: dict[str, MultiLoRALinear], slot: int, ranks: dict[str, int]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
