@@ -114,7 +114,7 @@ def test_dropout_is_per_adapter():
     with torch.no_grad():
         m.lora_A.normal_()
         m.lora_B.normal_()
-    m.dropout_p[1] = 0.5
+    m.set_dropout(1, 0.5)
     m.train()
     x = torch.randn(2 * 3, 5, 32)
     y1, y2 = m(x), m(x)

@@ -27,13 +27,18 @@ class MultiLoRALinear(nn.Module):
         self.register_buffer("rank_mask", torch.ones(k, r_max, device=dev))
         self.register_buffer("scaling", torch.ones(k, device=dev))
         self.register_buffer("dropout_p", torch.zeros(k, device=dev))
+        self.any_dropout = False  # host-side copy of (dropout_p > 0).any(): reading the buffer would sync
         self.generator: torch.Generator | None = None
+
+    def set_dropout(self, slot: int, p: float) -> None:
+        self.dropout_p[slot] = p
+        self.any_dropout = self.any_dropout or p > 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)
         k = self.k
         xs = x.reshape(k, -1, x.shape[-1]).float()  # [K, b*T, in]
-        if self.training and bool((self.dropout_p > 0).any()):
+        if self.training and self.any_dropout:
             keep = (1.0 - self.dropout_p).view(k, 1, 1)
             noise = torch.rand(xs.shape, device=xs.device, generator=self.generator)
             xs = xs * (noise < keep) / keep
@@ -297,7 +302,7 @@ def train_group(model: nn.Module, target_names: list[str], specs: list, train_po
         init_factors(mods, slot, seed, s.index, ranks)
         for name, mod in mods.items():
             mod.scaling[slot] = s.alpha / ranks[name]
-            mod.dropout_p[slot] = s.dropout
+            mod.set_dropout(slot, s.dropout)
     gen = torch.Generator(device=dev).manual_seed(adapter_seed(seed, specs[0].index, 3))
     for mod in mods.values():
         mod.generator = gen
