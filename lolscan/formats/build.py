@@ -12,7 +12,7 @@ from ..errors import InputError, UnsupportedFormat
 from ..tensorfile import TensorFile
 from .common import as_float, dora_axis, lora_layer, scalar_of, split_scale
 from .plain import PlainPairs
-from .scheme import ScaleRule, alpha_rule  # noqa: F401 - alpha_rule is re-exported
+from .scheme import ScaleRule
 
 
 _REFUSED = {

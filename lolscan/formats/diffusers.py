@@ -6,7 +6,6 @@ from ..tensorfile import TensorFile
 from .build import build_layers, finish
 from .grouping import group_keys
 from .names import dotted_module_name
-from .scheme import DIFFUSERS_COMPONENTS as COMPONENTS  # noqa: F401 - re-exported
 from .scheme import diffusers_scale_rule, old_diffusers_keys, old_module_name
 from .scheme import looks_diffusers as _looks_diffusers
 
