@@ -5,6 +5,10 @@ minibatches. Metrics are on the held-out test split.
 
     python bench/architectures.py zoo/manifest.csv --target score --target style
     python bench/architectures.py --synthetic            # builds its own small labelled zoo
+    python bench/architectures.py --from-json a.json b.json   # one table from runs saved by --json
+
+``--json`` is rewritten after every run, so a run stopped part-way leaves the seeds it finished;
+``--from-json`` merges such files (say one per architecture, run in parallel or on different devices).
 
 The synthetic zoo (``lolscan.training.write_synthetic_zoo``) has labels that are known functions of
 ΔW: ``score`` = u*ᵀ ΔW₀ v* (linear), ``norm`` = ‖ΔW₀‖_F (quadratic), ``planted`` (a planted direction
@@ -27,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from lolscan.metrics import HEADLINE, METRIC_NAMES  # noqa: E402
 
 SYNTHETIC_TARGETS = ["score", "norm", "planted", "dominant", "big"]
+ARCH_ORDER = ["mlp", "mlp-oalign", "mlp-svd", "mlp-dense", "glnet"]
 
 
 def mean_std(xs: list[float]) -> tuple[float, float]:
@@ -71,7 +76,14 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="CPU threads for torch (1 is often fastest here)")
     ap.add_argument("--json", type=Path, help="write all per-seed metrics here")
     ap.add_argument("--markdown", action="store_true", help="print a Markdown table instead of a text table")
+    ap.add_argument("--from-json", nargs="+", type=Path, metavar="JSON", help="print the table from runs saved by --json (merged)")
     args = ap.parse_args()
+    if args.from_json:
+        merged = merge_saved(args.from_json)
+        if args.json:
+            args.json.write_text(json.dumps(merged, indent=2))
+        print_table(merged, args.markdown)
+        return
 
     from lolscan.errors import LolscanError
     from lolscan.manifest import read_manifest
@@ -101,6 +113,11 @@ def main() -> None:
 
     runs: dict[str, list[dict[str, Any]]] = {}
     skipped: dict[str, str] = {}
+
+    def saved() -> dict[str, Any]:
+        return {"splits": sizes, "targets": [t.to_json() for t in ds.targets], "seeds": args.seeds, "device": args.device,
+                "runs": runs, "skipped": skipped}
+
     for arch in archs:
         hp = {k: v for k, v in hp_all.get("*", {}).items() if k in hparam_names(arch)} | hp_all.get(arch, {})
         for seed in range(args.seeds):
@@ -115,41 +132,67 @@ def main() -> None:
             runs.setdefault(arch, []).append({"seed": seed, "test": result.metrics.get("test", {}), "steps": result.steps,
                                               "best_step": result.best_step, "seconds": time.perf_counter() - t0})
             print(f"  {arch} seed {seed}: {time.perf_counter() - t0:.1f} s, best step {result.best_step}", file=sys.stderr)
+            if args.json:
+                args.json.write_text(json.dumps(saved(), indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(saved(), indent=2))
+    print_table(saved(), args.markdown)
+    if tmp is not None:
+        tmp.cleanup()
 
-    cols = [(t, m) for t in ds.targets for m in HEADLINE[t.kind]]
-    header = ["architecture"] + [f"{t.name} {METRIC_NAMES[m]}" for t, m in cols] + ["s / run"]
+
+def merge_saved(paths: list[Path]) -> dict[str, Any]:
+    """Runs saved by several ``--json`` files, as one; they must share the split and the targets."""
+    merged: dict[str, Any] | None = None
+    for path in paths:
+        d = json.loads(path.read_text())
+        if merged is None:
+            merged = {**d, "runs": {}, "skipped": {}}
+        elif (d["splits"], d["targets"]) != (merged["splits"], merged["targets"]):
+            sys.exit(f"error: {path}: another split or other targets than {paths[0]}")
+        for arch, rs in d["runs"].items():
+            merged["runs"].setdefault(arch, []).extend(rs)
+        merged["skipped"].update(d.get("skipped", {}))
+    assert merged is not None
+    return merged
+
+
+def print_table(saved: dict[str, Any], markdown: bool) -> None:
+    from lolscan.targets import Target
+
+    targets = [Target.from_json(t) for t in saved["targets"]]
+    runs, skipped = saved["runs"], saved["skipped"]
+    cols = [(t, m) for t in targets for m in HEADLINE[t.kind]]
+    header = ["architecture"] + [f"{t.name} {METRIC_NAMES[m]}" for t, m in cols] + ["seeds", "s / run"]
     lines = []
-    for arch in archs:
-        if arch in skipped:
-            lines.append([arch] + ["n/a"] * len(cols) + [f"skipped: {skipped[arch]}"])
+    for arch in [a for a in ARCH_ORDER if a in runs or a in skipped] + [a for a in runs if a not in ARCH_ORDER]:
+        if arch in skipped and arch not in runs:
+            lines.append([arch] + ["n/a"] * len(cols) + ["0", f"skipped: {skipped[arch]}"])
             continue
         cells = [arch]
         for t, m in cols:
             mu, sd = mean_std([r["test"].get(t.name, {}).get(m) for r in runs[arch]])
             cells.append("n/a" if math.isnan(mu) else f"{mu:.3f} ± {sd:.3f}")
+        cells.append(str(len(runs[arch])))
         cells.append(f"{statistics.fmean(r['seconds'] for r in runs[arch]):.1f}")
         lines.append(cells)
-    title = f"test-split metrics, mean ± std over {args.seeds} seeds ({sizes['test']} test adapters)"
-    if args.markdown:
+    title = f"test-split metrics, mean ± std over seeds ({saved['splits']['test']} test adapters)"
+    if markdown:
         print(f"**{title}**\n")
         print("| " + " | ".join(header) + " |")
         print("|" + "---|" * len(header))
         for cells in lines:
             print("| " + " | ".join(cells) + " |")
-    else:
-        from rich.console import Console
-        from rich.table import Table
+        return
+    from rich.console import Console
+    from rich.table import Table
 
-        table = Table(title=title)
-        for h in header:
-            table.add_column(h, justify="left" if h == "architecture" else "right")
-        for cells in lines:
-            table.add_row(*cells)
-        Console(width=max(120, 16 * len(header))).print(table)
-    if args.json:
-        args.json.write_text(json.dumps({"splits": sizes, "targets": [t.to_json() for t in ds.targets], "runs": runs, "skipped": skipped}, indent=2))
-    if tmp is not None:
-        tmp.cleanup()
+    table = Table(title=title)
+    for h in header:
+        table.add_column(h, justify="left" if h == "architecture" else "right")
+    for cells in lines:
+        table.add_row(*cells)
+    Console(width=max(120, 16 * len(header))).print(table)
 
 
 if __name__ == "__main__":
