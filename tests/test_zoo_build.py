@@ -185,6 +185,40 @@ def test_recipe_extends_overrides_only_what_it_sets(tmp_path):
         Recipe.load(tmp_path / "variant.toml")
 
 
+def test_data_seed_keeps_the_validation_split_of_the_parent(tmp_path):
+    """A variant zoo (another seed) that sets data_seed to its parent's seed validates on the same sequences."""
+    from lolscan.zoo.data import build_pool
+
+    root = tmp_path / "d"
+    write_toy_data(root)
+    parent = Recipe.from_dict(toy_recipe(root))
+    moved = Recipe.from_dict(toy_recipe(root, seed=parent.seed + 1))
+    kept = Recipe.from_dict({**toy_recipe(root, seed=parent.seed + 1),
+                             "data": {**toy_recipe(root)["data"], "data_seed": parent.seed}})
+    pools = [build_pool(r, CharTokenizer(), resolve_root(r.data_root)) for r in (parent, moved, kept)]
+    assert pools[1].val != pools[0].val  # another seed alone re-partitions the pool
+    assert pools[2].val == pools[0].val and pools[2].train == pools[0].train
+    # ... while the adapters' own draws still follow the variant's seed
+    from lolscan.zoo.recipe import sample_specs
+
+    def draws(r):
+        return [(s.lr, s.steps, s.sources) for s in sample_specs(r, ["k", "v"])]
+
+    assert draws(kept) == draws(moved) and draws(kept) != draws(parent)
+    # unset, it is left out of the recipe's dict, so the digests of recipes written before it stay as they were
+    assert "data_seed" not in parent.to_dict()["data"] and kept.to_dict()["data"]["data_seed"] == parent.seed
+    assert kept.digest() != moved.digest()
+
+
+def test_qwen_rank_sets_share_the_main_zoo_validation_split():
+    recipes = Path(__file__).parent.parent / "recipes"
+    main = Recipe.load(recipes / "qwen2.5-coder-1.5b-kv-r4-lite.toml")
+    for name in ("qwen2.5-coder-1.5b-kv-ranks.toml", "qwen2.5-coder-1.5b-kv-mixed.toml"):
+        variant = Recipe.load(recipes / name)
+        assert variant.seed != main.seed and variant.pool_seed == main.pool_seed
+        assert variant.sources == main.sources and variant.val_per_source == main.val_per_source
+
+
 def test_mixed_rank_zoo_round_trips_through_peft_and_lolscan(tmp_path):
     root = tmp_path / "d"
     write_toy_data(root)

@@ -145,7 +145,7 @@ def build_pool(recipe: Recipe, tokenizer: Any, root: Path) -> Pool:
     train, val = {}, {}
     for src in recipe.sources:
         texts = load_source(recipe, src, root)
-        order = _stable_perm(len(texts), f"{recipe.seed}/{src.name}")
+        order = _stable_perm(len(texts), f"{recipe.pool_seed}/{src.name}")
         texts = [texts[i] for i in order]
         if len(texts) <= recipe.val_per_source:
             raise InputError(f"source {src.name!r} has {len(texts)} examples, not more than "

@@ -71,6 +71,9 @@ class Recipe:
     lr_schedule: str = "constant"  # constant | linear (decay to 0 over the adapter's steps)
     splits: dict[str, float] = field(default_factory=lambda: {"train": 0.8, "val": 0.1, "test": 0.1})
     eval_batch: int = 8  # eval sequences per adapter per forward
+    # Seed of the pool's train/validation partition ([data] data_seed; None: `seed`). A variant zoo with
+    # another seed sets the parent's, so its validation-loss labels use the same held-out sequences.
+    data_seed: int | None = None
 
     # ---- loading ---------------------------------------------------------------------------
     @classmethod
@@ -103,9 +106,17 @@ class Recipe:
         d = asdict(self)
         d["data"] = {k: d.pop(k) for k in ("sources", "data_root", "max_length", "val_per_source",
                                              "membership_p", "template")}
+        data_seed = d.pop("data_seed")
+        if data_seed is not None:  # absent when unset, so recipes from before it keep their digest
+            d["data"]["data_seed"] = data_seed
         d["lora"] = {"target_modules": d.pop("target_modules"), "rank": d.pop("rank"), "alpha": d.pop("alpha")}
         d["eval"] = d.pop("evals")
         return d
+
+    @property
+    def pool_seed(self) -> int:
+        """The seed that partitions the finetuning pool into train and validation sequences."""
+        return self.seed if self.data_seed is None else self.data_seed
 
     def digest(self) -> str:
         """A short hash of everything that determines the zoo (for cards and resume checks)."""
