@@ -1,4 +1,4 @@
-# Sourced by qwen_build.sh and qwen_train.sh: where the model, data and zoo live on the device machine
+# Sourced by the qwen_*.sh and bench_run.sh scripts: where the model, data and zoo live on the device machine
 # (P survives between calls while the machine stays held), and the environment lolscan runs in there.
 P=${P:-/root/q}
 R=${R:-recipes/qwen2.5-coder-1.5b-kv-r4-lite.toml}

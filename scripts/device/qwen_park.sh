@@ -2,7 +2,7 @@
 # Qwen2.5-Coder-1.5B zoo, device calls 1-16: park the carried chunk of the gzipped GGUF (call 1 also
 # brings the data and wheels) in /root/q, which survives between calls while the machine stays held.
 # A call carries at most 64 MiB, so the 1.09 GB model travels in 17 pieces (.chunks/gNN, made by
-# scripts/device/make_chunks.py); `qwen_build.sh` brings the last one and starts the build.
+# scripts/device/make_chunks.py); then `qwen_start.sh` starts the build (see README.md here).
 P=${P:-/root/q}
 mkdir -p $P && for d in .chunks/g*; do mv $d/* $P/; done
 echo "parked: $(ls $P | wc -l) files, $(du -sb $P | cut -f1) bytes"

@@ -2,8 +2,10 @@
 # The whole Qwen2.5-Coder-1.5B lease after the model has arrived, run detached by qwen_start.sh in a copy of
 # the repo: rebuild and check the GGUF, convert it, build the rank-4 zoo (at most $BUILD_S seconds), train
 # the three checkpoints, pick the bundled examples, build the rank-generalisation sets and score them, and
-# run the architecture table (on the 16 CPU cores, while the GPU builds and scores the rank sets: on the
-# GPU, runs in other processes would be time-sliced against the build). Everything that comes back is in $P/out (qwen_poll.sh fetch);
+# run the architecture table (GL-net and MLP+SVD on the CPU cores while the GPU builds and scores the rank
+# sets, since on the GPU runs in other processes would be time-sliced against the build; MLP and MLP+O-Align
+# on the GPU after). The repo copy must hold models/ (the shipped checkpoints are evaluated on the new zoo):
+# start it in a call whose tree has models/*.safetensors, not in a chunk-carrying call. Everything that comes back is in $P/out (qwen_poll.sh fetch);
 # $P/out/progress says how far it got.
 set -o pipefail
 T0=$(date +%s)
@@ -42,17 +44,25 @@ for z in zoo; do cp $P/$z/manifest.jsonl $L/${z}_manifest.jsonl; cp $P/$z/zoo.js
 M=$P/zoo/manifest.jsonl
 mkdir -p $P/ck
 tr() { local name=$1; shift
-  python3 -m lolscan train $M "$@" --hparam d=16 --device cuda --out $P/ck/$name 2>&1 | grep -v "it/s" >> $L/train.log
+  python3 -m lolscan train $M "$@" --device cuda --out $P/ck/$name 2>&1 | grep -v "it/s" >> $L/train.log
   [ -d $P/ck/$name ] && tar -cf $O/$name.tar -C $P/ck $name && log "checkpoint $name"; }
-tr qwen2.5-coder-1.5b-arc-c-accuracy --target arc_c_acc
-tr qwen2.5-coder-1.5b-val-loss --target val_loss
-tr qwen2.5-coder-1.5b-data-sources --target sources
+tr qwen2.5-coder-1.5b-arc-c-accuracy --target arc_c_acc --hparam d=16
+tr qwen2.5-coder-1.5b-val-loss --target val_loss --hparam d=16
+tr qwen2.5-coder-1.5b-data-sources --target sources --hparam d=16
+# MLP+SVD beside GL-net (the better of the two on the third lease's zoo), and the shipped checkpoints on
+# this zoo's test split, so the choice of what to ship is made on the same adapters.
+tr qwen2.5-coder-1.5b-arc-c-accuracy-mlp-svd --target arc_c_acc --arch mlp-svd
+tr qwen2.5-coder-1.5b-val-loss-mlp-svd --target val_loss --arch mlp-svd
+for c in models/qwen2.5-coder-1.5b-*/; do
+  python3 -m lolscan eval $M --model $c --split test --device cuda --format json > $L/eval_shipped_$(basename $c).json 2>>$L/eval.log
+done
+log "shipped checkpoints evaluated on the test split"
 python3 scripts/device/pick_examples.py $P/zoo $P/examples 4 arc_c_acc >> $L/train.log 2>&1 && tar -cf $O/examples.tar -C $P examples && log "examples"
 A="bench/architectures.py $M -t arc_c_acc -t val_loss --seeds 5 --hparam glnet:d=16"
-for at in glnet:3 mlp-svd:3 mlp:4 mlp-oalign:4 mlp-dense:1; do a=${at%:*} t=${at#*:}
+for at in glnet:6 mlp-svd:6 mlp-dense:1; do a=${at%:*} t=${at#*:}
   OMP_NUM_THREADS=$t nohup python3 $A --arch $a --device cpu --threads $t --json $L/arch_$a.json > $L/arch_$a.log 2>&1 &
 done
-log "architecture table: five architectures on the CPU cores (background)"
+log "architecture table: glnet, mlp-svd, mlp-dense on the CPU cores (background)"
 build recipes/qwen2.5-coder-1.5b-kv-ranks.toml $P/ranks 100
 build recipes/qwen2.5-coder-1.5b-kv-mixed.toml $P/mixed 50
 for z in ranks mixed; do cp $P/$z/manifest.jsonl $L/${z}_manifest.jsonl; cp $P/$z/zoo.json $L/${z}_zoo.json; done
@@ -62,6 +72,10 @@ for z in ranks mixed; do for c in arc-c-accuracy val-loss; do
     --device cuda --format jsonl > $L/pred_${z}_$c.jsonl 2>>$L/pred.log
 done; done
 log "rank sets scored"
+# The raw-factor MLPs (25.7 M parameters on Qwen) take 2-3 minutes a run on CPU threads; the GPU is free now.
+for a in mlp mlp-oalign; do
+  python3 $A --arch $a --device cuda --json $L/arch_$a.json > $L/arch_$a.log 2>&1; log "architecture $a (GPU) done"
+done
 wait
 python3 bench/architectures.py --from-json $L/arch_*.json --markdown > $L/architectures.md 2>&1
 log "DONE"
