@@ -496,3 +496,92 @@ def write_synthetic_zoo(
         w.writeheader()
         w.writerows(rows)
     return manifest
+
+
+def write_heavy_tailed_zoo(
+    folder: str | Path,
+    *,
+    n: int = 600,
+    layers: int = 12,
+    shape: tuple[int, int] = (32, 48),
+    rank: int = 4,
+    broken: float = 0.15,
+    broken_scale: tuple[float, float] = (10.0, 100.0),
+    seed: int = 0,
+) -> Path:
+    """A zoo like a real one where some finetunes ran at far too high a learning rate.
+
+    Every adapter is built like `write_synthetic_zoo`'s: layer ℓ is a random rank-r update of
+    Frobenius norm ≈ aℓ (log-uniform in [0.3, 3]) plus cℓ·uℓ* vℓ*ᵀ along secret unit vectors (cℓ
+    uniform in [-2, 2]); sℓ = uℓ*ᵀ ΔWℓ vℓ*. A fraction ``broken`` of the adapters (every
+    ``round(1/broken)``-th; the healthy ones after them keep their draws) then has every ΔWℓ
+    multiplied by k, log-uniform in ``broken_scale`` (both factors by √k). Labels, known
+    functions of ΔW that mimic a benchmark accuracy and a validation loss:
+
+    - ``acc``: healthy 0.59 + 0.01·(s₀ + s₁) (≈ 0.55–0.63); broken 0.40 − 0.20·t, t = position of
+      log k in the ``broken_scale`` range (0.20–0.40).
+    - ``loss``: healthy 2.3 + 0.1·‖ΔW₀‖_F − 0.05·s₂; broken 3 + 6·t (3–9).
+    - ``broken`` (0/1) and ``group`` (pairs, for group-aware splits).
+    """
+    import csv
+    import json
+    import random
+
+    from safetensors.torch import save_file
+
+    if layers < 3:
+        raise ValueError("the heavy-tailed zoo needs at least 3 layers")
+    if not 0.0 <= broken < 1.0:
+        raise ValueError(f"broken must be a fraction in [0, 1), got {broken}")
+    root = Path(folder)
+    root.mkdir(parents=True, exist_ok=True)
+    nd, md = shape
+    g = torch.Generator().manual_seed(seed)
+    rng = random.Random(seed)
+
+    def unit(k: int) -> torch.Tensor:
+        x = torch.randn(k, generator=g, dtype=torch.float64)
+        return x / x.norm()
+
+    secrets = [(unit(nd), unit(md)) for _ in range(layers)]
+    every = round(1 / broken) if broken > 0 else 0
+    lo, hi = math.log(broken_scale[0]), math.log(broken_scale[1])
+    rows = []
+    for i in range(n):
+        is_broken = bool(every) and i % every == every - 1
+        t = rng.uniform(0.0, 1.0)
+        k = math.exp(lo + t * (hi - lo)) if is_broken else 1.0
+        tensors, scores, norm0 = {}, [], 0.0
+        for layer in range(layers):
+            a = math.exp(rng.uniform(math.log(0.3), math.log(3.0)))
+            c = rng.uniform(-2.0, 2.0)
+            U = a * torch.randn(nd, rank, generator=g, dtype=torch.float64) / math.sqrt(nd * rank)
+            V = torch.randn(md, rank, generator=g, dtype=torch.float64) / math.sqrt(md)
+            u_s, v_s = secrets[layer]
+            U[:, -1], V[:, -1] = c * u_s, v_s
+            U32, V32 = (U * math.sqrt(k)).float(), (V * math.sqrt(k)).float()
+            dw = U32.double() @ V32.double().T  # exactly what the file holds
+            scores.append(float(u_s @ dw @ v_s))
+            if layer == 0:
+                norm0 = float(torch.linalg.matrix_norm(dw))
+            name = f"base_model.model.model.layers.{layer}.proj"
+            tensors[f"{name}.lora_A.weight"] = V32.T.contiguous()
+            tensors[f"{name}.lora_B.weight"] = U32.contiguous()  # alpha = r: PEFT scale 1
+        folder_i = root / f"lora_{i:04d}"
+        folder_i.mkdir(exist_ok=True)
+        save_file(tensors, str(folder_i / "adapter_model.safetensors"), metadata={"format": "pt"})
+        config = {"peft_type": "LORA", "r": rank, "lora_alpha": rank, "target_modules": ["proj"],
+                  "base_model_name_or_path": "synthetic/toy"}
+        (folder_i / "adapter_config.json").write_text(json.dumps(config))
+        if is_broken:
+            acc, loss = 0.40 - 0.20 * t, 3.0 + 6.0 * t
+        else:
+            acc, loss = 0.59 + 0.01 * (scores[0] + scores[1]), 2.3 + 0.1 * norm0 - 0.05 * scores[2]
+        rows.append({"path": folder_i.name, "acc": f"{acc:.8g}", "loss": f"{loss:.8g}", "broken": int(is_broken),
+                     "group": f"pair{i // 2}"})
+    manifest = root / "manifest.csv"
+    with open(manifest, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return manifest

@@ -4,7 +4,8 @@ Layer i with factors (Uᵢ, Vᵢ), ΔWᵢ = Uᵢ Vᵢᵀ, has the gauge symmetry
 Equivariant linear maps act on the left: (Φᵢ Uᵢ, Ψᵢ Vᵢ), Φᵢ ∈ R^{d×n}, Ψᵢ ∈ R^{d×m}. Between
 equivariant layers the GL gate scales row j of U by σ(row-sum j of U Vᵀ) and row j of V by
 σ(column-sum j of U Vᵀ); both sums come from r-vectors (U (Vᵀ1), V (Uᵀ1)), never from U Vᵀ.
-The head reads the invariant d×d products Ũᵢ Ṽᵢᵀ, concatenated over layers (or mean-pooled).
+The head reads the invariant d×d products Ũᵢ Ṽᵢᵀ, concatenated over layers (or mean-pooled),
+optionally squashed elementwise (asinh) first: a function of invariants is invariant.
 Layers of one shape are processed together (bmm over the group's layer axis; see `GLNet._trunk`).
 """
 from __future__ import annotations
@@ -21,6 +22,11 @@ from .common import MetaNet, _chunks, make_mlp
 from .spec import LayerSpec
 
 POOLS = ("concat", "mean")
+# How fit() sets input_scale: "rms" = from the mean square entry of ΔW over all training adapters
+# (a few huge adapters then shrink everyone else's); "median" = from the median over training
+# adapters of each one's RMS entry (robust to them).
+SCALES = ("rms", "median")
+SQUASHES = ("none", "asinh")  # elementwise map of the invariants before the head
 
 
 def gl_gate(U: torch.Tensor, V: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -38,7 +44,16 @@ def _span(indices: tuple[int, ...]) -> tuple[int, int] | None:
 
 class GLNet(MetaNet):
     """Hyperparameters: ``d`` hidden width, ``depth`` equivariant layers (≥1), ``pool`` concat|mean,
-    ``hidden``/``layers``/``dropout`` of the head MLP. ``d=1, pool="mean"`` is the paper's CLIP-score head."""
+    ``hidden``/``layers``/``dropout`` of the head MLP, ``scale`` rms|median (how `fit` sets the
+    per-layer input scale), ``squash`` none|asinh (applied elementwise to the invariants before
+    pooling and the head). ``d=1, pool="mean"`` is the paper's CLIP-score head.
+
+    The defaults of ``scale`` and ``squash`` are the original behaviour ("rms", "none") and must
+    stay so: checkpoint cards and configs written before these keys existed are rebuilt through
+    ``build_model(**hparams)``, i.e. through these defaults, and must predict as they did.
+    On a zoo where a minority of adapters has far larger ΔW, ``squash="asinh"`` keeps them from
+    dominating the head; ``scale="median"`` without a squash lets their invariants grow by the
+    same factor (bench/RESULTS.md, "GL-net on heavy-tailed zoos")."""
 
     arch = "glnet"
 
@@ -53,14 +68,21 @@ class GLNet(MetaNet):
         hidden: int = 64,
         layers: int = 2,
         dropout: float = 0.0,
+        scale: str = "rms",
+        squash: str = "none",
     ):
         if d <= 0 or depth < 1:
             raise ValueError(f"glnet needs d >= 1 and depth >= 1, got d={d}, depth={depth}")
         if pool not in POOLS:
             raise ValueError(f"glnet pool must be one of {POOLS}, got {pool!r}")
-        hp = {"d": int(d), "depth": int(depth), "pool": pool, "hidden": int(hidden), "layers": int(layers), "dropout": float(dropout)}
+        if scale not in SCALES:
+            raise ValueError(f"glnet scale must be one of {SCALES}, got {scale!r}")
+        if squash not in SQUASHES:
+            raise ValueError(f"glnet squash must be one of {SQUASHES}, got {squash!r}")
+        hp = {"d": int(d), "depth": int(depth), "pool": pool, "hidden": int(hidden), "layers": int(layers), "dropout": float(dropout),
+              "scale": scale, "squash": squash}
         super().__init__(spec, out_dim, hp)
-        self.d, self.depth, self.pool = int(d), int(depth), pool
+        self.d, self.depth, self.pool, self.scale, self.squash = int(d), int(depth), pool, scale, squash
         # Φ init ~ N(0, 1/n): Φ ΔW Ψᵀ entries then have the scale of ΔW's RMS entry, whatever n, m.
         self.phi = nn.ParameterList(
             nn.Parameter(torch.randn(len(g.indices), d, g.n) / math.sqrt(g.n)) for g in spec.groups
@@ -77,7 +99,8 @@ class GLNet(MetaNet):
             nn.Parameter(torch.randn(depth - 1, len(g.indices), d, d) * math.sqrt(2.0 / d)) for g in hidden_groups
         )
         # Per-layer scalar multiplying both factors (so ΔWᵢ by its square); scalars commute with
-        # GL(r), so this keeps equivariance. Set by fit() so ΔW's RMS entry is ~1 per layer.
+        # GL(r), so this keeps equivariance. Set by fit() so ΔW's RMS entry is ~1 per layer
+        # (for the typical training adapter with scale="median", on mean square with "rms").
         self.register_buffer("input_scale", torch.ones(len(spec)))
         head_in = (len(spec) if pool == "concat" else 1) * d * d
         self.head = make_mlp(head_in, out_dim, hidden, layers, dropout)
@@ -121,6 +144,10 @@ class GLNet(MetaNet):
             return self.input_scale.view(-1, 1, 1)
         return self.input_scale[span[0] : span[1]].view(-1, 1, 1)
 
+    def squash_invariants(self, x: torch.Tensor) -> torch.Tensor:
+        """The elementwise map (``squash``) the head's inputs go through; identity for "none"."""
+        return torch.asinh(x) if self.squash == "asinh" else x
+
     def _products(self, batch: FactorBatch) -> list[torch.Tensor]:
         """Per group the invariants Ũᵢ Ṽᵢᵀ as ``[L_g, B, d·d]``: one bmm over all layers and adapters."""
         B = batch.batch_size
@@ -142,6 +169,8 @@ class GLNet(MetaNet):
 
     def forward(self, batch: FactorBatch) -> torch.Tensor:
         products = self._products(batch)  # per group [L_g, B, d·d]
+        if self.squash != "none":
+            products = [self.squash_invariants(p) for p in products]
         B = batch.batch_size
         if self.pool == "mean":  # order-free: no need to put layers in spec order
             x = (products[0] if len(products) == 1 else torch.cat(products)).mean(0)
@@ -156,13 +185,18 @@ class GLNet(MetaNet):
 
     @torch.no_grad()
     def fit(self, adapters: Sequence[Adapter], *, batch_size: int = 32) -> GLNet:
-        """Set ``input_scale`` so each layer's ΔW has RMS entry ~1 over the training adapters."""
+        """Set ``input_scale`` so each layer's ΔW has RMS entry ~1 over the training adapters.
+
+        ``scale="rms"``: ~1 in mean square over the adapters holding the layer. ``scale="median"``:
+        the median, over the adapters holding the layer with a non-zero ΔW, of each one's RMS entry
+        is 1, so a minority of adapters with huge updates does not shrink all the others'."""
         adapters = list(adapters)
         if not adapters:
             raise ValueError("fit needs at least one training adapter")
         L = len(self.spec)
         sq = torch.zeros(L, dtype=torch.float64)
         count = torch.zeros(L, dtype=torch.float64)
+        per_adapter: list[torch.Tensor] = []  # [B, L] mean square entries, NaN where absent or zero
         for chunk in _chunks(adapters, batch_size):
             batch = self.collate(chunk)
             per_group = []
@@ -175,7 +209,15 @@ class GLNet(MetaNet):
             present = batch.ranks() > 0
             sq += torch.where(present, ms, torch.zeros_like(ms)).sum(0)
             count += present.sum(0)
-        rms = (sq / count.clamp_min(1)).sqrt()
+            if self.scale == "median":
+                per_adapter.append(torch.where(present & (ms > 0), ms, torch.full_like(ms, math.nan)))
+        if self.scale == "median":
+            # median of the per-adapter RMS entries; NaN where no adapter holds a non-zero ΔW
+            rms = torch.cat(per_adapter).sqrt().nanquantile(0.5, dim=0)
+            count = torch.where(rms.isnan(), torch.zeros_like(count), count)
+            rms = rms.nan_to_num(0.0)
+        else:
+            rms = (sq / count.clamp_min(1)).sqrt()
         scale = torch.where((count > 0) & (rms > 0), rms.clamp_min(1e-30) ** -0.5, torch.ones_like(rms))
         self.input_scale.copy_(scale.to(self.input_scale))
         return self

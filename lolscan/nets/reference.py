@@ -61,7 +61,7 @@ def glnet_loop_forward(model: GLNet, inputs: LayerInputs) -> torch.Tensor:
             v = v * torch.sigmoid(w.sum(-2)).unsqueeze(-1)
             u = model.phi_hidden[gi][k, j] @ u
             v = model.psi_hidden[gi][k, j] @ v
-        feats.append(u @ v.transpose(-1, -2))
+        feats.append(model.squash_invariants(u @ v.transpose(-1, -2)))
     x = torch.stack(feats, dim=1)  # [B, L, d, d]
     x = x.flatten(1) if model.pool == "concat" else x.mean(1).flatten(1)
     return model.head(x)
