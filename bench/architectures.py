@@ -77,6 +77,7 @@ def main() -> None:
     ap.add_argument("--json", type=Path, help="write all per-seed metrics here")
     ap.add_argument("--markdown", action="store_true", help="print a Markdown table instead of a text table")
     ap.add_argument("--from-json", nargs="+", type=Path, metavar="JSON", help="print the table from runs saved by --json (merged)")
+    ap.add_argument("--name", help="row name for a single --arch (default: the architecture), e.g. glnet-asinh for a variant")
     args = ap.parse_args()
     if args.from_json:
         merged = merge_saved(args.from_json)
@@ -102,6 +103,8 @@ def main() -> None:
     else:
         ap.error("give a MANIFEST or --synthetic")
     archs = args.arch or list(ARCHITECTURES)
+    if args.name and len(archs) != 1:
+        ap.error("--name needs exactly one --arch")
     hp_all = parse_hparams(args.hparam)
     try:
         ds = prepare(read_manifest(manifest), targets, seed=args.split_seed, progress=False)
@@ -127,11 +130,11 @@ def main() -> None:
             try:
                 result = run_safely(lambda: train(ds, opts))
             except LolscanError as exc:
-                skipped[arch] = str(exc)
+                skipped[args.name or arch] = str(exc)
                 break
-            runs.setdefault(arch, []).append({"seed": seed, "test": result.metrics.get("test", {}), "steps": result.steps,
+            runs.setdefault(args.name or arch, []).append({"seed": seed, "test": result.metrics.get("test", {}), "steps": result.steps,
                                               "best_step": result.best_step, "seconds": time.perf_counter() - t0})
-            print(f"  {arch} seed {seed}: {time.perf_counter() - t0:.1f} s, best step {result.best_step}", file=sys.stderr)
+            print(f"  {args.name or arch} seed {seed}: {time.perf_counter() - t0:.1f} s, best step {result.best_step}", file=sys.stderr)
             if args.json:
                 args.json.write_text(json.dumps(saved(), indent=2))
     if args.json:

@@ -59,10 +59,16 @@ done
 log "shipped checkpoints evaluated on the test split"
 python3 scripts/device/pick_examples.py $P/zoo $P/examples 4 arc_c_acc >> $L/train.log 2>&1 && tar -cf $O/examples.tar -C $P examples && log "examples"
 A="bench/architectures.py $M -t arc_c_acc -t val_loss --seeds 5 --hparam glnet:d=16"
-for at in glnet:6 mlp-svd:6 mlp-dense:1; do a=${at%:*} t=${at#*:}
+for at in glnet:4 mlp-svd:3 mlp-dense:1; do a=${at%:*} t=${at#*:}
   OMP_NUM_THREADS=$t nohup python3 $A --arch $a --device cpu --threads $t --json $L/arch_$a.json > $L/arch_$a.log 2>&1 &
 done
-log "architecture table: glnet, mlp-svd, mlp-dense on the CPU cores (background)"
+# GL-net variants for the broken-adapter tail (bench/RESULTS.md, "GL-net on heavy-tailed zoos"): squashed
+# invariants, and a narrower d with the robust scale and squash.
+OMP_NUM_THREADS=4 nohup python3 $A --arch glnet --name glnet-asinh --hparam glnet:squash=asinh --device cpu --threads 4 \
+  --json $L/arch_glnet-asinh.json > $L/arch_glnet-asinh.log 2>&1 &
+OMP_NUM_THREADS=3 nohup python3 $A --arch glnet --name glnet-d4-median-asinh --hparam glnet:d=4 --hparam glnet:scale=median \
+  --hparam glnet:squash=asinh --device cpu --threads 3 --json $L/arch_glnet-d4.json > $L/arch_glnet-d4.log 2>&1 &
+log "architecture table: glnet (3 variants), mlp-svd, mlp-dense on the CPU cores (background)"
 build recipes/qwen2.5-coder-1.5b-kv-ranks.toml $P/ranks 100
 build recipes/qwen2.5-coder-1.5b-kv-mixed.toml $P/mixed 50
 for z in ranks mixed; do cp $P/$z/manifest.jsonl $L/${z}_manifest.jsonl; cp $P/$z/zoo.json $L/${z}_zoo.json; done
