@@ -414,6 +414,30 @@ def run_safely(fn: Callable[[], Any]) -> Any:
 
 
 # ---- a labelled synthetic zoo with known answers (tests and bench/architectures.py) ------------
+def _write_toy_peft(folder: Path, tensors: dict[str, torch.Tensor], r: int, alpha: float) -> Path:
+    """One synthetic PEFT adapter folder (modules named ``….proj``)."""
+    import json
+
+    from safetensors.torch import save_file
+
+    folder.mkdir(exist_ok=True)
+    save_file(tensors, str(folder / "adapter_model.safetensors"), metadata={"format": "pt"})
+    config = {"peft_type": "LORA", "r": r, "lora_alpha": alpha, "target_modules": ["proj"], "base_model_name_or_path": "synthetic/toy"}
+    (folder / "adapter_config.json").write_text(json.dumps(config))
+    return folder
+
+
+def _write_manifest_csv(root: Path, rows: list[dict[str, Any]]) -> Path:
+    import csv
+
+    manifest = root / "manifest.csv"
+    with open(manifest, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return manifest
+
+
 def write_synthetic_zoo(
     folder: str | Path,
     *,
@@ -434,11 +458,7 @@ def write_synthetic_zoo(
     ``big`` = the layers with sℓ > 0.5 (multilabel). ``group`` pairs adapters, so group-aware
     splitting is exercised. Every adapter has the same modules; ranks may vary if ``rank`` is a range.
     """
-    import csv
-    import json
     import random
-
-    from safetensors.torch import save_file
 
     if layers < 3:
         raise ValueError("the synthetic zoo needs at least 3 layers")
@@ -474,11 +494,7 @@ def write_synthetic_zoo(
             name = f"base_model.model.model.layers.{layer}.proj"
             tensors[f"{name}.lora_A.weight"] = V32.T.contiguous()
             tensors[f"{name}.lora_B.weight"] = (U32 / (alpha / r)).contiguous()  # PEFT scale alpha/r = 2: exact in fp32
-        folder_i = root / f"lora_{i:04d}"
-        folder_i.mkdir(exist_ok=True)
-        save_file(tensors, str(folder_i / "adapter_model.safetensors"), metadata={"format": "pt"})
-        config = {"peft_type": "LORA", "r": r, "lora_alpha": alpha, "target_modules": ["proj"], "base_model_name_or_path": "synthetic/toy"}
-        (folder_i / "adapter_config.json").write_text(json.dumps(config))
+        folder_i = _write_toy_peft(root / f"lora_{i:04d}", tensors, r, alpha)
         rows.append(
             {
                 "path": folder_i.name,
@@ -490,12 +506,7 @@ def write_synthetic_zoo(
                 "group": f"pair{i // 2}",
             }
         )
-    manifest = root / "manifest.csv"
-    with open(manifest, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    return manifest
+    return _write_manifest_csv(root, rows)
 
 
 def write_heavy_tailed_zoo(
@@ -523,11 +534,7 @@ def write_heavy_tailed_zoo(
     - ``loss``: healthy 2.3 + 0.1·‖ΔW₀‖_F − 0.05·s₂; broken 3 + 6·t (3–9).
     - ``broken`` (0/1) and ``group`` (pairs, for group-aware splits).
     """
-    import csv
-    import json
     import random
-
-    from safetensors.torch import save_file
 
     if layers < 3:
         raise ValueError("the heavy-tailed zoo needs at least 3 layers")
@@ -567,21 +574,11 @@ def write_heavy_tailed_zoo(
             name = f"base_model.model.model.layers.{layer}.proj"
             tensors[f"{name}.lora_A.weight"] = V32.T.contiguous()
             tensors[f"{name}.lora_B.weight"] = U32.contiguous()  # alpha = r: PEFT scale 1
-        folder_i = root / f"lora_{i:04d}"
-        folder_i.mkdir(exist_ok=True)
-        save_file(tensors, str(folder_i / "adapter_model.safetensors"), metadata={"format": "pt"})
-        config = {"peft_type": "LORA", "r": rank, "lora_alpha": rank, "target_modules": ["proj"],
-                  "base_model_name_or_path": "synthetic/toy"}
-        (folder_i / "adapter_config.json").write_text(json.dumps(config))
+        folder_i = _write_toy_peft(root / f"lora_{i:04d}", tensors, rank, rank)
         if is_broken:
             acc, loss = 0.40 - 0.20 * t, 3.0 + 6.0 * t
         else:
             acc, loss = 0.59 + 0.01 * (scores[0] + scores[1]), 2.3 + 0.1 * norm0 - 0.05 * scores[2]
         rows.append({"path": folder_i.name, "acc": f"{acc:.8g}", "loss": f"{loss:.8g}", "broken": int(is_broken),
                      "group": f"pair{i // 2}"})
-    manifest = root / "manifest.csv"
-    with open(manifest, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    return manifest
+    return _write_manifest_csv(root, rows)
