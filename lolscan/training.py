@@ -414,6 +414,34 @@ def run_safely(fn: Callable[[], Any]) -> Any:
 
 
 # ---- a labelled synthetic zoo with known answers (tests and bench/architectures.py) ------------
+def _toy_secrets(g: torch.Generator, layers: int, n: int, m: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per layer the secret unit directions (u*, v*) of the synthetic zoos."""
+
+    def unit(k: int) -> torch.Tensor:
+        x = torch.randn(k, generator=g, dtype=torch.float64)
+        return x / x.norm()
+
+    return [(unit(n), unit(m)) for _ in range(layers)]
+
+
+def _toy_layer(tensors: dict[str, torch.Tensor], layer: int, g: torch.Generator, secret: tuple[torch.Tensor, torch.Tensor],
+               r: int, a: float, c: float, *, k: float = 1.0, peft_scale: float = 1.0) -> tuple[float, float]:
+    """Add one synthetic layer's PEFT factors to `tensors`: a random rank-r update of Frobenius norm ≈ a
+    with c·u* v*ᵀ as its last direction, ΔW then multiplied by k; B is stored divided by the PEFT scale.
+    Returns s = u*ᵀ ΔW v* and ‖ΔW‖_F, both from the float32 factors the file holds."""
+    u_s, v_s = secret
+    n, m = len(u_s), len(v_s)
+    U = a * torch.randn(n, r, generator=g, dtype=torch.float64) / math.sqrt(n * r)
+    V = torch.randn(m, r, generator=g, dtype=torch.float64) / math.sqrt(m)
+    U[:, -1], V[:, -1] = c * u_s, v_s
+    U32, V32 = (U * math.sqrt(k)).float(), (V * math.sqrt(k)).float()
+    dw = U32.double() @ V32.double().T  # exactly what the file holds
+    name = f"base_model.model.model.layers.{layer}.proj"
+    tensors[f"{name}.lora_A.weight"] = V32.T.contiguous()
+    tensors[f"{name}.lora_B.weight"] = (U32 / peft_scale).contiguous()
+    return float(u_s @ dw @ v_s), float(torch.linalg.matrix_norm(dw))
+
+
 def _write_toy_peft(folder: Path, tensors: dict[str, torch.Tensor], r: int, alpha: float) -> Path:
     """One synthetic PEFT adapter folder (modules named ``….proj``)."""
     import json
@@ -467,12 +495,7 @@ def write_synthetic_zoo(
     nd, md = shape
     g = torch.Generator().manual_seed(seed)
     rng = random.Random(seed)
-
-    def unit(k: int) -> torch.Tensor:
-        x = torch.randn(k, generator=g, dtype=torch.float64)
-        return x / x.norm()
-
-    secrets = [(unit(nd), unit(md)) for _ in range(layers)]
+    secrets = _toy_secrets(g, layers, nd, md)
     rows = []
     for i in range(n):
         r = rank if isinstance(rank, int) else rng.randint(rank[0], rank[1])
@@ -482,18 +505,10 @@ def write_synthetic_zoo(
         for layer in range(layers):
             a = math.exp(rng.uniform(math.log(0.3), math.log(3.0)))
             c = rng.uniform(-2.0, 2.0) if layer != 1 else (rng.uniform(1.0, 2.0) if planted else 0.0)
-            U = a * torch.randn(nd, r, generator=g, dtype=torch.float64) / math.sqrt(nd * r)
-            V = torch.randn(md, r, generator=g, dtype=torch.float64) / math.sqrt(md)
-            u_s, v_s = secrets[layer]
-            U[:, -1], V[:, -1] = c * u_s, v_s
-            U32, V32 = U.float(), V.float()
-            dw = U32.double() @ V32.double().T  # exactly what the file will hold (float32 factors)
-            scores.append(float(u_s @ dw @ v_s))
+            score, norm = _toy_layer(tensors, layer, g, secrets[layer], r, a, c, peft_scale=alpha / r)  # 2: exact in fp32
+            scores.append(score)
             if layer == 0:
-                norm0 = float(torch.linalg.matrix_norm(dw))
-            name = f"base_model.model.model.layers.{layer}.proj"
-            tensors[f"{name}.lora_A.weight"] = V32.T.contiguous()
-            tensors[f"{name}.lora_B.weight"] = (U32 / (alpha / r)).contiguous()  # PEFT scale alpha/r = 2: exact in fp32
+                norm0 = norm
         folder_i = _write_toy_peft(root / f"lora_{i:04d}", tensors, r, alpha)
         rows.append(
             {
@@ -545,12 +560,7 @@ def write_heavy_tailed_zoo(
     nd, md = shape
     g = torch.Generator().manual_seed(seed)
     rng = random.Random(seed)
-
-    def unit(k: int) -> torch.Tensor:
-        x = torch.randn(k, generator=g, dtype=torch.float64)
-        return x / x.norm()
-
-    secrets = [(unit(nd), unit(md)) for _ in range(layers)]
+    secrets = _toy_secrets(g, layers, nd, md)
     every = round(1 / broken) if broken > 0 else 0
     lo, hi = math.log(broken_scale[0]), math.log(broken_scale[1])
     rows = []
@@ -562,18 +572,10 @@ def write_heavy_tailed_zoo(
         for layer in range(layers):
             a = math.exp(rng.uniform(math.log(0.3), math.log(3.0)))
             c = rng.uniform(-2.0, 2.0)
-            U = a * torch.randn(nd, rank, generator=g, dtype=torch.float64) / math.sqrt(nd * rank)
-            V = torch.randn(md, rank, generator=g, dtype=torch.float64) / math.sqrt(md)
-            u_s, v_s = secrets[layer]
-            U[:, -1], V[:, -1] = c * u_s, v_s
-            U32, V32 = (U * math.sqrt(k)).float(), (V * math.sqrt(k)).float()
-            dw = U32.double() @ V32.double().T  # exactly what the file holds
-            scores.append(float(u_s @ dw @ v_s))
+            score, norm = _toy_layer(tensors, layer, g, secrets[layer], rank, a, c, k=k)  # alpha = r: PEFT scale 1
+            scores.append(score)
             if layer == 0:
-                norm0 = float(torch.linalg.matrix_norm(dw))
-            name = f"base_model.model.model.layers.{layer}.proj"
-            tensors[f"{name}.lora_A.weight"] = V32.T.contiguous()
-            tensors[f"{name}.lora_B.weight"] = U32.contiguous()  # alpha = r: PEFT scale 1
+                norm0 = norm
         folder_i = _write_toy_peft(root / f"lora_{i:04d}", tensors, rank, rank)
         if is_broken:
             acc, loss = 0.40 - 0.20 * t, 3.0 + 6.0 * t
