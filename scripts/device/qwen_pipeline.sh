@@ -40,7 +40,7 @@ build() {  # build RECIPE FOLDER SECONDS: resumable; on "out of memory" again at
 build $R $P/zoo $(left_build)
 n=$(wc -l < $P/zoo/manifest.jsonl); log "zoo: $n adapters"
 python3 -m lolscan zoo summary $P/zoo --json > $L/summary.json
-for z in zoo; do cp $P/$z/manifest.jsonl $L/${z}_manifest.jsonl; cp $P/$z/zoo.json $L/${z}_zoo.json; done
+cp $P/zoo/manifest.jsonl $L/zoo_manifest.jsonl; cp $P/zoo/zoo.json $L/zoo_zoo.json
 M=$P/zoo/manifest.jsonl
 mkdir -p $P/ck
 tr() { local name=$1; shift
