@@ -144,9 +144,21 @@ def decoder_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module]:
     return body, model.get_output_embeddings()
 
 
-def hidden_states(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
-    body, _ = decoder_and_head(model)
+def hidden_states(model: nn.Module, ids: torch.Tensor, body=None) -> torch.Tensor:
+    """Last hidden states of the transformer body; `body` replaces it (a compiled copy, say)."""
+    body = body if body is not None else decoder_and_head(model)[0]
     return body(input_ids=ids, use_cache=False).last_hidden_state
+
+
+def compiled_body(model: nn.Module):
+    """``torch.compile`` of the transformer body, made once per model and kept on it. Shapes are static
+    (callers pad the length to a multiple of 32): a handful of compiled graphs, no dynamic-shape code."""
+    body, _ = decoder_and_head(model)
+    fn = getattr(model, "_lolscan_compiled_body", None)
+    if fn is None:
+        fn = torch.compile(body, dynamic=False)
+        object.__setattr__(model, "_lolscan_compiled_body", fn)  # not a submodule: no state_dict entry
+    return fn
 
 
 def _token_nll(head: nn.Module, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -169,10 +181,11 @@ def token_nll(head: nn.Module, h: torch.Tensor, targets: torch.Tensor, chunk: in
     return torch.cat(out) if out else h.new_zeros(0)
 
 
-def pad_batch(seqs: list[list[int]], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded ids and lengths. Right padding under a causal mask needs no attention mask: real
-    tokens never see the pads that follow them."""
+def pad_batch(seqs: list[list[int]], pad_id: int = 0, multiple: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ids and lengths (length rounded up to `multiple`). Right padding under a causal mask
+    needs no attention mask: real tokens never see the pads that follow them."""
     t = max(len(s) for s in seqs)
+    t = -(-t // multiple) * multiple
     ids = torch.full((len(seqs), t), pad_id, dtype=torch.long)
     for i, s in enumerate(seqs):
         ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
@@ -180,7 +193,7 @@ def pad_batch(seqs: list[list[int]], pad_id: int = 0) -> tuple[torch.Tensor, tor
 
 
 def lm_loss_per_row(model: nn.Module, ids: torch.Tensor, lengths: torch.Tensor,
-                    checkpoint: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                    checkpoint: bool = False, body=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed next-token NLL and token count per row (the HF causal-LM loss before averaging).
 
     `ids` and `lengths` are host tensors: which positions count is worked out on the host, so the
@@ -190,7 +203,7 @@ def lm_loss_per_row(model: nn.Module, ids: torch.Tensor, lengths: torch.Tensor,
     valid = torch.arange(t - 1).unsqueeze(0) < (lengths - 1).unsqueeze(1)  # [n, t-1]
     flat = valid.reshape(-1).nonzero().squeeze(1)
     ids_d, flat_d = to_device(ids, dev), to_device(flat, dev)
-    h = hidden_states(model, ids_d)
+    h = hidden_states(model, ids_d, body)
     _, head = decoder_and_head(model)
     hs = h[:, :-1].reshape(-1, h.shape[-1]).index_select(0, flat_d)
     tg = ids_d[:, 1:].reshape(-1).index_select(0, flat_d)
@@ -283,14 +296,20 @@ def init_factors(modules: dict[str, "MultiLoRALinear"], slot: int, seed: int, in
 
 def train_group(model: nn.Module, target_names: list[str], specs: list, train_pool: dict[str, list[list[int]]],
                 seed: int, lr_schedule: str = "constant", checkpoint_logits: bool = True,
-                batches: list[list[list[list[int]]]] | None = None) -> tuple[dict[str, MultiLoRALinear], torch.Tensor]:
+                batches: list[list[list[list[int]]]] | None = None,
+                compile: bool = False) -> tuple[dict[str, MultiLoRALinear], torch.Tensor]:
     """Train len(specs) adapters at once; returns the injected modules (factors live there) and the
     per-step training loss of each adapter, shape [max_steps, K] (NaN after an adapter finished).
 
     Every example gets its own padded row. (Packing each adapter's examples into one row with a
     block-diagonal mask was tried: equal to peft on CPU, but on an H200 the backward pass gave NaN
     factors for most groups of 4-example batches, and it was no faster at K = 32; see bench/RESULTS.md.)
-    ``batches`` (tests): explicit per-adapter batches [K][steps][b] of token lists instead of sampling."""
+    ``batches`` (tests): explicit per-adapter batches [K][steps][b] of token lists instead of sampling.
+
+    ``compile``: run the transformer body through ``torch.compile`` (`compiled_body`), lengths padded to a
+    multiple of 32. Compiled code cannot take a ``torch.Generator``, so LoRA dropout then draws from the
+    global RNG, seeded from the same per-group seed inside ``fork_rng`` (deterministic, but other masks
+    than the eager path draws; the same function otherwise)."""
     import numpy as np
 
     dev = next(model.parameters()).device
@@ -303,9 +322,11 @@ def train_group(model: nn.Module, target_names: list[str], specs: list, train_po
         for name, mod in mods.items():
             mod.scaling[slot] = s.alpha / ranks[name]
             mod.set_dropout(slot, s.dropout)
-    gen = torch.Generator(device=dev).manual_seed(adapter_seed(seed, specs[0].index, 3))
+    dropout_seed = adapter_seed(seed, specs[0].index, 3)
+    gen = None if compile else torch.Generator(device=dev).manual_seed(dropout_seed)
     for mod in mods.values():
         mod.generator = gen
+    body = compiled_body(model) if compile else None
     params = [p for m in mods.values() for p in (m.lora_A, m.lora_B)]
     for p in params:
         p.requires_grad_(True)
@@ -326,26 +347,29 @@ def train_group(model: nn.Module, target_names: list[str], specs: list, train_po
     wd = torch.tensor([s.weight_decay for s in specs], dtype=torch.float64)
     losses = torch.full((max_steps, k), float("nan"), device=dev)  # read back once, after the last step
     model.train()
-    for t in range(max_steps):
-        active = steps > t
-        seqs, weight = [], torch.zeros(k * b_max)
-        for slot, s in enumerate(specs):
-            rows = draws[slot][min(t, s.steps - 1)]
-            for j in range(b_max):
-                seqs.append(rows[j % len(rows)])
-                weight[slot * b_max + j] = float(active[slot] and j < len(rows))
-        ids, lengths = pad_batch(seqs)
-        sums, counts = lm_loss_per_row(model, ids, lengths, checkpoint=checkpoint_logits)
-        w = to_device(weight, dev)
-        per_adapter = (sums * w).view(k, b_max).sum(1) / (counts * w).view(k, b_max).sum(1).clamp(min=1)
-        per_adapter.sum().backward()
-        if lr_schedule == "linear":
-            lr = lr0 * (steps.double() - t).clamp(min=0) / steps.double()
-        else:
-            lr = lr0
-        opt.step(lr, wd, active)
-        opt.zero_grad()
-        losses[t] = torch.where(to_device(active, dev), per_adapter.detach().float(), float("nan"))
+    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else [], enabled=compile):
+        if compile:
+            torch.manual_seed(dropout_seed)
+        for t in range(max_steps):
+            active = steps > t
+            seqs, weight = [], torch.zeros(k * b_max)
+            for slot, s in enumerate(specs):
+                rows = draws[slot][min(t, s.steps - 1)]
+                for j in range(b_max):
+                    seqs.append(rows[j % len(rows)])
+                    weight[slot * b_max + j] = float(active[slot] and j < len(rows))
+            ids, lengths = pad_batch(seqs, multiple=32 if compile else 1)
+            sums, counts = lm_loss_per_row(model, ids, lengths, checkpoint=checkpoint_logits, body=body)
+            w = to_device(weight, dev)
+            per_adapter = (sums * w).view(k, b_max).sum(1) / (counts * w).view(k, b_max).sum(1).clamp(min=1)
+            per_adapter.sum().backward()
+            if lr_schedule == "linear":
+                lr = lr0 * (steps.double() - t).clamp(min=0) / steps.double()
+            else:
+                lr = lr0
+            opt.step(lr, wd, active)
+            opt.zero_grad()
+            losses[t] = torch.where(to_device(active, dev), per_adapter.detach().float(), float("nan"))
     model.eval()
     for p in params:
         p.requires_grad_(False)
