@@ -43,7 +43,8 @@ def batches_for(pool, n: int, steps: int, batch: int, seed: int) -> list:
 
 
 def run_sequential(model, recipe, batches, lr: float, dev: str) -> float:
-    """The plain way: one peft LoRA at a time, torch AdamW, HF's loss. Returns seconds per LoRA."""
+    """The plain way: one peft LoRA at a time, torch AdamW, HF's loss. Returns each LoRA's seconds (the
+    first pays the warm-up)."""
     from peft import LoraConfig, get_peft_model
 
     times = []
@@ -66,7 +67,7 @@ def run_sequential(model, recipe, batches, lr: float, dev: str) -> float:
         sync(dev)
         times.append(time.perf_counter() - t0)
         model = pm.unload()  # back to the plain base for the next LoRA
-    return min(times[1:]) if len(times) > 1 else times[0]  # first one pays warm-up
+    return times
 
 
 def random_base(folder: str, dtype: str, dev: str):
@@ -100,8 +101,11 @@ def main() -> None:
     ap.add_argument("--data-root", default=None)
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--k", type=int, nargs="+", default=[32, 64])
+    ap.add_argument("--k", type=int, nargs="*", default=[32, 64], help="group sizes to time (none: only the baseline)")
+    ap.add_argument("--compile", action="store_true", help="also time each K with the body under torch.compile")
     ap.add_argument("--sequential", type=int, default=3, help="peft LoRAs to train one after another")
+    ap.add_argument("--baseline-json", default=None, metavar="JSON",
+                    help="take the sequential figure from an earlier run's JSON instead of measuring it")
     ap.add_argument("--label", action="store_true", help="also time the batched labels (val loss, MC eval)")
     ap.add_argument("--base-eval-full", action="store_true",
                     help="the base model's accuracy on every document of the recipe's benchmarks (max_docs lifted)")
@@ -135,17 +139,29 @@ def main() -> None:
             res[f"base_{ev.name}_gold_logprob_full"] = float(r.gold_logprob[0])
             print(f"base model {ev.name}: acc {float(r.accuracy[0]):.4f} on {len(reqs)} docs "
                   f"({time.perf_counter() - t0:.1f}s)", flush=True)
-    seq_batches = batches_for(pool, a.sequential, a.steps, a.batch, 1)
-    s_seq = run_sequential(model, recipe, seq_batches, 1e-3, dev)
+    if a.baseline_json:
+        base = json.loads(Path(a.baseline_json).read_text())
+        s_seq = base["sequential_s_per_lora"]
+        res["sequential_from"] = a.baseline_json
+        res["sequential_times"] = base.get("sequential_times")
+    else:
+        seq_batches = batches_for(pool, a.sequential, a.steps, a.batch, 1)
+        times = run_sequential(model, recipe, seq_batches, 1e-3, dev)
+        s_seq = min(times[1:]) if len(times) > 1 else times[0]  # best after warm-up
+        res["sequential_times"] = times
     res["sequential_s_per_lora"] = s_seq
     res["sequential_loras_per_min"] = 60 / s_seq
     rows = [("peft sequential", 1, s_seq, 60 / s_seq, 1.0, float("nan"))]
+    print(json.dumps({"sequential_s_per_lora": s_seq, "times": res["sequential_times"]}), flush=True)
     res["multi"] = []
-    for k in a.k:
+    if a.json:  # the baseline is on disk even if a group below fails
+        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.json).write_text(json.dumps(res, indent=1))
+    for k, compiled in [(k, c) for k in a.k for c in ([False, True] if a.compile else [False])]:
         specs = [LoraSpec(index=i, rank=4, layer_ranks=None, alpha=8.0, lr=1e-3, steps=a.steps, batch_size=a.batch,
                           dropout=0.05, weight_decay=0.01, sources=[], split="train") for i in range(k)]
         bs = batches_for(pool, k, a.steps, a.batch, 2)
-        name = f"multi K={k}"
+        name = f"multi K={k}" + (" compiled" if compiled else "")
         if a.profile and dev.startswith("cuda") and k == a.k[0]:
             print(f"== profile: {name}, two steps", flush=True)
             print(profile_steps(model, targets, specs[0], bs), flush=True)
@@ -154,20 +170,22 @@ def main() -> None:
         try:
             # warm-up (kernels, allocator), then the timed run
             warm = [LoraSpec(**{**s.__dict__, "steps": 2}) for s in specs]
-            train_group(model, targets, warm, pool.train, 0, batches=[b[:2] for b in bs])
+            t0 = time.perf_counter()
+            train_group(model, targets, warm, pool.train, 0, batches=[b[:2] for b in bs], compile=compiled)
             eject(model, targets)
             sync(dev)
+            t_warm = time.perf_counter() - t0
             t0 = time.perf_counter()
-            train_group(model, targets, specs, pool.train, 0, batches=bs)
+            train_group(model, targets, specs, pool.train, 0, batches=bs, compile=compiled)
             sync(dev)
             t = time.perf_counter() - t0
         except torch.OutOfMemoryError:
             eject(model, targets)
             torch.cuda.empty_cache()
             rows.append((name, k, float("nan"), float("nan"), float("nan"), float("nan")))
-            res["multi"].append({"k": k, "oom": True})
+            res["multi"].append({"k": k, "compiled": compiled, "oom": True})
             continue
-        entry = {"k": k, "s_per_group": t, "loras_per_min": 60 * k / t,
+        entry = {"k": k, "compiled": compiled, "warmup_s": t_warm, "s_per_group": t, "loras_per_min": 60 * k / t,
                  "ratio_vs_peft": (60 * k / t) / (60 / s_seq)}
         if dev.startswith("cuda"):
             entry["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
@@ -189,6 +207,8 @@ def main() -> None:
         res["multi"].append(entry)
         rows.append((name, k, t / k, entry["loras_per_min"], entry["ratio_vs_peft"], entry.get("peak_gib", float("nan"))))
         print(json.dumps(entry), flush=True)
+        if a.json:
+            Path(a.json).write_text(json.dumps(res, indent=1))
     print(f"\n{res['device']} — {recipe.base.get('name')}, rank 4 on {recipe.target_modules} ({len(targets)} modules), "
           f"{a.steps} steps × batch {a.batch}")
     print(f"{'method':<24}{'K':>5}{'s/LoRA':>10}{'LoRAs/min':>12}{'× peft':>9}{'peak GiB':>10}")
