@@ -4,11 +4,9 @@ P=${P:-/root/q}
 source scripts/device/qwen_env.sh
 L=$P/out/logs
 T0=$(date +%s)
-echo "== scan ($(date -u +%T))"
-timeout 330 python3 bench/scan.py --n 8000 --workers 8 --procs 14 --device cuda --dir $P/scan --json $L/scan_gpu_h200_n8000.json
-rm -rf $P/scan
-echo "== zoo_throughput smollm2 at $(( $(date +%s) - T0 )) s"
-timeout 240 python3 bench/zoo_throughput.py recipes/smollm2-135m-kv-r4.toml --device cuda --random-init $P/smollm2 \
-  --steps 40 --batch 8 --k 64 --sequential 3 --json $L/zoo_throughput_smollm2_h200_nosync.json 2>&1 | grep -v "it/s"
+echo "== multi-LoRA, SmolLM2 shapes ($(date -u +%T))"
+timeout 330 python3 bench/zoo_throughput.py recipes/smollm2-135m-kv-r4.toml --device cuda --random-init $P/smollm2 \
+  --steps 40 --batch 8 --k 64 128 --compile --baseline-json $L/zoo_throughput_seq_idle.json \
+  --json $L/zoo_throughput_smollm2_h200_compile.json 2>&1 | grep -v "it/s"
 echo "== done at $(( $(date +%s) - T0 )) s"
 touch $P/out/bench.done
