@@ -151,7 +151,7 @@ def test_bundled_glnet_cards_predate_the_keys_and_load_the_original_behaviour() 
 
     from lolscan.checkpoint import load_checkpoint
 
-    for name in ("smollm2-val-loss", "qwen2.5-coder-1.5b-val-loss"):
+    for name in ("smollm2-val-loss", "qwen2.5-coder-1.5b-data-sources"):
         card = json.loads((REPO / "models" / name / "card.json").read_text())
         assert card["architecture"] == "glnet" and not set(NEW_KEYS) & set(card["hparams"])
         model = load_checkpoint(REPO / "models" / name).model
