@@ -66,6 +66,8 @@ def main() -> None:
     ap.add_argument("--rank", type=int, default=4, help="synthetic zoo LoRA rank (one rank, so mlp and mlp-oalign run)")
     ap.add_argument("--arch", action="append", default=[], help="architectures (default: all five)")
     ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--first-seed", type=int, default=0,
+                    help="seeds run from here (split one architecture's seeds over processes; merge with --from-json)")
     ap.add_argument("--split-seed", type=int, default=0)
     ap.add_argument("--steps", type=int, default=600)
     ap.add_argument("--batch-size", type=int, default=32)
@@ -123,7 +125,7 @@ def main() -> None:
 
     for arch in archs:
         hp = {k: v for k, v in hp_all.get("*", {}).items() if k in hparam_names(arch)} | hp_all.get(arch, {})
-        for seed in range(args.seeds):
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
             opts = TrainOptions(arch=arch, hparams=hp, seed=seed, max_steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                                 patience=args.patience, device=args.device, progress=False, threads=args.threads)
             t0 = time.perf_counter()
@@ -154,6 +156,9 @@ def merge_saved(paths: list[Path]) -> dict[str, Any]:
         elif (d["splits"], d["targets"]) != (merged["splits"], merged["targets"]):
             sys.exit(f"error: {path}: another split or other targets than {paths[0]}")
         for arch, rs in d["runs"].items():
+            have = {r["seed"] for r in merged["runs"].get(arch, [])}
+            if have & {r["seed"] for r in rs}:
+                sys.exit(f"error: {path}: {arch} seed(s) {sorted(have & {r['seed'] for r in rs})} are already in an earlier file")
             merged["runs"].setdefault(arch, []).extend(rs)
         merged["skipped"].update(d.get("skipped", {}))
     assert merged is not None
