@@ -63,3 +63,40 @@ def test_models_lists_the_bundled_checkpoints():
     names = {c["name"] for c in list_checkpoints()}
     assert {"smollm2-val-loss", "smollm2-data-sources", "qwen2.5-coder-1.5b-arc-c-accuracy",
             "qwen2.5-coder-1.5b-val-loss"} <= names
+
+
+@pytest.mark.parametrize("name", ["qwen2.5-coder-1.5b-arc-c-accuracy", "qwen2.5-coder-1.5b-val-loss",
+                                  "qwen2.5-coder-1.5b-data-sources"])
+def test_shipped_qwen_checkpoints_see_the_update_not_its_factorisation(name):
+    """The same ΔW written as (U R, V R⁻ᵀ) with a random invertible R, or with extra all-zero rank columns in
+    some modules (a rank-8 file of the same update), gets the same prediction as the original file."""
+    from dataclasses import replace
+
+    from lolscan.adapter import Adapter
+
+    ck = load_checkpoint(MODELS / name)
+    ex = MODELS / "examples-qwen"
+    adapters = [lolscan.load(ex / i) for i in sorted(json.loads((ex / "labels.json").read_text()))]
+    g = torch.Generator().manual_seed(5)
+
+    def refactor(a: Adapter, i: int) -> Adapter:
+        layers = {}
+        for j, (key, layer) in enumerate(a.layers.items()):
+            u, v = layer.U.double(), layer.V.double()
+            r = torch.randn(layer.rank, layer.rank, generator=g, dtype=torch.float64) + 2 * torch.eye(layer.rank)
+            u, v = u @ r, v @ torch.linalg.inv(r).T
+            if (i + j) % 3 == 0:  # zero-pad some modules to rank 8: mixed ranks, same ΔW
+                u, v = (torch.nn.functional.pad(t, (0, 4)) for t in (u, v))
+            layers[key] = replace(layer, U=u.float(), V=v.float())
+        return replace(a, layers=layers)
+
+    changed = [refactor(a, i) for i, a in enumerate(adapters)]
+    assert any(a.mixed_rank for a in changed)
+    for before, after in zip(ck.predict(adapters), ck.predict(changed)):
+        for target, p in before.items():
+            q = after[target]
+            if "probabilities" in p:
+                got, want = list(q["probabilities"].values()), list(p["probabilities"].values())
+            else:
+                got, want = [q["value"]], [p["value"]]
+            assert torch.allclose(torch.tensor(got), torch.tensor(want), rtol=1e-3, atol=1e-3), (target, got, want)
