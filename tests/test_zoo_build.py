@@ -295,3 +295,50 @@ def test_shared_prefix_cache_scores_like_full_sequences(make, monkeypatch):
     assert torch.equal(full.accuracy, cached.accuracy)
     # the adapters really differ, so a cache replayed for the wrong slot would be caught
     assert not torch.allclose(full.scores[0], full.scores[1], atol=1e-3)
+
+
+def test_compiled_build_matches_the_eager_one(zoo, tmp_path, monkeypatch):
+    """`build(compile=True)`: groups of other batch sizes reuse a few compiled graphs (one recompile with
+    symbolic sizes, not one per shape), and with dropout 0 the adapters and labels are the eager build's;
+    resuming a zoo the other way is refused."""
+    import torch._dynamo.utils as dynamo_utils
+    from safetensors.torch import load_file
+
+    import lolscan.zoo.multilora as multilora
+
+    root = zoo[0]
+    spec = toy_recipe(root, n_loras=8, group_size=1)
+    spec["hparams"]["batch_size"] = {"choice": [1, 2, 3, 4, 5]}
+    recipe = Recipe.from_dict(spec)
+    eager_out, out = tmp_path / "e", tmp_path / "c"
+    build(recipe, eager_out, model=tiny_llama(), tokenizer=CharTokenizer(), log=lambda s: None)
+    shapes, pad = set(), multilora.pad_batch
+
+    def recording_pad(seqs, pad_id=0, multiple=1):
+        ids, lengths = pad(seqs, pad_id, multiple)
+        shapes.add(tuple(ids.shape))
+        return ids, lengths
+
+    monkeypatch.setattr(multilora, "pad_batch", recording_pad)
+    graphs0 = dynamo_utils.counters["stats"]["unique_graphs"]
+    rep = build(recipe, out, model=tiny_llama(), tokenizer=CharTokenizer(), compile=True, log=lambda s: None)
+    assert rep.complete
+    assert len(shapes) >= 5 and dynamo_utils.counters["stats"]["unique_graphs"] - graphs0 <= 3, shapes
+    a = sorted(read_manifest(out / "manifest.jsonl"), key=lambda r: r["id"])
+    b = sorted(read_manifest(eager_out / "manifest.jsonl"), key=lambda r: r["id"])
+    assert [r["id"] for r in a] == [r["id"] for r in b]
+    for ra, rb in zip(a, b):
+        for key, va in ra.items():
+            if isinstance(va, float):
+                assert va == pytest.approx(rb[key], abs=1e-4), key
+            else:
+                assert va == rb[key], key
+        ta = load_file(str(out / ra["path"] / "adapter_model.safetensors"))
+        tb = load_file(str(eager_out / rb["path"] / "adapter_model.safetensors"))
+        assert ta.keys() == tb.keys()
+        for k in ta:
+            torch.testing.assert_close(ta[k], tb[k], rtol=0, atol=2e-5)
+    with pytest.raises(UsageError, match="compile"):
+        build(recipe, out, model=tiny_llama(), tokenizer=CharTokenizer(), log=lambda s: None)
+    with pytest.raises(UsageError, match="compile"):
+        build(recipe, eager_out, model=tiny_llama(), tokenizer=CharTokenizer(), compile=True, log=lambda s: None)

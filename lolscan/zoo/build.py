@@ -131,8 +131,11 @@ class BuildReport:
 def build(recipe: Recipe, out: str | Path, *, model: nn.Module | None = None, tokenizer: Any = None,
           device: str = "cpu", dtype: str | None = None, base_path: str | None = None,
           data_root: str | None = None, max_minutes: float | None = None, max_groups: int | None = None,
-          save_dtype: str = "float32", log: Callable[[str], None] = print) -> BuildReport:
-    """Build (or resume) the zoo described by `recipe` into `out`."""
+          save_dtype: str = "float32", compile: bool = False, log: Callable[[str], None] = print) -> BuildReport:
+    """Build (or resume) the zoo described by `recipe` into `out`.
+
+    ``compile`` trains through ``torch.compile`` (`train_group`): same adapters when dropout is 0, other
+    dropout masks otherwise, so a zoo is built all one way (zoo.json records it; a resume must match)."""
     t_start = time.monotonic()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -150,7 +153,7 @@ def build(recipe: Recipe, out: str | Path, *, model: nn.Module | None = None, to
     info = {"recipe": recipe.to_dict(), "recipe_digest": recipe.digest(), "pool_digest": pool.digest(),
             "base": base_name, "targets": targets,
             "pool_sizes": {k: len(v) for k, v in pool.train.items()},
-            "val_sizes": {k: len(v) for k, v in pool.val.items()}}
+            "val_sizes": {k: len(v) for k, v in pool.val.items()}, "compile": compile}
     info_path = out / "zoo.json"
     if info_path.exists():
         old = json.loads(info_path.read_text())
@@ -158,6 +161,9 @@ def build(recipe: Recipe, out: str | Path, *, model: nn.Module | None = None, to
             if old.get(key) != info[key]:
                 raise UsageError(f"{out} holds a zoo of another recipe or data ({key} differs); "
                                  "use a new output folder")
+        if old.get("compile", False) != compile:
+            raise UsageError(f"{out} was built {'with' if old.get('compile') else 'without'} --compile, which "
+                             "changes the dropout masks; resume it the same way")
         info = old
     else:
         # base-model labels, once: what the zoo's labels are to be read against
@@ -195,7 +201,8 @@ def build(recipe: Recipe, out: str | Path, *, model: nn.Module | None = None, to
                 rep.stopped_early = True
                 break
         t0 = time.monotonic()
-        mods, losses = train_group(model, targets, group, pool.train, recipe.seed, recipe.lr_schedule)
+        mods, losses = train_group(model, targets, group, pool.train, recipe.seed, recipe.lr_schedule,
+                                   compile=compile)
         finite = torch.stack([torch.isfinite(m.lora_A).flatten(1).all(1) & torch.isfinite(m.lora_B).flatten(1).all(1)
                               for m in mods.values()]).all(0).tolist()  # [K]: False = diverged to NaN/Inf
         _sync(model)

@@ -40,7 +40,10 @@ class MultiLoRALinear(nn.Module):
         xs = x.reshape(k, -1, x.shape[-1]).float()  # [K, b*T, in]
         if self.training and self.any_dropout:
             keep = (1.0 - self.dropout_p).view(k, 1, 1)
-            noise = torch.rand(xs.shape, device=xs.device, generator=self.generator)
+            if self.generator is None:  # compiled: rand_like takes symbolic sizes, rand(..., generator=) does not
+                noise = torch.rand_like(xs)
+            else:
+                noise = torch.rand(xs.shape, device=xs.device, generator=self.generator)
             xs = xs * (noise < keep) / keep
         h = torch.bmm(xs, self.lora_A.transpose(1, 2)) * self.rank_mask.unsqueeze(1)
         out = torch.bmm(h, self.lora_B.transpose(1, 2)) * self.scaling.view(k, 1, 1)
@@ -151,12 +154,14 @@ def hidden_states(model: nn.Module, ids: torch.Tensor, body=None) -> torch.Tenso
 
 
 def compiled_body(model: nn.Module):
-    """``torch.compile`` of the transformer body, made once per model and kept on it. Shapes are static
-    (callers pad the length to a multiple of 32): a handful of compiled graphs, no dynamic-shape code."""
+    """``torch.compile`` of the transformer body, made once per model and kept on it. The first shape
+    compiles static code; when the batch rows or the length change (a zoo's groups differ in batch size,
+    steps in length, which callers round up to a multiple of 32), torch recompiles once with those sizes
+    symbolic, and later shapes reuse that."""
     body, _ = decoder_and_head(model)
     fn = getattr(model, "_lolscan_compiled_body", None)
     if fn is None:
-        fn = torch.compile(body, dynamic=False)
+        fn = torch.compile(body)
         object.__setattr__(model, "_lolscan_compiled_body", fn)  # not a submodule: no state_dict entry
     return fn
 
