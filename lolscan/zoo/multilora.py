@@ -186,11 +186,14 @@ def token_nll(head: nn.Module, h: torch.Tensor, targets: torch.Tensor, chunk: in
     return torch.cat(out) if out else h.new_zeros(0)
 
 
+def round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
 def pad_batch(seqs: list[list[int]], pad_id: int = 0, multiple: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-padded ids and lengths (length rounded up to `multiple`). Right padding under a causal mask
     needs no attention mask: real tokens never see the pads that follow them."""
-    t = max(len(s) for s in seqs)
-    t = -(-t // multiple) * multiple
+    t = round_up(max(len(s) for s in seqs), multiple)
     ids = torch.full((len(seqs), t), pad_id, dtype=torch.long)
     for i, s in enumerate(seqs):
         ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
@@ -233,8 +236,7 @@ class Packed:
 def pack_rows(rows: list[list[list[int]]], pad_id: int = 0, multiple: int = 64) -> Packed:
     """Each row is a list of token sequences laid end to end. The length is rounded up to `multiple`,
     so a run sees few distinct shapes (each new shape costs the attention library a new plan)."""
-    t = max(sum(len(s) for s in row) for row in rows)
-    t = -(-t // multiple) * multiple
+    t = round_up(max(sum(len(s) for s in row) for row in rows), multiple)
     ids = torch.full((len(rows), t), pad_id, dtype=torch.long)
     pos = torch.zeros((len(rows), t), dtype=torch.long)
     seg = torch.full((len(rows), t), -1, dtype=torch.long)
