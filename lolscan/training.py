@@ -424,6 +424,16 @@ def _toy_secrets(g: torch.Generator, layers: int, n: int, m: int) -> list[tuple[
     return [(unit(n), unit(m)) for _ in range(layers)]
 
 
+def _toy_start(folder: str | Path, seed: int, layers: int, shape: tuple[int, int]):
+    """The output folder, the seeded torch and Python generators, and the secret directions."""
+    import random
+
+    root = Path(folder)
+    root.mkdir(parents=True, exist_ok=True)
+    g = torch.Generator().manual_seed(seed)
+    return root, g, random.Random(seed), _toy_secrets(g, layers, *shape)
+
+
 def _toy_layer(tensors: dict[str, torch.Tensor], layer: int, g: torch.Generator, secret: tuple[torch.Tensor, torch.Tensor],
                r: int, a: float, c: float, *, k: float = 1.0, peft_scale: float = 1.0) -> tuple[float, float]:
     """Add one synthetic layer's PEFT factors to `tensors`: a random rank-r update of Frobenius norm ≈ a
@@ -486,16 +496,9 @@ def write_synthetic_zoo(
     ``big`` = the layers with sℓ > 0.5 (multilabel). ``group`` pairs adapters, so group-aware
     splitting is exercised. Every adapter has the same modules; ranks may vary if ``rank`` is a range.
     """
-    import random
-
     if layers < 3:
         raise ValueError("the synthetic zoo needs at least 3 layers")
-    root = Path(folder)
-    root.mkdir(parents=True, exist_ok=True)
-    nd, md = shape
-    g = torch.Generator().manual_seed(seed)
-    rng = random.Random(seed)
-    secrets = _toy_secrets(g, layers, nd, md)
+    root, g, rng, secrets = _toy_start(folder, seed, layers, shape)
     rows = []
     for i in range(n):
         r = rank if isinstance(rank, int) else rng.randint(rank[0], rank[1])
@@ -549,18 +552,11 @@ def write_heavy_tailed_zoo(
     - ``loss``: healthy 2.3 + 0.1·‖ΔW₀‖_F − 0.05·s₂; broken 3 + 6·t (3–9).
     - ``broken`` (0/1) and ``group`` (pairs, for group-aware splits).
     """
-    import random
-
     if layers < 3:
         raise ValueError("the heavy-tailed zoo needs at least 3 layers")
     if not 0.0 <= broken < 1.0:
         raise ValueError(f"broken must be a fraction in [0, 1), got {broken}")
-    root = Path(folder)
-    root.mkdir(parents=True, exist_ok=True)
-    nd, md = shape
-    g = torch.Generator().manual_seed(seed)
-    rng = random.Random(seed)
-    secrets = _toy_secrets(g, layers, nd, md)
+    root, g, rng, secrets = _toy_start(folder, seed, layers, shape)
     every = round(1 / broken) if broken > 0 else 0
     lo, hi = math.log(broken_scale[0]), math.log(broken_scale[1])
     rows = []
