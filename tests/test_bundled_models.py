@@ -14,6 +14,7 @@ from helpers import REPO
 import lolscan
 from lolscan.checkpoint import list_checkpoints, load_checkpoint
 from lolscan.errors import EXIT_INCOMPATIBLE
+from lolscan.metrics import kendall_tau
 
 MODELS = REPO / "models"
 PAIRS = [("smollm2-val-loss", "examples", "val_loss", "mse"),
@@ -21,11 +22,6 @@ PAIRS = [("smollm2-val-loss", "examples", "val_loss", "mse"),
          # Heavy-tailed target: one damaged example LoRA (lora-01111, true 2.97) is predicted at 4.2, and on
          # four examples that one square outweighs the rest; the checkpoint orders all four correctly.
          ("qwen2.5-coder-1.5b-val-loss", "examples-qwen", "val_loss", "order")]
-
-
-def _kendall_tau(a: list[float], b: list[float]) -> float:
-    pairs = [(i, j) for i in range(len(a)) for j in range(i + 1, len(a))]
-    return sum(1 if (a[i] - a[j]) * (b[i] - b[j]) > 0 else -1 for i, j in pairs) / len(pairs)
 
 
 @pytest.mark.parametrize("name,examples,target,check", PAIRS)
@@ -45,7 +41,7 @@ def test_bundled_checkpoint_beats_the_training_mean_on_held_out_examples(name, e
     if check == "mse":
         assert mse < 0.5 * baseline, (preds, true, mean)
     else:
-        assert _kendall_tau(preds, true) > 0.6, (preds, true)
+        assert kendall_tau(torch.tensor(preds), torch.tensor(true)) > 0.6, (preds, true)
     assert preds.index(max(preds)) == true.index(max(true)) or preds.index(min(preds)) == true.index(min(true))
 
 
