@@ -1,6 +1,7 @@
 """The zoo builder end to end at toy size: PEFT folders, labels, resume, determinism."""
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -342,3 +343,64 @@ def test_compiled_build_matches_the_eager_one(zoo, tmp_path, monkeypatch):
         build(recipe, out, model=tiny_llama(), tokenizer=CharTokenizer(), log=lambda s: None)
     with pytest.raises(UsageError, match="compile"):
         build(recipe, eager_out, model=tiny_llama(), tokenizer=CharTokenizer(), compile=True, log=lambda s: None)
+
+
+def _rewrite(src: Path, dst: Path, edit) -> None:
+    rows = read_manifest(src)
+    edit(rows)
+    dst.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_labels_from_an_earlier_build(zoo, tmp_path, monkeypatch):
+    """A rebuild that takes its labels from an earlier manifest trains every group but labels only every
+    check_every'th, and writes the earlier manifest byte for byte; zoo.json says where the labels came from."""
+    import lolscan.zoo.build as zb
+    from lolscan.zoo.known_labels import KnownLabels
+
+    root, recipe, full_out, _ = zoo
+    sizes, real = [], zb.mc_accuracy
+
+    def spy(model, k, *a, **kw):
+        sizes.append(k)
+        return real(model, k, *a, **kw)
+
+    monkeypatch.setattr(zb, "mc_accuracy", spy)
+    known = KnownLabels.load(full_out / "manifest.jsonl", check_every=2)
+    out = tmp_path / "r"
+    rep = build(recipe, out, model=tiny_llama(), tokenizer=CharTokenizer(), labels_from=known, log=lambda s: None)
+    assert rep.complete and rep.groups_run == 3 and rep.groups_checked == 2
+    assert sizes == [1, 2, 1]  # the base model, then groups 0 and 2 of sizes 2, 2, 1; group 1 not labelled
+    assert rep.label_max_diff is not None and rep.label_max_diff <= 1e-6
+    assert (out / "manifest.jsonl").read_bytes() == (full_out / "manifest.jsonl").read_bytes()
+    assert json.loads((out / "zoo.json").read_text())["labels_from"]["sha256"] == known.sha256
+    with pytest.raises(UsageError, match="labels-from"):  # a resume must take its labels the same way
+        build(recipe, out, model=tiny_llama(), tokenizer=CharTokenizer(), log=lambda s: None)
+
+
+def test_labels_from_refuses_what_it_does_not_reproduce(zoo, tmp_path):
+    """Another seed's manifest fails before any training; a label a checked group does not reproduce, or
+    training losses an unchecked group does not reproduce, fail naming the adapter, and that group leaves
+    neither rows nor folders."""
+    from lolscan.errors import InputError
+    from lolscan.zoo.known_labels import KnownLabels
+
+    root, recipe, full_out, _ = zoo
+    rows = read_manifest(full_out / "manifest.jsonl")  # in group order: 2, 2, 1
+    other = Recipe.from_dict(toy_recipe(root, seed=8))
+    with pytest.raises(InputError, match="lora-00000 has .* this recipe gives"):
+        build(other, tmp_path / "o", model=tiny_llama(), tokenizer=CharTokenizer(),
+              labels_from=KnownLabels.load(full_out / "manifest.jsonl"), log=lambda s: None)
+    assert read_manifest(tmp_path / "o" / "manifest.jsonl") == []
+
+    cases = {"toymc_acc": (rows[4]["id"], 2), "train_loss_last": (rows[2]["id"], 1)}  # group 2 checked, 1 not
+    for key, (aid, group) in cases.items():
+        def edit(rs, aid=aid, key=key):
+            next(r for r in rs if r["id"] == aid)[key] += 0.1
+        _rewrite(full_out / "manifest.jsonl", tmp_path / f"{key}.jsonl", edit)
+        out = tmp_path / key
+        with pytest.raises(InputError, match=f"{aid} {key}"):
+            build(recipe, out, model=tiny_llama(), tokenizer=CharTokenizer(),
+                  labels_from=KnownLabels.load(tmp_path / f"{key}.jsonl", check_every=2), log=lambda s: None)
+        done = [r["id"] for r in read_manifest(out / "manifest.jsonl")]
+        assert done == [r["id"] for r in rows[: 2 * group]]
+        assert sorted(p.name for p in (out / "adapters").iterdir()) == sorted(done)

@@ -86,6 +86,17 @@ def test_cli_build_resume_and_summary(tmp_path):
     assert s.returncode == 0, s.stderr
     st = json.loads(s.stdout)["labels"]["val_loss"]
     assert st["non_finite"] == 1 and abs(st["mean"] - sum(vals[1:]) / 3) < 1e-9
+    # rebuilt at training cost with the labels of the first build: the same manifest, bytes and all
+    r4 = _run("zoo", "build", str(recipe), str(tmp_path / "again"), "--labels-from", str(out / "manifest.jsonl"),
+              "--check-every", "2")
+    assert r4.returncode == 0, r4.stderr
+    assert "1 group(s) labelled here and compared" in r4.stderr and "(labels from manifest)" in r4.stderr
+    assert (tmp_path / "again" / "manifest.jsonl").read_bytes() == (out / "manifest.jsonl").read_bytes()
+    # a manifest the build does not reproduce: bad input (exit 3), one line naming the file and the adapter
+    r5 = _run("zoo", "build", str(recipe), str(tmp_path / "z3"), "--labels-from", str(nan_zoo))
+    assert r5.returncode == 3 and "Traceback" not in r5.stderr, r5.stderr
+    assert f"nan.jsonl: {rows[0]['id']} val_loss = nan, measured here" in " ".join(r5.stderr.split())
+    assert not (tmp_path / "z3" / "manifest.jsonl").read_text()
     # a recipe that cannot be read is a usage error (exit 2) with one line, no traceback
     bad = tmp_path / "bad.toml"
     bad.write_text("name = [\n")

@@ -41,12 +41,20 @@ def build_cmd(
     compile: Annotated[bool, typer.Option(
         "--compile", help="Train through torch.compile: faster steps on a GPU after a compile of a minute or two; "
         "other dropout masks than an eager build, so a zoo is built (and resumed) all one way.")] = False,
+    labels_from: Annotated[Optional[Path], typer.Option(
+        help="manifest.jsonl of an earlier build of this recipe and seed: rebuild its adapters at training "
+        "cost and take its labels, after checking every adapter's hyperparameters and training losses "
+        "against it, and the labels of every --check-every'th group.")] = None,
+    check_every: Annotated[int, typer.Option(help="With --labels-from: label and compare every Nth group.")] = 8,
 ) -> None:
     """Finetune, label and write the recipe's LoRAs (PEFT folders + manifest.jsonl). Resumable."""
     from ..zoo.build import build
     from ..zoo.recipe import Recipe
 
+    from ..zoo.known_labels import KnownLabels
+
     try:
+        known = KnownLabels.load(labels_from, check_every) if labels_from is not None else None
         r = Recipe.load(recipe)
         if n_loras is not None:
             r.n_loras = n_loras
@@ -54,13 +62,17 @@ def build_cmd(
             r.group_size = group_size
         rep = build(r, out, device=device, dtype=dtype, base_path=base_path, data_root=data_root,
                     max_minutes=max_minutes, max_groups=max_groups, save_dtype=save_dtype, compile=compile,
-                    log=lambda s: err_console.print(s, highlight=False))
+                    labels_from=known, log=lambda s: err_console.print(s, highlight=False))
     except LolscanError as exc:
         _fail(exc)
         return
     state = "complete" if rep.complete else "stopped early (run again to resume)"
     err_console.print(f"{rep.done}/{rep.total} adapters, {state}: train {rep.seconds_train:.0f}s, "
                       f"label {rep.seconds_label:.0f}s, write {rep.seconds_write:.0f}s", highlight=False)
+    if known is not None:
+        err_console.print(f"labels from {labels_from} (sha256 {known.sha256[:16]}…): {rep.groups_checked} "
+                          f"group(s) labelled here and compared, largest difference {known.max_diff:.2g}",
+                          highlight=False)
 
 
 @zoo_app.command("convert-base")

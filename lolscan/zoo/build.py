@@ -26,6 +26,7 @@ from torch import nn
 from ..errors import UsageError
 from .data import build_pool, load_eval, resolve_root
 from .eval import mc_accuracy, val_losses
+from .known_labels import KnownLabels, label_keys
 from .multilora import eject, extract, find_targets, train_group
 from .recipe import LoraSpec, Recipe, group_specs, sample_specs
 
@@ -122,6 +123,8 @@ class BuildReport:
     seconds_write: float = 0.0
     stopped_early: bool = False
     base_labels: dict[str, float] = field(default_factory=dict)
+    groups_checked: int = 0  # with labels_from: groups labelled here and compared
+    label_max_diff: float | None = None  # with labels_from: largest |difference| seen
 
     @property
     def complete(self) -> bool:
@@ -131,11 +134,13 @@ class BuildReport:
 def build(recipe: Recipe, out: str | Path, *, model: nn.Module | None = None, tokenizer: Any = None,
           device: str = "cpu", dtype: str | None = None, base_path: str | None = None,
           data_root: str | None = None, max_minutes: float | None = None, max_groups: int | None = None,
-          save_dtype: str = "float32", compile: bool = False, log: Callable[[str], None] = print) -> BuildReport:
+          save_dtype: str = "float32", compile: bool = False, labels_from: KnownLabels | None = None,
+          log: Callable[[str], None] = print) -> BuildReport:
     """Build (or resume) the zoo described by `recipe` into `out`.
 
     ``compile`` trains through ``torch.compile`` (`train_group`): same adapters when dropout is 0, other
-    dropout masks otherwise, so a zoo is built all one way (zoo.json records it; a resume must match)."""
+    dropout masks otherwise, so a zoo is built all one way (zoo.json records it; a resume must match).
+    ``labels_from``: take the labels from an earlier build's manifest, checked (`known_labels`)."""
     t_start = time.monotonic()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -148,12 +153,17 @@ def build(recipe: Recipe, out: str | Path, *, model: nn.Module | None = None, to
     if not targets:
         raise UsageError(f"recipe: no nn.Linear named {recipe.target_modules} in the base model")
     specs = sample_specs(recipe, targets)
+    if labels_from is not None:
+        labels_from.check_specs({s.id: _spec_fields(s, recipe) for s in specs})
     pool = build_pool(recipe, tokenizer, root)
     evals = {ev.name: load_eval(ev, tokenizer, root) for ev in recipe.evals}
+    keys = label_keys(list(pool.val), list(evals))
     info = {"recipe": recipe.to_dict(), "recipe_digest": recipe.digest(), "pool_digest": pool.digest(),
             "base": base_name, "targets": targets,
             "pool_sizes": {k: len(v) for k, v in pool.train.items()},
             "val_sizes": {k: len(v) for k, v in pool.val.items()}, "compile": compile}
+    if labels_from is not None:
+        info["labels_from"] = labels_from.provenance()
     info_path = out / "zoo.json"
     if info_path.exists():
         old = json.loads(info_path.read_text())
@@ -164,6 +174,10 @@ def build(recipe: Recipe, out: str | Path, *, model: nn.Module | None = None, to
         if old.get("compile", False) != compile:
             raise UsageError(f"{out} was built {'with' if old.get('compile') else 'without'} --compile, which "
                              "changes the dropout masks; resume it the same way")
+        old_from = (old.get("labels_from") or {}).get("sha256")
+        if old_from != (labels_from.sha256 if labels_from else None):
+            raise UsageError(f"{out} was built with labels {'from ' + old_from[:16] if old_from else 'measured here'}"
+                             "; resume it with the same --labels-from")
         info = old
     else:
         # base-model labels, once: what the zoo's labels are to be read against
@@ -189,7 +203,7 @@ def build(recipe: Recipe, out: str | Path, *, model: nn.Module | None = None, to
                       base_labels=info.get("base_labels", {}))
     groups = group_specs(specs, recipe.group_size)
     t_loop = time.monotonic()  # per-group cost is measured from here: setup is paid once
-    for group in groups:
+    for gi, group in enumerate(groups):
         if all(s.id in done for s in group):
             continue
         if max_groups is not None and rep.groups_run >= max_groups:
@@ -208,31 +222,39 @@ def build(recipe: Recipe, out: str | Path, *, model: nn.Module | None = None, to
         _sync(model)
         t1 = time.monotonic()
         k = len(group)
-        vl, per_src = val_losses(model, k, pool.val, batch=recipe.eval_batch)
-        mc = {name: mc_accuracy(model, k, reqs, batch=recipe.eval_batch) for name, reqs in evals.items()}
-        _sync(model)
+        measured: list[dict[str, float]] | None = None
+        if labels_from is None or labels_from.checks(gi):
+            measured = _measure_labels(model, k, pool.val, evals, recipe.eval_batch)
+            _sync(model)
         t2 = time.monotonic()
-        lines = []
-        for slot, s in enumerate(group):
-            ranks = s.layer_ranks or {n: s.rank for n in targets}
-            rel = f"adapters/{s.id}"
-            write_peft(out / rel, s, extract(mods, slot, ranks), recipe, base_name, getattr(torch, save_dtype))
+        rows_out = []
+        for slot, s in enumerate(group):  # every row first: a mismatch with labels_from leaves no trace
             tl = losses[: s.steps, slot]
-            row: dict[str, Any] = {"id": s.id, "path": rel, "split": s.split, "finite": bool(finite[slot]),
-                                   "val_loss": round(float(vl[slot]), 6)}
-            for src, v in per_src.items():
-                row[f"val_loss_{src}"] = round(float(v[slot]), 6)
-            for name, r in mc.items():
-                row[f"{name}_acc"] = round(float(r.accuracy[slot]), 6)
-                row[f"{name}_gold_logprob"] = round(float(r.gold_logprob[slot]), 6)
-            row["sources"] = list(s.sources)
+            f = _spec_fields(s, recipe)
+            labels = measured[slot] if measured is not None else None
+            if labels_from is not None:
+                labels = labels_from.labels(s.id, keys, labels)
+            row: dict[str, Any] = {"id": s.id, "path": f"adapters/{s.id}", "split": f["split"],
+                                   "finite": bool(finite[slot]), **labels, "sources": f["sources"]}
             for src in (x.name for x in recipe.sources):
                 row[f"src_{src}"] = int(src in s.sources)
-            row.update({"rank": s.rank, "alpha": s.alpha, "lr": s.lr, "steps": s.steps,
-                        "batch_size": s.batch_size, "dropout": s.dropout, "weight_decay": s.weight_decay,
-                        "mixed_rank": s.layer_ranks is not None,
-                        "train_loss_first": round(float(tl[0]), 6),
+            row.update({key: f[key] for key in ("rank", "alpha", "lr", "steps", "batch_size", "dropout",
+                                                  "weight_decay", "mixed_rank")})
+            row.update({"train_loss_first": round(float(tl[0]), 6),
                         "train_loss_last": round(float(tl[-5:].mean()), 6)})
+            if labels_from is not None:
+                labels_from.check_training(s.id, row)
+            rows_out.append(row)
+        if labels_from is not None and measured is not None:
+            labels_from.groups_checked += 1
+            rep.groups_checked = labels_from.groups_checked
+        if labels_from is not None:
+            rep.label_max_diff = labels_from.max_diff
+        lines = []
+        for slot, (s, row) in enumerate(zip(group, rows_out)):
+            ranks = s.layer_ranks or {n: s.rank for n in targets}
+            write_peft(out / row["path"], s, extract(mods, slot, ranks), recipe, base_name,
+                       getattr(torch, save_dtype))
             lines.append(json.dumps(row) + "\n")
         with open(manifest, "a", encoding="utf-8") as f:
             f.write("".join(lines))
@@ -250,8 +272,39 @@ def build(recipe: Recipe, out: str | Path, *, model: nn.Module | None = None, to
             log(f"warning: {finite.count(False)} of {k} adapters diverged (NaN/Inf factors; row 'finite': false)")
         log(f"group {rep.groups_run}: {k} adapters (steps ≤ {max(s.steps for s in group)}, "
             f"batch ≤ {max(s.batch_size for s in group)}) train {t1 - t0:.1f}s label {t2 - t1:.1f}s "
-            f"write {t3 - t2:.1f}s — {rep.done}/{rep.total} done")
+            f"write {t3 - t2:.1f}s{_label_note(labels_from, measured)} — {rep.done}/{rep.total} done")
     return rep
+
+
+def _spec_fields(s: LoraSpec, recipe: Recipe) -> dict[str, Any]:
+    """What the recipe and seed decide for one adapter before training, as the manifest writes it."""
+    return {"split": s.split, "sources": list(s.sources), "rank": s.rank, "alpha": s.alpha, "lr": s.lr,
+            "steps": s.steps, "batch_size": s.batch_size, "dropout": s.dropout, "weight_decay": s.weight_decay,
+            "mixed_rank": s.layer_ranks is not None}
+
+
+def _measure_labels(model: nn.Module, k: int, val_pool: dict, evals: dict, batch: int) -> list[dict[str, float]]:
+    """The label pass for the K adapters in the model: one dict per slot, in `label_keys` order."""
+    vl, per_src = val_losses(model, k, val_pool, batch=batch)
+    mc = {name: mc_accuracy(model, k, reqs, batch=batch) for name, reqs in evals.items()}
+    out = []
+    for slot in range(k):
+        d = {"val_loss": round(float(vl[slot]), 6)}
+        for src, v in per_src.items():
+            d[f"val_loss_{src}"] = round(float(v[slot]), 6)
+        for name, r in mc.items():
+            d[f"{name}_acc"] = round(float(r.accuracy[slot]), 6)
+            d[f"{name}_gold_logprob"] = round(float(r.gold_logprob[slot]), 6)
+        out.append(d)
+    return out
+
+
+def _label_note(labels_from: KnownLabels | None, measured: list | None) -> str:
+    if labels_from is None:
+        return ""
+    if measured is None:
+        return " (labels from manifest)"
+    return f" (labels checked, max |Δ| so far {labels_from.max_diff:.2g})"
 
 
 def _sync(model: nn.Module) -> None:
