@@ -10,11 +10,9 @@ import json
 from collections import defaultdict
 
 import numpy as np
+import torch
 
-
-def kendall_tau(a: np.ndarray, b: np.ndarray) -> float:
-    i, j = np.triu_indices(len(a), 1)
-    return float(np.mean(np.sign(a[i] - a[j]) * np.sign(b[i] - b[j])))
+from lolscan.metrics import kendall_tau
 
 
 def main() -> None:
@@ -37,11 +35,14 @@ def main() -> None:
         if i in pred:
             groups["mixed" if r.get("mixed_rank") else r["rank"]].append((r[a.target], pred[i]))
     print(f"| rank | n | true mean ± std | MSE | R² | Kendall τ | mean error |\n|---|---|---|---|---|---|---|")
+    ranks = [k for k in groups if not isinstance(k, str)]
+    if len(ranks) > 1:  # every one-rank adapter together: how well the order carries across ranks
+        groups["all ranks"] = [x for k in ranks for x in groups[k]]
     for k in sorted(groups, key=lambda x: (isinstance(x, str), x)):
         t, p = (np.array(v) for v in zip(*groups[k]))
         r2 = 1 - ((t - p) ** 2).sum() / ((t - t.mean()) ** 2).sum()
         print(f"| {k} | {len(t)} | {t.mean():.3f} ± {t.std():.3f} | {((t - p) ** 2).mean():.5f} | {r2:.3f} | "
-              f"{kendall_tau(t, p):.3f} | {np.mean(p - t):+.4f} |")
+              f"{kendall_tau(torch.tensor(t), torch.tensor(p)):.3f} | {np.mean(p - t):+.4f} |")
 
 
 if __name__ == "__main__":
