@@ -391,6 +391,8 @@ def test_labels_from_refuses_what_it_does_not_reproduce(zoo, tmp_path):
         build(other, tmp_path / "o", model=tiny_llama(), tokenizer=CharTokenizer(),
               labels_from=KnownLabels.load(full_out / "manifest.jsonl"), log=lambda s: None)
     assert read_manifest(tmp_path / "o" / "manifest.jsonl") == []
+    with pytest.raises(UsageError, match="check-every"):
+        KnownLabels.load(full_out / "manifest.jsonl", check_every=0)
 
     cases = {"toymc_acc": (rows[4]["id"], 2), "train_loss_last": (rows[2]["id"], 1)}  # group 2 checked, 1 not
     for key, (aid, group) in cases.items():

@@ -49,9 +49,8 @@ def build_cmd(
 ) -> None:
     """Finetune, label and write the recipe's LoRAs (PEFT folders + manifest.jsonl). Resumable."""
     from ..zoo.build import build
-    from ..zoo.recipe import Recipe
-
     from ..zoo.known_labels import KnownLabels
+    from ..zoo.recipe import Recipe
 
     try:
         known = KnownLabels.load(labels_from, check_every) if labels_from is not None else None
@@ -71,7 +70,7 @@ def build_cmd(
                       f"label {rep.seconds_label:.0f}s, write {rep.seconds_write:.0f}s", highlight=False)
     if known is not None:
         err_console.print(f"labels from {labels_from} (sha256 {known.sha256[:16]}…): {rep.groups_checked} "
-                          f"group(s) labelled here and compared, largest difference {known.max_diff:.2g}",
+                          f"group(s) labelled here and compared, largest difference {rep.label_max_diff:.2g}",
                           highlight=False)
 
 

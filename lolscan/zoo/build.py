@@ -154,7 +154,7 @@ def build(recipe: Recipe, out: str | Path, *, model: nn.Module | None = None, to
         raise UsageError(f"recipe: no nn.Linear named {recipe.target_modules} in the base model")
     specs = sample_specs(recipe, targets)
     if labels_from is not None:
-        labels_from.check_specs({s.id: _spec_fields(s, recipe) for s in specs})
+        labels_from.check_specs({s.id: _spec_fields(s) for s in specs})
     pool = build_pool(recipe, tokenizer, root)
     evals = {ev.name: load_eval(ev, tokenizer, root) for ev in recipe.evals}
     keys = label_keys(list(pool.val), list(evals))
@@ -230,7 +230,7 @@ def build(recipe: Recipe, out: str | Path, *, model: nn.Module | None = None, to
         rows_out = []
         for slot, s in enumerate(group):  # every row first: a mismatch with labels_from leaves no trace
             tl = losses[: s.steps, slot]
-            f = _spec_fields(s, recipe)
+            f = _spec_fields(s)
             labels = measured[slot] if measured is not None else None
             if labels_from is not None:
                 labels = labels_from.labels(s.id, keys, labels)
@@ -246,10 +246,7 @@ def build(recipe: Recipe, out: str | Path, *, model: nn.Module | None = None, to
                 labels_from.check_training(s.id, row)
             rows_out.append(row)
         if labels_from is not None and measured is not None:
-            labels_from.groups_checked += 1
-            rep.groups_checked = labels_from.groups_checked
-        if labels_from is not None:
-            rep.label_max_diff = labels_from.max_diff
+            rep.groups_checked += 1
         lines = []
         for slot, (s, row) in enumerate(zip(group, rows_out)):
             ranks = s.layer_ranks or {n: s.rank for n in targets}
@@ -273,10 +270,12 @@ def build(recipe: Recipe, out: str | Path, *, model: nn.Module | None = None, to
         log(f"group {rep.groups_run}: {k} adapters (steps ≤ {max(s.steps for s in group)}, "
             f"batch ≤ {max(s.batch_size for s in group)}) train {t1 - t0:.1f}s label {t2 - t1:.1f}s "
             f"write {t3 - t2:.1f}s{_label_note(labels_from, measured)} — {rep.done}/{rep.total} done")
+    if labels_from is not None:
+        rep.label_max_diff = labels_from.max_diff
     return rep
 
 
-def _spec_fields(s: LoraSpec, recipe: Recipe) -> dict[str, Any]:
+def _spec_fields(s: LoraSpec) -> dict[str, Any]:
     """What the recipe and seed decide for one adapter before training, as the manifest writes it."""
     return {"split": s.split, "sources": list(s.sources), "rank": s.rank, "alpha": s.alpha, "lr": s.lr,
             "steps": s.steps, "batch_size": s.batch_size, "dropout": s.dropout, "weight_decay": s.weight_decay,

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import InputError
+from ..errors import InputError, UsageError
 from ..hashing import sha256_file
 
 # fields the recipe and seed decide before training: must be equal, not close
@@ -53,14 +53,13 @@ class KnownLabels:
     sha256: str
     check_every: int = 8
     tolerance: float = 2e-3
-    groups_checked: int = 0
     max_diff: float = 0.0  # largest |difference| seen in a checked label or a training loss
 
     @classmethod
     def load(cls, path: str | Path, check_every: int = 8, tolerance: float = 2e-3) -> "KnownLabels":
         path = Path(path)
         if check_every < 1:
-            raise InputError(f"--check-every must be at least 1, not {check_every}")
+            raise UsageError(f"--check-every must be at least 1, not {check_every}")
         if not path.is_file():
             raise InputError(f"{path}: no such manifest")
         rows: dict[str, dict[str, Any]] = {}
