@@ -211,8 +211,16 @@ def _loss(targets: Sequence[Target], out: torch.Tensor, ys: dict[str, tuple[torc
 
 
 @torch.no_grad()
-def _outputs(model: torch.nn.Module, batch: Any, chunk: int = 256) -> torch.Tensor:
+def _outputs(model: torch.nn.Module, batch: Any, chunk: int = 256, max_features: int = 1 << 28) -> torch.Tensor:
+    """Outputs in chunks; a baseline whose features were too large to precompute (``extract`` gave the
+    FactorBatch back, e.g. mlp-dense on a 1.5B model) makes them per chunk, so a chunk holds at most
+    ``max_features`` of them (256 Qwen adapters would be 23 GB of ΔW, times the standardised copies)."""
+    from .nets.batch import FactorBatch
+    from .nets.common import FeatureMLP
+
     model.eval()
+    if isinstance(model, FeatureMLP) and isinstance(batch, FactorBatch):
+        chunk = max(1, min(chunk, max_features // model.feature_dim))
     outs = [model(batch.select(slice(i, i + chunk))) for i in range(0, batch.batch_size, chunk)]
     return torch.cat(outs).float()
 

@@ -315,3 +315,19 @@ def test_rebuild_from_hparams_and_safetensors(arch: str, tmp_path, gen: torch.Ge
     from_cfg.load_state_dict(model.state_dict())
     torch.testing.assert_close(run(from_cfg, ads), run(model, ads), rtol=0, atol=0)
     assert isinstance(model_from_config(GLNet(SPEC, 1).config()), GLNet)
+
+
+def test_dense_outputs_in_small_chunks_when_features_are_not_precomputed(gen: torch.Generator) -> None:
+    """Training's evaluation of a FeatureMLP whose features were too big to precompute (``extract`` gave the
+    FactorBatch back) makes them a few adapters at a time; every adapter still gets its own output."""
+    from lolscan.training import _outputs
+
+    model = make("mlp-dense", hidden=16)
+    model.eval()
+    batch = collate([adapter(gen=gen) for _ in range(10)], SPEC, dtype=F64)
+    assert model.extract(batch, max_elements=SPEC.total_entries * 9) is batch  # 10 adapters: too big, kept as factors
+    with torch.no_grad():
+        whole = model(batch)
+    for per_chunk in (1, 3, 4, 10):  # 3 and 4 leave a ragged last chunk
+        got = _outputs(model, batch, max_features=SPEC.total_entries * per_chunk)
+        torch.testing.assert_close(got, whole.float(), rtol=1e-6, atol=1e-6)

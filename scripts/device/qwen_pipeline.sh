@@ -1,13 +1,12 @@
 #!/usr/bin/env bash
 # The whole Qwen2.5-Coder-1.5B lease after the model has arrived, run detached by qwen_start.sh in a copy of
-# the repo: rebuild and check the GGUF, convert it, rebuild the 2,000-LoRA zoo at training cost
-# (`--labels-from` the fourth lease's manifest, carried as $P/known_manifest.jsonl: every group's training
-# losses and every 8th group's labels are checked against it; 497 s on the fifth lease), then what the fifth
-# lease left (bench/RESULTS.md): MLP+Dense over 5 seeds on the GPU (22 M ΔW entries per adapter, so its
-# max_entries guard is raised: a 1.4 B-parameter first layer, about 25 GB with Adam), and plain GL-net seeds
-# 2-4 on this build on the CPU cores (two seeds exist on it; its 5-seed row is from the third lease's build).
-# The fifth lease's steps (rank sets scored by the shipped checkpoints, MLP/O-Align/GL-net+asinh seeds,
-# compiled groups, GL-net+asinh checkpoints) are done and recorded; `git log` has that version of this script.
+# the repo: rebuild and check the GGUF, convert it, build the 2,000-LoRA zoo with measured labels (the earlier
+# leases' manifests did not survive their sessions, so `--labels-from` has nothing to read; about 1,000 s),
+# then the whole five-architecture table on this one build, 5 seeds each: MLP+Dense first on the GPU (22 M ΔW
+# entries per adapter, so its max_entries guard is raised: a 1.4 B-parameter first layer, about 25 GB with
+# Adam; the one row no lease had run), then MLP and MLP+O-Align on the GPU; plain GL-net, MLP+SVD and GL-net +
+# asinh on the CPU cores meanwhile. The shipped checkpoints are scored on the rebuilt test split. The fifth
+# lease's version (rank sets, compiled groups, GL-net+asinh checkpoints) is in `git log`.
 # Everything that comes back is in $P/out (qwen_poll.sh fetch); $P/out/progress says how far it got.
 set -o pipefail
 T0=$(date +%s)
@@ -37,26 +36,37 @@ build() {  # build RECIPE FOLDER SECONDS [zoo build options]: resumable; on "out
     g=$(( g / 2 )); log "out of memory: $z again at group size $g"
   done
 }
-# 1. The 2,000-LoRA zoo, labels from the fourth lease's build (checked); measured if that build is not reproduced.
+# 1. The 2,000-LoRA zoo, labels measured.
 TB=$(date +%s)
 Z=$P/zoo
-build $R $Z $(left_build) --labels-from $P/known_manifest.jsonl --check-every 8
-if grep -q "does not reproduce" $L/cur.log; then
-  Z=$P/zoo_measured; log "not reproduced: building with measured labels into $Z"; build $R $Z $(left_build)
-fi
-n=$(wc -l < $Z/manifest.jsonl); log "zoo: $n adapters; $(grep -h "labels from" $L/build_zoo.log | tail -1)"
-cp $Z/zoo.json $L/zoo_zoo.json
+build $R $Z $(left_build)
+n=$(wc -l < $Z/manifest.jsonl); log "zoo: $n adapters"
+python3 -m lolscan zoo summary $Z --json > $L/summary.json
+cp $Z/zoo.json $L/zoo_zoo.json; gzip -c $Z/manifest.jsonl > $O/zoo_manifest.jsonl.gz; sha256sum $Z/manifest.jsonl | tee -a $O/progress
 M=$Z/manifest.jsonl
 A="bench/architectures.py $M -t arc_c_acc -t val_loss --hparam glnet:d=16"
-# 2. CPU cores, background: plain GL-net seeds 2-4 on this build (seeds 0-1: the fourth lease's).
-for fs in 2:2:7 4:1:7; do IFS=: read f n t <<< "$fs"
-  OMP_NUM_THREADS=$t nohup python3 $A --arch glnet --seeds $n --first-seed $f \
-    --device cpu --threads $t --json $L/arch_glnet_$f.json > $L/arch_glnet_$f.log 2>&1 &
+# 2. CPU cores, background: plain GL-net (5 seeds over 3 processes), MLP+SVD (5), then GL-net + asinh.
+cpu() {  # cpu NAME FIRST N THREADS [architectures.py options]
+  local name=$1 f=$2 n=$3 t=$4; shift 4
+  OMP_NUM_THREADS=$t python3 $A "$@" --seeds $n --first-seed $f --device cpu --threads $t \
+    --json $L/arch_${name}_$f.json > $L/arch_${name}_$f.log 2>&1; log "cpu: $name seeds $f.. done"; }
+( cpu glnet 0 2 3 --arch glnet; cpu glnet-asinh 0 2 3 --arch glnet --name glnet-asinh --hparam glnet:squash=asinh ) &
+( cpu glnet 2 2 3 --arch glnet; cpu glnet-asinh 2 2 3 --arch glnet --name glnet-asinh --hparam glnet:squash=asinh ) &
+( cpu glnet 4 1 3 --arch glnet; cpu glnet-asinh 4 1 3 --arch glnet --name glnet-asinh --hparam glnet:squash=asinh ) &
+( cpu mlp-svd 0 5 3 --arch mlp-svd ) &
+log "architecture table: glnet, mlp-svd, glnet-asinh on the CPU cores (background)"
+# 3. GPU: MLP+Dense, 5 seeds (flattened ΔW of 56 modules of 256 x 1536 = 22,020,096 inputs), then the shipped
+# checkpoints on the test split, then MLP and MLP+O-Align side by side.
+timeout 420 python3 $A --arch mlp-dense --hparam mlp-dense:max_entries=23000000 --seeds 5 --device cuda --threads 1 \
+  --json $L/arch_mlp-dense.json > $L/arch_mlp-dense.log 2>&1; log "architecture mlp-dense (GPU) done (rc $?)"
+for c in models/qwen2.5-coder-1.5b-*/; do
+  python3 -m lolscan eval $M --model $c --split test --device cuda --format json > $L/eval_shipped_$(basename $c).json 2>>$L/eval.log
 done
-log "architecture table: glnet seeds 2-4 on the CPU cores (background)"
-# 3. GPU: MLP+Dense, 5 seeds (flattened ΔW of 56 modules of 256 x 1536 = 22,020,096 inputs).
-python3 $A --arch mlp-dense --hparam mlp-dense:max_entries=23000000 --seeds 5 --device cuda --threads 1 \
-  --json $L/arch_mlp-dense.json > $L/arch_mlp-dense.log 2>&1; log "architecture mlp-dense (GPU) done"
+log "shipped checkpoints evaluated on the test split"
+for a in mlp mlp-oalign; do
+  ( python3 $A --arch $a --seeds 5 --device cuda --threads 1 --json $L/arch_$a.json > $L/arch_$a.log 2>&1
+    log "architecture $a (GPU) done" ) &
+done
 wait
 python3 bench/architectures.py --from-json $L/arch_*.json --markdown > $L/architectures.md 2>&1
 log "DONE"

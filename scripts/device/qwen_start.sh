@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Device, the call after the last chunk is parked (with models/*.safetensors back in the tree, which chunk
-# calls leave out to stay under 64 MiB): check that all 17 parts are in $P, copy the repo there and start
+# calls leave out to stay under 64 MiB): check that all parts are in $P (as many as make_chunks.py wrote to nparts), copy the repo there and start
 # qwen_pipeline.sh detached (setsid), so the whole build runs on between calls; the next calls only wait and
 # fetch (qwen_poll.sh). $1: the most seconds the main zoo may build (it stops after a whole group).
 P=${P:-/root/q}
-n=$(ls $P/part?? 2>/dev/null | wc -l)
-[ "$n" = 17 ] || { echo "PERSISTENCE: $n of 17 parts in $P"; ls -la $P; exit 3; }
+n=$(ls $P/part?? 2>/dev/null | wc -l); want=$(cat $P/nparts 2>/dev/null)
+[ "$n" = "$want" ] || { echo "PERSISTENCE: $n of ${want:-?} parts in $P"; ls -la $P; exit 3; }
 rm -rf $P/repo && mkdir -p $P/repo $P/out/logs
 tar -c --exclude=./.chunks --exclude=./.benchkit . | tar -x -C $P/repo
 ls $P/repo/models/qwen2.5-coder-1.5b-*/model.safetensors >/dev/null || echo "WARNING: no shipped Qwen checkpoints in the tree: they will not be evaluated" 
