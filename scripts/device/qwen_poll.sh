@@ -12,6 +12,6 @@ cat $O/progress 2>/dev/null; echo "--"; tail -4 $O/logs/bench.log; echo "--"
 for f in $O/logs/build_*.log $O/logs/cur.log; do [ -e $f ] && tail -2 $f; done
 nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv,noheader; df -h /root | tail -1
 if [ "$2" = fetch ]; then
-  cp $O/*.tar $OUT/ 2>/dev/null; cp $O/progress $O/logs/ 2>/dev/null
+  cp $O/*.tar $O/*.gz $OUT/ 2>/dev/null; cp $O/progress $O/logs/ 2>/dev/null
   tar -cf $OUT/logs.tar -C $O logs; ls -la $OUT
 fi
