@@ -64,6 +64,9 @@ def main() -> None:
     ap.add_argument("--synthetic", action="store_true", help="build and use a small synthetic labelled zoo")
     ap.add_argument("--n", type=int, default=400, help="synthetic zoo size")
     ap.add_argument("--rank", type=int, default=4, help="synthetic zoo LoRA rank (one rank, so mlp and mlp-oalign run)")
+    ap.add_argument("--layers", type=int, default=4, help="synthetic zoo modules per adapter")
+    ap.add_argument("--shape", type=int, nargs=2, default=(16, 12), metavar=("OUT", "IN"),
+                    help="synthetic zoo module shape (e.g. 256 1536: Qwen2.5-1.5B's k/v projections)")
     ap.add_argument("--arch", action="append", default=[], help="architectures (default: all five)")
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--first-seed", type=int, default=0,
@@ -88,6 +91,8 @@ def main() -> None:
         print_table(merged, args.markdown)
         return
 
+    import torch
+
     from lolscan.errors import LolscanError
     from lolscan.manifest import read_manifest
     from lolscan.nets import ARCHITECTURES, hparam_names
@@ -96,7 +101,8 @@ def main() -> None:
     tmp = None
     if args.synthetic:
         tmp = tempfile.TemporaryDirectory(prefix="lolscan-arch-bench-")
-        manifest = write_synthetic_zoo(tmp.name, n=args.n, rank=args.rank, seed=args.split_seed)
+        manifest = write_synthetic_zoo(tmp.name, n=args.n, layers=args.layers, shape=tuple(args.shape),
+                                       rank=args.rank, seed=args.split_seed)
         targets = args.target or SYNTHETIC_TARGETS
     elif args.manifest:
         manifest, targets = args.manifest, args.target
@@ -129,13 +135,17 @@ def main() -> None:
             opts = TrainOptions(arch=arch, hparams=hp, seed=seed, max_steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                                 patience=args.patience, device=args.device, progress=False, threads=args.threads)
             t0 = time.perf_counter()
+            cuda = torch.cuda.is_available() and args.device in ("cuda", "auto")
+            if cuda:
+                torch.cuda.reset_peak_memory_stats()
             try:
                 result = run_safely(lambda: train(ds, opts))
             except LolscanError as exc:
                 skipped[args.name or arch] = str(exc)
                 break
             runs.setdefault(args.name or arch, []).append({"seed": seed, "test": result.metrics.get("test", {}), "steps": result.steps,
-                                              "best_step": result.best_step, "seconds": time.perf_counter() - t0})
+                                              "best_step": result.best_step, "seconds": time.perf_counter() - t0}
+                                             | ({"peak_gib": torch.cuda.max_memory_allocated() / 2**30} if cuda else {}))
             print(f"  {args.name or arch} seed {seed}: {time.perf_counter() - t0:.1f} s, best step {result.best_step}", file=sys.stderr)
             if args.json:
                 args.json.write_text(json.dumps(saved(), indent=2))
