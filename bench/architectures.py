@@ -122,6 +122,7 @@ def main() -> None:
     print(f"{len(ds.adapters)} adapters ({sizes['train']}/{sizes['val']}/{sizes['test']} train/val/test), "
           f"{len(ds.spec)} modules; targets: {', '.join(t.describe() for t in ds.targets)}", file=sys.stderr)
 
+    cuda = torch.cuda.is_available() and args.device != "cpu"  # then each run records the current CUDA device's peak memory
     runs: dict[str, list[dict[str, Any]]] = {}
     skipped: dict[str, str] = {}
 
@@ -135,7 +136,6 @@ def main() -> None:
             opts = TrainOptions(arch=arch, hparams=hp, seed=seed, max_steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                                 patience=args.patience, device=args.device, progress=False, threads=args.threads)
             t0 = time.perf_counter()
-            cuda = torch.cuda.is_available() and args.device in ("cuda", "auto")
             if cuda:
                 torch.cuda.reset_peak_memory_stats()
             try:

@@ -59,9 +59,9 @@ cpu() {  # cpu NAME FIRST N THREADS [architectures.py options]
   local name=$1 f=$2 n=$3 t=$4; shift 4
   OMP_NUM_THREADS=$t python3 $A "$@" --seeds $n --first-seed $f --device cpu --threads $t \
     --json $L/arch_${name}_$f.json > $L/arch_${name}_$f.log 2>&1; log "cpu: $name seeds $f.. done"; }
-( cpu glnet 0 2 3 --arch glnet; cpu glnet-asinh 0 2 3 --arch glnet --name glnet-asinh --hparam glnet:squash=asinh ) &
-( cpu glnet 2 2 3 --arch glnet; cpu glnet-asinh 2 2 3 --arch glnet --name glnet-asinh --hparam glnet:squash=asinh ) &
-( cpu glnet 4 1 3 --arch glnet; cpu glnet-asinh 4 1 3 --arch glnet --name glnet-asinh --hparam glnet:squash=asinh ) &
+for fn in 0:2 2:2 4:1; do IFS=: read f n <<< "$fn"  # first seed : seeds, 3 threads each
+  ( cpu glnet $f $n 3 --arch glnet; cpu glnet-asinh $f $n 3 --arch glnet --name glnet-asinh --hparam glnet:squash=asinh ) &
+done
 ( cpu mlp-svd 0 5 3 --arch mlp-svd ) &
 log "architecture table: glnet, mlp-svd, glnet-asinh on the CPU cores (background)"
 # 3. GPU: MLP+Dense, 5 seeds (flattened ΔW of 56 modules of 256 x 1536 = 22,020,096 inputs), then the shipped
