@@ -6,7 +6,7 @@
 P=${P:-/root/q}
 n=$(ls $P/part?? 2>/dev/null | wc -l); want=$(cat $P/nparts 2>/dev/null)
 [ "$n" = "$want" ] || { echo "PERSISTENCE: $n of ${want:-?} parts in $P"; ls -la $P; exit 3; }
-rm -rf $P/repo && mkdir -p $P/repo $P/out/logs
+rm -rf $P/repo && mkdir -p $P/repo $P/out/logs && date +%s > $P/out/t0
 tar -c --exclude=./.chunks --exclude=./.benchkit . | tar -x -C $P/repo
 ls $P/repo/models/qwen2.5-coder-1.5b-*/model.safetensors >/dev/null || echo "WARNING: no shipped Qwen checkpoints in the tree: they will not be evaluated" 
 cd $P/repo && BUILD_S=${1:-900} setsid nohup bash scripts/device/qwen_pipeline.sh > $P/out/logs/pipeline.log 2>&1 < /dev/null &
