@@ -156,14 +156,33 @@ def main() -> None:
         tmp.cleanup()
 
 
+def same_targets(a: list[dict[str, Any]], b: list[dict[str, Any]], rtol: float = 1e-6) -> bool:
+    """Equal targets, their label statistics to ``rtol``: two builds of one zoo recipe reproduce the labels
+    to about 1e-6, so their means differ in the last digits; another zoo's differ far more."""
+    if len(a) != len(b):
+        return False
+    for x, y in zip(a, b):
+        if x.keys() != y.keys():
+            return False
+        for k in x:
+            u, v = x[k], y[k]
+            if isinstance(u, float) and isinstance(v, (int, float)):
+                if not math.isclose(u, v, rel_tol=rtol, abs_tol=1e-12):
+                    return False
+            elif u != v:
+                return False
+    return True
+
+
 def merge_saved(paths: list[Path]) -> dict[str, Any]:
-    """Runs saved by several ``--json`` files, as one; they must share the split and the targets."""
+    """Runs saved by several ``--json`` files, as one; they must share the split and the targets (label
+    statistics equal to 1e-6, so runs on a rebuilt zoo that reproduces the labels merge too)."""
     merged: dict[str, Any] | None = None
     for path in paths:
         d = json.loads(path.read_text())
         if merged is None:
             merged = {**d, "runs": {}, "skipped": {}}
-        elif (d["splits"], d["targets"]) != (merged["splits"], merged["targets"]):
+        elif d["splits"] != merged["splits"] or not same_targets(d["targets"], merged["targets"]):
             sys.exit(f"error: {path}: another split or other targets than {paths[0]}")
         for arch, rs in d["runs"].items():
             have = {r["seed"] for r in merged["runs"].get(arch, [])}
