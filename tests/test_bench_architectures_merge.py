@@ -1,7 +1,6 @@
 """bench/architectures.py --from-json: runs of one zoo merge, runs of another zoo are refused."""
 from __future__ import annotations
 
-import copy
 import importlib.util
 import json
 import subprocess
@@ -66,6 +65,6 @@ def test_runs_on_another_zoo_are_refused_naming_the_file(tmp_path, change):
 
 def test_the_same_seed_twice_is_refused(tmp_path):
     a = _write(tmp_path, "a.json", _saved("mlp", [0, 1], 2.585))
-    b = _write(tmp_path, "b.json", copy.deepcopy(_saved("mlp", [1, 2], 2.585)))
+    b = _write(tmp_path, "b.json", _saved("mlp", [1, 2], 2.585))
     with pytest.raises(SystemExit, match=r"mlp seed\(s\) \[1\]"):
         _module().merge_saved([a, b])

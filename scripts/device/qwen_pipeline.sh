@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole Qwen2.5-Coder-1.5B lease after the model has arrived, run detached by qwen_start.sh in a copy of
 # the repo: rebuild and check the GGUF, convert it, build the 2,000-LoRA zoo (with measured labels, about
-# 900 s, unless an earlier build's manifest was carried: the earlier leases' did not survive their sessions),
+# 900 s, unless an earlier build's manifest was carried: the seventh lease's is bench/results/qwen2000d_manifest.jsonl.gz),
 # then the whole five-architecture table on this one build, 5 seeds each: MLP+Dense first on the GPU (22 M ΔW
 # entries per adapter, so its max_entries guard is raised: a 1.4 B-parameter first layer, about 25 GB with
 # Adam; the one row no lease had run), then MLP and MLP+O-Align on the GPU; plain GL-net, MLP+SVD and GL-net +
@@ -23,7 +23,6 @@ tar -xzf $P/zoodata.tgz -C $P || exit 5
 log "model ready"
 python3 -m lolscan zoo convert-base $R $P/st --base-path $P/gguf 2>&1 | grep -v "it/s" | tail -3
 log "converted"
-TB=$(date +%s)
 build() {  # build RECIPE FOLDER SECONDS [zoo build options]: resumable; on "out of memory" again at half the group size
   local r=$1 z=$2 g=${GROUP:-48} s end=$(( $(date +%s) + $3 )); shift 3
   for attempt in 1 2 3; do
