@@ -128,6 +128,7 @@ def main() -> None:
 
     def saved() -> dict[str, Any]:
         return {"splits": sizes, "targets": [t.to_json() for t in ds.targets], "seeds": args.seeds, "device": args.device,
+                "test_sources": [Path(ds.manifest.rows[i].source).name for i in ds.splits["test"]],
                 "runs": runs, "skipped": skipped}
 
     for arch in archs:
@@ -143,8 +144,11 @@ def main() -> None:
             except LolscanError as exc:
                 skipped[args.name or arch] = str(exc)
                 break
+            pred = {t.name: result.test_scores[t.name][:, 0].tolist() for t in ds.targets
+                    if t.kind == "regression" and t.name in result.test_scores}  # for paired bootstraps
             runs.setdefault(args.name or arch, []).append({"seed": seed, "test": result.metrics.get("test", {}), "steps": result.steps,
-                                              "best_step": result.best_step, "seconds": time.perf_counter() - t0}
+                                              "best_step": result.best_step, "seconds": time.perf_counter() - t0,
+                                              "pred": pred, "chosen": result.chosen, "tried": result.tried}
                                              | ({"peak_gib": torch.cuda.max_memory_allocated() / 2**30} if cuda else {}))
             print(f"  {args.name or arch} seed {seed}: {time.perf_counter() - t0:.1f} s, best step {result.best_step}", file=sys.stderr)
             if args.json:

@@ -244,6 +244,24 @@ class Checkpoint:
         out = self.model(batch).float().cpu()
         return {t.name: t.scores(out) for t in self.targets}
 
+    @property
+    def domain(self) -> Any:
+        """The card's `lolscan.calibration.Domain` (None for checkpoints trained before it existed)."""
+        return self.extra.get("domain")
+
+    @torch.no_grad()
+    def domain_rows(self, adapters: list[Adapter] | Any) -> list[dict[str, Any]] | None:
+        """Per adapter ``{"score", "in_domain"}`` (None when the checkpoint has no domain reference)."""
+        from .calibration import spectra
+        from .nets import FactorBatch, collate
+
+        dom = self.domain
+        if dom is None:
+            return None
+        batch = adapters if isinstance(adapters, FactorBatch) else collate(adapters, self.spec, self.device, check=False)
+        scores = dom.scores(spectra(batch)).tolist()
+        return [{"score": s, "in_domain": bool(s <= dom.threshold)} for s in scores]
+
     def predict(self, adapters: list[Adapter] | Any) -> list[dict[str, dict[str, Any]]]:
         s = self.scores(adapters)
         n = len(next(iter(s.values())))
@@ -365,7 +383,28 @@ def load_checkpoint(model: str | Path, *, device: str | torch.device = "cpu") ->
     net.load_state_dict({k: v for k, v in tf.tensors.items()}, strict=True)
     net.to(device)
     net.eval()
-    return Checkpoint(net, card, targets, spec, path=folder)
+    ckpt = Checkpoint(net, card, targets, spec, path=folder)
+    if isinstance(card.get("domain"), dict):
+        ckpt.extra["domain"] = _load_domain(folder, card["domain"], len(spec))
+    return ckpt
+
+
+def _load_domain(folder: Path, info: dict[str, Any], layers: int) -> Any:
+    """The domain reference a card names, checked against the layer spec."""
+    from .calibration import DOMAIN_FILE, Domain
+    from .tensorfile import read_safetensors
+
+    path = folder / str(info.get("file", DOMAIN_FILE))
+    if path.name != str(info.get("file", DOMAIN_FILE)) or not path.is_file():
+        raise CheckpointError(f"card names a domain file {info.get('file')!r} that is not in the folder", path=folder)
+    tensors = read_safetensors(path).tensors
+    try:
+        dom = Domain.from_parts(tensors, info)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"domain reference is malformed: {exc}", path=path) from None
+    if dom.ref.shape != (layers,) or dom.train.ndim != 2 or dom.train.shape[1] % layers or dom.train.shape[0] < 1:
+        raise CheckpointError("domain reference does not match the layer spec", path=path)
+    return dom
 
 
 def _tensor_diff(a: dict[str, list[int]], b: dict[str, list[int]], a_name: str, b_name: str) -> str:

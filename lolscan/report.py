@@ -5,7 +5,11 @@ A result row is a JSON-able dict (the same dict is appended to ``--output x.json
 
     {"source": str, "status": "ok" | "error" | "incompatible", "error": str | None,
      "predictions": {target: {"value": ..., "probability": ..., "probabilities": {...}}},
-     "truth": {target: value}, "gates": [{"gate", "target", "value", "bound", "passed"}]}
+     "truth": {target: value}, "gates": [{"gate", "target", "value", "bound", "passed"}],
+     "domain": {"score": float, "in_domain": bool}}   # when the checkpoint has a domain reference
+
+A regression prediction carries ``"interval": [lo, hi]`` and ``"interval_level"`` when the
+checkpoint was calibrated (`lolscan.calibration`).
 """
 from __future__ import annotations
 
@@ -147,7 +151,17 @@ def fmt_prediction(pred: dict[str, Any] | None) -> str:
     text = fmt_value(pred.get("value"))
     if "probability" in pred and not isinstance(pred.get("value"), list):
         text += f" ({pred['probability']:.2f})"
+    lo_hi = pred.get("interval")
+    if isinstance(lo_hi, list) and len(lo_hi) == 2 and all(isinstance(x, (int, float)) for x in lo_hi):
+        text += f" ± {fmt_value((lo_hi[1] - lo_hi[0]) / 2)}"
     return text
+
+
+def fmt_domain(dom: dict[str, Any] | None) -> str:
+    """"yes 0.8" / "NO 3.1": whether the adapter is like the checkpoint's training adapters, and its score."""
+    if not dom or not isinstance(dom.get("score"), (int, float)):
+        return ""
+    return f"{'yes' if dom.get('in_domain') else 'NO'} {dom['score']:.2g}"
 
 
 def report_dict(rows: Sequence[dict[str, Any]], model: dict[str, Any], gates: Sequence[Gate]) -> dict[str, Any]:
@@ -205,6 +219,9 @@ def _flat(rows: Sequence[dict[str, Any]], targets: Sequence[Target]) -> tuple[li
         header.append(t.name + (f" [{t.units}]" if t.units else ""))
         if has_truth:
             header.append(f"{t.name} (true)")
+    has_domain = any(r.get("domain") for r in rows)
+    if has_domain:
+        header.append("domain")
     header += gate_names + ["error"]
     body = []
     for r in rows:
@@ -213,6 +230,8 @@ def _flat(rows: Sequence[dict[str, Any]], targets: Sequence[Target]) -> tuple[li
             line.append(fmt_prediction((r.get("predictions") or {}).get(t.name)))
             if has_truth:
                 line.append(fmt_value((r.get("truth") or {}).get(t.name)))
+        if has_domain:
+            line.append(fmt_domain(r.get("domain")))
         by_gate = {g["gate"]: g for g in r.get("gates") or ()}
         for name in gate_names:
             g = by_gate.get(name)
@@ -229,6 +248,9 @@ def render_csv(rows: Sequence[dict[str, Any]], targets: Sequence[Target]) -> str
     for t in targets:
         header.append(t.name)
         label_cols.append((t.name, None))
+        if t.kind == "regression" and any("interval" in ((r.get("predictions") or {}).get(t.name) or {}) for r in rows):
+            header += [f"{t.name}.lo", f"{t.name}.hi"]
+            label_cols += [(t.name, "lo"), (t.name, "hi")]
         if t.kind == "binary":
             header.append(f"{t.name}.probability")
             label_cols.append((t.name, "probability"))
@@ -239,6 +261,9 @@ def render_csv(rows: Sequence[dict[str, Any]], targets: Sequence[Target]) -> str
     has_truth = any(r.get("truth") for r in rows)
     if has_truth:
         header += [f"{t.name}.true" for t in targets]
+    has_domain = any(r.get("domain") for r in rows)
+    if has_domain:
+        header += ["domain_score", "in_domain"]
     gate_names = list(dict.fromkeys(g["gate"] for r in rows for g in r.get("gates") or ()))
     header += gate_names
     buf = io.StringIO()
@@ -256,12 +281,18 @@ def render_csv(rows: Sequence[dict[str, Any]], targets: Sequence[Target]) -> str
                 line.append("|".join(v) if isinstance(v, list) else v)
             elif part == "probability":
                 line.append(p.get("probability"))
+            elif part in ("lo", "hi"):
+                iv = p.get("interval")
+                line.append(iv[0 if part == "lo" else 1] if isinstance(iv, list) and len(iv) == 2 else "")
             else:
                 line.append(p["probabilities"].get(part))
         if has_truth:
             for t in targets:
                 v = (r.get("truth") or {}).get(t.name)
                 line.append("|".join(v) if isinstance(v, list) else ("" if v is None else v))
+        if has_domain:
+            dom = r.get("domain") or {}
+            line += [dom.get("score", ""), "" if "in_domain" not in dom else int(bool(dom["in_domain"]))]
         by_gate = {g["gate"]: g for g in r.get("gates") or ()}
         line += ["" if n not in by_gate else ("pass" if by_gate[n]["passed"] else "fail") for n in gate_names]
         w.writerow(line)
@@ -299,6 +330,8 @@ def render_junit(rows: Sequence[dict[str, Any]], model: dict[str, Any], gates: S
                 rel = "<" if g["op"] == "under" else ">"
                 ET.SubElement(case, "failure", message=f"{g['target']} = {g['value']:.6g} {rel} {g['bound']:g}", type="gate")
             preds = "; ".join(f"{k}={fmt_prediction(v)}" for k, v in (r.get("predictions") or {}).items())
+            if r.get("domain"):
+                preds += f"; in domain: {fmt_domain(r['domain'])}"
             ET.SubElement(case, "system-out").text = preds
     suite.set("tests", str(tests))
     suite.set("failures", str(failures))

@@ -72,19 +72,27 @@ class Stages:
             batch = assembled.result()
             t0 = time.perf_counter()
             preds: list[dict[str, Any] | None] = list(self.ckpt.predict(batch))
+            domains = self.ckpt.domain_rows(batch) if self.ckpt.domain is not None else None
             self.timings["predict"] += time.perf_counter() - t0
         except Exception:  # isolate the adapter that breaks the batch
-            preds = []
+            preds, domains = [], [] if self.ckpt.domain is not None else None
             for it in todo:
                 try:
-                    preds.append(self.ckpt.predict(self._stack([it], buffers))[0])
+                    one = self._stack([it], buffers)
+                    preds.append(self.ckpt.predict(one)[0])
+                    if domains is not None:
+                        domains.append(self.ckpt.domain_rows(one)[0])
                 except Exception as exc:
                     it.row.update(status="error", error=f"scoring failed: {one_line(exc, it.found.source)}")
                     preds.append(None)
+                    if domains is not None:
+                        domains.append(None)
         device = self.ckpt.device
         if device.type == "cuda":  # the copies out of the slots are done before the slots are reused
             torch.cuda.current_stream(device).synchronize()
-        for it, p in zip(todo, preds):
+        for k, (it, p) in enumerate(zip(todo, preds)):
             if p is not None:
                 it.row["predictions"] = p
+                if domains is not None and domains[k] is not None:
+                    it.row["domain"] = domains[k]
             it.packed = None  # release the factors

@@ -33,6 +33,11 @@ class Target:
     std: float = 1.0
     offset: int = 0  # this target's slice of the model output
     width: int = 1
+    # Fitted on the validation split after training (lolscan.calibration); the defaults are what
+    # cards written before these fields existed mean: raw probabilities and no interval.
+    temperature: float = 1.0  # classes: logits are divided by it
+    interval: float | None = None  # regression: split-conformal half-width, in units
+    interval_level: float = 0.9
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -136,6 +141,8 @@ class Target:
         o = out[:, self.out_slice].float()
         if self.kind == "regression":
             return o * self.std + self.mean
+        if self.temperature != 1.0:
+            o = o / self.temperature
         if self.kind == "multiclass":
             return torch.softmax(o, dim=1)
         return torch.sigmoid(o)
@@ -144,7 +151,9 @@ class Target:
         """One row of `scores` -> {"value": …, "probabilities": {...}} for reports."""
         s = [float(x) for x in scores_row]
         if self.kind == "regression":
-            return {"value": s[0]}
+            if self.interval is None or not math.isfinite(self.interval):
+                return {"value": s[0]}
+            return {"value": s[0], "interval": [s[0] - self.interval, s[0] + self.interval], "interval_level": self.interval_level}
         if self.kind == "binary":
             p = s[0]
             return {"value": self.labels[1] if p >= 0.5 else self.labels[0], "probability": p}

@@ -25,6 +25,13 @@ from .metrics import target_metrics
 from .targets import Target, fit_normalisation, layout, make_target
 
 FIXED_RANK_ARCHS = ("mlp", "mlp-oalign")
+# What `lolscan train` gives an architecture for the hyperparameters the user does not set. The
+# classes' own defaults stay what older checkpoint cards were written with (cards are rebuilt
+# through them); these are the settings the synthetic invariant suite chose (bench/RESULTS.md,
+# "GL-net on the invariant suite").
+RECOMMENDED: dict[str, dict[str, Any]] = {
+    "glnet": {"d": 16, "depth": 1, "scale": "median", "squash": "asinh", "spectral": 8},
+}
 
 
 @dataclass
@@ -38,6 +45,9 @@ class TrainOptions:
     weight_decay: float = 1e-4
     eval_every: int = 25
     patience: int = 12  # evaluations without a better validation loss before stopping
+    min_steps: int = 500  # no early stop and no lr cut before this many steps
+    decay_after: int = 4  # evaluations without a better validation loss before the lr is cut
+    lr_decay: float = 0.3  # the factor it is cut by (1 = a constant lr)
     device: str = "auto"
     progress: bool = True
     threads: int | None = None  # CPU threads for torch; 1 is fastest for tiny models on busy machines
@@ -76,6 +86,11 @@ class TrainResult:
     seconds: float
     test_scores: dict[str, torch.Tensor]  # target -> scores on the test split
     options: TrainOptions
+    best_loss: float = math.nan  # the monitored (validation) loss at best_step
+    chosen: dict[str, Any] = field(default_factory=dict)  # what the validation search picked
+    outputs: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)  # split -> raw model outputs (CPU)
+    ys: dict[str, Any] = field(default_factory=dict, repr=False)  # split -> target -> (y, mask) (CPU)
+    tried: list[dict[str, Any]] = field(default_factory=list)  # every candidate: its settings and validation loss
 
 
 # ---- data -------------------------------------------------------------------------------------
@@ -189,7 +204,7 @@ def build(ds: Dataset, opts: TrainOptions, device: torch.device) -> torch.nn.Mod
     """A fresh model for ``opts.arch``, data-dependent buffers fitted on the training split."""
     from .nets import build_model, common_rank
 
-    hp = dict(opts.hparams)
+    hp = RECOMMENDED.get(opts.arch, {}) | dict(opts.hparams)
     train = ds.split_adapters("train")
     if opts.arch in FIXED_RANK_ARCHS and "rank" not in hp:
         try:
@@ -229,14 +244,45 @@ def _to(ys: dict[str, tuple[torch.Tensor, torch.Tensor]], device: torch.device) 
     return {k: (y.to(device), m.to(device)) for k, (y, m) in ys.items()}
 
 
+# Settings `train` tries and chooses between on the validation split when the user leaves them
+# unset: GL-net with and without the equivariant products in its head. With a few hundred adapters
+# the products' d×d features per layer can cost more in variance than they give when the target is
+# a function of the spectra alone, and only they can read a direction (bench/RESULTS.md).
+SEARCH: dict[str, dict[str, list[Any]]] = {"glnet": {"products": [True, False]}}
+
+
+def candidates(opts: TrainOptions) -> list[dict[str, Any]]:
+    """The hyperparameter overrides to try: one empty override when nothing is searched."""
+    out: list[dict[str, Any]] = [{}]
+    for key, values in SEARCH.get(opts.arch, {}).items():
+        if key in opts.hparams:
+            continue
+        out = [c | {key: v} for c in out for v in values]
+    return out
+
+
 def train(ds: Dataset, opts: TrainOptions) -> TrainResult:
-    """Minibatch AdamW on the summed target losses, early stopping on validation loss."""
-    if not opts.threads:
-        return _train(ds, opts)
+    """Minibatch AdamW on the summed target losses, early stopping on validation loss; where
+    `SEARCH` names settings the user left open, each is trained and the lowest validation loss kept."""
     before = torch.get_num_threads()
-    torch.set_num_threads(opts.threads)
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
     try:
-        return _train(ds, opts)
+        for t in ds.targets:  # calibration is fitted for the chosen model only, at the end
+            t.temperature, t.interval = 1.0, None
+        tried, best, start = [], None, time.perf_counter()
+        for override in candidates(opts):
+            o = copy.copy(opts)
+            o.hparams = dict(opts.hparams) | override
+            result = _train(ds, o)
+            tried.append({**override, "val_loss": result.best_loss})
+            if best is None or result.best_loss < best.best_loss or math.isnan(best.best_loss):
+                best, chosen = result, override
+        assert best is not None
+        calibrate(ds.targets, best)
+        best.seconds = time.perf_counter() - start
+        best.options, best.chosen, best.tried = opts, chosen, tried if len(tried) > 1 else []
+        return best
     finally:
         torch.set_num_threads(before)
 
@@ -253,6 +299,8 @@ def _train(ds: Dataset, opts: TrainOptions) -> TrainResult:
     batches = {s: collate(ds.split_adapters(s), ds.spec, device) for s in ("train", "val", "test") if ds.splits[s]}
     if isinstance(model, FeatureMLP):  # fixed feature extraction: once per split, not once per step
         batches = {s: model.extract(b) for s, b in batches.items()}
+    elif hasattr(model, "cache_features"):  # GL-net's spectral invariants: also once per split
+        batches = {s: model.cache_features(b) for s, b in batches.items()}
     ys = {s: _to(ds.encoded(s), device) for s in batches}
     n_train = len(ds.splits["train"])
     gen = torch.Generator().manual_seed(opts.seed)
@@ -286,24 +334,63 @@ def _train(ds: Dataset, opts: TrainOptions) -> TrainResult:
                 bar.update(task, description=f"training {opts.arch}  {monitor} loss {val:.4g}")
                 if not math.isfinite(best) or val < best - 1e-6 * best:
                     best, best_state, best_step, stale = val, copy.deepcopy(model.state_dict()), step, 0
-                else:
+                elif step >= opts.min_steps:  # before min_steps a noisy validation loss stops nothing
                     stale += 1
                     if stale >= opts.patience:
                         break
+                    if opts.decay_after and stale % opts.decay_after == 0 and opts.lr_decay != 1.0:
+                        for group in optim.param_groups:  # on a plateau: a smaller step from here
+                            group["lr"] *= opts.lr_decay
     model.load_state_dict(best_state)
     model.eval()
+    outputs = {s: _outputs(model, batch).cpu() for s, batch in batches.items()}
+    metrics, test_scores = _evaluate(ds.targets, outputs, ys)
+    result = TrainResult(model, metrics, history, best_step, step, time.perf_counter() - start, test_scores, opts, best)
+    result.outputs, result.ys = outputs, {s: {k: (y.cpu(), m.cpu()) for k, (y, m) in v.items()} for s, v in ys.items()}
+    return result
+
+
+def _evaluate(targets: Sequence[Target], outputs: dict[str, torch.Tensor], ys: dict[str, Any]
+              ) -> tuple[dict[str, dict[str, dict[str, Any]]], dict[str, torch.Tensor]]:
+    """Metrics per split and target, and the test split's scores, from the model's raw outputs."""
+    from .calibration import coverage
+
     metrics: dict[str, dict[str, dict[str, Any]]] = {}
     test_scores: dict[str, torch.Tensor] = {}
-    for s, batch in batches.items():
-        out = _outputs(model, batch)
+    for s, out in outputs.items():
         metrics[s] = {}
-        for t in ds.targets:
+        for t in targets:
             y, m = ys[s][t.name]
             scores = t.scores(out).cpu()
             metrics[s][t.name] = target_metrics(t, scores, y.cpu(), m.cpu())
+            if t.kind == "regression" and t.interval is not None and bool(m.any()):
+                true = (y[m.cpu()][:, 0] * t.std + t.mean).tolist()
+                metrics[s][t.name]["interval_coverage"] = coverage(scores[m.cpu()][:, 0].tolist(), true, t.interval)
             if s == "test":
                 test_scores[t.name] = scores
-    return TrainResult(model, metrics, history, best_step, step, time.perf_counter() - start, test_scores, opts)
+    return metrics, test_scores
+
+
+def calibrate(targets: Sequence[Target], result: TrainResult, level: float = 0.9) -> None:
+    """Fit each target's interval (regression) or temperature (classes) on the validation split, then
+    recompute the result's metrics with them (a run without a validation split is left uncalibrated)."""
+    from .calibration import conformal_halfwidth, fit_temperature
+
+    out, ys = result.outputs.get("val"), result.ys.get("val")
+    if out is None or ys is None:
+        return
+    for t in targets:
+        y, m = ys[t.name]
+        if not bool(m.any()):
+            continue
+        if t.kind == "regression":
+            pred = t.scores(out)[m][:, 0]
+            t.interval, t.interval_level = conformal_halfwidth(pred - (y[m][:, 0] * t.std + t.mean), level), level
+            if not math.isfinite(t.interval):
+                t.interval = None
+        else:
+            t.temperature = fit_temperature(out[m][:, t.out_slice], y[m], t.kind)
+    result.metrics, result.test_scores = _evaluate(targets, result.outputs, result.ys)
 
 
 # ---- the checkpoint ---------------------------------------------------------------------------
@@ -349,6 +436,7 @@ def make_card(ds: Dataset, result: TrainResult, *, name: str, description: str =
             "patience": opts.patience,
             "eval_every": opts.eval_every,
             "seconds": round(result.seconds, 2),
+            **({"search": result.tried} if result.tried else {}),
         },
         "training_data": {
             "manifest": Path(ds.manifest.path).name,
@@ -388,14 +476,44 @@ def plot_panels(ds: Dataset, result: TrainResult) -> list[tuple[list[float], lis
     return panels
 
 
+def _spectra_of(ds: Dataset, split: str, chunk: int = 64) -> torch.Tensor:
+    from .calibration import spectra
+    from .nets import collate
+
+    ads = ds.split_adapters(split)
+    return torch.cat([spectra(collate(ads[i : i + chunk], ds.spec)) for i in range(0, len(ads), chunk)])
+
+
+def fit_domain_for(ds: Dataset) -> Any:
+    """The in-domain reference of a dataset's training adapters (None without training adapters)."""
+    from .calibration import fit_domain
+
+    if not ds.splits["train"]:
+        return None
+    val = _spectra_of(ds, "val") if ds.splits["val"] else torch.zeros(0)
+    train = _spectra_of(ds, "train")
+    return fit_domain(train, val if val.numel() else train[:0])
+
+
 def save_checkpoint(ds: Dataset, result: TrainResult, out: Path, *, name: str, overwrite: bool = False, description: str = "") -> Path:
     """Write the checkpoint folder (atomically) with its predicted-vs-true PNG inside."""
     from .checkpoint import PLOT_NAME, Checkpoint
     from .report import plot_title, scatter_png
 
+    from safetensors.torch import save as save_tensors
+
     card = make_card(ds, result, name=name, description=description)
     ckpt = Checkpoint(result.model, card, ds.targets, ds.spec)
     files = {}
+    domain = fit_domain_for(ds)
+    if domain is not None:
+        from .calibration import DOMAIN_FILE
+
+        files[DOMAIN_FILE] = save_tensors(domain.to_tensors())
+        card["domain"] = domain.card()
+        if ds.splits["test"]:
+            test = domain.scores(_spectra_of(ds, "test"))
+            card["domain"]["test_in_domain"] = float((test <= domain.threshold).double().mean())
     panels = plot_panels(ds, result)
     if panels:
         test = result.metrics.get("test", {})

@@ -42,6 +42,7 @@ def env(tmp_path_factory):
 def dirs(env, tmp_path, monkeypatch):
     monkeypatch.setenv("LOLSCAN_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("LOLSCAN_MODELS_DIR", str(env["root"] / "models"))  # "toy" is a bundled name here
+    monkeypatch.setenv("COLUMNS", "200")  # the toy model's 4 targets, truth and domain columns fit unfolded
     monkeypatch.chdir(tmp_path)
 
 

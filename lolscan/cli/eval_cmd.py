@@ -86,6 +86,11 @@ def eval_(
             y, mask = t.encode([r.labels.get(t.name) for r, _ in ok])
             scores = scores_from_predictions(t, [s["predictions"][t.name] for _, s in ok])
             metrics[t.name] = target_metrics(t, scores, y, mask)
+            if t.kind == "regression" and t.interval is not None and bool(mask.any()):
+                from ..calibration import coverage
+
+                true = (y[mask][:, 0] * t.std + t.mean).tolist()
+                metrics[t.name]["interval_coverage"] = coverage(scores[mask][:, 0].tolist(), true, t.interval)
         if fmt == "json":
             out = {
                 "schema_version": SCHEMA_VERSION,

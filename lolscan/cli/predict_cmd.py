@@ -166,6 +166,7 @@ def predict(
         opts = ScoreOptions(batch_size=batch_size, workers=workers, allow_pickle=allow_pickle, processes=n_procs,
                             source_options=source_options(offline, civitai_token, hf_token))
         new_rows: dict[str, dict[str, Any]] = {}
+        out_of_domain: list[str] = []
         # Streaming JSONL to stdout with no single-shot file keeps only what the exit code needs.
         keep_rows = fmt != "jsonl" or out_fmt not in (None, "jsonl")
         live_stdout = fmt == "jsonl"
@@ -182,6 +183,8 @@ def predict(
                     }
                     if row["status"] != "ok":
                         bar.console.print(f"[bold red]error:[/] {row['source']}: {row['error']}", highlight=False, soft_wrap=True)
+                    elif (row.get("domain") or {}).get("in_domain") is False:
+                        out_of_domain.append(row["source"])
                     if stream is not None:
                         stream.write(jsonl_line(row))
                         stream.flush()
@@ -209,6 +212,11 @@ def predict(
         if out_fmt not in (None, "jsonl"):
             assert output is not None
             atomic_write(output, render(out_fmt, rows, info, gates, ckpt.targets))
+        if out_of_domain:
+            err_console.print(
+                f"[yellow]warning:[/] {len(out_of_domain)} adapter(s) are unlike this checkpoint's training adapters "
+                f"(e.g. {out_of_domain[0]}): their predictions are extrapolations; see the 'domain' column",
+                highlight=False, soft_wrap=True)
         s = summary(rows)
         failed_gates = s["gate_failures"]
         err_console.print(

@@ -13,7 +13,7 @@ transposing copy of the input. Shapes and indexing are unaffected.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
 import torch
@@ -49,6 +49,9 @@ class FactorBatch:
     spec: LayerSpec
     groups: list[FactorGroup]
     sources: list[str]
+    # Per-adapter tensors ``[B, ...]`` derived from the factors once (e.g. GL-net's spectral
+    # invariants during training); `select` slices them along with the factors, `to` moves them.
+    cache: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def batch_size(self) -> int:
@@ -90,7 +93,8 @@ class FactorBatch:
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> FactorBatch:
         # Tensor.to keeps the strides (preserve_format), so the batch-inner layout survives.
         groups = [replace(g, U=g.U.to(device=device, dtype=dtype), V=g.V.to(device=device, dtype=dtype)) for g in self.groups]
-        return FactorBatch(self.spec, groups, list(self.sources))
+        cache = {k: v.to(device=device, dtype=dtype if v.is_floating_point() else None) for k, v in self.cache.items()}
+        return FactorBatch(self.spec, groups, list(self.sources), cache)
 
     def select(self, rows: Sequence[int] | slice) -> FactorBatch:
         """A sub-batch (e.g. a minibatch for training); tensors are views/gathers, no re-collation."""
@@ -103,7 +107,8 @@ class FactorBatch:
         for g in self.groups:
             td = t.to(g.U.device)
             groups.append(replace(g, U=_take_rows(g.U, td), V=_take_rows(g.V, td), ranks=g.ranks.index_select(0, t)))
-        return FactorBatch(self.spec, groups, [self.sources[i] for i in idx])
+        cache = {k: v.index_select(0, t.to(v.device)) for k, v in self.cache.items()}
+        return FactorBatch(self.spec, groups, [self.sources[i] for i in idx], cache)
 
 
 @lru_cache(maxsize=512)

@@ -13,12 +13,13 @@ from .batch import FactorBatch, collate
 from .spec import LayerSpec
 
 
-def make_mlp(in_dim: int, out_dim: int, hidden: int, layers: int, dropout: float = 0.0) -> nn.Sequential:
-    """``layers`` hidden layers of width ``hidden`` (GELU), then a linear map; ``layers=0`` is linear."""
+def make_mlp(in_dim: int, out_dim: int, hidden: int, layers: int, dropout: float = 0.0, *, norm: bool = False) -> nn.Sequential:
+    """``layers`` hidden layers of width ``hidden`` (GELU; with ``norm`` a LayerNorm before each
+    GELU, as the paper's invariant head), then a linear map; ``layers=0`` is linear."""
     mods: list[nn.Module] = []
     width = in_dim
     for _ in range(layers):
-        mods += [nn.Linear(width, hidden), nn.GELU()]
+        mods += [nn.Linear(width, hidden), *([nn.LayerNorm(hidden)] if norm else []), nn.GELU()]
         if dropout:
             mods.append(nn.Dropout(dropout))
         width = hidden

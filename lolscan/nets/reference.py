@@ -64,4 +64,15 @@ def glnet_loop_forward(model: GLNet, inputs: LayerInputs) -> torch.Tensor:
         feats.append(model.squash_invariants(u @ v.transpose(-1, -2)))
     x = torch.stack(feats, dim=1)  # [B, L, d, d]
     x = x.flatten(1) if model.pool == "concat" else x.mean(1).flatten(1)
+    if model.spectral:
+        # singular values and norms of the dense ΔW = U Vᵀ (the model uses r×r cores instead)
+        spec = []
+        for i, (U, V) in enumerate(inputs):
+            dw = U @ V.transpose(-1, -2)
+            sv = torch.linalg.svdvals(dw)[..., : model.spectral]
+            sv = torch.nn.functional.pad(sv, (0, model.spectral - sv.shape[-1]))
+            ref = model.spec_ref[i]
+            spec.append(sv / ref)
+        z = (torch.cat(spec, dim=-1) - model.spec_mean) / model.spec_std
+        x = torch.cat([x * model.prod_gate, z.to(x.dtype)], dim=1)
     return model.head(x)
