@@ -39,9 +39,9 @@ def ckpt_copy(trained, tmp_path):
     return dest
 
 
-def test_folder_holds_safetensors_card_and_plot_only(trained):
+def test_folder_holds_safetensors_card_domain_and_plot_only(trained):
     _, _, path = trained
-    assert sorted(p.name for p in path.iterdir()) == ["card.json", "model.safetensors", "pred_vs_true.png"]
+    assert sorted(p.name for p in path.iterdir()) == ["card.json", "domain.safetensors", "model.safetensors", "pred_vs_true.png"]
     assert not list(path.parent.glob(".*"))  # no temporary folders left behind
 
 

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # The whole Qwen2.5-Coder-1.5B lease after the model has arrived, run detached by qwen_start.sh in a copy of
-# the repo. From the start, on 10 CPU cores: the synthetic invariant suite (bench/invariants.py, every
+# the repo. From the start, on 8 CPU cores: the synthetic invariant suite (bench/invariants.py, every
 # architecture, 5 seeds, 200/1,000/100 training adapters) into $O/suite.json.gz. Meanwhile: rebuild and check
 # the GGUF, convert it, build the 2,000-LoRA zoo (at training cost from the committed manifest
 # bench/results/qwen2000d_manifest.jsonl.gz, about 500 s), then GL-net as `lolscan train` now trains it
 # (spectral invariants, the products searched on validation, min 500 / max 2,000 steps, lr cut on plateaus)
-# and MLP+SVD under the same trainer, one model per target, 5 seeds, on the GPU. The five-architecture
+# and MLP+SVD under the same trainer, one model per target, 5 seeds, on the GPU, and the three Qwen checkpoints
+# retrained that way ($O/ck_NAME.tar, brought back by `qwen_poll.sh WAIT fetch`). The five-architecture
 # version of the seventh lease is in `git log`.
 # Everything that comes back is in $P/out (qwen_poll.sh fetch); $P/out/progress says how far it got.
 set -o pipefail
@@ -16,7 +17,7 @@ log() { echo "[$(( $(date +%s) - T0 )) s] $*" | tee -a $O/progress; }
 left_build() { echo $(( ${BUILD_S:-900} - ($(date +%s) - TB) )); }
 G=$P/gguf/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf
 # 0. CPU cores: the invariant suite, all lease long (its JSON is rewritten every 10 runs, fetched by every poll)
-( OMP_NUM_THREADS=1 python3 bench/invariants.py --sizes 200 1000 100 --seeds 5 --workers ${SUITE_WORKERS:-10} \
+( OMP_NUM_THREADS=1 python3 bench/invariants.py --sizes 200 1000 100 --seeds 5 --workers ${SUITE_WORKERS:-8} \
     --json $O/suite.json.gz > $L/suite.log 2>&1; log "invariant suite done (rc $?)" ) &
 mkdir -p $P/gguf && cat $P/part?? | gunzip > $G || { log "FAILED: gunzip"; exit 4; }
 echo "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046  $G" | sha256sum -c || { log "FAILED: sha256"; exit 4; }
@@ -65,7 +66,17 @@ for s in 0 1 2 3 4; do
   ( for t in arc_c_acc val_loss; do gpu glnet-s$s $t --arch glnet --seeds 1 --first-seed $s; done ) &
 done
 ( for t in arc_c_acc val_loss; do gpu mlp-svd $t --arch mlp-svd --seeds 5; done ) &
-log "GL-net (5 processes) and MLP+SVD on the GPU"
+# 3. Checkpoints as `lolscan train` makes them now (default architecture, one per target), side by side.
+ckpt() {  # ckpt NAME TARGET [train options]
+  local n=$1 t=$2; shift 2
+  timeout ${CKPT_S:-700} python3 -m lolscan train $M -t $t --out $O/ck/$n --device cuda --threads 1 --steps 2000 --no-progress \
+    --format json "$@" > $L/train_$n.json 2> $L/train_$n.log
+  log "checkpoint $n (rc $?)"; tar -cf $O/ck_$n.tar -C $O/ck $n 2>/dev/null; }
+Q=qwen2.5-coder-1.5b
+ckpt $Q-arc-c-accuracy arc_c_acc &
+ckpt $Q-val-loss val_loss &
+ckpt $Q-data-sources sources &
+log "GL-net (5 processes), MLP+SVD and 3 checkpoints on the GPU"
 wait_gpu() { while pgrep -f "bench/architectures.py" > /dev/null; do sleep 5; done; }
 wait_gpu
 for t in arc_c_acc val_loss; do
