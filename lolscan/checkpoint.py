@@ -13,18 +13,23 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from .adapter import Adapter
 from .errors import IncompatibleAdapter, InputError, UsageError
 from .targets import Target
+
+if TYPE_CHECKING:  # torch only where a model is built or run: `lolscan models` reads cards without it
+    import torch
+
+    from .adapter import Adapter
 
 CARD_SCHEMA_VERSION = 1
 CARD_NAME = "card.json"
 WEIGHTS_NAME = "model.safetensors"
 PLOT_NAME = "pred_vs_true.png"
+# The names of `lolscan.nets.ARCHITECTURES`, repeated so that reading a card needs no torch (a test
+# keeps the two equal).
+ARCHITECTURES = ("glnet", "mlp", "mlp-oalign", "mlp-svd", "mlp-dense")
 REQUIRED = ("schema_version", "architecture", "hparams", "out_dim", "layer_spec", "targets", "tensors", "lolscan_version")
 
 
@@ -160,8 +165,6 @@ def validate_card(card: Any, path: Path | str) -> None:
     missing = [k for k in REQUIRED if k not in card]
     if missing:
         raise CheckpointError(f"card lacks required field(s): {', '.join(missing)}", path=path)
-    from .nets import ARCHITECTURES
-
     if card["architecture"] not in ARCHITECTURES:
         raise CheckpointError(f"card names unknown architecture {card['architecture']!r}", path=path)
     if not isinstance(card["hparams"], dict):
@@ -233,15 +236,17 @@ class Checkpoint:
         """Refuse an adapter this model cannot read, naming what differs (exit code 4)."""
         check_fits(adapter, self.spec, self.fit_rule())
 
-    @torch.no_grad()
     def scores(self, adapters: list[Adapter] | Any) -> dict[str, torch.Tensor]:
         """Per-target scores (regression values in units, class probabilities) for fitting adapters,
         given as a list or as an already collated `FactorBatch`."""
+        import torch
+
         from .nets import FactorBatch, collate
 
         self.model.eval()
         batch = adapters if isinstance(adapters, FactorBatch) else collate(adapters, self.spec, self.device, dtype=_model_dtype(self.model), check=False)
-        out = self.model(batch).float().cpu()
+        with torch.no_grad():
+            out = self.model(batch).float().cpu()
         return {t.name: t.scores(out) for t in self.targets}
 
     def predict(self, adapters: list[Adapter] | Any) -> list[dict[str, dict[str, Any]]]:
@@ -328,6 +333,8 @@ def _check_declared_base(adapter: Adapter, rule: dict[str, Any]) -> None:
 
 
 def _model_dtype(model: torch.nn.Module) -> torch.dtype:
+    import torch
+
     for p in model.parameters():
         return p.dtype
     return torch.float32

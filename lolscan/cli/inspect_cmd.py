@@ -8,9 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from ..discovery import expand
 from ..errors import EXIT_BAD_INPUT, LolscanError
-from ..inspection import inspect_adapter
 from .app import app
 from .console import console, err_console
 from .options import AllowPickle, CivitaiToken, HfToken, Offline, source_options
@@ -84,6 +82,8 @@ def inspect(
 ) -> None:
     """Show what is inside LoRA adapters: format, base family, ranks, scales, per-module spectra, hashes, metadata."""
     from .. import load
+    from ..discovery import expand  # these import torch: not needed for --help
+    from ..inspection import inspect_adapter
 
     opts = source_options(offline, civitai_token, hf_token)
     reports, errors = [], []
