@@ -39,13 +39,22 @@ class CheckpointError(InputError):
 
 # ---- where checkpoints live -------------------------------------------------------------------
 def bundled_dir() -> Path:
-    """Pretrained checkpoints shipped with the source tree (``models/``), or $LOLSCAN_MODELS_DIR."""
+    """Pretrained checkpoints shipped with lolscan, or $LOLSCAN_MODELS_DIR.
+
+    An installed wheel carries them as package data in ``lolscan/_models`` (setup.py maps the
+    repository's ``models/`` there at build time); a checkout (or an editable install) reads the
+    repository's ``models/`` beside the package.
+    """
     env = os.environ.get("LOLSCAN_MODELS_DIR")
     if env:
         return Path(env).expanduser()
     import lolscan
 
-    return Path(lolscan.__file__).resolve().parent.parent / "models"
+    package = Path(lolscan.__file__).resolve().parent
+    inside = package / "_models"
+    if inside.is_dir():
+        return inside
+    return package.parent / "models"
 
 
 def user_dir() -> Path:
