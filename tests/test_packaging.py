@@ -6,7 +6,6 @@ import shutil
 import subprocess
 import sys
 import zipfile
-from pathlib import Path
 
 import pytest
 
@@ -80,3 +79,19 @@ def test_ci_runs_exactly_the_quickstart_test_command_then_the_wheel_check():
     run = [line for line in ci if line.strip() and not line.startswith("#")]
     assert test_cmd.replace("pip install", "python3 -m pip install -q") in run
     assert run.index(test_cmd.replace("pip install", "python3 -m pip install -q")) < run.index(".ci/wheel-check")
+
+
+def test_base_install_needs_no_peft_and_reading_a_peft_adapter_imports_none():
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    base = [d.split(">")[0].split("<")[0].split("=")[0].strip().lower() for d in project["dependencies"]]
+    assert "peft" not in base and "transformers" not in base
+    assert any(d.startswith("peft") for d in project["optional-dependencies"]["zoo"])
+    assert any(d.startswith("peft") for d in project["optional-dependencies"]["test"])
+    code = ("import sys, lolscan; a = lolscan.load(sys.argv[1]); assert len(a) > 0; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('peft', 'transformers')))")
+    out = subprocess.run([sys.executable, "-c", code, str(REPO / "models" / "examples" / "lora-00553")],
+                         capture_output=True, text=True, cwd=REPO, env={**__import__("os").environ, "PYTHONPATH": str(REPO)})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

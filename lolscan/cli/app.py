@@ -6,7 +6,7 @@ import sys
 import typer
 
 from ..errors import LolscanError
-from .console import err_console
+from .console import print_error
 
 app = typer.Typer(
     name="lolscan",
@@ -51,5 +51,5 @@ def main() -> None:
     try:
         app()
     except LolscanError as exc:  # library errors that escaped a command
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        print_error(exc)
         sys.exit(exc.exit_code)

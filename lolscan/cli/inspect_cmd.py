@@ -10,7 +10,7 @@ from rich.table import Table
 
 from ..errors import EXIT_BAD_INPUT, LolscanError
 from .app import app
-from .console import console, err_console
+from .console import console, print_error
 from .options import AllowPickle, CivitaiToken, HfToken, Offline, source_options
 
 INSPECT_SCHEMA_VERSION = 1
@@ -104,7 +104,7 @@ def inspect(
             if modules >= 0:
                 console.print(_module_table(report, modules))
     for e in errors:
-        err_console.print(f"[bold red]error:[/] {e['error']}", highlight=False, soft_wrap=True)
+        print_error(e['error'])
     if as_json:
         print(json.dumps({"schema_version": INSPECT_SCHEMA_VERSION, "adapters": reports, "errors": errors}, indent=2))
     if errors:

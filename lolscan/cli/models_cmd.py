@@ -13,7 +13,7 @@ from ..checkpoint import Checkpoint, bundled_dir, default_model, list_checkpoint
 from ..errors import LolscanError, UsageError
 from ..metrics import HEADLINE, format_metric
 from .app import app
-from .console import console, err_console
+from .console import console, err_console, print_error
 
 
 @contextmanager
@@ -22,7 +22,7 @@ def cli_errors() -> Iterator[None]:
     try:
         yield
     except LolscanError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        print_error(exc)
         raise typer.Exit(exc.exit_code) from None
 
 

@@ -11,7 +11,7 @@ import typer
 from ..errors import UsageError
 from ..report import apply_gates, atomic_write, check_gates, exit_code, format_from_suffix, jsonl_line, parse_gate, render, render_table, summary
 from .app import app
-from .console import console, err_console
+from .console import console, err_console, print_error
 from .options import AllowPickle, CivitaiToken, HfToken, Offline, source_options
 
 
@@ -218,6 +218,6 @@ def predict(
         )
         code = exit_code(rows)
         if not found:
-            err_console.print("[bold red]error:[/] no adapters to score", highlight=False)
+            print_error("no adapters to score")
             code = 3
     raise typer.Exit(code)
