@@ -14,7 +14,8 @@ from ..metrics import HEADLINE, METRIC_NAMES, format_metric, target_metrics
 from ..report import SCHEMA_VERSION, clean
 from ..targets import Target
 from .app import app
-from .console import console, err_console, print_error
+from .console import console, err_console
+from .plain import PlainCommand, examples
 from .options import AllowPickle, CivitaiToken, HfToken, Offline, source_options
 
 
@@ -62,14 +63,17 @@ def rows_for_split(m: Any, split: str, card: dict[str, Any], path: Path) -> tupl
     return [m.rows[i] for i in idx[split]], f"split {split}, dealt again as train did (seed {card.get('training', {}).get('seed', 0)})"
 
 
-@app.command(name="eval")
+@app.command(name="eval", cls=PlainCommand, epilog=examples(
+    "lolscan eval zoo/manifest.csv --model my-model",
+    "lolscan eval labelled.jsonl --model smollm2-val-loss --split all -f json",
+))
 def eval_(
     manifest: Annotated[Path, typer.Argument(help="CSV or JSONL with a path/uri column and the checkpoint's target columns.")],
-    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Checkpoint: a path, then a user checkpoint name, then a bundled one.")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", metavar="NAME|PATH", help="Checkpoint: a path, then a user checkpoint name, then a bundled one.")] = None,
     split: Annotated[Literal["all", "train", "val", "test"], typer.Option(
         help="Rows to evaluate: the held-out test split by default; all includes the rows the checkpoint was trained on.")] = "test",
     fmt: Annotated[Literal["table", "json"], typer.Option("--format", "-f", help="table or json.")] = "table",
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    device: Annotated[str, typer.Option(metavar="auto|cpu|cuda", help="Where the model runs (auto: a GPU when there is one).")] = "auto",
     batch_size: Annotated[int, typer.Option(help="Adapters per scoring batch.", min=1)] = 32,
     workers: Annotated[int, typer.Option(help="Threads reading files.", min=1)] = 2,
     allow_pickle: AllowPickle = False,
@@ -78,7 +82,7 @@ def eval_(
     hf_token: HfToken = None,
 ) -> None:
     """Report a checkpoint's metrics on a labelled set (every target column the manifest has)."""
-    from .models_cmd import cli_errors, open_model  # lazy: keeps `models` last in the help
+    from .models_cmd import cli_errors, open_model, print_failure  # lazy: keeps `models` last in the help
     from ..discovery import Found
     from ..manifest import read_manifest
     from ..scoring import Scorer, ScoreOptions, auto_processes
@@ -103,7 +107,7 @@ def eval_(
         scored = list(Scorer(ckpt, opts).score([Found(r.source) for r in rows]))
         failures = [s for s in scored if s["status"] != "ok"]
         for s in failures:
-            print_error(f"{s['source']}: {s['error']}")
+            print_failure(s, ckpt.name)
         ok = [(r, s) for r, s in zip(rows, scored) if s["status"] == "ok"]
         metrics: dict[str, dict[str, Any]] = {}
         for t in targets:

@@ -11,6 +11,7 @@ from rich.table import Table
 from ..errors import EXIT_BAD_INPUT, LolscanError
 from .app import app
 from .console import console, print_error
+from .plain import PlainCommand, examples
 from .options import AllowPickle, CivitaiToken, HfToken, Offline, source_options
 
 INSPECT_SCHEMA_VERSION = 1
@@ -70,7 +71,12 @@ def _module_table(r: dict[str, Any], limit: int) -> Table:
     return t
 
 
-@app.command()
+@app.command(cls=PlainCommand, epilog=examples(
+    "lolscan inspect my_lora.safetensors",
+    "lolscan inspect ./peft_adapter/ --modules 0",
+    "lolscan inspect ./loras/ \"more/**/*.safetensors\"",
+    "lolscan inspect ./loras/ --json > report.json",
+))
 def inspect(
     targets: Annotated[list[str], typer.Argument(help="LoRA files, PEFT folders, folders or globs of many, or hf:// / civitai: URIs.")],
     as_json: Annotated[bool, typer.Option("--json", help="Write machine-readable JSON to stdout.")] = False,

@@ -14,9 +14,13 @@ from rich.table import Table
 from ..errors import EXIT_BAD_INPUT, LolscanError, UsageError
 from .app import app
 from .console import console, err_console, print_error
+from .plain import PlainCommand, PlainGroup, examples
 
-zoo_app = typer.Typer(help="Build labeled LoRA zoos (many adapters finetuned at once on one GPU), or a small "
-                      "synthetic one to try `lolscan train` on a CPU.", no_args_is_help=True)
+zoo_app = typer.Typer(cls=PlainGroup, help="Build labeled LoRA zoos (many adapters finetuned at once on one GPU), or a small "
+                      "synthetic one to try `lolscan train` on a CPU.", no_args_is_help=True,
+                      epilog=examples("lolscan zoo synth toy",
+                                      "lolscan zoo build recipes/smollm2-135m-kv-r4.toml zoo/ --device cuda",
+                                      "lolscan zoo summary zoo/"))
 app.add_typer(zoo_app, name="zoo")
 
 # What `zoo build` / `zoo convert-base` import, and how to get it.
@@ -87,11 +91,15 @@ def _remove_if_empty(folder: Path) -> None:
         folder.rmdir()
 
 
-@zoo_app.command("build")
+@zoo_app.command("build", cls=PlainCommand, epilog=examples(
+    "lolscan zoo build recipes/smollm2-135m-kv-r4.toml zoo/ --device cuda",
+    "lolscan zoo build RECIPE zoo/ --device cuda --max-minutes 50   (run it again to resume)",
+    "lolscan zoo build RECIPE zoo2/ --labels-from zoo/manifest.jsonl --device cuda",
+))
 def build_cmd(
     recipe: Annotated[Path, typer.Argument(help="Recipe TOML (see recipes/).")],
     out: Annotated[Path, typer.Argument(help="Output folder; an existing one is resumed.")],
-    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1 …")] = "cpu",
+    device: Annotated[str, typer.Option(metavar="DEVICE", help="cpu, cuda, cuda:1 …")] = "cpu",
     dtype: Annotated[Optional[str], typer.Option(help="Base model dtype (default: the recipe's).")] = None,
     base_path: Annotated[Optional[str], typer.Option(help="Folder of the base model, overriding the recipe.")] = None,
     data_root: Annotated[Optional[str], typer.Option(help="Folder the recipe's data paths are relative to.")] = None,
@@ -145,7 +153,10 @@ def build_cmd(
                           highlight=False)
 
 
-@zoo_app.command("convert-base")
+@zoo_app.command("convert-base", cls=PlainCommand, epilog=examples(
+    "lolscan zoo convert-base recipes/qwen2.5-coder-1.5b-kv-r4-lite.toml qwen-base/",
+    "lolscan zoo build recipes/qwen2.5-coder-1.5b-kv-r4-lite.toml zoo/ --base-path qwen-base/ --device cuda",
+))
 def convert_base_cmd(
     recipe: Annotated[Path, typer.Argument(help="Recipe TOML whose [base] names a GGUF model.")],
     out: Annotated[Path, typer.Argument(help="Folder for the converted model (safetensors + tokenizer).")],
@@ -180,7 +191,10 @@ def convert_base_cmd(
     err_console.print(f"{out}: {n / 1e9:.2f}B parameters in {time.monotonic() - t0:.0f}s", highlight=False)
 
 
-@zoo_app.command("summary")
+@zoo_app.command("summary", cls=PlainCommand, epilog=examples(
+    "lolscan zoo summary zoo/",
+    "lolscan zoo summary zoo/manifest.jsonl --json",
+))
 def summary_cmd(
     zoo: Annotated[Path, typer.Argument(help="A zoo folder (or its manifest.jsonl).")],
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
@@ -215,7 +229,11 @@ def summary_cmd(
     console.print(t)
 
 
-@zoo_app.command("synth")
+@zoo_app.command("synth", cls=PlainCommand, epilog=examples(
+    "lolscan zoo synth toy",
+    "lolscan zoo synth toy -n 400 --seed 1",
+    "lolscan train toy/manifest.csv -t score -t big --out my-model --device cpu",
+))
 def synth_cmd(
     out: Annotated[Path, typer.Argument(help="Folder to create (must not exist, or be empty).")],
     n: Annotated[int, typer.Option("--adapters", "-n", help="How many adapters.", min=8)] = 200,
