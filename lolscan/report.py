@@ -25,8 +25,9 @@ from .errors import EXIT_BAD_INPUT, EXIT_GATE_FAILED, EXIT_INCOMPATIBLE, EXIT_OK
 from .targets import Target
 
 SCHEMA_VERSION = 1
-FORMATS = ("table", "json", "jsonl", "csv", "markdown", "junit")
-_SUFFIX_FORMATS = {".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".md": "markdown", ".xml": "junit"}
+FORMATS = ("table", "json", "jsonl", "csv", "markdown", "junit", "sarif")
+_SUFFIX_FORMATS = {".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".md": "markdown", ".xml": "junit",
+                   ".sarif": "sarif"}
 
 
 # ---- gates ------------------------------------------------------------------------------------
@@ -175,6 +176,8 @@ def render(fmt: str, rows: Sequence[dict[str, Any]], model: dict[str, Any], gate
         return render_markdown(rows, targets)
     if fmt == "junit":
         return render_junit(rows, model, gates)
+    if fmt == "sarif":
+        return render_sarif(rows, model, gates)
     raise UsageError(f"unknown format {fmt!r} (expected one of {', '.join(FORMATS)})")
 
 
@@ -329,6 +332,70 @@ def render_junit(rows: Sequence[dict[str, Any]], model: dict[str, Any], gates: S
     root.append(suite)
     ET.indent(root)
     return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
+
+
+SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
+SARIF_RULES = {
+    "lolscan/gate-failed": ("A prediction is outside a CI gate", "error",
+                            "lolscan predict --fail-under/--fail-over: the checkpoint predicts a value beyond the bound."),
+    "lolscan/does-not-fit": ("The adapter does not fit the checkpoint", "error",
+                             "The adapter's modules or shapes are not those of the checkpoint's base model, so it cannot be scored."),
+    "lolscan/unreadable": ("The adapter file cannot be read", "error",
+                           "The file is missing, damaged, or of a kind lolscan refuses (a pickle without --allow-pickle)."),
+}
+
+
+def _sarif_location(source: str) -> dict[str, Any]:
+    """A repository-relative file for code scanning: a PEFT folder is its adapter_config.json."""
+    p = Path(source)
+    if "://" in source or source.startswith(("civitai:", "urn:")) or not p.exists():
+        uri = source if "://" in source or not p.is_absolute() else p.as_uri()
+    else:
+        if p.is_dir() and (p / "adapter_config.json").is_file():
+            p = p / "adapter_config.json"
+        try:
+            uri = p.resolve().relative_to(Path.cwd().resolve()).as_posix()
+        except ValueError:
+            uri = p.resolve().as_uri()
+    return {"physicalLocation": {"artifactLocation": {"uri": uri}}}
+
+
+def render_sarif(rows: Sequence[dict[str, Any]], model: dict[str, Any], gates: Sequence[Gate]) -> str:
+    """SARIF 2.1.0 for GitHub code scanning: one result per failed gate, unreadable adapter or adapter that
+    does not fit (adapters that pass are not alerts; their predictions are in each result's properties)."""
+    from . import __version__
+
+    name = model.get("name", "model")
+    results: list[dict[str, Any]] = []
+
+    def add(rule: str, text: str, r: dict[str, Any], **props: Any) -> None:
+        results.append({"ruleId": rule, "ruleIndex": list(SARIF_RULES).index(rule), "level": SARIF_RULES[rule][1],
+                        "message": {"text": text}, "locations": [_sarif_location(r["source"])],
+                        "properties": {"checkpoint": name, **props}})
+
+    for r in rows:
+        if r.get("status") == "incompatible":
+            add("lolscan/does-not-fit", f"{r['source']} does not fit checkpoint {name}: {r.get('error') or ''}", r)
+        elif r.get("status") != "ok":
+            add("lolscan/unreadable", f"{r['source']}: {r.get('error') or r.get('status')}", r)
+        for g in r.get("gates") or ():
+            if not g["passed"]:
+                rel = "below" if g["op"] == "under" else "above"
+                add("lolscan/gate-failed", f"{g['target']} predicted {g['value']:.6g} by {name}, {rel} the gate {g['gate']}",
+                    r, gate=g["gate"], value=g["value"], bound=g["bound"], predictions=r.get("predictions"))
+    rules = [{"id": rid, "name": rid.split("/")[1], "shortDescription": {"text": short}, "fullDescription": {"text": full},
+              "defaultConfiguration": {"level": level}} for rid, (short, level, full) in SARIF_RULES.items()]
+    sarif = {
+        "version": "2.1.0",
+        "$schema": SARIF_SCHEMA,
+        "runs": [{
+            "tool": {"driver": {"name": "lolscan", "version": __version__, "informationUri": "https://pypi.org/project/lolscan/",
+                                "rules": rules}},
+            "results": results,
+            "properties": {"checkpoint": model, "gates": [g.text for g in gates], "summary": summary(rows)},
+        }],
+    }
+    return json.dumps(clean(sarif), indent=2, default=_json_default) + "\n"
 
 
 def render_table(console: Any, rows: Sequence[dict[str, Any]], targets: Sequence[Target], title: str = "",

@@ -94,13 +94,14 @@ def early_readers(procs: str, targets: list[str]) -> Any:
     "lolscan predict models/examples --model smollm2-data-sources",
     "lolscan predict ./loras/ -f jsonl -o results.jsonl --resume",
     "lolscan predict adapters/ --fail-over val_loss=2.5 -f junit -o lolscan.xml",
+    "lolscan predict adapters/ --fail-over val_loss=2.5 -o lolscan.sarif",
     "lolscan predict hf://owner/repo --offline",
 ))
 def predict(
     targets: Annotated[list[str], typer.Argument(help="LoRA files, PEFT folders, folders or globs of many, or hf:// / civitai: URIs.")],
     model: Annotated[Optional[str], typer.Option("--model", "-m", metavar="NAME|PATH", help="Checkpoint: a path, then a user checkpoint name, then a bundled one.")] = None,
-    fmt: Annotated[Literal["table", "json", "jsonl", "csv", "markdown", "junit"], typer.Option("--format", "-f", help="Report on stdout.")] = "table",
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", metavar="FILE", help="Also write results here: .jsonl is appended as it goes; .json/.csv/.md/.xml are written once at the end.")] = None,
+    fmt: Annotated[Literal["table", "json", "jsonl", "csv", "markdown", "junit", "sarif"], typer.Option("--format", "-f", help="Report on stdout (sarif: for GitHub code scanning).")] = "table",
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", metavar="FILE", help="Also write results here: .jsonl is appended as it goes; .json/.csv/.md/.xml/.sarif are written once at the end.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Skip adapters already scored in the --output JSONL.")] = False,
     fail_under: Annotated[list[str], typer.Option("--fail-under", metavar="TARGET=VALUE", help="Gate TARGET=VALUE (or TARGET:LABEL=VALUE): fail when the prediction is below VALUE (equal passes).")] = [],
     fail_over: Annotated[list[str], typer.Option("--fail-over", metavar="TARGET=VALUE", help="Gate TARGET=VALUE: fail when the prediction is above VALUE (equal passes).")] = [],
@@ -130,7 +131,7 @@ def predict(
     if output is not None:
         out_fmt = format_from_suffix(output)
         if out_fmt is None:
-            raise typer.BadParameter(f"{output}: use a .jsonl, .json, .csv, .md or .xml file name", param_hint="--output")
+            raise typer.BadParameter(f"{output}: use a .jsonl, .json, .csv, .md, .xml or .sarif file name", param_hint="--output")
     if resume and out_fmt != "jsonl":
         raise typer.BadParameter("--resume needs --output FILE.jsonl", param_hint="--resume")
     if procs != "auto" and not (procs.isdigit()):
