@@ -13,18 +13,23 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from .adapter import Adapter
 from .errors import IncompatibleAdapter, InputError, UsageError
 from .targets import Target
+
+if TYPE_CHECKING:  # torch only where a model is built or run: `lolscan models` reads cards without it
+    import torch
+
+    from .adapter import Adapter
 
 CARD_SCHEMA_VERSION = 1
 CARD_NAME = "card.json"
 WEIGHTS_NAME = "model.safetensors"
 PLOT_NAME = "pred_vs_true.png"
+# The names of `lolscan.nets.ARCHITECTURES`, repeated so that reading a card needs no torch (a test
+# keeps the two equal).
+ARCHITECTURES = ("glnet", "mlp", "mlp-oalign", "mlp-svd", "mlp-dense")
 REQUIRED = ("schema_version", "architecture", "hparams", "out_dim", "layer_spec", "targets", "tensors", "lolscan_version")
 
 
@@ -34,13 +39,22 @@ class CheckpointError(InputError):
 
 # ---- where checkpoints live -------------------------------------------------------------------
 def bundled_dir() -> Path:
-    """Pretrained checkpoints shipped with the source tree (``models/``), or $LOLSCAN_MODELS_DIR."""
+    """Pretrained checkpoints shipped with lolscan, or $LOLSCAN_MODELS_DIR.
+
+    An installed wheel carries them as package data in ``lolscan/_models`` (setup.py maps the
+    repository's ``models/`` there at build time); a checkout (or an editable install) reads the
+    repository's ``models/`` beside the package.
+    """
     env = os.environ.get("LOLSCAN_MODELS_DIR")
     if env:
         return Path(env).expanduser()
     import lolscan
 
-    return Path(lolscan.__file__).resolve().parent.parent / "models"
+    package = Path(lolscan.__file__).resolve().parent
+    inside = package / "_models"
+    if inside.is_dir():
+        return inside
+    return package.parent / "models"
 
 
 def user_dir() -> Path:
@@ -160,8 +174,6 @@ def validate_card(card: Any, path: Path | str) -> None:
     missing = [k for k in REQUIRED if k not in card]
     if missing:
         raise CheckpointError(f"card lacks required field(s): {', '.join(missing)}", path=path)
-    from .nets import ARCHITECTURES
-
     if card["architecture"] not in ARCHITECTURES:
         raise CheckpointError(f"card names unknown architecture {card['architecture']!r}", path=path)
     if not isinstance(card["hparams"], dict):
@@ -233,15 +245,17 @@ class Checkpoint:
         """Refuse an adapter this model cannot read, naming what differs (exit code 4)."""
         check_fits(adapter, self.spec, self.fit_rule())
 
-    @torch.no_grad()
     def scores(self, adapters: list[Adapter] | Any) -> dict[str, torch.Tensor]:
         """Per-target scores (regression values in units, class probabilities) for fitting adapters,
         given as a list or as an already collated `FactorBatch`."""
+        import torch
+
         from .nets import FactorBatch, collate
 
         self.model.eval()
         batch = adapters if isinstance(adapters, FactorBatch) else collate(adapters, self.spec, self.device, dtype=_model_dtype(self.model), check=False)
-        out = self.model(batch).float().cpu()
+        with torch.no_grad():
+            out = self.model(batch).float().cpu()
         return {t.name: t.scores(out) for t in self.targets}
 
     @property
@@ -249,10 +263,9 @@ class Checkpoint:
         """The card's `lolscan.calibration.Domain` (None for checkpoints trained before it existed)."""
         return self.extra.get("domain")
 
-    @torch.no_grad()
     def domain_rows(self, adapters: list[Adapter] | Any) -> list[dict[str, Any]] | None:
         """Per adapter ``{"score", "in_domain"}`` (None when the checkpoint has no domain reference)."""
-        from .calibration import spectra
+        from .calibration import spectra  # computes without autograd
         from .nets import FactorBatch, collate
 
         dom = self.domain
@@ -346,6 +359,8 @@ def _check_declared_base(adapter: Adapter, rule: dict[str, Any]) -> None:
 
 
 def _model_dtype(model: torch.nn.Module) -> torch.dtype:
+    import torch
+
     for p in model.parameters():
         return p.dtype
     return torch.float32

@@ -6,11 +6,12 @@ ROC AUC (multiclass: macro one-vs-rest). Multilabel: mean per-label accuracy and
 from __future__ import annotations
 
 import math
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from .targets import Target
+
+if TYPE_CHECKING:  # imported where used, so tables of metric names need no torch
+    import torch
 
 # The columns a comparison table shows per kind, in order.
 HEADLINE = {
@@ -24,10 +25,14 @@ HIGHER_IS_BETTER = {"mse": False, "r2": True, "kendall_tau": True, "accuracy": T
 
 
 def mse(pred: torch.Tensor, true: torch.Tensor) -> float:
+    import torch
+
     return float(torch.mean((pred.double() - true.double()) ** 2))
 
 
 def r2(pred: torch.Tensor, true: torch.Tensor) -> float:
+    import torch
+
     t = true.double()
     ss_tot = float(torch.sum((t - t.mean()) ** 2))
     ss_res = float(torch.sum((pred.double() - t) ** 2))
@@ -38,6 +43,8 @@ def r2(pred: torch.Tensor, true: torch.Tensor) -> float:
 
 def kendall_tau(x: torch.Tensor, y: torch.Tensor) -> float:
     """Kendall τ-b (tie-corrected), O(N²) memory-light loop over rows; fine for test splits."""
+    import torch
+
     x, y = x.double().flatten(), y.double().flatten()
     n = x.numel()
     if n < 2:
@@ -57,6 +64,8 @@ def kendall_tau(x: torch.Tensor, y: torch.Tensor) -> float:
 
 def auc(scores: torch.Tensor, labels: torch.Tensor) -> float:
     """ROC AUC = P(score of a random positive > score of a random negative), ties count ½."""
+    import torch
+
     s, y = scores.double().flatten(), labels.flatten() > 0.5
     pos, neg = s[y], s[~y]
     if pos.numel() == 0 or neg.numel() == 0:

@@ -29,8 +29,9 @@ from .errors import EXIT_BAD_INPUT, EXIT_GATE_FAILED, EXIT_INCOMPATIBLE, EXIT_OK
 from .targets import Target
 
 SCHEMA_VERSION = 1
-FORMATS = ("table", "json", "jsonl", "csv", "markdown", "junit")
-_SUFFIX_FORMATS = {".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".md": "markdown", ".xml": "junit"}
+FORMATS = ("table", "json", "jsonl", "csv", "markdown", "junit", "sarif")
+_SUFFIX_FORMATS = {".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".md": "markdown", ".xml": "junit",
+                   ".sarif": "sarif"}
 
 
 # ---- gates ------------------------------------------------------------------------------------
@@ -189,6 +190,8 @@ def render(fmt: str, rows: Sequence[dict[str, Any]], model: dict[str, Any], gate
         return render_markdown(rows, targets)
     if fmt == "junit":
         return render_junit(rows, model, gates)
+    if fmt == "sarif":
+        return render_sarif(rows, model, gates)
     raise UsageError(f"unknown format {fmt!r} (expected one of {', '.join(FORMATS)})")
 
 
@@ -211,34 +214,53 @@ def jsonl_line(row: dict[str, Any]) -> str:
     return json.dumps(clean({"schema_version": SCHEMA_VERSION, **row}), default=_json_default) + "\n"
 
 
-def _flat(rows: Sequence[dict[str, Any]], targets: Sequence[Target]) -> tuple[list[str], list[list[str]]]:
+TOP_PROBABILITIES = 3  # multilabel cells of the human tables: the most likely labels with their probabilities
+
+
+def prediction_cell(target: Target, pred: dict[str, Any] | None) -> str:
+    """One target's prediction as a person reads it. Multilabel: the top labels by probability
+    ("sciq 0.51, arc_easy 0.49, mmlu_math 0.47, …"), not only the set above 0.5, so a prediction
+    where every label sits near 0.5 reads as the coin toss it is."""
+    if not pred:
+        return ""
+    probs = pred.get("probabilities")
+    if target.kind == "multilabel" and isinstance(probs, dict) and probs:
+        top = sorted(probs.items(), key=lambda kv: -kv[1])
+        shown = ", ".join(f"{label} {p:.2f}" for label, p in top[:TOP_PROBABILITIES])
+        return shown + (", …" if len(top) > TOP_PROBABILITIES else "")
+    return fmt_prediction(pred)
+
+
+def _target_columns(t: Target, has_truth: bool) -> list[tuple[str, Any]]:
+    """The columns one target adds to the human tables: (header, cell of a row). Columns that need more
+    than the prediction (an interval, an in-domain flag) are added here, next to the prediction."""
+    cols: list[tuple[str, Any]] = [(t.name + (f" [{t.units}]" if t.units else ""),
+                                    lambda r: prediction_cell(t, (r.get("predictions") or {}).get(t.name)))]
+    if has_truth:
+        cols.append((f"{t.name} (true)", lambda r: fmt_value((r.get("truth") or {}).get(t.name))))
+    return cols
+
+
+def _flat(rows: Sequence[dict[str, Any]], targets: Sequence[Target], *, errors: bool = True) -> tuple[list[str], list[list[str]]]:
+    """Header and cells of the human tables (the terminal table and markdown): every row is rendered here.
+    ``errors=False`` leaves out the error column (the terminal prints each error once, on stderr)."""
     has_truth = any(r.get("truth") for r in rows)
     gate_names = list(dict.fromkeys(g["gate"] for r in rows for g in r.get("gates") or ()))
-    header = ["adapter", "status"]
+    columns: list[tuple[str, Any]] = [("adapter", lambda r: r["source"]), ("status", lambda r: r.get("status", ""))]
     for t in targets:
-        header.append(t.name + (f" [{t.units}]" if t.units else ""))
-        if has_truth:
-            header.append(f"{t.name} (true)")
-    has_domain = any(r.get("domain") for r in rows)
-    if has_domain:
-        header.append("domain")
-    header += gate_names + ["error"]
-    body = []
-    for r in rows:
-        line = [r["source"], r.get("status", "")]
-        for t in targets:
-            line.append(fmt_prediction((r.get("predictions") or {}).get(t.name)))
-            if has_truth:
-                line.append(fmt_value((r.get("truth") or {}).get(t.name)))
-        if has_domain:
-            line.append(fmt_domain(r.get("domain")))
-        by_gate = {g["gate"]: g for g in r.get("gates") or ()}
-        for name in gate_names:
-            g = by_gate.get(name)
-            line.append("" if g is None else ("pass" if g["passed"] else f"FAIL ({g['value']:.4g})"))
-        line.append(r.get("error") or "")
-        body.append(line)
-    return header, body
+        columns += _target_columns(t, has_truth)
+    if any(r.get("domain") for r in rows):  # the checkpoint has an in-domain reference
+        columns.append(("domain", lambda r: fmt_domain(r.get("domain"))))
+    for name in gate_names:
+        columns.append((name, lambda r, name=name: _gate_cell(r, name)))
+    if errors:
+        columns.append(("error", lambda r: r.get("error") or ""))
+    return [h for h, _ in columns], [[cell(r) for _, cell in columns] for r in rows]
+
+
+def _gate_cell(r: dict[str, Any], name: str) -> str:
+    g = next((g for g in r.get("gates") or () if g["gate"] == name), None)
+    return "" if g is None else ("pass" if g["passed"] else f"FAIL ({g['value']:.4g})")
 
 
 def render_csv(rows: Sequence[dict[str, Any]], targets: Sequence[Target]) -> str:
@@ -342,15 +364,84 @@ def render_junit(rows: Sequence[dict[str, Any]], model: dict[str, Any], gates: S
     return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
 
 
-def render_table(console: Any, rows: Sequence[dict[str, Any]], targets: Sequence[Target], title: str = "") -> None:
+SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
+SARIF_RULES = {
+    "lolscan/gate-failed": ("A prediction is outside a CI gate", "error",
+                            "lolscan predict --fail-under/--fail-over: the checkpoint predicts a value beyond the bound."),
+    "lolscan/does-not-fit": ("The adapter does not fit the checkpoint", "error",
+                             "The adapter's modules or shapes are not those of the checkpoint's base model, so it cannot be scored."),
+    "lolscan/unreadable": ("The adapter file cannot be read", "error",
+                           "The file is missing, damaged, or of a kind lolscan refuses (a pickle without --allow-pickle)."),
+}
+
+
+def _sarif_location(source: str) -> dict[str, Any]:
+    """A repository-relative file for code scanning: a PEFT folder is its adapter_config.json."""
+    p = Path(source)
+    if "://" in source or source.startswith(("civitai:", "urn:")) or not p.exists():
+        uri = source if "://" in source or not p.is_absolute() else p.as_uri()
+    else:
+        if p.is_dir() and (p / "adapter_config.json").is_file():
+            p = p / "adapter_config.json"
+        try:
+            uri = p.resolve().relative_to(Path.cwd().resolve()).as_posix()
+        except ValueError:
+            uri = p.resolve().as_uri()
+    return {"physicalLocation": {"artifactLocation": {"uri": uri}}}
+
+
+def render_sarif(rows: Sequence[dict[str, Any]], model: dict[str, Any], gates: Sequence[Gate]) -> str:
+    """SARIF 2.1.0 for GitHub code scanning: one result per failed gate, unreadable adapter or adapter that
+    does not fit (adapters that pass are not alerts; their predictions are in each result's properties)."""
+    from . import __version__
+
+    name = model.get("name", "model")
+    results: list[dict[str, Any]] = []
+
+    def add(rule: str, text: str, r: dict[str, Any], **props: Any) -> None:
+        results.append({"ruleId": rule, "ruleIndex": list(SARIF_RULES).index(rule), "level": SARIF_RULES[rule][1],
+                        "message": {"text": text}, "locations": [_sarif_location(r["source"])],
+                        "properties": {"checkpoint": name, **props}})
+
+    for r in rows:
+        if r.get("status") == "incompatible":
+            add("lolscan/does-not-fit", f"{r['source']} does not fit checkpoint {name}: {r.get('error') or ''}", r)
+        elif r.get("status") != "ok":
+            add("lolscan/unreadable", f"{r['source']}: {r.get('error') or r.get('status')}", r)
+        for g in r.get("gates") or ():
+            if not g["passed"]:
+                rel = "below" if g["op"] == "under" else "above"
+                add("lolscan/gate-failed", f"{g['target']} predicted {g['value']:.6g} by {name}, {rel} the gate {g['gate']}",
+                    r, gate=g["gate"], value=g["value"], bound=g["bound"], predictions=r.get("predictions"))
+    rules = [{"id": rid, "name": rid.split("/")[1], "shortDescription": {"text": short}, "fullDescription": {"text": full},
+              "defaultConfiguration": {"level": level}} for rid, (short, level, full) in SARIF_RULES.items()]
+    sarif = {
+        "version": "2.1.0",
+        "$schema": SARIF_SCHEMA,
+        "runs": [{
+            "tool": {"driver": {"name": "lolscan", "version": __version__, "informationUri": "https://pypi.org/project/lolscan/",
+                                "rules": rules}},
+            "results": results,
+            "properties": {"checkpoint": model, "gates": [g.text for g in gates], "summary": summary(rows)},
+        }],
+    }
+    return json.dumps(clean(sarif), indent=2, default=_json_default) + "\n"
+
+
+def render_table(console: Any, rows: Sequence[dict[str, Any]], targets: Sequence[Target], title: str = "",
+                 caption: str = "") -> None:
+    """The terminal table. Errors are not repeated here: `predict` prints each one once on stderr."""
+    from rich.markup import escape
     from rich.table import Table
 
-    header, body = _flat(rows, targets)
-    table = Table(title=title or None, show_lines=False)
+    header, body = _flat(rows, targets, errors=False)
+    table = Table(title=escape(title) if title else None, caption=escape(caption) if caption else None,
+                  caption_justify="left", show_lines=False)
     for h in header:
-        table.add_column(h, overflow="fold", style="red" if h == "error" else None)
+        table.add_column(escape(h), overflow="fold")
     for line in body:
-        styled = [f"[bold red]{c}[/]" if c.startswith("FAIL") else c for c in line]
+        styled = [f"[bold red]{escape(c)}[/]" if c.startswith("FAIL") or c in ("incompatible", "error") else escape(c)
+                  for c in line]
         table.add_row(*styled)
     console.print(table)
 

@@ -10,12 +10,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
-
-import torch
-import torch.nn.functional as F
+from typing import TYPE_CHECKING, Any
 
 from .errors import UsageError
+
+if TYPE_CHECKING:  # torch is imported where it is used: `lolscan --help`, `models` start without it
+    import torch
 
 KINDS = ("regression", "binary", "multiclass", "multilabel")
 MAX_CLASSES = 50  # more distinct strings than this is not inferred as multiclass
@@ -62,6 +62,8 @@ class Target:
 
         Regression values are standardised with this target's mean/std.
         """
+        import torch
+
         n = len(values)
         y = torch.zeros(n, 1 if self.kind == "multiclass" else self.width)  # multiclass: the class index
         mask = torch.zeros(n, dtype=torch.bool)
@@ -126,6 +128,8 @@ class Target:
     # ---- training -------------------------------------------------------------------------
     def loss(self, out: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Mean loss over the rows where this target is labelled (0 if none are)."""
+        import torch.nn.functional as F
+
         if not bool(mask.any()):
             return out.sum() * 0.0
         o, t = out[mask][:, self.out_slice], y[mask]
@@ -138,6 +142,8 @@ class Target:
     # ---- prediction -----------------------------------------------------------------------
     def scores(self, out: torch.Tensor) -> torch.Tensor:
         """Model outputs [N, *] -> this target's scores in user units: values or probabilities."""
+        import torch
+
         o = out[:, self.out_slice].float()
         if self.kind == "regression":
             return o * self.std + self.mean

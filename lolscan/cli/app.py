@@ -6,14 +6,29 @@ import sys
 import typer
 
 from ..errors import LolscanError
-from .console import err_console
+from .console import print_error
+from .plain import PlainGroup, examples
+
+EXIT_CODES = """Exit codes:
+
+0  ok
+1  a CI gate failed (predict --fail-under/--fail-over)
+2  usage error (bad option or argument)
+3  unreadable or unsupported input, or a missing optional package
+4  the adapter does not fit the chosen checkpoint"""
 
 app = typer.Typer(
     name="lolscan",
-    help="Score LoRA adapter files with small GL-equivariant metanetworks.",
+    cls=PlainGroup,
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
+    epilog=examples(
+        "lolscan predict adapter.safetensors",
+        "lolscan inspect ./loras/",
+        "lolscan models",
+        "lolscan zoo synth toy && lolscan train toy/manifest.csv -t score --out mine",
+    ) + "\n\n" + EXIT_CODES,
 )
 
 
@@ -29,11 +44,7 @@ def _version(value: bool) -> None:
 def _root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version and exit."),
 ) -> None:
-    """Score LoRA adapter files with small GL-equivariant metanetworks.
-
-    Exit codes: 0 ok, 1 a CI gate failed, 2 usage error, 3 unreadable or unsupported input,
-    4 adapter does not fit the chosen checkpoint.
-    """
+    """Score LoRA adapter files with small GL-equivariant metanetworks."""
 
 
 def _register() -> None:
@@ -49,7 +60,7 @@ def _register() -> None:
 def main() -> None:
     _register()
     try:
-        app()
+        app(prog_name="lolscan")
     except LolscanError as exc:  # library errors that escaped a command
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        print_error(exc)
         sys.exit(exc.exit_code)

@@ -8,11 +8,10 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from ..discovery import expand
 from ..errors import EXIT_BAD_INPUT, LolscanError
-from ..inspection import inspect_adapter
 from .app import app
-from .console import console, err_console
+from .console import console, print_error
+from .plain import PlainCommand, examples
 from .options import AllowPickle, CivitaiToken, HfToken, Offline, source_options
 
 INSPECT_SCHEMA_VERSION = 1
@@ -72,7 +71,12 @@ def _module_table(r: dict[str, Any], limit: int) -> Table:
     return t
 
 
-@app.command()
+@app.command(cls=PlainCommand, epilog=examples(
+    "lolscan inspect my_lora.safetensors",
+    "lolscan inspect ./peft_adapter/ --modules 0",
+    "lolscan inspect ./loras/ \"more/**/*.safetensors\"",
+    "lolscan inspect ./loras/ --json > report.json",
+))
 def inspect(
     targets: Annotated[list[str], typer.Argument(help="LoRA files, PEFT folders, folders or globs of many, or hf:// / civitai: URIs.")],
     as_json: Annotated[bool, typer.Option("--json", help="Write machine-readable JSON to stdout.")] = False,
@@ -84,6 +88,8 @@ def inspect(
 ) -> None:
     """Show what is inside LoRA adapters: format, base family, ranks, scales, per-module spectra, hashes, metadata."""
     from .. import load
+    from ..discovery import expand  # these import torch: not needed for --help
+    from ..inspection import inspect_adapter
 
     opts = source_options(offline, civitai_token, hf_token)
     reports, errors = [], []
@@ -104,7 +110,7 @@ def inspect(
             if modules >= 0:
                 console.print(_module_table(report, modules))
     for e in errors:
-        err_console.print(f"[bold red]error:[/] {e['error']}", highlight=False, soft_wrap=True)
+        print_error(e['error'])
     if as_json:
         print(json.dumps({"schema_version": INSPECT_SCHEMA_VERSION, "adapters": reports, "errors": errors}, indent=2))
     if errors:

@@ -7,13 +7,15 @@ from contextlib import contextmanager
 from typing import Annotated, Any, Literal, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from ..checkpoint import Checkpoint, bundled_dir, default_model, list_checkpoints, load_checkpoint, read_card, resolve, user_dir
 from ..errors import LolscanError, UsageError
 from ..metrics import HEADLINE, format_metric
 from .app import app
-from .console import console, err_console
+from .console import console, err_console, print_error
+from .plain import PlainCommand, examples
 
 
 @contextmanager
@@ -22,7 +24,7 @@ def cli_errors() -> Iterator[None]:
     try:
         yield
     except LolscanError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        print_error(exc)
         raise typer.Exit(exc.exit_code) from None
 
 
@@ -48,7 +50,11 @@ def headline_metrics(targets: list[dict[str, Any]], metrics: dict[str, dict[str,
     return "; ".join(parts)
 
 
-@app.command()
+@app.command(cls=PlainCommand, epilog=examples(
+    "lolscan models",
+    "lolscan models smollm2-val-loss",
+    "lolscan models -f json",
+))
 def models(
     name: Annotated[Optional[str], typer.Argument(help="Show one checkpoint's card instead of the list.")] = None,
     fmt: Annotated[Literal["table", "json"], typer.Option("--format", "-f", help="table or json.")] = "table",
@@ -70,16 +76,97 @@ def models(
             err_console.print(f"no checkpoints in {user_dir()} or {bundled_dir()}; train one with `lolscan train`")
             return
         table = Table(title="lolscan checkpoints")
-        for col in ("name", "origin", "architecture", "task", "base model", "test metrics"):
-            table.add_column(col, overflow="fold")
+        table.add_column("checkpoint", overflow="fold", ratio=3)
+        table.add_column("predicts", overflow="fold", ratio=3)
+        table.add_column("base model", overflow="fold", ratio=3)
+        table.add_column("test metrics", overflow="fold", ratio=2)
         for info in infos:
+            where = f"[dim]{escape(info.get('architecture', '?'))}, {info['origin']}[/]"
             if info.get("error"):
-                table.add_row(info["name"], info["origin"], "", f"[red]{info['error']}[/]", "", "")
+                table.add_row(f"{escape(info['name'])}\n{where}", f"[red]{escape(info['error'])}[/]", "", "")
                 continue
             card_targets = read_card_targets(info)
-            name_cell = info["name"] + (" [green](default)[/]" if info.get("default") else "")
-            table.add_row(name_cell, info["origin"], info["architecture"], info["task"], info["base_model"], headline_metrics(card_targets, info["metrics"]))
+            name_cell = escape(info["name"]) + (" [green](default)[/]" if info.get("default") else "") + "\n" + where
+            table.add_row(name_cell, escape(task_cell(card_targets) or info["task"]), escape(short_base_model(info["base_model"])),
+                          short_metrics(card_targets, info["metrics"]))
         console.print(table)
+
+
+SHORT_METRIC = {"mse": "MSE", "r2": "R²", "kendall_tau": "τ", "accuracy": "acc.", "auc": "AUC", "mean_accuracy": "mean acc."}
+
+
+def abbreviate_labels(labels: list[str], shown: int = 2) -> str:
+    """``12 labels: a, b, c, …`` (a short list whole): one table cell, not twenty lines."""
+    if len(labels) <= shown + 1:
+        return ", ".join(labels)
+    return f"{len(labels)} labels: " + ", ".join(labels[:shown]) + ", …"
+
+
+def task_cell(targets: list[dict[str, Any]]) -> str:
+    parts = []
+    for t in targets:
+        if t["kind"] == "regression":
+            parts.append(f"{t['name']} (regression{', ' + t['units'] if t.get('units') else ''})")
+        else:
+            parts.append(f"{t['name']} ({t['kind']}; {abbreviate_labels(list(t.get('labels') or []))})")
+    return "; ".join(parts)
+
+
+def short_base_model(text: str) -> str:
+    """The model id a guessed family names in parentheses ("llama-style LLM, hidden 576 (org/Model)" → "org/Model")."""
+    if text.endswith(")") and "(" in text:
+        inner = text[text.rindex("(") + 1 : -1]
+        if "/" in inner:
+            return inner
+    return text
+
+
+def short_metrics(targets: list[dict[str, Any]], metrics: dict[str, dict[str, Any]]) -> str:
+    parts = []
+    for t in targets:
+        m = metrics.get(t["name"]) or {}
+        shown = [f"{SHORT_METRIC.get(k, k)} {format_metric(m.get(k))}" for k in HEADLINE.get(t["kind"], ()) if k in m]
+        if shown:
+            parts.append((f"{t['name']}: " if len(targets) > 1 else "") + ", ".join(shown))
+    return "; ".join(parts)
+
+
+def fit_hint(error: str, current: str, _cache: dict[str, str] = {}) -> str:
+    """One line after an adapter that does not fit: what it looks like, and which checkpoints are for
+    that base model (or which base models the installed checkpoints cover)."""
+    import re
+
+    m = re.search(r"the adapter looks like (.*?)\): ", error or "")
+    looks = m.group(1) if m else ""
+    key = f"{current}\0{looks}"
+    if key not in _cache:
+        infos = [i for i in list_checkpoints() if not i.get("error")]
+        ours = short_base_model(looks) if looks else ""
+        same = [i["name"] for i in infos if i["name"] != current and ours and short_base_model(i["base_model"]) == ours]
+        what = f"a LoRA of {ours}" if ours else "this LoRA"
+        if same:
+            _cache[key] = f"{what}; checkpoints for that base model: {', '.join(same)} (--model NAME)"
+        else:
+            covered = sorted({short_base_model(i["base_model"]) for i in infos})
+            _cache[key] = (f"{what}; the installed checkpoints cover {', '.join(covered) or 'no base model'} "
+                           "(lolscan models); `lolscan train` fits one on your own labelled LoRAs")
+    return _cache[key]
+
+
+def print_failure(row: dict[str, Any], model_name: str, on: Any = None) -> None:
+    """An adapter that could not be scored: one error line, plus a one-line hint when it does not fit."""
+    print_error(f"{row['source']}: {row['error']}", on=on)
+    if row.get("status") == "incompatible":
+        (on or err_console).print(f"  hint: {escape(fit_hint(row.get('error') or '', model_name))}", highlight=False, soft_wrap=True)
+
+
+def card_meaning(card: dict[str, Any]) -> str:
+    """What the checkpoint predicts, in the card's words: the first sentence of its description."""
+    text = " ".join(str(card.get("description") or "").split())
+    if not text:
+        return ""
+    end = text.find(". ")
+    return text if end < 0 else text[: end + 1]
 
 
 def read_card_targets(info: dict[str, Any]) -> list[dict[str, Any]]:
@@ -114,4 +201,4 @@ def _show_card(card: dict[str, Any]) -> None:
     console.print(t)
 
 
-__all__ = ["models", "cli_errors", "open_model", "bad_parameter", "headline_metrics"]
+__all__ = ["models", "cli_errors", "open_model", "bad_parameter", "headline_metrics", "print_failure", "card_meaning"]

@@ -7,8 +7,8 @@ import typer
 
 AllowPickle = Annotated[bool, typer.Option("--allow-pickle", help="Open .pt/.bin/.ckpt with torch.load(weights_only=True).")]
 Offline = Annotated[bool, typer.Option("--offline", help="Never touch the network; cached remote files only.")]
-CivitaiToken = Annotated[Optional[str], typer.Option("--civitai-token", envvar="CIVITAI_TOKEN", show_envvar=True, help="Civitai API token (never printed).")]
-HfToken = Annotated[Optional[str], typer.Option("--hf-token", envvar="HF_TOKEN", show_envvar=True, help="Hugging Face token (never printed).")]
+CivitaiToken = Annotated[Optional[str], typer.Option("--civitai-token", metavar="TOKEN", envvar="CIVITAI_TOKEN", show_envvar=True, help="Civitai API token (never printed).")]
+HfToken = Annotated[Optional[str], typer.Option("--hf-token", metavar="TOKEN", envvar="HF_TOKEN", show_envvar=True, help="Hugging Face token (never printed).")]
 
 
 def source_options(offline: bool, civitai_token: str | None, hf_token: str | None) -> dict[str, Any]:

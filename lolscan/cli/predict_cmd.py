@@ -11,7 +11,8 @@ import typer
 from ..errors import UsageError
 from ..report import apply_gates, atomic_write, check_gates, exit_code, format_from_suffix, jsonl_line, parse_gate, render, render_table, summary
 from .app import app
-from .console import console, err_console
+from .console import console, err_console, print_error
+from .plain import PlainCommand, examples
 from .options import AllowPickle, CivitaiToken, HfToken, Offline, source_options
 
 
@@ -88,19 +89,26 @@ def early_readers(procs: str, targets: list[str]) -> Any:
         return nullcontext()
 
 
-@app.command()
+@app.command(cls=PlainCommand, epilog=examples(
+    "lolscan predict adapter.safetensors",
+    "lolscan predict models/examples --model smollm2-data-sources",
+    "lolscan predict ./loras/ -f jsonl -o results.jsonl --resume",
+    "lolscan predict adapters/ --fail-over val_loss=2.5 -f junit -o lolscan.xml",
+    "lolscan predict adapters/ --fail-over val_loss=2.5 -o lolscan.sarif",
+    "lolscan predict hf://owner/repo --offline",
+))
 def predict(
     targets: Annotated[list[str], typer.Argument(help="LoRA files, PEFT folders, folders or globs of many, or hf:// / civitai: URIs.")],
-    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Checkpoint: a path, then a user checkpoint name, then a bundled one.")] = None,
-    fmt: Annotated[Literal["table", "json", "jsonl", "csv", "markdown", "junit"], typer.Option("--format", "-f", help="Report on stdout.")] = "table",
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Also write results here: .jsonl is appended as it goes; .json/.csv/.md/.xml are written once at the end.")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", metavar="NAME|PATH", help="Checkpoint: a path, then a user checkpoint name, then a bundled one.")] = None,
+    fmt: Annotated[Literal["table", "json", "jsonl", "csv", "markdown", "junit", "sarif"], typer.Option("--format", "-f", help="Report on stdout (sarif: for GitHub code scanning).")] = "table",
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", metavar="FILE", help="Also write results here: .jsonl is appended as it goes; .json/.csv/.md/.xml/.sarif are written once at the end.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Skip adapters already scored in the --output JSONL.")] = False,
-    fail_under: Annotated[list[str], typer.Option("--fail-under", help="Gate TARGET=VALUE (or TARGET:LABEL=VALUE): fail when the prediction is below VALUE (equal passes).")] = [],
-    fail_over: Annotated[list[str], typer.Option("--fail-over", help="Gate TARGET=VALUE: fail when the prediction is above VALUE (equal passes).")] = [],
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    fail_under: Annotated[list[str], typer.Option("--fail-under", metavar="TARGET=VALUE", help="Gate TARGET=VALUE (or TARGET:LABEL=VALUE): fail when the prediction is below VALUE (equal passes).")] = [],
+    fail_over: Annotated[list[str], typer.Option("--fail-over", metavar="TARGET=VALUE", help="Gate TARGET=VALUE: fail when the prediction is above VALUE (equal passes).")] = [],
+    device: Annotated[str, typer.Option(metavar="auto|cpu|cuda", help="Where the model runs (auto: a GPU when there is one).")] = "auto",
     batch_size: Annotated[int, typer.Option(help="Adapters per scoring batch.", min=1)] = 32,
     workers: Annotated[int, typer.Option(help="Threads reading files (when --procs is 0).", min=1)] = 2,
-    procs: Annotated[str, typer.Option("--procs", help="Processes parsing files: a number, 0 for threads only, or auto (many files on 4+ cores).")] = "auto",
+    procs: Annotated[str, typer.Option("--procs", metavar="N|auto", help="Processes parsing files: a number, 0 for threads only, or auto (many files on 4+ cores).")] = "auto",
     threads: Annotated[Optional[int], typer.Option(help="CPU threads for torch.", min=1)] = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bar on stderr.")] = True,
     allow_pickle: AllowPickle = False,
@@ -110,10 +118,9 @@ def predict(
 ) -> None:
     """Predict each adapter's targets with a checkpoint; optionally fail a CI job on the predictions.
 
-    Exit codes: 0 ok, 1 a gate failed, 2 usage error, 3 an adapter could not be read,
-    4 an adapter does not fit the checkpoint (4 wins over 3, 3 over 1).
+    Exit codes: 0 ok, 1 a gate failed, 2 usage error, 3 an adapter could not be read, 4 an adapter does not fit the checkpoint (4 wins over 3, 3 over 1).
     """
-    from .models_cmd import cli_errors, open_model  # lazy: keeps `models` last in the help
+    from .models_cmd import card_meaning, cli_errors, open_model, print_failure  # lazy: keeps `models` last in the help
     import torch
 
     from ..discovery import expand
@@ -124,7 +131,7 @@ def predict(
     if output is not None:
         out_fmt = format_from_suffix(output)
         if out_fmt is None:
-            raise typer.BadParameter(f"{output}: use a .jsonl, .json, .csv, .md or .xml file name", param_hint="--output")
+            raise typer.BadParameter(f"{output}: use a .jsonl, .json, .csv, .md, .xml or .sarif file name", param_hint="--output")
     if resume and out_fmt != "jsonl":
         raise typer.BadParameter("--resume needs --output FILE.jsonl", param_hint="--resume")
     if procs != "auto" and not (procs.isdigit()):
@@ -174,7 +181,9 @@ def predict(
 
         columns = (TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
         try:
-            with Progress(*columns, console=err_console, transient=True, disable=not progress or len(todo) < 2) as bar:
+            # No bar where stderr is not a terminal: rich would only leave a blank line there.
+            show_bar = progress and len(todo) >= 2 and err_console.is_terminal
+            with Progress(*columns, console=err_console, transient=True, disable=not show_bar) as bar:
                 task = bar.add_task("scoring", total=len(todo))
                 for row in Scorer(ckpt, opts, readers=readers).score(todo):
                     apply_gates(row, gates, ckpt.targets)
@@ -182,7 +191,7 @@ def predict(
                         "source": row["source"], "status": row["status"], "gates": [{"passed": g["passed"]} for g in row["gates"]]
                     }
                     if row["status"] != "ok":
-                        bar.console.print(f"[bold red]error:[/] {row['source']}: {row['error']}", highlight=False, soft_wrap=True)
+                        print_failure(row, ckpt.name, on=bar.console)  # once: the table leaves errors out
                     elif (row.get("domain") or {}).get("in_domain") is False:
                         out_of_domain.append(row["source"])
                     if stream is not None:
@@ -205,7 +214,8 @@ def predict(
         info = ckpt.info()
         if fmt == "table":
             if rows:
-                render_table(console, rows, ckpt.targets, title=f"{info['name']} ({info['architecture']}, {info['base_model']})")
+                render_table(console, rows, ckpt.targets, title=f"{info['name']} ({info['architecture']})",
+                             caption=card_meaning(ckpt.card))
         elif not live_stdout:
             sys.stdout.write(render(fmt, rows, info, gates, ckpt.targets))
             sys.stdout.flush()
@@ -226,6 +236,6 @@ def predict(
         )
         code = exit_code(rows)
         if not found:
-            err_console.print("[bold red]error:[/] no adapters to score", highlight=False)
+            print_error("no adapters to score")
             code = 3
     raise typer.Exit(code)

