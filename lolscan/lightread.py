@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import LolscanError
+from .errors import LolscanError, elide
 from .formats.grouping import group_keys
 from .formats.names import dotted_module_name, kohya_module_name
 from .formats.peft_config import CONFIG_NAME, WEIGHT_NAMES, check_peft_type, is_peft_folder, read_config
@@ -75,10 +75,18 @@ def base_row(source: str) -> dict[str, Any]:
     return {"source": source, "status": "ok", "error": None, "predictions": {}, "truth": {}, "gates": []}
 
 
+def nonfinite_message(names: list[str]) -> str:
+    """The error of a row whose adapter holds NaN/Inf values (status ``nonfinite``), naming the modules."""
+    shown = ", ".join(elide(n, 80) for n in names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    return f"{len(names)} module(s) hold NaN/Inf values ({shown}); not scored"
+
+
 def one_line(exc: BaseException, source: str) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    prefix = f"{source}: "
-    return text[len(prefix) :] if text.startswith(prefix) else text
+    for prefix in (f"{source}: ", f"{source}{os.sep}"):  # the row names the source already
+        if text.startswith(prefix):
+            return text[len(prefix) :]
+    return text
 
 
 class LightReader:
@@ -130,8 +138,14 @@ class LightReader:
         if parsed is None:
             return None
         fmt, layers, metadata, data = parsed
-        if not self._fits(layers):
-            return None
+        if not self._fits(layers) or any(abs(layer.scale) > _MAX_SCALE for layer in layers.values()):
+            return None  # (a scale so large that float32 factors may overflow: the full reader decides)
+        bad = [name for name, layer in layers.items() if not _finite(layer, data)]
+        if bad:
+            row = base_row(source)
+            row.update(status="nonfinite", error=nonfinite_message(bad), format=fmt, layers=len(layers),
+                       rank=sorted({layer.rank for layer in layers.values()}))
+            return row, None, {}
         where = self._pack(layers, data, slot)
         if where is None:
             return None
@@ -319,6 +333,24 @@ def _plan_of(header: dict, layout: dict[str, Entry], peft: bool) -> _Plan | None
     if not names:
         return None
     return fmt, metadata, plan, scale_of
+
+
+_MAX_SCALE = 1e6
+# Bit masks of the exponent field: all ones is Inf or NaN (float8 e4m3 has no Inf; its NaN is S.1111.111).
+_NONFINITE = {"F16": (np.uint16, 0x7C00), "BF16": (np.uint16, 0x7F80), "F32": (np.uint32, 0x7F800000),
+              "F64": (np.uint64, 0x7FF0000000000000), "F8_E5M2": (np.uint8, 0x7C), "F8_E4M3": (np.uint8, 0x7F)}
+
+
+def _finite(layer: Light, data: memoryview) -> bool:
+    """No NaN/Inf in the layer's factors or its scale (the full reader's `build.layer_finite`, on the bits)."""
+    if not math.isfinite(layer.scale):
+        return False
+    for dtype_name, _, begin, end in (layer.up, layer.down):
+        kind, mask = _NONFINITE[dtype_name]
+        words = np.frombuffer(data, kind, (end - begin) // np.dtype(kind).itemsize, begin)
+        if np.any((words & kind(mask)) == kind(mask)):
+            return False
+    return True
 
 
 def _block(slot: np.ndarray, block: tuple[int, tuple[int, ...], str]) -> np.ndarray:

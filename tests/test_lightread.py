@@ -152,9 +152,35 @@ def test_kohya_files_every_dtype_and_alpha(tmp_path, dtype, alpha):
         assert dtypes == ["F32", raw, "F32"]  # the conv module has no alpha: scale 1
 
 
-def test_mixed_ranks_non_finite_values_and_a_rank_rule(tmp_path):
-    for dtype in (torch.float16, torch.bfloat16, torch.float32):
-        _compare(_kohya(tmp_path / f"nan_{str(dtype)[6:]}.safetensors", dtype, alpha=3.0, ranks=(5, 2, 7), nan=True))
+def test_non_finite_values_give_the_same_nonfinite_row_in_both_readers(tmp_path):
+    """NaN/Inf in a module's factors (or its alpha) is never scored: status ``nonfinite`` naming the
+    module, from the light reader and the full reader alike; NaN in a tensor that is no factor is not."""
+    def rows(path: Path) -> tuple[dict, dict]:
+        spec = _spec_with_extra(lolscan.load(str(path)))
+        got = LightReader(_rule(spec), []).read(str(path), np.zeros(4 * packed_floats(spec, 16), np.uint8))
+        assert got is not None, path.name
+        full = _Reader(_rule(spec), [], False, {}, False)(Found(str(path)))
+        return got[0], full.row, got[1], full.packed
+
+    for dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+        light, full, written, packed = rows(_kohya(tmp_path / f"nan_{str(dtype)[6:]}.safetensors", dtype, alpha=3.0, ranks=(5, 2, 7), nan=True))
+        assert written is None and packed is None
+        assert light["status"] == full["status"] == "nonfinite", (dtype, light, full)
+        assert light["error"] == full["error"] and "1 module(s)" in light["error"]
+        assert "unet.down_blocks.0.attentions.0.proj_in" in light["error"]
+    path = _kohya(tmp_path / "nan_alpha.safetensors", torch.float32, alpha=float("nan"))
+    light, full, _, _ = rows(path)
+    assert light["status"] == full["status"] == "nonfinite" and light["error"] == full["error"] and "3 module(s)" in light["error"]
+    from safetensors.torch import load_file
+    t = load_file(str(_kohya(tmp_path / "extra.safetensors", torch.float16, alpha=2.0)))
+    t["lora_te_text_model_embeddings.position_ids"] = torch.tensor([float("nan"), float("inf")])  # not a factor
+    save_file(t, str(tmp_path / "extra.safetensors"))
+    light, full, written, packed = rows(tmp_path / "extra.safetensors")
+    assert light["status"] == full["status"] == "ok" and written is not None and packed is not None
+
+
+def test_mixed_ranks_and_a_rank_rule(tmp_path):
+    _compare(_kohya(tmp_path / "mixed.safetensors", torch.float16, alpha=3.0, ranks=(5, 2, 7)))
     path = _kohya(tmp_path / "r.safetensors", torch.float16, alpha=None, ranks=(4, 2, 4))
     spec = LayerSpec.from_adapters([lolscan.load(str(path))])
     assert LightReader(_rule(spec, rank=4), []).read(str(path), np.zeros(4 * packed_floats(spec, 8), np.uint8)) is None

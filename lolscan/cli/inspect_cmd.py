@@ -9,11 +9,11 @@ import typer
 from rich.table import Table
 
 from ..discovery import expand
-from ..errors import EXIT_BAD_INPUT, LolscanError
+from ..errors import EXIT_BAD_INPUT, LolscanError, elide
 from ..inspection import inspect_adapter
 from .app import app
 from .console import console, err_console
-from .options import AllowPickle, CivitaiToken, HfToken, Offline, source_options
+from .options import AllowPickle, CivitaiToken, FollowSymlinks, HfToken, Offline, source_options
 
 INSPECT_SCHEMA_VERSION = 1
 
@@ -78,6 +78,7 @@ def inspect(
     as_json: Annotated[bool, typer.Option("--json", help="Write machine-readable JSON to stdout.")] = False,
     modules: Annotated[int, typer.Option("--modules", help="Per-module rows to show in the table (0 = all).")] = 12,
     allow_pickle: AllowPickle = False,
+    follow_symlinks: FollowSymlinks = False,
     offline: Offline = False,
     civitai_token: CivitaiToken = None,
     hf_token: HfToken = None,
@@ -87,9 +88,9 @@ def inspect(
 
     opts = source_options(offline, civitai_token, hf_token)
     reports, errors = [], []
-    for found in expand(targets, allow_pickle=allow_pickle):
+    for found in expand(targets, allow_pickle=allow_pickle, follow_symlinks=follow_symlinks):
         if found.error:
-            errors.append({"source": found.source, "error": f"{found.source}: {found.error}"})
+            errors.append({"source": found.source, "error": f"{elide(found.source)}: {found.error}"})
             continue
         try:
             adapter = load(found.source, allow_pickle=allow_pickle, **opts)
@@ -97,6 +98,10 @@ def inspect(
             report = inspect_adapter(adapter, path if path.exists() else _resolved_path(adapter))
         except LolscanError as exc:
             errors.append({"source": found.source, "error": str(exc)})
+            continue
+        except Exception as exc:  # a reader bug must not cost the other files their report, nor print a traceback
+            errors.append({"source": found.source, "error": f"{elide(found.source)}: could not be read "
+                                                            f"(unexpected {type(exc).__name__}: {elide(str(exc), 160)})"})
             continue
         reports.append(report)
         if not as_json:

@@ -51,4 +51,4 @@ def from_tensors(tf: TensorFile, config: dict[str, Any], *, source: str) -> Adap
 def _in_rank_pattern(config: dict[str, Any], name: str) -> bool:
     from .peft_config import pattern_value
 
-    return pattern_value(config.get("rank_pattern") or {}, name) is not None
+    return pattern_value(config.get("rank_pattern") or {}, module_path(name), "rank_pattern") is not None
