@@ -32,7 +32,7 @@ from .errors import LolscanError, elide
 from .formats.grouping import group_keys
 from .formats.names import dotted_module_name, kohya_module_name
 from .formats.peft_config import CONFIG_NAME, WEIGHT_NAMES, check_peft_type, is_peft_folder, read_config
-from .formats.scheme import (ScaleRule, alpha_rule, diffusers_scale_rule, is_plain_pair, kohya_format, old_diffusers_keys,
+from .formats.scheme import (ScaleRule, alpha_rule, diffusers_scale_rule, is_plain_pair, kohya_format, kohya_name_rule, old_diffusers_keys,
                              old_module_name, peft_config_rule, scheme_of)
 from .labels import LabelFiles, known_labels
 from .npconvert import NUMPY, Converter
@@ -301,7 +301,7 @@ def _plan_of(header: dict, layout: dict[str, Entry], peft: bool) -> _Plan | None
         modules = {m: roles for m, roles in modules.items() if kohya_module_name(m) is not None}
         if any(m.endswith(_SPLIT_QKV) for m in modules):
             return None
-        name_of, scale_of, fmt = kohya_module_name, alpha_rule(), kohya_format(metadata, ())
+        name_of, scale_of, fmt = kohya_name_rule(modules), alpha_rule(), kohya_format(metadata, ())
     elif scheme == "peft":
         name_of, scale_of, fmt = dotted_module_name, alpha_rule(), "peft"
     elif scheme == "diffusers":

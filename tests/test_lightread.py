@@ -385,3 +385,17 @@ def test_widening_and_scaling_paths_agree_with_lolscan_load_arithmetic():
             assert torch.equal(dst.contiguous().view(torch.int32), want.view(torch.int32)), (dtype, c)
             assert torch.equal(_widen(src, scale, None).view(torch.int32), want.view(torch.int32)), (dtype, c)
         assert torch.equal(_widen(src, None, torch.empty(3, 40, 5)).view(torch.int32), src.float().view(torch.int32))
+
+
+def test_kohya_underscores_over_diffusers_processor_names(tmp_path):
+    """``lora_unet_unet_…_to_out_lora_down.weight``: the light reader names (``to_out.0``) and packs as lolscan.load does."""
+    g = torch.Generator().manual_seed(11)
+    t = {}
+    for key, (n, m) in {"down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_out": (32, 32),
+                        "mid_block_attentions_0_transformer_blocks_0_attn2_to_v": (64, 24)}.items():
+        t[f"lora_unet_unet_{key}_lora_down.weight"] = torch.randn(4, m, generator=g).half()
+        t[f"lora_unet_unet_{key}_lora_up.weight"] = torch.randn(n, 4, generator=g).half()
+        t[f"lora_unet_unet_{key}.alpha"] = torch.tensor(2.0).half()
+    save_file(t, str(tmp_path / "u.safetensors"))
+    row, _ = _compare(tmp_path / "u.safetensors")
+    assert row["layers"] == 2 and "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_out.0" in lolscan.load(str(tmp_path / "u.safetensors"))

@@ -1,6 +1,7 @@
 """Turning grouped tensors into canonical layers, whatever the key scheme."""
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -100,11 +101,11 @@ def _module(out: Built, tf: TensorFile, plain: PlainPairs, module: str, roles: d
         layer = Layer(U=U, V=V, shape=(A.shape[1], B.shape[0]), kind="embedding", alpha=used_alpha, scale=s, source_keys=keys)
     elif any(r.startswith("hada_") for r in roles) or any(r.startswith("lokr_") for r in roles):
         if peft_lycoris is not None:
-            layer = _lycoris_layer(tf, module, roles, alpha, peft=True, peft_scale=peft_lycoris(module))
+            layer = _lycoris_layer(tf, module, roles, alpha, peft=True, peft_scale=peft_lycoris(module), name=name)
             if layer.scale == 0:
                 out.warnings.append(f"{elide(module)}: alpha is 0, so PEFT applies this module with scale 0")
         else:
-            layer = _lycoris_layer(tf, module, roles, alpha)
+            layer = _lycoris_layer(tf, module, roles, alpha, name=name)
     elif "diff" in roles:
         for k in roles.values():
             out.extras[k] = tf.shape(k)
@@ -125,11 +126,25 @@ def _module(out: Built, tf: TensorFile, plain: PlainPairs, module: str, roles: d
     out.layers[name] = layer
 
 
+# diffusers UNet modules that are 3×3 convolutions in every Stable Diffusion UNet (SD1/2, SDXL).
+_UNET_3X3 = re.compile(r"unet\.(?:(?:down_blocks|up_blocks)\.\d+\.resnets\.\d+\.conv[12]|mid_block\.resnets\.\d+\.conv[12]"
+                       r"|conv_in|conv_out|down_blocks\.\d+\.downsamplers\.0\.conv|up_blocks\.\d+\.upsamplers\.0\.conv)")
+
+
+def _kernel_from_name(name: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """LoHa/LoKr factors that store a conv's kernel flattened (LyCORIS's 2023 layout: ``lokr_w2_b
+    [r, d·3·3]``, ``hada_w1_b [r, in·3·3]``) give a 2-D ``out × in·9`` shape; for the UNet modules
+    that are 3×3 convolutions the shape is the conv weight's. The factors (ΔW flattened) are the same."""
+    if len(shape) == 2 and shape[1] % 9 == 0 and _UNET_3X3.fullmatch(name):
+        return (shape[0], shape[1] // 9, 3, 3)
+    return shape
+
+
 def _lycoris_layer(tf: TensorFile, module: str, roles: dict[str, str], alpha: float | None, *, peft: bool = False,
-                   peft_scale: "tuple[float, float] | None" = None) -> Layer:
+                   peft_scale: "tuple[float, float] | None" = None, name: str = "") -> Layer:
     """``peft``: PEFT key conventions (Conv1d LoKr layout); ``peft_scale``: peft's (scale, alpha)
     from adapter_config.json, replacing the LyCORIS/ComfyUI rule (which, for a LoKr with both
-    factors full, ignores alpha)."""
+    factors full, ignores alpha); ``name``: the canonical module name (see `_kernel_from_name`)."""
     from . import lycoris
 
     t = {role: as_float(tf.tensors[key], key, tf.path) for role, key in roles.items() if role not in ("alpha", "scale", "magnitude")}
@@ -155,6 +170,7 @@ def _lycoris_layer(tf: TensorFile, module: str, roles: dict[str, str], alpha: fl
         raise InputError(f"module {quoted(module)}: malformed LyCORIS tensors ({exc})", path=tf.path) from None
     if peft_scale is not None:
         alpha = peft_scale[1]
+    out_shape = _kernel_from_name(name, out_shape)
     return Layer(U=U.float(), V=V.float(), shape=out_shape, kind="conv" if len(out_shape) > 2 else "linear",
                  algo=algo, alpha=alpha, scale=s, source_keys=keys)
 
@@ -190,6 +206,10 @@ def finish(fmt: str, tf: TensorFile, built: Built, *, source: str, metadata: dic
     for k in leftover:
         extras[k] = tf.shape(k)
     if not built.layers:
+        pairs = _unrecognised_pairs(extras)
+        if pairs:
+            raise UnsupportedFormat(f"contains no LoRA layers lolscan can read: found {pairs[0]} down/up pairs whose module names "
+                                    f"were not recognised (e.g. {quoted(pairs[1], 120)})", path=tf.path)
         raise UnsupportedFormat("contains no LoRA layers lolscan can read" + (f" (found {len(extras)} other tensors)" if extras else ""), path=tf.path)
     dtype = _main_dtype(tf, built.layers)
     warnings = list(built.warnings)
@@ -198,6 +218,20 @@ def finish(fmt: str, tf: TensorFile, built: Built, *, source: str, metadata: dic
         warnings.append(f"{len(bad)} module(s) hold NaN/Inf values, e.g. {bad[0]}")
     return Adapter(layers=built.layers, format=fmt, source=source, metadata=metadata, config=config or {},
                    extra_tensors=extras, warnings=warnings, dtype=dtype, nonfinite=bad)
+
+
+_DOWN_UP = re.compile(r"(.*?)[._](?:lora[._])?(down|up|A|B)(?:\.weight)?")
+
+
+def _unrecognised_pairs(keys) -> tuple[int, str] | None:
+    """(number of down/up pairs, one of their keys) among tensors no reader took, by key shape alone."""
+    found: dict[str, set[str]] = {}
+    for k in keys:
+        m = _DOWN_UP.fullmatch(k)
+        if m and ("lora" in k.lower()):
+            found.setdefault(m[1], set()).add(m[2].lower().replace("a", "down").replace("b", "up"))
+    pairs = [m for m, roles in found.items() if roles == {"down", "up"}]
+    return (len(pairs), next(k for k in keys if k.startswith(pairs[0]))) if pairs else None
 
 
 def _main_dtype(tf: TensorFile, layers: dict[str, Layer]) -> str:
