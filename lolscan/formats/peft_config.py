@@ -71,6 +71,7 @@ def read_config(path: Path) -> dict[str, Any]:
 
 
 MAX_CONFIG_BYTES = 64 << 20
+MAX_RANK = 1 << 24  # r and rank_pattern values (alpha / r stays a float)
 MAX_PATTERN_CHARS = 256  # one rank_pattern/alpha_pattern key
 MAX_MATCHED_PATH = 512  # module names a regular-expression key is matched against
 MAX_REGEX_REPEATS = 2  # repeats (*, +, {m,n}) in one key; nested ones are refused whatever their number
@@ -84,8 +85,8 @@ def _keep_constant(name: str) -> float:
 def _number(key: str, value: Any, *, integer: bool = False) -> float:
     """A config value that must be a finite number ≥ 0 (an integer ≥ 1 for ranks)."""
     if integer:
-        if type(value) is not int or value < 1:
-            raise InputError(f"adapter_config.json: {key} must be an integer ≥ 1, got {elide(repr(value), 60)}")
+        if type(value) is not int or not 1 <= value <= MAX_RANK:
+            raise InputError(f"adapter_config.json: {key} must be an integer from 1 to {MAX_RANK}, got {elide(repr(value), 60)}")
         return value
     if type(value) not in (int, float):
         raise InputError(f"adapter_config.json: {key} must be a number, got {elide(repr(value), 60)}")
