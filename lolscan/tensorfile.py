@@ -182,7 +182,8 @@ def read_pickle(path: str | os.PathLike, *, allow_pickle: bool) -> TensorFile:
             path=path,
         )
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with open(path, "rb") as fh:  # a file object: torch.load given a path named *.safetensors reads it as safetensors
+            obj = torch.load(fh, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for hostile pickles
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InputError(f"refused or unreadable pickle ({first[:160]})", path=path) from None

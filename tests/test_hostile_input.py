@@ -284,6 +284,16 @@ def test_allow_pickle_reads_weights_only(tmp_path):
     assert json.loads(res.stdout)["adapters"][0]["modules"] == 1
 
 
+def test_pickle_named_safetensors_is_read_with_allow_pickle(tmp_path):
+    """torch.load given a path ending in .safetensors reads it as safetensors ("header too large")."""
+    t = {"lora_unet_a.lora_down.weight": torch.randn(2, 4), "lora_unet_a.lora_up.weight": torch.randn(3, 2)}
+    for legacy in (False, True):
+        p = tmp_path / f"disguised_{legacy}.safetensors"
+        torch.save(t, p, _use_new_zipfile_serialization=not legacy)
+        adapter = lolscan.load(str(p), allow_pickle=True)
+        torch.testing.assert_close(adapter["unet.a"].delta(), t["lora_unet_a.lora_up.weight"] @ t["lora_unet_a.lora_down.weight"])
+
+
 def test_malicious_pickle_is_refused_even_with_allow_pickle(tmp_path):
     marker = tmp_path / "pwned"
 
