@@ -65,6 +65,7 @@ class Light:
     scale: float
     n: int
     m: int
+    name: str = ""
 
     @property
     def rank(self) -> int:
@@ -113,6 +114,7 @@ class LightReader:
         self._convert = Converter()
         self._plans: OrderedDict[tuple[bytes, int, bool], _Plan | None] = OrderedDict()  # header cache, see `_plan`
         self._plan_bytes = 0
+        self.overflowed: list[str] = []  # modules `_pack` found non-finite once scaled (float32 overflow)
 
     def __getstate__(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if k not in ("_labels", "_buf", "_convert", "_plans", "_plan_bytes")}
@@ -149,6 +151,12 @@ class LightReader:
         where = self._pack(layers, data, slot)
         if where is None:
             return None
+        if self.overflowed:
+            names = [name for name in layers if name in set(self.overflowed)]  # in the file's order, as the full reader lists them
+            row = base_row(source)
+            row.update(status="nonfinite", error=nonfinite_message(names), format=fmt, layers=len(layers),
+                       rank=sorted({layer.rank for layer in layers.values()}))
+            return row, None, {}
         row = base_row(source)
         row["format"] = fmt
         row["rank"] = sorted({layer.rank for layer in layers.values()})
@@ -232,7 +240,7 @@ class LightReader:
         for module, name, up, down, alpha_at, n, m in modules:
             alpha = None if alpha_at is None else float(np.frombuffer(data, alpha_at[0], 1, alpha_at[1])[0])
             scale, _ = scale_of(module, down[1][0], alpha)
-            layers[name] = Light(up, down, scale, n, m)
+            layers[name] = Light(up, down, scale, n, m, name)
         return layers
 
     def _fits(self, layers: dict[str, Light]) -> bool:
@@ -253,6 +261,8 @@ class LightReader:
             present = [x for x in members if x is not None]
             kinds = {e[0] for x in present for e in (x.up, x.down)}
             raw = len(kinds) == 1 and kinds <= {"F16", "BF16"} and all(math.isfinite(x.scale) and x.scale >= 0 for x in present)
+            # bfloat16 spans float32's range: scaled up later it could overflow unchecked; converted here it is checked
+            raw = raw and (kinds == {"F16"} or all(x.scale <= 1.0 for x in present))
             plan.append(members)
             ranks.append([0 if x is None else x.rank for x in members])
             dtypes.append(kinds.pop() if raw else "F32")
@@ -261,8 +271,10 @@ class LightReader:
         blocks, used = slot_layout([(n, m) for n, m, _ in self.groups], where)
         if used > slot.size:
             return None
+        self.overflowed = []
         convert = [e for members, d in zip(plan, dtypes) if d == "F32" for x in members if x is not None for e in (x.up, x.down)]
-        f32 = self._convert.float32(data, convert) if convert else {}
+        with np.errstate(over="ignore", invalid="ignore"):  # float64 beyond float32's range: Inf, reported below
+            f32 = self._convert.float32(data, convert) if convert else {}
         for members, (u, v, sc), r in zip(plan, blocks, (b[0][1][2] for b in blocks)):
             U, V = _block(slot, u), _block(slot, v)
             if not all(x is not None and x.rank == r for x in members):
@@ -273,6 +285,9 @@ class LightReader:
                     continue
                 if u[2] == "F32":
                     _write(U[j, :, : x.rank], V[j, :, : x.rank], x, f32)
+                    if (x.scale != 1.0 or "F64" in (x.up[0], x.down[0])) and not (
+                            np.isfinite(U[j, :, : x.rank]).all() and np.isfinite(V[j, :, : x.rank]).all()):
+                        self.overflowed.append(x.name)  # finite in the file, not once scaled/converted (as the full reader finds)
                 else:  # the file's bits; converted and scaled by the scorer (`packing.stack`)
                     np.copyto(U[j, :, : x.rank], _bits(data, x.up).reshape(-1, x.rank))
                     np.copyto(V[j, :, : x.rank], _bits(data, x.down).reshape(x.rank, -1).T)
@@ -367,6 +382,11 @@ def _bits(data: memoryview, entry: Entry) -> np.ndarray:
 def _write(U: np.ndarray, V: np.ndarray, x: Light, f32: dict[tuple[int, int], np.ndarray]) -> None:
     """U = sign(s)·√|s|·up and V = √|s|·downᵀ, as `formats.plain` computes them: float32 factors
     (converted exactly, float64 rounded once) multiplied in float32."""
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflow is found and reported by the caller
+        _write_scaled(U, V, x, f32)
+
+
+def _write_scaled(U: np.ndarray, V: np.ndarray, x: Light, f32: dict[tuple[int, int], np.ndarray]) -> None:
     n, k = U.shape
     up = f32[x.up[2], x.up[3]].reshape(n, k)
     down = f32[x.down[2], x.down[3]].reshape(k, -1).T

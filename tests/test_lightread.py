@@ -179,6 +179,26 @@ def test_non_finite_values_give_the_same_nonfinite_row_in_both_readers(tmp_path)
     assert light["status"] == full["status"] == "ok" and written is not None and packed is not None
 
 
+@pytest.mark.parametrize("dtype, value, alpha", [(torch.float32, 3e38, 8.0), (torch.bfloat16, 3e38, 8.0), (torch.float64, 1e300, None),
+                                                 (torch.float32, 3e38, None)])
+def test_values_that_overflow_float32_once_scaled_are_nonfinite_in_both_readers(tmp_path, dtype, value, alpha):
+    """Finite in the file, not once converted to float32 and scaled (alpha 8 on rank 2: ×2): the full reader
+    finds NaN/Inf in the factors; the light reader must say so too (not score an Inf). Scale 1 and float32: ok."""
+    t = {"lora_unet_mid_block_attentions_0_proj_in.lora_down.weight": torch.randn(2, 8).to(dtype),
+         "lora_unet_mid_block_attentions_0_proj_in.lora_up.weight": torch.randn(6, 2).to(dtype)}
+    t["lora_unet_mid_block_attentions_0_proj_in.lora_up.weight"].view(-1)[3] = value
+    if alpha is not None:
+        t["lora_unet_mid_block_attentions_0_proj_in.alpha"] = torch.tensor(alpha, dtype=torch.float32)
+    path = tmp_path / "big.safetensors"
+    save_file(t, str(path))
+    spec = _spec_with_extra(lolscan.load(str(path)))
+    got = LightReader(_rule(spec), []).read(str(path), np.zeros(4 * packed_floats(spec, 16), np.uint8))
+    full = _Reader(_rule(spec), [], False, {}, False)(Found(str(path)))
+    assert got is not None
+    want = "ok" if (dtype == torch.float32 and alpha is None) else "nonfinite"
+    assert got[0]["status"] == full.row["status"] == want and got[0]["error"] == full.row["error"]
+
+
 def test_mixed_ranks_and_a_rank_rule(tmp_path):
     _compare(_kohya(tmp_path / "mixed.safetensors", torch.float16, alpha=3.0, ranks=(5, 2, 7)))
     path = _kohya(tmp_path / "r.safetensors", torch.float16, alpha=None, ranks=(4, 2, 4))
