@@ -419,3 +419,18 @@ def test_kohya_underscores_over_diffusers_processor_names(tmp_path):
     save_file(t, str(tmp_path / "u.safetensors"))
     row, _ = _compare(tmp_path / "u.safetensors")
     assert row["layers"] == 2 and "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_out.0" in lolscan.load(str(tmp_path / "u.safetensors"))
+
+
+def test_empty_adapter_config_means_peft_defaults_in_both_readers(tmp_path):
+    """An adapter_config.json of ``{}`` is a config (peft's defaults: lora_alpha 8), not the absence of
+    one: alpha tensors in the weights are not read, by either reader (found by bench/fuzz.py)."""
+    folder = tmp_path / "peft"
+    folder.mkdir()
+    g = torch.Generator().manual_seed(4)
+    t = {"base_model.model.h.0.attn.c_proj.lora_A.weight": torch.randn(4, 16, generator=g),
+         "base_model.model.h.0.attn.c_proj.lora_B.weight": torch.randn(16, 4, generator=g),
+         "base_model.model.h.0.attn.c_proj.alpha": torch.tensor(-4.0)}
+    save_file(t, str(folder / "adapter_model.safetensors"))
+    (folder / "adapter_config.json").write_text("{}")
+    _compare(folder)
+    assert lolscan.load(str(folder))["h.0.attn.c_proj"].scale == 2.0  # 8 / 4
