@@ -81,6 +81,7 @@ class Adapter(Mapping[str, Layer]):
     extra_tensors: dict[str, tuple[int, ...]] = field(default_factory=dict)  # non-LoRA tensors, reported
     warnings: list[str] = field(default_factory=list)
     dtype: str = ""
+    nonfinite: list[str] = field(default_factory=list)  # modules whose factors hold NaN/Inf values
 
     def __getitem__(self, name: str) -> Layer:
         return self.layers[name]

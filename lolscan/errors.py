@@ -12,14 +12,40 @@ EXIT_BAD_INPUT = 3
 EXIT_INCOMPATIBLE = 4
 
 
+MAX_MESSAGE = 400  # characters of a message (a hostile file's 100 KB key must not fill the terminal)
+MAX_NAME = 200  # characters of a path or a tensor/module name inside a message
+
+
+def elide(text: str, limit: int = MAX_NAME) -> str:
+    """``text`` on one line, printable whatever its code points (lone surrogates become escapes), and
+    at most ``limit`` characters: a longer one keeps its start and end around an ellipsis."""
+    text = str(text)
+    if not text.isascii():
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    if "\n" in text or "\r" in text:
+        text = text.replace("\r", " ").replace("\n", " ")
+    if len(text) > limit:
+        keep = max(limit - 1, 2)
+        text = text[: keep - keep // 3] + "…" + text[len(text) - keep // 3 :]
+    return text
+
+
+def quoted(name: object, limit: int = MAX_NAME) -> str:
+    """A tensor or module name for a message: ``repr``-quoted and elided."""
+    return repr(elide(str(name), limit))
+
+
 class LolscanError(Exception):
-    """Base class: carries a one-line message and the process exit code."""
+    """Base class: carries a one-line message and the process exit code.
+
+    The path and the message are made printable (see `elide`) and capped in length."""
 
     exit_code = EXIT_BAD_INPUT
 
     def __init__(self, message: str, *, path: object | None = None):
         self.path = None if path is None else str(path)
-        super().__init__(f"{self.path}: {message}" if self.path else message)
+        message = elide(message, MAX_MESSAGE)
+        super().__init__(f"{elide(self.path)}: {message}" if self.path else message)
 
 
 class InputError(LolscanError):

@@ -28,11 +28,11 @@ from typing import Any
 
 import numpy as np
 
-from .errors import LolscanError
+from .errors import LolscanError, elide
 from .formats.grouping import group_keys
 from .formats.names import dotted_module_name, kohya_module_name
 from .formats.peft_config import CONFIG_NAME, WEIGHT_NAMES, check_peft_type, is_peft_folder, read_config
-from .formats.scheme import (ScaleRule, alpha_rule, diffusers_scale_rule, is_plain_pair, kohya_format, old_diffusers_keys,
+from .formats.scheme import (ScaleRule, alpha_rule, diffusers_scale_rule, is_plain_pair, kohya_format, kohya_name_rule, old_diffusers_keys,
                              old_module_name, peft_config_rule, scheme_of)
 from .labels import LabelFiles, known_labels
 from .npconvert import NUMPY, Converter
@@ -65,6 +65,7 @@ class Light:
     scale: float
     n: int
     m: int
+    name: str = ""
 
     @property
     def rank(self) -> int:
@@ -75,10 +76,18 @@ def base_row(source: str) -> dict[str, Any]:
     return {"source": source, "status": "ok", "error": None, "predictions": {}, "truth": {}, "gates": []}
 
 
+def nonfinite_message(names: list[str]) -> str:
+    """The error of a row whose adapter holds NaN/Inf values (status ``nonfinite``), naming the modules."""
+    shown = ", ".join(elide(n, 80) for n in names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    return f"{len(names)} module(s) hold NaN/Inf values ({shown}); not scored"
+
+
 def one_line(exc: BaseException, source: str) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    prefix = f"{source}: "
-    return text[len(prefix) :] if text.startswith(prefix) else text
+    for prefix in (f"{source}: ", f"{source}{os.sep}"):  # the row names the source already
+        if text.startswith(prefix):
+            return text[len(prefix) :]
+    return text
 
 
 class LightReader:
@@ -105,6 +114,7 @@ class LightReader:
         self._convert = Converter()
         self._plans: OrderedDict[tuple[bytes, int, bool], _Plan | None] = OrderedDict()  # header cache, see `_plan`
         self._plan_bytes = 0
+        self.overflowed: list[str] = []  # modules `_pack` found non-finite once scaled (float32 overflow)
 
     def __getstate__(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if k not in ("_labels", "_buf", "_convert", "_plans", "_plan_bytes")}
@@ -130,11 +140,23 @@ class LightReader:
         if parsed is None:
             return None
         fmt, layers, metadata, data = parsed
-        if not self._fits(layers):
-            return None
+        if not self._fits(layers) or any(abs(layer.scale) > _MAX_SCALE for layer in layers.values()):
+            return None  # (a scale so large that float32 factors may overflow: the full reader decides)
+        bad = [name for name, layer in layers.items() if not _finite(layer, data)]
+        if bad:
+            row = base_row(source)
+            row.update(status="nonfinite", error=nonfinite_message(bad), format=fmt, layers=len(layers),
+                       rank=sorted({layer.rank for layer in layers.values()}))
+            return row, None, {}
         where = self._pack(layers, data, slot)
         if where is None:
             return None
+        if self.overflowed:
+            names = [name for name in layers if name in set(self.overflowed)]  # in the file's order, as the full reader lists them
+            row = base_row(source)
+            row.update(status="nonfinite", error=nonfinite_message(names), format=fmt, layers=len(layers),
+                       rank=sorted({layer.rank for layer in layers.values()}))
+            return row, None, {}
         row = base_row(source)
         row["format"] = fmt
         row["rank"] = sorted({layer.rank for layer in layers.values()})
@@ -218,7 +240,7 @@ class LightReader:
         for module, name, up, down, alpha_at, n, m in modules:
             alpha = None if alpha_at is None else float(np.frombuffer(data, alpha_at[0], 1, alpha_at[1])[0])
             scale, _ = scale_of(module, down[1][0], alpha)
-            layers[name] = Light(up, down, scale, n, m)
+            layers[name] = Light(up, down, scale, n, m, name)
         return layers
 
     def _fits(self, layers: dict[str, Light]) -> bool:
@@ -239,6 +261,8 @@ class LightReader:
             present = [x for x in members if x is not None]
             kinds = {e[0] for x in present for e in (x.up, x.down)}
             raw = len(kinds) == 1 and kinds <= {"F16", "BF16"} and all(math.isfinite(x.scale) and x.scale >= 0 for x in present)
+            # bfloat16 spans float32's range: scaled up later it could overflow unchecked; converted here it is checked
+            raw = raw and (kinds == {"F16"} or all(x.scale <= 1.0 for x in present))
             plan.append(members)
             ranks.append([0 if x is None else x.rank for x in members])
             dtypes.append(kinds.pop() if raw else "F32")
@@ -247,8 +271,10 @@ class LightReader:
         blocks, used = slot_layout([(n, m) for n, m, _ in self.groups], where)
         if used > slot.size:
             return None
+        self.overflowed = []
         convert = [e for members, d in zip(plan, dtypes) if d == "F32" for x in members if x is not None for e in (x.up, x.down)]
-        f32 = self._convert.float32(data, convert) if convert else {}
+        with np.errstate(over="ignore", invalid="ignore"):  # float64 beyond float32's range: Inf, reported below
+            f32 = self._convert.float32(data, convert) if convert else {}
         for members, (u, v, sc), r in zip(plan, blocks, (b[0][1][2] for b in blocks)):
             U, V = _block(slot, u), _block(slot, v)
             if not all(x is not None and x.rank == r for x in members):
@@ -259,6 +285,9 @@ class LightReader:
                     continue
                 if u[2] == "F32":
                     _write(U[j, :, : x.rank], V[j, :, : x.rank], x, f32)
+                    if (x.scale != 1.0 or "F64" in (x.up[0], x.down[0])) and not (
+                            np.isfinite(U[j, :, : x.rank]).all() and np.isfinite(V[j, :, : x.rank]).all()):
+                        self.overflowed.append(x.name)  # finite in the file, not once scaled/converted (as the full reader finds)
                 else:  # the file's bits; converted and scaled by the scorer (`packing.stack`)
                     np.copyto(U[j, :, : x.rank], _bits(data, x.up).reshape(-1, x.rank))
                     np.copyto(V[j, :, : x.rank], _bits(data, x.down).reshape(x.rank, -1).T)
@@ -287,7 +316,7 @@ def _plan_of(header: dict, layout: dict[str, Entry], peft: bool) -> _Plan | None
         modules = {m: roles for m, roles in modules.items() if kohya_module_name(m) is not None}
         if any(m.endswith(_SPLIT_QKV) for m in modules):
             return None
-        name_of, scale_of, fmt = kohya_module_name, alpha_rule(), kohya_format(metadata, ())
+        name_of, scale_of, fmt = kohya_name_rule(modules), alpha_rule(), kohya_format(metadata, ())
     elif scheme == "peft":
         name_of, scale_of, fmt = dotted_module_name, alpha_rule(), "peft"
     elif scheme == "diffusers":
@@ -321,6 +350,24 @@ def _plan_of(header: dict, layout: dict[str, Entry], peft: bool) -> _Plan | None
     return fmt, metadata, plan, scale_of
 
 
+_MAX_SCALE = 1e6
+# Bit masks of the exponent field: all ones is Inf or NaN (float8 e4m3 has no Inf; its NaN is S.1111.111).
+_NONFINITE = {"F16": (np.uint16, 0x7C00), "BF16": (np.uint16, 0x7F80), "F32": (np.uint32, 0x7F800000),
+              "F64": (np.uint64, 0x7FF0000000000000), "F8_E5M2": (np.uint8, 0x7C), "F8_E4M3": (np.uint8, 0x7F)}
+
+
+def _finite(layer: Light, data: memoryview) -> bool:
+    """No NaN/Inf in the layer's factors or its scale (the full reader's `build.layer_finite`, on the bits)."""
+    if not math.isfinite(layer.scale):
+        return False
+    for dtype_name, _, begin, end in (layer.up, layer.down):
+        kind, mask = _NONFINITE[dtype_name]
+        words = np.frombuffer(data, kind, (end - begin) // np.dtype(kind).itemsize, begin)
+        if np.any((words & kind(mask)) == kind(mask)):
+            return False
+    return True
+
+
 def _block(slot: np.ndarray, block: tuple[int, tuple[int, ...], str]) -> np.ndarray:
     """A block of the slot as an array: float32, or the raw 16-bit words of float16/bfloat16."""
     at, shape, dtype = block
@@ -335,6 +382,11 @@ def _bits(data: memoryview, entry: Entry) -> np.ndarray:
 def _write(U: np.ndarray, V: np.ndarray, x: Light, f32: dict[tuple[int, int], np.ndarray]) -> None:
     """U = sign(s)·√|s|·up and V = √|s|·downᵀ, as `formats.plain` computes them: float32 factors
     (converted exactly, float64 rounded once) multiplied in float32."""
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflow is found and reported by the caller
+        _write_scaled(U, V, x, f32)
+
+
+def _write_scaled(U: np.ndarray, V: np.ndarray, x: Light, f32: dict[tuple[int, int], np.ndarray]) -> None:
     n, k = U.shape
     up = f32[x.up[2], x.up[3]].reshape(n, k)
     down = f32[x.down[2], x.down[3]].reshape(k, -1).T

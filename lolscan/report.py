@@ -3,7 +3,7 @@
 A result row is a JSON-able dict (the same dict is appended to ``--output x.jsonl``, so
 ``--resume`` reads rows back unchanged)::
 
-    {"source": str, "status": "ok" | "error" | "incompatible", "error": str | None,
+    {"source": str, "status": "ok" | "error" | "incompatible" | "nonfinite", "error": str | None,
      "predictions": {target: {"value": ..., "probability": ..., "probabilities": {...}}},
      "truth": {target: value}, "gates": [{"gate", "target", "value", "bound", "passed"}],
      "domain": {"score": float, "in_domain": bool}}   # when the checkpoint has a domain reference
@@ -105,27 +105,29 @@ def apply_gates(row: dict[str, Any], gates: Sequence[Gate], targets: Sequence[Ta
         row["gates"].append({"gate": g.text, "target": g.key, "op": g.op, "bound": g.bound, "value": v, "passed": passed})
 
 
-def exit_code(rows: Iterable[dict[str, Any]]) -> int:
-    """4 if any adapter does not fit the model, else 3 if any was unreadable, else 1 if any gate failed."""
+def exit_code(rows: Iterable[dict[str, Any]], *, allow_nonfinite: bool = False) -> int:
+    """4 if any adapter does not fit the model, else 3 if any was unreadable (or held NaN/Inf values,
+    unless ``allow_nonfinite``), else 1 if any gate failed; whatever the order of the rows."""
     statuses, failed = set(), False
     for r in rows:
         statuses.add(r.get("status"))
         failed = failed or any(not g["passed"] for g in r.get("gates") or ())
     if "incompatible" in statuses:
         return EXIT_INCOMPATIBLE
-    if "error" in statuses:
+    if "error" in statuses or ("nonfinite" in statuses and not allow_nonfinite):
         return EXIT_BAD_INPUT
     return EXIT_GATE_FAILED if failed else EXIT_OK
 
 
-def summary(rows: Sequence[dict[str, Any]]) -> dict[str, int]:
+def summary(rows: Sequence[dict[str, Any]], *, allow_nonfinite: bool = False) -> dict[str, int]:
     return {
         "adapters": len(rows),
         "ok": sum(r.get("status") == "ok" for r in rows),
         "errors": sum(r.get("status") == "error" for r in rows),
         "incompatible": sum(r.get("status") == "incompatible" for r in rows),
+        "nonfinite": sum(r.get("status") == "nonfinite" for r in rows),
         "gate_failures": sum(not g["passed"] for r in rows for g in r.get("gates") or ()),
-        "exit_code": exit_code(rows),
+        "exit_code": exit_code(rows, allow_nonfinite=allow_nonfinite),
     }
 
 
@@ -165,7 +167,7 @@ def fmt_domain(dom: dict[str, Any] | None) -> str:
     return f"{'yes' if dom.get('in_domain') else 'NO'} {dom['score']:.2g}"
 
 
-def report_dict(rows: Sequence[dict[str, Any]], model: dict[str, Any], gates: Sequence[Gate]) -> dict[str, Any]:
+def report_dict(rows: Sequence[dict[str, Any]], model: dict[str, Any], gates: Sequence[Gate], *, allow_nonfinite: bool = False) -> dict[str, Any]:
     from . import __version__
 
     return {
@@ -174,14 +176,15 @@ def report_dict(rows: Sequence[dict[str, Any]], model: dict[str, Any], gates: Se
         "model": model,
         "gates": [g.text for g in gates],
         "results": list(rows),
-        "summary": summary(rows),
+        "summary": summary(rows, allow_nonfinite=allow_nonfinite),
     }
 
 
-def render(fmt: str, rows: Sequence[dict[str, Any]], model: dict[str, Any], gates: Sequence[Gate], targets: Sequence[Target]) -> str:
+def render(fmt: str, rows: Sequence[dict[str, Any]], model: dict[str, Any], gates: Sequence[Gate], targets: Sequence[Target], *,
+           allow_nonfinite: bool = False) -> str:
     """Every format but ``table`` (which needs a console); returns text ending in a newline."""
     if fmt == "json":
-        return json.dumps(clean(report_dict(rows, model, gates)), indent=2, default=_json_default) + "\n"
+        return json.dumps(clean(report_dict(rows, model, gates, allow_nonfinite=allow_nonfinite)), indent=2, default=_json_default) + "\n"
     if fmt == "jsonl":
         return "".join(jsonl_line(r) for r in rows)
     if fmt == "csv":

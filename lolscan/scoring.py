@@ -120,6 +120,9 @@ class _Reader:
         except IncompatibleAdapter as exc:
             row.update(status="incompatible", error=_one_line(exc, found.source))
             return _Item(found, row)
+        if adapter.nonfinite:  # NaN/Inf factors: a prediction would be meaningless, never "ok"
+            row.update(status="nonfinite", error=lightread.nonfinite_message(adapter.nonfinite))
+            return _Item(found, row)
         fill_truth(row, self._targets or (), true_labels(adapter, found.source, self._labels))
         if slot is not None:
             in_slot = pack(adapter, self._spec, slot)

@@ -8,13 +8,14 @@ caller explicitly allows it.
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from .errors import InputError
+from .errors import InputError, quoted
 from .stheader import FLOAT_DTYPES, PICKLE_SUFFIXES, Entry  # noqa: F401 - re-exported
 from .stheader import looks_pickled as _looks_pickled
 from .stheader import read_header as _read_header
@@ -95,6 +96,7 @@ class TensorFile:
 def read_header(path: str | os.PathLike) -> tuple[dict, int]:
     """Parse and validate a safetensors header; return (header dict, data start offset)."""
     p = Path(path)
+    check_regular(p)
     try:
         with open(p, "rb") as fh:
             header, start, _, _ = _read_header(fh, p)
@@ -106,6 +108,7 @@ def read_header(path: str | os.PathLike) -> tuple[dict, int]:
 def read_safetensors(path: str | os.PathLike) -> TensorFile:
     """Validate the header, then read the data region once; tensors are views into it, built on access."""
     p = Path(path)
+    check_regular(p)
     try:
         fh = open(p, "rb")
     except OSError as exc:
@@ -121,10 +124,6 @@ def read_safetensors(path: str | os.PathLike) -> TensorFile:
     metadata = header.get("__metadata__") or {}
     dtypes = {key: entry[0] for key, entry in layout.items()}
     tensors = SafetensorsTensors(data, layout)
-    if b"true" in raw:  # a JSON `true` passes as a dimension, but torch refuses it: fail here, as always
-        for key, (_, shape, _, _) in layout.items():
-            if any(type(d) is not int for d in shape):
-                tensors[key]
     return TensorFile(tensors, dict(metadata), dtypes, str(path), layout, data)
 
 
@@ -183,7 +182,8 @@ def read_pickle(path: str | os.PathLike, *, allow_pickle: bool) -> TensorFile:
             path=path,
         )
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with open(path, "rb") as fh:  # a file object: torch.load given a path named *.safetensors reads it as safetensors
+            obj = torch.load(fh, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for hostile pickles
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InputError(f"refused or unreadable pickle ({first[:160]})", path=path) from None
@@ -191,6 +191,12 @@ def read_pickle(path: str | os.PathLike, *, allow_pickle: bool) -> TensorFile:
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
         raise InputError("pickle does not hold a flat mapping of names to tensors", path=path)
+    for k in obj:
+        if not k.isascii():
+            try:
+                k.encode("utf-8")
+            except UnicodeEncodeError:
+                raise InputError(f"tensor name {quoted(k)} is not valid UTF-8 (a lone surrogate)", path=path) from None
     dtypes = {k: _dtype_name(v.dtype) for k, v in obj.items()}
     return TensorFile(dict(obj), {}, dtypes, str(path))
 
@@ -204,8 +210,32 @@ def _dtype_name(dtype: torch.dtype) -> str:
 
 def read_tensor_file(path: str | os.PathLike, *, allow_pickle: bool = False) -> TensorFile:
     p = Path(path)
-    if not p.exists():
-        raise InputError("no such file", path=p)
+    check_regular(p)
     if p.suffix.lower() in PICKLE_SUFFIXES or _looks_pickled(p):
         return read_pickle(p, allow_pickle=allow_pickle)
     return read_safetensors(p)
+
+
+def check_regular(p: Path) -> None:
+    """Refuse what is not a regular file before opening it: opening a FIFO waits for a writer, a
+    device never ends."""
+    try:
+        st = os.stat(p)
+    except FileNotFoundError:
+        raise InputError("no such file", path=p) from None
+    except OSError as exc:  # a symlink loop, a permission, ...
+        raise InputError(f"cannot read file: {exc.strerror or exc}", path=p) from None
+    if not stat.S_ISREG(st.st_mode):
+        raise InputError(f"not a regular file ({_kind(st.st_mode)})", path=p)
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a plain file"

@@ -240,3 +240,118 @@ def test_reader_processes_on_hostile_files_one_line_each_and_complete_output(env
     assert errors == bad and {r["status"] for r in rows if Path(r["source"]).name not in bad} == {"ok"}
     lines = [line for line in procs.stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == len(bad) and all(any(name in line for line in lines) for name in bad)
+
+
+# ---- issue 24: exit codes whatever the row order, resume edges, nonfinite, the output lock ------------------
+def test_exit_code_looks_at_every_row_not_the_last():
+    from lolscan.report import exit_code
+
+    ok = {"status": "ok", "gates": [{"passed": True}]}
+    fail = {"status": "ok", "gates": [{"passed": False}]}
+    assert exit_code([fail, ok]) == 1 and exit_code([ok, fail]) == 1
+    assert exit_code([{"status": "error"}, ok]) == 3 and exit_code([{"status": "incompatible"}, {"status": "error"}, ok]) == 4
+    assert exit_code([{"status": "nonfinite"}, ok]) == 3 and exit_code([{"status": "nonfinite"}, ok], allow_nonfinite=True) == 0
+    assert exit_code([{"status": "nonfinite"}, fail], allow_nonfinite=True) == 1
+
+
+def test_failing_gate_on_the_first_adapter_fails_the_run(env):
+    scores = {}
+    for i in range(6):
+        target = env["lib"] / f"lora_{i:04d}"
+        scores[target] = _score_of(env, target)["score"]["value"]
+    low, high = min(scores, key=scores.get), max(scores, key=scores.get)
+    assert scores[low] < scores[high]
+    bound = (scores[low] + scores[high]) / 2
+    r = run(low, high, "--model", "toy", "--fail-under", f"score={bound!r}", "--format", "json")
+    assert r.exit_code == 1, r.output
+    assert [g["passed"] for row in json.loads(r.stdout)["results"] for g in row["gates"]] == [False, True]
+
+
+def test_read_done_keeps_only_whole_parsed_lines(tmp_path):
+    from lolscan.cli.predict_cmd import read_done
+
+    a, b = json.dumps({"source": "a", "status": "ok"}) + "\n", json.dumps({"source": "b", "status": "ok"})
+    p = tmp_path / "o.jsonl"
+    p.write_text(a + b)  # b is complete JSON but has no newline: a crash may have cut it after the brace
+    done, good = read_done(p)
+    assert set(done) == {"a"} and good == len(a.encode())
+    p.write_text(a + "not json\n" + b + "\n")
+    done, good = read_done(p)
+    assert set(done) == {"a"} and good == len(a.encode())  # counted only once parsed; nothing after it
+
+
+def test_resume_rescores_a_last_line_without_newline_and_drops_a_bad_line(env, tmp_path, monkeypatch):
+    out = tmp_path / "results.jsonl"
+    assert run(env["lib"] / "lora_000[0-2]", "--model", "toy", "--output", out).exit_code == 0
+    out.write_bytes(out.read_bytes().rstrip(b"\n"))  # the last row is whole JSON, its newline missing
+    loads = []
+    real = lolscan.load
+    monkeypatch.setattr(lolscan, "load", lambda src, **kw: loads.append(Path(src).name) or real(src, **kw))
+    r = run(env["lib"] / "lora_000[0-2]", "--model", "toy", "--output", out, "--resume")
+    assert r.exit_code == 0 and loads == ["lora_0002"], (loads, r.output)
+    text = out.read_text()
+    assert text.endswith("\n") and [Path(json.loads(x)["source"]).name for x in text.splitlines()] == ["lora_0000", "lora_0001", "lora_0002"]
+    with open(out, "a") as fh:
+        fh.write("garbage that is not JSON\n")
+    loads.clear()
+    r = run(env["lib"] / "lora_000[0-3]", "--model", "toy", "--output", out, "--resume")
+    assert r.exit_code == 0 and loads == ["lora_0003"]
+    assert [Path(json.loads(x)["source"]).name for x in out.read_text().splitlines()] == [f"lora_{i:04d}" for i in range(4)]
+
+
+def test_resume_rescores_error_and_incompatible_rows(env, tmp_path, monkeypatch):
+    out = tmp_path / "results.jsonl"
+    assert run(env["lib"] / "lora_000[0-2]", "--model", "toy", "--output", out).exit_code == 0
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    rows[0].update(status="error", error="was unreadable", predictions={})
+    rows[1].update(status="incompatible", error="did not fit", predictions={})
+    out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    loads = []
+    real = lolscan.load
+    monkeypatch.setattr(lolscan, "load", lambda src, **kw: loads.append(Path(src).name) or real(src, **kw))
+    r = run(env["lib"] / "lora_000[0-2]", "--model", "toy", "--output", out, "--resume", "--format", "json")
+    assert r.exit_code == 0, r.output
+    assert sorted(loads) == ["lora_0000", "lora_0001"] and "resuming: 1 of 3" in r.stderr
+    assert [x["status"] for x in json.loads(r.stdout)["results"]] == ["ok", "ok", "ok"]
+
+
+def _nan_copy(env, tmp_path) -> Path:
+    from safetensors.torch import load_file, save_file
+
+    d = tmp_path / "nan_adapter"
+    shutil.copytree(env["lib"] / "lora_0000", d)
+    t = load_file(str(d / "adapter_model.safetensors"))
+    key = sorted(k for k in t if k.endswith("lora_B.weight"))[0]
+    t[key] = t[key].clone()
+    t[key].view(-1)[0] = float("nan")
+    save_file(t, str(d / "adapter_model.safetensors"))
+    return d
+
+
+def test_nonfinite_adapter_is_never_ok(env, tmp_path):
+    bad = _nan_copy(env, tmp_path)
+    r = run(bad, one(env), "--model", "toy", "--format", "json")
+    assert r.exit_code == 3, r.output
+    rows = json.loads(r.stdout)["results"]
+    assert [x["status"] for x in rows] == ["nonfinite", "ok"] and rows[0]["predictions"] == {}
+    assert "1 module(s) hold NaN/Inf values" in rows[0]["error"] and json.loads(r.stdout)["summary"]["nonfinite"] == 1
+    warning = [line for line in r.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warning) == 1 and "nan_adapter" in warning[0] and "NaN/Inf" in warning[0] and "1 holding NaN/Inf" in r.stderr
+    r = run(bad, one(env), "--model", "toy", "--format", "json", "--allow-nonfinite")
+    assert r.exit_code == 0 and json.loads(r.stdout)["results"][0]["status"] == "nonfinite"
+    r = run(bad, "--model", "toy", "--format", "junit", "--allow-nonfinite")
+    (case,) = ET.fromstring(r.stdout).iter("testcase")
+    assert case.find("error").get("type") == "nonfinite"
+    r = run(bad, "--model", "toy", "--format", "junit", "--fail-under", "score=-1e9")
+    assert r.exit_code == 3  # a gate cannot pass an adapter that was not scored
+
+
+def test_second_writer_of_the_same_output_fails_fast(env, tmp_path):
+    from filelock import FileLock
+
+    out = tmp_path / "results.jsonl"
+    with FileLock(str(out) + ".lock"):
+        r = run(one(env), "--model", "toy", "--output", out, "--resume")
+    assert r.exit_code == 3 and "is being written by another lolscan run" in flat(r.stderr)
+    assert not out.exists()
+    assert run(one(env), "--model", "toy", "--output", out, "--resume").exit_code == 0 and len(out.read_text().splitlines()) == 1

@@ -1,6 +1,7 @@
 """kohya-family details: alpha rules, Tucker LoCon, DoRA scale orientation, old diffusers text-encoder keys."""
 from __future__ import annotations
 
+import pytest
 import torch
 from safetensors.torch import save_file
 
@@ -115,3 +116,33 @@ def test_grouped_conv_lora_is_refused_clearly(tmp_path):
 
     with pytest.raises(lolscan.UnsupportedFormat, match="grouped-convolution"):
         lolscan.load(str(tmp_path / "g.safetensors"))
+
+
+def test_diffusers_unet_names_under_kohya_underscores_keeping_the_unet_prefix(tmp_path):
+    """``lora_unet_unet_down_blocks_0_…_attn1_to_k_lora_down.weight`` (kohya underscores over diffusers'
+    attention-processor names, the ``unet`` prefix kept): read, names mapped as diffusers' old
+    processor names are (``to_out`` → ``to_out.0``), ΔW = up @ down (no alpha: scale 1)."""
+    g = torch.Generator().manual_seed(5)
+    mods = {"down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_k": ("unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_k", 32, 32),
+            "down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_out": ("unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_out.0", 32, 32),
+            "mid_block_attentions_0_transformer_blocks_0_attn2_to_v": ("unet.mid_block.attentions.0.transformer_blocks.0.attn2.to_v", 64, 24)}
+    t = {}
+    for key, (_, n, m) in mods.items():
+        t[f"lora_unet_unet_{key}_lora_down.weight"] = torch.randn(4, m, generator=g)
+        t[f"lora_unet_unet_{key}_lora_up.weight"] = torch.randn(n, 4, generator=g)
+    save_file(t, tmp_path / "u.safetensors")
+    adapter = lolscan.load(str(tmp_path / "u.safetensors"))
+    assert set(adapter) == {name for name, _, _ in mods.values()}
+    for key, (name, n, m) in mods.items():
+        want = t[f"lora_unet_unet_{key}_lora_up.weight"] @ t[f"lora_unet_unet_{key}_lora_down.weight"]
+        torch.testing.assert_close(adapter[name].delta(), want, rtol=1e-6, atol=1e-6)
+
+
+def test_down_up_pairs_with_unknown_module_names_are_counted_in_the_error(tmp_path):
+    t = {}
+    for i in range(3):
+        t[f"lora_foo_blk_{i}_to_k.lora_down.weight"] = torch.randn(4, 8)
+        t[f"lora_foo_blk_{i}_to_k.lora_up.weight"] = torch.randn(8, 4)
+    save_file(t, tmp_path / "w.safetensors", metadata={"ss_network_module": "networks.lora"})
+    with pytest.raises(lolscan.UnsupportedFormat, match=r"found 3 down/up pairs whose module names were not recognised \(e\.g\. 'lora_foo_blk_0"):
+        lolscan.load(str(tmp_path / "w.safetensors"))

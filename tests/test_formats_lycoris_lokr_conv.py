@@ -167,3 +167,24 @@ def test_conv2d_flat_w2b_same_matrix(tmp_path):
     layer = load_one(tmp_path, t)
     ref = lycoris_weight(t, (A * B, C * D, *kernel)).reshape(A * B, -1)
     torch.testing.assert_close(layer.delta().double(), ref, rtol=1e-5, atol=1e-5 * float(ref.abs().max()))
+
+
+@pytest.mark.parametrize("module", ["conv1", "conv2"])
+def test_2023_layout_unet_3x3_conv_is_a_conv_with_its_kernel(tmp_path, module):
+    """LyCORIS's 2023 LoKr layout stores a 3×3 conv's decomposed W₂ flat (lokr_w2_b [r, d·9]); on a UNet
+    module that is a 3×3 conv in every SD UNet the layer is a conv [out, in, 3, 3] (not linear out×in·9),
+    and its ΔW is LyCORIS's conv weight: same numbers, same convolution output."""
+    torch.manual_seed(7)
+    r = 2
+    t = {"lokr_w1": torch.randn(A, C), "lokr_w2_a": torch.randn(B, r), "lokr_w2_b": torch.randn(r, D * 9), "alpha": torch.tensor(3.0)}
+    layer = load_one(tmp_path, t, module=module)
+    assert layer.scale == pytest.approx(1.5)
+    check(layer, t, (A * B, C * D, 3, 3))
+
+
+def test_2023_layout_elsewhere_keeps_the_flat_shape(tmp_path):
+    """A module that is no 3×3 conv of the UNet (here the 1×1 conv_shortcut) keeps the shape the file gives."""
+    torch.manual_seed(8)
+    t = {"lokr_w1": torch.randn(A, C), "lokr_w2_a": torch.randn(B, 2), "lokr_w2_b": torch.randn(2, D * 9), "alpha": torch.tensor(2.0)}
+    layer = load_one(tmp_path, t, module="conv_shortcut")
+    assert layer.shape == (A * B, C * D * 9) and layer.kind == "linear"

@@ -152,9 +152,55 @@ def test_kohya_files_every_dtype_and_alpha(tmp_path, dtype, alpha):
         assert dtypes == ["F32", raw, "F32"]  # the conv module has no alpha: scale 1
 
 
-def test_mixed_ranks_non_finite_values_and_a_rank_rule(tmp_path):
-    for dtype in (torch.float16, torch.bfloat16, torch.float32):
-        _compare(_kohya(tmp_path / f"nan_{str(dtype)[6:]}.safetensors", dtype, alpha=3.0, ranks=(5, 2, 7), nan=True))
+def test_non_finite_values_give_the_same_nonfinite_row_in_both_readers(tmp_path):
+    """NaN/Inf in a module's factors (or its alpha) is never scored: status ``nonfinite`` naming the
+    module, from the light reader and the full reader alike; NaN in a tensor that is no factor is not."""
+    def rows(path: Path) -> tuple[dict, dict]:
+        spec = _spec_with_extra(lolscan.load(str(path)))
+        got = LightReader(_rule(spec), []).read(str(path), np.zeros(4 * packed_floats(spec, 16), np.uint8))
+        assert got is not None, path.name
+        full = _Reader(_rule(spec), [], False, {}, False)(Found(str(path)))
+        return got[0], full.row, got[1], full.packed
+
+    for dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+        light, full, written, packed = rows(_kohya(tmp_path / f"nan_{str(dtype)[6:]}.safetensors", dtype, alpha=3.0, ranks=(5, 2, 7), nan=True))
+        assert written is None and packed is None
+        assert light["status"] == full["status"] == "nonfinite", (dtype, light, full)
+        assert light["error"] == full["error"] and "1 module(s)" in light["error"]
+        assert "unet.down_blocks.0.attentions.0.proj_in" in light["error"]
+    path = _kohya(tmp_path / "nan_alpha.safetensors", torch.float32, alpha=float("nan"))
+    light, full, _, _ = rows(path)
+    assert light["status"] == full["status"] == "nonfinite" and light["error"] == full["error"] and "3 module(s)" in light["error"]
+    from safetensors.torch import load_file
+    t = load_file(str(_kohya(tmp_path / "extra.safetensors", torch.float16, alpha=2.0)))
+    t["lora_te_text_model_embeddings.position_ids"] = torch.tensor([float("nan"), float("inf")])  # not a factor
+    save_file(t, str(tmp_path / "extra.safetensors"))
+    light, full, written, packed = rows(tmp_path / "extra.safetensors")
+    assert light["status"] == full["status"] == "ok" and written is not None and packed is not None
+
+
+@pytest.mark.parametrize("dtype, value, alpha", [(torch.float32, 3e38, 8.0), (torch.bfloat16, 3e38, 8.0), (torch.float64, 1e300, None),
+                                                 (torch.float32, 3e38, None)])
+def test_values_that_overflow_float32_once_scaled_are_nonfinite_in_both_readers(tmp_path, dtype, value, alpha):
+    """Finite in the file, not once converted to float32 and scaled (alpha 8 on rank 2: ×2): the full reader
+    finds NaN/Inf in the factors; the light reader must say so too (not score an Inf). Scale 1 and float32: ok."""
+    t = {"lora_unet_mid_block_attentions_0_proj_in.lora_down.weight": torch.randn(2, 8).to(dtype),
+         "lora_unet_mid_block_attentions_0_proj_in.lora_up.weight": torch.randn(6, 2).to(dtype)}
+    t["lora_unet_mid_block_attentions_0_proj_in.lora_up.weight"].view(-1)[3] = value
+    if alpha is not None:
+        t["lora_unet_mid_block_attentions_0_proj_in.alpha"] = torch.tensor(alpha, dtype=torch.float32)
+    path = tmp_path / "big.safetensors"
+    save_file(t, str(path))
+    spec = _spec_with_extra(lolscan.load(str(path)))
+    got = LightReader(_rule(spec), []).read(str(path), np.zeros(4 * packed_floats(spec, 16), np.uint8))
+    full = _Reader(_rule(spec), [], False, {}, False)(Found(str(path)))
+    assert got is not None
+    want = "ok" if (dtype == torch.float32 and alpha is None) else "nonfinite"
+    assert got[0]["status"] == full.row["status"] == want and got[0]["error"] == full.row["error"]
+
+
+def test_mixed_ranks_and_a_rank_rule(tmp_path):
+    _compare(_kohya(tmp_path / "mixed.safetensors", torch.float16, alpha=3.0, ranks=(5, 2, 7)))
     path = _kohya(tmp_path / "r.safetensors", torch.float16, alpha=None, ranks=(4, 2, 4))
     spec = LayerSpec.from_adapters([lolscan.load(str(path))])
     assert LightReader(_rule(spec, rank=4), []).read(str(path), np.zeros(4 * packed_floats(spec, 8), np.uint8)) is None
@@ -359,3 +405,32 @@ def test_widening_and_scaling_paths_agree_with_lolscan_load_arithmetic():
             assert torch.equal(dst.contiguous().view(torch.int32), want.view(torch.int32)), (dtype, c)
             assert torch.equal(_widen(src, scale, None).view(torch.int32), want.view(torch.int32)), (dtype, c)
         assert torch.equal(_widen(src, None, torch.empty(3, 40, 5)).view(torch.int32), src.float().view(torch.int32))
+
+
+def test_kohya_underscores_over_diffusers_processor_names(tmp_path):
+    """``lora_unet_unet_…_to_out_lora_down.weight``: the light reader names (``to_out.0``) and packs as lolscan.load does."""
+    g = torch.Generator().manual_seed(11)
+    t = {}
+    for key, (n, m) in {"down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_out": (32, 32),
+                        "mid_block_attentions_0_transformer_blocks_0_attn2_to_v": (64, 24)}.items():
+        t[f"lora_unet_unet_{key}_lora_down.weight"] = torch.randn(4, m, generator=g).half()
+        t[f"lora_unet_unet_{key}_lora_up.weight"] = torch.randn(n, 4, generator=g).half()
+        t[f"lora_unet_unet_{key}.alpha"] = torch.tensor(2.0).half()
+    save_file(t, str(tmp_path / "u.safetensors"))
+    row, _ = _compare(tmp_path / "u.safetensors")
+    assert row["layers"] == 2 and "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_out.0" in lolscan.load(str(tmp_path / "u.safetensors"))
+
+
+def test_empty_adapter_config_means_peft_defaults_in_both_readers(tmp_path):
+    """An adapter_config.json of ``{}`` is a config (peft's defaults: lora_alpha 8), not the absence of
+    one: alpha tensors in the weights are not read, by either reader (found by bench/fuzz.py)."""
+    folder = tmp_path / "peft"
+    folder.mkdir()
+    g = torch.Generator().manual_seed(4)
+    t = {"base_model.model.h.0.attn.c_proj.lora_A.weight": torch.randn(4, 16, generator=g),
+         "base_model.model.h.0.attn.c_proj.lora_B.weight": torch.randn(16, 4, generator=g),
+         "base_model.model.h.0.attn.c_proj.alpha": torch.tensor(-4.0)}
+    save_file(t, str(folder / "adapter_model.safetensors"))
+    (folder / "adapter_config.json").write_text("{}")
+    _compare(folder)
+    assert lolscan.load(str(folder))["h.0.attn.c_proj"].scale == 2.0  # 8 / 4

@@ -115,7 +115,7 @@ def test_json_report_has_schema_version_and_summary():
     rows, gates = _rows_with_gates()
     rep = json.loads(render("json", rows, MODEL, gates, TARGETS))
     assert rep["schema_version"] == 1
-    assert rep["summary"] == {"adapters": 3, "ok": 2, "errors": 1, "incompatible": 0, "gate_failures": 1, "exit_code": 3}
+    assert rep["summary"] == {"adapters": 3, "ok": 2, "errors": 1, "incompatible": 0, "nonfinite": 0, "gate_failures": 1, "exit_code": 3}
     assert [r["source"] for r in rep["results"]] == ["a.safetensors", "b.safetensors", "c.safetensors"]
 
 

@@ -8,11 +8,11 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from ..errors import EXIT_BAD_INPUT, LolscanError
+from ..errors import EXIT_BAD_INPUT, LolscanError, elide
 from .app import app
 from .console import console, print_error
 from .plain import PlainCommand, examples
-from .options import AllowPickle, CivitaiToken, HfToken, Offline, source_options
+from .options import AllowPickle, CivitaiToken, FollowSymlinks, HfToken, Offline, source_options
 
 INSPECT_SCHEMA_VERSION = 1
 
@@ -82,6 +82,7 @@ def inspect(
     as_json: Annotated[bool, typer.Option("--json", help="Write machine-readable JSON to stdout.")] = False,
     modules: Annotated[int, typer.Option("--modules", help="Per-module rows to show in the table (0 = all).")] = 12,
     allow_pickle: AllowPickle = False,
+    follow_symlinks: FollowSymlinks = False,
     offline: Offline = False,
     civitai_token: CivitaiToken = None,
     hf_token: HfToken = None,
@@ -93,9 +94,9 @@ def inspect(
 
     opts = source_options(offline, civitai_token, hf_token)
     reports, errors = [], []
-    for found in expand(targets, allow_pickle=allow_pickle):
+    for found in expand(targets, allow_pickle=allow_pickle, follow_symlinks=follow_symlinks):
         if found.error:
-            errors.append({"source": found.source, "error": f"{found.source}: {found.error}"})
+            errors.append({"source": found.source, "error": f"{elide(found.source)}: {found.error}"})
             continue
         try:
             adapter = load(found.source, allow_pickle=allow_pickle, **opts)
@@ -103,6 +104,10 @@ def inspect(
             report = inspect_adapter(adapter, path if path.exists() else _resolved_path(adapter))
         except LolscanError as exc:
             errors.append({"source": found.source, "error": str(exc)})
+            continue
+        except Exception as exc:  # a reader bug must not cost the other files their report, nor print a traceback
+            errors.append({"source": found.source, "error": f"{elide(found.source)}: could not be read "
+                                                            f"(unexpected {type(exc).__name__}: {elide(str(exc), 160)})"})
             continue
         reports.append(report)
         if not as_json:

@@ -3,17 +3,19 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional
 
 import typer
 
-from ..errors import UsageError
+from ..errors import EXIT_BAD_INPUT, UsageError, elide
 from ..report import apply_gates, atomic_write, check_gates, exit_code, format_from_suffix, jsonl_line, parse_gate, render, render_table, summary
 from .app import app
 from .console import console, err_console, print_error
 from .plain import PlainCommand, examples
-from .options import AllowPickle, CivitaiToken, HfToken, Offline, source_options
+from .options import AllowPickle, CivitaiToken, FollowSymlinks, HfToken, Offline, source_options
 
 
 def read_done(path: Path) -> tuple[dict[str, dict[str, Any]], int]:
@@ -89,6 +91,33 @@ def early_readers(procs: str, targets: list[str]) -> Any:
         return nullcontext()
 
 
+@contextmanager
+def output_lock(output: Path | None) -> Iterator[None]:
+    """Hold ``OUTPUT.lock`` (filelock) for the whole run: a second run writing the same --output
+    (say two ``--resume`` runs at once, which would score every adapter twice) stops at once, exit 3."""
+    if output is None:
+        yield
+        return
+    from filelock import FileLock, Timeout
+
+    lock_path = output.with_name(output.name + ".lock")
+    try:
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(lock_path), timeout=0)
+        lock.acquire()
+    except Timeout:
+        err_console.print(f"[bold red]error:[/] {elide(str(output))} is being written by another lolscan run "
+                          f"(lock {elide(str(lock_path))} is held); wait for it to finish or choose another --output", highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+    except OSError as exc:
+        err_console.print(f"[bold red]error:[/] cannot lock {elide(str(lock_path))}: {exc.strerror or exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 @app.command(cls=PlainCommand, epilog=examples(
     "lolscan predict adapter.safetensors",
     "lolscan predict models/examples --model smollm2-data-sources",
@@ -112,13 +141,17 @@ def predict(
     threads: Annotated[Optional[int], typer.Option(help="CPU threads for torch.", min=1)] = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bar on stderr.")] = True,
     allow_pickle: AllowPickle = False,
+    allow_nonfinite: Annotated[bool, typer.Option("--allow-nonfinite", help="Adapters holding NaN/Inf values are still reported (status nonfinite, not scored) but do not make the exit code 3.")] = False,
+    follow_symlinks: FollowSymlinks = False,
     offline: Offline = False,
     civitai_token: CivitaiToken = None,
     hf_token: HfToken = None,
 ) -> None:
     """Predict each adapter's targets with a checkpoint; optionally fail a CI job on the predictions.
 
-    Exit codes: 0 ok, 1 a gate failed, 2 usage error, 3 an adapter could not be read, 4 an adapter does not fit the checkpoint (4 wins over 3, 3 over 1).
+    Exit codes: 0 ok, 1 a gate failed, 2 usage error, 3 an adapter could not be read or holds
+    NaN/Inf values (unless --allow-nonfinite), or --output is in use by another run, 4 an adapter
+    does not fit the checkpoint (4 wins over 3, 3 over 1).
     """
     from .models_cmd import card_meaning, cli_errors, open_model, print_failure  # lazy: keeps `models` last in the help
     import torch
@@ -140,13 +173,13 @@ def predict(
         torch.set_num_threads(threads)
     # Reader processes start now and warm up while the checkpoint loads and the folder is walked;
     # they stop on the way out whatever happens (a checkpoint that fails to load included).
-    with early_readers(procs, targets) as readers, cli_errors():
+    with output_lock(output), early_readers(procs, targets) as readers, cli_errors():
         ckpt = open_model(model, device)
         try:
             check_gates(gates, ckpt.targets)
         except UsageError as exc:
             raise typer.BadParameter(str(exc), param_hint="--fail-under/--fail-over") from None
-        found = expand(targets, allow_pickle=allow_pickle)
+        found = expand(targets, allow_pickle=allow_pickle, follow_symlinks=follow_symlinks)
         done: dict[str, dict[str, Any]] = {}
         stream = None
         if out_fmt == "jsonl":
@@ -190,7 +223,9 @@ def predict(
                     new_rows[row["source"]] = row if keep_rows else {
                         "source": row["source"], "status": row["status"], "gates": [{"passed": g["passed"]} for g in row["gates"]]
                     }
-                    if row["status"] != "ok":
+                    if row["status"] == "nonfinite":
+                        bar.console.print(f"[bold yellow]warning:[/] {elide(row['source'])}: {row['error']}", highlight=False, soft_wrap=True)
+                    elif row["status"] != "ok":
                         print_failure(row, ckpt.name, on=bar.console)  # once: the table leaves errors out
                     elif (row.get("domain") or {}).get("in_domain") is False:
                         out_of_domain.append(row["source"])
@@ -217,24 +252,25 @@ def predict(
                 render_table(console, rows, ckpt.targets, title=f"{info['name']} ({info['architecture']})",
                              caption=card_meaning(ckpt.card))
         elif not live_stdout:
-            sys.stdout.write(render(fmt, rows, info, gates, ckpt.targets))
+            sys.stdout.write(render(fmt, rows, info, gates, ckpt.targets, allow_nonfinite=allow_nonfinite))
             sys.stdout.flush()
         if out_fmt not in (None, "jsonl"):
             assert output is not None
-            atomic_write(output, render(out_fmt, rows, info, gates, ckpt.targets))
+            atomic_write(output, render(out_fmt, rows, info, gates, ckpt.targets, allow_nonfinite=allow_nonfinite))
         if out_of_domain:
             err_console.print(
                 f"[yellow]warning:[/] {len(out_of_domain)} adapter(s) are unlike this checkpoint's training adapters "
-                f"(e.g. {out_of_domain[0]}): their predictions are extrapolations; see the 'domain' column",
+                f"(e.g. {elide(out_of_domain[0])}): their predictions are extrapolations; see the 'domain' column",
                 highlight=False, soft_wrap=True)
-        s = summary(rows)
+        s = summary(rows, allow_nonfinite=allow_nonfinite)
         failed_gates = s["gate_failures"]
         err_console.print(
             f"{s['ok']} scored, {s['errors']} unreadable, {s['incompatible']} not fitting the model"
+            + (f", {s['nonfinite']} holding NaN/Inf" if s["nonfinite"] else "")
             + (f", {failed_gates} gate failure(s)" if gates else ""),
             highlight=False,
         )
-        code = exit_code(rows)
+        code = exit_code(rows, allow_nonfinite=allow_nonfinite)
         if not found:
             print_error("no adapters to score")
             code = 3

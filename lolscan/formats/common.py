@@ -7,7 +7,7 @@ import struct
 import torch
 
 from ..adapter import Layer
-from ..errors import InputError, UnsupportedFormat
+from ..errors import InputError, UnsupportedFormat, quoted
 from ..tensorfile import DTYPES, TensorFile
 
 # safetensors dtypes whose single values `struct` reads exactly as torch converts them to float64.
@@ -16,7 +16,7 @@ _STRUCT_FORMATS = {"F64": "<d", "F32": "<f", "F16": "<e"}
 
 def _check_float(t: torch.Tensor, key: str, path: str) -> None:
     if not (t.is_floating_point()):
-        raise InputError(f"tensor {key!r} has dtype {str(t.dtype).replace('torch.', '')}, expected floating point", path=path)
+        raise InputError(f"tensor {quoted(key)} has dtype {str(t.dtype).replace('torch.', '')}, expected floating point", path=path)
 
 
 def as_float(t: torch.Tensor, key: str, path: str, dtype: torch.dtype = torch.float64) -> torch.Tensor:
@@ -28,7 +28,7 @@ def as_float(t: torch.Tensor, key: str, path: str, dtype: torch.dtype = torch.fl
 def scalar(t: torch.Tensor, key: str, path: str) -> float:
     """Read a 0-d (or single-element) alpha/scale tensor (its exact value as a Python float)."""
     if t.numel() != 1:
-        raise InputError(f"tensor {key!r} should hold one number, has shape {list(t.shape)}", path=path)
+        raise InputError(f"tensor {quoted(key)} should hold one number, has shape {list(t.shape)}", path=path)
     _check_float(t, key, path)
     return t.item()
 
@@ -66,18 +66,18 @@ def lora_layer(
     up64 = as_float(up, keys[0], path, work)
     down64 = as_float(down, keys[-1], path, work)
     if up64.ndim < 2 or down64.ndim < 2:
-        raise InputError(f"module {name!r}: up/down must be at least 2-D, got {list(up.shape)} and {list(down.shape)}", path=path)
+        raise InputError(f"module {quoted(name)}: up/down must be at least 2-D, got {list(up.shape)} and {list(down.shape)}", path=path)
     r = down64.shape[0]
     if any(d != 1 for d in up64.shape[2:]):
-        raise InputError(f"module {name!r}: up weight {list(up.shape)} is not a 1×1 kernel", path=path)
+        raise InputError(f"module {quoted(name)}: up weight {list(up.shape)} is not a 1×1 kernel", path=path)
     B = up64.reshape(up64.shape[0], -1)
     if mid is not None:
         mid64 = as_float(mid, f"{name}.lora_mid.weight", path)
-        if mid64.ndim < 3 or mid64.shape[0] != B.shape[1] or mid64.shape[1] != r:
-            raise InputError(f"module {name!r}: lora_mid {list(mid.shape)} does not pair with up {list(up.shape)} / down {list(down.shape)}", path=path)
+        if not 3 <= mid64.ndim <= 5 or mid64.shape[0] != B.shape[1] or mid64.shape[1] != r:
+            raise InputError(f"module {quoted(name)}: lora_mid {list(mid.shape)} does not pair with up {list(up.shape)} / down {list(down.shape)}", path=path)
         d = down64.reshape(r, -1)  # Tucker: down is [r, in, 1, 1]
         # M[a, i, h, w] = Σ_b mid[a, b, h, w] · down[b, i]
-        A = torch.einsum("abhw,bi->aihw", mid64, d).reshape(mid64.shape[0], -1)
+        A = torch.einsum("ab...,bi->ai...", mid64, d).reshape(mid64.shape[0], -1)
         kernel = tuple(mid64.shape[2:])
         in_ch = d.shape[1]
     else:
@@ -86,11 +86,11 @@ def lora_layer(
         in_ch = down64.shape[1]
     if B.shape[1] != A.shape[0] and kernel and B.shape[1] and A.shape[0] % B.shape[1] == 0:
         raise UnsupportedFormat(
-            f"module {name!r}: grouped-convolution LoRA (up {list(up.shape)}, down {list(down.shape)}): its ΔW is "
+            f"module {quoted(name)}: grouped-convolution LoRA (up {list(up.shape)}, down {list(down.shape)}): its ΔW is "
             "block-structured, not a rank-r product; not supported (PEFT does not merge it either)", path=path)
     if B.shape[1] != A.shape[0]:
         raise InputError(
-            f"module {name!r}: rank mismatch between up {list(up.shape)} and down {list(down.shape)}", path=path
+            f"module {quoted(name)}: rank mismatch between up {list(up.shape)} and down {list(down.shape)}", path=path
         )
     U, V = split_scale(B, A.T, scale)
     shape = (B.shape[0], in_ch, *kernel)

@@ -54,6 +54,10 @@ def split_key(key: str) -> tuple[str, str] | None:
         j = key.rfind("_", 0, i)
         if j >= 0 and key[j:i] == "_lora" and key[j:] in _BY_SUFFIX:
             return key[:j], _BY_SUFFIX[key[j:]]
+        if key[i:] == ".weight" and key[j:i] in ("_down", "_up"):  # `…to_k_lora_down.weight`: kohya-style
+            k = key.rfind("_", 0, j)  # underscores over old diffusers attention-processor names
+            if k >= 0 and key[k:j] == "_lora":
+                return key[:k], key[j + 1 : i]
     return None
 
 

@@ -8,7 +8,7 @@ from ..tensorfile import TensorFile
 from .build import build_layers, finish
 from .grouping import group_keys
 from .names import kohya_module_name
-from .scheme import alpha_rule, kohya_format
+from .scheme import alpha_rule, kohya_format, kohya_name_rule
 from .scheme import looks_kohya as _looks_kohya
 
 
@@ -20,7 +20,8 @@ def from_tensors(tf: TensorFile, *, source: str) -> Adapter:
     modules, leftover = group_keys(tf.tensors)
     kohya_modules = {m: roles for m, roles in modules.items() if kohya_module_name(m) is not None}
     leftover += [k for m, roles in modules.items() if m not in kohya_modules for k in roles.values()]
-    built = build_layers(tf, kohya_modules, name_of=lambda m: kohya_module_name(m) or m, scale_of=alpha_rule())
+    name_of = kohya_name_rule(kohya_modules)
+    built = build_layers(tf, kohya_modules, name_of=lambda m: name_of(m) or m, scale_of=alpha_rule())
     built.warnings += _split_qkv_notes(tf, kohya_modules)
     fmt = kohya_format(tf.metadata, (layer.algo for layer in built.layers.values()))
     return finish(fmt, tf, built, source=source, metadata={"safetensors": tf.metadata}, leftover=leftover)

@@ -25,7 +25,7 @@ def from_tensor_file(tf: TensorFile, *, source: str | None = None) -> Adapter:
     if scheme == "diffusers":
         return diffusers.from_tensors(tf, source=source)
     # base_model.model. keys, or any other PEFT-style dotted keys (e.g. saved without that wrapper).
-    return peft.from_tensors(tf, {}, source=source)
+    return peft.from_tensors(tf, None, source=source)
 
 
 def load_path(path: Path, *, allow_pickle: bool = False) -> Adapter:

@@ -119,6 +119,8 @@ def kohya_module_name(module: str) -> str | None:
             dotted = kohya_to_dotted(module[len(prefix):])
             if component == "unet" and (dotted.startswith(("input_blocks", "middle_block", "output_blocks", "time_embed.", "label_emb.")) or dotted == "out.2"):
                 dotted = sgm_to_diffusers(dotted)
+            if component == "unet" and dotted.startswith("unet."):  # `lora_unet_unet_…`: the diffusers prefix kept
+                dotted = dotted[len("unet."):]
             if component == "unet" and dotted.startswith(("double_blocks", "single_blocks")):
                 component = "transformer"  # Flux trained by kohya: BFL module names
             return f"{component}.{dotted}" if component else dotted

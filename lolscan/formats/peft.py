@@ -24,10 +24,12 @@ def load_peft_folder(folder: Path, *, allow_pickle: bool) -> Adapter:
     raise InputError(f"PEFT folder has no {' or '.join(WEIGHT_NAMES)}", path=folder)
 
 
-def from_tensors(tf: TensorFile, config: dict[str, Any], *, source: str) -> Adapter:
+def from_tensors(tf: TensorFile, config: dict[str, Any] | None, *, source: str) -> Adapter:
+    """``config``: the adapter_config.json beside the weights (even an empty one: peft's defaults
+    apply), or None for weights without one (alphas from the file, else scale 1)."""
     # fan_in_fan_out (GPT-2 Conv1D) leaves the factor shapes unchanged: ΔW is still [out, in].
     modules, leftover = group_keys(tf.tensors)
-    if config:
+    if config is not None:
         built = build_layers(
             tf, modules,
             name_of=dotted_module_name,
@@ -38,6 +40,7 @@ def from_tensors(tf: TensorFile, config: dict[str, Any], *, source: str) -> Adap
         built = build_layers(tf, modules, name_of=dotted_module_name, scale_of=alpha_rule(), peft_lycoris=lambda module: None)
         if not any(layer.alpha is not None for layer in built.layers.values()):
             built.warnings.append("no adapter_config.json and no alpha tensors: scale assumed to be 1")
+    config = config if config is not None else {}
     declared = config.get("r")
     for name, layer in built.layers.items():
         # LoHa/LoKr ranks are products (r², rank(W₁)·r), not comparable with r.
@@ -51,4 +54,4 @@ def from_tensors(tf: TensorFile, config: dict[str, Any], *, source: str) -> Adap
 def _in_rank_pattern(config: dict[str, Any], name: str) -> bool:
     from .peft_config import pattern_value
 
-    return pattern_value(config.get("rank_pattern") or {}, name) is not None
+    return pattern_value(config.get("rank_pattern") or {}, module_path(name), "rank_pattern") is not None

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from ..stheader import FLOAT_DTYPES
-from .names import KOHYA_PREFIXES, dotted_module_name
+from .names import KOHYA_PREFIXES, dotted_module_name, kohya_module_name
 from .peft_config import module_path, peft_scale, split_component_metadata
 
 # scale_of(module path, rank, alpha from the file or None) -> (scale, alpha used)
@@ -122,3 +122,19 @@ def is_plain_pair(up_dtype: str | None, up: tuple[int, ...], down_dtype: str | N
         and math.prod(up) > 0 and math.prod(down) > 0
         and math.prod(up[1:]) == down[0]
     )
+
+
+UNDERSCORED_PAIR = ("_lora_down.weight", "_lora_up.weight")
+
+
+def kohya_name_rule(modules: Mapping[str, Mapping[str, str]]) -> Callable[[str], "str | None"]:
+    """Canonical names of kohya-keyed modules (None: no kohya prefix). Modules saved with kohya's
+    underscores over diffusers' old attention-processor names (``lora_unet_unet_…_attn1_to_k_lora_down.weight``)
+    are mapped as those names are (`old_module_name`: ``to_out`` is ``to_out.0``)."""
+    underscored = {m for m, roles in modules.items() if any(k.endswith(UNDERSCORED_PAIR) for k in roles.values())}
+
+    def name_of(module: str) -> str | None:
+        name = kohya_module_name(module)
+        return old_module_name(name) if name is not None and module in underscored else name
+
+    return name_of
