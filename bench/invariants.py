@@ -35,7 +35,7 @@ ROWS: dict[str, tuple[str, dict[str, Any]]] = {
     "mlp-svd": ("mlp-svd", {}),
     "mlp-dense": ("mlp-dense", {}),
     "glnet-v1": ("glnet", {"d": 32, "depth": 1, "hidden": 64, "layers": 2, "scale": "rms", "squash": "none",
-                           "spectral": 0, "head_norm": False}),
+                           "spectral": 0, "head_norm": False, "products": True}),
     "glnet": ("glnet", {}),
 }
 DEFAULT_ROW = "glnet"

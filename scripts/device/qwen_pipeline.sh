@@ -17,7 +17,7 @@ log() { echo "[$(( $(date +%s) - T0 )) s] $*" | tee -a $O/progress; }
 left_build() { echo $(( ${BUILD_S:-900} - ($(date +%s) - TB) )); }
 G=$P/gguf/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf
 # 0. CPU cores: the invariant suite, all lease long (its JSON is rewritten every 10 runs, fetched by every poll)
-( OMP_NUM_THREADS=1 python3 bench/invariants.py --sizes 200 1000 100 --seeds 5 --workers ${SUITE_WORKERS:-8} \
+[ "${SUITE:-1}" = 1 ] && ( OMP_NUM_THREADS=1 python3 bench/invariants.py --sizes 200 1000 100 --seeds 5 --workers ${SUITE_WORKERS:-8} \
     --json $O/suite.json.gz > $L/suite.log 2>&1; log "invariant suite done (rc $?)" ) &
 mkdir -p $P/gguf && cat $P/part?? | gunzip > $G || { log "FAILED: gunzip"; exit 4; }
 echo "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046  $G" | sha256sum -c || { log "FAILED: sha256"; exit 4; }

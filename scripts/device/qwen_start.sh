@@ -9,6 +9,6 @@ n=$(ls $P/part?? 2>/dev/null | wc -l); want=$(cat $P/nparts 2>/dev/null)
 rm -rf $P/repo && mkdir -p $P/repo $P/out/logs && date +%s > $P/out/t0
 tar -c --exclude=./.chunks --exclude=./.benchkit . | tar -x -C $P/repo
 ls $P/repo/models/qwen2.5-coder-1.5b-*/model.safetensors >/dev/null || echo "WARNING: no shipped Qwen checkpoints in the tree: they will not be evaluated" 
-cd $P/repo && BUILD_S=${1:-900} setsid nohup bash scripts/device/qwen_pipeline.sh > $P/out/logs/pipeline.log 2>&1 < /dev/null &
+cd $P/repo && BUILD_S=${1:-900} SUITE=${2:-1} setsid nohup bash scripts/device/qwen_pipeline.sh > $P/out/logs/pipeline.log 2>&1 < /dev/null &
 echo "pipeline started (pid $!)"
 sleep 3; tail -3 $P/out/logs/bench.log; cat $P/out/progress 2>/dev/null
