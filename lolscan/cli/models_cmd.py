@@ -54,13 +54,21 @@ def headline_metrics(targets: list[dict[str, Any]], metrics: dict[str, dict[str,
     "lolscan models",
     "lolscan models smollm2-val-loss",
     "lolscan models -f json",
+    "lolscan models qwen2.5-coder-1.5b-val-loss --self-test",
 ))
 def models(
     name: Annotated[Optional[str], typer.Argument(help="Show one checkpoint's card instead of the list.")] = None,
     fmt: Annotated[Literal["table", "json"], typer.Option("--format", "-f", help="table or json.")] = "table",
+    self_test: Annotated[bool, typer.Option("--self-test", help="Check NAME on synthetic adapters: the same output for "
+                                            "any GL(r) gauge and zero-padded ranks, another for a changed update. Exit 1 on a failed check.")] = False,
 ) -> None:
     """List checkpoints: your own (user data folder) and the bundled ones, with task, base model and test metrics."""
     with cli_errors():
+        if self_test:
+            if not name:
+                raise typer.BadParameter("name the checkpoint to test, e.g. lolscan models NAME --self-test", param_hint="--self-test")
+            _self_test(name, fmt)
+            return
         if name:
             card = read_card(resolve(name))
             if fmt == "json":
@@ -90,6 +98,28 @@ def models(
             table.add_row(name_cell, escape(task_cell(card_targets) or info["task"]), escape(short_base_model(info["base_model"])),
                           short_metrics(card_targets, info["metrics"]))
         console.print(table)
+
+
+def _self_test(name: str, fmt: str) -> None:
+    from ..selftest import TOLERANCE, run_self_test
+
+    ckpt = load_checkpoint(resolve(name))
+    checks = run_self_test(ckpt)
+    failed = [c for c in checks if c.passed is False]
+    if fmt == "json":
+        print(json.dumps({"schema_version": 1, "model": ckpt.name, "architecture": ckpt.architecture,
+                          "checks": [c.as_dict() for c in checks], "passed": not failed}, indent=2, default=str))
+    else:
+        table = Table(title=f"self-test of {escape(ckpt.name)} ({escape(ckpt.architecture)})")
+        for col in ("check", "what", "relative change", "result"):
+            table.add_column(col, overflow="fold")
+        for c in checks:
+            verdict = "[dim]not promised[/]" if c.passed is None else ("[green]pass[/]" if c.passed else "[bold red]FAIL[/]")
+            table.add_row(c.name, escape(c.what), "–" if c.value != c.value else f"{c.value:.2e}", verdict)
+        console.print(table)
+        err_console.print(f"invariance must hold to {TOLERANCE:g} (relative); {len(failed)} check(s) failed", highlight=False)
+    if failed:
+        raise typer.Exit(1)
 
 
 SHORT_METRIC = {"mse": "MSE", "r2": "R²", "kendall_tau": "τ", "accuracy": "acc.", "auc": "AUC", "mean_accuracy": "mean acc."}
