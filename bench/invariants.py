@@ -182,7 +182,7 @@ def mean_sd(xs: list[float]) -> tuple[float, float]:
     return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
 
 
-def summarise(runs: list[dict], reps: int = 1000) -> list[dict[str, Any]]:
+def summarise(runs: list[dict], reps: int = 1000, default: str = DEFAULT_ROW) -> list[dict[str, Any]]:
     """One entry per (task, n): mean ± sd per row, best other row, and the paired CI."""
     groups: dict[tuple[str, int], dict[str, list[dict]]] = {}
     for r in runs:
@@ -194,10 +194,11 @@ def summarise(runs: list[dict], reps: int = 1000) -> list[dict[str, Any]]:
         stats = {row: mean_sd([r["metric"] for r in rs]) for row, rs in rows.items()}
         entry: dict[str, Any] = {"task": task_id, "n": n, "kind": next(iter(rows.values()))[0]["kind"],
                                  "rows": {k: {"mean": v[0], "sd": v[1], "seeds": len(rows[k])} for k, v in stats.items()}}
-        others = {k: v for k, v in stats.items() if k != DEFAULT_ROW and k != "glnet-v1" and not math.isnan(v[0])}
-        if DEFAULT_ROW in rows and others:
+        # the other architectures: GL-net variants (the old default, an older search) are not "other"
+        others = {k: v for k, v in stats.items() if not k.startswith("glnet") and not math.isnan(v[0])}
+        if default in rows and others:
             best = max(others, key=lambda k: others[k][0])
-            d, lo, hi = paired_bootstrap(rows[DEFAULT_ROW], rows[best], reps=reps)
+            d, lo, hi = paired_bootstrap(rows[default], rows[best], reps=reps)
             entry.update(best_other=best, diff=d, ci=[lo, hi])
         out.append(entry)
     return out
@@ -252,12 +253,25 @@ def main() -> None:
     ap.add_argument("--from-json", nargs="+", type=Path, help="print the table of saved runs (merged)")
     ap.add_argument("--markdown", action="store_true")
     ap.add_argument("--bootstrap", type=int, default=1000)
+    ap.add_argument("--default", default=DEFAULT_ROW, help="the row compared with the best other architecture")
+    ap.add_argument("--rename", nargs="*", default=[], metavar="FILE_INDEX:OLD=NEW",
+                    help="with --from-json: rename a row of the i-th file (0-based), e.g. 0:glnet=glnet-2way")
     args = ap.parse_args()
 
     if args.from_json:
-        runs = [r for p in args.from_json for r in _load(p)["runs"]]
-        present = {r["row"] for r in runs}
-        print_table(summarise(runs, args.bootstrap), [r for r in ROWS if r in present], args.markdown)
+        renames: dict[int, dict[str, str]] = {}
+        for item in args.rename:
+            idx, _, pair = item.partition(":")
+            old, _, new = pair.partition("=")
+            renames.setdefault(int(idx), {})[old] = new
+        runs = []
+        for i, p in enumerate(args.from_json):
+            for r in _load(p)["runs"]:
+                r["row"] = renames.get(i, {}).get(r["row"], r["row"])
+                runs.append(r)
+        present = list(dict.fromkeys(r["row"] for r in runs))
+        order = [r for r in ROWS if r in present] + [r for r in present if r not in ROWS]
+        print_table(summarise(runs, args.bootstrap, args.default), order, args.markdown)
         return
     tasks = args.tasks or [t.id for t in TASKS]
     by_id = {t.id: t for t in TASKS}
