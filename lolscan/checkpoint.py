@@ -335,7 +335,7 @@ def check_fits(adapter: Adapter, spec: Any, rule: dict[str, Any]) -> None:
         msg = str(exc)
         if exc.path and msg.startswith(f"{exc.path}: "):
             msg = msg[len(exc.path) + 2 :]
-        from .inspection import guess_family
+        from .formats.family import guess_family
 
         raise IncompatibleAdapter(
             f"does not fit checkpoint {rule['name']!r} (base model {rule['base_model']}; the adapter looks like "
@@ -347,7 +347,7 @@ def check_fits(adapter: Adapter, spec: Any, rule: dict[str, Any]) -> None:
 def _check_declared_base(adapter: Adapter, rule: dict[str, Any]) -> None:
     """Refuse when the base model a remote source declares (Civitai "SD 1.5", a model card's base_model)
     is another diffusion family than the checkpoint's, even if the layer shapes happen to fit."""
-    from .inspection import diffusion_family
+    from .formats.family import diffusion_family
 
     declared = (adapter.metadata.get("source") or {}).get("base_model")
     if not isinstance(declared, str) or not declared:

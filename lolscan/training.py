@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from .hashing import sha256_file
+from .utils.files import sha256_file
 from .adapter import Adapter
 from .errors import InputError, LolscanError, UsageError
 from .manifest import Manifest, assign_splits
@@ -128,7 +128,7 @@ def load_all(
 
 
 def guess_base_model(adapters: Sequence[Adapter]) -> str:
-    from .inspection import guess_family
+    from .formats.family import guess_family
 
     counts = Counter(guess_family(a) for a in adapters)
     if len(counts) == 1:
@@ -168,10 +168,10 @@ def prepare(
     targets = [make_target(c, values[c], kinds.get(c), units.get(c, "")) for c in target_columns]
     layout(targets)
 
-    from .cli.console import err_console
+    from .utils.progress import progress_console
     from rich.progress import Progress
 
-    with Progress(console=err_console, transient=True, disable=not progress) as bar:
+    with Progress(console=progress_console(), transient=True, disable=not progress) as bar:
         task = bar.add_task("reading adapters", total=len(manifest.rows))
         adapters = load_all(
             [r.source for r in manifest.rows],
@@ -300,7 +300,7 @@ def train(ds: Dataset, opts: TrainOptions) -> TrainResult:
 
 
 def _train(ds: Dataset, opts: TrainOptions) -> TrainResult:
-    from .cli.console import err_console
+    from .utils.progress import progress_console
     from .nets import collate
     from .nets.common import FeatureMLP
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -323,7 +323,7 @@ def _train(ds: Dataset, opts: TrainOptions) -> TrainResult:
     step, order, pos = 0, torch.randperm(n_train, generator=gen), 0
     bs = min(opts.batch_size, n_train)
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn())
-    with Progress(*columns, console=err_console, transient=True, disable=not opts.progress) as bar:
+    with Progress(*columns, console=progress_console(), transient=True, disable=not opts.progress) as bar:
         task = bar.add_task(f"training {opts.arch}", total=opts.max_steps)
         while step < opts.max_steps:
             if pos + bs > n_train:

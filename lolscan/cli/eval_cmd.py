@@ -42,7 +42,7 @@ def rows_for_split(m: Any, split: str, card: dict[str, Any], path: Path) -> tupl
     `train` dealt it (checked against the split sizes on the card); any other manifest is unseen
     data, so `test` evaluates all of its rows.
     """
-    from ..hashing import sha256_file
+    from ..utils.files import sha256_file
     from ..manifest import assign_splits
 
     if split == "all":

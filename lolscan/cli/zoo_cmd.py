@@ -200,7 +200,7 @@ def summary_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Label spread of a zoo: is each label varied enough to be worth predicting?"""
-    from ..hashing import sha256_file
+    from ..utils.files import sha256_file
     from ..zoo.build import read_manifest
 
     path = zoo / "manifest.jsonl" if zoo.is_dir() else zoo

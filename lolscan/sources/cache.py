@@ -19,7 +19,7 @@ from pathlib import Path
 import platformdirs
 from filelock import FileLock
 
-from ..hashing import sha256_file as file_sha256
+from ..utils.files import sha256_file as file_sha256
 from ..errors import InputError
 
 CHUNK = 1 << 20

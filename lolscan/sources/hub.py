@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from ..errors import InputError
-from ..formats.peft import CONFIG_NAME as PEFT_CONFIG, WEIGHT_NAMES as PEFT_WEIGHTS
+from ..utils.files import PEFT_CONFIG_NAME as PEFT_CONFIG, PEFT_WEIGHT_NAMES as PEFT_WEIGHTS
 from . import Resolved
 from .cache import cache_root, hf_cache_dir, read_json, sha256_file, write_json_atomic
 from .uris import HfRef, hf_endpoint, is_commit_sha
