@@ -17,14 +17,15 @@ from typing import Any
 
 import torch
 
+from .utils.device import resolve_device  # noqa: F401 (also lolscan.training.resolve_device)
 from .utils.files import sha256_file
 from .adapter import Adapter
 from .errors import InputError, LolscanError, UsageError
 from .manifest import Manifest, assign_splits
 from .metrics import target_metrics
+from .nets.names import FIXED_RANK_ARCHS
 from .targets import Target, fit_normalisation, layout, make_target
 
-FIXED_RANK_ARCHS = ("mlp", "mlp-oalign")
 # What `lolscan train` gives an architecture for the hyperparameters the user does not set. The
 # classes' own defaults stay what older checkpoint cards were written with (cards are rebuilt
 # through them); these are the settings the synthetic invariant suite chose (bench/RESULTS.md,
@@ -94,17 +95,6 @@ class TrainResult:
 
 
 # ---- data -------------------------------------------------------------------------------------
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError(f"--device {device}: CUDA is not available on this machine")
-    try:
-        return torch.device(device)
-    except RuntimeError:
-        raise UsageError(f"--device {device!r}: expected auto, cpu or cuda") from None
-
-
 def load_all(
     sources: Sequence[str],
     *,

@@ -1,9 +1,13 @@
 """Shared rich consoles: machine-readable output goes to stdout, everything else to stderr."""
 from __future__ import annotations
 
+from typing import NoReturn
+
+import typer
 from rich.console import Console
 from rich.text import Text
 
+from ..errors import LolscanError
 from ..utils.progress import use_console
 
 console = Console()
@@ -16,3 +20,9 @@ def print_error(message: object, on: Console | None = None) -> None:
     file names and install commands hold [brackets]."""
     (on or err_console).print(Text.assemble(("error:", "bold red"), " ", str(message)), soft_wrap=True, highlight=False)
 
+
+
+def fail(exc: LolscanError) -> NoReturn:
+    """A library error ends the command: its one ``error:`` line, then its exit code."""
+    print_error(exc)
+    raise typer.Exit(exc.exit_code)
