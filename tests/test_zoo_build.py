@@ -2,14 +2,12 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from zoo_toy import CharTokenizer, tiny_llama, toy_recipe, write_toy_data  # noqa: E402
+from zoo_toy import CharTokenizer, tiny_llama, toy_recipe, write_toy_data
 
 pytest.importorskip("peft")
 pytest.importorskip("transformers")
