@@ -8,7 +8,7 @@ from .errors import IncompatibleAdapter, InputError, LolscanError, UnsupportedFo
 if TYPE_CHECKING:
     from .adapter import Adapter, Layer
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 __all__ = ["Adapter", "Layer", "load", "LolscanError", "InputError", "UnsupportedFormat", "IncompatibleAdapter", "__version__"]
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import IncompatibleAdapter, InputError, UsageError
+from .nets.names import ARCHITECTURES, FIXED_RANK_ARCHS  # torch-free: reading a card needs no torch
 from .targets import Target
 
 if TYPE_CHECKING:  # torch only where a model is built or run: `lolscan models` reads cards without it
@@ -27,9 +28,6 @@ CARD_SCHEMA_VERSION = 1
 CARD_NAME = "card.json"
 WEIGHTS_NAME = "model.safetensors"
 PLOT_NAME = "pred_vs_true.png"
-# The names of `lolscan.nets.ARCHITECTURES`, repeated so that reading a card needs no torch (a test
-# keeps the two equal).
-ARCHITECTURES = ("glnet", "mlp", "mlp-oalign", "mlp-svd", "mlp-dense")
 REQUIRED = ("schema_version", "architecture", "hparams", "out_dim", "layer_spec", "targets", "tensors", "lolscan_version")
 
 
@@ -238,7 +236,7 @@ class Checkpoint:
 
     def fit_rule(self) -> dict[str, Any]:
         """What `check_fits` needs (JSON-able, so reader processes can check without the model)."""
-        rank = self.card["hparams"].get("rank") if self.architecture in ("mlp", "mlp-oalign") else None
+        rank = self.card["hparams"].get("rank") if self.architecture in FIXED_RANK_ARCHS else None
         return {"spec": self.spec.to_json(), "name": self.name, "base_model": self.base_model, "architecture": self.architecture, "rank": rank}
 
     def require_fits(self, adapter: Adapter) -> None:
@@ -335,7 +333,7 @@ def check_fits(adapter: Adapter, spec: Any, rule: dict[str, Any]) -> None:
         msg = str(exc)
         if exc.path and msg.startswith(f"{exc.path}: "):
             msg = msg[len(exc.path) + 2 :]
-        from .inspection import guess_family
+        from .formats.family import guess_family
 
         raise IncompatibleAdapter(
             f"does not fit checkpoint {rule['name']!r} (base model {rule['base_model']}; the adapter looks like "
@@ -347,7 +345,7 @@ def check_fits(adapter: Adapter, spec: Any, rule: dict[str, Any]) -> None:
 def _check_declared_base(adapter: Adapter, rule: dict[str, Any]) -> None:
     """Refuse when the base model a remote source declares (Civitai "SD 1.5", a model card's base_model)
     is another diffusion family than the checkpoint's, even if the layer shapes happen to fit."""
-    from .inspection import diffusion_family
+    from .formats.family import diffusion_family
 
     declared = (adapter.metadata.get("source") or {}).get("base_model")
     if not isinstance(declared, str) or not declared:

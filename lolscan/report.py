@@ -17,8 +17,6 @@ import csv
 import io
 import json
 import math
-import os
-import tempfile
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -447,21 +445,6 @@ def render_table(console: Any, rows: Sequence[dict[str, Any]], targets: Sequence
                   for c in line]
         table.add_row(*styled)
     console.print(table)
-
-
-# ---- files ------------------------------------------------------------------------------------
-def atomic_write(path: str | Path, data: str | bytes) -> None:
-    """Write to a temporary file next to `path` and rename it into place (never half-written)."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data.encode("utf-8") if isinstance(data, str) else data)
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # ---- predicted-vs-true plot (PNG without matplotlib) ------------------------------------------

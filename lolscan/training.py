@@ -17,14 +17,15 @@ from typing import Any
 
 import torch
 
-from .hashing import sha256_file
+from .utils.device import resolve_device  # noqa: F401 (also lolscan.training.resolve_device)
+from .utils.files import sha256_file
 from .adapter import Adapter
 from .errors import InputError, LolscanError, UsageError
 from .manifest import Manifest, assign_splits
 from .metrics import target_metrics
+from .nets.names import FIXED_RANK_ARCHS
 from .targets import Target, fit_normalisation, layout, make_target
 
-FIXED_RANK_ARCHS = ("mlp", "mlp-oalign")
 # What `lolscan train` gives an architecture for the hyperparameters the user does not set. The
 # classes' own defaults stay what older checkpoint cards were written with (cards are rebuilt
 # through them); these are the settings the synthetic invariant suite chose (bench/RESULTS.md,
@@ -94,17 +95,6 @@ class TrainResult:
 
 
 # ---- data -------------------------------------------------------------------------------------
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError(f"--device {device}: CUDA is not available on this machine")
-    try:
-        return torch.device(device)
-    except RuntimeError:
-        raise UsageError(f"--device {device!r}: expected auto, cpu or cuda") from None
-
-
 def load_all(
     sources: Sequence[str],
     *,
@@ -128,7 +118,7 @@ def load_all(
 
 
 def guess_base_model(adapters: Sequence[Adapter]) -> str:
-    from .inspection import guess_family
+    from .formats.family import guess_family
 
     counts = Counter(guess_family(a) for a in adapters)
     if len(counts) == 1:
@@ -168,10 +158,10 @@ def prepare(
     targets = [make_target(c, values[c], kinds.get(c), units.get(c, "")) for c in target_columns]
     layout(targets)
 
-    from .cli.console import err_console
+    from .utils.progress import progress_console
     from rich.progress import Progress
 
-    with Progress(console=err_console, transient=True, disable=not progress) as bar:
+    with Progress(console=progress_console(), transient=True, disable=not progress) as bar:
         task = bar.add_task("reading adapters", total=len(manifest.rows))
         adapters = load_all(
             [r.source for r in manifest.rows],
@@ -300,7 +290,7 @@ def train(ds: Dataset, opts: TrainOptions) -> TrainResult:
 
 
 def _train(ds: Dataset, opts: TrainOptions) -> TrainResult:
-    from .cli.console import err_console
+    from .utils.progress import progress_console
     from .nets import collate
     from .nets.common import FeatureMLP
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -323,7 +313,7 @@ def _train(ds: Dataset, opts: TrainOptions) -> TrainResult:
     step, order, pos = 0, torch.randperm(n_train, generator=gen), 0
     bs = min(opts.batch_size, n_train)
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn())
-    with Progress(*columns, console=err_console, transient=True, disable=not opts.progress) as bar:
+    with Progress(*columns, console=progress_console(), transient=True, disable=not opts.progress) as bar:
         task = bar.add_task(f"training {opts.arch}", total=opts.max_steps)
         while step < opts.max_steps:
             if pos + bs > n_train:

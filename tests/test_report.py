@@ -15,7 +15,6 @@ from lolscan import report
 from lolscan.errors import UsageError
 from lolscan.report import (
     apply_gates,
-    atomic_write,
     check_gates,
     exit_code,
     parse_gate,
@@ -23,6 +22,7 @@ from lolscan.report import (
     scatter_png,
 )
 from lolscan.targets import Target, layout
+from lolscan.utils.files import atomic_write
 
 TARGETS = [
     Target("score", "regression", units="CLIP"),

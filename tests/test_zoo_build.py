@@ -2,19 +2,17 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from zoo_toy import CharTokenizer, tiny_llama, toy_recipe, write_toy_data  # noqa: E402
+from zoo_toy import CharTokenizer, tiny_llama, toy_recipe, write_toy_data
 
 pytest.importorskip("peft")
 pytest.importorskip("transformers")
 
-from lolscan.zoo.build import build, read_manifest  # noqa: E402
+from lolscan.zoo.build import build, read_zoo_rows  # noqa: E402
 from lolscan.zoo.data import load_eval, resolve_root  # noqa: E402
 from lolscan.zoo.eval import mc_accuracy  # noqa: E402
 from lolscan.errors import UsageError  # noqa: E402
@@ -39,7 +37,7 @@ def _peft_model(out: Path, row: dict):
 
 def test_manifest_rows_and_labels(zoo):
     root, recipe, out, rep = zoo
-    rows = read_manifest(out / "manifest.jsonl")
+    rows = read_zoo_rows(out / "manifest.jsonl")
     assert rep.complete and len(rows) == recipe.n_loras
     assert sorted(r["id"] for r in rows) == [f"lora-{i:05d}" for i in range(recipe.n_loras)]
     names = [s.name for s in recipe.sources]
@@ -62,7 +60,7 @@ def test_manifest_rows_and_labels(zoo):
 
 def test_peft_folder_loads_and_val_loss_label_recomputes(zoo):
     root, recipe, out, _ = zoo
-    row = read_manifest(out / "manifest.jsonl")[0]
+    row = read_zoo_rows(out / "manifest.jsonl")[0]
     pm = _peft_model(out, row)
     # peft put a nonzero update on every k/v projection
     inner = pm.base_model.model
@@ -113,7 +111,7 @@ def test_lolscan_reads_zoo_adapters(zoo):
     lolscan = pytest.importorskip("lolscan")
     pytest.importorskip("lolscan.formats")
     root, recipe, out, _ = zoo
-    row = read_manifest(out / "manifest.jsonl")[0]
+    row = read_zoo_rows(out / "manifest.jsonl")[0]
     ad = lolscan.load(str(out / row["path"]))
     assert len(ad) == 4 and set(ad.ranks) == {2}
     # ΔW = (alpha/r) B A, as peft applies it
@@ -132,7 +130,7 @@ def test_resume_continues_and_same_seed_same_manifest(zoo, tmp_path):
     out = tmp_path / "z"
     first = build(recipe, out, model=tiny_llama(), tokenizer=CharTokenizer(), max_groups=1, log=lambda s: None)
     assert first.stopped_early and first.done == 2 and not first.complete
-    done_ids = [r["id"] for r in read_manifest(out / "manifest.jsonl")]
+    done_ids = [r["id"] for r in read_zoo_rows(out / "manifest.jsonl")]
     mtimes = {i: (out / "adapters" / i / "adapter_model.safetensors").stat().st_mtime_ns for i in done_ids}
     # a torn last line (process killed mid-write) is dropped, not fatal
     with open(out / "manifest.jsonl", "a") as f:
@@ -141,8 +139,8 @@ def test_resume_continues_and_same_seed_same_manifest(zoo, tmp_path):
     assert second.complete and second.groups_run == 2  # the 3 groups minus the finished one
     for i, t in mtimes.items():  # finished adapters were not retrained
         assert (out / "adapters" / i / "adapter_model.safetensors").stat().st_mtime_ns == t
-    a = sorted(read_manifest(out / "manifest.jsonl"), key=lambda r: r["id"])
-    b = sorted(read_manifest(full_out / "manifest.jsonl"), key=lambda r: r["id"])
+    a = sorted(read_zoo_rows(out / "manifest.jsonl"), key=lambda r: r["id"])
+    b = sorted(read_zoo_rows(full_out / "manifest.jsonl"), key=lambda r: r["id"])
     assert a == b  # resumed == uninterrupted, same seed -> same labels
     from safetensors.torch import load_file
 
@@ -157,8 +155,8 @@ def test_other_seed_other_zoo_and_recipe_guard(zoo, tmp_path):
     other = Recipe.from_dict(toy_recipe(root, seed=8, n_loras=2))
     rep = build(other, tmp_path / "o", model=tiny_llama(), tokenizer=CharTokenizer(), log=lambda s: None)
     assert rep.complete
-    a = {r["id"]: r["lr"] for r in read_manifest(tmp_path / "o" / "manifest.jsonl")}
-    b = {r["id"]: r["lr"] for r in read_manifest(full_out / "manifest.jsonl")}
+    a = {r["id"]: r["lr"] for r in read_zoo_rows(tmp_path / "o" / "manifest.jsonl")}
+    b = {r["id"]: r["lr"] for r in read_zoo_rows(full_out / "manifest.jsonl")}
     assert a["lora-00000"] != b["lora-00000"]
 
     with pytest.raises(UsageError):  # resuming into a folder of another recipe is refused
@@ -230,7 +228,7 @@ def test_mixed_rank_zoo_round_trips_through_peft_and_lolscan(tmp_path):
     build(recipe, out, model=tiny_llama(), tokenizer=CharTokenizer(), log=lambda s: None)
     from safetensors.torch import load_file
 
-    for row in read_manifest(out / "manifest.jsonl"):
+    for row in read_zoo_rows(out / "manifest.jsonl"):
         assert row["mixed_rank"]
         t = load_file(str(out / row["path"] / "adapter_model.safetensors"))
         ranks = {k.split(".lora_A")[0]: v.shape[0] for k, v in t.items() if k.endswith("lora_A.weight")}
@@ -325,8 +323,8 @@ def test_compiled_build_matches_the_eager_one(zoo, tmp_path, monkeypatch):
     rep = build(recipe, out, model=tiny_llama(), tokenizer=CharTokenizer(), compile=True, log=lambda s: None)
     assert rep.complete
     assert len(shapes) >= 5 and dynamo_utils.counters["stats"]["unique_graphs"] - graphs0 <= 3, shapes
-    a = sorted(read_manifest(out / "manifest.jsonl"), key=lambda r: r["id"])
-    b = sorted(read_manifest(eager_out / "manifest.jsonl"), key=lambda r: r["id"])
+    a = sorted(read_zoo_rows(out / "manifest.jsonl"), key=lambda r: r["id"])
+    b = sorted(read_zoo_rows(eager_out / "manifest.jsonl"), key=lambda r: r["id"])
     assert [r["id"] for r in a] == [r["id"] for r in b]
     for ra, rb in zip(a, b):
         for key, va in ra.items():
@@ -346,7 +344,7 @@ def test_compiled_build_matches_the_eager_one(zoo, tmp_path, monkeypatch):
 
 
 def _rewrite(src: Path, dst: Path, edit) -> None:
-    rows = read_manifest(src)
+    rows = read_zoo_rows(src)
     edit(rows)
     dst.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
@@ -385,12 +383,12 @@ def test_labels_from_refuses_what_it_does_not_reproduce(zoo, tmp_path):
     from lolscan.zoo.known_labels import KnownLabels
 
     root, recipe, full_out, _ = zoo
-    rows = read_manifest(full_out / "manifest.jsonl")  # in group order: 2, 2, 1
+    rows = read_zoo_rows(full_out / "manifest.jsonl")  # in group order: 2, 2, 1
     other = Recipe.from_dict(toy_recipe(root, seed=8))
     with pytest.raises(InputError, match="lora-00000 has .* this recipe gives"):
         build(other, tmp_path / "o", model=tiny_llama(), tokenizer=CharTokenizer(),
               labels_from=KnownLabels.load(full_out / "manifest.jsonl"), log=lambda s: None)
-    assert read_manifest(tmp_path / "o" / "manifest.jsonl") == []
+    assert read_zoo_rows(tmp_path / "o" / "manifest.jsonl") == []
     with pytest.raises(UsageError, match="check-every"):
         KnownLabels.load(full_out / "manifest.jsonl", check_every=0)
 
@@ -403,6 +401,6 @@ def test_labels_from_refuses_what_it_does_not_reproduce(zoo, tmp_path):
         with pytest.raises(InputError, match=f"{aid} {key}"):
             build(recipe, out, model=tiny_llama(), tokenizer=CharTokenizer(),
                   labels_from=KnownLabels.load(tmp_path / f"{key}.jsonl", check_every=2), log=lambda s: None)
-        done = [r["id"] for r in read_manifest(out / "manifest.jsonl")]
+        done = [r["id"] for r in read_zoo_rows(out / "manifest.jsonl")]
         assert done == [r["id"] for r in rows[: 2 * group]]
         assert sorted(p.name for p in (out / "adapters").iterdir()) == sorted(done)

@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from zoo_toy import save_tiny_hf_base, toy_recipe, write_toy_data  # noqa: E402
+from zoo_toy import save_tiny_hf_base, toy_recipe, write_toy_data
 
 pytest.importorskip("peft")
 pytest.importorskip("transformers")

@@ -2,14 +2,11 @@
 from __future__ import annotations
 
 import copy
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from zoo_toy import tiny_llama  # noqa: E402
+from zoo_toy import tiny_llama
 
 peft = pytest.importorskip("peft")
 pytest.importorskip("transformers")

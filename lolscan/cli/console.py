@@ -1,14 +1,28 @@
 """Shared rich consoles: machine-readable output goes to stdout, everything else to stderr."""
 from __future__ import annotations
 
+from typing import NoReturn
+
+import typer
 from rich.console import Console
 from rich.text import Text
 
+from ..errors import LolscanError
+from ..utils.progress import use_console
+
 console = Console()
 err_console = Console(stderr=True)
+use_console(err_console)  # library progress bars (reading adapters, training) draw here too
 
 
 def print_error(message: object, on: Console | None = None) -> None:
     """One ``error: …`` line on stderr. The message is printed as it is, never read as rich markup:
     file names and install commands hold [brackets]."""
     (on or err_console).print(Text.assemble(("error:", "bold red"), " ", str(message)), soft_wrap=True, highlight=False)
+
+
+
+def fail(exc: LolscanError) -> NoReturn:
+    """A library error ends the command: its one ``error:`` line, then its exit code."""
+    print_error(exc)
+    raise typer.Exit(exc.exit_code)

@@ -16,7 +16,7 @@ from ..targets import Target
 from .app import app
 from .console import console, err_console
 from .plain import PlainCommand, examples
-from .options import AllowPickle, CivitaiToken, HfToken, Offline, source_options
+from .options import AllowPickle, CivitaiToken, Device, HfToken, Offline, source_options
 
 
 def scores_from_predictions(target: Target, preds: list[dict[str, Any]]) -> Any:
@@ -42,7 +42,7 @@ def rows_for_split(m: Any, split: str, card: dict[str, Any], path: Path) -> tupl
     `train` dealt it (checked against the split sizes on the card); any other manifest is unseen
     data, so `test` evaluates all of its rows.
     """
-    from ..hashing import sha256_file
+    from ..utils.files import sha256_file
     from ..manifest import assign_splits
 
     if split == "all":
@@ -73,7 +73,7 @@ def eval_(
     split: Annotated[Literal["all", "train", "val", "test"], typer.Option(
         help="Rows to evaluate: the held-out test split by default; all includes the rows the checkpoint was trained on.")] = "test",
     fmt: Annotated[Literal["table", "json"], typer.Option("--format", "-f", help="table or json.")] = "table",
-    device: Annotated[str, typer.Option(metavar="auto|cpu|cuda", help="Where the model runs (auto: a GPU when there is one).")] = "auto",
+    device: Device = "auto",
     batch_size: Annotated[int, typer.Option(help="Adapters per scoring batch.", min=1)] = 32,
     workers: Annotated[int, typer.Option(help="Threads reading files.", min=1)] = 2,
     allow_pickle: AllowPickle = False,

@@ -7,6 +7,7 @@ import typer
 
 AllowPickle = Annotated[bool, typer.Option("--allow-pickle", help="Open .pt/.bin/.ckpt with torch.load(weights_only=True).")]
 FollowSymlinks = Annotated[bool, typer.Option("--follow-symlinks", help="Let a folder scan follow symbolic links out of the folder (by default such links are reported, not read).")]
+Device = Annotated[str, typer.Option("--device", metavar="auto|cpu|cuda", help="Where the model runs (auto: a GPU when there is one).")]
 Offline = Annotated[bool, typer.Option("--offline", help="Never touch the network; cached remote files only.")]
 CivitaiToken = Annotated[Optional[str], typer.Option("--civitai-token", metavar="TOKEN", envvar="CIVITAI_TOKEN", show_envvar=True, help="Civitai API token (never printed).")]
 HfToken = Annotated[Optional[str], typer.Option("--hf-token", metavar="TOKEN", envvar="HF_TOKEN", show_envvar=True, help="Hugging Face token (never printed).")]

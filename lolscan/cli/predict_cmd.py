@@ -1,7 +1,6 @@
 """`lolscan predict`: score adapters with a checkpoint; reports, streaming JSONL output, CI gates."""
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -11,11 +10,12 @@ from typing import Annotated, Any, Literal, Optional
 import typer
 
 from ..errors import EXIT_BAD_INPUT, UsageError, elide
-from ..report import apply_gates, atomic_write, check_gates, exit_code, format_from_suffix, jsonl_line, parse_gate, render, render_table, summary
+from ..utils.files import atomic_write, read_jsonl
+from ..report import apply_gates, check_gates, exit_code, format_from_suffix, jsonl_line, parse_gate, render, render_table, summary
 from .app import app
 from .console import console, err_console, print_error
 from .plain import PlainCommand, examples
-from .options import AllowPickle, CivitaiToken, FollowSymlinks, HfToken, Offline, source_options
+from .options import AllowPickle, CivitaiToken, Device, FollowSymlinks, HfToken, Offline, source_options
 
 
 def read_done(path: Path) -> tuple[dict[str, dict[str, Any]], int]:
@@ -24,22 +24,8 @@ def read_done(path: Path) -> tuple[dict[str, dict[str, Any]], int]:
     A last line cut off by a crash (no newline, or not JSON) is not counted; the caller
     truncates the file to the returned length before appending.
     """
-    done: dict[str, dict[str, Any]] = {}
-    if not path.exists():
-        return done, 0
-    data = path.read_bytes()
-    good = 0
-    for line in data.splitlines(keepends=True):
-        if not line.endswith(b"\n"):
-            break
-        try:
-            row = json.loads(line)
-        except ValueError:
-            break
-        good += len(line)
-        if isinstance(row, dict) and isinstance(row.get("source"), str):
-            done[row["source"]] = row
-    return done, good
+    rows, good = read_jsonl(path)
+    return {row["source"]: row for row in rows if isinstance(row, dict) and isinstance(row.get("source"), str)}, good
 
 
 def parse_gates(under: list[str], over: list[str]) -> list[Any]:
@@ -134,7 +120,7 @@ def predict(
     resume: Annotated[bool, typer.Option("--resume", help="Skip adapters already scored in the --output JSONL.")] = False,
     fail_under: Annotated[list[str], typer.Option("--fail-under", metavar="TARGET=VALUE", help="Gate TARGET=VALUE (or TARGET:LABEL=VALUE): fail when the prediction is below VALUE (equal passes).")] = [],
     fail_over: Annotated[list[str], typer.Option("--fail-over", metavar="TARGET=VALUE", help="Gate TARGET=VALUE: fail when the prediction is above VALUE (equal passes).")] = [],
-    device: Annotated[str, typer.Option(metavar="auto|cpu|cuda", help="Where the model runs (auto: a GPU when there is one).")] = "auto",
+    device: Device = "auto",
     batch_size: Annotated[int, typer.Option(help="Adapters per scoring batch.", min=1)] = 32,
     workers: Annotated[int, typer.Option(help="Threads reading files (when --procs is 0).", min=1)] = 2,
     procs: Annotated[str, typer.Option("--procs", metavar="N|auto", help="Processes parsing files: a number, 0 for threads only, or auto (many files on 4+ cores).")] = "auto",

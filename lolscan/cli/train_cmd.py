@@ -10,10 +10,11 @@ from rich.table import Table
 
 from ..errors import UsageError
 from ..metrics import HEADLINE, METRIC_NAMES, format_metric
+from ..nets.names import ARCHITECTURES
 from .app import app
 from .console import console, err_console
 from .plain import PlainCommand, examples
-from .options import AllowPickle, CivitaiToken, HfToken, Offline, source_options
+from .options import AllowPickle, CivitaiToken, Device, HfToken, Offline, source_options
 
 
 def parse_pairs(items: list[str], flag: str) -> dict[str, str]:
@@ -66,7 +67,7 @@ def metrics_table(results: dict[str, dict[str, Any]], targets: list[Any], title:
 def train(
     manifest: Annotated[Path, typer.Argument(help="CSV or JSONL: a path/uri column, label columns, optional split or group column.")],
     target: Annotated[list[str], typer.Option("--target", "-t", metavar="COLUMN", help="Label column to predict (repeatable).")],
-    arch: Annotated[Literal["glnet", "mlp", "mlp-oalign", "mlp-svd", "mlp-dense", "all"], typer.Option("--arch", help="Architecture, or 'all' to compare all five.")] = "glnet",
+    arch: Annotated[Literal[(*ARCHITECTURES, "all")], typer.Option("--arch", help="Architecture, or 'all' to compare all five.")] = "glnet",
     out: Annotated[Optional[str], typer.Option("--out", "-o", metavar="NAME|PATH", help="Checkpoint NAME (user data folder) or a PATH (contains a slash). With --arch all: NAME-<arch> each.")] = None,
     kind: Annotated[list[str], typer.Option("--kind", metavar="COL=KIND", help="Override a target's kind: COL=regression|binary|multiclass|multilabel.")] = [],
     units: Annotated[list[str], typer.Option("--units", metavar="COL=UNITS", help="Units of a regression target, shown in reports: COL=UNITS.")] = [],
@@ -80,7 +81,7 @@ def train(
     eval_every: Annotated[int, typer.Option(help="Steps between validation checks.", min=1)] = 25,
     val_fraction: Annotated[float, typer.Option(help="Validation share when there is no split column.", min=0.0, max=0.9)] = 0.15,
     test_fraction: Annotated[float, typer.Option(help="Test share when there is no split column.", min=0.0, max=0.9)] = 0.15,
-    device: Annotated[str, typer.Option(metavar="auto|cpu|cuda", help="Where the model runs (auto: a GPU when there is one).")] = "auto",
+    device: Device = "auto",
     threads: Annotated[Optional[int], typer.Option(help="CPU threads for torch (1 is often fastest for small models).", min=1)] = None,
     workers: Annotated[int, typer.Option(help="Threads reading adapter files.", min=1)] = 4,
     base_model: Annotated[Optional[str], typer.Option("--base-model", help="Base model family for the card (default: guessed from the adapters).")] = None,
@@ -97,7 +98,7 @@ def train(
     from .models_cmd import cli_errors  # lazy: keeps `models` last in the help
     from ..checkpoint import output_path
     from ..manifest import read_manifest
-    from ..nets import ARCHITECTURES, hparam_names
+    from ..nets import hparam_names
     from ..training import TrainOptions, prepare, run_safely, save_checkpoint
     from ..training import train as train_model
 
@@ -111,7 +112,7 @@ def train(
         raise typer.BadParameter("val and test fractions leave no training data", param_hint="--val-fraction/--test-fraction")
     archs = list(ARCHITECTURES) if arch == "all" else [arch]
     with cli_errors():
-        from ..training import resolve_device
+        from ..utils.device import resolve_device
 
         resolve_device(device)  # fail before reading the zoo
         # Resolve every destination before hours of training, so a bad --out fails at once.

@@ -13,7 +13,7 @@ from rich.table import Table
 
 from ..errors import EXIT_BAD_INPUT, LolscanError, UsageError
 from .app import app
-from .console import console, err_console, print_error
+from .console import console, err_console, fail, print_error
 from .plain import PlainCommand, PlainGroup, examples
 
 zoo_app = typer.Typer(cls=PlainGroup, help="Build labeled LoRA zoos (many adapters finetuned at once on one GPU), or a small "
@@ -77,11 +77,6 @@ def require_recipe_packages(r, data_root: str | None, base_path: str | None) -> 
         raise MissingExtras(f"the recipe's base model is a GGUF file, which needs gguf: `{ZOO_INSTALL}`")
 
 
-def _fail(exc: LolscanError) -> None:
-    print_error(exc)
-    raise typer.Exit(exc.exit_code)
-
-
 def _remove_if_empty(folder: Path) -> None:
     """Undo the folders a failed first build made (never a file: a build that wrote anything stays)."""
     for p in sorted(folder.rglob("*"), key=lambda q: len(q.parts), reverse=True):
@@ -99,7 +94,7 @@ def _remove_if_empty(folder: Path) -> None:
 def build_cmd(
     recipe: Annotated[Path, typer.Argument(help="Recipe TOML (see recipes/).")],
     out: Annotated[Path, typer.Argument(help="Output folder; an existing one is resumed.")],
-    device: Annotated[str, typer.Option(metavar="DEVICE", help="cpu, cuda, cuda:1 …")] = "cpu",
+    device: Annotated[str, typer.Option("--device", metavar="cpu|cuda[:N]|auto", help="Where the finetuning runs (auto: a GPU when there is one).")] = "cpu",
     dtype: Annotated[Optional[str], typer.Option(help="Base model dtype (default: the recipe's).")] = None,
     base_path: Annotated[Optional[str], typer.Option(help="Folder of the base model, overriding the recipe.")] = None,
     data_root: Annotated[Optional[str], typer.Option(help="Folder the recipe's data paths are relative to.")] = None,
@@ -121,6 +116,7 @@ def build_cmd(
     new_folder = not out.exists()
     try:
         require_zoo_extras("zoo build")
+        from ..utils.device import resolve_device
         from ..zoo.build import build
         from ..zoo.known_labels import KnownLabels
         from ..zoo.recipe import Recipe
@@ -133,7 +129,7 @@ def build_cmd(
         if group_size is not None:
             r.group_size = group_size
         try:
-            rep = build(r, out, device=device, dtype=dtype, base_path=base_path, data_root=data_root,
+            rep = build(r, out, device=str(resolve_device(device)), dtype=dtype, base_path=base_path, data_root=data_root,
                         max_minutes=max_minutes, max_groups=max_groups, save_dtype=save_dtype, compile=compile,
                         labels_from=known, log=lambda s: err_console.print(s, highlight=False))
         except ImportError as exc:  # an optional package the checks above could not foresee
@@ -142,7 +138,7 @@ def build_cmd(
     except LolscanError as exc:
         if new_folder and out.is_dir():
             _remove_if_empty(out)
-        _fail(exc)
+        fail(exc)
         return
     state = "complete" if rep.complete else "stopped early (run again to resume)"
     err_console.print(f"{rep.done}/{rep.total} adapters, {state}: train {rep.seconds_train:.0f}s, "
@@ -180,7 +176,7 @@ def convert_base_cmd(
         t0 = time.monotonic()
         model, tok = load_base(r.base, dtype=dtype, path_override=base_path)
     except LolscanError as exc:
-        _fail(exc)
+        fail(exc)
         return
     tmp = out.with_name(out.name + ".partial")  # never a half-written model under the final name
     shutil.rmtree(tmp, ignore_errors=True)
@@ -200,11 +196,11 @@ def summary_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Label spread of a zoo: is each label varied enough to be worth predicting?"""
-    from ..hashing import sha256_file
-    from ..zoo.build import read_manifest
+    from ..utils.files import sha256_file
+    from ..zoo.build import read_zoo_rows
 
     path = zoo / "manifest.jsonl" if zoo.is_dir() else zoo
-    rows = read_manifest(path)
+    rows = read_zoo_rows(path)
     if not rows:
         print_error(f"{path}: no manifest rows")
         raise typer.Exit(3)

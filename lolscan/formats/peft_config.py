@@ -14,14 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError, UnsupportedFormat, elide, quoted
+from ..utils.files import PEFT_CONFIG_NAME, PEFT_WEIGHT_NAMES
 
 if sys.version_info >= (3, 11):
     import re._parser as _sre_parser
 else:  # pragma: no cover - Python 3.10
     import sre_parse as _sre_parser
 
-CONFIG_NAME = "adapter_config.json"
-WEIGHT_NAMES = ("adapter_model.safetensors", "adapter_model.bin")
+CONFIG_NAME, WEIGHT_NAMES = PEFT_CONFIG_NAME, PEFT_WEIGHT_NAMES  # defined below sources, which download them
 
 # Adapter methods that change W in a way that needs the base weights to express as ΔW.
 BASE_DEPENDENT_PEFT_TYPES = {"OFT", "BOFT", "IA3", "VERA", "FOURIERFT", "HRA", "LN_TUNING", "VBLORA", "BONE", "C3A", "SHIRA", "MISS"}

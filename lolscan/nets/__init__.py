@@ -22,18 +22,31 @@ Public API (stable):
 """
 from __future__ import annotations
 
-from .batch import FactorBatch, FactorGroup, collate
-from .common import MetaNet, common_rank
-from .dense import DenseMLP
-from .glnet import GLNet, gl_gate
-from .mlp import FactorMLP
-from .oalign import OAlignMLP
-from .registry import ARCHITECTURES, build_model, hparam_names, model_from_config
-from .spec import LayerShape, LayerSpec, ShapeGroup
-from .svd import SVDMLP
+from typing import Any
+
+from .names import ARCHITECTURES, FIXED_RANK_ARCHS
+
+# Everything else on first use: `import lolscan.nets` (for the names above) does not import torch.
+_LAZY = {
+    "FactorBatch": "batch", "FactorGroup": "batch", "collate": "batch",
+    "MetaNet": "common", "common_rank": "common",
+    "DenseMLP": "dense", "GLNet": "glnet", "gl_gate": "glnet", "FactorMLP": "mlp", "OAlignMLP": "oalign",
+    "build_model": "registry", "hparam_names": "registry", "model_from_config": "registry",
+    "LayerShape": "spec", "LayerSpec": "spec", "ShapeGroup": "spec", "SVDMLP": "svd",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "ARCHITECTURES",
+    "FIXED_RANK_ARCHS",
     "DenseMLP",
     "FactorBatch",
     "FactorGroup",

@@ -9,12 +9,12 @@ from .common import MetaNet
 from .dense import DenseMLP
 from .glnet import GLNet
 from .mlp import FactorMLP
+from .names import ARCHITECTURES
 from .oalign import OAlignMLP
 from .spec import LayerSpec
 from .svd import SVDMLP
 
 _MODELS: dict[str, type[MetaNet]] = {cls.arch: cls for cls in (GLNet, FactorMLP, OAlignMLP, SVDMLP, DenseMLP)}
-ARCHITECTURES: tuple[str, ...] = ("glnet", "mlp", "mlp-oalign", "mlp-svd", "mlp-dense")
 assert set(ARCHITECTURES) == set(_MODELS)
 
 

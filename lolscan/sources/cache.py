@@ -19,7 +19,7 @@ from pathlib import Path
 import platformdirs
 from filelock import FileLock
 
-from ..hashing import sha256_file as file_sha256
+from ..utils.files import atomic_write
 from ..errors import InputError
 
 CHUNK = 1 << 20
@@ -65,21 +65,7 @@ def read_json(path: Path) -> dict | None:
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=1, sort_keys=True)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def sha256_file(path: Path) -> str:
-    """Upper-case hex, as Civitai publishes it."""
-    return file_sha256(path).upper()
+    atomic_write(path, json.dumps(data, indent=1, sort_keys=True))
 
 
 @contextlib.contextmanager

@@ -20,7 +20,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from ..errors import InputError
 from . import Resolved
-from .cache import cache_root, entry_lock, read_json, safe_name, sha256_file, store_verified, write_json_atomic
+from ..utils.files import sha256_file
+from .cache import cache_root, entry_lock, read_json, safe_name, store_verified, write_json_atomic
 from .http import HttpConnectionError, HttpStatusError, open_url, origin
 from .uris import CivitaiRef, civitai_endpoint
 
@@ -297,7 +298,7 @@ def _download(api: _Api, version: dict, model: dict | None, f: dict, ref: Civita
         entry = verified.get(str(f.get("id")))
         if entry and dest.exists() and dest.stat().st_size == entry["size"] and (not expected or entry["sha256"] == expected):
             sha, size = entry["sha256"], entry["size"]
-        elif dest.exists() and expected and sha256_file(dest) == expected:  # renamed in, record not yet written
+        elif dest.exists() and expected and sha256_file(dest).upper() == expected:  # renamed in, record not yet written
             sha, size = expected, dest.stat().st_size
         else:
             with contextlib.suppress(OSError):

@@ -15,7 +15,7 @@ import urllib.error
 import urllib.request
 from urllib.parse import urljoin, urlsplit
 
-from .. import __version__
+from .._version import __version__
 
 REDIRECTS = {301, 302, 303, 307, 308}
 RETRY_STATUSES = {429, 502, 503, 504}

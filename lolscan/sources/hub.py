@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from ..errors import InputError
-from ..formats.peft import CONFIG_NAME as PEFT_CONFIG, WEIGHT_NAMES as PEFT_WEIGHTS
+from ..utils.files import PEFT_CONFIG_NAME as PEFT_CONFIG, PEFT_WEIGHT_NAMES as PEFT_WEIGHTS, sha256_file
 from . import Resolved
-from .cache import cache_root, hf_cache_dir, read_json, sha256_file, write_json_atomic
+from .cache import cache_root, hf_cache_dir, read_json, write_json_atomic
 from .uris import HfRef, hf_endpoint, is_commit_sha
 
 DIFFUSERS_LORA = "pytorch_lora_weights.safetensors"
@@ -267,7 +267,7 @@ def _verify_blob(path: Path, ref: HfRef) -> None:
     expected = blob.name.lower()
     if not re.fullmatch(r"[0-9a-f]{64}", expected):
         return
-    actual = sha256_file(blob).lower()
+    actual = sha256_file(blob)
     if actual != expected:
         for p in (path, blob):
             with contextlib.suppress(OSError):

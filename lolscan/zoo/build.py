@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from ..errors import UsageError
+from ..utils.files import atomic_write, read_jsonl
 from .data import build_pool, load_eval, resolve_root
 from .eval import mc_accuracy, val_losses
 from .known_labels import KnownLabels, label_keys
@@ -97,19 +98,11 @@ def write_peft(folder: Path, spec: LoraSpec, factors: dict[str, tuple[torch.Tens
     os.replace(tmp, folder)
 
 
-def read_manifest(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            line = line.strip()
-            if line:
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError:  # a torn last line from a killed process: redo that group
-                    break
-    return rows
+def read_zoo_rows(path: Path) -> list[dict[str, Any]]:
+    """The rows of a zoo's manifest.jsonl as written so far (none for a missing file). A torn last
+    line from a killed build is left out, so that group is redone; `lolscan.manifest.read_manifest`
+    is the reader for training."""
+    return read_jsonl(path, newline_ends_a_row=False)[0]
 
 
 @dataclass
@@ -190,11 +183,9 @@ def build(recipe: Recipe, out: str | Path, *, model: nn.Module | None = None, to
             base_labels[f"{name}_gold_logprob"] = float(r.gold_logprob[0])
         info["base_labels"] = base_labels
         log(f"base model labels: {base_labels}")
-        tmp = info_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(info, indent=1))
-        os.replace(tmp, info_path)
+        atomic_write(info_path, json.dumps(info, indent=1))
     manifest = out / MANIFEST
-    rows = read_manifest(manifest)
+    rows = read_zoo_rows(manifest)
     # rewrite without a torn tail, so appends start on a clean line
     with open(manifest, "w", encoding="utf-8") as f:
         f.writelines(json.dumps(r) + "\n" for r in rows)

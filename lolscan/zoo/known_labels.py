@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError, UsageError
-from ..hashing import sha256_file
+from ..utils.files import sha256_file
 
 # fields the recipe and seed decide before training: must be equal, not close
 SPEC_KEYS = ("split", "sources", "rank", "alpha", "lr", "steps", "batch_size", "dropout", "weight_decay",

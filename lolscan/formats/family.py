@@ -1,0 +1,68 @@
+"""Which base model an adapter was trained on, guessed from its metadata, module names and shapes
+(for messages: `lolscan inspect`, and why an adapter does not fit a checkpoint)."""
+from __future__ import annotations
+
+import re
+from collections import Counter
+
+from ..adapter import Adapter
+
+
+_SD_ATTN2_K = re.compile(r"attn2\.to_k$")
+
+
+def guess_family(adapter: Adapter) -> str:
+    """Base model family from metadata, then from the module names and shapes."""
+    md = adapter.metadata.get("safetensors", {}) or {}
+    version = str(md.get("ss_base_model_version", "")).lower()
+    arch = str(md.get("modelspec.architecture", "")).lower()
+    for needle, family in (("sdxl", "sdxl"), ("stable-diffusion-xl", "sdxl"), ("flux", "flux"), ("sd_v2", "sd2"),
+                           ("stable-diffusion-v2", "sd2"), ("sd_v1", "sd1"), ("stable-diffusion-v1", "sd1"), ("sd3", "sd3"),
+                           ("stable-diffusion-3", "sd3")):
+        if needle in version or needle in arch:
+            return family
+    names = list(adapter.layers)
+    if any(n.startswith("text_encoder_2.") for n in names):
+        return "sdxl"
+    if any(".double_blocks." in n or ".single_transformer_blocks." in n or ".single_blocks." in n for n in names):
+        return "flux"
+    for name, layer in adapter.layers.items():
+        if _SD_ATTN2_K.search(name):
+            return {768: "sd1", 1024: "sd2", 2048: "sdxl"}.get(layer.m, f"unet (cross-attention {layer.m})")
+    if any(n.startswith("unet.") for n in names):
+        return "sd (unet)"
+    if any(n.startswith("text_encoder.") for n in names):
+        return "sd (text encoder only)"
+    return _guess_llm(adapter)
+
+
+_DIFFUSION_FAMILIES = (("sdxl", "sdxl"), ("pony", "sdxl"), ("illustrious", "sdxl"), ("noobai", "sdxl"),
+                       ("flux", "flux"), ("sd3", "sd3"), ("sd2", "sd2"), ("sd1", "sd1"))
+
+
+def diffusion_family(text: str) -> str | None:
+    """sd1/sd2/sdxl/flux/sd3 from a free-text base model ("SD 1.5", "SDXL 1.0", "Pony", "sd1 (unet)"), else None."""
+    key = re.sub(r"[\s._-]", "", text.lower())
+    for needle, family in _DIFFUSION_FAMILIES:
+        if needle in key:
+            return family
+    return None
+
+
+def _guess_llm(adapter: Adapter) -> str:
+    config = adapter.config or {}
+    base = config.get("base_model_name_or_path")
+    hidden = Counter()
+    arch = "unknown"
+    for name, layer in adapter.layers.items():
+        if re.search(r"\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)$", name):
+            arch = "llama-style"
+            hidden[layer.m if not name.endswith("down_proj") else layer.n] += 1
+        elif re.search(r"\.(c_attn|c_proj|c_fc)$", name):
+            arch = "gpt2-style"
+            hidden[layer.m if name.endswith(("c_attn", "c_fc")) else layer.n] += 1
+        elif re.search(r"query_key_value|dense_h_to_4h", name):
+            arch = "gpt-neox-style"
+            hidden[layer.m] += 1
+    text = arch if arch == "unknown" or not hidden else f"{arch} LLM, hidden {hidden.most_common(1)[0][0]}"
+    return f"{text} ({base})" if base else text
