@@ -109,9 +109,18 @@ def run_one(row: str, task_id: str, n_train: int, seed: int, device: str = "cpu"
         true, pred = y[:, 0].tolist(), scores.argmax(1).tolist()
     m = res.metrics["test"][target.name]
     headline = m.get("r2") if target.kind == "regression" else m.get("accuracy")
+    extra: dict[str, Any] = {}
+    if "interval_coverage" in m:  # the 90 % conformal interval on the 500 test adapters
+        extra["coverage"] = m["interval_coverage"]
+    if row == DEFAULT_ROW:  # share of the test adapters (drawn like the training ones) flagged in domain
+        from lolscan.training import _spectra_of, fit_domain_for
+
+        dom = fit_domain_for(ds)
+        extra["in_domain"] = float((dom.scores(_spectra_of(ds, "test")) <= dom.threshold).double().mean())
     return {"row": row, "task": task_id, "kind": target.kind, "n": n_train, "seed": seed, "metric": headline,
             "best_step": res.best_step, "steps": res.steps, "seconds": round(time.perf_counter() - t0, 2),
-            "true": [float(f"{x:.7g}") for x in true], "pred": [float(f"{x:.6g}") for x in pred], "chosen": res.chosen}
+            "true": [float(f"{x:.7g}") for x in true], "pred": [float(f"{x:.6g}") for x in pred], "chosen": res.chosen,
+            **extra}
 
 
 def _load(path: Path) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +92,7 @@ class TrainResult:
     outputs: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)  # split -> raw model outputs (CPU)
     ys: dict[str, Any] = field(default_factory=dict, repr=False)  # split -> target -> (y, mask) (CPU)
     tried: list[dict[str, Any]] = field(default_factory=list)  # every candidate: its settings and validation loss
+    calibration_rows: int = 0  # validation rows the intervals and temperatures were fitted on
 
 
 # ---- data -------------------------------------------------------------------------------------
@@ -244,6 +245,7 @@ SEARCH: dict[str, list[dict[str, Any]]] = {
     "glnet": [{"products": False}, {"products": True, "squash": "none"}, {"products": True, "squash": "asinh"}],
 }
 SEARCH_MARGIN = 0.2
+CALIBRATION_MIN = 40  # validation rows from which every second one is kept for calibration only
 
 
 def candidates(opts: TrainOptions) -> list[dict[str, Any]]:
@@ -265,23 +267,34 @@ def candidates(opts: TrainOptions) -> list[dict[str, Any]]:
 def train(ds: Dataset, opts: TrainOptions) -> TrainResult:
     """Minibatch AdamW on the summed target losses, early stopping on validation loss; where
     `SEARCH` names settings the user left open, each candidate is trained and one kept by validation
-    loss (see `SEARCH_MARGIN`); calibration is then fitted for it on the validation split."""
+    loss (see `SEARCH_MARGIN`); calibration is then fitted for it on held-out validation rows.
+
+    With at least `CALIBRATION_MIN` validation rows, every second one is kept out of early stopping and
+    the search and used only for calibration: residuals of rows that chose the model are optimistic
+    (on the invariant suite, 90 % intervals calibrated on them covered 87.7 % of test adapters)."""
     before = torch.get_num_threads()
     if opts.threads:
         torch.set_num_threads(opts.threads)
     try:
         for t in ds.targets:  # calibration is fitted for the chosen model only, at the end
             t.temperature, t.interval = 1.0, None
+        val = ds.splits["val"]
+        calib = val[1::2] if len(val) >= CALIBRATION_MIN else []
+        fit_ds = replace(ds, splits={**ds.splits, "val": val[0::2]}) if calib else ds
         tried, best, start = [], None, time.perf_counter()
         for override in candidates(opts):
             o = copy.copy(opts)
             o.hparams = dict(opts.hparams) | override
-            result = _train(ds, o)
+            result = _train(fit_ds, o)
             tried.append({**override, "val_loss": result.best_loss})
             if best is None or math.isnan(best.best_loss) or result.best_loss < best.best_loss * (1 - SEARCH_MARGIN):
                 best, chosen = result, override
         assert best is not None
-        calibrate(ds.targets, best)
+        if calib:
+            best.outputs["calibration"] = _outputs_for(best.model, ds, calib)
+            best.ys["calibration"] = {t.name: t.encode([ds.values[t.name][i] for i in calib]) for t in ds.targets}
+        calibrate(ds.targets, best, split="calibration" if calib else "val")
+        best.calibration_rows = len(calib) if calib else len(val)
         best.seconds = time.perf_counter() - start
         best.options, best.chosen, best.tried = opts, chosen, tried if len(tried) > 1 else []
         return best
@@ -373,12 +386,25 @@ def _evaluate(targets: Sequence[Target], outputs: dict[str, torch.Tensor], ys: d
     return metrics, test_scores
 
 
-def calibrate(targets: Sequence[Target], result: TrainResult, level: float = 0.9) -> None:
-    """Fit each target's interval (regression) or temperature (classes) on the validation split, then
-    recompute the result's metrics with them (a run without a validation split is left uncalibrated)."""
+def _outputs_for(model: torch.nn.Module, ds: Dataset, rows: Sequence[int]) -> torch.Tensor:
+    """Raw model outputs for some rows of the dataset, on the model's device (CPU result)."""
+    from .nets import collate
+    from .nets.common import FeatureMLP
+
+    batch = collate([ds.adapters[i] for i in rows], ds.spec, model.device)
+    if isinstance(model, FeatureMLP):
+        batch = model.extract(batch)
+    elif hasattr(model, "cache_features"):
+        batch = model.cache_features(batch)
+    return _outputs(model, batch).cpu()
+
+
+def calibrate(targets: Sequence[Target], result: TrainResult, level: float = 0.9, split: str = "val") -> None:
+    """Fit each target's interval (regression) or temperature (classes) on ``split``'s outputs, then
+    recompute the result's metrics with them (a run without such rows is left uncalibrated)."""
     from .calibration import conformal_halfwidth, fit_temperature
 
-    out, ys = result.outputs.get("val"), result.ys.get("val")
+    out, ys = result.outputs.get(split), result.ys.get(split)
     if out is None or ys is None:
         return
     for t in targets:
@@ -392,7 +418,8 @@ def calibrate(targets: Sequence[Target], result: TrainResult, level: float = 0.9
                 t.interval = None
         else:
             t.temperature = fit_temperature(out[m][:, t.out_slice], y[m], t.kind)
-    result.metrics, result.test_scores = _evaluate(targets, result.outputs, result.ys)
+    result.metrics, result.test_scores = _evaluate(targets, {k: v for k, v in result.outputs.items() if k != "calibration"},
+                                                   result.ys)
 
 
 # ---- the checkpoint ---------------------------------------------------------------------------
@@ -439,6 +466,7 @@ def make_card(ds: Dataset, result: TrainResult, *, name: str, description: str =
             "eval_every": opts.eval_every,
             "seconds": round(result.seconds, 2),
             **({"search": result.tried} if result.tried else {}),
+            "calibration_rows": result.calibration_rows,
         },
         "training_data": {
             "manifest": Path(ds.manifest.path).name,
