@@ -13,7 +13,7 @@ FORMATS = ("peft", "kohya", "lycoris", "diffusers", "cloneofsimo")
 
 
 def from_tensor_file(tf: TensorFile, *, source: str | None = None) -> Adapter:
-    """Detect the key scheme of a loaded tensor file and read it (detection order of LORA_FORMATS.md §0.4)."""
+    """Detect the key scheme of a loaded tensor file and read it (detection order of docs/FORMATS.md §2)."""
     source = source or tf.path
     if not tf.tensors:
         raise UnsupportedFormat("holds no tensors", path=tf.path)

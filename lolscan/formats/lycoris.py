@@ -1,7 +1,7 @@
 """Exact low-rank factors for LyCORIS LoHa (``hada_*``) and LoKr (``lokr_*``) layers.
 
 Both algorithms store a weight update that is not a plain ``B @ A`` product, yet is
-exactly low-rank (LORA_FORMATS.md §4):
+exactly low-rank (docs/FORMATS.md §8):
 
 * LoHa: ``ΔW = s · M₁ ⊙ M₂`` with ``Mₖ = Uₖ Vₖᵀ``. The Hadamard product of two
   rank-r matrices is ``U Vᵀ`` with the row-wise Khatri-Rao (face-splitting) factors

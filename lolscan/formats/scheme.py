@@ -2,7 +2,7 @@
 
 Pure functions of the keys, the metadata and adapter_config.json (no torch), shared by the full
 parser (`lolscan.formats`) and the light reader processes (`lolscan.lightread`), so both read a
-file the same way. Detection order is LORA_FORMATS.md §0.4's: kohya, PEFT, cloneofsimo, diffusers,
+file the same way. Detection order is docs/FORMATS.md §2's: kohya, PEFT, cloneofsimo, diffusers,
 then dotted PEFT-style keys.
 """
 from __future__ import annotations

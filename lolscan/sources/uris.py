@@ -20,7 +20,7 @@ DEFAULT_CIVITAI_ENDPOINT = "https://civitai.com"
 _REPO_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 _HASH = re.compile(r"^[0-9A-Fa-f]{8,64}$")
-# LORA_FORMATS.md §7.5, with the `urn:`/`air:` prefix required so plain paths never match.
+# docs/FORMATS.md §10 (AIR strings), with the `urn:`/`air:` prefix required so plain paths never match.
 _AIR = re.compile(
     r"^(?:urn:)?air:(?:(?P<eco>[\w.-]+):)?(?:(?P<type>[\w-]+):)?(?P<source>[\w-]+):(?P<id>[^@+.*]+)"
     r"(?:@(?P<version>[^+.*]+))?(?:\+(?P<file>[^.*]+))?(?:\.(?P<format>[^*]+))?(?:\*(?P<strength>.*))?$",

@@ -1,4 +1,4 @@
-"""A minimal Civitai REST API plus a separate "signed storage" server (LORA_FORMATS.md §7).
+"""A minimal Civitai REST API plus a separate "signed storage" server (docs/FORMATS.md §10).
 
 `GET /api/v1/models/{id}`, `/api/v1/model-versions/{id}`, `/api/v1/model-versions/by-hash/{hash}`
 and `/api/download/models/{versionId}?type=&format=` (302 to `MockStorage` when one is attached,

@@ -1,7 +1,7 @@
 """A minimal Hugging Face Hub: the endpoints huggingface_hub 2.4 calls for downloads.
 
 `HEAD/GET /{repo}/resolve/{rev}/{path}`, `GET /api/models/{repo}/revision/{rev}` and
-`GET /api/models/{repo}/tree/{rev}` (LORA_FORMATS.md §6.2). Private repos answer 401 and gated
+`GET /api/models/{repo}/tree/{rev}` (docs/FORMATS.md §10). Private repos answer 401 and gated
 ones 403 unless `Authorization: Bearer <token>` matches, like the real Hub.
 """
 from __future__ import annotations
