@@ -480,10 +480,10 @@ class FastCheck:
     """The light reader and the full reader on one file, for one seed's layer spec."""
 
     def __init__(self, seed: Path):
-        from lolscan.handoff import packed_floats
-        from lolscan.lightread import LightReader
+        from lolscan.scan.handoff import packed_floats
+        from lolscan.scan.lightread import LightReader
         from lolscan.nets import LayerSpec
-        from lolscan.scoring import _Reader
+        from lolscan.scan.scoring import _Reader
 
         spec = LayerSpec.from_adapters([lolscan.load(str(seed))])
         self.spec = spec
@@ -495,8 +495,8 @@ class FastCheck:
     def __call__(self, path: Path) -> tuple[str, bool | None]:
         """(the light reader's row status, or "declined" when it left the file to the full reader;
         whether the full reader agrees, None when declined)."""
-        from lolscan.discovery import Found
-        from lolscan.packing import slot_views, stack
+        from lolscan.scan.discovery import Found
+        from lolscan.scan.packing import slot_views, stack
 
         got = self.light.read(str(path), self.slot)
         full = self.full(Found(str(path)))

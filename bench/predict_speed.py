@@ -16,7 +16,7 @@ import torch
 
 import lolscan
 from lolscan.checkpoint import load_checkpoint, resolve
-from lolscan.discovery import expand
+from lolscan.scan.discovery import expand
 
 
 def main() -> None:

@@ -154,11 +154,11 @@ def scan(folder: Path, ckpt_path: Path, workers: int, batch_size: int, device: s
          shm_budget: int | None = None, start_method: str = "auto", prestart: bool = True) -> tuple[float, int, dict[str, float]]:
     """(seconds, adapters scored, main-thread seconds per stage + CPU seconds of all processes).
     With ``prestart`` (and processes) the readers start before the checkpoint loads, as in `lolscan predict`."""
-    from lolscan import scoring
+    from lolscan.scan import scoring
     from lolscan.checkpoint import load_checkpoint
-    from lolscan.discovery import expand
+    from lolscan.scan.discovery import expand
     from lolscan.report import jsonl_line
-    from lolscan.scoring import Scorer, ScoreOptions
+    from lolscan.scan.scoring import Scorer, ScoreOptions
 
     t0 = time.perf_counter()
     c0 = cpu_seconds()
@@ -201,7 +201,7 @@ def main() -> None:
 
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
 
-    from lolscan.scoring import auto_processes
+    from lolscan.scan.scoring import auto_processes
 
     procs = auto_processes(args.n) if args.procs == "auto" else int(args.procs)
     files = generate(args.dir, args.n, args.seed)

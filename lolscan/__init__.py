@@ -15,7 +15,7 @@ __all__ = ["Adapter", "Layer", "load", "LolscanError", "InputError", "Unsupporte
 
 def __getattr__(name: str) -> Any:
     """`Adapter` and `Layer` on first use: ``import lolscan`` does not import torch, so the light
-    reader processes of `lolscan.scoring` (`lolscan.lightread`) start in a fraction of a second."""
+    reader processes of `lolscan.scan.scoring` (`lolscan.scan.lightread`) start in a fraction of a second."""
     if name in ("Adapter", "Layer"):
         from . import adapter
 

@@ -1,7 +1,7 @@
 """safetensors headers, parsed and validated without torch.
 
 `lolscan.tensorfile` builds tensors on top of this; the light reader processes
-(`lolscan.lightread`) use it directly, so both refuse a hostile file with the same one-line
+(`lolscan.scan.lightread`) use it directly, so both refuse a hostile file with the same one-line
 `InputError` (length, JSON, offsets, dtypes, sizes, overlaps; first problem wins).
 """
 from __future__ import annotations

@@ -51,8 +51,8 @@ def main() -> None:
 
     import lolscan
     from lolscan.checkpoint import load_checkpoint
-    from lolscan.discovery import expand
-    from lolscan.scoring import Scorer, ScoreOptions
+    from lolscan.scan.discovery import expand
+    from lolscan.scan.scoring import Scorer, ScoreOptions
     from scan import generate, make_checkpoint
 
     print(f"lolscan from {Path(lolscan.__file__).parent}", file=sys.stderr)
@@ -87,7 +87,7 @@ def main() -> None:
 def _profile_stages() -> dict[str, cProfile.Profile]:
     """One profiler per stage function, each called from its own thread only (cProfile is per thread)."""
     try:
-        from lolscan import stages
+        from lolscan.scan import stages
     except ImportError:
         return {}
     profs = {"assemble": cProfile.Profile(), "predict": cProfile.Profile()}

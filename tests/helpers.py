@@ -26,7 +26,7 @@ class ArenaLog:
     these, not at all of /dev/shm, which other processes (a second test run, a helper) share."""
 
     def __init__(self, monkeypatch):
-        from lolscan import handoff
+        from lolscan.scan import handoff
 
         self.names: list[str] = []
         real = handoff.Arena.create.__func__

@@ -339,7 +339,7 @@ def _filesystem_cases(tmp: Path) -> tuple[Path, dict[str, str]]:
 
 
 def test_folder_scan_stays_inside_its_root_and_refuses_fifos_and_devices(tmp_path):
-    from lolscan.discovery import expand
+    from lolscan.scan.discovery import expand
 
     lib, expected = _filesystem_cases(tmp_path)
     found = {Path(f.source).name: f.error for f in expand([str(lib)])}

@@ -30,10 +30,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     # trained checkpoints: cards, files, compatibility with an adapter
     ("checkpoint", ("lolscan.checkpoint",)),
     # what the commands do: the streaming scan, reports and gates, training, zoo building, inspection
-    ("apps", ("lolscan.scoring", "lolscan.lightread", "lolscan.handoff", "lolscan.stages", "lolscan.packing",
-              "lolscan.slots", "lolscan.npconvert", "lolscan.labels", "lolscan.discovery", "lolscan.report",
-              "lolscan.manifest", "lolscan.inspection", "lolscan.training", "lolscan.selftest", "lolscan.zoo.*",
-              "lolscan.scan.*")),
+    ("apps", ("lolscan.scan.*", "lolscan.report", "lolscan.manifest", "lolscan.inspection", "lolscan.training",
+              "lolscan.selftest", "lolscan.zoo.*")),
     # the command line: parse → call → render
     ("cli", ("lolscan.cli.*", "lolscan.__main__")),
 ]

@@ -1,4 +1,4 @@
-"""The torch-free reader of reader processes (lolscan.lightread, lolscan.npconvert): the same slot
+"""The torch-free reader of reader processes (lolscan.scan.lightread, lolscan.scan.npconvert): the same slot
 bytes as ``pack(lolscan.load(path))``, the same error rows for hostile files, the full reader for
 everything else, and no torch in the reader processes."""
 from __future__ import annotations
@@ -17,13 +17,13 @@ import torch
 from safetensors.torch import save_file
 
 import lolscan
-from lolscan.discovery import Found
-from lolscan.handoff import packed_floats
-from lolscan.lightread import LightReader, init_worker, read_in_process
+from lolscan.scan.discovery import Found
+from lolscan.scan.handoff import packed_floats
+from lolscan.scan.lightread import LightReader, init_worker, read_in_process
 from lolscan.nets import LayerShape, LayerSpec
-from lolscan.npconvert import Converter, bf16_to_f32, f16_to_f32
-from lolscan.packing import pack, slot_views, stack
-from lolscan.scoring import _Reader
+from lolscan.scan.npconvert import Converter, bf16_to_f32, f16_to_f32
+from lolscan.scan.packing import pack, slot_views, stack
+from lolscan.scan.scoring import _Reader
 
 from helpers import REAL, REPO
 
@@ -279,7 +279,7 @@ def test_header_cache_reuses_byte_identical_headers_only(tmp_path, monkeypatch):
     """A repeated header is parsed once per reader; the factors, alphas and rows stay each file's own
     (bit for bit those of lolscan.load); another header, or the same header over a data region of
     another length, is parsed and validated afresh."""
-    import lolscan.lightread as lightread
+    import lolscan.scan.lightread as lightread
 
     a = _same_header(tmp_path / "a.safetensors", 1, 2.0)
     b = _same_header(tmp_path / "b.safetensors", 2, -3.0)  # negative alpha: the reader converts and scales
@@ -306,7 +306,7 @@ def test_header_cache_reuses_byte_identical_headers_only(tmp_path, monkeypatch):
 
 
 def test_header_cache_is_bounded(tmp_path, monkeypatch):
-    import lolscan.lightread as lightread
+    import lolscan.scan.lightread as lightread
 
     monkeypatch.setattr(lightread, "PLAN_CACHE_ENTRIES", 2)
     files = [_same_header(tmp_path / f"{i}.safetensors", i, 1.0, network=f"networks.lora{i}") for i in range(4)]
@@ -356,9 +356,9 @@ def test_reader_processes_do_not_import_torch(tmp_path):
         from multiprocessing import shared_memory
 
         def main():
-            from lolscan.lightread import ArenaInfo, LightReader, init_worker, read_in_process
+            from lolscan.scan.lightread import ArenaInfo, LightReader, init_worker, read_in_process
             ctx = multiprocessing.get_context("forkserver")
-            ctx.set_forkserver_preload(["lolscan.lightread"])
+            ctx.set_forkserver_preload(["lolscan.scan.lightread"])
             light = LightReader(json.load(open({str(tmp_path / "rule.json")!r})), [])
             shm = shared_memory.SharedMemory(create=True, size=4 * 100_000)
             try:
@@ -382,7 +382,7 @@ def test_reader_processes_do_not_import_torch(tmp_path):
 
 
 def test_importing_lolscan_and_the_light_reader_does_not_import_torch():
-    code = "import sys, lolscan, lolscan.lightread; assert 'torch' not in sys.modules, 'torch imported'; print(lolscan.Adapter.__name__)"
+    code = "import sys, lolscan, lolscan.scan.lightread; assert 'torch' not in sys.modules, 'torch imported'; print(lolscan.Adapter.__name__)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={"PYTHONPATH": str(REPO)}, timeout=60)
     assert done.returncode == 0 and done.stdout.strip() == "Adapter", done.stderr[-2000:]
 
@@ -391,7 +391,7 @@ def test_widening_and_scaling_paths_agree_with_lolscan_load_arithmetic():
     """`packing` widens 16-bit factors and multiplies them by √s in float32, on the device in one op
     (`_scaled`) or on the CPU through a contiguous buffer (`_widen`): both are ``x.float().mul_(√s)``,
     the operation `formats.plain` applies to the file's factors."""
-    from lolscan.packing import _scaled, _widen
+    from lolscan.scan.packing import _scaled, _widen
 
     g = torch.Generator().manual_seed(4)
     for dtype in (torch.float16, torch.bfloat16):

@@ -12,8 +12,8 @@ from safetensors.torch import save_file
 
 import lolscan
 from lolscan.checkpoint import load_checkpoint
-from lolscan.discovery import Found, expand
-from lolscan.scoring import Scorer, ScoreOptions
+from lolscan.scan.discovery import Found, expand
+from lolscan.scan.scoring import Scorer, ScoreOptions
 
 from helpers import REAL, train_tiny_checkpoint
 
@@ -89,7 +89,7 @@ def test_rows_in_order_with_errors_and_misfits_isolated(setup, tmp_path):
 
 def test_memory_is_flat_in_the_number_of_files(setup, tmp_path, monkeypatch):
     """Adapters and their packed factors alive at once stay bounded, whatever the folder size."""
-    from lolscan import scoring
+    from lolscan.scan import scoring
 
     zoo, ckpt = setup
     lib = _folder(tmp_path, zoo, 48)
@@ -118,7 +118,7 @@ def _tracked_pack(real_pack, track, adapter, spec):
 
 def test_packing_equals_collate_and_processes_equal_threads(setup, tmp_path):
     from lolscan.nets import collate
-    from lolscan.scoring import pack, stack
+    from lolscan.scan.scoring import pack, stack
 
     zoo, ckpt = setup
     adapters = [lolscan.load(str(zoo / f"lora_{i:04d}")) for i in range(5)]
@@ -154,7 +154,7 @@ def test_true_labels_from_labels_json_and_metadata(setup, tmp_path):
 def test_packing_equals_collate_for_mixed_ranks_and_missing_modules(setup):
     from lolscan.adapter import Adapter, Layer
     from lolscan.nets import collate
-    from lolscan.scoring import pack, stack
+    from lolscan.scan.scoring import pack, stack
 
     zoo, ckpt = setup
     base = [lolscan.load(str(zoo / f"lora_{i:04d}")) for i in range(3)]

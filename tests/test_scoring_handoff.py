@@ -16,12 +16,12 @@ import torch
 from safetensors.torch import save_file
 
 import lolscan
-from lolscan import scoring
+from lolscan.scan import scoring
 from lolscan.checkpoint import load_checkpoint
-from lolscan.discovery import expand
+from lolscan.scan.discovery import expand
 from lolscan.errors import LolscanError
-from lolscan.handoff import Arena, packed_floats, plan
-from lolscan.scoring import Scorer, ScoreOptions, pack, slot_views
+from lolscan.scan.handoff import Arena, packed_floats, plan
+from lolscan.scan.scoring import Scorer, ScoreOptions, pack, slot_views
 
 from helpers import REAL, REPO, ArenaLog, train_tiny_checkpoint
 
@@ -93,7 +93,7 @@ def test_processes_with_shared_memory_give_the_rows_of_threads_and_of_each_adapt
 
 def test_adapters_too_big_for_a_slot_travel_by_pickle(setup, monkeypatch):
     ckpt, _, lib = setup
-    from lolscan import stages
+    from lolscan.scan import stages
 
     sent = []
     real_views = stages.slot_views
@@ -159,9 +159,9 @@ def test_readers_started_clean_in_a_fresh_process_leak_nothing(setup):
     _, path, lib = setup
     script = textwrap.dedent(f"""
         import sys, torch
-        from lolscan import scoring
+        from lolscan.scan import scoring
         from lolscan.checkpoint import load_checkpoint
-        from lolscan.discovery import expand
+        from lolscan.scan.discovery import expand
 
         def main():
             create = scoring.Arena.create.__func__

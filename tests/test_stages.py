@@ -1,4 +1,4 @@
-"""Assembly overlapped with scoring (lolscan.stages): the predictions of scoring batch after batch,
+"""Assembly overlapped with scoring (lolscan.scan.stages): the predictions of scoring batch after batch,
 bit for bit, with threads and with light reader processes; a failing adapter isolated; no thread,
 process or shared-memory segment left behind."""
 from __future__ import annotations
@@ -15,9 +15,9 @@ from safetensors.torch import save_file
 
 import lolscan
 from lolscan.checkpoint import load_checkpoint
-from lolscan.discovery import expand
-from lolscan.packing import pack, stack
-from lolscan.scoring import Scorer, ScoreOptions
+from lolscan.scan.discovery import expand
+from lolscan.scan.packing import pack, stack
+from lolscan.scan.scoring import Scorer, ScoreOptions
 
 from helpers import REAL, ArenaLog, train_tiny_checkpoint
 

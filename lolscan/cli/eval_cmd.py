@@ -83,9 +83,9 @@ def eval_(
 ) -> None:
     """Report a checkpoint's metrics on a labelled set (every target column the manifest has)."""
     from .models_cmd import cli_errors, open_model, print_failure  # lazy: keeps `models` last in the help
-    from ..discovery import Found
+    from ..scan.discovery import Found
     from ..manifest import read_manifest
-    from ..scoring import Scorer, ScoreOptions, auto_processes
+    from ..scan.scoring import Scorer, ScoreOptions, auto_processes
 
     with cli_errors():
         m = read_manifest(manifest)

@@ -89,7 +89,7 @@ def inspect(
 ) -> None:
     """Show what is inside LoRA adapters: format, base family, ranks, scales, per-module spectra, hashes, metadata."""
     from .. import load
-    from ..discovery import expand  # these import torch: not needed for --help
+    from ..scan.discovery import expand  # these import torch: not needed for --help
     from ..inspection import inspect_adapter
 
     opts = source_options(offline, civitai_token, hf_token)

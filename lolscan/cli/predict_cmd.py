@@ -63,7 +63,7 @@ def early_readers(procs: str, targets: list[str]) -> Any:
     reading will likely use threads, or the processes could not be started: the scan starts its own)."""
     from contextlib import nullcontext
 
-    from ..scoring import ReaderPool, auto_processes
+    from ..scan.scoring import ReaderPool, auto_processes
 
     if procs == "auto":
         n = auto_processes(1 << 30) if may_hold_many(targets) else 0
@@ -142,8 +142,8 @@ def predict(
     from .models_cmd import card_meaning, cli_errors, open_model, print_failure  # lazy: keeps `models` last in the help
     import torch
 
-    from ..discovery import expand
-    from ..scoring import Scorer, ScoreOptions, auto_processes
+    from ..scan.discovery import expand
+    from ..scan.scoring import Scorer, ScoreOptions, auto_processes
 
     gates = parse_gates(fail_under, fail_over)
     out_fmt = None

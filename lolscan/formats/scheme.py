@@ -1,7 +1,7 @@
 """Which key scheme a tensor file uses, and the naming and scaling rules that go with it.
 
 Pure functions of the keys, the metadata and adapter_config.json (no torch), shared by the full
-parser (`lolscan.formats`) and the light reader processes (`lolscan.lightread`), so both read a
+parser (`lolscan.formats`) and the light reader processes (`lolscan.scan.lightread`), so both read a
 file the same way. Detection order is docs/FORMATS.md §2's: kohya, PEFT, cloneofsimo, diffusers,
 then dotted PEFT-style keys.
 """

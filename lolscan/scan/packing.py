@@ -1,7 +1,7 @@
 """Packing adapters for a checkpoint's layer spec, and stacking packed adapters into batches.
 
 `pack` lays one adapter out per shape group in one flat float32 buffer (a reader's
-shared-memory slot, or a new one); `slot_views` reads a slot in the layout of `lolscan.slots`
+shared-memory slot, or a new one); `slot_views` reads a slot in the layout of `lolscan.scan.slots`
 (float32 groups, or float16/bfloat16 groups with their scales); `stack` copies packed adapters into
 the `FactorBatch` that `lolscan.nets.collate` would build, with its memory layout, on the scoring
 device, converting and scaling 16-bit groups on the way.
@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from .adapter import Adapter
+from ..adapter import Adapter
 from .slots import InSlot
 from .slots import layout as slot_layout
 
@@ -104,7 +104,7 @@ def stack(packs: list[Packed], spec: Any, sources: list[str], device: torch.devi
     """Packed adapters -> the `FactorBatch` that `lolscan.nets.collate` builds from them, with
     collate's memory layout (``[L_g, n, B, r]`` storage). Host factors are copied straight into
     place on ``device`` (asynchronously from pinned memory) and converted to ``dtype`` there."""
-    from .nets import FactorBatch, FactorGroup
+    from ..nets import FactorBatch, FactorGroup
 
     B = len(packs)
     groups = []

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .sources.uris import is_remote
+from ..sources.uris import is_remote
 
 LABELS_FILE = "labels.json"
 METADATA_LABELS_KEY = "lolscan_labels"

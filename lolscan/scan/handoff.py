@@ -1,9 +1,9 @@
 """Shared-memory hand-off of packed factors from reader processes to the scorer.
 
 The scorer creates one POSIX shared-memory segment cut into fixed-size slots, before it starts
-its reader processes. Each file is read with one free slot: the reader (`lolscan.lightread`, torch-free)
+its reader processes. Each file is read with one free slot: the reader (`lolscan.scan.lightread`, torch-free)
 writes the adapter's factors straight into it (float32, or the file's own float16/bfloat16 bits with
-their scales: `lolscan.slots`) and sends back only the layout, a few hundred bytes, instead of
+their scales: `lolscan.scan.slots`) and sends back only the layout, a few hundred bytes, instead of
 pickling megabytes. The scorer reads the slot in place and frees it once the batch holding it is
 scored. An adapter that does not fit its slot travels by pickle, as before.
 

@@ -1,11 +1,11 @@
-"""Torch-free reading of the common case, for the reader processes of `lolscan.scoring`.
+"""Torch-free reading of the common case, for the reader processes of `lolscan.scan.scoring`.
 
 A reader process imports this module, numpy and lolscan's torch-free helpers only, so it starts in
 a fraction of a second (a fork server that imports torch takes seconds from a cold disk). For each
 file it validates the safetensors header (`stheader`, the checks and messages of `lolscan.load`),
 recognises plain LoRA files — kohya, diffusers and PEFT keys whose modules are up/down pairs with
 optional alphas (what `formats.plain` reads in bulk) — checks that the adapter fits the checkpoint's
-layer spec and writes the factors straight into its shared-memory slot (`lolscan.slots`): float16
+layer spec and writes the factors straight into its shared-memory slot (`lolscan.scan.slots`): float16
 and bfloat16 factors as the file's bits with each layer's scale, the others converted to float32
 and scaled exactly as `lolscan.load` does. The batch the scorer assembles from the slot holds the
 bytes of one assembled from ``pack(lolscan.load(path), spec)``.
@@ -28,18 +28,18 @@ from typing import Any
 
 import numpy as np
 
-from .errors import LolscanError, elide
-from .formats.grouping import group_keys
-from .formats.names import dotted_module_name, kohya_module_name
-from .formats.peft_config import CONFIG_NAME, WEIGHT_NAMES, check_peft_type, is_peft_folder, read_config
-from .formats.scheme import (ScaleRule, alpha_rule, diffusers_scale_rule, is_plain_pair, kohya_format, kohya_name_rule, old_diffusers_keys,
+from ..errors import LolscanError, elide
+from ..formats.grouping import group_keys
+from ..formats.names import dotted_module_name, kohya_module_name
+from ..formats.peft_config import CONFIG_NAME, WEIGHT_NAMES, check_peft_type, is_peft_folder, read_config
+from ..formats.scheme import (ScaleRule, alpha_rule, diffusers_scale_rule, is_plain_pair, kohya_format, kohya_name_rule, old_diffusers_keys,
                              old_module_name, peft_config_rule, scheme_of)
 from .labels import LabelFiles, known_labels
 from .npconvert import NUMPY, Converter
 from .slots import InSlot
 from .slots import layout as slot_layout
-from .sources.uris import is_remote
-from .stheader import PICKLE_SUFFIXES, Entry, looks_pickled, parse_header, read_raw_header
+from ..sources.uris import is_remote
+from ..stheader import PICKLE_SUFFIXES, Entry, looks_pickled, parse_header, read_raw_header
 
 # Single alpha values read exactly as `formats.common.scalar_of` reads them.
 _SCALAR = {"F16": np.dtype("<f2"), "F32": np.dtype("<f4"), "F64": np.dtype("<f8")}
@@ -251,7 +251,7 @@ class LightReader:
         return True
 
     def _pack(self, layers: dict[str, Light], data: memoryview, slot: np.ndarray) -> InSlot | None:
-        """Write the adapter into ``slot`` (bytes) in the layout of `lolscan.slots`: a group whose
+        """Write the adapter into ``slot`` (bytes) in the layout of `lolscan.scan.slots`: a group whose
         factors are all float16 (or all bfloat16) with finite scales ≥ 0 keeps the file's bits, its
         scales stored beside them; any other group is converted to float32, scales folded in, as
         `packing.pack` writes it. None when the adapter does not fit the slot."""

@@ -2,11 +2,11 @@
 while batches are scored.
 
 Memory stays flat in the number of files: at most ``window`` adapters are in flight (being read
-or queued) plus two batches (one being assembled while the one before it is scored, `lolscan.stages`),
+or queued) plus two batches (one being assembled while the one before it is scored, `lolscan.scan.stages`),
 whatever the folder size. Rows come back in input order, one per
 target, including the ones that could not be read (status ``error``) or that do not fit the
 checkpoint (status ``incompatible``). Reader processes hand packed factors back through
-shared-memory slots (`lolscan.handoff`), not pickles.
+shared-memory slots (`lolscan.scan.handoff`), not pickles.
 """
 from __future__ import annotations
 
@@ -24,10 +24,10 @@ from typing import Any
 
 import torch
 
-from .adapter import Adapter
-from .checkpoint import Checkpoint, check_fits
+from ..adapter import Adapter
+from ..checkpoint import Checkpoint, check_fits
 from .discovery import Found
-from .errors import IncompatibleAdapter, LolscanError
+from ..errors import IncompatibleAdapter, LolscanError
 from .handoff import DEFAULT_BUDGET, Arena, plan
 from . import lightread
 from .lightread import ArenaInfo, LightReader, read_in_process
@@ -97,8 +97,8 @@ class _Reader:
         """Read ``found``; with ``slot`` (shared memory) the factors are packed into it when they fit."""
         import lolscan
 
-        from .nets import LayerSpec
-        from .targets import Target
+        from ..nets import LayerSpec
+        from ..targets import Target
 
         if self._spec is None:
             self._spec = LayerSpec.from_json(self.rule["spec"])
@@ -145,7 +145,7 @@ def auto_processes(n_files: int) -> int:
 
 def start_method(wanted: str = "auto") -> str:
     """How reader processes start. auto: fork (cheap) while CUDA is untouched; after that a fork
-    server, a clean interpreter that imports the torch-free `lolscan.lightread` once and then forks
+    server, a clean interpreter that imports the torch-free `lolscan.scan.lightread` once and then forks
     the readers (spawning each reader costs each its own imports). Readers started by a fork server
     or spawned re-import the ``__main__`` script (Python does): keep heavy imports out of its top level."""
     if wanted != "auto":
@@ -155,7 +155,7 @@ def start_method(wanted: str = "auto") -> str:
     if not torch.cuda.is_initialized():
         return "fork"
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["lolscan.lightread"])  # numpy, not torch: readers start in a fraction of a second
+    ctx.set_forkserver_preload(["lolscan.scan.lightread"])  # numpy, not torch: readers start in a fraction of a second
     return "forkserver"
 
 

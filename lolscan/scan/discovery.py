@@ -14,9 +14,9 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .manifest import is_uri
-from .formats.peft_config import CONFIG_NAME, WEIGHT_NAMES, is_peft_folder
-from .tensorfile import PICKLE_SUFFIXES
+from ..manifest import is_uri
+from ..formats.peft_config import CONFIG_NAME, WEIGHT_NAMES, is_peft_folder
+from ..tensorfile import PICKLE_SUFFIXES
 
 
 
