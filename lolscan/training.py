@@ -245,7 +245,7 @@ SEARCH: dict[str, list[dict[str, Any]]] = {
     "glnet": [{"products": False}, {"products": True, "squash": "none"}, {"products": True, "squash": "asinh"}],
 }
 SEARCH_MARGIN = 0.2
-CALIBRATION_MIN = 40  # validation rows from which every second one is kept for calibration only
+CALIBRATION_MIN = 100  # validation rows from which every second one is kept for calibration only
 
 
 def candidates(opts: TrainOptions) -> list[dict[str, Any]]:
@@ -270,8 +270,10 @@ def train(ds: Dataset, opts: TrainOptions) -> TrainResult:
     loss (see `SEARCH_MARGIN`); calibration is then fitted for it on held-out validation rows.
 
     With at least `CALIBRATION_MIN` validation rows, every second one is kept out of early stopping and
-    the search and used only for calibration: residuals of rows that chose the model are optimistic
-    (on the invariant suite, 90 % intervals calibrated on them covered 87.7 % of test adapters)."""
+    the search and used only for calibration, so the conformal guarantee holds (rows that chose the
+    model give slightly optimistic residuals: on the invariant suite at 1,000 adapters, mean coverage
+    0.896 calibrated on them against 0.900 on held-out rows). Smaller validation splits keep every row
+    for choosing the model; there the two differed by 0.003 (bench/results/glnet_suite.md)."""
     before = torch.get_num_threads()
     if opts.threads:
         torch.set_num_threads(opts.threads)
