@@ -10,8 +10,8 @@ import typer
 from rich.table import Table
 
 from ..errors import EXIT_BAD_INPUT, EXIT_INCOMPATIBLE, EXIT_OK, UsageError
-from ..metrics import HEADLINE, METRIC_NAMES, format_metric, target_metrics
-from ..report import SCHEMA_VERSION, clean
+from ..evaluation.metrics import HEADLINE, METRIC_NAMES, format_metric, target_metrics
+from ..scan.report import SCHEMA_VERSION, clean
 from ..targets import Target
 from .app import app
 from .console import console, err_console
@@ -118,7 +118,7 @@ def eval_(
             scores = scores_from_predictions(t, [s["predictions"][t.name] for _, s in ok])
             metrics[t.name] = target_metrics(t, scores, y, mask)
             if t.kind == "regression" and t.interval is not None and bool(mask.any()):
-                from ..calibration import coverage
+                from ..evaluation.calibration import coverage
 
                 true = (y[mask][:, 0] * t.std + t.mean).tolist()
                 metrics[t.name]["interval_coverage"] = coverage(scores[mask][:, 0].tolist(), true, t.interval)

@@ -12,7 +12,7 @@ from rich.table import Table
 
 from ..checkpoint import Checkpoint, bundled_dir, default_model, list_checkpoints, load_checkpoint, read_card, resolve, user_dir
 from ..errors import LolscanError, UsageError
-from ..metrics import HEADLINE, format_metric
+from ..evaluation.metrics import HEADLINE, format_metric
 from .app import app
 from .console import console, err_console, print_error
 from .plain import PlainCommand, examples
@@ -101,7 +101,7 @@ def models(
 
 
 def _self_test(name: str, fmt: str) -> None:
-    from ..selftest import TOLERANCE, run_self_test
+    from ..evaluation.selftest import TOLERANCE, run_self_test
 
     ckpt = load_checkpoint(resolve(name))
     checks = run_self_test(ckpt)

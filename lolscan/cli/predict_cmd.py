@@ -11,7 +11,7 @@ import typer
 
 from ..errors import EXIT_BAD_INPUT, UsageError, elide
 from ..utils.files import atomic_write, read_jsonl
-from ..report import apply_gates, check_gates, exit_code, format_from_suffix, jsonl_line, parse_gate, render, render_table, summary
+from ..scan.report import apply_gates, check_gates, exit_code, format_from_suffix, jsonl_line, parse_gate, render, render_table, summary
 from .app import app
 from .console import console, err_console, print_error
 from .plain import PlainCommand, examples

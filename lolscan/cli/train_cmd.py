@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from ..errors import UsageError
-from ..metrics import HEADLINE, METRIC_NAMES, format_metric
+from ..evaluation.metrics import HEADLINE, METRIC_NAMES, format_metric
 from ..nets.names import ARCHITECTURES
 from .app import app
 from .console import console, err_console
