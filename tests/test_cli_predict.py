@@ -268,7 +268,7 @@ def test_failing_gate_on_the_first_adapter_fails_the_run(env):
 
 
 def test_read_done_keeps_only_whole_parsed_lines(tmp_path):
-    from lolscan.cli.predict_cmd import read_done
+    from lolscan.scan.run import read_done
 
     a, b = json.dumps({"source": "a", "status": "ok"}) + "\n", json.dumps({"source": "b", "status": "ok"})
     p = tmp_path / "o.jsonl"

@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from ..checkpoint import Checkpoint, bundled_dir, default_model, list_checkpoints, load_checkpoint, read_card, resolve, user_dir
+from ..checkpoint import Checkpoint, bundled_dir, list_checkpoints, load_checkpoint, read_card, resolve, user_dir
 from ..errors import LolscanError, UsageError
 from ..evaluation.metrics import HEADLINE, format_metric
 from .app import app
@@ -34,10 +34,9 @@ def bad_parameter(exc: UsageError, hint: str) -> typer.BadParameter:
 
 def open_model(model: Optional[str], device: str) -> Checkpoint:
     """``--model NAME|PATH`` (or the default checkpoint) loaded onto the device."""
-    from ..training import resolve_device
+    from ..scan.run import open_checkpoint
 
-    path = resolve(model) if model else default_model()
-    return load_checkpoint(path, device=resolve_device(device))
+    return open_checkpoint(model, device)
 
 
 def headline_metrics(targets: list[dict[str, Any]], metrics: dict[str, dict[str, Any]]) -> str:
