@@ -28,7 +28,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from lolscan.metrics import HEADLINE, METRIC_NAMES  # noqa: E402
+from lolscan.evaluation.metrics import HEADLINE, METRIC_NAMES  # noqa: E402
 
 SYNTHETIC_TARGETS = ["score", "norm", "planted", "dominant", "big"]
 ARCH_ORDER = ["mlp", "mlp-oalign", "mlp-svd", "mlp-dense", "glnet"]

@@ -10,7 +10,7 @@ small regex grammar, including the catastrophic ones; raw bytes: flips, cuts, ap
 
 Entry points and what counts as what, per input:
 
-* ``header``: `lolscan.stheader.parse_header` on the mutated header bytes;
+* ``header``: `lolscan.formats.stheader.parse_header` on the mutated header bytes;
 * ``fast``: what a reader process does with a file (the light reader `LightReader.read`; the full
   reader `scoring._Reader` where the light one declines), classified by the row it gives (an
   "unexpected …" row of the full reader's last-resort catch counts as uncaught); the full reader also
@@ -436,7 +436,7 @@ def classify(fn: Callable[[], Any]) -> tuple[str, float, str, Any]:
 
 
 def fuzz_header(inputs: Inputs, tally: Tally, n: int, deadline: float) -> None:
-    from lolscan.stheader import parse_header
+    from lolscan.formats.stheader import parse_header
 
     p = Path("fuzz.safetensors")
     for _ in range(n):

@@ -49,7 +49,7 @@ def r2(true: list[float], pred: list[float]) -> float:
 def kendall(x: list[float], y: list[float]) -> float:
     import torch
 
-    from lolscan.metrics import kendall_tau
+    from lolscan.evaluation.metrics import kendall_tau
 
     return kendall_tau(torch.tensor(x, dtype=torch.float64), torch.tensor(y, dtype=torch.float64))
 

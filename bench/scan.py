@@ -157,7 +157,7 @@ def scan(folder: Path, ckpt_path: Path, workers: int, batch_size: int, device: s
     from lolscan.scan import scoring
     from lolscan.checkpoint import load_checkpoint
     from lolscan.scan.discovery import expand
-    from lolscan.report import jsonl_line
+    from lolscan.scan.report import jsonl_line
     from lolscan.scan.scoring import Scorer, ScoreOptions
 
     t0 = time.perf_counter()

@@ -12,7 +12,7 @@ from collections import defaultdict
 import numpy as np
 import torch
 
-from lolscan.metrics import kendall_tau
+from lolscan.evaluation.metrics import kendall_tau
 
 
 def main() -> None:

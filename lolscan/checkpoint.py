@@ -258,12 +258,12 @@ class Checkpoint:
 
     @property
     def domain(self) -> Any:
-        """The card's `lolscan.calibration.Domain` (None for checkpoints trained before it existed)."""
+        """The card's `lolscan.evaluation.calibration.Domain` (None for checkpoints trained before it existed)."""
         return self.extra.get("domain")
 
     def domain_rows(self, adapters: list[Adapter] | Any) -> list[dict[str, Any]] | None:
         """Per adapter ``{"score", "in_domain"}`` (None when the checkpoint has no domain reference)."""
-        from .calibration import spectra  # computes without autograd
+        from .evaluation.calibration import spectra  # computes without autograd
         from .nets import FactorBatch, collate
 
         dom = self.domain
@@ -367,7 +367,7 @@ def _model_dtype(model: torch.nn.Module) -> torch.dtype:
 def load_checkpoint(model: str | Path, *, device: str | torch.device = "cpu") -> Checkpoint:
     """Resolve ``--model`` and load it, validating the card and the tensors against each other."""
     from .nets import LayerSpec, build_model
-    from .tensorfile import read_safetensors
+    from .formats.tensorfile import read_safetensors
 
     folder = resolve(str(model)) if not isinstance(model, Path) else model
     if not is_checkpoint(folder):
@@ -404,8 +404,8 @@ def load_checkpoint(model: str | Path, *, device: str | torch.device = "cpu") ->
 
 def _load_domain(folder: Path, info: dict[str, Any], layers: int) -> Any:
     """The domain reference a card names, checked against the layer spec."""
-    from .calibration import DOMAIN_FILE, Domain
-    from .tensorfile import read_safetensors
+    from .evaluation.calibration import DOMAIN_FILE, Domain
+    from .formats.tensorfile import read_safetensors
 
     path = folder / str(info.get("file", DOMAIN_FILE))
     if path.name != str(info.get("file", DOMAIN_FILE)) or not path.is_file():

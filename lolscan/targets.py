@@ -33,7 +33,7 @@ class Target:
     std: float = 1.0
     offset: int = 0  # this target's slice of the model output
     width: int = 1
-    # Fitted on the validation split after training (lolscan.calibration); the defaults are what
+    # Fitted on the validation split after training (lolscan.evaluation.calibration); the defaults are what
     # cards written before these fields existed mean: raw probabilities and no interval.
     temperature: float = 1.0  # classes: logits are divided by it
     interval: float | None = None  # regression: split-conformal half-width, in units

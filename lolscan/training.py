@@ -22,7 +22,7 @@ from .utils.files import sha256_file
 from .adapter import Adapter
 from .errors import InputError, LolscanError, UsageError
 from .manifest import Manifest, assign_splits
-from .metrics import target_metrics
+from .evaluation.metrics import target_metrics
 from .nets.names import FIXED_RANK_ARCHS
 from .targets import Target, fit_normalisation, layout, make_target
 
@@ -370,7 +370,7 @@ def _train(ds: Dataset, opts: TrainOptions) -> TrainResult:
 def _evaluate(targets: Sequence[Target], outputs: dict[str, torch.Tensor], ys: dict[str, Any]
               ) -> tuple[dict[str, dict[str, dict[str, Any]]], dict[str, torch.Tensor]]:
     """Metrics per split and target, and the test split's scores, from the model's raw outputs."""
-    from .calibration import coverage
+    from .evaluation.calibration import coverage
 
     metrics: dict[str, dict[str, dict[str, Any]]] = {}
     test_scores: dict[str, torch.Tensor] = {}
@@ -404,7 +404,7 @@ def _outputs_for(model: torch.nn.Module, ds: Dataset, rows: Sequence[int]) -> to
 def calibrate(targets: Sequence[Target], result: TrainResult, level: float = 0.9, split: str = "val") -> None:
     """Fit each target's interval (regression) or temperature (classes) on ``split``'s outputs, then
     recompute the result's metrics with them (a run without such rows is left uncalibrated)."""
-    from .calibration import conformal_halfwidth, fit_temperature
+    from .evaluation.calibration import conformal_halfwidth, fit_temperature
 
     out, ys = result.outputs.get(split), result.ys.get(split)
     if out is None or ys is None:
@@ -509,7 +509,7 @@ def plot_panels(ds: Dataset, result: TrainResult) -> list[tuple[list[float], lis
 
 
 def _spectra_of(ds: Dataset, split: str, chunk: int = 64) -> torch.Tensor:
-    from .calibration import spectra
+    from .evaluation.calibration import spectra
     from .nets import collate
 
     ads = ds.split_adapters(split)
@@ -518,7 +518,7 @@ def _spectra_of(ds: Dataset, split: str, chunk: int = 64) -> torch.Tensor:
 
 def fit_domain_for(ds: Dataset) -> Any:
     """The in-domain reference of a dataset's training adapters (None without training adapters)."""
-    from .calibration import fit_domain
+    from .evaluation.calibration import fit_domain
 
     if not ds.splits["train"]:
         return None
@@ -530,7 +530,7 @@ def fit_domain_for(ds: Dataset) -> Any:
 def save_checkpoint(ds: Dataset, result: TrainResult, out: Path, *, name: str, overwrite: bool = False, description: str = "") -> Path:
     """Write the checkpoint folder (atomically) with its predicted-vs-true PNG inside."""
     from .checkpoint import PLOT_NAME, Checkpoint
-    from .report import plot_title, scatter_png
+    from .scan.report import plot_title, scatter_png
 
     from safetensors.torch import save as save_tensors
 
@@ -539,7 +539,7 @@ def save_checkpoint(ds: Dataset, result: TrainResult, out: Path, *, name: str, o
     files = {}
     domain = fit_domain_for(ds)
     if domain is not None:
-        from .calibration import DOMAIN_FILE
+        from .evaluation.calibration import DOMAIN_FILE
 
         files[DOMAIN_FILE] = save_tensors(domain.to_tensors())
         card["domain"] = domain.card()

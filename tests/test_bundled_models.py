@@ -14,7 +14,7 @@ from helpers import REPO
 import lolscan
 from lolscan.checkpoint import list_checkpoints, load_checkpoint
 from lolscan.errors import EXIT_INCOMPATIBLE
-from lolscan.metrics import kendall_tau
+from lolscan.evaluation.metrics import kendall_tau
 
 MODELS = REPO / "models"
 PAIRS = [("smollm2-val-loss", "examples", "val_loss", "mse"),

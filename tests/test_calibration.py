@@ -1,4 +1,4 @@
-"""Intervals, temperatures and the in-domain score (lolscan.calibration), and how predict shows them.
+"""Intervals, temperatures and the in-domain score (lolscan.evaluation.calibration), and how predict shows them.
 
 Truth: draws from known distributions (a conformal interval covers fresh draws at its level; a
 temperature undoes a known logit scaling), adapters built far from the training ones, and the
@@ -15,7 +15,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from lolscan.calibration import conformal_halfwidth, coverage, fit_domain, fit_temperature
+from lolscan.evaluation.calibration import conformal_halfwidth, coverage, fit_domain, fit_temperature
 
 from lolscan.cli.app import _register, app
 

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from helpers import REPO
 
 from lolscan.cli.app import _register, app
-from lolscan.report import prediction_cell
+from lolscan.scan.report import prediction_cell
 from lolscan.targets import Target
 
 _register()

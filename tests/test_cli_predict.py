@@ -244,7 +244,7 @@ def test_reader_processes_on_hostile_files_one_line_each_and_complete_output(env
 
 # ---- issue 24: exit codes whatever the row order, resume edges, nonfinite, the output lock ------------------
 def test_exit_code_looks_at_every_row_not_the_last():
-    from lolscan.report import exit_code
+    from lolscan.scan.report import exit_code
 
     ok = {"status": "ok", "gates": [{"passed": True}]}
     fail = {"status": "ok", "gates": [{"passed": False}]}
@@ -268,7 +268,7 @@ def test_failing_gate_on_the_first_adapter_fails_the_run(env):
 
 
 def test_read_done_keeps_only_whole_parsed_lines(tmp_path):
-    from lolscan.cli.predict_cmd import read_done
+    from lolscan.scan.run import read_done
 
     a, b = json.dumps({"source": "a", "status": "ok"}) + "\n", json.dumps({"source": "b", "status": "ok"})
     p = tmp_path / "o.jsonl"

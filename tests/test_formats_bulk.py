@@ -9,7 +9,7 @@ from safetensors.torch import save_file
 
 import lolscan
 from lolscan.formats.common import lora_layer, scalar, scalar_of
-from lolscan.tensorfile import float32_copies, read_tensor_file
+from lolscan.formats.tensorfile import float32_copies, read_tensor_file
 
 MODULES = {  # kohya module -> (up shape, down shape)
     "lora_unet_down_blocks_0_attentions_0_proj_in": ((6, 3), (3, 5)),

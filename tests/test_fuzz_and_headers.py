@@ -15,7 +15,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from lolscan.errors import InputError
-from lolscan.stheader import parse_header
+from lolscan.formats.stheader import parse_header
 
 from helpers import REAL, REPO
 

@@ -22,16 +22,17 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     # where adapter bytes come from: local paths, the Hugging Face Hub, Civitai, the download cache
     ("sources", ("lolscan.sources.*",)),
     # key schemes and file readers: safetensors headers, tensor files, one module per format
-    ("formats", ("lolscan.formats.*", "lolscan.stheader", "lolscan.tensorfile")),
+    ("formats", ("lolscan.formats.*",)),
     # the public entry point: lolscan.load(target) → Adapter
     ("adapter", ("lolscan",)),
-    # metanetworks, their training metrics and calibration of their outputs
-    ("nets", ("lolscan.nets.*", "lolscan.calibration", "lolscan.metrics")),
+    # metanetworks, their training metrics and calibration of their outputs (the rest of
+    # lolscan.evaluation — the self-test and `lolscan eval`'s run — sits with the apps)
+    ("nets", ("lolscan.nets.*", "lolscan.evaluation", "lolscan.evaluation.calibration", "lolscan.evaluation.metrics")),
     # trained checkpoints: cards, files, compatibility with an adapter
     ("checkpoint", ("lolscan.checkpoint",)),
-    # what the commands do: the streaming scan, reports and gates, training, zoo building, inspection
-    ("apps", ("lolscan.scan.*", "lolscan.report", "lolscan.manifest", "lolscan.inspection", "lolscan.training",
-              "lolscan.selftest", "lolscan.zoo.*")),
+    # what the commands do: the streaming scan with its reports and gates, training, evaluation, zoo building, inspection
+    ("apps", ("lolscan.scan.*", "lolscan.manifest", "lolscan.inspection", "lolscan.training", "lolscan.training_run",
+              "lolscan.evaluation.*", "lolscan.zoo.*")),
     # the command line: parse → call → render
     ("cli", ("lolscan.cli.*", "lolscan.__main__")),
 ]

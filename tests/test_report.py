@@ -11,9 +11,9 @@ import zlib
 
 import pytest
 
-from lolscan import report
+from lolscan.scan import report
 from lolscan.errors import UsageError
-from lolscan.report import (
+from lolscan.scan.report import (
     apply_gates,
     check_gates,
     exit_code,

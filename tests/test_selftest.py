@@ -12,7 +12,7 @@ from lolscan.checkpoint import bundled_dir, is_checkpoint, load_checkpoint
 from lolscan.cli.app import _register, app
 
 _register()  # the commands register lazily (lolscan --help must not import torch)
-from lolscan.selftest import run_self_test
+from lolscan.evaluation.selftest import run_self_test
 
 BUNDLED = sorted(p.name for p in bundled_dir().iterdir() if is_checkpoint(p)) if bundled_dir().is_dir() else []
 

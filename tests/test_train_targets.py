@@ -11,7 +11,7 @@ import torch
 
 from lolscan.errors import InputError, UsageError
 from lolscan.manifest import assign_splits, read_manifest
-from lolscan.metrics import auc, kendall_tau, r2, target_metrics
+from lolscan.evaluation.metrics import auc, kendall_tau, r2, target_metrics
 from lolscan.targets import fit_normalisation, infer_kind, layout, make_target
 
 

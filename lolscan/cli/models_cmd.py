@@ -10,9 +10,9 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from ..checkpoint import Checkpoint, bundled_dir, default_model, list_checkpoints, load_checkpoint, read_card, resolve, user_dir
+from ..checkpoint import Checkpoint, bundled_dir, list_checkpoints, load_checkpoint, read_card, resolve, user_dir
 from ..errors import LolscanError, UsageError
-from ..metrics import HEADLINE, format_metric
+from ..evaluation.metrics import HEADLINE, format_metric
 from .app import app
 from .console import console, err_console, print_error
 from .plain import PlainCommand, examples
@@ -34,10 +34,9 @@ def bad_parameter(exc: UsageError, hint: str) -> typer.BadParameter:
 
 def open_model(model: Optional[str], device: str) -> Checkpoint:
     """``--model NAME|PATH`` (or the default checkpoint) loaded onto the device."""
-    from ..training import resolve_device
+    from ..scan.run import open_checkpoint
 
-    path = resolve(model) if model else default_model()
-    return load_checkpoint(path, device=resolve_device(device))
+    return open_checkpoint(model, device)
 
 
 def headline_metrics(targets: list[dict[str, Any]], metrics: dict[str, dict[str, Any]]) -> str:
@@ -101,7 +100,7 @@ def models(
 
 
 def _self_test(name: str, fmt: str) -> None:
-    from ..selftest import TOLERANCE, run_self_test
+    from ..evaluation.selftest import TOLERANCE, run_self_test
 
     ckpt = load_checkpoint(resolve(name))
     checks = run_self_test(ckpt)

@@ -8,8 +8,7 @@ from typing import Annotated, Any, Literal, Optional
 import typer
 from rich.table import Table
 
-from ..errors import UsageError
-from ..metrics import HEADLINE, METRIC_NAMES, format_metric
+from ..evaluation.metrics import HEADLINE, METRIC_NAMES, format_metric
 from ..nets.names import ARCHITECTURES
 from .app import app
 from .console import console, err_console
@@ -96,16 +95,11 @@ def train(
 ) -> None:
     """Train a checkpoint that predicts TARGET columns from adapter weights; report held-out test metrics."""
     from .models_cmd import cli_errors  # lazy: keeps `models` last in the help
-    from ..checkpoint import output_path
-    from ..manifest import read_manifest
-    from ..nets import hparam_names
-    from ..training import TrainOptions, prepare, run_safely, save_checkpoint
-    from ..training import train as train_model
+    from ..training import TrainOptions
+    from ..training_run import destinations, train_each
 
     progress = progress and err_console.is_terminal  # a bar off a terminal only leaves blank lines
-    kinds = parse_pairs(kind, "--kind")
-    unit_map = parse_pairs(units, "--units")
-    hparams = parse_hparams(hparam)
+    kinds, unit_map, hparams = parse_pairs(kind, "--kind"), parse_pairs(units, "--units"), parse_hparams(hparam)
     if arch != "all" and not out:
         raise typer.BadParameter("name the checkpoint to write, e.g. --out my-model", param_hint="--out")
     if val_fraction + test_fraction >= 0.95:
@@ -115,58 +109,38 @@ def train(
         from ..utils.device import resolve_device
 
         resolve_device(device)  # fail before reading the zoo
-        # Resolve every destination before hours of training, so a bad --out fails at once.
-        dests = {a: output_path(f"{out}-{a}" if arch == "all" else out) for a in archs} if out else {}
-        for a, d in dests.items():
-            if d.exists() and not overwrite:
-                raise UsageError(f"{d} already exists (pass --overwrite to replace it)")
-        ds = prepare(
-            read_manifest(manifest),
-            target,
-            kinds=kinds,
-            units=unit_map,
-            seed=seed,
-            val_fraction=val_fraction,
-            test_fraction=test_fraction,
-            workers=workers,
-            allow_pickle=allow_pickle,
-            base_model=base_model,
-            progress=progress,
-            source_options=source_options(offline, civitai_token, hf_token),
-        )
+        dests = destinations(out, archs, arch == "all", overwrite)
+        ds = prepare_dataset(manifest, target, kinds=kinds, units=unit_map, seed=seed, val_fraction=val_fraction,
+                             test_fraction=test_fraction, workers=workers, allow_pickle=allow_pickle, base_model=base_model,
+                             progress=progress, source_options=source_options(offline, civitai_token, hf_token))
         sizes = {s: len(v) for s, v in ds.splits.items()}
-        if ds.excluded:
-            err_console.print(f"[yellow]warning:[/] left out {len(ds.excluded)} adapter(s) whose factors hold NaN/Inf "
-                              f"(a diverged finetune), e.g. {ds.excluded[0]}", highlight=False)
-        err_console.print(
-            f"{len(ds.adapters)} adapters ({sizes['train']} train / {sizes['val']} val / {sizes['test']} test, split by {ds.split_method}), "
-            f"{len(ds.spec)} modules, base model {ds.base_model}; targets: " + ", ".join(t.describe() for t in ds.targets),
-            highlight=False,
+        base = TrainOptions(seed=seed, max_steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                            eval_every=eval_every, patience=patience, device=device, progress=progress, threads=threads)
+        results = train_each(
+            ds, archs, hparams, base, every=arch == "all", dests=dests, overwrite=overwrite, description=description,
+            skipped=lambda a, exc: err_console.print(f"[yellow]skipped {a}:[/] {exc}", highlight=False),
+            saved=lambda name, path: err_console.print(f"wrote checkpoint [bold]{name}[/] to {path} (plot: {path / 'pred_vs_true.png'})", highlight=False),
         )
-        results: dict[str, dict[str, Any]] = {}
-        for a in archs:
-            hp = {k: v for k, v in hparams.items() if arch != "all" or k in hparam_names(a)}
-            opts = TrainOptions(
-                arch=a, hparams=hp, seed=seed, max_steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-                eval_every=eval_every, patience=patience, device=device, progress=progress, threads=threads,
-            )
-            try:
-                result = run_safely(lambda: train_model(ds, opts))
-            except UsageError as exc:
-                if arch != "all":
-                    raise
-                results[a] = {"error": str(exc)}
-                err_console.print(f"[yellow]skipped {a}:[/] {exc}", highlight=False)
-                continue
-            entry: dict[str, Any] = {"metrics": result.metrics, "steps": result.steps, "best_step": result.best_step, "seconds": result.seconds}
-            if a in dests:
-                name = dests[a].name
-                path = save_checkpoint(ds, result, dests[a], name=name, overwrite=overwrite, description=description)
-                entry["checkpoint"] = str(path)
-                err_console.print(f"wrote checkpoint [bold]{name}[/] to {path} (plot: {path / 'pred_vs_true.png'})", highlight=False)
-            results[a] = entry
         if fmt == "json":
             print(json.dumps({"schema_version": 1, "targets": [t.to_json() for t in ds.targets], "splits": sizes, "results": results}, indent=2, default=str))
         else:
             title = "test-split metrics" + (f" ({sizes['test']} adapters)" if sizes["test"] else " (no test split)")
             console.print(metrics_table(results, ds.targets, title))
+
+
+def prepare_dataset(manifest: Path, target: list[str], **kwargs: Any) -> Any:
+    """The labelled dataset `training.prepare` reads from the manifest, described in a line or two on stderr."""
+    from ..manifest import read_manifest
+    from ..training import prepare
+
+    ds = prepare(read_manifest(manifest), target, **kwargs)
+    sizes = {s: len(v) for s, v in ds.splits.items()}
+    if ds.excluded:
+        err_console.print(f"[yellow]warning:[/] left out {len(ds.excluded)} adapter(s) whose factors hold NaN/Inf "
+                          f"(a diverged finetune), e.g. {ds.excluded[0]}", highlight=False)
+    err_console.print(
+        f"{len(ds.adapters)} adapters ({sizes['train']} train / {sizes['val']} val / {sizes['test']} test, split by {ds.split_method}), "
+        f"{len(ds.spec)} modules, base model {ds.base_model}; targets: " + ", ".join(t.describe() for t in ds.targets),
+        highlight=False,
+    )
+    return ds

@@ -11,7 +11,7 @@ from typing import Any
 
 _LOADER = ("FORMATS", "from_tensor_file", "load_path", "load_adapter")
 _SUBMODULES = ("build", "cloneofsimo", "common", "diffusers", "grouping", "kohya", "loader", "lycoris", "names", "peft",
-               "peft_config", "plain", "scheme")
+               "peft_config", "plain", "scheme", "stheader", "tensorfile")
 
 __all__ = list(_LOADER)
 

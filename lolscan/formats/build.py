@@ -10,7 +10,7 @@ import torch
 
 from ..adapter import Adapter, Layer
 from ..errors import InputError, LolscanError, UnsupportedFormat, elide, quoted
-from ..tensorfile import TensorFile
+from .tensorfile import TensorFile
 from .common import as_float, dora_axis, lora_layer, scalar_of, split_scale
 from .plain import PlainPairs
 from .scheme import ScaleRule

@@ -11,7 +11,7 @@ import json
 
 from ..adapter import Adapter
 from ..errors import UnsupportedFormat
-from ..tensorfile import TensorFile
+from .tensorfile import TensorFile
 from .build import build_layers, finish
 from .scheme import CLONEOFSIMO_KEY, alpha_rule
 

@@ -8,7 +8,7 @@ import torch
 
 from ..adapter import Layer
 from ..errors import InputError, UnsupportedFormat, quoted
-from ..tensorfile import DTYPES, TensorFile
+from .tensorfile import DTYPES, TensorFile
 
 # safetensors dtypes whose single values `struct` reads exactly as torch converts them to float64.
 _STRUCT_FORMATS = {"F64": "<d", "F32": "<f", "F16": "<e"}

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ..adapter import Adapter
-from ..tensorfile import TensorFile
+from .tensorfile import TensorFile
 from .build import build_layers, finish
 from .grouping import group_keys
 from .names import dotted_module_name

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from ..adapter import Adapter
-from ..tensorfile import TensorFile
+from .tensorfile import TensorFile
 from .build import build_layers, finish
 from .grouping import group_keys
 from .names import kohya_module_name

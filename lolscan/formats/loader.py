@@ -5,7 +5,7 @@ from pathlib import Path
 
 from ..adapter import Adapter
 from ..errors import InputError, UnsupportedFormat
-from ..tensorfile import TensorFile, read_tensor_file
+from .tensorfile import TensorFile, read_tensor_file
 from . import cloneofsimo, diffusers, kohya, peft
 from .scheme import scheme_of
 

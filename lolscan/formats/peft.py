@@ -6,7 +6,7 @@ from typing import Any
 
 from ..adapter import Adapter
 from ..errors import InputError
-from ..tensorfile import TensorFile, read_tensor_file
+from .tensorfile import TensorFile, read_tensor_file
 from .build import build_layers, finish
 from .grouping import group_keys
 from .names import dotted_module_name

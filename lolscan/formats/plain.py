@@ -13,7 +13,7 @@ import math
 import torch
 
 from ..adapter import Layer
-from ..tensorfile import TensorFile, float32_copies
+from .tensorfile import TensorFile, float32_copies
 from .scheme import is_plain_pair
 
 

@@ -12,7 +12,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from ..stheader import FLOAT_DTYPES
+from .stheader import FLOAT_DTYPES
 from .names import KOHYA_PREFIXES, dotted_module_name, kohya_module_name
 from .peft_config import module_path, peft_scale, split_component_metadata
 

@@ -39,7 +39,7 @@ from .npconvert import NUMPY, Converter
 from .slots import InSlot
 from .slots import layout as slot_layout
 from ..sources.uris import is_remote
-from ..stheader import PICKLE_SUFFIXES, Entry, looks_pickled, parse_header, read_raw_header
+from ..formats.stheader import PICKLE_SUFFIXES, Entry, looks_pickled, parse_header, read_raw_header
 
 # Single alpha values read exactly as `formats.common.scalar_of` reads them.
 _SCALAR = {"F16": np.dtype("<f2"), "F32": np.dtype("<f4"), "F64": np.dtype("<f8")}

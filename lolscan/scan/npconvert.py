@@ -12,7 +12,7 @@ import bisect
 
 import numpy as np
 
-from ..stheader import Entry
+from ..formats.stheader import Entry
 
 _TWO_112 = np.float32(2.0**112)
 _HALF_RANGE = 65536.0  # |x| ≥ 2¹⁶ after the rebias: the half had exponent 31 (inf or NaN)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
-from .targets import Target
+from ..targets import Target
 
 if TYPE_CHECKING:  # imported where used, so tables of metric names need no torch
     import torch

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from .adapter import Adapter, Layer
+from ..adapter import Adapter, Layer
 
 TOLERANCE = 1e-5  # relative: the invariances must hold to this
 SENSITIVE = 1e-4  # relative: a doubled update must move the outputs at least this much
@@ -69,7 +69,7 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def run_self_test(ckpt: Any, *, count: int = 8, seed: int = 0) -> list[Check]:
     """The checks above on ``count`` synthetic adapters; the checkpoint itself is not modified."""
-    from .nets import collate
+    from ..nets import collate
 
     g = torch.Generator().manual_seed(seed)
     rank = int(ckpt.card["hparams"].get("rank") or 4) if ckpt.architecture in NOT_INVARIANT else 4

@@ -9,7 +9,7 @@ A result row is a JSON-able dict (the same dict is appended to ``--output x.json
      "domain": {"score": float, "in_domain": bool}}   # when the checkpoint has a domain reference
 
 A regression prediction carries ``"interval": [lo, hi]`` and ``"interval_level"`` when the
-checkpoint was calibrated (`lolscan.calibration`).
+checkpoint was calibrated (`lolscan.evaluation.calibration`).
 """
 from __future__ import annotations
 
@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import EXIT_BAD_INPUT, EXIT_GATE_FAILED, EXIT_INCOMPATIBLE, EXIT_OK, UsageError
-from .targets import Target
+from ..errors import EXIT_BAD_INPUT, EXIT_GATE_FAILED, EXIT_INCOMPATIBLE, EXIT_OK, UsageError
+from ..targets import Target
 
 SCHEMA_VERSION = 1
 FORMATS = ("table", "json", "jsonl", "csv", "markdown", "junit", "sarif")
@@ -166,7 +166,7 @@ def fmt_domain(dom: dict[str, Any] | None) -> str:
 
 
 def report_dict(rows: Sequence[dict[str, Any]], model: dict[str, Any], gates: Sequence[Gate], *, allow_nonfinite: bool = False) -> dict[str, Any]:
-    from . import __version__
+    from .. import __version__
 
     return {
         "schema_version": SCHEMA_VERSION,
@@ -394,7 +394,7 @@ def _sarif_location(source: str) -> dict[str, Any]:
 def render_sarif(rows: Sequence[dict[str, Any]], model: dict[str, Any], gates: Sequence[Gate]) -> str:
     """SARIF 2.1.0 for GitHub code scanning: one result per failed gate, unreadable adapter or adapter that
     does not fit (adapters that pass are not alerts; their predictions are in each result's properties)."""
-    from . import __version__
+    from .. import __version__
 
     name = model.get("name", "model")
     results: list[dict[str, Any]] = []

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import InputError, quoted
+from ..errors import InputError, quoted
 from .stheader import FLOAT_DTYPES, PICKLE_SUFFIXES, Entry  # noqa: F401 - re-exported
 from .stheader import looks_pickled as _looks_pickled
 from .stheader import read_header as _read_header

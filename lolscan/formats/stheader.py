@@ -1,6 +1,6 @@
 """safetensors headers, parsed and validated without torch.
 
-`lolscan.tensorfile` builds tensors on top of this; the light reader processes
+`lolscan.formats.tensorfile` builds tensors on top of this; the light reader processes
 (`lolscan.scan.lightread`) use it directly, so both refuse a hostile file with the same one-line
 `InputError` (length, JSON, offsets, dtypes, sizes, overlaps; first problem wins).
 """
@@ -13,7 +13,7 @@ import stat
 from pathlib import Path
 from typing import BinaryIO
 
-from .errors import InputError, elide, quoted
+from ..errors import InputError, elide, quoted
 
 MAX_HEADER_BYTES = 100_000_000  # the Rust reference implementation's limit
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
