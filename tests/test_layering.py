@@ -30,7 +30,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     # trained checkpoints: cards, files, compatibility with an adapter
     ("checkpoint", ("lolscan.checkpoint",)),
     # what the commands do: the streaming scan, reports and gates, training, zoo building, inspection
-    ("apps", ("lolscan.scan.*", "lolscan.report", "lolscan.manifest", "lolscan.inspection", "lolscan.training",
+    ("apps", ("lolscan.scan.*", "lolscan.report", "lolscan.manifest", "lolscan.inspection", "lolscan.inspect_fast", "lolscan.training",
               "lolscan.selftest", "lolscan.zoo.*")),
     # the command line: parse → call → render
     ("cli", ("lolscan.cli.*", "lolscan.__main__")),
