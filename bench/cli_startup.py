@@ -5,7 +5,8 @@
 Each command runs ``--repeats`` times as ``python -m lolscan …`` in the repository (or ``--repo``; the
 working directory and PYTHONPATH are that tree), stdout and stderr discarded; the median and the fastest wall time are reported, next to a bare
 ``python -c pass`` and ``python -c "import torch"`` on the same machine, and as a ratio to the bare
-interpreter. The target is under 0.5 s for ``--help`` and ``--version``.
+interpreter. The target is under 0.5 s for ``--help`` and ``--version``, and for ``inspect`` of a plain
+LoRA file (the example below), which `lolscan.inspect_fast` reads without torch.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-EXAMPLE = "models/examples/lora-00553"  # a plain PEFT LoRA (rank-4 k/v of SmolLM2-135M)
+EXAMPLE = "models/examples/lora-00553"  # a plain PEFT LoRA (rank-4 k/v of SmolLM2-135M): inspected without torch
 COMMANDS = [
     ("python -c pass", [sys.executable, "-c", "pass"]),
     ('python -c "import torch"', [sys.executable, "-c", "import torch"]),

@@ -4,20 +4,22 @@ from __future__ import annotations
 import json
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from .adapter import Adapter, Layer
 from .formats.family import guess_family
-from .formats.peft import WEIGHT_NAMES
+from .formats.peft_config import WEIGHT_NAMES
 from .utils.files import sha256_file
+
+if TYPE_CHECKING:  # torch only where spectra are computed: `lolscan.inspect_fast` reuses the rest without it
+    from .adapter import Adapter, Layer
 
 EFFECTIVE_RANK_RTOL = 1e-5  # singular values below σ_max·rtol count as zero
 
 
 def module_stats(layer: Layer) -> dict[str, Any]:
     """Effective rank, Frobenius and spectral norm of ΔW from the r×r core (never forms ΔW)."""
+    import torch
+
     finite = bool(torch.isfinite(layer.U).all() and torch.isfinite(layer.V).all())
     if not finite:
         return {"rank": layer.rank, "effective_rank": None, "frobenius": None, "spectral": None, "finite": False}

@@ -88,9 +88,8 @@ def inspect(
     hf_token: HfToken = None,
 ) -> None:
     """Show what is inside LoRA adapters: format, base family, ranks, scales, per-module spectra, hashes, metadata."""
-    from .. import load
-    from ..scan.discovery import expand  # these import torch: not needed for --help
-    from ..inspection import inspect_adapter
+    from ..inspect_fast import inspect_light  # numpy: not needed for --help
+    from ..scan.discovery import expand
 
     opts = source_options(offline, civitai_token, hf_token)
     reports, errors = [], []
@@ -99,9 +98,9 @@ def inspect(
             errors.append({"source": found.source, "error": f"{elide(found.source)}: {found.error}"})
             continue
         try:
-            adapter = load(found.source, allow_pickle=allow_pickle, **opts)
-            path = Path(found.source)
-            report = inspect_adapter(adapter, path if path.exists() else _resolved_path(adapter))
+            report = inspect_light(found.source)  # plain LoRA files without torch; None: the torch path below
+            if report is None:
+                report = _inspect_full(found.source, allow_pickle, opts)
         except LolscanError as exc:
             errors.append({"source": found.source, "error": str(exc)})
             continue
@@ -120,6 +119,16 @@ def inspect(
         print(json.dumps({"schema_version": INSPECT_SCHEMA_VERSION, "adapters": reports, "errors": errors}, indent=2))
     if errors:
         raise typer.Exit(EXIT_BAD_INPUT)
+
+
+def _inspect_full(source: str, allow_pickle: bool, opts: dict[str, Any]) -> dict[str, Any]:
+    """`lolscan.load` and `inspection.inspect_adapter`: every format, remote URIs; imports torch."""
+    from .. import load
+    from ..inspection import inspect_adapter
+
+    adapter = load(source, allow_pickle=allow_pickle, **opts)
+    path = Path(source)
+    return inspect_adapter(adapter, path if path.exists() else _resolved_path(adapter))
 
 
 def _resolved_path(adapter) -> Path | None:

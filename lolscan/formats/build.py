@@ -239,6 +239,6 @@ def _main_dtype(tf: TensorFile, layers: dict[str, Layer]) -> str:
     kinds = set(tf.dtypes.values())
     if len(kinds) == 1 and all(layer.source_keys for layer in layers.values()):  # one dtype in the whole file
         return kinds.pop()
-    lora_keys = {k for layer in layers.values() for k in layer.source_keys}
+    lora_keys = dict.fromkeys(k for layer in layers.values() for k in layer.source_keys)  # ordered: a tie goes to the first module's dtype
     dtypes = Counter(tf.dtypes[k] for k in lora_keys if k in tf.dtypes)
     return dtypes.most_common(1)[0][0] if dtypes else ""

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from typing import TYPE_CHECKING
 
-from ..adapter import Adapter
+if TYPE_CHECKING:  # duck-typed: `lolscan.inspect_fast` passes a torch-free stand-in
+    from ..adapter import Adapter
 
 
 _SD_ATTN2_K = re.compile(r"attn2\.to_k$")

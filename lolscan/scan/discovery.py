@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..manifest import is_uri
 from ..formats.peft_config import CONFIG_NAME, WEIGHT_NAMES, is_peft_folder
-from ..formats.tensorfile import PICKLE_SUFFIXES
+from ..formats.stheader import PICKLE_SUFFIXES  # not formats.tensorfile: that imports torch
 
 
 
