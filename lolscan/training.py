@@ -306,18 +306,12 @@ def train(ds: Dataset, opts: TrainOptions) -> TrainResult:
 
 def _train(ds: Dataset, opts: TrainOptions) -> TrainResult:
     from .utils.progress import progress_console
-    from .nets import collate
-    from .nets.common import FeatureMLP
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     device = resolve_device(opts.device)
     start = time.perf_counter()
     model = build(ds, opts, device)
-    batches = {s: collate(ds.split_adapters(s), ds.spec, device) for s in ("train", "val", "test") if ds.splits[s]}
-    if isinstance(model, FeatureMLP):  # fixed feature extraction: once per split, not once per step
-        batches = {s: model.extract(b) for s, b in batches.items()}
-    elif hasattr(model, "cache_features"):  # GL-net's spectral invariants: also once per split
-        batches = {s: model.cache_features(b) for s, b in batches.items()}
+    batches = {s: _model_inputs(model, ds.split_adapters(s), ds.spec, device) for s in ("train", "val", "test") if ds.splits[s]}
     ys = {s: _to(ds.encoded(s), device) for s in batches}
     n_train = len(ds.splits["train"])
     gen = torch.Generator().manual_seed(opts.seed)
@@ -370,7 +364,7 @@ def _train(ds: Dataset, opts: TrainOptions) -> TrainResult:
 def _evaluate(targets: Sequence[Target], outputs: dict[str, torch.Tensor], ys: dict[str, Any]
               ) -> tuple[dict[str, dict[str, dict[str, Any]]], dict[str, torch.Tensor]]:
     """Metrics per split and target, and the test split's scores, from the model's raw outputs."""
-    from .evaluation.calibration import coverage
+    from .evaluation.calibration import interval_coverage
 
     metrics: dict[str, dict[str, dict[str, Any]]] = {}
     test_scores: dict[str, torch.Tensor] = {}
@@ -379,26 +373,29 @@ def _evaluate(targets: Sequence[Target], outputs: dict[str, torch.Tensor], ys: d
         for t in targets:
             y, m = ys[s][t.name]
             scores = t.scores(out).cpu()
-            metrics[s][t.name] = target_metrics(t, scores, y.cpu(), m.cpu())
-            if t.kind == "regression" and t.interval is not None and bool(m.any()):
-                true = (y[m.cpu()][:, 0] * t.std + t.mean).tolist()
-                metrics[s][t.name]["interval_coverage"] = coverage(scores[m.cpu()][:, 0].tolist(), true, t.interval)
+            metrics[s][t.name] = target_metrics(t, scores, y.cpu(), m.cpu()) | interval_coverage(t, scores, y.cpu(), m.cpu())
             if s == "test":
                 test_scores[t.name] = scores
     return metrics, test_scores
 
 
-def _outputs_for(model: torch.nn.Module, ds: Dataset, rows: Sequence[int]) -> torch.Tensor:
-    """Raw model outputs for some rows of the dataset, on the model's device (CPU result)."""
+def _model_inputs(model: torch.nn.Module, adapters: Sequence[Adapter], spec: Any, device: torch.device) -> Any:
+    """Adapters collated for ``model``, with what does not depend on its weights computed once (per split,
+    not per step): a baseline's fixed features, GL-net's spectral invariants."""
     from .nets import collate
     from .nets.common import FeatureMLP
 
-    batch = collate([ds.adapters[i] for i in rows], ds.spec, model.device)
+    batch = collate(adapters, spec, device)
     if isinstance(model, FeatureMLP):
-        batch = model.extract(batch)
-    elif hasattr(model, "cache_features"):
-        batch = model.cache_features(batch)
-    return _outputs(model, batch).cpu()
+        return model.extract(batch)
+    if hasattr(model, "cache_features"):
+        return model.cache_features(batch)
+    return batch
+
+
+def _outputs_for(model: torch.nn.Module, ds: Dataset, rows: Sequence[int]) -> torch.Tensor:
+    """Raw model outputs for some rows of the dataset, on the model's device (CPU result)."""
+    return _outputs(model, _model_inputs(model, [ds.adapters[i] for i in rows], ds.spec, model.device)).cpu()
 
 
 def calibrate(targets: Sequence[Target], result: TrainResult, level: float = 0.9, split: str = "val") -> None:

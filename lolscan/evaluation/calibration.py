@@ -124,6 +124,15 @@ def fit_domain(train_sv: torch.Tensor, val_sv: torch.Tensor) -> Domain:
     return dom
 
 
+def interval_coverage(target: Any, scores: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
+    """``{"interval_coverage": …}`` of a calibrated regression target on labelled rows (``target.scores``
+    output, ``target.encode`` labels); empty for other targets or without labelled rows."""
+    if target.kind != "regression" or target.interval is None or not bool(mask.any()):
+        return {}
+    true = (y[mask][:, 0] * target.std + target.mean).tolist()
+    return {"interval_coverage": coverage(scores[mask][:, 0].tolist(), true, target.interval)}
+
+
 def coverage(pred: Sequence[float], true: Sequence[float], halfwidth: float) -> float:
     pairs = [(p, t) for p, t in zip(pred, true) if not (math.isnan(p) or math.isnan(t))]
     return sum(abs(p - t) <= halfwidth for p, t in pairs) / len(pairs) if pairs else math.nan

@@ -110,10 +110,6 @@ def target_metrics_of(t: Target, ok: list[tuple[Any, dict[str, Any]]]) -> dict[s
         return {"n": 0}
     y, mask = t.encode([r.labels.get(t.name) for r, _ in ok])
     scores = scores_from_predictions(t, [s["predictions"][t.name] for _, s in ok])
-    out = target_metrics(t, scores, y, mask)
-    if t.kind == "regression" and t.interval is not None and bool(mask.any()):
-        from .calibration import coverage
+    from .calibration import interval_coverage
 
-        true = (y[mask][:, 0] * t.std + t.mean).tolist()
-        out["interval_coverage"] = coverage(scores[mask][:, 0].tolist(), true, t.interval)
-    return out
+    return target_metrics(t, scores, y, mask) | interval_coverage(t, scores, y, mask)
