@@ -111,10 +111,9 @@ class Domain:
 
 def fit_domain(train_sv: torch.Tensor, val_sv: torch.Tensor) -> Domain:
     """A `Domain` from the spectra ``[N, L, k]`` of the training and validation adapters."""
-    top = train_sv[..., 0].double()
-    med = torch.where(top > 0, top, torch.full_like(top, math.nan)).nanquantile(0.5, dim=0)
-    ref = torch.where(med.isnan() | (med <= 0), torch.ones_like(med), med).float()
-    dom = Domain(ref, torch.zeros(0), 1.0, math.inf)
+    from ..nets.svd import median_top
+
+    dom = Domain(median_top(train_sv[..., 0]).float(), torch.zeros(0), 1.0, math.inf)
     dom.train = dom.descriptors(train_sv)
     held = val_sv if val_sv.shape[0] else train_sv
     d = dom.knn_distance(dom.descriptors(held), exclude_self=not val_sv.shape[0])

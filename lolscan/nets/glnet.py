@@ -20,7 +20,7 @@ from ..adapter import Adapter
 from .batch import FactorBatch, index_tensor
 from .common import MetaNet, _chunks, make_mlp
 from .spec import LayerSpec
-from .svd import top_singular_values
+from .svd import median_top, top_singular_values
 
 POOLS = ("concat", "mean")
 # How fit() sets input_scale: "rms" = from the mean square entry of ΔW over all training adapters
@@ -241,12 +241,11 @@ class GLNet(MetaNet):
         return batch
 
     @torch.no_grad()
-    def _fit_spectral(self, adapters: Sequence[Adapter], batch_size: int) -> None:
-        """ref = median over training adapters of each layer's σ₁ (non-zero ones); then feature mean/std."""
-        top = torch.cat([self._raw_spectral(self.collate(c))[..., 0].double().cpu() for c in _chunks(adapters, batch_size)])
-        med = torch.where(top > 0, top, torch.full_like(top, math.nan)).nanquantile(0.5, dim=0)
-        self.spec_ref.copy_(torch.where(med.isnan() | (med <= 0), torch.ones_like(med), med).to(self.spec_ref))
-        x = torch.cat([self.spectral_features(self.collate(c)).double().cpu() for c in _chunks(adapters, batch_size)])
+    def _fit_spectral(self, sv: torch.Tensor) -> None:
+        """From the training adapters' top singular values ``[N, L, k]`` (this model's dtype): ref = median
+        over adapters of each layer's non-zero σ₁ (`median_top`), then the features' mean and std."""
+        self.spec_ref.copy_(median_top(sv[..., 0]).to(self.spec_ref))
+        x = (sv / self.spec_ref.cpu().view(1, -1, 1)).flatten(1).double()  # = spectral_features, per adapter
         mean, std = x.mean(0), x.std(0, correction=0)
         std = torch.where(std > 1e-6, std, torch.ones_like(std))
         self.spec_mean.copy_(mean.to(self.spec_mean))
@@ -266,8 +265,11 @@ class GLNet(MetaNet):
         sq = torch.zeros(L, dtype=torch.float64)
         count = torch.zeros(L, dtype=torch.float64)
         per_adapter: list[torch.Tensor] = []  # [B, L] mean square entries, NaN where absent or zero
+        spectra: list[torch.Tensor] = []  # [B, L, k] top singular values, when the head reads them
         for chunk in _chunks(adapters, batch_size):
             batch = self.collate(chunk)
+            if self.spectral:
+                spectra.append(self._raw_spectral(batch).cpu())
             per_group = []
             for g in batch.groups:
                 u, v = g.U.double(), g.V.double()
@@ -290,5 +292,5 @@ class GLNet(MetaNet):
         scale = torch.where((count > 0) & (rms > 0), rms.clamp_min(1e-30) ** -0.5, torch.ones_like(rms))
         self.input_scale.copy_(scale.to(self.input_scale))
         if self.spectral:
-            self._fit_spectral(adapters, batch_size)
+            self._fit_spectral(torch.cat(spectra))
         return self

@@ -22,6 +22,14 @@ def top_singular_values(U: torch.Tensor, V: torch.Tensor, k: int) -> torch.Tenso
     return torch.nn.functional.pad(s, (0, k - s.shape[-1]))
 
 
+def median_top(top: torch.Tensor) -> torch.Tensor:
+    """``[L]`` float64: per module the median of ``top [N, L]`` (σ₁ of N adapters) over the adapters where
+    it is non-zero, 1 where none is: the reference scale spectral features are divided by."""
+    top = top.double()
+    med = torch.where(top > 0, top, torch.full_like(top, float("nan"))).nanquantile(0.5, dim=0)
+    return torch.where(med.isnan() | (med <= 0), torch.ones_like(med), med)
+
+
 class SVDMLP(FeatureMLP):
     """Hyperparameters: ``k`` singular values per layer, head ``hidden``/``layers``/``dropout``, ``standardize``."""
 
