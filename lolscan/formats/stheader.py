@@ -133,6 +133,19 @@ def validate(header: dict, data_len: int, p: Path) -> dict[str, Entry]:
     return layout
 
 
+def file_kind(mode: int) -> str:
+    """What a path that is not a regular file is, for messages ("a FIFO", "a device", …), from its st_mode."""
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a plain file"
+
+
 def looks_pickled(path: Path) -> bool:
     """torch.save writes a zip archive (PK) or a raw pickle (protocol byte 0x80)."""
     try:

@@ -17,6 +17,7 @@ import torch
 
 from ..errors import InputError, quoted
 from .stheader import FLOAT_DTYPES, PICKLE_SUFFIXES, Entry  # noqa: F401 - re-exported
+from .stheader import file_kind
 from .stheader import looks_pickled as _looks_pickled
 from .stheader import read_header as _read_header
 
@@ -226,16 +227,4 @@ def check_regular(p: Path) -> None:
     except OSError as exc:  # a symlink loop, a permission, ...
         raise InputError(f"cannot read file: {exc.strerror or exc}", path=p) from None
     if not stat.S_ISREG(st.st_mode):
-        raise InputError(f"not a regular file ({_kind(st.st_mode)})", path=p)
-
-
-def _kind(mode: int) -> str:
-    if stat.S_ISDIR(mode):
-        return "a folder"
-    if stat.S_ISFIFO(mode):
-        return "a FIFO"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "a device"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    return "not a plain file"
+        raise InputError(f"not a regular file ({file_kind(st.st_mode)})", path=p)

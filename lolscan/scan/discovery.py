@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..manifest import is_uri
 from ..formats.peft_config import CONFIG_NAME, WEIGHT_NAMES, is_peft_folder
-from ..formats.stheader import PICKLE_SUFFIXES  # not formats.tensorfile: that imports torch
+from ..formats.stheader import PICKLE_SUFFIXES, file_kind  # not formats.tensorfile: that imports torch
 
 
 
@@ -35,16 +35,6 @@ def _adapter_file(p: Path, allow_pickle: bool) -> bool:
 
 def _inside(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
-
-
-def _kind(mode: int) -> str:
-    if stat.S_ISFIFO(mode):
-        return "a FIFO"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "a device"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    return "not a regular file"
 
 
 def scan_folder(root: Path, *, allow_pickle: bool = False, follow_symlinks: bool = False) -> Iterator[Found]:
@@ -104,7 +94,7 @@ def _scan(folder: Path, real_root: str, seen: set[str], allow_pickle: bool, foll
         if stat.S_ISDIR(st.st_mode):
             yield from _scan(p, real_root, seen, allow_pickle, follow)
         elif named_like:
-            yield Found(str(p)) if stat.S_ISREG(st.st_mode) else Found(str(p), error=f"not a regular file ({_kind(st.st_mode)}); not read")
+            yield Found(str(p)) if stat.S_ISREG(st.st_mode) else Found(str(p), error=f"not a regular file ({file_kind(st.st_mode)}); not read")
 
 
 def _peft_ancestor(p: Path) -> Path | None:
