@@ -4,6 +4,25 @@ from __future__ import annotations
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def run_cli_modules(argv: list[str], timeout: float = 120) -> tuple[int, str, set[str]]:
+    """Run ``lolscan ARGV`` in a fresh interpreter; its exit code, stderr and the modules it had loaded
+    when it exited (typer raises SystemExit after printing, so they are read in an atexit hook)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    code = ("import sys, json, atexit\n"
+            "atexit.register(lambda: print(json.dumps(sorted(sys.modules))))\n"
+            f"sys.argv = ['lolscan', *{argv!r}]\n"
+            "from lolscan.cli.app import main\n"
+            "main()")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO, timeout=timeout)
+    mods = set(json.loads(out.stdout.strip().splitlines()[-1])) if out.stdout.strip() else set()
+    return out.returncode, out.stderr, mods
 REAL = REPO.parent / "shared" / "fixtures" / "real"  # ../shared beside the checkout, never copied in
 
 

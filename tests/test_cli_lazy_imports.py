@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from helpers import REPO
+from helpers import REPO, run_cli_modules
 
 
 def _modules_after(code: str) -> set[str]:
@@ -26,15 +26,8 @@ def test_importing_the_cli_app_with_every_command_does_not_import_torch():
 def test_help_version_and_models_run_without_torch():
     # sys.modules is checked at exit of the real command (typer raises SystemExit after printing)
     for argv in (["--help"], ["--version"], ["models"], ["models", "--format", "json"], ["predict", "--help"]):
-        code = ("import sys, json, atexit\n"
-                "atexit.register(lambda: print(json.dumps(sorted(sys.modules))))\n"
-                f"sys.argv = ['lolscan', *{argv!r}]\n"
-                "from lolscan.cli.app import main\n"
-                "main()")
-        env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200"}
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO)
-        assert out.returncode == 0, (argv, out.stderr)
-        mods = set(json.loads(out.stdout.strip().splitlines()[-1]))
+        code, stderr, mods = run_cli_modules(argv)
+        assert code == 0, (argv, stderr)
         assert "torch" not in mods, argv
 
 

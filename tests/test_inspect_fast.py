@@ -16,7 +16,7 @@ from safetensors.torch import save_file
 from lolscan.cli.inspect_cmd import _inspect_full
 from lolscan.inspect_fast import inspect_light
 
-from helpers import REAL, REPO
+from helpers import REAL, REPO, run_cli_modules
 
 
 def _same(a, b, where: str = "") -> None:
@@ -157,15 +157,8 @@ def test_peft_folders_bare_weights_and_diffusers(tmp_path):
 def test_inspecting_a_plain_kohya_file_does_not_import_torch(tmp_path):
     path = _kohya(tmp_path / "k.safetensors", torch.float16, alpha=2.0)
     for extra in ([], ["--json"]):
-        code = ("import sys, json, atexit\n"
-                "atexit.register(lambda: print(json.dumps(sorted(sys.modules))))\n"
-                f"sys.argv = ['lolscan', 'inspect', {str(path)!r}, *{extra!r}]\n"
-                "from lolscan.cli.app import main\n"
-                "main()")
-        env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200"}
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
-        assert out.returncode == 0, out.stderr
-        mods = set(json.loads(out.stdout.strip().splitlines()[-1]))
+        code, stderr, mods = run_cli_modules(["inspect", str(path), *extra])
+        assert code == 0, stderr
         assert "torch" not in mods and "lolscan.inspect_fast" in mods, extra
 
 
