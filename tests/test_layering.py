@@ -33,7 +33,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     # trained checkpoints: cards, files, compatibility with an adapter
     ("checkpoint", ("lolscan.checkpoint",)),
     # what the commands do: the streaming scan with its reports and gates, training, evaluation, zoo building, inspection
-    ("apps", ("lolscan.scan.*", "lolscan.manifest", "lolscan.inspection", "lolscan.inspect_fast", "lolscan.training",
+    ("apps", ("lolscan.scan.*", "lolscan.manifest", "lolscan.baseline", "lolscan.inspection", "lolscan.inspect_fast", "lolscan.training",
               "lolscan.training_run", "lolscan.evaluation.*", "lolscan.zoo.*")),
     # the command line: parse → call → render
     ("cli", ("lolscan.cli.*", "lolscan.__main__")),

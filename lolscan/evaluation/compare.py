@@ -148,7 +148,8 @@ def _proba(model: Any, X: np.ndarray, y: np.ndarray, Xt: np.ndarray, classes: in
     if len(present) == 1:
         out[:, present[0]] = 1.0
         return out
-    out[:, model.fit(X, y).classes_] = model.predict_proba(Xt)
+    model.fit(X, y)
+    out[:, model.classes_] = model.predict_proba(Xt)
     return out
 
 
