@@ -10,6 +10,14 @@ minibatches. Metrics are on the held-out test split.
 ``--json`` is rewritten after every run, so a run stopped part-way leaves the seeds it finished;
 ``--from-json`` merges such files (say one per architecture, run in parallel or on different devices).
 
+After the mean ± std table comes, per target, the honest one (lolscan.evaluation.compare): every
+architecture with its seeds pooled, and the hyperparameter-only baselines hp-ridge and hp-gbt (fitted
+on the manifest's recipe columns — log10 lr, steps, batch size, dropout, weight decay, rank, alpha,
+src_* — when it has an lr column; hp-gbt needs scikit-learn), with Kendall τ on the healthy test rows
+(lr ≤ --healthy-lr, default the zoo's median lr: a cut on the recipe, not on the label) and the paired
+bootstrap 95 % CI of (row − best row) over test adapters. --json saves what it needs; for runs saved
+before it, give the zoo's JSONL manifest too: ``python bench/architectures.py MANIFEST --from-json …``.
+
 The synthetic zoo (``lolscan.training.write_synthetic_zoo``) has labels that are known functions of
 ΔW: ``score`` = u*ᵀ ΔW₀ v* (linear), ``norm`` = ‖ΔW₀‖_F (quadratic), ``planted`` (a planted direction
 in layer 1), ``dominant`` (argmax of three layer scores) and ``big`` (the set of layers with s > 0.5).

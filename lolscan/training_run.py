@@ -102,7 +102,18 @@ def compare_results(ds: Dataset, results: dict[str, dict[str, Any]], hp: dict[st
         healthy = healthy_rows([lrs[test[k]] for k in pos], healthy_lr) if lrs is not None and healthy_lr is not None else None
         stats, best = compare_rows(t.kind, true, runs, healthy=healthy, reps=reps or BOOTSTRAP)
         out["targets"][t.name] = {"best": best, "rows": stats, "healthy_rows": None if healthy is None else len(healthy)}
-    return out
+    return _no_nan(out)
+
+
+def _no_nan(x: Any) -> Any:
+    """NaN (τ of fewer than two healthy rows, R² of a constant label) as None, so the JSON is JSON."""
+    if isinstance(x, float) and x != x:
+        return None
+    if isinstance(x, dict):
+        return {k: _no_nan(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_no_nan(v) for v in x]
+    return x
 
 
 def _lrs(ds: Dataset) -> list[float | None] | None:

@@ -79,7 +79,7 @@ def honest_rows(t: Any, names: list[str], comparison: dict[str, Any] | None) -> 
         if n == best:
             return "best"
         d, (lo, hi) = rows[n]["diff"], rows[n]["ci95"]
-        return f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+        return "–" if None in (d, lo, hi) else f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]"
 
     out.append((f"{metric} − best [95 % CI]", [cell(n) for n in names]))
     return out
