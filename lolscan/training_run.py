@@ -5,6 +5,7 @@ Nothing here prints: skipped architectures and written checkpoints reach the cal
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -107,7 +108,7 @@ def compare_results(ds: Dataset, results: dict[str, dict[str, Any]], hp: dict[st
 
 def _no_nan(x: Any) -> Any:
     """NaN (τ of fewer than two healthy rows, R² of a constant label) as None, so the JSON is JSON."""
-    if isinstance(x, float) and x != x:
+    if isinstance(x, float) and math.isnan(x):
         return None
     if isinstance(x, dict):
         return {k: _no_nan(v) for k, v in x.items()}

@@ -273,8 +273,8 @@ def compare_rows(kind: str, true: Sequence[Any], runs: Mapping[str, Sequence[np.
         return stats, None
     best = max(finite, key=lambda k: stats[k]["mean"])
     boots = bootstrap_indices(len(true), reps, seed)
-    for name in stats:
+    for name, entry in stats.items():
         if name != best:
             d, lo, hi = paired_bootstrap(kind, true, runs[name], runs[best], boots=boots)
-            stats[name].update(diff=d, ci95=[lo, hi])
+            entry.update(diff=d, ci95=[lo, hi])
     return stats, best
