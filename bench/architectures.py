@@ -10,6 +10,14 @@ minibatches. Metrics are on the held-out test split.
 ``--json`` is rewritten after every run, so a run stopped part-way leaves the seeds it finished;
 ``--from-json`` merges such files (say one per architecture, run in parallel or on different devices).
 
+After the mean ± std table comes, per target, the honest one (lolscan.evaluation.compare): every
+architecture with its seeds pooled, and the hyperparameter-only baselines hp-ridge and hp-gbt (fitted
+on the manifest's recipe columns — log10 lr, steps, batch size, dropout, weight decay, rank, alpha,
+src_* — when it has an lr column; hp-gbt needs scikit-learn), with Kendall τ on the healthy test rows
+(lr ≤ --healthy-lr, default the zoo's median lr: a cut on the recipe, not on the label) and the paired
+bootstrap 95 % CI of (row − best row) over test adapters. --json saves what it needs; for runs saved
+before it, give the zoo's JSONL manifest too: ``python bench/architectures.py MANIFEST --from-json …``.
+
 The synthetic zoo (``lolscan.training.write_synthetic_zoo``) has labels that are known functions of
 ΔW: ``score`` = u*ᵀ ΔW₀ v* (linear), ``norm`` = ‖ΔW₀‖_F (quadratic), ``planted`` (a planted direction
 in layer 1), ``dominant`` (argmax of three layer scores) and ``big`` (the set of layers with s > 0.5).
@@ -83,12 +91,17 @@ def main() -> None:
     ap.add_argument("--markdown", action="store_true", help="print a Markdown table instead of a text table")
     ap.add_argument("--from-json", nargs="+", type=Path, metavar="JSON", help="print the table from runs saved by --json (merged)")
     ap.add_argument("--name", help="row name for a single --arch (default: the architecture), e.g. glnet-asinh for a variant")
+    ap.add_argument("--healthy-lr", type=float, help="Kendall τ on the test LoRAs with lr ≤ this (default: the zoo's median lr)")
+    ap.add_argument("--bootstrap", type=int, default=2000, help="resamples of the paired bootstrap CIs")
     args = ap.parse_args()
     if args.from_json:
         merged = merge_saved(args.from_json)
+        if "honest" not in merged and args.manifest:  # runs saved before the honest rows: rebuild them from the manifest
+            merged["honest"] = honest_from_manifest(args.manifest, merged)
         if args.json:
             args.json.write_text(json.dumps(merged, indent=2))
         print_table(merged, args.markdown)
+        print_honest(merged, args.markdown, args.healthy_lr, args.bootstrap)
         return
 
     import torch
@@ -126,10 +139,14 @@ def main() -> None:
     runs: dict[str, list[dict[str, Any]]] = {}
     skipped: dict[str, str] = {}
 
+    from lolscan import baseline
+
+    honest = honest_payload(ds, baseline.fit(ds))
+
     def saved() -> dict[str, Any]:
         return {"splits": sizes, "targets": [t.to_json() for t in ds.targets], "seeds": args.seeds, "device": args.device,
                 "test_sources": [Path(ds.manifest.rows[i].source).name for i in ds.splits["test"]],
-                "runs": runs, "skipped": skipped}
+                "runs": runs, "skipped": skipped, "honest": honest}
 
     for arch in archs:
         hp = {k: v for k, v in hp_all.get("*", {}).items() if k in hparam_names(arch)} | hp_all.get(arch, {})
@@ -144,8 +161,8 @@ def main() -> None:
             except LolscanError as exc:
                 skipped[args.name or arch] = str(exc)
                 break
-            pred = {t.name: result.test_scores[t.name][:, 0].tolist() for t in ds.targets
-                    if t.kind == "regression" and t.name in result.test_scores}  # for paired bootstraps
+            pred = {t.name: baseline.model_scores(t, result.test_scores[t.name]).tolist() for t in ds.targets
+                    if t.name in result.test_scores}  # for the paired bootstraps (regression: values; classes: probabilities)
             runs.setdefault(args.name or arch, []).append({"seed": seed, "test": result.metrics.get("test", {}), "steps": result.steps,
                                               "best_step": result.best_step, "seconds": time.perf_counter() - t0,
                                               "pred": pred, "chosen": result.chosen, "tried": result.tried}
@@ -156,6 +173,7 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps(saved(), indent=2))
     print_table(saved(), args.markdown)
+    print_honest(saved(), args.markdown, args.healthy_lr, args.bootstrap)
     if tmp is not None:
         tmp.cleanup()
 
@@ -179,6 +197,119 @@ def same_targets(a: list[dict[str, Any]], b: list[dict[str, Any]], rtol: float =
     return True
 
 
+def honest_payload(ds: Any, hp: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """What the honest table needs besides the runs, saved with them: per target the labelled test rows
+    (positions in the test split) and their truth, the test rows' lr, the zoo's median lr (the default
+    healthy cut) and the hyperparameter-only baselines' test predictions (`lolscan.baseline.fit`)."""
+    from lolscan import baseline
+    from lolscan.evaluation.compare import default_healthy_lr
+
+    test = ds.splits["test"]
+    lrs = None
+    if "lr" in ds.manifest.columns:
+        lrs = [r.labels.get("lr") for r in ds.manifest.rows]
+        lrs = [float(v) if v not in (None, "") else None for v in lrs]
+    out: dict[str, Any] = {"targets": {}, "hp": {}, "test_lr": None if lrs is None else [lrs[i] for i in test],
+                           "healthy_lr": None if lrs is None else default_healthy_lr([v for v in lrs if v is not None])}
+    for t in ds.targets:
+        pos = [k for k, i in enumerate(test) if not t.missing(ds.values[t.name][i])]
+        out["targets"][t.name] = {"positions": pos, "true": baseline.truth(t, [ds.values[t.name][test[k]] for k in pos]).tolist()}
+        b = hp.get(t.name, {})
+        out["hp"][t.name] = ({"none": b["none"]} if "none" in b else
+                             {"features": b["features"], "models": {m: v.tolist() for m, v in b["models"].items()}})
+    return out
+
+
+def honest_from_manifest(manifest: Path, saved: dict[str, Any]) -> dict[str, Any]:
+    """`honest_payload` for runs saved without it: the test rows are found in MANIFEST by name (its path's
+    file name, as ``test_sources`` holds them), the training rows by its ``split`` column."""
+    import gzip
+    from types import SimpleNamespace
+
+    from lolscan.manifest import ManifestRow
+    from lolscan.targets import Target
+
+    raw = gzip.decompress(manifest.read_bytes()) if manifest.suffix == ".gz" else manifest.read_bytes()
+    recs = [json.loads(line) for line in raw.decode().splitlines() if line.strip()]
+    if not recs or "split" not in recs[0]:
+        sys.exit(f"error: {manifest}: needs a JSONL manifest with a split column to rebuild the honest rows")
+    by_name = {Path(r.get("path") or r.get("uri") or r["id"]).name: k for k, r in enumerate(recs)}
+    try:
+        test = [by_name[n] for n in saved["test_sources"]]
+    except KeyError as exc:
+        sys.exit(f"error: {manifest}: no row for test adapter {exc}")
+    targets = [Target.from_json(t) for t in saved["targets"]]
+    columns = list(dict.fromkeys(k for r in recs for k in r if k not in ("path", "uri", "split", "group")))
+    rows = [ManifestRow(source=str(r.get("path")), labels={k: v for k, v in r.items() if k in columns}, split=r["split"]) for r in recs]
+    splits = {s: [k for k, r in enumerate(recs) if r["split"] == s] for s in ("train", "val")} | {"test": test}
+    ds = SimpleNamespace(manifest=SimpleNamespace(columns=columns, rows=rows), targets=targets, splits=splits,
+                         values={t.name: [r.get(t.name) for r in recs] for t in targets})
+    from lolscan import baseline
+
+    return honest_payload(ds, baseline.fit(ds))
+
+
+def print_honest(saved: dict[str, Any], markdown: bool, healthy_lr: float | None, reps: int) -> None:
+    """Per target, the table a skeptical reviewer asks for: every architecture (its seeds pooled) and the
+    hyperparameter-only baselines, with the test metric (mean ± sd over seeds), Kendall τ on the healthy
+    test rows (lr ≤ the cut: the recipe's healthy range, not a cut on the label) and the paired bootstrap
+    95 % CI of (row − best row) over test adapters."""
+    import numpy as np
+
+    from lolscan.baseline import BASELINE_ROWS
+    from lolscan.evaluation.compare import compare_rows, healthy_rows
+    from lolscan.evaluation.metrics import METRIC_NAMES
+    from lolscan.targets import Target
+
+    honest = saved.get("honest")
+    if not honest:
+        print("\n(no honest rows: these runs were saved without them; pass the zoo's MANIFEST with --from-json to rebuild them)")
+        return
+    cut = healthy_lr if healthy_lr is not None else honest.get("healthy_lr")
+    for t in (Target.from_json(x) for x in saved["targets"]):
+        info, b = honest["targets"][t.name], honest["hp"].get(t.name, {})
+        pos, true = info["positions"], info["true"]
+        runs = {arch: [np.asarray(r["pred"][t.name])[pos] for r in rs] for arch, rs in saved["runs"].items()
+                if rs and all(t.name in r.get("pred", {}) for r in rs)}
+        for model, pred in b.get("models", {}).items():
+            runs[BASELINE_ROWS[model]] = [np.asarray(pred)]
+        lrs = honest.get("test_lr")
+        healthy = healthy_rows([lrs[k] for k in pos], cut) if lrs is not None and cut is not None and t.kind == "regression" else None
+        stats, best = compare_rows(t.kind, true, runs, healthy=healthy, reps=reps)
+        if best is None:
+            continue
+        name = METRIC_NAMES[stats[best]["metric"]]
+        head = ["row", f"{t.name} test {name}"] + ([f"Kendall τ (lr ≤ {cut:.2g}, {len(healthy)} LoRAs)"] if healthy is not None else []) \
+            + ["seeds", f"row − {best} [95 % CI]"]
+        lines = []
+        for row, st in sorted(stats.items(), key=lambda kv: -kv[1]["mean"] if not math.isnan(kv[1]["mean"]) else math.inf):
+            ci = "best row" if row == best else f"{st['diff']:+.3f} [{st['ci95'][0]:+.3f}, {st['ci95'][1]:+.3f}]"
+            lines.append([row, f"{st['mean']:.3f} ± {st['sd']:.3f}"] + ([f"{st['tau_healthy']:.3f}"] if healthy is not None else [])
+                         + [str(st["seeds"]), ci])
+        if "none" in b:
+            note = f"no hyperparameter-only baseline: {b['none']}"
+        else:
+            note = (f"hp-*: hyperparameter-only baselines on {', '.join(b['features'])} (log10 lr; ridge on a cubic in log lr, "
+                    f"gbt: gradient-boosted trees{'' if 'gbt' in b['models'] else ' — not fitted: scikit-learn is not installed'}); "
+                    f"CIs: paired bootstrap over {len(true)} test adapters, {reps} resamples, seeds pooled")
+        title = f"{t.name}: every row against the best row ({len(true)} test adapters)"
+        if markdown:
+            print(f"\n**{title}**\n\n| " + " | ".join(head) + " |\n|" + "---|" * len(head))
+            for line in lines:
+                print("| " + " | ".join(line) + " |")
+            print(f"\n{note}")
+            continue
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=title, caption=note, caption_justify="left")
+        for h in head:
+            table.add_column(h, justify="left" if h == "row" else "right")
+        for line in lines:
+            table.add_row(*line)
+        Console(width=max(120, 24 * len(head))).print(table)
+
+
 def merge_saved(paths: list[Path]) -> dict[str, Any]:
     """Runs saved by several ``--json`` files, as one; they must share the split and the targets (label
     statistics equal to 1e-6, so runs on a rebuilt zoo that reproduces the labels merge too)."""
@@ -195,6 +326,8 @@ def merge_saved(paths: list[Path]) -> dict[str, Any]:
                 sys.exit(f"error: {path}: {arch} seed(s) {sorted(have & {r['seed'] for r in rs})} are already in an earlier file")
             merged["runs"].setdefault(arch, []).extend(rs)
         merged["skipped"].update(d.get("skipped", {}))
+        if "honest" not in merged and "honest" in d:
+            merged["honest"] = d["honest"]
     assert merged is not None
     return merged
 

@@ -17,7 +17,6 @@ import argparse
 import json
 import math
 import os
-import random
 import statistics
 import sys
 import time
@@ -151,37 +150,17 @@ def _dump(path: Path, runs: list[dict[str, Any]], args: dict[str, str]) -> None:
     os.replace(tmp, path)
 
 
-def item_metric(kind: str, true: list[float], pred: list[float], idx: list[int]) -> float:
-    """The headline metric (R² or accuracy) on the rows ``idx``."""
-    if kind == "regression":
-        t = [true[i] for i in idx]
-        p = [pred[i] for i in idx]
-        mt = sum(t) / len(t)
-        ss_tot = sum((x - mt) ** 2 for x in t)
-        ss_res = sum((a - b) ** 2 for a, b in zip(p, t))
-        return 1.0 - ss_res / ss_tot if ss_tot > 0 else math.nan
-    if kind == "binary":
-        return sum((pred[i] >= 0.5) == (true[i] > 0.5) for i in idx) / len(idx)
-    return sum(int(pred[i]) == int(true[i]) for i in idx) / len(idx)
-
-
 def paired_bootstrap(runs_a: list[dict], runs_b: list[dict], reps: int = 1000, seed: int = 0) -> tuple[float, float, float]:
-    """Mean over paired seeds of metric(a) − metric(b), with a 95 % CI from resampling test rows."""
+    """Mean over paired seeds of metric(a) − metric(b), with a 95 % CI from resampling test rows
+    (lolscan.evaluation.compare.paired_bootstrap; a multiclass run's ``pred`` is the class index)."""
+    from lolscan.evaluation.compare import paired_bootstrap as paired
+
     by_seed_b = {r["seed"]: r for r in runs_b}
     pairs = [(r, by_seed_b[r["seed"]]) for r in runs_a if r["seed"] in by_seed_b]
     if not pairs:
         return math.nan, math.nan, math.nan
     kind = pairs[0][0]["kind"]
-    n = len(pairs[0][0]["true"])
-    rng = random.Random(seed)
-
-    def diff(idx: list[int]) -> float:
-        return statistics.fmean(item_metric(kind, a["true"], a["pred"], idx) - item_metric(kind, b["true"], b["pred"], idx)
-                                for a, b in pairs)
-
-    point = diff(list(range(n)))
-    boots = sorted(diff([rng.randrange(n) for _ in range(n)]) for _ in range(reps))
-    return point, boots[int(0.025 * reps)], boots[int(0.975 * reps) - 1]
+    return paired(kind, pairs[0][0]["true"], [a["pred"] for a, _ in pairs], [b["pred"] for _, b in pairs], reps=reps, seed=seed)
 
 
 def mean_sd(xs: list[float]) -> tuple[float, float]:

@@ -524,14 +524,19 @@ def fit_domain_for(ds: Dataset) -> Any:
     return fit_domain(train, val if val.numel() else train[:0])
 
 
-def save_checkpoint(ds: Dataset, result: TrainResult, out: Path, *, name: str, overwrite: bool = False, description: str = "") -> Path:
-    """Write the checkpoint folder (atomically) with its predicted-vs-true PNG inside."""
+def save_checkpoint(ds: Dataset, result: TrainResult, out: Path, *, name: str, overwrite: bool = False, description: str = "",
+                    hp: dict[str, dict[str, Any]] | None = None) -> Path:
+    """Write the checkpoint folder (atomically) with its predicted-vs-true PNG inside. The card's
+    ``hp_baseline`` holds each target's margin over the hyperparameter-only baseline on the test split
+    (`lolscan.baseline`; pass ``hp``, its fit, to share one fit between checkpoints of one dataset)."""
+    from . import baseline
     from .checkpoint import PLOT_NAME, Checkpoint
     from .scan.report import plot_title, scatter_png
 
     from safetensors.torch import save as save_tensors
 
     card = make_card(ds, result, name=name, description=description)
+    card["hp_baseline"] = baseline.margins(ds.targets, baseline.fit(ds) if hp is None else hp, result.test_scores)
     ckpt = Checkpoint(result.model, card, ds.targets, ds.spec)
     files = {}
     domain = fit_domain_for(ds)

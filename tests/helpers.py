@@ -59,3 +59,31 @@ class ArenaLog:
 
     def alive(self) -> set[str]:
         return {n for n in self.names if (Path("/dev/shm") / n).exists()}
+
+
+def write_recipe_zoo(folder: Path, *, n: int = 120, seed: int = 0) -> Path:
+    """`write_synthetic_zoo` plus a training recipe per adapter, drawn independently of its weights
+    (lr log-uniform in [1e-5, 1e-2], steps, a random 0/1 source column, …) and a fixed split column.
+    Labels: the zoo's own (``score`` = u*ᵀ ΔW₀ v*: the weights only, nothing of the recipe) and
+    ``by_lr`` = −(log10 lr + 3.5)², a function of the recipe only (no weight tells it)."""
+    import csv
+    import math
+    import random
+
+    from lolscan.training import write_synthetic_zoo
+
+    manifest = write_synthetic_zoo(folder, n=n, seed=seed)
+    rng = random.Random(seed)
+    with open(manifest, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    for i, r in enumerate(rows):
+        lr = 10 ** rng.uniform(-5, -2)
+        r.pop("group")
+        r.update(lr=lr, steps=rng.choice([10, 20]), batch_size=2, dropout=0.0, weight_decay=0.0, rank=4, alpha=8,
+                 src_a=rng.randint(0, 1), by_lr=-(math.log10(lr) + 3.5) ** 2,
+                 split="test" if i % 4 == 0 else "val" if i % 4 == 1 else "train")
+    with open(manifest, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return manifest

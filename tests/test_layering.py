@@ -25,13 +25,15 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("formats", ("lolscan.formats.*",)),
     # the public entry point: lolscan.load(target) → Adapter
     ("adapter", ("lolscan",)),
-    # metanetworks, their training metrics and calibration of their outputs (the rest of
+    # metanetworks, their training metrics, calibration of their outputs and the honest comparisons
+    # (hyperparameter-only baselines, paired bootstrap CIs; numpy only) (the rest of
     # lolscan.evaluation — the self-test and `lolscan eval`'s run — sits with the apps)
-    ("nets", ("lolscan.nets.*", "lolscan.evaluation", "lolscan.evaluation.calibration", "lolscan.evaluation.metrics")),
+    ("nets", ("lolscan.nets.*", "lolscan.evaluation", "lolscan.evaluation.calibration", "lolscan.evaluation.metrics",
+              "lolscan.evaluation.compare")),
     # trained checkpoints: cards, files, compatibility with an adapter
     ("checkpoint", ("lolscan.checkpoint",)),
     # what the commands do: the streaming scan with its reports and gates, training, evaluation, zoo building, inspection
-    ("apps", ("lolscan.scan.*", "lolscan.manifest", "lolscan.inspection", "lolscan.inspect_fast", "lolscan.training",
+    ("apps", ("lolscan.scan.*", "lolscan.manifest", "lolscan.baseline", "lolscan.inspection", "lolscan.inspect_fast", "lolscan.training",
               "lolscan.training_run", "lolscan.evaluation.*", "lolscan.zoo.*")),
     # the command line: parse → call → render
     ("cli", ("lolscan.cli.*", "lolscan.__main__")),

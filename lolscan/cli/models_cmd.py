@@ -12,7 +12,7 @@ from rich.table import Table
 
 from ..checkpoint import Checkpoint, bundled_dir, list_checkpoints, load_checkpoint, read_card, resolve, user_dir
 from ..errors import LolscanError, UsageError
-from ..evaluation.metrics import HEADLINE, format_metric
+from ..evaluation.metrics import HEADLINE, METRIC_NAMES, format_metric
 from .app import app
 from .console import console, err_console, print_error
 from .plain import PlainCommand, examples
@@ -223,11 +223,26 @@ def _show_card(card: dict[str, Any]) -> None:
         t.add_row(f"target {target['name']}", desc)
     for split, per_target in (card.get("metrics") or {}).items():
         t.add_row(f"{split} metrics", headline_metrics(card["targets"], per_target))
+    for target in card["targets"]:
+        t.add_row(f"vs recipe-only {target['name']}", baseline_line((card.get("hp_baseline") or {}).get(target["name"])))
     data = card.get("training_data") or {}
     if data:
         t.add_row("training data", f"{data.get('adapters')} adapters from {data.get('manifest')}, splits {data.get('splits')} ({data.get('split_method')})")
     t.add_row("lolscan version", str(card.get("lolscan_version")))
     console.print(t)
+
+
+def baseline_line(entry: dict[str, Any] | None) -> str:
+    """A card's margin over the hyperparameter-only baseline on its test split, in one line."""
+    if entry is None:
+        return "not recorded (the card predates it)"
+    if "none" in entry:
+        return f"no baseline: {entry['none']}"
+    name = METRIC_NAMES.get(entry["metric"], entry["metric"])
+    lo, hi = entry["ci95"]
+    return (f"{name} {format_metric(entry['checkpoint'])} against {format_metric(entry['baseline'])} for {entry['model']} on the "
+            f"recipe alone ({', '.join(entry['features'])}): margin {format_metric(entry['margin'])}, 95 % CI "
+            f"[{format_metric(lo)}, {format_metric(hi)}] over {entry['test_rows']} test adapters")
 
 
 __all__ = ["models", "cli_errors", "open_model", "bad_parameter", "headline_metrics", "print_failure", "card_meaning"]

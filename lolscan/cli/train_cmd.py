@@ -37,24 +37,65 @@ def parse_hparams(items: list[str]) -> dict[str, Any]:
     return out
 
 
-def metrics_table(results: dict[str, dict[str, Any]], targets: list[Any], title: str) -> Table:
+def metrics_table(results: dict[str, dict[str, Any]], targets: list[Any], title: str, comparison: dict[str, Any] | None = None) -> Table:
     """Rows: target × headline metric (regression: MSE, R², Kendall τ; classes: accuracy, AUC;
-    multilabel: mean accuracy, AUC); one column per architecture."""
-    table = Table(title=title)
+    multilabel: mean accuracy, AUC), then (with ``comparison``, `training_run.compare_results`) Kendall
+    τ on the healthy test rows and each column's paired bootstrap 95 % CI against the best column;
+    one column per architecture, then the hyperparameter-only baselines."""
+    cols = dict(results) | ((comparison or {}).get("baselines") or {})
+    table = Table(title=title, caption=comparison_caption(comparison) if comparison else None, caption_justify="left")
     table.add_column("target")
     table.add_column("metric")
-    for arch in results:
+    for arch in cols:
         table.add_column(arch, justify="right")
     for t in targets:
         for m in HEADLINE[t.kind]:
             cells = []
-            for res in results.values():
+            for res in cols.values():
                 test = (res.get("metrics") or {}).get("test", {})
                 cells.append(format_metric((test.get(t.name) or {}).get(m)) if "error" not in res else "–")
             table.add_row(t.name, METRIC_NAMES[m], *cells)
-    table.add_row("", "steps (best)", *[("skipped" if "error" in r else f"{r['steps']} ({r['best_step']})") for r in results.values()])
-    table.add_row("", "seconds", *[("" if "error" in r else f"{r['seconds']:.1f}") for r in results.values()])
+        for label, cells in honest_rows(t, list(cols), comparison):
+            table.add_row(t.name, label, *cells)
+    table.add_row("", "steps (best)", *[("skipped" if "error" in r else f"{r['steps']} ({r['best_step']})" if "steps" in r else "") for r in cols.values()])
+    table.add_row("", "seconds", *[("" if "error" in r or "seconds" not in r else f"{r['seconds']:.1f}") for r in cols.values()])
     return table
+
+
+def honest_rows(t: Any, names: list[str], comparison: dict[str, Any] | None) -> list[tuple[str, list[str]]]:
+    """A target's τ on the healthy rows and (row − best row) [95 % CI], one cell per column."""
+    entry = ((comparison or {}).get("targets") or {}).get(t.name)
+    if not entry or entry["best"] is None:
+        return []
+    rows, best, out = entry["rows"], entry["best"], []
+    if t.kind == "regression" and entry.get("healthy_rows") is not None:
+        label = f"τ, lr ≤ {comparison['healthy_lr']:.2g} ({entry['healthy_rows']})"
+        out.append((label, [format_metric(rows[n].get("tau_healthy")) if n in rows else "–" for n in names]))
+    metric = METRIC_NAMES[next(iter(rows.values()))["metric"]]
+
+    def cell(n: str) -> str:
+        if n not in rows:
+            return "–"
+        if n == best:
+            return "best"
+        d, (lo, hi) = rows[n]["diff"], rows[n]["ci95"]
+        return "–" if None in (d, lo, hi) else f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+
+    out.append((f"{metric} − best [95 % CI]", [cell(n) for n in names]))
+    return out
+
+
+def comparison_caption(comparison: dict[str, Any]) -> str:
+    """What the hp- columns are, or plainly that there are none."""
+    from ..evaluation.compare import gbt_available
+
+    if not comparison.get("baselines"):
+        why = "; ".join(comparison.get("no_baseline") or []) or "none fitted"
+        return f"No hyperparameter-only baseline: {why}."
+    trees = "hp-gbt: gradient-boosted trees (scikit-learn)" if gbt_available() else "no hp-gbt: scikit-learn is not installed"
+    return ("hp-ridge, hp-gbt: hyperparameter-only baselines, fitted on the train+val rows' recipe (log10 lr, steps, "
+            f"batch size, dropout, weight decay, rank, alpha, src_* columns) without reading a weight; hp-ridge: ridge on a "
+            f"cubic in log lr; {trees}. CIs: paired bootstrap over test adapters, 2000 resamples.")
 
 
 @app.command(cls=PlainCommand, epilog=examples(
@@ -86,6 +127,7 @@ def train(
     base_model: Annotated[Optional[str], typer.Option("--base-model", help="Base model family for the card (default: guessed from the adapters).")] = None,
     description: Annotated[str, typer.Option(help="Free text stored in the card.")] = "",
     overwrite: Annotated[bool, typer.Option(help="Replace an existing checkpoint of the same name.")] = False,
+    healthy_lr: Annotated[Optional[float], typer.Option("--healthy-lr", help="Kendall τ on the test LoRAs trained with lr ≤ this (manifest's lr column; default: the zoo's median lr).", min=0.0)] = None,
     fmt: Annotated[Literal["table", "json"], typer.Option("--format", "-f", help="Result table or JSON on stdout.")] = "table",
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bars on stderr.")] = True,
     allow_pickle: AllowPickle = False,
@@ -96,7 +138,7 @@ def train(
     """Train a checkpoint that predicts TARGET columns from adapter weights; report held-out test metrics."""
     from .models_cmd import cli_errors  # lazy: keeps `models` last in the help
     from ..training import TrainOptions
-    from ..training_run import destinations, train_each
+    from ..training_run import compare_results, destinations, train_each
 
     progress = progress and err_console.is_terminal  # a bar off a terminal only leaves blank lines
     kinds, unit_map, hparams = parse_pairs(kind, "--kind"), parse_pairs(units, "--units"), parse_hparams(hparam)
@@ -116,16 +158,27 @@ def train(
         sizes = {s: len(v) for s, v in ds.splits.items()}
         base = TrainOptions(seed=seed, max_steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                             eval_every=eval_every, patience=patience, device=device, progress=progress, threads=threads)
+        hp = fit_baseline(ds)
         results = train_each(
-            ds, archs, hparams, base, every=arch == "all", dests=dests, overwrite=overwrite, description=description,
+            ds, archs, hparams, base, every=arch == "all", dests=dests, overwrite=overwrite, description=description, hp=hp,
             skipped=lambda a, exc: err_console.print(f"[yellow]skipped {a}:[/] {exc}", highlight=False),
             saved=lambda name, path: err_console.print(f"wrote checkpoint [bold]{name}[/] to {path} (plot: {path / 'pred_vs_true.png'})", highlight=False),
         )
+        comparison = compare_results(ds, results, hp, healthy_lr=healthy_lr)
         if fmt == "json":
-            print(json.dumps({"schema_version": 1, "targets": [t.to_json() for t in ds.targets], "splits": sizes, "results": results}, indent=2, default=str))
+            print(json.dumps({"schema_version": 1, "targets": [t.to_json() for t in ds.targets], "splits": sizes, "results": results,
+                              "comparison": comparison}, indent=2, default=str))
         else:
             title = "test-split metrics" + (f" ({sizes['test']} adapters)" if sizes["test"] else " (no test split)")
-            console.print(metrics_table(results, ds.targets, title))
+            console.print(metrics_table(results, ds.targets, title, comparison))
+
+
+def fit_baseline(ds: Any) -> dict[str, Any]:
+    """The hyperparameter-only baseline (`lolscan.baseline.fit`), announced on stderr: it can take seconds."""
+    from ..baseline import fit
+
+    with err_console.status("fitting the hyperparameter-only baselines", spinner="dots"):
+        return fit(ds)
 
 
 def prepare_dataset(manifest: Path, target: list[str], **kwargs: Any) -> Any:
