@@ -31,9 +31,11 @@ n=$(wc -l < $M); log "zoo: $n adapters"
 python3 -m lolscan zoo summary $Z --json > $L/summary.json 2>&1
 cp $Z/zoo.json $L/zoo_zoo.json; gzip -c $M > $O/.m.gz && mv $O/.m.gz $O/zoo_manifest.jsonl.gz; sha256sum $M | tee -a $O/progress
 # 2. GPU: 5 GL-net seeds in parallel processes, the baselines one process each (5 seeds in turn)
+END=$(( T0 + ${DEADLINE_S:-3600} ))  # every run below stops by then (the lease's last fetch)
+left() { local s=$(( END - $(date +%s) )); [ $s -gt 5 ] && echo $s || echo 5; }
 gpu() {  # gpu NAME TARGET [architectures.py options]
   local name=$1 t=$2; shift 2
-  timeout ${ARCH_S:-600} python3 bench/architectures.py $M -t $t --steps 2000 --device cuda --threads 1 "$@" \
+  timeout $(left) python3 bench/architectures.py $M -t $t --steps 2000 --device cuda --threads 1 "$@" \
     --json $L/arch_${name}_${t}.json > $L/arch_${name}_${t}.log 2>&1; log "gpu: $name $t done (rc $?)"; }
 for s in 0 1 2 3 4; do
   ( for t in val_loss sources; do gpu glnet-s$s $t --arch glnet --seeds 1 --first-seed $s; done ) &
@@ -44,7 +46,7 @@ done
 # 3. The two checkpoints as `lolscan train` makes them now; the shipped ones on the new test split
 ckpt() {  # ckpt NAME TARGET [train options]
   local n=$1 t=$2; shift 2
-  timeout ${CKPT_S:-600} python3 -m lolscan train $M -t $t --out $O/ck/$n --device cuda --threads 1 --steps 2000 --no-progress \
+  timeout $(left) python3 -m lolscan train $M -t $t --out $O/ck/$n --device cuda --threads 1 --steps 2000 --no-progress \
     --format json "$@" > $L/train_$n.json 2> $L/train_$n.log
   log "checkpoint $n (rc $?)"; tar -cf $O/ck_$n.tar -C $O/ck $n 2>/dev/null; }
 ckpt smollm2-val-loss val_loss &
