@@ -80,7 +80,7 @@ def write_peft(folder: Path, spec: LoraSpec, factors: dict[str, tuple[torch.Tens
                recipe: Recipe, base_name: str, dtype: torch.dtype = torch.float32) -> None:
     """One adapter as a standard PEFT folder, written to a temporary name and renamed into place."""
     from peft import LoraConfig
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     ranks = {n: int(a.shape[0]) for n, (a, _) in factors.items()}
     pattern = {n: r for n, r in ranks.items() if r != spec.rank}
@@ -95,10 +95,31 @@ def write_peft(folder: Path, spec: LoraSpec, factors: dict[str, tuple[torch.Tens
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     cfg.save_pretrained(str(tmp))
-    save_file(tensors, str(tmp / "adapter_model.safetensors"),
-              metadata={"format": "pt", "lolscan_zoo": recipe.name, "lolscan_zoo_id": spec.id})
+    # peft keeps target_modules as a set and writes it in hash order, which differs from process to process
+    # (PYTHONHASHSEED): sorted, the same adapter is the same bytes whichever process wrote it
+    cfg_path = tmp / "adapter_config.json"
+    saved = json.loads(cfg_path.read_text())
+    if isinstance(saved.get("target_modules"), list):
+        saved["target_modules"] = sorted(saved["target_modules"])
+    cfg_path.write_text(json.dumps(saved, indent=2, sort_keys=True))
+    blob = save(tensors, metadata={"format": "pt", "lolscan_zoo": recipe.name, "lolscan_zoo_id": spec.id})
+    (tmp / "adapter_model.safetensors").write_bytes(sorted_metadata(blob))
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(tmp, folder)
+
+
+def sorted_metadata(blob: bytes) -> bytes:
+    """A safetensors file with its ``__metadata__`` keys sorted. The writer keeps them in a hash map whose
+    order changes from process to process; sorted, an adapter is the same bytes whoever wrote it."""
+    n = int.from_bytes(blob[:8], "little")
+    header = json.loads(blob[8:8 + n])
+    if "__metadata__" not in header:
+        return blob
+    header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(header, separators=(",", ":")).encode()
+    if len(text) > n:  # pragma: no cover - a reordering never lengthens it; keep the writer's bytes then
+        return blob
+    return blob[:8] + text.ljust(n, b" ") + blob[8 + n:]
 
 
 def read_zoo_rows(path: Path) -> list[dict[str, Any]]:
