@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import run_cli_modules
 from lolscan.zoo.ranks import Ranks, assign, commit_rows
 from zoo_toy import recipe_toml as _toml, save_tiny_hf_base, toy_recipe, write_toy_data
 
@@ -100,13 +101,17 @@ def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
                           timeout=300, env={**os.environ, **ONE_THREAD, **(env or {})})
 
 
-def test_nproc_2_builds_the_one_process_zoo_byte_for_byte(setup):
-    res = _cli("zoo", "build", str(setup / "toy.toml"), str(setup / "two"), "--nproc", "2")
-    assert res.returncode == 0, res.stderr
-    assert "8/8 adapters, complete: 2 processes" in res.stderr
+def test_nproc_2_builds_the_one_process_zoo_byte_for_byte(setup, monkeypatch):
+    for k, v in ONE_THREAD.items():
+        monkeypatch.setenv(k, v)
+    code, err, modules = run_cli_modules(["zoo", "build", str(setup / "toy.toml"), str(setup / "two"), "--nproc", "2"],
+                                         timeout=300)
+    assert code == 0, err
+    assert "8/8 adapters, complete: 2 processes" in err
     for r in (0, 1):  # both ranks trained: 2 of the 4 groups each
-        assert f"[rank {r}] 2 of the 4 groups left are this rank's" in res.stderr
-        assert f"[rank {r}] group 2:" in res.stderr and f"[rank {r}] group 3:" not in res.stderr
+        assert f"[rank {r}] 2 of the 4 groups left are this rank's" in err
+        assert f"[rank {r}] group 2:" in err and f"[rank {r}] group 3:" not in err
+    assert "torch" not in modules  # the launching process only waits: no torch, no model in it
     one, two = _files(setup / "one"), _files(setup / "two")
     assert sorted(two) == sorted(one) and len(one) == 2 + 8 * 2  # zoo.json, manifest, 8 PEFT folders
     assert [k for k in one if one[k] != two[k]] == []
@@ -129,7 +134,7 @@ def test_a_killed_rank_resumes_under_torchrun_to_the_same_zoo(setup):
                          cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, **ONE_THREAD})
     assert res.returncode == 0, res.stderr
     left = (8 - len(rows)) // 2
-    assert f"groups left are this rank's" in res.stderr and f"of the {left} groups left" in res.stderr
+    assert "groups left are this rank's" in res.stderr and f"of the {left} groups left" in res.stderr
     for aid, t in kept.items():  # committed adapters were not trained again
         assert (out / "adapters" / aid / "adapter_model.safetensors").stat().st_mtime_ns == t
     one, again = _files(setup / "one"), _files(out)

@@ -91,7 +91,7 @@ def _remove_if_empty(folder: Path) -> None:
     "lolscan zoo build recipes/smollm2-135m-kv-r4.toml zoo/ --device cuda",
     "lolscan zoo build RECIPE zoo/ --device cuda --max-minutes 50   (run it again to resume)",
     "lolscan zoo build RECIPE zoo/ --device cuda --nproc 8   (one process per GPU)",
-    "torchrun --nproc-per-node 8 -m lolscan zoo build RECIPE zoo/ --device cuda",
+    "torchrun --standalone --nproc-per-node 8 -m lolscan zoo build RECIPE zoo/ --device cuda",
     "lolscan zoo build RECIPE zoo2/ --labels-from zoo/manifest.jsonl --device cuda",
 ))
 def build_cmd(

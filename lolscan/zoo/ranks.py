@@ -159,10 +159,17 @@ def commit_rows(manifest: Path, rows: list[dict[str, Any]], order: Mapping[str, 
         keep = [r for r in have if r.get("id") not in new] + list(rows)
         far = (math.inf, math.inf)
         keep = [r for _, r in sorted(enumerate(keep), key=lambda t: (order.get(t[1].get("id"), far), t[0]))]
-        text = "".join(json.dumps(r) + "\n" for r in keep)
-        if have != keep or not manifest.exists() or manifest.read_text(encoding="utf-8") != text:
+        text = "".join(json.dumps(r) + "\n" for r in keep).encode("utf-8")
+        if not manifest.exists() or manifest.read_bytes() != text:
             atomic_write(manifest, text)
+            os.chmod(manifest, 0o666 & ~_umask())  # a plain file's mode, not the temporary file's 0600
     return len(keep)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def kill_point_for_tests(ranks: Ranks, committed: int) -> None:
