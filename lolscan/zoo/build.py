@@ -116,7 +116,7 @@ def sorted_metadata(blob: bytes) -> bytes:
     if "__metadata__" not in header:
         return blob
     header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
-    text = json.dumps(header, separators=(",", ":")).encode()
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     if len(text) > n:  # pragma: no cover - a reordering never lengthens it; keep the writer's bytes then
         return blob
     return blob[:8] + text.ljust(n, b" ") + blob[8 + n:]
