@@ -165,6 +165,8 @@ def build(recipe: Recipe, out: str | Path, *, model: nn.Module | None = None, to
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "adapters").mkdir(exist_ok=True)
+    if str(device).startswith("cuda:"):  # host-side CUDA work (pinned copies) then opens no context on GPU 0
+        torch.cuda.set_device(torch.device(device))
     if model is None:
         model, tokenizer = load_base(recipe.base, device=device, dtype=dtype, path_override=base_path)
     base_name = recipe.base.get("name") or str(recipe.base.get("path", ""))

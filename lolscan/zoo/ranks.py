@@ -7,8 +7,10 @@ trains its share (`assign`: a fixed function of the groups left and their sizes,
 its own device and commits each finished group's rows into manifest.jsonl under a file lock, in the
 order one process writes them (`commit_rows`). An adapter depends on its group only, never on the
 rank that trained it, so the zoo is the one a single process builds with the same seed, byte for
-byte where the ranks run the same kernels (CPU; GPUs of one model). A rank that dies loses at most
-its unfinished group: the same command run again trains only the groups the manifest lacks.
+byte where the ranks run the same kernels: GPUs of one model, or CPUs at the same number of threads
+per process (torch's CPU kernels round differently on more threads; torchrun and `launch` give each
+rank cores // N unless OMP_NUM_THREADS says otherwise). A rank that dies loses at most its
+unfinished group: the same command run again trains only the groups the manifest lacks.
 
 `launch` is ``--nproc``: it starts the ranks as ``torchrun`` would (the same command line in N fresh
 interpreters, RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT set) and, like torchrun,
