@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from helpers import run_cli_modules
-from lolscan.zoo.ranks import Ranks, assign, commit_rows
+from lolscan.zoo.ranks import Ranks, assign, commit_rows, remove_stale_temporaries
 from zoo_toy import recipe_toml as _toml, save_tiny_hf_base, toy_recipe, write_toy_data
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,6 +50,14 @@ def test_commit_rows_orders_like_one_process_whatever_the_commit_order(tmp_path)
     assert commit_rows(two, [dict(row["a0"], x=7)], order) == 5
     rows = [json.loads(x) for x in two.read_text().splitlines()]
     assert [r["id"] for r in rows] == ["a2", "a3", "a0", "a1", "a4"] and rows[2]["x"] == 7
+    mask = os.umask(0o022)
+    os.umask(mask)
+    assert oct(two.stat().st_mode & 0o777) == oct(0o666 & ~mask)  # not the temporary file's 0600
+    # what a process killed inside atomic_write leaves is removed before a resume; nothing else is
+    (two.parent / ".manifest.jsonl.k2j4x_.tmp").write_text("{")
+    (two.parent / ".keep").write_text("")
+    assert remove_stale_temporaries(two.parent) == [".manifest.jsonl.k2j4x_.tmp"]
+    assert sorted(p.name for p in two.parent.iterdir()) == [".keep", "manifest.jsonl"]
 
 
 def test_ranks_from_torchrun_environment():

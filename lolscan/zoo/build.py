@@ -31,7 +31,7 @@ from .eval import mc_accuracy, val_losses
 from .known_labels import KnownLabels, label_keys
 from .multilora import eject, extract, find_targets, train_group
 from .ranks import (Ranks, RankAborted, assign, commit_rows, group_cost, kill_point_for_tests,
-                    share_from_rank0)
+                    remove_stale_temporaries, share_from_rank0)
 from .recipe import LoraSpec, Recipe, group_specs, sample_specs
 
 MANIFEST = "manifest.jsonl"
@@ -193,6 +193,7 @@ def build(recipe: Recipe, out: str | Path, *, model: nn.Module | None = None, to
     if ranks.rank == 0:
         try:
             info = _open_zoo(out, info, model, pool, evals, recipe.eval_batch, compile, labels_from, log)
+            remove_stale_temporaries(out)  # of a process killed while it wrote
             # rewritten without a torn tail, in group order (what the ranks commit into)
             commit_rows(manifest, [], order)
             done = {r["id"] for r in read_zoo_rows(manifest)}

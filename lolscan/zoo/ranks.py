@@ -8,8 +8,8 @@ its own device and commits each finished group's rows into manifest.jsonl under 
 order one process writes them (`commit_rows`). An adapter depends on its group only, never on the
 rank that trained it, so the zoo is the one a single process builds with the same seed, byte for
 byte where the ranks run the same kernels: GPUs of one model, or CPUs at the same number of threads
-per process (torch's CPU kernels round differently on more threads; torchrun and `launch` give each
-rank cores // N unless OMP_NUM_THREADS says otherwise). A rank that dies loses at most its
+per process (torch's CPU kernels round differently on more threads; unless OMP_NUM_THREADS is set,
+torchrun gives each rank one thread and `launch` cores // N). A rank that dies loses at most its
 unfinished group: the same command run again trains only the groups the manifest lacks.
 
 `launch` is ``--nproc``: it starts the ranks as ``torchrun`` would (the same command line in N fresh
@@ -172,6 +172,19 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def remove_stale_temporaries(out: Path) -> list[str]:
+    """The temporary files of whole-file writes (`atomic_write`: ``.NAME.XXXX.tmp``) that a killed process
+    left in the zoo folder. Only while no other process of the build writes (rank 0, before the others
+    start). Returns their names."""
+    gone = []
+    with locked(out):
+        for p in out.glob(".*.tmp"):
+            if p.is_file() and p.name.count(".") >= 3:
+                p.unlink()
+                gone.append(p.name)
+    return sorted(gone)
 
 
 def kill_point_for_tests(ranks: Ranks, committed: int) -> None:
