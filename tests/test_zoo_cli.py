@@ -9,41 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from zoo_toy import save_tiny_hf_base, toy_recipe, write_toy_data
+from zoo_toy import recipe_toml as _toml, save_tiny_hf_base, toy_recipe, write_toy_data
 
 pytest.importorskip("peft")
 pytest.importorskip("transformers")
 tomllib = pytest.importorskip("tomllib" if sys.version_info >= (3, 11) else "tomli")
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _toml(d: dict) -> str:
-    """Just enough TOML for the toy recipe (json's string/number/list syntax is valid TOML inline)."""
-    lines, tables = [], []
-    for k, v in d.items():
-        if isinstance(v, dict):
-            tables.append((k, v))
-        elif isinstance(v, list) and v and isinstance(v[0], dict):
-            tables += [(f"[{k}]", x) for x in v]
-        else:
-            lines.append(f"{k} = {json.dumps(v)}")
-    for name, t in tables:
-        head = f"[{name}]"
-        sub = {k: v for k, v in t.items() if not (isinstance(v, list) and v and isinstance(v[0], dict))}
-        lines.append(head)
-        for k, v in sub.items():
-            if isinstance(v, dict):
-                inner = ", ".join(f"{ik} = {json.dumps(iv)}" for ik, iv in v.items())
-                lines.append(f"{k} = {{ {inner} }}")
-            else:
-                lines.append(f"{k} = {json.dumps(v)}")
-        for k, v in t.items():
-            if isinstance(v, list) and v and isinstance(v[0], dict):
-                for x in v:
-                    lines.append(f"[[{name}.{k}]]")
-                    lines += [f"{ik} = {json.dumps(iv)}" for ik, iv in x.items()]
-    return "\n".join(lines) + "\n"
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:

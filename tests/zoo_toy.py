@@ -101,3 +101,31 @@ def save_tiny_hf_base(folder: Path) -> None:
                       tie_word_embeddings=False)
     LlamaForCausalLM(cfg).save_pretrained(folder)
     hf_tok.save_pretrained(folder)
+
+
+def recipe_toml(d: dict) -> str:
+    """Just enough TOML for the toy recipe (json's string/number/list syntax is valid TOML inline)."""
+    lines, tables = [], []
+    for k, v in d.items():
+        if isinstance(v, dict):
+            tables.append((k, v))
+        elif isinstance(v, list) and v and isinstance(v[0], dict):
+            tables += [(f"[{k}]", x) for x in v]
+        else:
+            lines.append(f"{k} = {json.dumps(v)}")
+    for name, t in tables:
+        head = f"[{name}]"
+        sub = {k: v for k, v in t.items() if not (isinstance(v, list) and v and isinstance(v[0], dict))}
+        lines.append(head)
+        for k, v in sub.items():
+            if isinstance(v, dict):
+                inner = ", ".join(f"{ik} = {json.dumps(iv)}" for ik, iv in v.items())
+                lines.append(f"{k} = {{ {inner} }}")
+            else:
+                lines.append(f"{k} = {json.dumps(v)}")
+        for k, v in t.items():
+            if isinstance(v, list) and v and isinstance(v[0], dict):
+                for x in v:
+                    lines.append(f"[[{name}.{k}]]")
+                    lines += [f"{ik} = {json.dumps(iv)}" for ik, iv in x.items()]
+    return "\n".join(lines) + "\n"

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import statistics
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from ..errors import EXIT_BAD_INPUT, LolscanError, UsageError
+from ..errors import EXIT_BAD_INPUT, EXIT_INCOMPATIBLE, EXIT_USAGE, LolscanError, UsageError
 from .app import app
 from .console import console, err_console, fail, print_error
 from .plain import PlainCommand, PlainGroup, examples
@@ -89,19 +90,22 @@ def _remove_if_empty(folder: Path) -> None:
 @zoo_app.command("build", cls=PlainCommand, epilog=examples(
     "lolscan zoo build recipes/smollm2-135m-kv-r4.toml zoo/ --device cuda",
     "lolscan zoo build RECIPE zoo/ --device cuda --max-minutes 50   (run it again to resume)",
+    "lolscan zoo build RECIPE zoo/ --device cuda --nproc 8   (one process per GPU)",
+    "torchrun --standalone --nproc-per-node 8 -m lolscan zoo build RECIPE zoo/ --device cuda",
     "lolscan zoo build RECIPE zoo2/ --labels-from zoo/manifest.jsonl --device cuda",
 ))
 def build_cmd(
+    ctx: typer.Context,
     recipe: Annotated[Path, typer.Argument(help="Recipe TOML (see recipes/).")],
     out: Annotated[Path, typer.Argument(help="Output folder; an existing one is resumed.")],
-    device: Annotated[str, typer.Option("--device", metavar="cpu|cuda[:N]|auto", help="Where the finetuning runs (auto: a GPU when there is one).")] = "cpu",
+    device: Annotated[str, typer.Option("--device", metavar="cpu|cuda[:N]|auto", help="Where the finetuning runs (auto: a GPU when there is one). With several processes a bare cuda gives each its own GPU (cuda:LOCAL_RANK); cuda:N puts them all on GPU N.")] = "cpu",
     dtype: Annotated[Optional[str], typer.Option(help="Base model dtype (default: the recipe's).")] = None,
     base_path: Annotated[Optional[str], typer.Option(help="Folder of the base model, overriding the recipe.")] = None,
     data_root: Annotated[Optional[str], typer.Option(help="Folder the recipe's data paths are relative to.")] = None,
     n_loras: Annotated[Optional[int], typer.Option(help="Override the recipe's number of LoRAs.")] = None,
     group_size: Annotated[Optional[int], typer.Option(help="Override adapters trained at once.")] = None,
-    max_minutes: Annotated[Optional[float], typer.Option(help="Stop cleanly between groups before this.")] = None,
-    max_groups: Annotated[Optional[int], typer.Option(help="Stop after this many groups.")] = None,
+    max_minutes: Annotated[Optional[float], typer.Option(help="Stop cleanly between groups before this (per process).")] = None,
+    max_groups: Annotated[Optional[int], typer.Option(help="Stop after this many groups (per process).")] = None,
     save_dtype: Annotated[str, typer.Option(help="float32 | bfloat16 | float16 for the written factors.")] = "float32",
     compile: Annotated[bool, typer.Option(
         "--compile", help="Train through torch.compile: faster steps on a GPU after a compile of a minute or two; "
@@ -111,42 +115,101 @@ def build_cmd(
         "cost and take its labels, after checking every adapter's hyperparameters and training losses "
         "against it, and the labels of every --check-every'th group.")] = None,
     check_every: Annotated[int, typer.Option(help="With --labels-from: label and compare every Nth group.")] = 8,
+    nproc: Annotated[Optional[int], typer.Option(
+        help="Build with N processes that split the groups (as `torchrun --nproc-per-node N` does): the same "
+        "zoo, byte for byte, as one process; if one dies the others stop, and the same command resumes.")] = None,
 ) -> None:
     """Finetune, label and write the recipe's LoRAs (PEFT folders + manifest.jsonl). Resumable."""
     new_folder = not out.exists()
     try:
         require_zoo_extras("zoo build")
-        from ..utils.device import resolve_device
-        from ..zoo.build import build
-        from ..zoo.known_labels import KnownLabels
+        from ..zoo.ranks import LAUNCHED_ENV, RankAborted, Ranks
         from ..zoo.recipe import Recipe
 
-        known = KnownLabels.load(labels_from, check_every) if labels_from is not None else None
+        ranks = Ranks.from_env()
+        if nproc is not None and nproc < 1:
+            raise UsageError(f"--nproc {nproc}: must be at least 1")
+        if nproc not in (None, 1) and ranks.many and not os.environ.get(LAUNCHED_ENV):
+            raise UsageError("--nproc under torchrun: both start processes; use one of them")
         r = Recipe.load(recipe)
         require_recipe_packages(r, data_root, base_path)
         if n_loras is not None:
             r.n_loras = n_loras
         if group_size is not None:
             r.group_size = group_size
-        try:
-            rep = build(r, out, device=str(resolve_device(device)), dtype=dtype, base_path=base_path, data_root=data_root,
-                        max_minutes=max_minutes, max_groups=max_groups, save_dtype=save_dtype, compile=compile,
-                        labels_from=known, log=lambda s: err_console.print(s, highlight=False))
-        except ImportError as exc:  # an optional package the checks above could not foresee
-            raise MissingExtras(f"`lolscan zoo build` needs a package that is not installed ({exc}); "
-                                f"install the zoo extras with `{ZOO_INSTALL}`") from None
+        if nproc not in (None, 1) and not ranks.many:
+            return _launch_ranks(ctx.params, out, r.n_loras, nproc, new_folder)
+        known, rep = _build_here(r, out, ranks, ctx.params)
+    except RankAborted as exc:  # rank 0 printed why
+        raise typer.Exit(exc.exit_code) from None
     except LolscanError as exc:
-        if new_folder and out.is_dir():
+        if new_folder and out.is_dir() and not ranks_many():
             _remove_if_empty(out)
         fail(exc)
         return
-    state = "complete" if rep.complete else "stopped early (run again to resume)"
-    err_console.print(f"{rep.done}/{rep.total} adapters, {state}: train {rep.seconds_train:.0f}s, "
-                      f"label {rep.seconds_label:.0f}s, write {rep.seconds_write:.0f}s", highlight=False)
+    times = f"train {rep.seconds_train:.0f}s, label {rep.seconds_label:.0f}s, write {rep.seconds_write:.0f}s"
+    if ranks.many:
+        err_console.print(f"[rank {ranks.rank}] {rep.groups_run} group(s) here{', stopped early' if rep.stopped_early else ''}"
+                          f": {times}; the manifest holds {rep.done}/{rep.total} adapters", highlight=False, markup=False)
+    else:
+        state = "complete" if rep.complete else "stopped early (run again to resume)"
+        err_console.print(f"{rep.done}/{rep.total} adapters, {state}: {times}", highlight=False)
     if known is not None:
         err_console.print(f"labels from {labels_from} (sha256 {known.sha256[:16]}…): {rep.groups_checked} "
                           f"group(s) labelled here and compared, largest difference {rep.label_max_diff:.2g}",
                           highlight=False)
+
+
+def ranks_many() -> bool:
+    """Whether this process is one of several building a zoo (a half-built folder is theirs too)."""
+    return int(os.environ.get("WORLD_SIZE") or 1) > 1
+
+
+def _build_here(r, out: Path, ranks, p: dict):
+    """This process's part of the build: all of it, or one rank's share."""
+    from ..utils.device import resolve_device
+    from ..zoo.build import build
+    from ..zoo.known_labels import KnownLabels
+    from ..zoo.ranks import rank_device
+
+    known = KnownLabels.load(p["labels_from"], p["check_every"]) if p["labels_from"] is not None else None
+    device = rank_device(str(resolve_device(p["device"])), ranks)
+    prefix = f"[rank {ranks.rank}] " if ranks.many else ""
+    try:
+        rep = build(r, out, device=device, dtype=p["dtype"], base_path=p["base_path"], data_root=p["data_root"],
+                    max_minutes=p["max_minutes"], max_groups=p["max_groups"], save_dtype=p["save_dtype"],
+                    compile=p["compile"], labels_from=known, ranks=ranks,
+                    log=lambda s: err_console.print(prefix + s, highlight=False, markup=False))
+    except ImportError as exc:  # an optional package the checks above could not foresee
+        raise MissingExtras(f"`lolscan zoo build` needs a package that is not installed ({exc}); "
+                            f"install the zoo extras with `{ZOO_INSTALL}`") from None
+    return known, rep
+
+
+def _launch_ranks(p: dict, out: Path, total: int, nproc: int, new_folder: bool) -> None:
+    """--nproc: this same command in `nproc` ranks; then the whole build's summary (or why it stopped)."""
+    from ..utils.files import read_jsonl
+    from ..zoo.ranks import describe_exit, launch
+
+    argv = ["zoo", "build", str(p["recipe"]), str(out)]
+    for name, value in p.items():
+        if name not in ("recipe", "out", "nproc") and value is not None and value is not False:
+            flag = "--" + name.replace("_", "-")
+            argv += [flag] if value is True else [flag, str(value)]
+    res = launch(argv, nproc)
+    done = len(read_jsonl(out / "manifest.jsonl", newline_ends_a_row=False)[0])
+    if res.first_failure is None:
+        state = "complete" if done == total else "stopped early (run again to resume)"
+        err_console.print(f"{done}/{total} adapters, {state}: {nproc} processes, {res.seconds:.0f}s", highlight=False)
+        return
+    code = res.codes[res.first_failure]
+    if code in (EXIT_USAGE, EXIT_BAD_INPUT, EXIT_INCOMPATIBLE):  # a refusal: the rank printed why
+        if new_folder and out.is_dir():
+            _remove_if_empty(out)
+        raise typer.Exit(code)
+    print_error(f"rank {res.first_failure} {describe_exit(code)}, so the other ranks were stopped; {done}/{total} "
+                f"adapters are in {out / 'manifest.jsonl'}: run the same command again to build the rest")
+    raise typer.Exit(code if code > 0 else 128 - code)
 
 
 @zoo_app.command("convert-base", cls=PlainCommand, epilog=examples(

@@ -6,9 +6,10 @@ Layout of an output folder::
     manifest.jsonl      one row per finished adapter (the format `lolscan train` reads)
     adapters/lora-NNNNN/adapter_config.json + adapter_model.safetensors
 
-Work is done one group at a time and a group's rows are appended in one write after its folders are
-in place, so an interrupted build resumes at the first unfinished group (``--max-minutes`` stops
-cleanly between groups, to fit a machine's per-command time limit).
+Work is done one group at a time and a group's rows enter the manifest in one atomic rewrite after its
+folders are in place, so an interrupted build resumes at the first unfinished group (``--max-minutes``
+stops cleanly between groups, to fit a machine's per-command time limit). Several processes may build
+one zoo together (`lolscan.zoo.ranks`): the same zoo, in the same row order, as one process builds.
 """
 from __future__ import annotations
 
@@ -23,12 +24,14 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from ..errors import UsageError
+from ..errors import LolscanError, UsageError
 from ..utils.files import atomic_write, read_jsonl
 from .data import build_pool, load_eval, resolve_root
 from .eval import mc_accuracy, val_losses
 from .known_labels import KnownLabels, label_keys
 from .multilora import eject, extract, find_targets, train_group
+from .ranks import (Ranks, RankAborted, assign, commit_rows, group_cost, kill_point_for_tests,
+                    remove_stale_temporaries, share_from_rank0)
 from .recipe import LoraSpec, Recipe, group_specs, sample_specs
 
 MANIFEST = "manifest.jsonl"
@@ -77,7 +80,7 @@ def write_peft(folder: Path, spec: LoraSpec, factors: dict[str, tuple[torch.Tens
                recipe: Recipe, base_name: str, dtype: torch.dtype = torch.float32) -> None:
     """One adapter as a standard PEFT folder, written to a temporary name and renamed into place."""
     from peft import LoraConfig
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     ranks = {n: int(a.shape[0]) for n, (a, _) in factors.items()}
     pattern = {n: r for n, r in ranks.items() if r != spec.rank}
@@ -92,10 +95,31 @@ def write_peft(folder: Path, spec: LoraSpec, factors: dict[str, tuple[torch.Tens
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     cfg.save_pretrained(str(tmp))
-    save_file(tensors, str(tmp / "adapter_model.safetensors"),
-              metadata={"format": "pt", "lolscan_zoo": recipe.name, "lolscan_zoo_id": spec.id})
+    # peft keeps target_modules as a set and writes it in hash order, which differs from process to process
+    # (PYTHONHASHSEED): sorted, the same adapter is the same bytes whichever process wrote it
+    cfg_path = tmp / "adapter_config.json"
+    saved = json.loads(cfg_path.read_text())
+    if isinstance(saved.get("target_modules"), list):
+        saved["target_modules"] = sorted(saved["target_modules"])
+    cfg_path.write_text(json.dumps(saved, indent=2, sort_keys=True))
+    blob = save(tensors, metadata={"format": "pt", "lolscan_zoo": recipe.name, "lolscan_zoo_id": spec.id})
+    (tmp / "adapter_model.safetensors").write_bytes(sorted_metadata(blob))
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(tmp, folder)
+
+
+def sorted_metadata(blob: bytes) -> bytes:
+    """A safetensors file with its ``__metadata__`` keys sorted. The writer keeps them in a hash map whose
+    order changes from process to process; sorted, an adapter is the same bytes whoever wrote it."""
+    n = int.from_bytes(blob[:8], "little")
+    header = json.loads(blob[8:8 + n])
+    if "__metadata__" not in header:
+        return blob
+    header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    if len(text) > n:  # pragma: no cover - a reordering never lengthens it; keep the writer's bytes then
+        return blob
+    return blob[:8] + text.ljust(n, b" ") + blob[8 + n:]
 
 
 def read_zoo_rows(path: Path) -> list[dict[str, Any]]:
@@ -128,16 +152,21 @@ def build(recipe: Recipe, out: str | Path, *, model: nn.Module | None = None, to
           device: str = "cpu", dtype: str | None = None, base_path: str | None = None,
           data_root: str | None = None, max_minutes: float | None = None, max_groups: int | None = None,
           save_dtype: str = "float32", compile: bool = False, labels_from: KnownLabels | None = None,
-          log: Callable[[str], None] = print) -> BuildReport:
+          ranks: Ranks | None = None, log: Callable[[str], None] = print) -> BuildReport:
     """Build (or resume) the zoo described by `recipe` into `out`.
 
     ``compile`` trains through ``torch.compile`` (`train_group`): same adapters when dropout is 0, other
     dropout masks otherwise, so a zoo is built all one way (zoo.json records it; a resume must match).
-    ``labels_from``: take the labels from an earlier build's manifest, checked (`known_labels`)."""
+    ``labels_from``: take the labels from an earlier build's manifest, checked (`known_labels`).
+    ``ranks``: this process is one of several building the zoo together (`lolscan.zoo.ranks`); it trains
+    its share of the groups left, and ``max_minutes`` / ``max_groups`` count for it alone."""
     t_start = time.monotonic()
+    ranks = ranks or Ranks()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "adapters").mkdir(exist_ok=True)
+    if str(device).startswith("cuda:"):  # host-side CUDA work (pinned copies) then opens no context on GPU 0
+        torch.cuda.set_device(torch.device(device))
     if model is None:
         model, tokenizer = load_base(recipe.base, device=device, dtype=dtype, path_override=base_path)
     base_name = recipe.base.get("name") or str(recipe.base.get("path", ""))
@@ -157,46 +186,35 @@ def build(recipe: Recipe, out: str | Path, *, model: nn.Module | None = None, to
             "val_sizes": {k: len(v) for k, v in pool.val.items()}, "compile": compile}
     if labels_from is not None:
         info["labels_from"] = labels_from.provenance()
-    info_path = out / "zoo.json"
-    if info_path.exists():
-        old = json.loads(info_path.read_text())
-        for key in ("recipe_digest", "pool_digest", "targets"):
-            if old.get(key) != info[key]:
-                raise UsageError(f"{out} holds a zoo of another recipe or data ({key} differs); "
-                                 "use a new output folder")
-        if old.get("compile", False) != compile:
-            raise UsageError(f"{out} was built {'with' if old.get('compile') else 'without'} --compile, which "
-                             "changes the dropout masks; resume it the same way")
-        old_from = (old.get("labels_from") or {}).get("sha256")
-        if old_from != (labels_from.sha256 if labels_from else None):
-            raise UsageError(f"{out} was built with labels {'from ' + old_from[:16] if old_from else 'measured here'}"
-                             "; resume it with the same --labels-from")
-        info = old
-    else:
-        # base-model labels, once: what the zoo's labels are to be read against
-        base_labels: dict[str, float] = {}
-        vl, per = val_losses(model, 1, pool.val, batch=recipe.eval_batch)
-        base_labels["val_loss"] = float(vl[0])
-        for name, reqs in evals.items():
-            r = mc_accuracy(model, 1, reqs, batch=recipe.eval_batch)
-            base_labels[f"{name}_acc"] = float(r.accuracy[0])
-            base_labels[f"{name}_gold_logprob"] = float(r.gold_logprob[0])
-        info["base_labels"] = base_labels
-        log(f"base model labels: {base_labels}")
-        atomic_write(info_path, json.dumps(info, indent=1))
-    manifest = out / MANIFEST
-    rows = read_zoo_rows(manifest)
-    # rewrite without a torn tail, so appends start on a clean line
-    with open(manifest, "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(r) + "\n" for r in rows)
-    done = {r["id"] for r in rows}
-    rep = BuildReport(out=out, done=len(done), total=len(specs), groups_run=0,
-                      base_labels=info.get("base_labels", {}))
     groups = group_specs(specs, recipe.group_size)
+    order = {s.id: (pos, slot) for pos, g in enumerate(groups) for slot, s in enumerate(g)}
+    manifest = out / MANIFEST
+    state: dict[str, Any] = {}
+    if ranks.rank == 0:
+        try:
+            info = _open_zoo(out, info, model, pool, evals, recipe.eval_batch, compile, labels_from, log)
+            remove_stale_temporaries(out)  # of a process killed while it wrote
+            # rewritten without a torn tail, in group order (what the ranks commit into)
+            commit_rows(manifest, [], order)
+            done = {r["id"] for r in read_zoo_rows(manifest)}
+            state = {"done": len(done), "todo": [pos for pos, g in enumerate(groups)
+                                                 if not all(s.id in done for s in g)],
+                     "base_labels": info.get("base_labels", {})}
+        except LolscanError as exc:
+            share_from_rank0({"error": str(exc), "exit_code": exc.exit_code}, ranks)
+            raise
+    state = share_from_rank0(state, ranks)
+    if "error" in state:
+        raise RankAborted(state["error"], state["exit_code"])
+    rep = BuildReport(out=out, done=state["done"], total=len(specs), groups_run=0, base_labels=state["base_labels"])
+    label_rows = sum(len(v) for v in pool.val.values()) + sum(len(v) for v in evals.values())
+    todo = state["todo"]
+    mine = [todo[i] for i in assign([group_cost(groups[p], label_rows) for p in todo], ranks.world)[ranks.rank]]
+    if ranks.many:
+        log(f"{len(mine)} of the {len(todo)} groups left are this rank's")
     t_loop = time.monotonic()  # per-group cost is measured from here: setup is paid once
-    for gi, group in enumerate(groups):
-        if all(s.id in done for s in group):
-            continue
+    for gi in mine:
+        group = groups[gi]
         if max_groups is not None and rep.groups_run >= max_groups:
             rep.stopped_early = True
             break
@@ -218,44 +236,21 @@ def build(recipe: Recipe, out: str | Path, *, model: nn.Module | None = None, to
             measured = _measure_labels(model, k, pool.val, evals, recipe.eval_batch)
             _sync(model)
         t2 = time.monotonic()
-        rows_out = []
-        for slot, s in enumerate(group):  # every row first: a mismatch with labels_from leaves no trace
-            tl = losses[: s.steps, slot]
-            f = _spec_fields(s)
-            labels = measured[slot] if measured is not None else None
-            if labels_from is not None:
-                labels = labels_from.labels(s.id, keys, labels)
-            row: dict[str, Any] = {"id": s.id, "path": f"adapters/{s.id}", "split": f["split"],
-                                   "finite": bool(finite[slot]), **labels, "sources": f["sources"]}
-            for src in (x.name for x in recipe.sources):
-                row[f"src_{src}"] = int(src in s.sources)
-            row.update({key: f[key] for key in ("rank", "alpha", "lr", "steps", "batch_size", "dropout",
-                                                  "weight_decay", "mixed_rank")})
-            row.update({"train_loss_first": round(float(tl[0]), 6),
-                        "train_loss_last": round(float(tl[-5:].mean()), 6)})
-            if labels_from is not None:
-                labels_from.check_training(s.id, row)
-            rows_out.append(row)
+        rows_out = _group_rows(recipe, group, finite, losses, measured, labels_from, keys)
         if labels_from is not None and measured is not None:
             rep.groups_checked += 1
-        lines = []
         for slot, (s, row) in enumerate(zip(group, rows_out)):
-            ranks = s.layer_ranks or {n: s.rank for n in targets}
-            write_peft(out / row["path"], s, extract(mods, slot, ranks), recipe, base_name,
+            ranks_of = s.layer_ranks or {n: s.rank for n in targets}
+            write_peft(out / row["path"], s, extract(mods, slot, ranks_of), recipe, base_name,
                        getattr(torch, save_dtype))
-            lines.append(json.dumps(row) + "\n")
-        with open(manifest, "a", encoding="utf-8") as f:
-            f.write("".join(lines))
-            f.flush()
-            os.fsync(f.fileno())
+        kill_point_for_tests(ranks, rep.groups_run)
+        rep.done = commit_rows(manifest, rows_out, order)
         eject(model, targets)
         t3 = time.monotonic()
         rep.seconds_train += t1 - t0
         rep.seconds_label += t2 - t1
         rep.seconds_write += t3 - t2
         rep.groups_run += 1
-        rep.done += sum(1 for s in group if s.id not in done)
-        done.update(s.id for s in group)
         if not all(finite):
             log(f"warning: {finite.count(False)} of {k} adapters diverged (NaN/Inf factors; row 'finite': false)")
         log(f"group {rep.groups_run}: {k} adapters (steps ≤ {max(s.steps for s in group)}, "
@@ -264,6 +259,64 @@ def build(recipe: Recipe, out: str | Path, *, model: nn.Module | None = None, to
     if labels_from is not None:
         rep.label_max_diff = labels_from.max_diff
     return rep
+
+
+def _open_zoo(out: Path, info: dict[str, Any], model: nn.Module, pool: Any, evals: dict, eval_batch: int,
+              compile: bool, labels_from: KnownLabels | None, log: Callable[[str], None]) -> dict[str, Any]:
+    """zoo.json: checked against this build when the folder holds one (a resume), else written with the
+    base model's labels. Returns the zoo's info."""
+    info_path = out / "zoo.json"
+    if info_path.exists():
+        old = json.loads(info_path.read_text())
+        for key in ("recipe_digest", "pool_digest", "targets"):
+            if old.get(key) != info[key]:
+                raise UsageError(f"{out} holds a zoo of another recipe or data ({key} differs); "
+                                 "use a new output folder")
+        if old.get("compile", False) != compile:
+            raise UsageError(f"{out} was built {'with' if old.get('compile') else 'without'} --compile, which "
+                             "changes the dropout masks; resume it the same way")
+        old_from = (old.get("labels_from") or {}).get("sha256")
+        if old_from != (labels_from.sha256 if labels_from else None):
+            raise UsageError(f"{out} was built with labels {'from ' + old_from[:16] if old_from else 'measured here'}"
+                             "; resume it with the same --labels-from")
+        return old
+    # base-model labels, once: what the zoo's labels are to be read against
+    base_labels: dict[str, float] = {}
+    vl, per = val_losses(model, 1, pool.val, batch=eval_batch)
+    base_labels["val_loss"] = float(vl[0])
+    for name, reqs in evals.items():
+        r = mc_accuracy(model, 1, reqs, batch=eval_batch)
+        base_labels[f"{name}_acc"] = float(r.accuracy[0])
+        base_labels[f"{name}_gold_logprob"] = float(r.gold_logprob[0])
+    info["base_labels"] = base_labels
+    log(f"base model labels: {base_labels}")
+    atomic_write(info_path, json.dumps(info, indent=1))
+    return info
+
+
+def _group_rows(recipe: Recipe, group: list[LoraSpec], finite: list[bool], losses: torch.Tensor,
+                measured: list[dict[str, float]] | None, labels_from: KnownLabels | None,
+                keys: list[str]) -> list[dict[str, Any]]:
+    """The manifest rows of a trained group (every row first: a mismatch with labels_from leaves no trace)."""
+    rows_out = []
+    for slot, s in enumerate(group):
+        tl = losses[: s.steps, slot]
+        f = _spec_fields(s)
+        labels = measured[slot] if measured is not None else None
+        if labels_from is not None:
+            labels = labels_from.labels(s.id, keys, labels)
+        row: dict[str, Any] = {"id": s.id, "path": f"adapters/{s.id}", "split": f["split"],
+                               "finite": bool(finite[slot]), **labels, "sources": f["sources"]}
+        for src in (x.name for x in recipe.sources):
+            row[f"src_{src}"] = int(src in s.sources)
+        row.update({key: f[key] for key in ("rank", "alpha", "lr", "steps", "batch_size", "dropout",
+                                              "weight_decay", "mixed_rank")})
+        row.update({"train_loss_first": round(float(tl[0]), 6),
+                    "train_loss_last": round(float(tl[-5:].mean()), 6)})
+        if labels_from is not None:
+            labels_from.check_training(s.id, row)
+        rows_out.append(row)
+    return rows_out
 
 
 def _spec_fields(s: LoraSpec) -> dict[str, Any]:
