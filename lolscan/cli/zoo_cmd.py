@@ -120,10 +120,11 @@ def build_cmd(
         "zoo, byte for byte, as one process; if one dies the others stop, and the same command resumes.")] = None,
 ) -> None:
     """Finetune, label and write the recipe's LoRAs (PEFT folders + manifest.jsonl). Resumable."""
+    from ..zoo.ranks import LAUNCHED_ENV, RankAborted, Ranks  # torch-free: the except below names it
+
     new_folder = not out.exists()
     try:
         require_zoo_extras("zoo build")
-        from ..zoo.ranks import LAUNCHED_ENV, RankAborted, Ranks
         from ..zoo.recipe import Recipe
 
         ranks = Ranks.from_env()
