@@ -2,7 +2,7 @@
 # The SmolLM2-135M lease after the model has arrived (ninth lease), run detached by smol_start.sh in a copy
 # of the repo: rebuild the SmolLM2 zoo with measured validation-loss labels and no ARC-C labels
 # (recipes/smollm2-135m-kv-r4-vl.toml: the same seed, LoRAs and splits as the shipped checkpoints' zoo),
-# then on the GPU, side by side: GL-net as `lolscan train` trains it and MLP+SVD, MLP, MLP+O-Align under the
+# then on the GPU, side by side: GL-net as `lolscan train` trains it and MLP+SVD (EXTRA_ARCHS: more) under the
 # same trainer, one model per target (val_loss, sources), 5 seeds each (bench/architectures.py --json, with
 # per-adapter test predictions for the paired bootstrap); the two SmolLM2 checkpoints retrained that way
 # ($O/ck_NAME.tar); the shipped SmolLM2 checkpoints evaluated on the new test split (eval_*.json).
@@ -40,7 +40,8 @@ gpu() {  # gpu NAME TARGET [architectures.py options]
 for s in 0 1 2 3 4; do
   ( for t in val_loss sources; do gpu glnet-s$s $t --arch glnet --seeds 1 --first-seed $s; done ) &
 done
-for a in mlp-svd mlp mlp-oalign; do
+for t in val_loss sources; do gpu mlp-svd $t --arch mlp-svd --seeds 5 & done
+for a in ${EXTRA_ARCHS:-}; do  # e.g. "mlp mlp-oalign" when the lease has time for them
   ( for t in val_loss sources; do gpu $a $t --arch $a --seeds 5; done ) &
 done
 # 3. The two checkpoints as `lolscan train` makes them now; the shipped ones on the new test split
