@@ -64,3 +64,15 @@ def test_inspect_reports_mixed_rank_deficient_and_nonfinite(tmp_path):
     assert a["metadata"]["top_tags"] == ["cat", "dog"]
     table = run_cli("inspect", str(tmp_path / "x.safetensors"))
     assert table.returncode == 0 and "mixed" in table.stdout and "NaN/Inf" in table.stdout
+
+
+def test_inspect_table_never_reads_file_text_as_markup(tmp_path):
+    """Module names and metadata come from the file: '[/x]' in them is shown as it is (it raised rich's
+    MarkupError in table mode: a traceback and exit 1)."""
+    path = tmp_path / "markup.safetensors"
+    save_file({"lora_unet_down_blocks_0_attentions_0_proj_in[/x].lora_down.weight": torch.randn(2, 4),
+               "lora_unet_down_blocks_0_attentions_0_proj_in[/x].lora_up.weight": torch.randn(4, 2)},
+              path, metadata={"ss_network_module": "networks.lora", "ss_output_name": "[red]name[/]"})
+    res = run_cli("inspect", str(path), "--modules", "0")
+    assert res.returncode == 0 and res.stderr == "", res.stderr
+    assert "proj.in[/x]" in res.stdout and "[red]name[/]" in res.stdout

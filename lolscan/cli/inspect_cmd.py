@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from ..errors import EXIT_BAD_INPUT, LolscanError, elide
@@ -26,18 +27,19 @@ def _fmt(x: Any) -> str:
 
 
 def _summary_table(r: dict[str, Any]) -> Table:
-    t = Table(title=f"[bold]{r['source']}[/]", show_header=False, title_justify="left", expand=False)
+    """Names and metadata come from the file: every such text is escaped, never read as rich markup."""
+    t = Table(title=f"[bold]{escape(r['source'])}[/]", show_header=False, title_justify="left", expand=False)
     t.add_column(style="cyan", no_wrap=True)
     t.add_column(overflow="fold")
     ranks = str(r["rank_min"]) if r["rank_min"] == r["rank_max"] else f"{r['rank_min']}–{r['rank_max']} [yellow](mixed)[/]"
     rows = [
-        ("format", r["format"]),
-        ("base family", r["family"]),
+        ("format", escape(r["format"])),
+        ("base family", escape(r["family"])),
         ("modules", str(r["modules"])),
         ("rank", ranks),
         ("alpha", ", ".join(_fmt(a) for a in r["alphas"]) or "– (scale 1)"),
         ("effective scale", ", ".join(_fmt(s) for s in r["scales"])),
-        ("dtype", r["dtype"] or "–"),
+        ("dtype", escape(r["dtype"]) or "–"),
         ("DoRA", "yes (magnitude vectors; ΔW needs the base weights)" if r["dora"] else "no"),
         ("NaN/Inf", f"[red]{len(r['nonfinite_modules'])} module(s)[/]" if r["nonfinite_modules"] else "none"),
     ]
@@ -45,12 +47,12 @@ def _summary_table(r: dict[str, Any]) -> Table:
         rows += [("SHA-256", r["sha256"]), ("AutoV2", r["autov2"])]
     if r["extra_tensors"]:
         names = list(r["extra_tensors"])
-        rows.append(("other tensors", f"{len(names)} not LoRA (e.g. {', '.join(names[:3])})"))
+        rows.append(("other tensors", escape(f"{len(names)} not LoRA (e.g. {', '.join(names[:3])})")))
     for w in r["warnings"]:
-        rows.append(("[yellow]warning[/]", w))
+        rows.append(("[yellow]warning[/]", escape(w)))
     for key, value in r["metadata"].items():
         text = value if isinstance(value, str) else json.dumps(value)
-        rows.append((key, text if len(text) <= 200 else text[:197] + "…"))
+        rows.append((escape(key), escape(text if len(text) <= 200 else text[:197] + "…")))
     for k, v in rows:
         t.add_row(k, v)
     return t
@@ -64,7 +66,7 @@ def _module_table(r: dict[str, Any], limit: int) -> Table:
     items = list(r["per_module"].items())
     for name, s in items[: limit or None]:
         flag = "" if s["finite"] else " [red]NaN/Inf[/]"
-        t.add_row(name + flag, f"{s['n']}×{s['m']}", s["kind"] + ("" if s["algo"] == "lora" else f"/{s['algo']}"),
+        t.add_row(escape(name) + flag, f"{s['n']}×{s['m']}", escape(s["kind"] + ("" if s["algo"] == "lora" else f"/{s['algo']}")),
                   str(s["rank"]), _fmt(s["effective_rank"]), _fmt(s["frobenius"]), _fmt(s["spectral"]))
     if limit and len(items) > limit:
         t.caption = f"{len(items) - limit} more modules: --modules 0 shows all"
