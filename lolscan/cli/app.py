@@ -14,7 +14,8 @@ EXIT_CODES = """Exit codes:
 0  ok
 1  a CI gate failed (predict --fail-under/--fail-over)
 2  usage error (bad option or argument)
-3  unreadable or unsupported input, or a missing optional package
+3  unreadable or unsupported input, an adapter holding NaN/Inf values (inspect, predict;
+   unless --allow-nonfinite), or a missing optional package
 4  the adapter does not fit the chosen checkpoint"""
 
 app = typer.Typer(

@@ -21,6 +21,10 @@ def print_error(message: object, on: Console | None = None) -> None:
     (on or err_console).print(Text.assemble(("error:", "bold red"), " ", str(message)), soft_wrap=True, highlight=False)
 
 
+def print_warning(message: object, on: Console | None = None) -> None:
+    """One ``warning: …`` line on stderr, the message never read as rich markup (see `print_error`)."""
+    (on or err_console).print(Text.assemble(("warning:", "bold yellow"), " ", str(message)), soft_wrap=True, highlight=False)
+
 
 def fail(exc: LolscanError) -> NoReturn:
     """A library error ends the command: its one ``error:`` line, then its exit code."""

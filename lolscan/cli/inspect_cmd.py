@@ -9,9 +9,9 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from ..errors import EXIT_BAD_INPUT, LolscanError, elide
+from ..errors import EXIT_BAD_INPUT, LolscanError, elide, nonfinite_text
 from .app import app
-from .console import console, print_error
+from .console import console, print_error, print_warning
 from .plain import PlainCommand, examples
 from .options import AllowPickle, CivitaiToken, FollowSymlinks, HfToken, Offline, source_options
 
@@ -84,17 +84,22 @@ def inspect(
     as_json: Annotated[bool, typer.Option("--json", help="Write machine-readable JSON to stdout.")] = False,
     modules: Annotated[int, typer.Option("--modules", help="Per-module rows to show in the table (0 = all).")] = 12,
     allow_pickle: AllowPickle = False,
+    allow_nonfinite: Annotated[bool, typer.Option("--allow-nonfinite", help="Adapters holding NaN/Inf values are still reported, with a warning, but do not make the exit code 3.")] = False,
     follow_symlinks: FollowSymlinks = False,
     offline: Offline = False,
     civitai_token: CivitaiToken = None,
     hf_token: HfToken = None,
 ) -> None:
-    """Show what is inside LoRA adapters: format, base family, ranks, scales, per-module spectra, hashes, metadata."""
+    """Show what is inside LoRA adapters: format, base family, ranks, scales, per-module spectra, hashes, metadata.
+
+    Exit codes: 0 ok, 2 usage error, 3 an adapter could not be read or holds NaN/Inf values (unless
+    --allow-nonfinite; it is still reported, and listed under "errors" in --json).
+    """
     from ..inspect_fast import inspect_light  # numpy: not needed for --help
     from ..scan.discovery import expand
 
     opts = source_options(offline, civitai_token, hf_token)
-    reports, errors = [], []
+    reports, errors, warnings = [], [], []
     for found in expand(targets, allow_pickle=allow_pickle, follow_symlinks=follow_symlinks):
         if found.error:
             errors.append({"source": found.source, "error": f"{elide(found.source)}: {found.error}"})
@@ -111,10 +116,15 @@ def inspect(
                                                             f"(unexpected {type(exc).__name__}: {elide(str(exc), 160)})"})
             continue
         reports.append(report)
+        if report["nonfinite_modules"]:  # reported, but bad input like an unreadable file (as in predict)
+            problem = f"{elide(found.source)}: {nonfinite_text(report['nonfinite_modules'])}"
+            (warnings if allow_nonfinite else errors).append({"source": found.source, "error": problem})
         if not as_json:
             console.print(_summary_table(report))
             if modules >= 0:
                 console.print(_module_table(report, modules))
+    for w in warnings:
+        print_warning(w["error"])
     for e in errors:
         print_error(e['error'])
     if as_json:
