@@ -631,6 +631,10 @@ def cli_inproc(args: list[str]) -> tuple[int, str, str, float, float, str]:
     return rc, out.getvalue(), err.getvalue(), time.perf_counter() - t0, time.process_time() - c0, uncaught
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
 def check_cli_run(command: str, rc: int, stdout: str, stderr: str, uncaught: str, target: Path, json_out: bool) -> str:
     """"" when a run kept the CLI's promises on one input, else what it broke. Promises: an exit code from
     the documented ones (inspect 0/3, predict 0/3/4), no traceback; on failure an ``error:`` line (or, for
@@ -657,9 +661,9 @@ def check_cli_run(command: str, rc: int, stdout: str, stderr: str, uncaught: str
             return f"exit {rc} without a line naming {target.name}: {' | '.join(lines)[:200]}"
     if json_out:
         try:
-            doc = json.loads(stdout)
-        except ValueError:
-            return f"stdout is not JSON (exit {rc}): {stdout[:120]!r}"
+            doc = json.loads(stdout, parse_constant=_no_constant)
+        except ValueError as exc:
+            return f"stdout is not strict JSON (exit {rc}): {str(exc)[:80]}"
         if not isinstance(doc, dict) or "schema_version" not in doc:
             return "JSON report without schema_version"
     return ""
@@ -676,13 +680,13 @@ def check_output_file(output: Path) -> str:
     text = output.read_text(encoding="utf-8", errors="replace")
     try:
         if output.suffix == ".json":
-            doc = json.loads(text)
+            doc = json.loads(text, parse_constant=_no_constant)
             if len(doc["results"]) != 1:
                 return f"{output.name}: {len(doc['results'])} results for one input"
         elif text:
             if not text.endswith("\n"):
                 return f"{output.name}: torn last line"
-            rows = [json.loads(line) for line in text.splitlines()]
+            rows = [json.loads(line, parse_constant=_no_constant) for line in text.splitlines()]
             if len(rows) != 1:
                 return f"{output.name}: {len(rows)} rows for one input"
     except (ValueError, KeyError, TypeError) as exc:

@@ -135,3 +135,20 @@ def test_inspect_table_never_reads_file_text_as_markup(tmp_path):
     res = run_cli("inspect", str(path), "--modules", "0")
     assert res.returncode == 0 and res.stderr == "", res.stderr
     assert "proj.in[/x]" in res.stdout and "[red]name[/]" in res.stdout
+
+
+def test_inspect_norm_beyond_float32_is_null_in_strict_json(tmp_path):
+    """Finite factors whose ΔW is beyond float32's range (found by bench/fuzz.py's in-process inspect): the
+    norms are Inf, as the torch path computes them; --json stays strict JSON (null), and numpy's overflow
+    warning no longer reaches stderr."""
+    path = tmp_path / "huge.safetensors"
+    save_file({"lora_unet_conv_in.lora_down.weight": torch.full((2, 4), 3e19), "lora_unet_conv_in.lora_up.weight": torch.full((4, 2), 3e19),
+               "lora_unet_conv_out.lora_down.weight": torch.randn(2, 4), "lora_unet_conv_out.lora_up.weight": torch.randn(4, 2)}, path)
+    res = run_cli("inspect", str(path), "--json")
+    assert res.returncode == 0 and res.stderr == "", res.stderr
+    doc = json.loads(res.stdout, parse_constant=lambda name: pytest.fail(f"{name} in --json output"))
+    m = doc["adapters"][0]["per_module"]["unet.conv_in"]
+    assert m["finite"] is True and m["frobenius"] is None and m["spectral"] is None
+    assert doc["adapters"][0]["per_module"]["unet.conv_out"]["frobenius"] > 0
+    table = run_cli("inspect", str(path))
+    assert table.returncode == 0 and table.stderr == "" and "inf" in table.stdout

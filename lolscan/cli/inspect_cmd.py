@@ -10,6 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..errors import EXIT_BAD_INPUT, LolscanError, elide, nonfinite_text
+from ..utils.files import finite_json
 from .app import app
 from .console import console, print_error, print_warning
 from .plain import PlainCommand, examples
@@ -128,7 +129,8 @@ def inspect(
     for e in errors:
         print_error(e['error'])
     if as_json:
-        print(json.dumps({"schema_version": INSPECT_SCHEMA_VERSION, "adapters": reports, "errors": errors}, indent=2))
+        doc = {"schema_version": INSPECT_SCHEMA_VERSION, "adapters": reports, "errors": errors}
+        print(json.dumps(finite_json(doc), indent=2, allow_nan=False))  # a norm beyond float32's range: null
     if errors:
         raise typer.Exit(EXIT_BAD_INPUT)
 
