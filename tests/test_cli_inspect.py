@@ -131,10 +131,10 @@ def test_inspect_table_never_reads_file_text_as_markup(tmp_path):
     path = tmp_path / "markup.safetensors"
     save_file({"lora_unet_down_blocks_0_attentions_0_proj_in[/x].lora_down.weight": torch.randn(2, 4),
                "lora_unet_down_blocks_0_attentions_0_proj_in[/x].lora_up.weight": torch.randn(4, 2)},
-              path, metadata={"ss_network_module": "networks.lora", "ss_output_name": "[red]name[/]"})
+              path, metadata={"ss_network_module": "networks.lora", "ss_output_name": "[red]name[/]", "ss_training_comment": ":smile: :x:"})
     res = run_cli("inspect", str(path), "--modules", "0")
     assert res.returncode == 0 and res.stderr == "", res.stderr
-    assert "proj.in[/x]" in res.stdout and "[red]name[/]" in res.stdout
+    assert "proj.in[/x]" in res.stdout and "[red]name[/]" in res.stdout and ":smile: :x:" in res.stdout
 
 
 def test_inspect_norm_beyond_float32_is_null_in_strict_json(tmp_path):

@@ -10,8 +10,10 @@ from rich.text import Text
 from ..errors import LolscanError
 from ..utils.progress import use_console
 
-console = Console()
-err_console = Console(stderr=True)
+# emoji=False: ":smile:" in a file's metadata or a module name is shown as it is (and rich's emoji table,
+# an import of every markup render, is never loaded)
+console = Console(emoji=False)
+err_console = Console(stderr=True, emoji=False)
 use_console(err_console)  # library progress bars (reading adapters, training) draw here too
 
 
