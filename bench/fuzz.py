@@ -19,8 +19,14 @@ Entry points and what counts as what, per input:
 * ``load``: `lolscan.load` on the mutated file or PEFT folder;
 * ``config``: `read_config` and the scale rules (`peft_scale`, `peft_lycoris_scale`) over the seed's
   module names, on a mutated adapter_config.json;
+* ``inspect-inproc`` / ``predict-inproc``: the CLI in this process (`lolscan.cli.app.main` with sys.argv
+  set, stdout/stderr captured; see `fuzz_cli_inproc`): ``lolscan inspect`` (table or ``--json``) on
+  every seed's mutations, ``lolscan predict`` with the bundled default checkpoint (JSON on stdout, or an
+  ``--output`` .json/.jsonl) on mutated copies of a bundled example (60 %) or of any seed; one input in
+  ten gets a file name holding markup, spaces and non-ASCII. Each run must keep the CLI's promises
+  (`check_cli_run`, `check_output_file`, an untouched download cache); a broken one counts as uncaught;
 * ``inspect`` / ``predict``: the CLI in a subprocess (``lolscan inspect --json``, ``lolscan predict``
-  with the bundled default checkpoint on mutated copies of a bundled example).
+  with the bundled default checkpoint on mutated copies of a bundled example), a small cross-check.
 
 Outcome classes: ``ok`` (read), ``clean`` (a `LolscanError`; for the CLI: exit 3/4 with ``error:``
 lines only), ``uncaught`` (any other exception; for the CLI: a traceback or another exit code), and
@@ -28,11 +34,13 @@ lines only), ``uncaught`` (any other exception; for the CLI: a traceback or anot
 of the unmutated seed), counted whatever the class. Every run is bounded by ``--seconds`` per entry point.
 
     python bench/fuzz.py --entries header,config,load,fast --n 100000 --seconds 600 --seed 1
+    python bench/fuzz.py --entries inspect-inproc,predict-inproc --n 100000 --seconds 36000 --seed 1
     python bench/fuzz.py --entries inspect,predict --n 200 --seconds 600 --seed 1
 """
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import math
 import os
@@ -43,7 +51,9 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from collections import Counter
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 from typing import Any, Callable
 
@@ -60,7 +70,7 @@ from lolscan.errors import LolscanError  # noqa: E402
 REAL = REPO.parent / "shared" / "fixtures" / "real"
 EXAMPLE = REPO / "models" / "examples" / "lora-00553"
 SLOW_S = 2.0
-ENTRIES = ("header", "fast", "load", "config", "inspect", "predict")
+ENTRIES = ("header", "fast", "load", "config", "inspect-inproc", "predict-inproc", "inspect", "predict")
 
 
 # ---- seeds ------------------------------------------------------------------------------------------
@@ -584,8 +594,9 @@ def fuzz_cli(inputs: Inputs, tally: Tally, n: int, deadline: float, command: str
     else:
         seed = None
         args = ["inspect", "--json"]
-    base_target = seed if seed is not None else inputs.seeds[0]
-    baseline = sorted(_cli([*args, str(base_target)])[2] for _ in range(3))[1]
+    # the costliest unmutated seed: inspect reads plain LoRA files without torch and the rest with it
+    # (about 2 s more CPU), and a mutation can send a plain file down the torch path
+    baseline = max(sorted(_cli([*args, str(target)])[2] for _ in range(3))[1] for target in ([seed] if seed is not None else inputs.seeds))
     tally.baseline = baseline  # type: ignore[attr-defined]
     for _ in range(n):
         if time.monotonic() > deadline:
@@ -596,6 +607,161 @@ def fuzz_cli(inputs: Inputs, tally: Tally, n: int, deadline: float, command: str
         tally.add(cls, max(0.0, dt - baseline), detail)
 
 
+# ---- the CLI in process ------------------------------------------------------------------------------
+def cli_inproc(args: list[str]) -> tuple[int, str, str, float, float, str]:
+    """``lolscan ARGS`` run in this process as ``python -m lolscan`` runs it (`lolscan.cli.app.main`, with
+    sys.argv set), stdout and stderr captured: (exit code, stdout, stderr, wall s, CPU s of this process,
+    the traceback of an exception that escaped main, else "")."""
+    from lolscan.cli.app import main
+
+    out, err = io.StringIO(), io.StringIO()
+    argv, sys.argv = sys.argv, ["lolscan", *args]
+    t0, c0 = time.perf_counter(), time.process_time()
+    uncaught = ""
+    try:
+        with redirect_stdout(out), redirect_stderr(err):
+            try:
+                main()
+                rc = 0
+            except SystemExit as exc:
+                rc = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except Exception:  # what `python -m lolscan` would show as a traceback
+        rc, uncaught = 1, traceback.format_exc()
+    finally:
+        sys.argv = argv
+    return rc, out.getvalue(), err.getvalue(), time.perf_counter() - t0, time.process_time() - c0, uncaught
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def check_cli_run(command: str, rc: int, stdout: str, stderr: str, uncaught: str, target: Path, json_out: bool) -> str:
+    """"" when a run kept the CLI's promises on one input, else what it broke. Promises: an exit code from
+    the documented ones (inspect 0/3, predict 0/3/4), no traceback; on failure an ``error:`` line (or, for
+    an adapter holding NaN/Inf in predict, its ``warning:`` line) naming the file, at most one ``error:``
+    line, and nothing else on stderr but ``warning:`` lines, predict's ``  hint:`` lines and summary;
+    --json/--format json: stdout one JSON document whatever the outcome."""
+    if uncaught:
+        return "exception escaped main: " + uncaught.strip().splitlines()[-1][:200]
+    if "Traceback" in stderr or "Traceback" in stdout:
+        return "traceback printed: " + stderr.strip().splitlines()[-1][:200]
+    codes = (0, 3) if command == "inspect" else (0, 3, 4)
+    if rc not in codes:
+        return f"exit {rc}: {' | '.join(stderr.strip().splitlines()[-2:])[:200]}"
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error:")]
+    other = [line for line in lines if not line.startswith(("error:", "warning:", "  hint:")) and " scored, " not in line]
+    if other:
+        return f"unexpected stderr line: {other[0][:200]}"
+    if len(errors) > 1:
+        return f"{len(errors)} error lines for one input: {' | '.join(errors)[:300]}"
+    if rc:
+        named = [line for line in lines if line.startswith(("error:", "warning:")) and str(target) in line]
+        if not named:
+            return f"exit {rc} without a line naming {target.name}: {' | '.join(lines)[:200]}"
+    if json_out:
+        try:
+            doc = json.loads(stdout, parse_constant=_no_constant)
+        except ValueError as exc:
+            return f"stdout is not strict JSON (exit {rc}): {str(exc)[:80]}"
+        if not isinstance(doc, dict) or "schema_version" not in doc:
+            return "JSON report without schema_version"
+    return ""
+
+
+def check_output_file(output: Path) -> str:
+    """"" when --output is whole or absent: .json one JSON document with one result, .jsonl lines each a
+    whole JSON row ending in a newline; nothing else in its folder but its ``.lock``."""
+    left = sorted(p.name for p in output.parent.iterdir() if p.name not in (output.name, output.name + ".lock"))
+    if left:
+        return f"left beside --output: {left[:3]}"
+    if not output.exists():
+        return ""
+    text = output.read_text(encoding="utf-8", errors="replace")
+    try:
+        if output.suffix == ".json":
+            doc = json.loads(text, parse_constant=_no_constant)
+            if len(doc["results"]) != 1:
+                return f"{output.name}: {len(doc['results'])} results for one input"
+        elif text:
+            if not text.endswith("\n"):
+                return f"{output.name}: torn last line"
+            rows = [json.loads(line, parse_constant=_no_constant) for line in text.splitlines()]
+            if len(rows) != 1:
+                return f"{output.name}: {len(rows)} rows for one input"
+    except (ValueError, KeyError, TypeError) as exc:
+        return f"{output.name}: half-written ({type(exc).__name__})"
+    return ""
+
+
+def _predict_seed(inputs: Inputs) -> Path:
+    """A copy of the bundled example (the default checkpoint's kind of adapter) among the seeds' cache."""
+    seed = inputs.scratch / "example"
+    if not seed.exists():
+        shutil.copytree(EXAMPLE, seed)
+        from safetensors import safe_open
+
+        with safe_open(str(seed / "adapter_model.safetensors"), "pt") as fh:
+            md = fh.metadata() or {}
+        inputs.cache[seed] = ((seed / "adapter_model.safetensors").read_bytes(), load_file(str(seed / "adapter_model.safetensors")), md)
+    return seed
+
+
+def fuzz_cli_inproc(inputs: Inputs, tally: Tally, n: int, deadline: float, command: str) -> None:
+    """`lolscan inspect` (table or --json) / `lolscan predict` (json on stdout, or an --output .json/.jsonl)
+    in this process on mutated inputs; each run checked by `check_cli_run` and `check_output_file`, and the
+    download cache (LOLSCAN_CACHE_DIR) must stay empty. Slow: over 2 s of this process's CPU time (all its
+    threads); the largest wall time is kept too (on a shared machine it mostly measures the neighbours)."""
+    rng = inputs.rng
+    cache = inputs.scratch / "cache"
+    os.environ["LOLSCAN_CACHE_DIR"] = str(cache)
+    os.environ["COLUMNS"] = "200"
+    outdir = inputs.scratch / "out"
+    example = _predict_seed(inputs) if command == "predict" else None
+    tally.max_wall = 0.0  # type: ignore[attr-defined]
+    cli_inproc([command, "--help"])  # imports, outside the timings
+    for _ in range(n):
+        if time.monotonic() > deadline:
+            break
+        seed = example if example is not None and rng.random() < 0.6 else None
+        path, _ = inputs.file(seed)
+        if rng.random() < 0.1:  # a file name with markup, spaces and non-ASCII
+            odd = path.with_name("in [bold] [x] é" + path.suffix)
+            path = path.rename(odd)
+        output = None
+        if command == "inspect":
+            json_out = rng.random() < 0.5
+            args = ["inspect", str(path)] + (["--json"] if json_out else ["--modules", "0"])
+        else:
+            json_out = True
+            args = ["predict", str(path), "--no-progress", "--procs", "0", "--format", "json"]
+            choice = rng.randrange(3)
+            if choice:
+                shutil.rmtree(outdir, ignore_errors=True)
+                outdir.mkdir()
+                output = outdir / ("results.jsonl" if choice == 1 else "results.json")
+                args += ["--output", str(output)]
+                if choice == 1:
+                    json_out = False
+                    args[args.index("json")] = "jsonl"
+        rc, out, err, wall, cpu, uncaught = cli_inproc(args)
+        problem = check_cli_run(command, rc, out, err, uncaught, path, json_out)
+        if not problem and output is not None:
+            problem = check_output_file(output)
+        if not problem and cache.exists() and any(cache.iterdir()):
+            problem = f"download cache touched: {sorted(p.name for p in cache.iterdir())[:3]}"
+        cls = "uncaught" if problem else ("ok" if rc == 0 else "clean")
+        if problem:
+            keep = inputs.scratch / f"failed_{tally.counts['uncaught'] + 1}{path.suffix}"
+            shutil.copytree(path, keep) if path.is_dir() else shutil.copy(path, keep)
+            problem = f"{problem} (input kept as {keep.name}; {' '.join(args[:1] + args[2:])})"
+        tally.max_wall = max(tally.max_wall, wall)  # type: ignore[attr-defined]
+        tally.add(cls, cpu, problem)
+        if path.name.startswith("in ["):
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
 def table(tallies: list[Tally]) -> str:
     lines = ["| entry point | inputs | ok | clean lolscan error | uncaught exception | slow (> 2 s) | slowest (s) | fast ≠ full | seconds |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -603,11 +769,11 @@ def table(tallies: list[Tally]) -> str:
         extra = ""
         if t.entry == "fast":
             extra = f"{t.disagree} of {getattr(t, 'decided', 0):,} ({getattr(t, 'declined', 0):,} left to the full reader)"
-        elif t.entry in ("inspect", "predict"):
-            extra = "–"
         else:
             extra = "–"
         slow_label = f"{t.max_s:.2f}" + (f" CPU s above a {t.baseline:.1f} s run" if hasattr(t, "baseline") else "")
+        if hasattr(t, "max_wall"):
+            slow_label += f" CPU s (wall {t.max_wall:.2f} s)"
         lines.append(f"| {t.entry} | {t.n:,} | {t.counts['ok']:,} | {t.counts['clean']:,} | {t.counts['uncaught']:,} | {t.slow:,} | "
                      f"{slow_label} | {extra} | {t.seconds:.0f} |")
     return "\n".join(lines) + "\n"
@@ -643,6 +809,8 @@ def main(argv: list[str] | None = None) -> list[Tally]:
             fuzz_config(inputs, tally, args.n, deadline)
         elif entry == "fast":
             fuzz_fast(inputs, tally, args.n, deadline)
+        elif entry in ("inspect-inproc", "predict-inproc"):
+            fuzz_cli_inproc(inputs, tally, args.n, deadline, entry.split("-")[0])
         elif entry in ("inspect", "predict"):
             fuzz_cli(inputs, tally, args.n, deadline, entry)
         else:
@@ -654,7 +822,7 @@ def main(argv: list[str] | None = None) -> list[Tally]:
             print(f"  {k}: {v}", file=sys.stderr)
     print(table(tallies))
     if args.json:
-        args.json.write_text(json.dumps([{"entry": t.entry, "inputs": t.n, **t.counts, "slow": t.slow, "max_s": t.max_s, "disagree": t.disagree,
+        args.json.write_text(json.dumps([{"entry": t.entry, "inputs": t.n, **t.counts, "slow": t.slow, "max_s": t.max_s, "max_wall": getattr(t, "max_wall", None), "disagree": t.disagree,
                                           "decided": getattr(t, "decided", None), "declined": getattr(t, "declined", None), "seconds": t.seconds, "examples": t.examples} for t in tallies], indent=1))
     if args.scratch is None:
         shutil.rmtree(scratch, ignore_errors=True)

@@ -1,7 +1,8 @@
 """Errors that map onto lolscan's documented exit codes.
 
 Exit codes: 0 ok, 1 a CI gate failed, 2 usage error, 3 unreadable or unsupported
-input, 4 adapter does not fit the chosen checkpoint.
+input (or an adapter holding NaN/Inf values, in `inspect` and `predict` unless --allow-nonfinite),
+4 adapter does not fit the chosen checkpoint.
 """
 from __future__ import annotations
 
@@ -28,6 +29,12 @@ def elide(text: str, limit: int = MAX_NAME) -> str:
         keep = max(limit - 1, 2)
         text = text[: keep - keep // 3] + "…" + text[len(text) - keep // 3 :]
     return text
+
+
+def nonfinite_text(names: list[str]) -> str:
+    """What is wrong with an adapter whose factors hold NaN/Inf values, naming up to three modules."""
+    shown = ", ".join(elide(n, 80) for n in names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    return f"{len(names)} module(s) hold NaN/Inf values ({shown})"
 
 
 def quoted(name: object, limit: int = MAX_NAME) -> str:

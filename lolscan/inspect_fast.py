@@ -53,7 +53,8 @@ def spectrum(U: np.ndarray, V: np.ndarray) -> np.ndarray:
     """float32 singular values of U Vᵀ from the r × r core of the float64 QR factors (`Layer.singular_values`)."""
     ru = np.linalg.qr(U.astype(np.float64), mode="r")
     rv = np.linalg.qr(V.astype(np.float64), mode="r")
-    return np.linalg.svd(ru @ rv.T, compute_uv=False).astype(np.float32)
+    with np.errstate(over="ignore"):  # finite factors whose ΔW is beyond float32's range: Inf, as the torch path gives
+        return np.linalg.svd(ru @ rv.T, compute_uv=False).astype(np.float32)
 
 
 def stats(rank: int, U: np.ndarray, V: np.ndarray) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """The `lolscan` command: parse, call the library, render. Each command lives in its own module."""
 from __future__ import annotations
 
+import os
 import sys
 
 import typer
@@ -14,7 +15,8 @@ EXIT_CODES = """Exit codes:
 0  ok
 1  a CI gate failed (predict --fail-under/--fail-over)
 2  usage error (bad option or argument)
-3  unreadable or unsupported input, or a missing optional package
+3  unreadable or unsupported input, an adapter holding NaN/Inf values (inspect, predict;
+   unless --allow-nonfinite), or a missing optional package
 4  the adapter does not fit the chosen checkpoint"""
 
 app = typer.Typer(
@@ -47,18 +49,34 @@ def _root(
     """Score LoRA adapter files with small GL-equivariant metanetworks."""
 
 
-def _register() -> None:
-    # Each module adds its command(s) to `app`; keep this list in CLI help order.
-    from . import inspect_cmd  # noqa: F401
-    from . import train_cmd  # noqa: F401
-    from . import predict_cmd  # noqa: F401
-    from . import eval_cmd  # noqa: F401
-    from . import models_cmd  # noqa: F401
-    from . import zoo_cmd  # noqa: F401
+# Each module adds its command(s) to `app`, keyed here by command name, in CLI help order
+# (tests/test_cli_lazy_imports.py checks this against what the modules register).
+COMMAND_MODULES = {"inspect": "inspect_cmd", "train": "train_cmd", "predict": "predict_cmd", "eval": "eval_cmd",
+                   "models": "models_cmd", "zoo": "zoo_cmd"}
+
+
+def _register(only: str | None = None) -> None:
+    """Import the command modules (each registers its commands): all of them, or the one of command ``only``."""
+    import importlib
+
+    for name, module in COMMAND_MODULES.items():
+        if only is None or name == only:
+            importlib.import_module(f"{__package__}.{module}")
+
+
+def _command_named(argv: list[str]) -> str | None:
+    """The command ``argv`` runs when its first word names one and no shell completion is asked for, "" for
+    a bare ``--version``, else None (then every command registers: the group's help, suggestions and
+    completion list them all)."""
+    if any(k.startswith("_LOLSCAN_COMPLETE") for k in os.environ):
+        return None
+    if argv == ["--version"]:
+        return ""
+    return argv[0] if argv and argv[0] in COMMAND_MODULES else None
 
 
 def main() -> None:
-    _register()
+    _register(_command_named(sys.argv[1:]))  # one command's module: the others' imports cost every start
     try:
         app(prog_name="lolscan")
     except LolscanError as exc:  # library errors that escaped a command

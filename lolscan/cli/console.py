@@ -10,8 +10,10 @@ from rich.text import Text
 from ..errors import LolscanError
 from ..utils.progress import use_console
 
-console = Console()
-err_console = Console(stderr=True)
+# emoji=False: ":smile:" in a file's metadata or a module name is shown as it is (and rich's emoji table,
+# an import of every markup render, is never loaded)
+console = Console(emoji=False)
+err_console = Console(stderr=True, emoji=False)
 use_console(err_console)  # library progress bars (reading adapters, training) draw here too
 
 
@@ -20,6 +22,10 @@ def print_error(message: object, on: Console | None = None) -> None:
     file names and install commands hold [brackets]."""
     (on or err_console).print(Text.assemble(("error:", "bold red"), " ", str(message)), soft_wrap=True, highlight=False)
 
+
+def print_warning(message: object, on: Console | None = None) -> None:
+    """One ``warning: …`` line on stderr, the message never read as rich markup (see `print_error`)."""
+    (on or err_console).print(Text.assemble(("warning:", "bold yellow"), " ", str(message)), soft_wrap=True, highlight=False)
 
 
 def fail(exc: LolscanError) -> NoReturn:

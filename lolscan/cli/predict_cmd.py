@@ -12,7 +12,7 @@ import typer
 from ..errors import UsageError, elide
 from ..scan.report import exit_code, format_from_suffix, jsonl_line, parse_gate, render, render_table, summary
 from .app import app
-from .console import console, err_console, print_error
+from .console import console, err_console, print_error, print_warning
 from .plain import PlainCommand, examples
 from .options import AllowPickle, CivitaiToken, Device, FollowSymlinks, HfToken, Offline, source_options
 
@@ -58,7 +58,7 @@ def console_hooks(live: bool, output: Optional[Path], show_progress: bool) -> An
 
     def problem(r: dict[str, Any], model_name: str) -> None:
         if r["status"] == "nonfinite":
-            err_console.print(f"[bold yellow]warning:[/] {elide(r['source'])}: {r['error']}", highlight=False, soft_wrap=True)
+            print_warning(f"{elide(r['source'])}: {r['error']}")  # a file name's [brackets] are not markup
         else:
             print_failure(r, model_name, on=err_console)  # once: the table leaves errors out
 

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import LolscanError, elide
+from ..errors import LolscanError, nonfinite_text
 from ..formats.grouping import group_keys
 from ..formats.names import dotted_module_name, kohya_module_name
 from ..formats.peft_config import CONFIG_NAME, WEIGHT_NAMES, check_peft_type, is_peft_folder, read_config
@@ -78,8 +78,7 @@ def base_row(source: str) -> dict[str, Any]:
 
 def nonfinite_message(names: list[str]) -> str:
     """The error of a row whose adapter holds NaN/Inf values (status ``nonfinite``), naming the modules."""
-    shown = ", ".join(elide(n, 80) for n in names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
-    return f"{len(names)} module(s) hold NaN/Inf values ({shown}); not scored"
+    return f"{nonfinite_text(names)}; not scored"
 
 
 def one_line(exc: BaseException, source: str) -> str:

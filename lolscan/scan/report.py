@@ -25,6 +25,7 @@ from typing import Any
 
 from ..errors import EXIT_BAD_INPUT, EXIT_GATE_FAILED, EXIT_INCOMPATIBLE, EXIT_OK, UsageError
 from ..targets import Target
+from ..utils.files import finite_json
 
 SCHEMA_VERSION = 1
 FORMATS = ("table", "json", "jsonl", "csv", "markdown", "junit", "sarif")
@@ -200,15 +201,7 @@ def _json_default(o: Any) -> Any:
     return str(o)
 
 
-def clean(o: Any) -> Any:
-    """Non-finite floats -> None, so every output is strict JSON."""
-    if isinstance(o, float):
-        return o if math.isfinite(o) else None
-    if isinstance(o, dict):
-        return {k: clean(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [clean(v) for v in o]
-    return o
+clean = finite_json  # non-finite floats -> None, so every output is strict JSON
 
 
 def jsonl_line(row: dict[str, Any]) -> str:

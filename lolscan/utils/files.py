@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -15,6 +16,17 @@ CHUNK = 1 << 20
 # folder scan recognises.
 PEFT_CONFIG_NAME = "adapter_config.json"
 PEFT_WEIGHT_NAMES = ("adapter_model.safetensors", "adapter_model.bin")
+
+
+def finite_json(o: Any) -> Any:
+    """Non-finite floats -> None (nested in dicts, lists and tuples), so every JSON output is strict JSON."""
+    if isinstance(o, float):
+        return o if math.isfinite(o) else None
+    if isinstance(o, dict):
+        return {k: finite_json(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [finite_json(v) for v in o]
+    return o
 
 
 def sha256_file(path: str | os.PathLike) -> str:
