@@ -38,7 +38,7 @@ from .run import GateMismatch, PredictHooks, PredictOptions, PredictResult, outp
 
 SHARD_FORMATS = ("jsonl", "parquet")
 INSTALL = 'pip install "lolscan[ray]"'
-_PARQUET_JSON = ("predictions", "truth", "gates", "domain")  # nested columns, kept as JSON text in Parquet
+_PARQUET_SCALARS = ("schema_version", "source", "status", "error", "format", "rank", "layers")  # typed columns
 
 
 @dataclass
@@ -49,6 +49,7 @@ class RayOptions:
     num_cpus: int | None = None  # CPUs of a local instance started here (None: all)
     scorers: int | None = None  # scoring actors; default: one per GPU with --device cuda, else 1
     read_batch: int = 32  # adapters per read task batch
+    read_calls: int = 1000  # read tasks a worker runs before Ray replaces it
     shard_rows: int = 4096  # rows per output shard (a shard is also written after shard_seconds)
     shard_seconds: float = 60.0
     # Called in the workers with the sources of each read task / scoring batch (fault injection in
@@ -85,16 +86,32 @@ def shards(folder: Path, fmt: str) -> list[Path]:
     return sorted(p for p in folder.glob(f"part-*.{fmt}") if p.is_file())
 
 
+def _parquet_schema(keys: list[str]) -> Any:
+    """Fixed column types, so that every shard has the same schema whatever its rows hold: the scalar
+    columns typed, the nested ones (predictions, truth, gates, domain and any other) as JSON text."""
+    import pyarrow as pa
+
+    typed = {"schema_version": pa.int64(), "source": pa.string(), "status": pa.string(), "error": pa.string(),
+             "format": pa.string(), "rank": pa.list_(pa.int64()), "layers": pa.int64()}
+    return pa.schema([(k, typed.get(k, pa.string())) for k in keys])
+
+
 def to_record(row: dict[str, Any]) -> dict[str, Any]:
-    """A row as a Parquet record: its scalar columns as they are, its nested ones as JSON text."""
+    """A row as a Parquet record: its scalar columns as they are, the others as JSON text."""
     from .report import jsonl_line
 
     full = json.loads(jsonl_line(row))
-    return {k: (json.dumps(v) if k in _PARQUET_JSON else v) for k, v in full.items()}
+    return {k: (v if k in _PARQUET_SCALARS else json.dumps(v)) for k, v in full.items()}
 
 
 def from_record(rec: dict[str, Any]) -> dict[str, Any]:
-    return {k: (json.loads(v) if k in _PARQUET_JSON and isinstance(v, str) else v) for k, v in rec.items()}
+    """The row a Parquet record holds (the JSONL row: a column the row did not have is null and left out)."""
+    out = {}
+    for k, v in rec.items():
+        if v is None and k not in ("error",):
+            continue
+        out[k] = v if k in _PARQUET_SCALARS or not isinstance(v, str) else json.loads(v)
+    return out
 
 
 def read_shard(path: Path) -> list[dict[str, Any]]:
@@ -122,7 +139,9 @@ def write_shard(path: Path, rows: list[dict[str, Any]], lines: list[str] | None 
 
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        pq.write_table(pa.Table.from_pylist([to_record(r) for r in rows]), tmp)
+        records = [to_record(r) for r in rows]
+        keys = list(dict.fromkeys(k for r in records for k in r))
+        pq.write_table(pa.Table.from_pylist(records, schema=_parquet_schema(keys)), tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -297,8 +316,10 @@ def pipeline(ray: Any, todo: list[tuple[int, Any]], ckpt: Any, model_path: str, 
     scorers = ropts.scorers or (max(1, int(ray.cluster_resources().get("GPU", 0))) if cuda else 1)
     threads = opts.threads or 1
     ds = ray.data.from_items(items, override_num_blocks=blocks)
+    # max_calls recycles a read worker now and then (bounds what parsing many files may leak); it also
+    # keeps Ray Data from fusing the reads into the scoring actors, where they would hold the GPU.
     ds = ds.map_batches(_read_batch, batch_size=ropts.read_batch, batch_format="numpy", num_cpus=1,
-                        fn_kwargs=dict(light=light, full=full, targets=list(ckpt.targets),
+                        max_calls=ropts.read_calls, fn_kwargs=dict(light=light, full=full, targets=list(ckpt.targets),
                                        slot_floats=packed_floats(ckpt.spec, 16), before_read=ropts.before_read))
     return ds.map_batches(_ScoreActor, batch_size=opts.batch_size, batch_format="numpy",
                           compute=ray.data.ActorPoolStrategy(size=scorers), num_cpus=threads, num_gpus=1 if cuda else 0,
@@ -334,7 +355,7 @@ def ray_session(ray: Any, ropts: RayOptions) -> Iterator[None]:
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
-    logging.getLogger("ray.data").setLevel(logging.WARNING)  # not a line per dataset run on the user's stderr
+    logging.getLogger("ray.data").setLevel(logging.ERROR)  # not a line per dataset run on the user's stderr
     try:
         yield
     finally:
