@@ -24,7 +24,7 @@ from lolscan.scan.run import PredictHooks, PredictOptions, predict  # noqa: E402
 
 from helpers import REAL, REPO, run_cli_modules, train_tiny_checkpoint  # noqa: E402
 
-N_ZOO = 240
+N_ZOO = 200
 
 
 @pytest.fixture(scope="module")
@@ -105,17 +105,6 @@ def _same_as_local(rows: list[dict], local: dict[str, dict]) -> None:
         _close({k: v for k, v in r.items() if k != "schema_version"}, local[r["source"]], r["source"])
 
 
-def test_rows_and_jsonl_shards_equal_the_local_scan(lib, tmp_path):
-    ckpt, folder, local = lib
-    out = tmp_path / "rows.jsonl"
-    result = predict(_ray(ckpt, folder, out))
-    assert [r["source"] for r in result.rows] == list(local)  # the local scan's order
-    _same_as_local(result.rows, local)
-    assert len(shards(out, "jsonl")) == math.ceil(len(local) / 64)  # shards of 64 rows, the last one short
-    _same_as_local(_shard_rows(out, "jsonl"), local)
-    assert not [p for p in out.iterdir() if not p.name.startswith("part-")]  # no temporary file left
-
-
 def _kill_once(marker_dir: str, tag: str, victim: str):
     """A hook that kills its own worker process (os._exit) the first time it sees ``victim``."""
 
@@ -136,6 +125,7 @@ def test_a_killed_read_worker_and_scoring_actor_lose_no_row_and_duplicate_none(l
                 before_score=_kill_once(str(tmp_path), "score", sources[150]))
     result = predict(opts)
     assert (tmp_path / "killed-read").exists() and (tmp_path / "killed-score").exists()  # both workers did die
+    assert [r["source"] for r in result.rows] == list(local)  # in the local scan's order
     _same_as_local(result.rows, local)
     _same_as_local(_shard_rows(out, "parquet"), local)
     import pyarrow.parquet as pq
@@ -189,18 +179,21 @@ def _log_reads(path: str):
     return hook
 
 
-def test_cli_engine_ray_writes_parquet_shards_and_exits_as_the_local_scan(lib, tmp_path):
+def test_cli_engine_ray_gives_the_rows_and_exit_code_of_the_local_scan_in_jsonl_shards(lib, tmp_path):
     from typer.testing import CliRunner
 
-    from lolscan.cli.app import app
+    from lolscan.cli.app import _register, app
 
+    _register()
     ckpt, folder, local = lib
-    out = tmp_path / "scan.parquet"
+    out = tmp_path / "scan.jsonl"
     res = CliRunner().invoke(app, ["predict", str(folder), "--model", str(ckpt), "--engine", "ray", "-o", str(out),
                                    "-f", "jsonl", "--no-progress"])
     assert res.exit_code == 4, res.output  # an adapter of another base model: 4, as the local scan
     _same_as_local([json.loads(x) for x in res.stdout.splitlines()], local)
-    _same_as_local(_shard_rows(out, "parquet"), local)
+    assert len(shards(out, "jsonl")) == 1  # the default shard is 4096 rows
+    _same_as_local(_shard_rows(out, "jsonl"), local)
+    assert [p.name for p in out.iterdir() if not p.name.startswith("part-")] == []  # no temporary file left
     # an existing file where the shard folder should go: refused, nothing written
     (tmp_path / "file.jsonl").write_text("{}\n")
     res = CliRunner().invoke(app, ["predict", str(folder), "--model", str(ckpt), "--engine", "ray", "-o", str(tmp_path / "file.jsonl")])
