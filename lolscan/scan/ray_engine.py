@@ -411,6 +411,7 @@ def _run(ray: Any, opts: PredictOptions, ropts: RayOptions, hooks: PredictHooks,
     if not todo:
         return new_rows, out_of_domain
     writer = ShardWriter(folder, opts.out_fmt or "jsonl", ropts.shard_rows, ropts.shard_seconds)
+    keep_rows = not opts.live or opts.out_fmt not in (None, *SHARD_FORMATS)  # 10⁶ live rows: not all kept
     with ray_session(ray, ropts), hooks.progress(len(todo)) as advance:
         try:
             ds = pipeline(ray, todo, ckpt, model_path, opts, ropts)
@@ -419,8 +420,9 @@ def _run(ray: Any, opts: PredictOptions, ropts: RayOptions, hooks: PredictHooks,
                     row = pickle.loads(blob)  # our scoring actor's pickle
                     if row["source"] in new_rows:  # Ray hands each task's output once; this guards the shards
                         continue
-                    new_rows[row["source"]] = row
                     writer.add(row, str(line))
+                    new_rows[row["source"]] = row if keep_rows else {  # as the local scan: what the exit code needs
+                        "source": row["source"], "status": row["status"], "gates": [{"passed": g["passed"]} for g in row["gates"]]}
                     if row["status"] != "ok":
                         hooks.problem(row, ckpt.name)
                     elif (row.get("domain") or {}).get("in_domain") is False:
