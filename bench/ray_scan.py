@@ -107,9 +107,8 @@ def main() -> None:
     ap.add_argument("--read-batch", type=int, default=32, help="adapters per Ray read task batch")
     ap.add_argument("--sample", type=int, default=96, help="adapters timed in the per-stage measurement")
     ap.add_argument("--json", type=Path, help="also write the figures here")
+    ap.add_argument("--no-ray", action="store_true", help="the local scan and the per-adapter costs only (a machine without Ray)")
     args = ap.parse_args()
-
-    import ray
 
     from scan import generate, make_checkpoint  # bench/scan.py: the same folder and checkpoint
 
@@ -122,25 +121,38 @@ def main() -> None:
     shutil.rmtree(runs, ignore_errors=True)
     runs.mkdir(parents=True)
 
-    t0 = time.perf_counter()
-    ray.init(num_cpus=args.ray_cpus, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
-             runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in [str(Path(__file__).resolve().parent.parent),
-                                                                                    os.environ.get("PYTHONPATH", "")] if p)}})
-    ray_start = time.perf_counter() - t0
+    ray_start, on_ray = None, None
+    if not args.no_ray:
+        import ray
+
+        t0 = time.perf_counter()
+        here = str(Path(__file__).resolve().parent.parent)
+        ray.init(num_cpus=args.ray_cpus, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
+                 runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in [here, os.environ.get("PYTHONPATH", "")] if p)}})
+        ray_start = time.perf_counter() - t0
     local = local_run(files_dir, ckpt, runs / "local.jsonl", args.device, args.batch_size, args.procs)
-    on_ray = ray_run(files_dir, ckpt, runs / "ray.jsonl", args.device, args.batch_size, args.scorers, args.read_batch)
-    ray.shutdown()
-    same = ({r["source"]: r["status"] for r in local.pop("rows")} == {r["source"]: r["status"] for r in on_ray.pop("rows")})
+    local_rows = local.pop("rows")
+    same = None
+    if not args.no_ray:
+        on_ray = ray_run(files_dir, ckpt, runs / "ray.jsonl", args.device, args.batch_size, args.scorers, args.read_batch)
+        ray.shutdown()
+        same = {r["source"]: r["status"] for r in local_rows} == {r["source"]: r["status"] for r in on_ray.pop("rows")}
     costs = stage_costs(files, ckpt, args.device, args.batch_size, min(args.sample, len(files)))
 
     out = {"n": args.n, "device": args.device, "cpus": os.cpu_count(), "machine": platform.node(),
            "ray_cpus": args.ray_cpus, "ray_start_s": ray_start, "local": local, "ray": on_ray,
-           "ray_over_local": on_ray["adapters_per_s"] / local["adapters_per_s"], "same_sources_and_status": same,
-           "per_adapter": costs}
-    print(f"{args.n} SD1.5-shaped LoRAs, device {args.device}, {os.cpu_count()} cores; Ray started in {ray_start:.1f} s (not timed below)")
+           "ray_over_local": on_ray["adapters_per_s"] / local["adapters_per_s"] if on_ray else None,
+           "same_sources_and_status": same, "per_adapter": costs}
+    if args.device.startswith("cuda"):
+        import torch
+
+        out["gpu"] = torch.cuda.get_device_name()
+    print(f"{args.n} SD1.5-shaped LoRAs, device {args.device} ({out.get('gpu', 'no GPU')}), {os.cpu_count()} cores"
+          + (f"; Ray started in {ray_start:.1f} s (not timed below)" if on_ray else "; Ray not run"))
     print(f"local scan : {local['wall_s']:7.2f} s  {local['adapters_per_s']:8.1f} adapters/s")
-    print(f"ray scan   : {on_ray['wall_s']:7.2f} s  {on_ray['adapters_per_s']:8.1f} adapters/s  "
-          f"({out['ray_over_local']:.2f}× the local scan; same rows: {same})")
+    if on_ray:
+        print(f"ray scan   : {on_ray['wall_s']:7.2f} s  {on_ray['adapters_per_s']:8.1f} adapters/s  "
+              f"({out['ray_over_local']:.2f}× the local scan; same rows: {same})")
     print(f"per adapter: read+canonicalise {costs['read_ms_per_adapter']:.2f} ms (1 core, {costs['file_mb']:.2f} MB file, "
           f"{costs['payload_mb']:.2f} MB to the scorer), score {costs['score_ms_per_adapter']:.2f} ms ({args.device}, 1 thread)")
     if args.json:
