@@ -153,9 +153,9 @@ def predict(
 ) -> None:
     """Predict each adapter's targets with a checkpoint; optionally fail a CI job on the predictions.
 
-    Exit codes: 0 ok, 1 a gate failed, 2 usage error (--engine ray without Ray installed too), 3 an adapter could not be read or holds
-    NaN/Inf values (unless --allow-nonfinite), or --output is in use by another run, 4 an adapter
-    does not fit the checkpoint (4 wins over 3, 3 over 1).
+    Exit codes: 0 ok, 1 a gate failed, 2 usage error, 3 an adapter could not be read or holds
+    NaN/Inf values (unless --allow-nonfinite), --output is in use by another run, or --engine ray
+    without Ray installed, 4 an adapter does not fit the checkpoint (4 wins over 3, 3 over 1).
     """
     from .models_cmd import cli_errors  # lazy: keeps `models` last in the help
     from ..scan.run import GateMismatch, PredictOptions

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError, UsageError, elide
+from ..errors import InputError, MissingExtras, UsageError, elide
 from ..utils.files import atomic_write, read_jsonl
 from .run import GateMismatch, PredictHooks, PredictOptions, PredictResult, output_lock
 
@@ -61,12 +61,12 @@ class RayOptions:
 
 
 def require_ray() -> Any:
-    """The ray module, or a `UsageError` (exit 2) telling how to install it."""
+    """The ray module, or `MissingExtras` (exit 3, as every missing optional package) naming the install command."""
     try:
         import ray
         import ray.data  # noqa: F401 - Ray Data needs the ray[data] extra (pyarrow, pandas)
     except ImportError as exc:
-        raise UsageError(f"--engine ray needs Ray Data ({exc.name or 'ray'} is not installed): {INSTALL}") from None
+        raise MissingExtras(f"--engine ray needs Ray Data ({exc.name or 'ray'} is not installed): {INSTALL}") from None
     return ray
 
 
