@@ -1,5 +1,6 @@
 """`lolscan predict --engine ray` (issue 21): on a local Ray instance, a few hundred synthetic adapters
-(with an unreadable file, an adapter of another base model and one of mixed ranks) give the rows of
+(with an unreadable file, an adapter of another base model, one of mixed ranks in float16 and one
+of rank 20, too big for a slot) give the rows of
 the local scan; a read worker and a scoring actor killed mid-run lose no row and duplicate none;
 resume after an interrupted run skips the sources already in the shards; without Ray the command
 fails in one line."""
@@ -50,9 +51,15 @@ def lib(tmp_path_factory):
         tensors[f"base_model.model.{name}.lora_A.weight"] = (torch.randn(r, layer.m, generator=g) / 4).half()
         tensors[f"base_model.model.{name}.lora_B.weight"] = (torch.randn(layer.n, r, generator=g) / 4).half()
     save_file(tensors, str(lib / "c_mixed.safetensors"))
+    wide = {}  # rank 20: too big for a slot, sent as arrays
+    for name in base.layers:
+        layer = base[name]
+        wide[f"base_model.model.{name}.lora_A.weight"] = torch.randn(20, layer.m, generator=g) / 8
+        wide[f"base_model.model.{name}.lora_B.weight"] = torch.randn(layer.n, 20, generator=g) / 8
+    save_file(wide, str(lib / "d_rank20.safetensors"))
     local = predict(_opts(ckpt, lib, procs="0"))
     rows = {r["source"]: r for r in local.rows}
-    assert len(rows) == N_ZOO + 3 and {r["status"] for r in rows.values()} == {"ok", "error", "incompatible"}
+    assert len(rows) == N_ZOO + 4 and rows[str(lib / 'd_rank20.safetensors')]['rank'] == [20] and {r["status"] for r in rows.values()} == {"ok", "error", "incompatible"}
     return ckpt, lib, rows
 
 
