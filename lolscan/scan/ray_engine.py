@@ -53,7 +53,7 @@ class RayOptions:
     shard_rows: int = 4096  # rows per output shard (a shard is also written after shard_seconds)
     shard_seconds: float = 60.0
     # Called in the workers with the sources of each read task / scoring batch (fault injection in
-    # the tests, tracing). A task whose worker dies is retried (Ray's default, 3 times); an actor that
+    # the tests, tracing). A task whose worker dies is retried (Ray Data: without limit); an actor that
     # dies is restarted and its batch retried (Ray Data's default).
     before_read: Callable[[list[str]], None] | None = None
     before_score: Callable[[list[str]], None] | None = None
