@@ -166,6 +166,8 @@ def test_resume_after_an_interrupted_run_skips_what_the_shards_hold(lib, tmp_pat
     first = _shard_rows(out, "jsonl")
     assert len(first) == 100  # 3 whole shards of 30 and the 10 rows left, written whole on the way out
 
+    torn = out / ".part-x-00009.jsonl.k2j4.tmp"  # what a driver killed while writing a shard leaves
+    torn.write_text('{"source": "half')
     log = tmp_path / "reads.log"
     resumed: list[tuple[int, int]] = []
     opts = _ray(ckpt, folder, out, resume=True, before_read=_log_reads(str(log)))
@@ -176,6 +178,7 @@ def test_resume_after_an_interrupted_run_skips_what_the_shards_hold(lib, tmp_pat
     assert read_again == set(local) - done_ok  # exactly the sources not scored yet, failures included
     _same_as_local(result.rows, local)
     _same_as_local(_shard_rows(out, "jsonl"), local)  # failed rows dropped from their shard, scored again
+    assert not torn.exists()
 
 
 def _log_reads(path: str):

@@ -145,7 +145,7 @@ def predict(
     allow_pickle: AllowPickle = False,
     allow_nonfinite: Annotated[bool, typer.Option("--allow-nonfinite", help="Adapters holding NaN/Inf values are still reported (status nonfinite, not scored) but do not make the exit code 3.")] = False,
     follow_symlinks: FollowSymlinks = False,
-    engine: Annotated[Literal["local", "ray"], typer.Option("--engine", help='Where to scan: here, or a Ray Data pipeline (pip install "lolscan[ray]"); with ray, -o NAME.jsonl|NAME.parquet is a folder of shards.')] = "local",
+    engine: Annotated[Literal["local", "ray"], typer.Option("--engine", help='Where to scan: here, or a Ray Data pipeline (pip install "lolscan\\[ray]"); with ray, -o NAME.jsonl|NAME.parquet is a folder of shards.')] = "local",
     ray_address: Annotated[Optional[str], typer.Option("--ray-address", metavar="ADDRESS", envvar="RAY_ADDRESS", show_envvar=True, help="Ray cluster to run on (default: start a local one).")] = None,
     offline: Offline = False,
     civitai_token: CivitaiToken = None,
