@@ -73,3 +73,9 @@ class IncompatibleAdapter(LolscanError):
 
 class UsageError(LolscanError):
     exit_code = EXIT_USAGE
+
+
+class MissingExtras(LolscanError):
+    """An optional dependency of the command is not installed: exit 3, naming the install command."""
+
+    exit_code = EXIT_BAD_INPUT

@@ -32,7 +32,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
               "lolscan.evaluation.compare")),
     # trained checkpoints: cards, files, compatibility with an adapter
     ("checkpoint", ("lolscan.checkpoint",)),
-    # what the commands do: the streaming scan with its reports and gates, training, evaluation, zoo building, inspection
+    # what the commands do: the streaming scan with its reports and gates (lolscan.scan.ray_engine, the scan
+    # on Ray, included), training, evaluation, zoo building, inspection
     ("apps", ("lolscan.scan.*", "lolscan.manifest", "lolscan.baseline", "lolscan.inspection", "lolscan.inspect_fast", "lolscan.training",
               "lolscan.training_run", "lolscan.evaluation.*", "lolscan.zoo.*")),
     # the command line: parse → call → render

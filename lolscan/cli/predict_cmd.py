@@ -28,18 +28,31 @@ def parse_gates(under: list[str], over: list[str]) -> list[Any]:
     return gates
 
 
-def output_format(output: Optional[Path], resume: bool, procs: str) -> Optional[str]:
-    """The --output file's format from its suffix; the option combinations that make no sense fail here."""
+def output_format(output: Optional[Path], resume: bool, procs: str, engine: str = "local") -> Optional[str]:
+    """The --output file's format from its suffix; the option combinations that make no sense fail here.
+    With --engine ray, .jsonl and .parquet name a folder of shards."""
     out_fmt = None
     if output is not None:
-        out_fmt = format_from_suffix(output)
+        suffix = output.suffix.lower()
+        out_fmt = "parquet" if engine == "ray" and suffix == ".parquet" else format_from_suffix(output)
         if out_fmt is None:
-            raise typer.BadParameter(f"{output}: use a .jsonl, .json, .csv, .md, .xml or .sarif file name", param_hint="--output")
-    if resume and out_fmt != "jsonl":
-        raise typer.BadParameter("--resume needs --output FILE.jsonl", param_hint="--resume")
+            also = " (.parquet with --engine ray)" if engine == "local" else ""
+            raise typer.BadParameter(f"{output}: use a .jsonl, .json, .csv, .md, .xml or .sarif file name{also}", param_hint="--output")
+    if resume and out_fmt not in (("jsonl", "parquet") if engine == "ray" else ("jsonl",)):
+        raise typer.BadParameter("--resume needs --output FILE.jsonl" + (" or FOLDER.parquet" if engine == "ray" else ""),
+                                 param_hint="--resume")
     if procs != "auto" and not (procs.isdigit()):
         raise typer.BadParameter(f"{procs!r}: expected a number or auto", param_hint="--procs")
     return out_fmt
+
+
+def ray_options(engine: str, address: Optional[str]) -> Any:
+    """`RayOptions` for --engine ray (imported only then: the module needs no Ray until it runs)."""
+    if engine != "ray":
+        return None
+    from ..scan.ray_engine import RayOptions
+
+    return RayOptions(address=address)
 
 
 def console_hooks(live: bool, output: Optional[Path], show_progress: bool) -> Any:
@@ -132,6 +145,8 @@ def predict(
     allow_pickle: AllowPickle = False,
     allow_nonfinite: Annotated[bool, typer.Option("--allow-nonfinite", help="Adapters holding NaN/Inf values are still reported (status nonfinite, not scored) but do not make the exit code 3.")] = False,
     follow_symlinks: FollowSymlinks = False,
+    engine: Annotated[Literal["local", "ray"], typer.Option("--engine", help='Where to scan: here, or a Ray Data pipeline (pip install "lolscan\\[ray]"); with ray, -o NAME.jsonl|NAME.parquet is a folder of shards.')] = "local",
+    ray_address: Annotated[Optional[str], typer.Option("--ray-address", metavar="ADDRESS", envvar="RAY_ADDRESS", show_envvar=True, help="Ray cluster to run on (default: start a local one).")] = None,
     offline: Offline = False,
     civitai_token: CivitaiToken = None,
     hf_token: HfToken = None,
@@ -139,20 +154,20 @@ def predict(
     """Predict each adapter's targets with a checkpoint; optionally fail a CI job on the predictions.
 
     Exit codes: 0 ok, 1 a gate failed, 2 usage error, 3 an adapter could not be read or holds
-    NaN/Inf values (unless --allow-nonfinite), or --output is in use by another run, 4 an adapter
-    does not fit the checkpoint (4 wins over 3, 3 over 1).
+    NaN/Inf values (unless --allow-nonfinite), --output is in use by another run, or --engine ray
+    without Ray installed, 4 an adapter does not fit the checkpoint (4 wins over 3, 3 over 1).
     """
     from .models_cmd import cli_errors  # lazy: keeps `models` last in the help
     from ..scan.run import GateMismatch, PredictOptions
     from ..scan.run import predict as run_predict
 
     gates = parse_gates(fail_under, fail_over)
-    out_fmt = output_format(output, resume, procs)
+    out_fmt = output_format(output, resume, procs, engine)
     opts = PredictOptions(
         targets=targets, model=model, output=output, out_fmt=out_fmt, resume=resume, gates=gates, live=fmt == "jsonl",
         device=device, batch_size=batch_size, workers=workers, procs=procs, threads=threads, allow_pickle=allow_pickle,
         allow_nonfinite=allow_nonfinite, follow_symlinks=follow_symlinks,
-        source_options=source_options(offline, civitai_token, hf_token),
+        source_options=source_options(offline, civitai_token, hf_token), engine=engine, ray=ray_options(engine, ray_address),
     )
     with cli_errors():
         try:

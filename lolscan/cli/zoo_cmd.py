@@ -12,7 +12,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from ..errors import EXIT_BAD_INPUT, EXIT_INCOMPATIBLE, EXIT_USAGE, LolscanError, UsageError
+from ..errors import EXIT_BAD_INPUT, EXIT_INCOMPATIBLE, EXIT_USAGE, LolscanError, MissingExtras, UsageError
 from .app import app
 from .console import console, err_console, fail, print_error
 from .plain import PlainCommand, PlainGroup, examples
@@ -29,12 +29,6 @@ ZOO_INSTALL = 'pip install "lolscan[zoo]"'
 ZOO_MODULES = {"transformers": "transformers", "peft": "peft"}
 if sys.version_info < (3, 11):
     ZOO_MODULES["tomli"] = "tomli"
-
-
-class MissingExtras(LolscanError):
-    """An optional dependency of the command is not installed: exit 3, naming the install command."""
-
-    exit_code = EXIT_BAD_INPUT
 
 
 def _missing(modules: dict[str, str]) -> list[str]:

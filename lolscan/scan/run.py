@@ -141,6 +141,8 @@ class PredictOptions:
     allow_nonfinite: bool = False
     follow_symlinks: bool = False
     source_options: Any = None
+    engine: str = "local"  # "ray": the same scan as a Ray Data pipeline (`lolscan.scan.ray_engine`)
+    ray: Any = None  # ray_engine.RayOptions for engine "ray" (None: its defaults)
 
 
 @dataclass
@@ -152,7 +154,14 @@ class PredictResult:
 
 
 def predict(opts: PredictOptions, hooks: PredictHooks | None = None) -> PredictResult:
-    """Score ``opts.targets``; a single-shot --output file (not JSONL) is written at the end."""
+    """Score ``opts.targets``; a single-shot --output file (not JSONL) is written at the end.
+    With ``opts.engine == "ray"`` the scan runs on Ray (`lolscan.scan.ray_engine.predict`)."""
+    if opts.engine == "ray":
+        from .ray_engine import predict as predict_on_ray
+
+        return predict_on_ray(opts, hooks)
+    if opts.engine != "local":
+        raise UsageError(f"unknown engine {opts.engine!r} (local or ray)")
     import torch
 
     hooks = hooks or PredictHooks()
