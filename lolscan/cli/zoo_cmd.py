@@ -25,6 +25,7 @@ app.add_typer(zoo_app, name="zoo")
 
 # What `zoo build` / `zoo convert-base` import, and how to get it.
 ZOO_INSTALL = 'pip install "lolscan[zoo]"'
+DIFFUSION_INSTALL = 'pip install "lolscan[zoo,diffusion]"'
 ZOO_MODULES = {"transformers": "transformers", "peft": "peft"}
 if sys.version_info < (3, 11):
     ZOO_MODULES["tomli"] = "tomli"
@@ -56,6 +57,14 @@ def require_zoo_extras(what: str) -> None:
     if missing:
         raise MissingExtras(f"`lolscan {what}` needs the zoo extras (missing: {', '.join(missing)}); install them with "
                             f"`{ZOO_INSTALL}` (from a checkout: `pip install -e \".[zoo]\"`)")
+
+
+def require_diffusion_extras(llm_only_options: bool) -> None:
+    """What a diffusion recipe needs (diffusers), and no option that only language zoos have."""
+    if llm_only_options:
+        raise UsageError("--labels-from and --compile are for language zoos; a diffusion recipe builds without them")
+    if _missing({"diffusers": "diffusers"}):
+        raise MissingExtras(f"the recipe's base is a diffusers pipeline, which needs diffusers: `{DIFFUSION_INSTALL}`")
 
 
 def require_recipe_packages(r, data_root: str | None, base_path: str | None) -> None:
@@ -112,18 +121,22 @@ def build_cmd(
         "against it, and the labels of every --check-every'th group.")] = None,
     check_every: Annotated[int, typer.Option(help="With --labels-from: label and compare every Nth group.")] = 8,
 ) -> None:
-    """Finetune, label and write the recipe's LoRAs (PEFT folders + manifest.jsonl). Resumable."""
+    """Finetune, label and write the recipe's LoRAs (PEFT folders, or diffusers LoRA files for a diffusion
+    recipe, + manifest.jsonl). Resumable."""
     new_folder = not out.exists()
     try:
         require_zoo_extras("zoo build")
         from ..utils.device import resolve_device
         from ..zoo.build import build
+        from ..zoo.diffusion_recipe import load_recipe
         from ..zoo.known_labels import KnownLabels
-        from ..zoo.recipe import Recipe
 
         known = KnownLabels.load(labels_from, check_every) if labels_from is not None else None
-        r = Recipe.load(recipe)
-        require_recipe_packages(r, data_root, base_path)
+        r = load_recipe(recipe)
+        if r.kind == "diffusion":
+            require_diffusion_extras(known is not None or compile)
+        else:
+            require_recipe_packages(r, data_root, base_path)
         if n_loras is not None:
             r.n_loras = n_loras
         if group_size is not None:

@@ -134,6 +134,13 @@ def build(recipe: Recipe, out: str | Path, *, model: nn.Module | None = None, to
     ``compile`` trains through ``torch.compile`` (`train_group`): same adapters when dropout is 0, other
     dropout masks otherwise, so a zoo is built all one way (zoo.json records it; a resume must match).
     ``labels_from``: take the labels from an earlier build's manifest, checked (`known_labels`)."""
+    if getattr(recipe, "kind", "") == "diffusion":  # a DiffusionRecipe ([base] kind = "diffusers")
+        from .diffusion import build_diffusion
+
+        if labels_from is not None or compile or model is not None:
+            raise UsageError("a diffusion recipe builds without --labels-from and --compile")
+        return build_diffusion(recipe, out, device=device, dtype=dtype, base_path=base_path,  # type: ignore[arg-type]
+                               max_minutes=max_minutes, max_groups=max_groups, save_dtype=save_dtype, log=log)
     t_start = time.monotonic()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
