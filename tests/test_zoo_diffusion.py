@@ -249,3 +249,38 @@ def test_cli_refuses_a_bad_diffusion_recipe(zoo, tmp_path):
     assert p.returncode == 2 and "kind must be one of" in p.stderr and not (tmp_path / "z").exists()
     res = CliRunner().invoke(app, ["zoo", "build", str(tmp_path / "ok.toml"), str(tmp_path / "z"), "--compile"])
     assert res.exit_code == 2 and "for language zoos" in res.output and not (tmp_path / "z").exists()
+
+
+def test_shipped_sd15_recipe_parses_and_draws():
+    from lolscan.zoo.diffusion_recipe import load_recipe, sample_specs
+    from lolscan.zoo.images import get_source
+
+    r = load_recipe(ROOT / "recipes" / "sd15-shapes-attn.toml")
+    assert isinstance(r, DiffusionRecipe) and r.base["kind"] == "diffusers" and r.n_loras == 512
+    specs = sample_specs(r, get_source(r.data.source))
+    assert {s.rank for s in specs} == {4, 8, 16} and all(s.alpha == s.rank for s in specs)
+    assert len({s.template for s in specs}) == 4 and len({s.style for s in specs}) == 4
+    # a draw never depends on how many adapters the zoo has (seeded per adapter index)
+    r.n_loras = 7
+    assert [vars(s) for s in sample_specs(r, get_source("shapes"))] == [vars(s) for s in specs[:7]]
+
+
+def test_targets_on_real_sd15_are_the_modules_real_sd_loras_adapt():
+    """On the full-size SD-1.5 UNet (built on the meta device: no weights), the recipe's targets are the
+    128 attention linears a real SD-1.5 LoRA adapts, with the same names and shapes as lolscan reads them."""
+    from diffusers import UNet2DConditionModel
+
+    from helpers import REAL
+    from lolscan.zoo.multilora import find_targets
+
+    real = REAL / "catundchat_sd15_pytorch_lora_weights.safetensors"
+    if not real.is_file():
+        pytest.skip("../shared/fixtures/real not present")
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(cross_attention_dim=768)  # the default config is SD-1.5's UNet
+    names = find_targets(unet, TARGETS)
+    ad = lolscan.load(str(real))
+    assert len(names) == 128 and set(ad) == {f"unet.{n}" for n in names}
+    for n in names:
+        w = unet.get_submodule(n).weight
+        assert ad[f"unet.{n}"].shape == tuple(w.shape)

@@ -57,10 +57,14 @@ class DiffusionBase:
         return self.vae.encode(x).latent_dist.mean * self.vae.config.scaling_factor
 
     @torch.no_grad()
-    def from_model_space(self, z: torch.Tensor) -> torch.Tensor:
-        """Images [N, 3, H, W] in [0, 1], as the pipeline's ``output_type="pt"`` returns them."""
-        x = z if self.vae is None else self.vae.decode(z / self.vae.config.scaling_factor).sample
-        return (x.float() / 2 + 0.5).clamp(0, 1)
+    def from_model_space(self, z: torch.Tensor, chunk: int = 8) -> torch.Tensor:
+        """Images [N, 3, H, W] in [0, 1], as the pipeline's ``output_type="pt"`` returns them (decoded
+        `chunk` at a time: a VAE decode at 512 px needs GPU memory per image)."""
+        if self.vae is None:
+            return (z.float() / 2 + 0.5).clamp(0, 1)
+        parts = [self.vae.decode(z[i:i + chunk] / self.vae.config.scaling_factor).sample.float()
+                 for i in range(0, len(z), chunk)]
+        return (torch.cat(parts) / 2 + 0.5).clamp(0, 1)
 
     def latent_shape(self) -> tuple[int, int, int]:
         if self.vae is None:
