@@ -29,6 +29,7 @@ from lolscan.zoo.diffusion_recipe import DiffusionRecipe  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+LOADED: dict = {}  # the fixture's base and CLIP model, for tests that build again in-process
 
 
 def _recipe(root: Path) -> dict:
@@ -43,6 +44,7 @@ def zoo(tmp_path_factory):
     recipe = DiffusionRecipe.from_dict(_recipe(root))
     base = load_base(recipe.base)
     clip = ClipScorer.load(recipe.labels.clip_model)
+    LOADED.update(base=base, clip=clip)
     captured: list[dict] = []
     real_extract = zd.extract
 
@@ -284,3 +286,28 @@ def test_targets_on_real_sd15_are_the_modules_real_sd_loras_adapt():
     for n in names:
         w = unet.get_submodule(n).weight
         assert ad[f"unet.{n}"].shape == tuple(w.shape)
+
+
+def test_labels_from_an_earlier_build(zoo, tmp_path):
+    """--labels-from: the same zoo at training cost, its labels checked on every check_every-th group."""
+    from lolscan.errors import InputError
+    from lolscan.zoo.known_labels import KnownLabels
+
+    root, recipe, rows, *_ = zoo
+    kw = dict(base=LOADED["base"], clip=LOADED["clip"], log=lambda s: None)
+    rep = zd.build_diffusion(recipe, tmp_path / "z", labels_from=KnownLabels.load(root / "zoo" / "manifest.jsonl", 2), **kw)
+    assert rep.complete and rep.groups_checked == 1 and rep.label_max_diff < 1e-5
+    assert read_zoo_rows(tmp_path / "z" / "manifest.jsonl") == rows
+
+    def tampered(name: str, **change) -> KnownLabels:
+        (tmp_path / name).write_text("".join(json.dumps(dict(r, **change) if i == 0 else r) + "\n" for i, r in enumerate(rows)))
+        return KnownLabels.load(tmp_path / name, 2)
+
+    # another recipe's draws: refused before anything is trained or written
+    with pytest.raises(InputError, match="lr"):
+        zd.build_diffusion(recipe, tmp_path / "z2", labels_from=tampered("lr.jsonl", lr=rows[0]["lr"] * 2), **kw)
+    assert not (tmp_path / "z2").exists()
+    # a label this build does not reproduce (rows[0] is in the first group, which is checked): no row written
+    with pytest.raises(InputError, match="clip_score"):
+        zd.build_diffusion(recipe, tmp_path / "z3", labels_from=tampered("cs.jsonl", clip_score=rows[0]["clip_score"] + 1), **kw)
+    assert read_zoo_rows(tmp_path / "z3" / "manifest.jsonl") == []

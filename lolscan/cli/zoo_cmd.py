@@ -59,10 +59,10 @@ def require_zoo_extras(what: str) -> None:
                             f"`{ZOO_INSTALL}` (from a checkout: `pip install -e \".[zoo]\"`)")
 
 
-def require_diffusion_extras(llm_only_options: bool) -> None:
+def require_diffusion_extras(compile: bool) -> None:
     """What a diffusion recipe needs (diffusers), and no option that only language zoos have."""
-    if llm_only_options:
-        raise UsageError("--labels-from and --compile are for language zoos; a diffusion recipe builds without them")
+    if compile:
+        raise UsageError("--compile is for language zoos; a diffusion recipe builds without it")
     if _missing({"diffusers": "diffusers"}):
         raise MissingExtras(f"the recipe's base is a diffusers pipeline, which needs diffusers: `{DIFFUSION_INSTALL}`")
 
@@ -134,7 +134,7 @@ def build_cmd(
         known = KnownLabels.load(labels_from, check_every) if labels_from is not None else None
         r = load_recipe(recipe)
         if r.kind == "diffusion":
-            require_diffusion_extras(known is not None or compile)
+            require_diffusion_extras(compile)
         else:
             require_recipe_packages(r, data_root, base_path)
         if n_loras is not None:

@@ -137,10 +137,11 @@ def build(recipe: Recipe, out: str | Path, *, model: nn.Module | None = None, to
     if getattr(recipe, "kind", "") == "diffusion":  # a DiffusionRecipe ([base] kind = "diffusers")
         from .diffusion import build_diffusion
 
-        if labels_from is not None or compile or model is not None:
-            raise UsageError("a diffusion recipe builds without --labels-from and --compile")
+        if compile or model is not None:
+            raise UsageError("a diffusion recipe builds without --compile")
         return build_diffusion(recipe, out, device=device, dtype=dtype, base_path=base_path,  # type: ignore[arg-type]
-                               max_minutes=max_minutes, max_groups=max_groups, save_dtype=save_dtype, log=log)
+                               max_minutes=max_minutes, max_groups=max_groups, save_dtype=save_dtype,
+                               labels_from=labels_from, log=log)
     t_start = time.monotonic()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

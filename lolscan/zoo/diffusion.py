@@ -35,6 +35,7 @@ from .clipscore import ClipScorer
 from .diffusion_base import DiffusionBase, load_base
 from .diffusion_recipe import DiffusionRecipe, DiffusionSpec, sample_specs
 from .images import get_source
+from .known_labels import KnownLabels
 from .multilora import StackedAdamW, adapter_seed, eject, extract, find_targets, init_factors, inject, to_device
 from .recipe import group_specs
 
@@ -202,8 +203,13 @@ def spec_fields(s: DiffusionSpec, classes: list[str]) -> dict[str, Any]:
 def build_diffusion(recipe: DiffusionRecipe, out: str | Path, *, base: DiffusionBase | None = None,
                     clip: ClipScorer | None = None, device: str = "cpu", dtype: str | None = None,
                     base_path: str | None = None, max_minutes: float | None = None, max_groups: int | None = None,
-                    save_dtype: str = "float32", log: Callable[[str], None] = print) -> BuildReport:
-    """Build (or resume) the diffusion zoo described by `recipe` into `out` (see the module docstring)."""
+                    save_dtype: str = "float32", labels_from: KnownLabels | None = None,
+                    log: Callable[[str], None] = print) -> BuildReport:
+    """Build (or resume) the diffusion zoo described by `recipe` into `out` (see the module docstring).
+
+    ``labels_from``: an earlier build's manifest of this recipe and seed; its labels are taken after the
+    checks of `known_labels` (every adapter's draws equal, every group's training losses within tolerance,
+    every ``check_every``-th group labelled here and compared)."""
     t_start = time.monotonic()
     source = get_source(recipe.data.source, recipe.data.source_options)
     if base is None:
@@ -214,16 +220,26 @@ def build_diffusion(recipe: DiffusionRecipe, out: str | Path, *, base: Diffusion
     if clip is None:
         clip = ClipScorer.load(recipe.labels.clip_model, device=str(base.device))
     specs = sample_specs(recipe, source)
+    if labels_from is not None:
+        fields = {s.id: spec_fields(s, source.classes) for s in specs}
+        labels_from.check_specs(fields, keys=tuple(next(iter(fields.values()))))
+    keys = ["clip_score", *(f"clip_score_p{j}" for j in range(len(recipe.labels.prompts)))]
     out = Path(out)
     info = {"recipe": recipe.to_dict(), "recipe_digest": recipe.digest(), "kind": "diffusion",
             "data": {"source": source.name, "version": source.version, "options": recipe.data.source_options},
             "base": base.name, "resolution": base.resolution, "targets": targets}
+    if labels_from is not None:
+        info["labels_from"] = labels_from.provenance()
     info_path = out / "zoo.json"
     if info_path.exists():
         old = json.loads(info_path.read_text())
         for key in ("recipe_digest", "data", "targets", "resolution"):
             if old.get(key) != info[key]:
                 raise UsageError(f"{out} holds a zoo of another recipe or data ({key} differs); use a new output folder")
+        old_from = (old.get("labels_from") or {}).get("sha256")
+        if old_from != (labels_from.sha256 if labels_from else None):
+            raise UsageError(f"{out} was built with labels {'from ' + old_from[:16] if old_from else 'measured here'}"
+                             "; resume it with the same --labels-from")
         info = old
     else:
         out.mkdir(parents=True, exist_ok=True)
@@ -238,7 +254,7 @@ def build_diffusion(recipe: DiffusionRecipe, out: str | Path, *, base: Diffusion
     done = {r["id"] for r in rows}
     rep = BuildReport(out=out, done=len(done), total=len(specs), groups_run=0, base_labels=info.get("base_labels", {}))
     t_loop = time.monotonic()
-    for group in group_specs(specs, recipe.group_size):
+    for gi, group in enumerate(group_specs(specs, recipe.group_size)):
         if all(s.id in done for s in group):
             continue
         if max_groups is not None and rep.groups_run >= max_groups:
@@ -254,15 +270,26 @@ def build_diffusion(recipe: DiffusionRecipe, out: str | Path, *, base: Diffusion
         finite = torch.stack([torch.isfinite(m.lora_A).flatten(1).all(1) & torch.isfinite(m.lora_B).flatten(1).all(1)
                               for m in mods.values()]).all(0).tolist()
         t1 = time.monotonic()
-        labels = clip_labels(base, clip, len(group), recipe)
+        measured = None
+        if labels_from is None or labels_from.checks(gi):
+            measured = clip_labels(base, clip, len(group), recipe)
         t2 = time.monotonic()
-        lines = []
-        for slot, s in enumerate(group):
+        rows_out = []
+        for slot, s in enumerate(group):  # every row first: a mismatch with labels_from leaves no trace
             tl = losses[: s.steps, slot]
-            path = f"adapters/{s.id}/{WEIGHT_NAME}"
-            row = {"id": s.id, "path": path, "finite": bool(finite[slot]), **labels[slot],
+            labels = measured[slot] if measured is not None else None
+            if labels_from is not None:
+                labels = labels_from.labels(s.id, keys, labels)
+            row = {"id": s.id, "path": f"adapters/{s.id}/{WEIGHT_NAME}", "finite": bool(finite[slot]), **labels,
                    **spec_fields(s, source.classes),
                    "train_loss_first": round(float(tl[0]), 6), "train_loss_last": round(float(tl[-5:].mean()), 6)}
+            if labels_from is not None:
+                labels_from.check_training(s.id, row)
+            rows_out.append(row)
+        if labels_from is not None and measured is not None:
+            rep.groups_checked += 1
+        lines = []
+        for slot, (s, row) in enumerate(zip(group, rows_out)):
             write_diffusers_lora(out / "adapters" / s.id, s, extract(mods, slot, {n: s.rank for n in targets}),
                                  recipe.target_modules, base.pipeline_class, getattr(torch, save_dtype))
             lines.append(json.dumps(row) + "\n")
@@ -282,5 +309,7 @@ def build_diffusion(recipe: DiffusionRecipe, out: str | Path, *, base: Diffusion
             log(f"warning: {finite.count(False)} of {len(group)} adapters diverged (NaN/Inf factors; row 'finite': false)")
         log(f"group {rep.groups_run}: {len(group)} adapters (steps ≤ {max(s.steps for s in group)}, batch ≤ "
             f"{max(s.batch_size for s in group)}) train {t1 - t0:.1f}s label {t2 - t1:.1f}s write {t3 - t2:.1f}s"
-            f" — {rep.done}/{rep.total} done")
+            f"{'' if measured is not None else ' (labels from manifest)'} — {rep.done}/{rep.total} done")
+    if labels_from is not None:
+        rep.label_max_diff = labels_from.max_diff
     return rep
