@@ -311,3 +311,36 @@ def test_labels_from_an_earlier_build(zoo, tmp_path):
     with pytest.raises(InputError, match="clip_score"):
         zd.build_diffusion(recipe, tmp_path / "z3", labels_from=tampered("cs.jsonl", clip_score=rows[0]["clip_score"] + 1), **kw)
     assert read_zoo_rows(tmp_path / "z3" / "manifest.jsonl") == []
+
+
+def test_image_sources_are_seeded_and_pluggable():
+    import numpy as np
+
+    from lolscan.errors import UsageError
+    from lolscan.zoo import images
+
+    src = images.get_source("shapes")
+    a = src.image("square", "blue", 16, np.random.default_rng(0))
+    assert a.shape == (16, 16, 3) and a.dtype == np.float32 and 0 <= a.min() and a.max() <= 1
+    assert np.array_equal(a, src.image("square", "blue", 16, np.random.default_rng(0)))
+    painted = np.all(np.isclose(a, images.COLOURS["blue"]), axis=2)
+    assert 10 < painted.sum() < 16 * 16  # the shape is there, in its colour, on a background
+    with pytest.raises(UsageError, match="unknown image source"):
+        images.get_source("nope")
+
+    class Flat:
+        name, version, classes, styles = "flat", "1", ["a", "b"], ["grey"]
+
+        def __init__(self, level: float = 0.5):
+            self.level = level
+
+        def image(self, cls, style, size, rng):
+            return np.full((size, size, 3), self.level, dtype=np.float32)
+
+    images.register_source("flat", Flat)
+    try:
+        assert images.get_source("flat", {"level": 0.25}).image("a", "grey", 4, None).max() == 0.25
+        with pytest.raises(UsageError, match="flat"):
+            images.get_source("flat", {"colour": 1})
+    finally:
+        images.SOURCES.pop("flat")
