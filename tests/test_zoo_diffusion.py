@@ -311,6 +311,9 @@ def test_labels_from_an_earlier_build(zoo, tmp_path):
     with pytest.raises(InputError, match="clip_score"):
         zd.build_diffusion(recipe, tmp_path / "z3", labels_from=tampered("cs.jsonl", clip_score=rows[0]["clip_score"] + 1), **kw)
     assert read_zoo_rows(tmp_path / "z3" / "manifest.jsonl") == []
+    from lolscan.zoo.multilora import MultiLoRALinear
+
+    assert not any(isinstance(m, MultiLoRALinear) for m in LOADED["base"].unet.modules())  # the base is plain again
 
 
 def test_image_sources_are_seeded_and_pluggable():

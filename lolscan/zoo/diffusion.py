@@ -161,14 +161,16 @@ def clip_labels(base: DiffusionBase, clip: ClipScorer, k: int, recipe: Diffusion
     for slot in range(k):
         d = {"clip_score": round(float(scores[slot].mean()), 6)}
         for j in range(len(lab.prompts)):
-            d[f"clip_score_p{j}"] = round(float(scores[slot, [q for q, (jj, _, _) in enumerate(pairs) if jj == j]].mean()), 6)
+            cols = [q for q, (jj, _, _) in enumerate(pairs) if jj == j]
+            d[f"clip_score_p{j}"] = round(float(scores[slot, cols].mean()), 6)
         out.append(d)
     return out
 
 
 # ---- writing -------------------------------------------------------------------------------------
 def write_diffusers_lora(folder: Path, spec: DiffusionSpec, factors: dict[str, tuple[torch.Tensor, torch.Tensor]],
-                         target_modules: list[str], pipeline_class: Any = None, dtype: torch.dtype = torch.float32) -> None:
+                         target_modules: list[str], pipeline_class: Any = None,
+                         dtype: torch.dtype = torch.float32) -> None:
     """One adapter as ``folder/pytorch_lora_weights.safetensors``, written by diffusers' own
     ``save_lora_weights`` (keys ``unet.<module>.lora_A/B.weight``, the LoRA config — rank and alpha —
     in the ``lora_adapter_metadata`` header entry), into a temporary folder renamed into place."""
@@ -235,7 +237,8 @@ def build_diffusion(recipe: DiffusionRecipe, out: str | Path, *, base: Diffusion
         old = json.loads(info_path.read_text())
         for key in ("recipe_digest", "data", "targets", "resolution"):
             if old.get(key) != info[key]:
-                raise UsageError(f"{out} holds a zoo of another recipe or data ({key} differs); use a new output folder")
+                raise UsageError(f"{out} holds a zoo of another recipe or data ({key} differs); "
+                                 "use a new output folder")
         old_from = (old.get("labels_from") or {}).get("sha256")
         if old_from != (labels_from.sha256 if labels_from else None):
             raise UsageError(f"{out} was built with labels {'from ' + old_from[:16] if old_from else 'measured here'}"
@@ -266,38 +269,40 @@ def build_diffusion(recipe: DiffusionRecipe, out: str | Path, *, base: Diffusion
                 rep.stopped_early = True
                 break
         t0 = time.monotonic()
-        mods, losses = train_group(base, targets, group, recipe, source)
-        finite = torch.stack([torch.isfinite(m.lora_A).flatten(1).all(1) & torch.isfinite(m.lora_B).flatten(1).all(1)
-                              for m in mods.values()]).all(0).tolist()
-        t1 = time.monotonic()
-        measured = None
-        if labels_from is None or labels_from.checks(gi):
-            measured = clip_labels(base, clip, len(group), recipe)
-        t2 = time.monotonic()
-        rows_out = []
-        for slot, s in enumerate(group):  # every row first: a mismatch with labels_from leaves no trace
-            tl = losses[: s.steps, slot]
-            labels = measured[slot] if measured is not None else None
-            if labels_from is not None:
-                labels = labels_from.labels(s.id, keys, labels)
-            row = {"id": s.id, "path": f"adapters/{s.id}/{WEIGHT_NAME}", "finite": bool(finite[slot]), **labels,
-                   **spec_fields(s, source.classes),
-                   "train_loss_first": round(float(tl[0]), 6), "train_loss_last": round(float(tl[-5:].mean()), 6)}
-            if labels_from is not None:
-                labels_from.check_training(s.id, row)
-            rows_out.append(row)
-        if labels_from is not None and measured is not None:
-            rep.groups_checked += 1
-        lines = []
-        for slot, (s, row) in enumerate(zip(group, rows_out)):
-            write_diffusers_lora(out / "adapters" / s.id, s, extract(mods, slot, {n: s.rank for n in targets}),
-                                 recipe.target_modules, base.pipeline_class, getattr(torch, save_dtype))
-            lines.append(json.dumps(row) + "\n")
-        with open(manifest, "a", encoding="utf-8") as f:
-            f.write("".join(lines))
-            f.flush()
-            os.fsync(f.fileno())
-        eject(base.unet, targets)
+        try:  # a failed group (a label --labels-from does not reproduce) leaves the plain base behind
+            mods, losses = train_group(base, targets, group, recipe, source)
+            finite = torch.stack([torch.isfinite(m.lora_A).flatten(1).all(1) & torch.isfinite(m.lora_B).flatten(1).all(1)
+                                  for m in mods.values()]).all(0).tolist()  # [K]: False = diverged
+            t1 = time.monotonic()
+            measured = None
+            if labels_from is None or labels_from.checks(gi):
+                measured = clip_labels(base, clip, len(group), recipe)
+            t2 = time.monotonic()
+            rows_out = []
+            for slot, s in enumerate(group):  # every row first: a mismatch with labels_from leaves no trace
+                tl = losses[: s.steps, slot]
+                labels = measured[slot] if measured is not None else None
+                if labels_from is not None:
+                    labels = labels_from.labels(s.id, keys, labels)
+                row = {"id": s.id, "path": f"adapters/{s.id}/{WEIGHT_NAME}", "finite": bool(finite[slot]), **labels,
+                       **spec_fields(s, source.classes),
+                       "train_loss_first": round(float(tl[0]), 6), "train_loss_last": round(float(tl[-5:].mean()), 6)}
+                if labels_from is not None:
+                    labels_from.check_training(s.id, row)
+                rows_out.append(row)
+            if labels_from is not None and measured is not None:
+                rep.groups_checked += 1
+            lines = []
+            for slot, (s, row) in enumerate(zip(group, rows_out)):
+                write_diffusers_lora(out / "adapters" / s.id, s, extract(mods, slot, {n: s.rank for n in targets}),
+                                     recipe.target_modules, base.pipeline_class, getattr(torch, save_dtype))
+                lines.append(json.dumps(row) + "\n")
+            with open(manifest, "a", encoding="utf-8") as f:
+                f.write("".join(lines))
+                f.flush()
+                os.fsync(f.fileno())
+        finally:
+            eject(base.unet, targets)
         t3 = time.monotonic()
         rep.seconds_train += t1 - t0
         rep.seconds_label += t2 - t1
@@ -306,7 +311,8 @@ def build_diffusion(recipe: DiffusionRecipe, out: str | Path, *, base: Diffusion
         rep.done += sum(1 for s in group if s.id not in done)
         done.update(s.id for s in group)
         if not all(finite):
-            log(f"warning: {finite.count(False)} of {len(group)} adapters diverged (NaN/Inf factors; row 'finite': false)")
+            log(f"warning: {finite.count(False)} of {len(group)} adapters diverged "
+                "(NaN/Inf factors; row 'finite': false)")
         log(f"group {rep.groups_run}: {len(group)} adapters (steps ≤ {max(s.steps for s in group)}, batch ≤ "
             f"{max(s.batch_size for s in group)}) train {t1 - t0:.1f}s label {t2 - t1:.1f}s write {t3 - t2:.1f}s"
             f"{'' if measured is not None else ' (labels from manifest)'} — {rep.done}/{rep.total} done")
