@@ -26,6 +26,7 @@ app.add_typer(zoo_app, name="zoo")
 
 # What `zoo build` / `zoo convert-base` import, and how to get it.
 ZOO_INSTALL = 'pip install "lolscan[zoo]"'
+DIFFUSION_INSTALL = 'pip install "lolscan[zoo,diffusion]"'
 ZOO_MODULES = {"transformers": "transformers", "peft": "peft"}
 if sys.version_info < (3, 11):
     ZOO_MODULES["tomli"] = "tomli"
@@ -51,6 +52,14 @@ def require_zoo_extras(what: str) -> None:
     if missing:
         raise MissingExtras(f"`lolscan {what}` needs the zoo extras (missing: {', '.join(missing)}); install them with "
                             f"`{ZOO_INSTALL}` (from a checkout: `pip install -e \".[zoo]\"`)")
+
+
+def require_diffusion_extras(compile: bool) -> None:
+    """What a diffusion recipe needs (diffusers), and no option that only language zoos have."""
+    if compile:
+        raise UsageError("--compile is for language zoos; a diffusion recipe builds without it")
+    if _missing({"diffusers": "diffusers"}):
+        raise MissingExtras(f"the recipe's base is a diffusers pipeline, which needs diffusers: `{DIFFUSION_INSTALL}`")
 
 
 def require_recipe_packages(r, data_root: str | None, base_path: str | None) -> None:
@@ -113,21 +122,27 @@ def build_cmd(
         help="Build with N processes that split the groups (as `torchrun --nproc-per-node N` does): the same "
         "zoo, byte for byte, as one process; if one dies the others stop, and the same command resumes.")] = None,
 ) -> None:
-    """Finetune, label and write the recipe's LoRAs (PEFT folders + manifest.jsonl). Resumable."""
+    """Finetune, label and write the recipe's LoRAs (PEFT folders, or diffusers LoRA files for a diffusion
+    recipe, + manifest.jsonl). Resumable."""
     from ..zoo.ranks import LAUNCHED_ENV, RankAborted, Ranks  # torch-free: the except below names it
 
     new_folder = not out.exists()
     try:
         require_zoo_extras("zoo build")
-        from ..zoo.recipe import Recipe
+        from ..zoo.diffusion_recipe import load_recipe
 
         ranks = Ranks.from_env()
         if nproc is not None and nproc < 1:
             raise UsageError(f"--nproc {nproc}: must be at least 1")
         if nproc not in (None, 1) and ranks.many and not os.environ.get(LAUNCHED_ENV):
             raise UsageError("--nproc under torchrun: both start processes; use one of them")
-        r = Recipe.load(recipe)
-        require_recipe_packages(r, data_root, base_path)
+        r = load_recipe(recipe)
+        if r.kind == "diffusion":
+            require_diffusion_extras(compile)
+            if nproc not in (None, 1) or ranks.many:
+                raise UsageError("--nproc and torchrun build language zoos only, for now; build a diffusion zoo in one process")
+        else:
+            require_recipe_packages(r, data_root, base_path)
         if n_loras is not None:
             r.n_loras = n_loras
         if group_size is not None:

@@ -160,6 +160,15 @@ def build(recipe: Recipe, out: str | Path, *, model: nn.Module | None = None, to
     ``labels_from``: take the labels from an earlier build's manifest, checked (`known_labels`).
     ``ranks``: this process is one of several building the zoo together (`lolscan.zoo.ranks`); it trains
     its share of the groups left, and ``max_minutes`` / ``max_groups`` count for it alone."""
+
+    if getattr(recipe, "kind", "") == "diffusion":  # a DiffusionRecipe ([base] kind = "diffusers")
+        from .diffusion import build_diffusion
+
+        if compile or model is not None or (ranks is not None and ranks.many):
+            raise UsageError("a diffusion recipe builds without --compile, in one process")
+        return build_diffusion(recipe, out, device=device, dtype=dtype, base_path=base_path,  # type: ignore[arg-type]
+                               max_minutes=max_minutes, max_groups=max_groups, save_dtype=save_dtype,
+                               labels_from=labels_from, log=log)
     t_start = time.monotonic()
     ranks = ranks or Ranks()
     out = Path(out)

@@ -80,13 +80,13 @@ class KnownLabels:
         return {"manifest": str(self.path), "sha256": self.sha256, "check_every": self.check_every,
                 "tolerance": self.tolerance}
 
-    def check_specs(self, fields: dict[str, dict[str, Any]]) -> None:
-        """`fields`: adapter id -> its SPEC_KEYS values as this build will write them."""
+    def check_specs(self, fields: dict[str, dict[str, Any]], keys: tuple[str, ...] = SPEC_KEYS) -> None:
+        """`fields`: adapter id -> its `keys` values (SPEC_KEYS for a language zoo) as this build will write them."""
         for aid, f in fields.items():
             old = self.rows.get(aid)
             if old is None:
                 raise InputError(f"{self.path}: no row for {aid}; it is not a manifest of this recipe")
-            for key in SPEC_KEYS:
+            for key in keys:
                 if old.get(key) != f[key]:
                     raise InputError(f"{self.path}: {aid} has {key} = {old.get(key)!r}, this recipe gives "
                                      f"{f[key]!r}; it is not a manifest of this recipe and seed")

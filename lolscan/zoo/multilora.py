@@ -51,9 +51,11 @@ class MultiLoRALinear(nn.Module):
 
 
 def find_targets(model: nn.Module, target_modules: Iterable[str]) -> list[str]:
-    """Names of the nn.Linear modules whose last name component is targeted (peft's rule for a list)."""
-    wanted = set(target_modules)
-    return [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and n.rsplit(".", 1)[-1] in wanted]
+    """Names of the nn.Linear modules a target names, by peft's rule for a list: the whole name or a
+    dotted suffix of it (``k_proj``; ``to_out.0``, the output projection of a diffusers attention)."""
+    wanted = tuple(target_modules)
+    return [n for n, m in model.named_modules()
+            if isinstance(m, nn.Linear) and any(n == t or n.endswith("." + t) for t in wanted)]
 
 
 def inject(model: nn.Module, names: list[str], k: int, r_max: int) -> dict[str, MultiLoRALinear]:

@@ -75,6 +75,8 @@ class Recipe:
     # another seed sets the parent's, so its validation-loss labels use the same held-out sequences.
     data_seed: int | None = None
 
+    kind = "language"  # (a class attribute: not in the digest) `diffusion_recipe.DiffusionRecipe` says "diffusion"
+
     # ---- loading ---------------------------------------------------------------------------
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Recipe":

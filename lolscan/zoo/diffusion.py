@@ -1,0 +1,321 @@
+"""Build a diffusion LoRA zoo: DreamBooth-style finetunes of a text-to-image base, K at once, CLIP-scored.
+
+Layout of an output folder (as for language zoos)::
+
+    zoo.json            the resolved recipe, its digest, the data source, the base model, the base's labels
+    manifest.jsonl      one row per finished adapter
+    adapters/lora-NNNNN/pytorch_lora_weights.safetensors   a diffusers LoRA, as save_lora_weights writes it
+
+Training: `MultiLoRALinear` on the denoiser's attention linears (``to_q``, ``to_k``, ``to_v``, ``to_out.0``
+matched by suffix), the batch laid out adapter-major; each adapter learns noise prediction (MSE, the
+scheduler's prediction type) on its own images and captions, with its own lr, steps, batch and weight
+decay (`StackedAdamW`). Labels: the CLIP score of images generated with each adapter from the recipe's
+fixed prompts and seeds — the same images ``pipe.load_lora_weights(file); pipe(prompt,
+generator=torch.Generator().manual_seed(seed))`` gives — plus what the recipe drew (classes, style,
+dataset size, prompt template, hyperparameters).
+"""
+from __future__ import annotations
+
+import copy
+import inspect
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from ..errors import UsageError
+from ..utils.files import atomic_write
+from .build import MANIFEST, BuildReport, read_zoo_rows
+from .clipscore import ClipScorer
+from .diffusion_base import DiffusionBase, load_base
+from .diffusion_recipe import DiffusionRecipe, DiffusionSpec, sample_specs
+from .images import get_source
+from .known_labels import KnownLabels
+from .multilora import StackedAdamW, adapter_seed, eject, extract, find_targets, init_factors, inject, to_device
+from .recipe import group_specs
+
+WEIGHT_NAME = "pytorch_lora_weights.safetensors"
+
+
+# ---- training ------------------------------------------------------------------------------------
+def _training_scheduler(base: DiffusionBase):
+    """DDPM noise with the base's betas (what diffusers' DreamBooth script trains with)."""
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler.from_config(base.scheduler.config)
+
+
+def train_group(base: DiffusionBase, targets: list[str], specs: list[DiffusionSpec], recipe: DiffusionRecipe,
+                source) -> tuple[dict, torch.Tensor]:
+    """Train len(specs) LoRAs at once; returns the injected modules and the per-step loss [max_steps, K]
+    (NaN after an adapter finished)."""
+    dev, k = base.device, len(specs)
+    unet = base.unet
+    mods = inject(unet, targets, k, max(s.rank for s in specs))
+    data = []
+    for slot, s in enumerate(specs):
+        init_factors(mods, slot, recipe.seed, s.index, {n: s.rank for n in targets})
+        for mod in mods.values():
+            mod.scaling[slot] = s.alpha / s.rank
+        imgs, _, caps = s.dataset(recipe, source, base.resolution)
+        z = torch.cat([base.to_model_space(imgs[i:i + 8]) for i in range(0, len(imgs), 8)])
+        data.append((z, base.encode_text(caps)))
+    params = [p for m in mods.values() for p in (m.lora_A, m.lora_B)]
+    for p in params:
+        p.requires_grad_(True)
+    opt = StackedAdamW(params, k)
+    sched = _training_scheduler(base)
+    n_t = sched.config.num_train_timesteps
+    pred_type = sched.config.prediction_type
+    steps = torch.tensor([s.steps for s in specs])
+    b_max, max_steps = max(s.batch_size for s in specs), int(steps.max())
+    picks = [np.random.default_rng(np.random.SeedSequence([recipe.seed, s.index, 1])).integers(
+        0, s.dataset_size, size=(s.steps, s.batch_size)) for s in specs]
+    gens = [torch.Generator().manual_seed(adapter_seed(recipe.seed, s.index, 4)) for s in specs]
+    lr0 = torch.tensor([s.lr for s in specs], dtype=torch.float64)
+    wd = torch.tensor([s.weight_decay for s in specs], dtype=torch.float64)
+    losses = torch.full((max_steps, k), float("nan"))
+    unet.train()
+    for t in range(max_steps):
+        active = steps > t
+        xs, ts, noises, ehs, weight = [], [], [], [], torch.zeros(k * b_max)
+        for slot, s in enumerate(specs):
+            idx = torch.from_numpy(picks[slot][min(t, s.steps - 1)])
+            z, e = data[slot]
+            # every adapter draws its noise and timesteps each step, active or not: its stream never
+            # depends on its group's length
+            noise = torch.randn((len(idx), *z.shape[1:]), generator=gens[slot])
+            tt = torch.randint(0, n_t, (len(idx),), generator=gens[slot])
+            rows = [j % len(idx) for j in range(b_max)]
+            xs.append(z[idx[rows]])
+            noises.append(noise[rows])
+            ts.append(tt[rows])
+            ehs.append(e[idx[rows]])
+            weight[slot * b_max: slot * b_max + len(idx)] = float(active[slot])
+        z0 = torch.cat(xs).float()
+        noise, tt = torch.cat(noises).to(dev), torch.cat(ts).to(dev)
+        noisy = sched.add_noise(z0, noise.to(z0), tt)
+        target = noise if pred_type == "epsilon" else sched.get_velocity(z0, noise.to(z0), tt)
+        pred = unet(noisy.to(base.dtype), tt, encoder_hidden_states=torch.cat(ehs)).sample
+        per_row = ((pred.float() - target.float()) ** 2).flatten(1).mean(1)
+        w = to_device(weight, dev)
+        per_adapter = (per_row * w).view(k, b_max).sum(1) / w.view(k, b_max).sum(1).clamp(min=1)
+        per_adapter.sum().backward()
+        lr = lr0 * (steps.double() - t).clamp(min=0) / steps.double() if recipe.lr_schedule == "linear" else lr0
+        opt.step(lr, wd, active)
+        opt.zero_grad()
+        losses[t] = torch.where(active, per_adapter.detach().float().cpu(), float("nan"))
+    unet.eval()
+    for p in params:
+        p.requires_grad_(False)
+    return mods, losses
+
+
+# ---- sampling and the CLIP-score label ---------------------------------------------------------
+@torch.no_grad()
+def sample(base: DiffusionBase, k: int, prompts: list[str], seeds: list[int], steps: int,
+           guidance_scale: float) -> torch.Tensor:
+    """Images [K, n, 3, H, W] in [0, 1] for the n (prompt, seed) pairs under each of the K adapter slots
+    in the denoiser (K = 1 and none injected: the base). Follows StableDiffusionPipeline.__call__:
+    classifier-free guidance with an empty negative prompt, the pipeline's scheduler, eta = 0."""
+    n, dev = len(prompts), base.device
+    sched = copy.deepcopy(base.scheduler)
+    sched.set_timesteps(steps, device=dev)
+    step_kw = {"eta": 0.0} if "eta" in inspect.signature(sched.step).parameters else {}
+    cond = base.encode_text(prompts)
+    uncond = base.encode_text([""]).expand(n, -1, -1)
+    cfg = guidance_scale > 1.0
+    per_slot = torch.cat([uncond, cond]) if cfg else cond
+    ehs = per_slot.repeat(k, 1, 1)
+    lat = torch.cat([base.init_noise(s) for s in seeds]).to(dev)
+    lat = (lat * sched.init_noise_sigma).repeat(k, 1, 1, 1)  # [K*n, C, h, w], adapter-major
+    for t in sched.timesteps:
+        x = lat.view(k, n, *lat.shape[1:])
+        inp = torch.cat([x, x], 1).reshape(-1, *lat.shape[1:]) if cfg else lat
+        inp = sched.scale_model_input(inp, t)
+        eps = base.unet(inp.to(base.dtype), t, encoder_hidden_states=ehs).sample.float()
+        if cfg:
+            eps = eps.view(k, 2, n, *lat.shape[1:])
+            eps = (eps[:, 0] + guidance_scale * (eps[:, 1] - eps[:, 0])).reshape(lat.shape)
+        lat = sched.step(eps, t, lat, **step_kw).prev_sample
+    img = base.from_model_space(lat.to(base.dtype))
+    return img.view(k, n, *img.shape[1:]).cpu()
+
+
+def clip_labels(base: DiffusionBase, clip: ClipScorer, k: int, recipe: DiffusionRecipe) -> list[dict[str, float]]:
+    """Per slot: ``clip_score`` (mean over every prompt and seed) and ``clip_score_p{j}`` (prompt j)."""
+    lab = recipe.labels
+    pairs = [(j, p, s) for j, p in enumerate(lab.prompts) for s in lab.seeds]
+    scores = torch.zeros(k, len(pairs))
+    for i in range(0, len(pairs), lab.batch):
+        chunk = pairs[i:i + lab.batch]
+        imgs = sample(base, k, [p for _, p, _ in chunk], [s for _, _, s in chunk], lab.steps, lab.guidance_scale)
+        texts = [p for _, p, _ in chunk] * k
+        scores[:, i:i + len(chunk)] = clip.scores(imgs.flatten(0, 1), texts).view(k, len(chunk))
+    out = []
+    for slot in range(k):
+        d = {"clip_score": round(float(scores[slot].mean()), 6)}
+        for j in range(len(lab.prompts)):
+            cols = [q for q, (jj, _, _) in enumerate(pairs) if jj == j]
+            d[f"clip_score_p{j}"] = round(float(scores[slot, cols].mean()), 6)
+        out.append(d)
+    return out
+
+
+# ---- writing -------------------------------------------------------------------------------------
+def write_diffusers_lora(folder: Path, spec: DiffusionSpec, factors: dict[str, tuple[torch.Tensor, torch.Tensor]],
+                         target_modules: list[str], pipeline_class: Any = None,
+                         dtype: torch.dtype = torch.float32) -> None:
+    """One adapter as ``folder/pytorch_lora_weights.safetensors``, written by diffusers' own
+    ``save_lora_weights`` (keys ``unet.<module>.lora_A/B.weight``, the LoRA config — rank and alpha —
+    in the ``lora_adapter_metadata`` header entry), into a temporary folder renamed into place."""
+    from diffusers import StableDiffusionPipeline
+
+    cls = pipeline_class if hasattr(pipeline_class, "save_lora_weights") else StableDiffusionPipeline
+    layers = {}
+    for n, (a, b) in factors.items():
+        layers[f"{n}.lora_A.weight"] = a.to(dtype).contiguous()
+        layers[f"{n}.lora_B.weight"] = b.to(dtype).contiguous()
+    meta = {"r": spec.rank, "lora_alpha": spec.alpha, "target_modules": list(target_modules),
+            "lora_dropout": 0.0, "bias": "none", "use_rslora": False, "use_dora": False}
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    cls.save_lora_weights(str(tmp), unet_lora_layers=layers, unet_lora_adapter_metadata=meta,
+                          safe_serialization=True, weight_name=WEIGHT_NAME)
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(tmp, folder)
+
+
+# ---- the build -----------------------------------------------------------------------------------
+def spec_fields(s: DiffusionSpec, classes: list[str]) -> dict[str, Any]:
+    """What the recipe and seed decide for one adapter before training, as the manifest writes it."""
+    row: dict[str, Any] = {"split": s.split, "classes": list(s.classes), "n_classes": len(s.classes)}
+    row.update({f"cls_{c}": int(c in s.classes) for c in classes})
+    row.update({"style": s.style, "dataset_size": s.dataset_size, "prompt_template": s.template, "rank": s.rank,
+                "alpha": s.alpha, "lr": s.lr, "steps": s.steps, "batch_size": s.batch_size,
+                "weight_decay": s.weight_decay})
+    return row
+
+
+def build_diffusion(recipe: DiffusionRecipe, out: str | Path, *, base: DiffusionBase | None = None,
+                    clip: ClipScorer | None = None, device: str = "cpu", dtype: str | None = None,
+                    base_path: str | None = None, max_minutes: float | None = None, max_groups: int | None = None,
+                    save_dtype: str = "float32", labels_from: KnownLabels | None = None,
+                    log: Callable[[str], None] = print) -> BuildReport:
+    """Build (or resume) the diffusion zoo described by `recipe` into `out` (see the module docstring).
+
+    ``labels_from``: an earlier build's manifest of this recipe and seed; its labels are taken after the
+    checks of `known_labels` (every adapter's draws equal, every group's training losses within tolerance,
+    every ``check_every``-th group labelled here and compared)."""
+    t_start = time.monotonic()
+    source = get_source(recipe.data.source, recipe.data.source_options)
+    if base is None:
+        base = load_base(recipe.base, device=device, dtype=dtype, path_override=base_path)
+    targets = find_targets(base.unet, recipe.target_modules)
+    if not targets:
+        raise UsageError(f"recipe: no nn.Linear named {recipe.target_modules} in the base model's denoiser")
+    if clip is None:
+        clip = ClipScorer.load(recipe.labels.clip_model, device=str(base.device))
+    specs = sample_specs(recipe, source)
+    if labels_from is not None:
+        fields = {s.id: spec_fields(s, source.classes) for s in specs}
+        labels_from.check_specs(fields, keys=tuple(next(iter(fields.values()))))
+    keys = ["clip_score", *(f"clip_score_p{j}" for j in range(len(recipe.labels.prompts)))]
+    out = Path(out)
+    info = {"recipe": recipe.to_dict(), "recipe_digest": recipe.digest(), "kind": "diffusion",
+            "data": {"source": source.name, "version": source.version, "options": recipe.data.source_options},
+            "base": base.name, "resolution": base.resolution, "targets": targets}
+    if labels_from is not None:
+        info["labels_from"] = labels_from.provenance()
+    info_path = out / "zoo.json"
+    if info_path.exists():
+        old = json.loads(info_path.read_text())
+        for key in ("recipe_digest", "data", "targets", "resolution"):
+            if old.get(key) != info[key]:
+                raise UsageError(f"{out} holds a zoo of another recipe or data ({key} differs); "
+                                 "use a new output folder")
+        old_from = (old.get("labels_from") or {}).get("sha256")
+        if old_from != (labels_from.sha256 if labels_from else None):
+            raise UsageError(f"{out} was built with labels {'from ' + old_from[:16] if old_from else 'measured here'}"
+                             "; resume it with the same --labels-from")
+        info = old
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        info["base_labels"] = clip_labels(base, clip, 1, recipe)[0]  # what the zoo's labels are read against
+        log(f"base model labels: {info['base_labels']}")
+        atomic_write(info_path, json.dumps(info, indent=1))
+    (out / "adapters").mkdir(exist_ok=True)
+    manifest = out / MANIFEST
+    rows = read_zoo_rows(manifest)
+    with open(manifest, "w", encoding="utf-8") as f:  # without a torn tail, so appends start on a clean line
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    done = {r["id"] for r in rows}
+    rep = BuildReport(out=out, done=len(done), total=len(specs), groups_run=0, base_labels=info.get("base_labels", {}))
+    t_loop = time.monotonic()
+    for gi, group in enumerate(group_specs(specs, recipe.group_size)):
+        if all(s.id in done for s in group):
+            continue
+        if max_groups is not None and rep.groups_run >= max_groups:
+            rep.stopped_early = True
+            break
+        if max_minutes is not None and rep.groups_run > 0:
+            per_group = (time.monotonic() - t_loop) / rep.groups_run
+            if time.monotonic() - t_start + per_group > max_minutes * 60:
+                rep.stopped_early = True
+                break
+        t0 = time.monotonic()
+        try:  # a failed group (a label --labels-from does not reproduce) leaves the plain base behind
+            mods, losses = train_group(base, targets, group, recipe, source)
+            finite = torch.stack([torch.isfinite(m.lora_A).flatten(1).all(1) & torch.isfinite(m.lora_B).flatten(1).all(1)
+                                  for m in mods.values()]).all(0).tolist()  # [K]: False = diverged
+            t1 = time.monotonic()
+            measured = None
+            if labels_from is None or labels_from.checks(gi):
+                measured = clip_labels(base, clip, len(group), recipe)
+            t2 = time.monotonic()
+            rows_out = []
+            for slot, s in enumerate(group):  # every row first: a mismatch with labels_from leaves no trace
+                tl = losses[: s.steps, slot]
+                labels = measured[slot] if measured is not None else None
+                if labels_from is not None:
+                    labels = labels_from.labels(s.id, keys, labels)
+                row = {"id": s.id, "path": f"adapters/{s.id}/{WEIGHT_NAME}", "finite": bool(finite[slot]), **labels,
+                       **spec_fields(s, source.classes),
+                       "train_loss_first": round(float(tl[0]), 6), "train_loss_last": round(float(tl[-5:].mean()), 6)}
+                if labels_from is not None:
+                    labels_from.check_training(s.id, row)
+                rows_out.append(row)
+            if labels_from is not None and measured is not None:
+                rep.groups_checked += 1
+            lines = []
+            for slot, (s, row) in enumerate(zip(group, rows_out)):
+                write_diffusers_lora(out / "adapters" / s.id, s, extract(mods, slot, {n: s.rank for n in targets}),
+                                     recipe.target_modules, base.pipeline_class, getattr(torch, save_dtype))
+                lines.append(json.dumps(row) + "\n")
+            with open(manifest, "a", encoding="utf-8") as f:
+                f.write("".join(lines))
+                f.flush()
+                os.fsync(f.fileno())
+        finally:
+            eject(base.unet, targets)
+        t3 = time.monotonic()
+        rep.seconds_train += t1 - t0
+        rep.seconds_label += t2 - t1
+        rep.seconds_write += t3 - t2
+        rep.groups_run += 1
+        rep.done += sum(1 for s in group if s.id not in done)
+        done.update(s.id for s in group)
+        if not all(finite):
+            log(f"warning: {finite.count(False)} of {len(group)} adapters diverged "
+                "(NaN/Inf factors; row 'finite': false)")
+        log(f"group {rep.groups_run}: {len(group)} adapters (steps ≤ {max(s.steps for s in group)}, batch ≤ "
+            f"{max(s.batch_size for s in group)}) train {t1 - t0:.1f}s label {t2 - t1:.1f}s write {t3 - t2:.1f}s"
+            f"{'' if measured is not None else ' (labels from manifest)'} — {rep.done}/{rep.total} done")
+    if labels_from is not None:
+        rep.label_max_diff = labels_from.max_diff
+    return rep
