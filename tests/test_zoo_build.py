@@ -382,6 +382,25 @@ def test_labels_from_an_earlier_build(zoo, tmp_path, monkeypatch):
         build(recipe, out, model=tiny_llama(), tokenizer=CharTokenizer(), log=lambda s: None)
 
 
+def test_labels_from_a_build_stopped_early_rebuilds_the_groups_it_holds(zoo, tmp_path):
+    """A manifest of a build stopped after some groups (a lease that ran out) rebuilds exactly those groups at
+    training cost, with the same rows, and says that the rest need measured labels."""
+    from lolscan.zoo.known_labels import KnownLabels
+
+    root, recipe, full_out, _ = zoo
+    part = tmp_path / "part"
+    build(recipe, part, model=tiny_llama(), tokenizer=CharTokenizer(), max_groups=2, log=lambda s: None)
+    part_rows = read_zoo_rows(part / "manifest.jsonl")
+    assert 0 < len(part_rows) < len(read_zoo_rows(full_out / "manifest.jsonl"))
+    logs: list[str] = []
+    out = tmp_path / "again"
+    rep = build(recipe, out, model=tiny_llama(), tokenizer=CharTokenizer(),
+                labels_from=KnownLabels.load(part / "manifest.jsonl", check_every=1), log=logs.append)
+    assert rep.groups_run == 2 and not rep.complete and rep.groups_checked == 2
+    assert (out / "manifest.jsonl").read_bytes() == (part / "manifest.jsonl").read_bytes()
+    assert any("holds the labels of 2 of the 3 groups left" in line for line in logs)
+
+
 def test_labels_from_refuses_what_it_does_not_reproduce(zoo, tmp_path):
     """Another seed's manifest fails before any training; a label a checked group does not reproduce, or
     training losses an unchecked group does not reproduce, fail naming the adapter, and that group leaves

@@ -184,8 +184,8 @@ def build(recipe: Recipe, out: str | Path, *, model: nn.Module | None = None, to
     if not targets:
         raise UsageError(f"recipe: no nn.Linear named {recipe.target_modules} in the base model")
     specs = sample_specs(recipe, targets)
-    if labels_from is not None:
-        labels_from.check_specs({s.id: _spec_fields(s) for s in specs})
+    if labels_from is not None:  # a partial manifest (a build stopped early) covers some groups
+        labels_from.check_specs({s.id: _spec_fields(s) for s in specs if s.id in labels_from.rows})
     pool = build_pool(recipe, tokenizer, root)
     evals = {ev.name: load_eval(ev, tokenizer, root) for ev in recipe.evals}
     keys = label_keys(list(pool.val), list(evals))
@@ -206,9 +206,14 @@ def build(recipe: Recipe, out: str | Path, *, model: nn.Module | None = None, to
             # rewritten without a torn tail, in group order (what the ranks commit into)
             commit_rows(manifest, [], order)
             done = {r["id"] for r in read_zoo_rows(manifest)}
-            state = {"done": len(done), "todo": [pos for pos, g in enumerate(groups)
-                                                 if not all(s.id in done for s in g)],
-                     "base_labels": info.get("base_labels", {})}
+            todo = [pos for pos, g in enumerate(groups) if not all(s.id in done for s in g)]
+            if labels_from is not None:  # at training cost: only the groups whose labels it holds
+                known = [pos for pos in todo if all(s.id in labels_from.rows for s in groups[pos])]
+                if len(known) < len(todo):
+                    log(f"{labels_from.path} holds the labels of {len(known)} of the {len(todo)} groups left: "
+                        "building those; the others need a build with measured labels")
+                todo = known
+            state = {"done": len(done), "todo": todo, "base_labels": info.get("base_labels", {})}
         except LolscanError as exc:
             share_from_rank0({"error": str(exc), "exit_code": exc.exit_code}, ranks)
             raise

@@ -22,8 +22,12 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 tar -xzf $P/zoodata.tgz -C $P || { log "FAILED: data"; exit 5; }
 log "model and data ready"
 # 1. The zoo: groups of 64 (46.6 GiB on an H100, first SmolLM2 lease), stopped cleanly between groups
-Z=$P/zoo
-python3 -m lolscan zoo build $R $Z --device cuda --group-size ${GROUP:-64} \
+# At training cost from the ninth lease's H100 manifest (its 1,216 LoRAs) unless KNOWN=0.
+Z=$P/zoo; FROM=()
+if [ "${KNOWN:-1}" = 1 ] && [ -e bench/results/smollm2_vl1216_manifest.jsonl.gz ]; then
+  zcat bench/results/smollm2_vl1216_manifest.jsonl.gz > $P/known_manifest.jsonl; FROM=(--labels-from $P/known_manifest.jsonl)
+fi
+python3 -m lolscan zoo build $R $Z --device cuda --group-size ${GROUP:-64} "${FROM[@]}" \
   --max-minutes $(python3 -c "print((${BUILD_S:-700} - 20) / 60)") > $L/build.log 2>&1 || log "build rc $?: $(tail -1 $L/build.log)"
 M=$Z/manifest.jsonl
 [ -s $M ] || { log "FAILED: no manifest"; exit 6; }
