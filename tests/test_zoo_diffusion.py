@@ -8,6 +8,7 @@ formula, `lolscan.load` for the written ΔW, and a separate CLI process for resu
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -54,11 +55,14 @@ def zoo(tmp_path_factory):
         return f
 
     zd.extract = spy
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # bit-equal to the CLI build below only at equal thread counts (_cli runs it at 1)
     try:
         first = zd.build_diffusion(recipe, root / "zoo", base=base, clip=clip, max_groups=1, log=lambda s: None)
         rep = zd.build_diffusion(recipe, root / "zoo", base=base, clip=clip, log=lambda s: None)
     finally:
         zd.extract = real_extract
+        torch.set_num_threads(threads)
     rows = read_zoo_rows(root / "zoo" / "manifest.jsonl")
     # captures are in manifest order (one per written row)
     trained = {row["id"]: cap for row, cap in zip(rows, captured)}
@@ -218,7 +222,9 @@ def _toml(d: dict, prefix: str = "") -> str:
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "lolscan", *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}  # as the fixture's in-process build
+    return subprocess.run([sys.executable, "-m", "lolscan", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300, env=env)
 
 
 def test_cli_build_equals_the_interrupted_and_resumed_build(zoo, tmp_path):
