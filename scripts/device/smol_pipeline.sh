@@ -3,7 +3,7 @@
 # of the repo: rebuild the SmolLM2 zoo with measured validation-loss labels and no ARC-C labels
 # (recipes/smollm2-135m-kv-r4-vl.toml: the same seed, LoRAs and splits as the shipped checkpoints' zoo),
 # then on the GPU, side by side: GL-net as `lolscan train` trains it and MLP+SVD (EXTRA_ARCHS: more) under the
-# same trainer, one model per target (val_loss, sources), 5 seeds each (bench/architectures.py --json, with
+# same trainer, one model per target (val_loss, sources), 5 seeds each, at most 6 processes on the GPU (bench/architectures.py --json, with
 # per-adapter test predictions for the paired bootstrap); the two SmolLM2 checkpoints retrained that way
 # ($O/ck_NAME.tar); the shipped SmolLM2 checkpoints evaluated on the new test split (eval_*.json).
 # Everything that comes back is in $P/out (qwen_poll.sh fetch); $P/out/progress says how far it got.
@@ -34,21 +34,28 @@ M=$Z/manifest.jsonl
 n=$(wc -l < $M); log "zoo: $n adapters"
 python3 -m lolscan zoo summary $Z --json > $L/summary.json 2>&1
 cp $Z/zoo.json $L/zoo_zoo.json; gzip -c $M > $O/.m.gz && mv $O/.m.gz $O/zoo_manifest.jsonl.gz; sha256sum $M | tee -a $O/progress
-# 2. GPU: 5 GL-net seeds in parallel processes, the baselines one process each (5 seeds in turn)
+# 2. GPU: 5 GL-net seeds in parallel processes, MLP+SVD in one (5 seeds in turn); then the checkpoints
 END=$(( T0 + ${DEADLINE_S:-3600} ))  # every run below stops by then (the lease's last fetch)
-left() { local s=$(( END - $(date +%s) )); [ $s -gt 5 ] && echo $s || echo 5; }
+ARCH_END=$(( END - ${CKPT_S:-300} ))  # the table's runs stop by then, leaving CKPT_S for the checkpoints
+left() { local s=$(( ${1:-$END} - $(date +%s) )); [ $s -gt 5 ] && echo $s || echo 5; }
 gpu() {  # gpu NAME TARGET [architectures.py options]
   local name=$1 t=$2; shift 2
-  timeout $(left) python3 bench/architectures.py $M -t $t --steps 2000 --device cuda --threads 1 "$@" \
+  timeout $(left $ARCH_END) python3 bench/architectures.py $M -t $t --steps 2000 --device cuda --threads 1 "$@" \
     --json $L/arch_${name}_${t}.json > $L/arch_${name}_${t}.log 2>&1; log "gpu: $name $t done (rc $?)"; }
 for s in 0 1 2 3 4; do
   ( for t in val_loss sources; do gpu glnet-s$s $t --arch glnet --seeds 1 --first-seed $s; done ) &
 done
-for t in val_loss sources; do gpu mlp-svd $t --arch mlp-svd --seeds 5 & done
+( for t in val_loss sources; do gpu mlp-svd $t --arch mlp-svd --seeds 5; done ) &
 for a in ${EXTRA_ARCHS:-}; do  # e.g. "mlp mlp-oalign" when the lease has time for them
   ( for t in val_loss sources; do gpu $a $t --arch $a --seeds 5; done ) &
 done
-# 3. The two checkpoints as `lolscan train` makes them now; the shipped ones on the new test split
+for m in smollm2-val-loss smollm2-data-sources; do
+  python3 -m lolscan eval $M --model models/$m --split test --format json --device cuda > $L/eval_shipped_$m.json 2> $L/eval_shipped_$m.log
+  log "shipped $m evaluated (rc $?)"
+done
+log "GL-net (5 processes) and MLP+SVD started"
+wait  # at most 6 processes share the GPU (the ninth lease's 12 had not finished a run in 342 s)
+# 3. The two checkpoints as `lolscan train` makes them now, once the table's runs are done
 ckpt() {  # ckpt NAME TARGET [train options]
   local n=$1 t=$2; shift 2
   timeout $(left) python3 -m lolscan train $M -t $t --out $O/ck/$n --device cuda --threads 1 --steps 2000 --no-progress \
@@ -56,10 +63,6 @@ ckpt() {  # ckpt NAME TARGET [train options]
   log "checkpoint $n (rc $?)"; tar -cf $O/ck_$n.tar -C $O/ck $n 2>/dev/null; }
 ckpt smollm2-val-loss val_loss &
 ckpt smollm2-data-sources sources &
-for m in smollm2-val-loss smollm2-data-sources; do
-  python3 -m lolscan eval $M --model models/$m --split test --format json --device cuda > $L/eval_shipped_$m.json 2> $L/eval_shipped_$m.log
-  log "shipped $m evaluated (rc $?)"
-done
 log "all started"
 wait
 for t in val_loss sources; do
