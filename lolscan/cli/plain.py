@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import types
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, get_args
 
@@ -88,11 +89,9 @@ def _leaf(annotation: Any, desc: Any, value: Any, ctx: Any, param: Any) -> Any:
     return _MISS
 
 
-def light_runtime_param(desc: Any) -> Any:
-    """A typer `RuntimeParam` that converts str, int, float, bool, Path, Literal and list[str] values the
-    way typer's pydantic TypeAdapter does, without importing pydantic (about 0.1 s of every command's
-    start); any other annotation or value, including every invalid one (so the error message is
-    typer's), goes to the adapter typer would have built. None where typer lacks these internals."""
+@lru_cache(maxsize=1)
+def _light_class() -> Any:
+    """The RuntimeParam subclass, made once (a dataclass per option per command cost about 3 ms each)."""
     try:
         from typer._coercion import RuntimeParam, build_runtime_param
     except ImportError:
@@ -115,7 +114,16 @@ def light_runtime_param(desc: Any) -> Any:
                     return got
             return build_runtime_param(d)._coerce_value(value, param=param, ctx=ctx)
 
-    return LightRuntimeParam(parameter_info=desc.parameter_info, annotation=desc.annotation, descriptor=desc)
+    return LightRuntimeParam
+
+
+def light_runtime_param(desc: Any) -> Any:
+    """A typer `RuntimeParam` that converts str, int, float, bool, Path, Literal and list[str] values the
+    way typer's pydantic TypeAdapter does, without importing pydantic (about 0.1 s of every command's
+    start); any other annotation or value, including every invalid one (so the error message is
+    typer's), goes to the adapter typer would have built. None where typer lacks these internals."""
+    cls = _light_class()
+    return None if cls is None else cls(parameter_info=desc.parameter_info, annotation=desc.annotation, descriptor=desc)
 
 
 def plain(params: list[Any]) -> list[Any]:
