@@ -214,6 +214,8 @@ def build_diffusion(recipe: DiffusionRecipe, out: str | Path, *, base: Diffusion
     every ``check_every``-th group labelled here and compared)."""
     t_start = time.monotonic()
     source = get_source(recipe.data.source, recipe.data.source_options)
+    if hasattr(source, "check"):
+        source.check()  # missing data: exit 3 before the base model loads
     if base is None:
         base = load_base(recipe.base, device=device, dtype=dtype, path_override=base_path)
     targets = find_targets(base.unet, recipe.target_modules)
