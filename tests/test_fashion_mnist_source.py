@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from diffusion_toy import write_tiny_fashion_mnist
+
 from lolscan.errors import EXIT_BAD_INPUT, InputError
 from lolscan.zoo.images import COLOURS, FASHION_MNIST_DIR, get_source
 
@@ -21,19 +23,10 @@ ROOT = Path(__file__).resolve().parent.parent
 NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 
 
-def write_idx(path: Path, arr: np.ndarray, gz: bool) -> None:
-    raw = bytes([0, 0, 8, arr.ndim]) + b"".join(struct.pack(">I", d) for d in arr.shape) + arr.astype(np.uint8).tobytes()
-    path.write_bytes(gzip.compress(raw) if gz else raw)
-
-
 @pytest.fixture()
 def tiny(tmp_path):
     """30 distinct random 28×28 images, 3 of each class, labels shuffled; images gzipped, labels plain."""
-    rng = np.random.default_rng(7)
-    images = rng.integers(0, 256, size=(30, 28, 28), dtype=np.uint8)
-    labels = rng.permutation(np.repeat(np.arange(10), 3)).astype(np.uint8)
-    write_idx(tmp_path / "train-images-idx3-ubyte.gz", images, gz=True)
-    write_idx(tmp_path / "train-labels-idx1-ubyte", labels, gz=False)
+    images, labels = write_tiny_fashion_mnist(tmp_path)
     return tmp_path, images, labels
 
 
