@@ -121,3 +121,19 @@ def test_the_installed_debian_package(split, n):
     assert np.array_equal(images[0], first) and lab[8] == 9 and 0 in per_class[9]  # an ankle boot
     img = src.image("Ankle boot", "grey", 32, np.random.default_rng(0))
     assert img.shape == (32, 32, 3) and img[:2].max() == 0 and img.max() > 0.5
+
+
+def test_shipped_inhouse_fashion_recipe_draws_class_subsets():
+    from lolscan.zoo.diffusion_recipe import DiffusionRecipe, load_recipe, sample_specs
+
+    r = load_recipe(ROOT / "recipes" / "inhouse-fashion-classes.toml")
+    assert isinstance(r, DiffusionRecipe) and r.base["kind"] == "pixel" and r.data.source == "fashion_mnist"
+    src = get_source(r.data.source, r.data.source_options)  # no files read to draw the specs
+    assert [p.removeprefix("a photo of a ") for p in r.labels.prompts] == NAMES  # one prompt per class, in order
+    specs = sample_specs(r, src)
+    assert len(specs) == r.n_loras
+    sizes = np.array([len(s.classes) for s in specs])
+    assert sizes.min() >= 1 and abs(sizes.mean() - 10 * 0.3) < 0.3  # Bernoulli(0.3) per class, at least one
+    for k, c in enumerate(NAMES):  # each class in about 30 % of the subsets
+        assert abs(np.mean([c in s.classes for s in specs]) - 0.3) < 0.05
+    assert {s.style for s in specs} == {"grey"} and {s.dataset_size for s in specs} <= set(range(4, 65))
