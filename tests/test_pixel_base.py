@@ -67,6 +67,14 @@ def test_script_makes_a_pixel_base_with_sd_module_names(made):
     assert any(not torch.equal(a[k], v) for k, v in base.unet.state_dict().items())
 
 
+def test_a_folder_without_base_json_is_exit_3(tmp_path):
+    from lolscan.errors import InputError
+
+    with pytest.raises(InputError, match="no base.json .*inhouse_base.py") as e:
+        load_base({"kind": "pixel", "path": str(tmp_path)})
+    assert e.value.exit_code == 3
+
+
 def test_production_size_fits_16_mib(tmp_path):
     """The default UNet (32 px, 384-d cross-attention as MiniLM-L6 gives) saved in float32."""
     save_tiny_bert(tmp_path / "bert384", hidden=384)

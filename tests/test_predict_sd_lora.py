@@ -67,22 +67,40 @@ def test_real_sd15_lora_against_the_other_bundled_checkpoint(tmp_path):
     assert "no bundled checkpoint fits a Stable Diffusion 1.x (sd1) LoRA" in hint
 
 
-def test_sdxl_lora_says_sdxl(tmp_path):
-    """A (synthetic) SDXL LoRA: diffusers keys of the UNet's cross-attention (2048-wide text states) and of
-    the second text encoder."""
+def synthetic_lora(path: Path, shapes: dict[str, tuple[int, int]]) -> Path:
     from safetensors.numpy import save_file
 
     rng = np.random.default_rng(0)
     t = {}
-    for name, (out_f, in_f) in {
-        "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k": (640, 2048),
-        "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_q": (640, 640),
-        "text_encoder_2.text_model.encoder.layers.0.self_attn.q_proj": (1280, 1280),
-    }.items():
+    for name, (out_f, in_f) in shapes.items():
         t[f"{name}.lora_A.weight"] = rng.standard_normal((4, in_f)).astype(np.float32)
         t[f"{name}.lora_B.weight"] = rng.standard_normal((out_f, 4)).astype(np.float32)
-    f = tmp_path / "sdxl_lora.safetensors"
-    save_file(t, str(f))
+    save_file(t, str(path))
+    return path
+
+
+def test_pixel_base_style_unet_lora_is_a_diffusion_lora(tmp_path):
+    """A UNet LoRA of no known family (cross-attention 384, as lolscan's pixel base has): still said plainly,
+    with both shipped diffusion recipes named."""
+    f = synthetic_lora(tmp_path / "pixel_lora.safetensors", {
+        "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k": (32, 384),
+        "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q": (32, 32)})
+    p = predict(tmp_path, str(f))
+    assert p.returncode == 4, p.stderr
+    err, hint = error_and_hint(p.stderr)
+    assert "looks like unet (cross-attention 384)" in err and "it is a diffusion UNet LoRA (2 modules)" in err
+    assert "no bundled checkpoint fits a diffusion UNet LoRA" in hint
+    for recipe in ("recipes/sd15-shapes-attn.toml", "recipes/inhouse-fashion-classes.toml"):
+        assert recipe in hint and (ROOT / recipe).is_file()
+
+
+def test_sdxl_lora_says_sdxl(tmp_path):
+    """A (synthetic) SDXL LoRA: diffusers keys of the UNet's cross-attention (2048-wide text states) and of
+    the second text encoder."""
+    f = synthetic_lora(tmp_path / "sdxl_lora.safetensors", {
+        "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k": (640, 2048),
+        "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_q": (640, 640),
+        "text_encoder_2.text_model.encoder.layers.0.self_attn.q_proj": (1280, 1280)})
     p = predict(tmp_path, str(f))
     assert p.returncode == 4, p.stderr
     err, hint = error_and_hint(p.stderr)

@@ -44,9 +44,14 @@ _DIFFUSION_FAMILIES = (("sdxl", "sdxl"), ("stablediffusionxl", "sdxl"), ("pony",
                        ("stablediffusionv2", "sd2"), ("sd1", "sd1"), ("stablediffusion1", "sd1"),
                        ("stablediffusionv1", "sd1"))
 
-# what a message calls each family
+# what a message calls each family ("diffusion": a UNet LoRA of no family we know, e.g. lolscan's pixel base)
 FAMILY_NAMES = {"sd1": "Stable Diffusion 1.x", "sd2": "Stable Diffusion 2.x", "sdxl": "SDXL",
-                "sd3": "Stable Diffusion 3", "flux": "FLUX"}
+                "sd3": "Stable Diffusion 3", "flux": "FLUX", "diffusion": "diffusion"}
+
+
+def diffusion_kind(family: str) -> str | None:
+    """`diffusion_family` of a `guess_family` answer, or "diffusion" for its other UNet/SD answers."""
+    return diffusion_family(family) or ("diffusion" if family.startswith(("unet (", "sd (")) else None)
 
 
 def diffusion_family(text: str) -> str | None:
