@@ -90,18 +90,34 @@ def test_corrupt_idx_is_input_error(tiny):
         get_source("fashion_mnist", {"data_root": str(root)}).image("Bag", "grey", 28, np.random.default_rng(0))
 
 
-def test_cli_zoo_build_without_the_data_exits_3(tmp_path):
-    recipe = tmp_path / "r.toml"
+def _recipe_toml(tmp_path: Path, source: str) -> Path:
+    recipe = tmp_path / f"{source}.toml"
     recipe.write_text(
         'name = "fm"\nseed = 0\nn_loras = 2\n[base]\nkind = "diffusers"\npath = "no/such-pipeline"\n'
         '[hparams]\nlr = 1e-4\nsteps = 2\nbatch_size = 1\nweight_decay = 0.0\n'
-        f'[data]\nsource = "fashion_mnist"\ntemplates = ["a photo of a {{cls}}"]\n'
-        f'[data.source_options]\ndata_root = "{tmp_path / "nowhere"}"\n')
+        f'[data]\nsource = "{source}"\ntemplates = ["a photo of a {{cls}}"]\n')
+    return recipe
+
+
+def test_cli_zoo_build_without_the_data_exits_3(tmp_path):
+    """--data-root reaches the source (no data there: exit 3 naming that folder and the package), before the
+    base model loads (the recipe's base does not exist)."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    p = subprocess.run([sys.executable, "-m", "lolscan", "zoo", "build", str(recipe), str(tmp_path / "zoo")],
+    p = subprocess.run([sys.executable, "-m", "lolscan", "zoo", "build", str(_recipe_toml(tmp_path, "fashion_mnist")),
+                        str(tmp_path / "zoo"), "--data-root", str(tmp_path / "nowhere")],
                        capture_output=True, text=True, env=env, timeout=300)
     assert p.returncode == 3, p.stderr
-    assert "apt install dataset-fashion-mnist" in " ".join(p.stderr.split()) and "Traceback" not in p.stderr
+    text = " ".join(p.stderr.replace("│", " ").split())
+    assert "apt install dataset-fashion-mnist" in text and "nowhere" in text and "Traceback" not in p.stderr
+
+
+def test_data_root_is_refused_for_a_source_without_files(tmp_path):
+    from lolscan.errors import UsageError
+    from lolscan.zoo.diffusion import build_diffusion
+    from lolscan.zoo.diffusion_recipe import load_recipe
+
+    with pytest.raises(UsageError, match="reads no files"):
+        build_diffusion(load_recipe(_recipe_toml(tmp_path, "shapes")), tmp_path / "zoo", data_root=str(tmp_path))
 
 
 REAL = Path(os.environ.get("LOLSCAN_FASHION_MNIST") or FASHION_MNIST_DIR)

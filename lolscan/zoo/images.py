@@ -190,4 +190,6 @@ def get_source(name: str, options: dict[str, Any] | None = None) -> ImageSource:
     try:
         return SOURCES[name](**(options or {}))
     except TypeError as exc:
+        if "data_root" in (options or {}) and "data_root" in str(exc):
+            raise UsageError(f"image source {name!r} reads no files: --data-root / data_root is not for it") from None
         raise UsageError(f"recipe: image source {name!r}: {exc}") from None
