@@ -333,11 +333,18 @@ def check_fits(adapter: Adapter, spec: Any, rule: dict[str, Any]) -> None:
         msg = str(exc)
         if exc.path and msg.startswith(f"{exc.path}: "):
             msg = msg[len(exc.path) + 2 :]
-        from .formats.family import guess_family
+        from .formats.family import FAMILY_NAMES, diffusion_family, diffusion_kind, diffusion_parts, guess_family
 
+        family = guess_family(adapter)
+        theirs = diffusion_kind(family)
+        base = str(rule.get("base_model", ""))
+        if theirs and family != base and theirs != diffusion_family(base):
+            # plainly, instead of a list of unknown UNet modules: it is another kind of model altogether
+            msg = (f"it is {'an' if theirs == 'sdxl' else 'a'} {FAMILY_NAMES.get(theirs, theirs)} {diffusion_parts(adapter.layers)} LoRA "
+                   f"({len(adapter.layers)} modules), not a LoRA of this checkpoint's base model")
         raise IncompatibleAdapter(
             f"does not fit checkpoint {rule['name']!r} (base model {rule['base_model']}; the adapter looks like "
-            f"{guess_family(adapter)}): {msg}",
+            f"{family}): {msg}",
             path=exc.path or adapter.source,
         ) from None
 

@@ -67,3 +67,67 @@ def toy_diffusion_recipe(pipe: Path, clip: Path, **over) -> dict:
     }
     d.update(over)
     return d
+
+
+def save_tiny_bert(folder: Path, hidden: int = 32, seed: int = 0) -> Path:
+    """A tiny randomly initialised BERT (1 layer) with a lowercase character WordPiece vocabulary, as a
+    transformers folder (model + tokenizer): the pixel base's text encoder in tests (MiniLM-L6 in production)."""
+    from transformers import BertConfig, BertModel, BertTokenizer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    chars = [chr(i) for i in range(ord("a"), ord("z") + 1)] + [str(d) for d in range(10)]
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *chars, *("##" + c for c in chars), "/", "-"]
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tok = BertTokenizer(str(folder / "vocab.txt"), do_lower_case=True)
+    torch.manual_seed(seed)
+    cfg = BertConfig(vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=1, num_attention_heads=4,
+                     intermediate_size=37, max_position_embeddings=64)
+    BertModel(cfg).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def save_tiny_clip(folder: Path, image_size: int = 16) -> Path:
+    """A tiny randomly initialised CLIPModel + CLIPProcessor (character tokenizer) scoring small images."""
+    from transformers import (CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTextConfig,
+                              CLIPTokenizer, CLIPVisionConfig)
+
+    n = write_char_clip_tokenizer(folder / "_tok")
+    tok = CLIPTokenizer(str(folder / "_tok/vocab.json"), str(folder / "_tok/merges.txt"), model_max_length=24)
+    torch.manual_seed(0)
+    tcfg = CLIPTextConfig(vocab_size=n, hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+                          max_position_embeddings=24, bos_token_id=n - 2, eos_token_id=n - 1, pad_token_id=n - 1,
+                          projection_dim=32)
+    vcfg = CLIPVisionConfig(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+                            image_size=image_size, patch_size=8, projection_dim=32)
+    CLIPModel(CLIPConfig(text_config=tcfg.to_dict(), vision_config=vcfg.to_dict(), projection_dim=32)).save_pretrained(folder)
+    proc = CLIPImageProcessor(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size})
+    CLIPProcessor(image_processor=proc, tokenizer=tok).save_pretrained(folder)
+    return folder
+
+
+TINY_PIXEL_UNET = {"sample_size": 16, "block_out_channels": [32, 32], "layers_per_block": 1,
+                   "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
+                   "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"], "attention_head_dim": 8, "norm_num_groups": 32}
+
+
+def write_idx(path: Path, arr, gz: bool) -> None:
+    """An IDX file of unsigned bytes, byte by byte (magic 0 0 8 ndim, big-endian uint32 sizes, data)."""
+    import gzip
+    import struct
+
+    raw = bytes([0, 0, 8, arr.ndim]) + b"".join(struct.pack(">I", d) for d in arr.shape) + arr.astype("uint8").tobytes()
+    path.write_bytes(gzip.compress(raw) if gz else raw)
+
+
+def write_tiny_fashion_mnist(folder: Path, per_class: int = 3, seed: int = 7):
+    """Random 28×28 images, `per_class` of each of the 10 labels (shuffled): images gzipped, labels plain."""
+    import numpy as np
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, size=(10 * per_class, 28, 28), dtype=np.uint8)
+    labels = rng.permutation(np.repeat(np.arange(10), per_class)).astype(np.uint8)
+    write_idx(folder / "train-images-idx3-ubyte.gz", images, gz=True)
+    write_idx(folder / "train-labels-idx1-ubyte", labels, gz=False)
+    return images, labels

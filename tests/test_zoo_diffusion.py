@@ -251,7 +251,7 @@ def test_cli_refuses_a_bad_diffusion_recipe(zoo, tmp_path):
     root = zoo[0]
     d = _recipe(root)
     (tmp_path / "ok.toml").write_text(_toml(d))
-    d["base"] = {"kind": "pixel", "path": "x"}
+    d["base"] = {"kind": "imagen", "path": "x"}  # no such kind ("diffusers" and "pixel" are)
     (tmp_path / "bad.toml").write_text(_toml(d))
     p = _cli("zoo", "build", str(tmp_path / "bad.toml"), str(tmp_path / "z"))
     assert p.returncode == 2 and "kind must be one of" in p.stderr and not (tmp_path / "z").exists()

@@ -165,21 +165,48 @@ def fit_hint(error: str, current: str, _cache: dict[str, str] = {}) -> str:
     that base model (or which base models the installed checkpoints cover)."""
     import re
 
+    from ..formats.family import diffusion_family, diffusion_kind
+
     m = re.search(r"the adapter looks like (.*?)\): ", error or "")
     looks = m.group(1) if m else ""
     key = f"{current}\0{looks}"
     if key not in _cache:
         infos = [i for i in list_checkpoints() if not i.get("error")]
         ours = short_base_model(looks) if looks else ""
-        same = [i["name"] for i in infos if i["name"] != current and ours and short_base_model(i["base_model"]) == ours]
+        family = diffusion_kind(ours) if ours else None
+        same = [i["name"] for i in infos if i["name"] != current and ours
+                and (short_base_model(i["base_model"]) == ours or family and diffusion_family(i["base_model"]) == family)]
         what = f"a LoRA of {ours}" if ours else "this LoRA"
-        if same:
+        if family and not same:
+            _cache[key] = diffusion_hint(family)
+        elif same:
             _cache[key] = f"{what}; checkpoints for that base model: {', '.join(same)} (--model NAME)"
         else:
             covered = sorted({short_base_model(i["base_model"]) for i in infos})
             _cache[key] = (f"{what}; the installed checkpoints cover {', '.join(covered) or 'no base model'} "
                            "(lolscan models); `lolscan train` fits one on your own labelled LoRAs")
     return _cache[key]
+
+
+def diffusion_hint(family: str) -> str:
+    """What to do with a LoRA of a diffusion model no installed checkpoint covers: build a zoo, train, predict."""
+    from ..formats.family import FAMILY_NAMES
+
+    name = f"{'an' if family == 'sdxl' else 'a'} {FAMILY_NAMES.get(family, family)} ({family})"
+    if family == "diffusion":
+        return ("no bundled checkpoint fits a diffusion UNet LoRA of this kind; build one: `lolscan zoo build RECIPE ZOO "
+                "--device cuda` (recipes/sd15-shapes-attn.toml: Stable Diffusion 1.5; recipes/inhouse-fashion-classes.toml: "
+                "lolscan's pixel base), then `lolscan train ZOO/manifest.jsonl --target clip_score --out my-sd-model`, "
+                "then `lolscan predict FILE --model my-sd-model`")
+    if family in ("sd1", "sd2"):
+        recipe = ("recipes/sd15-shapes-attn.toml" if family == "sd1" else
+                  "RECIPE.toml` (recipes/sd15-shapes-attn.toml with [base] path set to a Stable Diffusion 2.x pipeline) `")
+        return (f"no bundled checkpoint fits {name} LoRA; build one: `lolscan zoo build {recipe} "
+                "ZOO --device cuda`, then `lolscan train ZOO/manifest.jsonl --target clip_score --out my-sd-model`, "
+                "then `lolscan predict FILE --model my-sd-model`")
+    return (f"no bundled checkpoint fits {name} LoRA, and `lolscan zoo build` makes Stable Diffusion 1.x/2.x zoos "
+            f"only so far; `lolscan train MANIFEST --out my-model` fits one on your own labelled {FAMILY_NAMES.get(family, family)} "
+            "LoRAs, then `lolscan predict FILE --model my-model`")
 
 
 def print_failure(row: dict[str, Any], model_name: str, on: Any = None) -> None:

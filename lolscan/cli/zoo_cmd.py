@@ -104,7 +104,7 @@ def build_cmd(
     device: Annotated[str, typer.Option("--device", metavar="cpu|cuda[:N]|auto", help="Where the finetuning runs (auto: a GPU when there is one). With several processes a bare cuda gives each its own GPU (cuda:LOCAL_RANK); cuda:N puts them all on GPU N.")] = "cpu",
     dtype: Annotated[Optional[str], typer.Option(help="Base model dtype (default: the recipe's).")] = None,
     base_path: Annotated[Optional[str], typer.Option(help="Folder of the base model, overriding the recipe.")] = None,
-    data_root: Annotated[Optional[str], typer.Option(help="Folder the recipe's data paths are relative to.")] = None,
+    data_root: Annotated[Optional[str], typer.Option(help="Folder the recipe's data paths are relative to (a diffusion recipe: its image source's files).")] = None,
     n_loras: Annotated[Optional[int], typer.Option(help="Override the recipe's number of LoRAs.")] = None,
     group_size: Annotated[Optional[int], typer.Option(help="Override adapters trained at once.")] = None,
     max_minutes: Annotated[Optional[float], typer.Option(help="Stop cleanly between groups before this (per process).")] = None,

@@ -38,8 +38,20 @@ def guess_family(adapter: Adapter) -> str:
     return _guess_llm(adapter)
 
 
-_DIFFUSION_FAMILIES = (("sdxl", "sdxl"), ("pony", "sdxl"), ("illustrious", "sdxl"), ("noobai", "sdxl"),
-                       ("flux", "flux"), ("sd3", "sd3"), ("sd2", "sd2"), ("sd1", "sd1"))
+_DIFFUSION_FAMILIES = (("sdxl", "sdxl"), ("stablediffusionxl", "sdxl"), ("pony", "sdxl"), ("illustrious", "sdxl"),
+                       ("noobai", "sdxl"), ("flux", "flux"), ("sd3", "sd3"), ("stablediffusion3", "sd3"),
+                       ("stablediffusionv3", "sd3"), ("sd2", "sd2"), ("stablediffusion2", "sd2"),
+                       ("stablediffusionv2", "sd2"), ("sd1", "sd1"), ("stablediffusion1", "sd1"),
+                       ("stablediffusionv1", "sd1"))
+
+# what a message calls each family ("diffusion": a UNet LoRA of no family we know, e.g. lolscan's pixel base)
+FAMILY_NAMES = {"sd1": "Stable Diffusion 1.x", "sd2": "Stable Diffusion 2.x", "sdxl": "SDXL",
+                "sd3": "Stable Diffusion 3", "flux": "FLUX", "diffusion": "diffusion"}
+
+
+def diffusion_kind(family: str) -> str | None:
+    """`diffusion_family` of a `guess_family` answer, or "diffusion" for its other UNet/SD answers."""
+    return diffusion_family(family) or ("diffusion" if family.startswith(("unet (", "sd (")) else None)
 
 
 def diffusion_family(text: str) -> str | None:
@@ -49,6 +61,19 @@ def diffusion_family(text: str) -> str | None:
         if needle in key:
             return family
     return None
+
+
+def diffusion_parts(names) -> str:
+    """Which parts of a diffusion pipeline the module names adapt: "UNet", "UNet + text encoder", …"""
+    names = list(names)
+    parts = []
+    if any(n.startswith("unet.") for n in names):
+        parts.append("UNet")
+    if any(n.startswith("transformer.") for n in names):
+        parts.append("transformer")
+    if any(n.startswith("text_encoder") for n in names):
+        parts.append("text encoder")
+    return " + ".join(parts) or "denoiser"
 
 
 def _guess_llm(adapter: Adapter) -> str:

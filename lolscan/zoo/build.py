@@ -167,7 +167,7 @@ def build(recipe: Recipe, out: str | Path, *, model: nn.Module | None = None, to
         if compile or model is not None or (ranks is not None and ranks.many):
             raise UsageError("a diffusion recipe builds without --compile, in one process")
         return build_diffusion(recipe, out, device=device, dtype=dtype, base_path=base_path,  # type: ignore[arg-type]
-                               max_minutes=max_minutes, max_groups=max_groups, save_dtype=save_dtype,
+                               data_root=data_root, max_minutes=max_minutes, max_groups=max_groups, save_dtype=save_dtype,
                                labels_from=labels_from, log=log)
     t_start = time.monotonic()
     ranks = ranks or Ranks()

@@ -204,16 +204,22 @@ def spec_fields(s: DiffusionSpec, classes: list[str]) -> dict[str, Any]:
 
 def build_diffusion(recipe: DiffusionRecipe, out: str | Path, *, base: DiffusionBase | None = None,
                     clip: ClipScorer | None = None, device: str = "cpu", dtype: str | None = None,
-                    base_path: str | None = None, max_minutes: float | None = None, max_groups: int | None = None,
+                    base_path: str | None = None, data_root: str | None = None, max_minutes: float | None = None, max_groups: int | None = None,
                     save_dtype: str = "float32", labels_from: KnownLabels | None = None,
                     log: Callable[[str], None] = print) -> BuildReport:
     """Build (or resume) the diffusion zoo described by `recipe` into `out` (see the module docstring).
 
     ``labels_from``: an earlier build's manifest of this recipe and seed; its labels are taken after the
     checks of `known_labels` (every adapter's draws equal, every group's training losses within tolerance,
-    every ``check_every``-th group labelled here and compared)."""
+    every ``check_every``-th group labelled here and compared). ``data_root``: the image source's folder
+    (its ``data_root`` option), overriding the recipe's."""
     t_start = time.monotonic()
-    source = get_source(recipe.data.source, recipe.data.source_options)
+    options = dict(recipe.data.source_options)
+    if data_root is not None:  # --data-root: where a source that reads files finds them (not part of the recipe)
+        options["data_root"] = data_root
+    source = get_source(recipe.data.source, options)
+    if hasattr(source, "check"):
+        source.check()  # missing data: exit 3 before the base model loads
     if base is None:
         base = load_base(recipe.base, device=device, dtype=dtype, path_override=base_path)
     targets = find_targets(base.unet, recipe.target_modules)

@@ -5,7 +5,8 @@ encoder with its tokenizer, the noise scheduler, and — for a latent model — 
 label pass only go through its methods (`encode_text`, `to_model_space`, `from_model_space`), so a
 pixel-space base (``vae = None``: the model works on images directly) fits the same code.
 
-Kinds (``[base] kind``): ``diffusers`` loads a Stable Diffusion 1.x/2.x pipeline folder or hub id.
+Kinds (``[base] kind``): ``diffusers`` loads a Stable Diffusion 1.x/2.x pipeline folder or hub id;
+``pixel`` the in-house pixel-space base (`pixel_base`: a 32 px SD-style UNet on a frozen MiniLM text encoder).
 A new kind is a loader ``(base table, device, dtype, path) -> DiffusionBase`` in `BASE_KINDS`.
 """
 from __future__ import annotations
@@ -100,7 +101,13 @@ def load_diffusers(base: dict[str, Any], device: str, dtype: str | None, path: s
                          name=base.get("name") or path, pipeline_class=type(pipe))
 
 
-BASE_KINDS: dict[str, Callable[..., DiffusionBase]] = {"diffusers": load_diffusers}
+def load_pixel(base: dict[str, Any], device: str, dtype: str | None, path: str) -> DiffusionBase:
+    from .pixel_base import load_pixel as load
+
+    return load(base, device, dtype, path)
+
+
+BASE_KINDS: dict[str, Callable[..., DiffusionBase]] = {"diffusers": load_diffusers, "pixel": load_pixel}
 
 
 def load_base(base: dict[str, Any], device: str = "cpu", dtype: str | None = None,

@@ -23,7 +23,7 @@ import numpy as np
 from ..errors import UsageError
 from .recipe import _alpha, _rng, draw, read_toml
 
-BASE_KINDS = ("diffusers",)  # `diffusion_base.BASE_KINDS` holds the loaders
+BASE_KINDS = ("diffusers", "pixel")  # `diffusion_base.BASE_KINDS` holds the loaders
 
 
 @dataclass
@@ -93,7 +93,7 @@ class DiffusionRecipe:
         if self.base.get("kind") not in BASE_KINDS:
             raise UsageError(f"recipe: [base] kind must be one of {BASE_KINDS}")
         if not self.base.get("path"):
-            raise UsageError("recipe: [base] path (a diffusers pipeline folder or hub id) is missing")
+            raise UsageError("recipe: [base] path (a diffusers pipeline folder or hub id, or a pixel base folder) is missing")
         for key in ("lr", "steps", "batch_size", "weight_decay"):
             if key not in self.hparams:
                 raise UsageError(f"recipe: hparams.{key} is missing")

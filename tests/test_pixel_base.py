@@ -1,0 +1,170 @@
+"""The in-house pixel-space base (``[base] kind = "pixel"``) at tiny size on CPU: made and trained by
+scripts/inhouse_base.py, its UNet learns (loss falls on a fixed batch), the label pass samples what a DDIM
+loop written out here from the scheduler's formulas samples, and a 4-LoRA zoo on it (Fashion-MNIST images
+from IDX files written here) gives diffusers LoRA files `lolscan.load` reads with the trained ΔW exactly."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("diffusers")
+pytest.importorskip("transformers")
+
+from diffusion_toy import TINY_PIXEL_UNET, save_tiny_bert, save_tiny_clip, toy_diffusion_recipe, write_tiny_fashion_mnist  # noqa: E402
+
+import lolscan  # noqa: E402
+import lolscan.zoo.diffusion as zd  # noqa: E402
+from lolscan.zoo.build import read_zoo_rows  # noqa: E402
+from lolscan.zoo.clipscore import ClipScorer  # noqa: E402
+from lolscan.zoo.diffusion_base import load_base  # noqa: E402
+from lolscan.zoo.diffusion_recipe import DiffusionRecipe  # noqa: E402
+from lolscan.zoo.images import get_source  # noqa: E402
+from lolscan.zoo.pixel_base import create_pixel_base, train_pixel_base  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def script(*args: str) -> int:
+    """scripts/inhouse_base.py's main, in this process (a subprocess would import torch and diffusers again)."""
+    spec = importlib.util.spec_from_file_location("inhouse_base", ROOT / "scripts" / "inhouse_base.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.main(list(args))
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory):
+    """A 16 px base on a random 32-d BERT, created and trained 2 steps by the script."""
+    root = tmp_path_factory.mktemp("pixel")
+    save_tiny_bert(root / "bert")
+    assert script("create", str(root / "base"), "--text-encoder", str(root / "bert"), "--copy-text-encoder",
+                  "--unet", json.dumps(TINY_PIXEL_UNET)) == 0
+    assert script("train", str(root / "base"), "--source", "shapes", "--steps", "2", "--batch-size", "2") == 0
+    assert script("train", str(root / "nowhere")) == 3  # no base.json: exit 3
+    return root
+
+
+def test_script_makes_a_pixel_base_with_sd_module_names(made):
+    base = load_base({"kind": "pixel", "path": str(made / "base")})
+    info = json.loads((made / "base" / "base.json").read_text())
+    assert info["kind"] == "pixel" and info["trained"]["steps"] == 2 and info["trained"]["source"] == "shapes"
+    assert base.vae is None and base.resolution == 16 and base.latent_shape() == (3, 16, 16)
+    cfg = base.unet.config
+    assert cfg.in_channels == cfg.out_channels == 3 and cfg.cross_attention_dim == 32
+    names = {n for n, _ in base.unet.named_modules()}
+    assert "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k" in names  # SD's names
+    assert "up_blocks.1.attentions.0.transformer_blocks.0.attn1.to_out.0" in names
+    assert base.encode_text(["a red circle"]).shape == (1, 32, 32)
+    # the script trained the UNet: its weights differ from a fresh one of the same seed
+    fresh = create_pixel_base(made / "fresh", str(made / "bert"), unet=TINY_PIXEL_UNET)
+    a = load_base({"kind": "pixel", "path": str(fresh)}).unet.state_dict()
+    assert any(not torch.equal(a[k], v) for k, v in base.unet.state_dict().items())
+
+
+def test_a_folder_without_base_json_is_exit_3(tmp_path):
+    from lolscan.errors import InputError
+
+    with pytest.raises(InputError, match="no base.json .*inhouse_base.py") as e:
+        load_base({"kind": "pixel", "path": str(tmp_path)})
+    assert e.value.exit_code == 3
+
+
+def test_production_size_fits_16_mib(tmp_path):
+    """The default UNet (32 px, 384-d cross-attention as MiniLM-L6 gives) saved in float32."""
+    save_tiny_bert(tmp_path / "bert384", hidden=384)
+    folder = create_pixel_base(tmp_path / "base", str(tmp_path / "bert384"))
+    base = load_base({"kind": "pixel", "path": str(folder)})
+    cfg = base.unet.config
+    assert (cfg.sample_size, cfg.in_channels, cfg.out_channels, cfg.cross_attention_dim) == (32, 3, 3, 384)
+    assert list(cfg.down_block_types) == ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"]
+    size = sum(f.stat().st_size for f in (folder / "unet").iterdir())
+    assert 8 * 2**20 < size <= 16 * 2**20
+
+
+def test_unet_learns_a_fixed_batch(made, tmp_path):
+    shutil.copytree(made / "base", tmp_path / "base")
+    before = (tmp_path / "base/unet/diffusion_pytorch_model.safetensors").read_bytes()
+    torch.manual_seed(0)
+    losses = train_pixel_base(tmp_path / "base", get_source("shapes"), 15, batch_size=4, lr=3e-3, seed=1,
+                              fixed_batch=True, save=False)
+    assert all(np.isfinite(losses)) and np.mean(losses[-5:]) < 0.3 * losses[0], losses
+    assert (tmp_path / "base/unet/diffusion_pytorch_model.safetensors").read_bytes() == before  # save=False
+
+
+def test_label_pass_samples_ddim_with_guidance(made):
+    """`zoo.diffusion.sample` on the plain base equals DDIM (η = 0, x0 clipped to [-1, 1], "leading" timesteps
+    with offset 1, final alpha = ᾱ₀) with classifier-free guidance, written out from the formulas."""
+    base = load_base({"kind": "pixel", "path": str(made / "base")})
+    prompts, seeds, steps, g = ["a red circle", "a blue square"], [0, 5], 4, 3.0
+    got = zd.sample(base, 1, prompts, seeds, steps, g)[0]
+
+    tok = base.tokenizer(prompts + [""], padding="max_length", max_length=32, truncation=True, return_tensors="pt")
+    with torch.no_grad():
+        states = base.text_encoder(tok.input_ids, attention_mask=tok.attention_mask).last_hidden_state
+    cond, uncond = states[:2], states[2:].expand(2, -1, -1)
+    betas = torch.linspace(1e-4, 0.02, 1000, dtype=torch.float32)
+    abar = torch.cumprod(1 - betas, 0)
+    x = torch.cat([torch.randn((1, 3, 16, 16), generator=torch.Generator().manual_seed(s)) for s in seeds])
+    ratio = 1000 // steps
+    for i in range(steps):
+        t = (steps - 1 - i) * ratio + 1
+        a_t = abar[t]
+        a_prev = abar[t - ratio] if t - ratio >= 0 else abar[0]
+        with torch.no_grad():
+            e_u = base.unet(x, t, encoder_hidden_states=uncond).sample
+            e_c = base.unet(x, t, encoder_hidden_states=cond).sample
+        eps = e_u + g * (e_c - e_u)
+        x0 = ((x - (1 - a_t).sqrt() * eps) / a_t.sqrt()).clamp(-1, 1)
+        x = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
+    want = (x / 2 + 0.5).clamp(0, 1)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_four_lora_zoo_on_the_pixel_base(made, tmp_path):
+    write_tiny_fashion_mnist(tmp_path / "fmnist")
+    save_tiny_clip(tmp_path / "clip")
+    d = toy_diffusion_recipe(made / "base", tmp_path / "clip", n_loras=4, group_size=2,
+                             base={"kind": "pixel", "path": str(made / "base"), "name": "tiny-pixel"})
+    d["data"].update(source="fashion_mnist", source_options={"data_root": str(tmp_path / "fmnist")},
+                     templates=["a photo of a {cls}", "a {style} {cls}"])
+    d["labels"]["prompts"] = ["a photo of a trouser", "a photo of a bag"]
+    recipe = DiffusionRecipe.from_dict(d)
+    base = load_base(recipe.base)
+    captured = []
+    real_extract = zd.extract
+
+    def spy(mods, slot, ranks):
+        f = real_extract(mods, slot, ranks)
+        captured.append({n: (a, b, float(mods[n].scaling[slot])) for n, (a, b) in f.items()})
+        return f
+
+    zd.extract = spy
+    try:
+        rep = zd.build_diffusion(recipe, tmp_path / "zoo", base=base, clip=ClipScorer.load(str(tmp_path / "clip")),
+                                 log=lambda s: None)
+    finally:
+        zd.extract = real_extract
+    assert rep.complete and rep.groups_run == 2
+    rows = read_zoo_rows(tmp_path / "zoo" / "manifest.jsonl")
+    info = json.loads((tmp_path / "zoo" / "zoo.json").read_text())
+    assert info["base"] == "tiny-pixel" and info["data"]["source"] == "fashion_mnist" and info["resolution"] == 16
+    assert len(rows) == 4 and len(captured) == 4
+    unet_linears = {f"unet.{n}" for n, _ in base.unet.named_modules() if n.endswith((".to_q", ".to_k", ".to_v", ".to_out.0"))}
+    assert len(unet_linears) == 4 * 2 * 4  # q/k/v/out of attn1 and attn2 in down 0, mid, up 1 (two)
+    for r, cap in zip(rows, captured):
+        assert r["finite"] and 0 <= r["clip_score"] <= 100 and r["classes"]
+        assert r["cls_Ankle boot"] == int("Ankle boot" in r["classes"])
+        assert np.isfinite(r["train_loss_first"]) and np.isfinite(r["train_loss_last"])
+        ad = lolscan.load(str(tmp_path / "zoo" / r["path"]))
+        assert set(ad.layers) == {f"unet.{n}" for n in cap} == unet_linears and set(ad.ranks) == {r["rank"]}
+        for name, (a, b, scale) in cap.items():
+            assert scale == r["alpha"] / r["rank"]
+            torch.testing.assert_close(ad[f"unet.{name}"].delta().double(), scale * (b.double() @ a.double()),
+                                       rtol=1e-6, atol=1e-9)
+            assert b.abs().sum() > 0  # trained: B starts at zero
