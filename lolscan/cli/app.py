@@ -62,6 +62,10 @@ def _register(only: str | None = None) -> None:
     for name, module in COMMAND_MODULES.items():
         if only is None or name == only:
             importlib.import_module(f"{__package__}.{module}")
+    # in help order, whichever module an earlier import registered first (predict's hints import models')
+    rank = {name: i for i, name in enumerate(COMMAND_MODULES)}
+    app.registered_commands.sort(key=lambda c: rank.get(c.name or c.callback.__name__.replace("_", "-"), len(rank)))
+    app.registered_groups.sort(key=lambda g: rank.get(g.name or "", len(rank)))
 
 
 def _command_named(argv: list[str]) -> str | None:
