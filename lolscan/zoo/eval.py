@@ -55,10 +55,16 @@ def val_losses(model: nn.Module, k: int, val: dict[str, list[list[int]]], batch:
 
 
 @dataclass
-class McResult:
+class McResult:  # (gold: [docs] the gold option of each document)
     accuracy: torch.Tensor  # [K]
     gold_logprob: torch.Tensor  # [K] mean log-probability of the gold option, renormalised over options
     scores: torch.Tensor  # [K, docs, options] summed continuation log-likelihoods
+    gold: torch.Tensor  # [docs] each document's gold option
+
+    @property
+    def correct(self) -> torch.Tensor:
+        """[K, docs] bool: did each adapter rank the gold option first (``accuracy`` is its mean)."""
+        return self.scores.argmax(-1) == self.gold.unsqueeze(0)
 
 
 def common_prefix(seqs: list[list[int]]) -> int:
@@ -155,4 +161,4 @@ def mc_accuracy(model: nn.Module, k: int, reqs: list[McRequest], batch: int = 8,
     acc = (scores.argmax(-1) == gold.unsqueeze(0)).double().mean(1)
     norm = torch.log_softmax(scores, dim=-1)
     glp = norm.gather(2, gold.view(1, -1, 1).expand(k, -1, 1)).squeeze(2).mean(1)
-    return McResult(accuracy=acc.float(), gold_logprob=glp.float(), scores=scores)
+    return McResult(accuracy=acc.float(), gold_logprob=glp.float(), scores=scores, gold=gold)
