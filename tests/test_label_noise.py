@@ -82,3 +82,25 @@ def test_pack_correct_round_trips():
         unpack_correct(pack_correct(np.ones(9, bool)), 20)
     with pytest.raises(ValueError):
         binomial_r2_ceiling([0.5], 100)
+
+
+def test_bench_label_noise_reads_a_manifest(tmp_path):
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("label_noise", Path(__file__).parents[1] / "bench" / "label_noise.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    rng = np.random.default_rng(6)
+    p, correct = _simulate(rng, n_ad=200, n_q=101)
+    rows = [{"id": f"l{i}", "split": "test", "finite": True, "arc_c_acc": float(c.mean()),
+             "arc_c_correct": pack_correct(c)} for i, c in enumerate(correct)]
+    rows.append({"id": "dead", "finite": False, "arc_c_acc": float("nan"), "arc_c_correct": ""})
+    path = tmp_path / "manifest.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = mod.main([str(path), "--questions", "101", "--bootstrap", "50", "--retest", str(path)])
+    assert out["n"] == 200
+    assert out["binomial"]["ceiling"] == pytest.approx(binomial_r2_ceiling(correct.mean(1), 101)["ceiling"])
+    assert out["bootstrap"]["ceiling"] == pytest.approx(bootstrap_r2_ceiling(correct, 50)["ceiling"])
+    assert out["retest"]["ceiling"] == pytest.approx(1.0)  # a manifest against itself: no noise
