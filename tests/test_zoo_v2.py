@@ -14,7 +14,7 @@ from lolscan.zoo.recipe import Recipe, draw, lora_pool, sample_specs
 from zoo_toy import CharTokenizer, tiny_llama, toy_recipe, write_toy_data
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
-V2 = {"qwen2.5-coder-1.5b-kv-r4-v2": "889c72abfb56deda", "qwen2.5-coder-1.5b-kv-r4-v2-pilot": "6bf331048268d7de",
+V2 = {"qwen2.5-coder-1.5b-kv-r4-v2": "07814357bb80428a", "qwen2.5-coder-1.5b-kv-r4-v2-pilot": "d704673aefa9f462",
       "smollm2-135m-kv-r4-v2": "a75522c1fbfae8d1", "smollm2-135m-kv-r4-v2-pilot": "e3118d3ba8d20b6a"}
 # digests the code before v2 gave the v1 recipes (git 32aea68): the new optional fields must not move them
 V1 = {"qwen2.5-coder-1.5b-kv-r4": "2d2d6f840212989b", "qwen2.5-coder-1.5b-kv-r4-lite": "c163b41b7db8bd74",
