@@ -15,12 +15,15 @@ import argparse
 import gzip
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 
-from lolscan.evaluation.noise import (binomial_r2_ceiling, bootstrap_r2_ceiling, repeat_r2_ceiling,
-                                      unpack_correct)
+from lolscan.evaluation.noise import (
+    binomial_r2_ceiling,
+    bootstrap_r2_ceiling,
+    repeat_r2_ceiling,
+    unpack_correct,
+)
 
 
 def read_rows(path: str) -> list[dict]:

@@ -7,7 +7,6 @@ import math
 from pathlib import Path
 
 import pytest
-
 from zoo_toy import save_tiny_hf_base, toy_recipe, write_toy_data
 
 pytest.importorskip("peft")

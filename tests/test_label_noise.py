@@ -5,8 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lolscan.evaluation.noise import (binomial_r2_ceiling, bootstrap_r2_ceiling, pack_correct, repeat_r2_ceiling,
-                                      unpack_correct)
+from lolscan.evaluation.noise import (
+    binomial_r2_ceiling,
+    bootstrap_r2_ceiling,
+    pack_correct,
+    repeat_r2_ceiling,
+    unpack_correct,
+)
 
 
 def _r2(y, pred):
@@ -93,7 +98,7 @@ def test_bench_label_noise_reads_a_manifest(tmp_path):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     rng = np.random.default_rng(6)
-    p, correct = _simulate(rng, n_ad=200, n_q=101)
+    _, correct = _simulate(rng, n_ad=200, n_q=101)
     rows = [{"id": f"l{i}", "split": "test", "finite": True, "arc_c_acc": float(c.mean()),
              "arc_c_correct": pack_correct(c)} for i, c in enumerate(correct)]
     rows.append({"id": "dead", "finite": False, "arc_c_acc": float("nan"), "arc_c_correct": ""})

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from zoo_toy import CharTokenizer, tiny_llama, toy_recipe, write_toy_data
 
 from lolscan.errors import UsageError
 from lolscan.zoo.recipe import Recipe, draw, lora_pool, sample_specs
-from zoo_toy import CharTokenizer, tiny_llama, toy_recipe, write_toy_data
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 V2 = {"qwen2.5-coder-1.5b-kv-r4-v2": "07814357bb80428a", "qwen2.5-coder-1.5b-kv-r4-v2-pilot": "d704673aefa9f462",
@@ -116,7 +116,7 @@ def test_val_loss_own_and_stored_correctness(zoo2):
     from lolscan.zoo.build import read_zoo_rows
     from lolscan.zoo.data import build_pool, load_eval, resolve_root
 
-    root, recipe, out = zoo2
+    _, recipe, out = zoo2
     rows = read_zoo_rows(out / "manifest.jsonl")
     info = json.loads((out / "zoo.json").read_text())
     sizes = info["pool_sizes"]
