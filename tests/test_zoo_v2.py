@@ -101,6 +101,7 @@ def zoo2(tmp_path_factory):
     d = toy_recipe(root, n_loras=4)
     d["hparams"] = {**d["hparams"], "steps": {"epochs": [0.2, 0.4]}}
     d["data"] = {**d["data"], "max_per_source": 9, "store_correct": True}
+    d["eval"] = d["eval"] + [{"name": "toyrc", "requests": "requests.jsonl.gz", "metric": "acc_per_char"}]
     recipe = Recipe.from_dict(d)
     out = root / "zoo"
     build(recipe, out, model=tiny_llama(), tokenizer=CharTokenizer(), log=lambda s: None)
@@ -116,7 +117,7 @@ def test_val_loss_own_and_stored_correctness(zoo2):
     from lolscan.zoo.build import read_zoo_rows
     from lolscan.zoo.data import build_pool, load_eval, resolve_root
 
-    _, recipe, out = zoo2
+    root, recipe, out = zoo2
     rows = read_zoo_rows(out / "manifest.jsonl")
     info = json.loads((out / "zoo.json").read_text())
     sizes = info["pool_sizes"]
@@ -145,13 +146,30 @@ def test_val_loss_own_and_stored_correctness(zoo2):
                 cnt += len(s) - 1
             own_sum += tot / cnt * min(sizes[src], 9)
             own_w += min(sizes[src], 9)
-        correct = []
-        for r in reqs:
+        correct, per_char = [], []
+        for r, texts in zip(reqs, _continuations(root / "requests.jsonl.gz")):
             opts = []
             for ctx, cont in zip(r.contexts, r.continuations):
                 logp = torch.log_softmax(pm(input_ids=torch.tensor([ctx + cont])).logits[0].float(), -1)
                 opts.append(sum(float(logp[len(ctx) - 1 + q, t]) for q, t in enumerate(cont)))
             correct.append(int(np.argmax(opts)) == r.gold)
+            per_char.append(int(np.argmax([o / len(t) for o, t in zip(opts, texts)])) == r.gold)
     assert row["val_loss_own"] == pytest.approx(own_sum / own_w, abs=1e-4)
     assert row["val_loss_own"] != pytest.approx(row["val_loss"], abs=1e-6)
     assert unpack_correct(row["toymc_correct"], len(reqs)).tolist() == correct
+    assert unpack_correct(row["toyrc_correct"], len(reqs)).tolist() == per_char
+    assert row["toyrc_acc"] == pytest.approx(np.mean(per_char), abs=1e-6)
+    assert "metric" not in recipe.to_dict()["eval"][0] and recipe.to_dict()["eval"][1]["metric"] == "acc_per_char"
+
+
+def _continuations(path: Path) -> list[list[str]]:
+    """Each document's continuation strings in option order, read straight from the request file."""
+    import gzip
+    import json
+
+    docs: dict = {}
+    with gzip.open(path, "rt") as f:
+        for line in f:
+            q = json.loads(line)
+            docs.setdefault(q["doc_id"], {})[q["idx"]] = q["request"]["continuation"]
+    return [[opts[i] for i in sorted(opts)] for opts in docs.values()]

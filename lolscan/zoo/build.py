@@ -242,7 +242,8 @@ def build(recipe: Recipe, out: str | Path, *, model: nn.Module | None = None, to
         k = len(group)
         measured: list[dict[str, float]] | None = None
         if labels_from is None or labels_from.checks(gi):
-            measured = _measure_labels(model, k, pool.val, evals, recipe.eval_batch, recipe.store_correct)
+            measured = _measure_labels(model, k, pool.val, evals, recipe.eval_batch, recipe.store_correct,
+                                       {ev.name: ev.metric for ev in recipe.evals})
             _sync(model)
         t2 = time.monotonic()
         rows_out = _group_rows(recipe, group, finite, losses, measured, labels_from, keys,
@@ -296,7 +297,8 @@ def _open_zoo(out: Path, info: dict[str, Any], model: nn.Module, pool: Any, eval
     base_labels["val_loss"] = float(vl[0])
     for name, reqs in evals.items():
         r = mc_accuracy(model, 1, reqs, batch=eval_batch)
-        base_labels[f"{name}_acc"] = float(r.accuracy[0])
+        metric = {e["name"]: e.get("metric", "acc") for e in info["recipe"].get("eval", [])}.get(name, "acc")
+        base_labels[f"{name}_acc"] = float(r.metric(metric)[0])
         base_labels[f"{name}_gold_logprob"] = float(r.gold_logprob[0])
     info["base_labels"] = base_labels
     log(f"base model labels: {base_labels}")
@@ -355,23 +357,27 @@ def _spec_fields(s: LoraSpec) -> dict[str, Any]:
 
 
 def _measure_labels(model: nn.Module, k: int, val_pool: dict, evals: dict, batch: int,
-                    store_correct: bool = False) -> list[dict[str, Any]]:
+                    store_correct: bool = False, metrics: dict[str, str] | None = None) -> list[dict[str, Any]]:
     """The label pass for the K adapters in the model: one dict per slot, in `label_keys` order.
-    ``store_correct``: each eval's per-question correctness too, packed (`evaluation.noise.pack_correct`)."""
+    ``store_correct``: each eval's per-question correctness too, packed (`evaluation.noise.pack_correct`).
+    ``metrics``: eval name -> "acc" | "acc_per_char", what its ``<name>_acc`` holds (default "acc")."""
+    metrics = metrics or {}
     vl, per_src = val_losses(model, k, val_pool, batch=batch)
     mc = {name: mc_accuracy(model, k, reqs, batch=batch) for name, reqs in evals.items()}
+    metric = {name: metrics.get(name, "acc") for name in evals}
     out = []
     for slot in range(k):
         d = {"val_loss": round(float(vl[slot]), 6)}
         for src, v in per_src.items():
             d[f"val_loss_{src}"] = round(float(v[slot]), 6)
         for name, r in mc.items():
-            d[f"{name}_acc"] = round(float(r.accuracy[slot]), 6)
+            correct = r.correct(metric[name])[slot]
+            d[f"{name}_acc"] = round(float(r.metric(metric[name])[slot]), 6)
             d[f"{name}_gold_logprob"] = round(float(r.gold_logprob[slot]), 6)
             if store_correct:
                 from ..evaluation.noise import pack_correct
 
-                d[f"{name}_correct"] = pack_correct(r.correct[slot].numpy())
+                d[f"{name}_correct"] = pack_correct(correct.numpy())
         out.append(d)
     return out
 

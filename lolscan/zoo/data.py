@@ -172,6 +172,7 @@ class McRequest:
     contexts: list[list[int]]
     continuations: list[list[int]]
     gold: int
+    chars: list[int] | None = None  # each continuation's length in characters (for acc_per_char)
 
 
 def load_eval(ev: EvalSet, tokenizer: Any, root: Path, max_length: int = 2048) -> list[McRequest]:
@@ -188,9 +189,10 @@ def load_eval(ev: EvalSet, tokenizer: Any, root: Path, max_length: int = 2048) -
         gold[d] = int(dotted(row, ev.gold))
     out = []
     for d, opts in docs.items():
-        ctxs, conts = [], []
+        ctxs, conts, chars = [], [], []
         for i in sorted(opts):
             ctx, cont = opts[i]
+            chars.append(len(cont))
             # lm-eval's split: encode context and context+continuation; the continuation is the tail
             c_ids = list(tokenizer(ctx, add_special_tokens=True)["input_ids"])
             w_ids = list(tokenizer(ctx + cont, add_special_tokens=True)["input_ids"])
@@ -202,7 +204,7 @@ def load_eval(ev: EvalSet, tokenizer: Any, root: Path, max_length: int = 2048) -
             keep = max_length - len(cont_ids)
             ctxs.append(c_ids[-keep:])
             conts.append(cont_ids)
-        out.append(McRequest(doc_id=d, contexts=ctxs, continuations=conts, gold=gold[d]))
+        out.append(McRequest(doc_id=d, contexts=ctxs, continuations=conts, gold=gold[d], chars=chars))
     return out
 
 

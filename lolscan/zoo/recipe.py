@@ -48,6 +48,9 @@ class EvalSet:
     choice: str = "idx"
     gold: str = "label"
     max_docs: int | None = None  # first N documents only (None: all)
+    # what `<name>_acc` holds: "acc" (the highest summed log-likelihood wins) or "acc_per_char" (divided by
+    # the continuation's length in characters first: OLMES's primary metric for cloze/RC requests)
+    metric: str = "acc"
 
 
 @dataclass
@@ -124,6 +127,9 @@ class Recipe:
                 d["data"][key] = value
         d["lora"] = {"target_modules": d.pop("target_modules"), "rank": d.pop("rank"), "alpha": d.pop("alpha")}
         d["eval"] = d.pop("evals")
+        for ev in d["eval"]:  # left out at its default, so recipes from before it keep their digest
+            if ev.get("metric") == "acc":
+                del ev["metric"]
         return d
 
     @property
@@ -150,6 +156,9 @@ class Recipe:
             raise UsageError("recipe: lr_schedule must be 'constant' or 'linear'")
         if abs(sum(self.splits.values()) - 1.0) > 1e-6:
             raise UsageError("recipe: splits must sum to 1")
+        for ev in self.evals:
+            if ev.metric not in ("acc", "acc_per_char"):
+                raise UsageError(f"recipe: eval {ev.name!r}: metric must be 'acc' or 'acc_per_char'")
         if self.max_per_source is not None and self.max_per_source < 1:
             raise UsageError("recipe: data.max_per_source must be >= 1")
         for key in ("lr", "steps", "batch_size", "dropout", "weight_decay"):
