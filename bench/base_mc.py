@@ -42,7 +42,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         acc, n = float(r.accuracy[0]), len(reqs)
         chance = sum(1 / len(q.continuations) for q in reqs) / n
         row = {"requests": req, "questions": n, "acc": acc, "se": (acc * (1 - acc) / n) ** 0.5, "chance": chance,
-               "gold_logprob": float(r.gold_logprob[0]), "seconds": time.perf_counter() - t0}
+               "acc_per_char": float(r.metric("acc_per_char")[0]), "gold_logprob": float(r.gold_logprob[0]),
+               "seconds": time.perf_counter() - t0}
         print(json.dumps(row), flush=True)
         out.append(row)
     return out
