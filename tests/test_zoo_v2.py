@@ -15,7 +15,7 @@ from lolscan.zoo.recipe import Recipe, draw, lora_pool, sample_specs
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 V2 = {"qwen2.5-coder-1.5b-kv-r4-v2": "07814357bb80428a", "qwen2.5-coder-1.5b-kv-r4-v2-pilot": "d704673aefa9f462",
-      "smollm2-135m-kv-r4-v2": "a75522c1fbfae8d1", "smollm2-135m-kv-r4-v2-pilot": "e3118d3ba8d20b6a"}
+      "smollm2-135m-kv-r4-v2": "41056802970a4e0c", "smollm2-135m-kv-r4-v2-pilot": "19a7abacd22ecba6"}
 # digests the code before v2 gave the v1 recipes (git 32aea68): the new optional fields must not move them
 V1 = {"qwen2.5-coder-1.5b-kv-r4": "2d2d6f840212989b", "qwen2.5-coder-1.5b-kv-r4-lite": "c163b41b7db8bd74",
       "smollm2-135m-kv-r4": "03637f2b0e034573", "smollm2-135m-kv-r4-vl": "1f79b4a4f79f510b"}
@@ -24,15 +24,15 @@ V1 = {"qwen2.5-coder-1.5b-kv-r4": "2d2d6f840212989b", "qwen2.5-coder-1.5b-kv-r4-
 def test_v2_recipes_parse_with_stable_digests():
     for name, digest in {**V2, **V1}.items():
         assert Recipe.load(RECIPES / f"{name}.toml").digest() == digest, name
-    for model, ev, docs in (("qwen2.5-coder-1.5b-kv-r4-v2", "arc_c", "arc_challenge"),
-                            ("smollm2-135m-kv-r4-v2", "arc_e", "arc_easy")):
+    for model, ev, task in (("qwen2.5-coder-1.5b-kv-r4-v2", "arc_c", "arc_challenge/test_mc_5shot"),
+                            ("smollm2-135m-kv-r4-v2", "arc_e", "arc_easy/test_rc_5shot")):
         r, pilot = Recipe.load(RECIPES / f"{model}.toml"), Recipe.load(RECIPES / f"{model}-pilot.toml")
         assert r.n_loras == 2000 and pilot.n_loras == 100
         assert {**pilot.to_dict(), "name": r.name, "n_loras": r.n_loras} == r.to_dict()
         assert r.membership_p == 0.5 and r.max_per_source == 48 and r.store_correct
         assert r.hparams["steps"] == {"epochs": [2, 4]} and "mixture" in r.hparams["lr"]
         assert [(e.name, e.max_docs) for e in r.evals] == [(ev, None)]
-        assert r.evals[0].requests == f"oe_eval_tasks/{docs}/test_mc_5shot/requests.jsonl.gz"
+        assert r.evals[0].requests == f"oe_eval_tasks/{task}/requests.jsonl.gz"
         assert not any("arc_challenge" in f.lower() or "ARC-Challenge" in f for s in r.sources for f in s.files)
         # the same adapter (index) gets the same settings in the pilot and in the full zoo
         sizes = {s.name: 400 for s in r.sources}
