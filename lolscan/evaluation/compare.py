@@ -23,7 +23,8 @@ from typing import Any
 
 import numpy as np
 
-RECIPE = ("lr", "steps", "batch_size", "dropout", "weight_decay", "rank", "alpha")
+# pool_n, epochs: a v2 zoo's own-pool size and passes over it (recipe + seed decide them: a recipe column)
+RECIPE = ("lr", "steps", "batch_size", "dropout", "weight_decay", "rank", "alpha", "pool_n", "epochs")
 SOURCE_PREFIX = "src_"
 HEADLINE_METRIC = {"regression": "r2", "binary": "accuracy", "multiclass": "accuracy", "multilabel": "mean_accuracy"}
 RIDGE_ALPHAS = tuple(float(a) for a in np.logspace(-3, 3, 13))

@@ -183,12 +183,12 @@ def build(recipe: Recipe, out: str | Path, *, model: nn.Module | None = None, to
     targets = find_targets(model, recipe.target_modules)
     if not targets:
         raise UsageError(f"recipe: no nn.Linear named {recipe.target_modules} in the base model")
-    specs = sample_specs(recipe, targets)
+    pool = build_pool(recipe, tokenizer, root)
+    specs = sample_specs(recipe, targets, {src: len(v) for src, v in pool.train.items()})
     if labels_from is not None:  # a partial manifest (a build stopped early) covers some groups
         labels_from.check_specs({s.id: _spec_fields(s) for s in specs if s.id in labels_from.rows})
-    pool = build_pool(recipe, tokenizer, root)
     evals = {ev.name: load_eval(ev, tokenizer, root) for ev in recipe.evals}
-    keys = label_keys(list(pool.val), list(evals))
+    keys = label_keys(list(pool.val), list(evals), correct=recipe.store_correct)
     info = {"recipe": recipe.to_dict(), "recipe_digest": recipe.digest(), "pool_digest": pool.digest(),
             "base": base_name, "targets": targets,
             "pool_sizes": {k: len(v) for k, v in pool.train.items()},
@@ -239,7 +239,7 @@ def build(recipe: Recipe, out: str | Path, *, model: nn.Module | None = None, to
                 break
         t0 = time.monotonic()
         mods, losses = train_group(model, targets, group, pool.train, recipe.seed, recipe.lr_schedule,
-                                   compile=compile)
+                                   compile=compile, max_per_source=recipe.max_per_source)
         finite = torch.stack([torch.isfinite(m.lora_A).flatten(1).all(1) & torch.isfinite(m.lora_B).flatten(1).all(1)
                               for m in mods.values()]).all(0).tolist()  # [K]: False = diverged to NaN/Inf
         _sync(model)
@@ -247,10 +247,12 @@ def build(recipe: Recipe, out: str | Path, *, model: nn.Module | None = None, to
         k = len(group)
         measured: list[dict[str, float]] | None = None
         if labels_from is None or labels_from.checks(gi):
-            measured = _measure_labels(model, k, pool.val, evals, recipe.eval_batch)
+            measured = _measure_labels(model, k, pool.val, evals, recipe.eval_batch, recipe.store_correct,
+                                       {ev.name: ev.metric for ev in recipe.evals})
             _sync(model)
         t2 = time.monotonic()
-        rows_out = _group_rows(recipe, group, finite, losses, measured, labels_from, keys)
+        rows_out = _group_rows(recipe, group, finite, losses, measured, labels_from, keys,
+                               {src: len(v) for src, v in pool.train.items()})
         if labels_from is not None and measured is not None:
             rep.groups_checked += 1
         for slot, (s, row) in enumerate(zip(group, rows_out)):
@@ -300,7 +302,8 @@ def _open_zoo(out: Path, info: dict[str, Any], model: nn.Module, pool: Any, eval
     base_labels["val_loss"] = float(vl[0])
     for name, reqs in evals.items():
         r = mc_accuracy(model, 1, reqs, batch=eval_batch)
-        base_labels[f"{name}_acc"] = float(r.accuracy[0])
+        metric = {e["name"]: e.get("metric", "acc") for e in info["recipe"].get("eval", [])}.get(name, "acc")
+        base_labels[f"{name}_acc"] = float(r.metric(metric)[0])
         base_labels[f"{name}_gold_logprob"] = float(r.gold_logprob[0])
     info["base_labels"] = base_labels
     log(f"base model labels: {base_labels}")
@@ -310,7 +313,7 @@ def _open_zoo(out: Path, info: dict[str, Any], model: nn.Module, pool: Any, eval
 
 def _group_rows(recipe: Recipe, group: list[LoraSpec], finite: list[bool], losses: torch.Tensor,
                 measured: list[dict[str, float]] | None, labels_from: KnownLabels | None,
-                keys: list[str]) -> list[dict[str, Any]]:
+                keys: list[str], pool_sizes: dict[str, int]) -> list[dict[str, Any]]:
     """The manifest rows of a trained group (every row first: a mismatch with labels_from leaves no trace)."""
     rows_out = []
     for slot, s in enumerate(group):
@@ -321,6 +324,10 @@ def _group_rows(recipe: Recipe, group: list[LoraSpec], finite: list[bool], losse
             labels = labels_from.labels(s.id, keys, labels)
         row: dict[str, Any] = {"id": s.id, "path": f"adapters/{s.id}", "split": f["split"],
                                "finite": bool(finite[slot]), **labels, "sources": f["sources"]}
+        n_own = own_pool_sizes(s.sources, pool_sizes, recipe.max_per_source)
+        row["val_loss_own"] = own_val_loss(labels, n_own)
+        row["pool_n"] = sum(n_own.values())
+        row["epochs"] = round(s.steps * s.batch_size / max(row["pool_n"], 1), 6)
         for src in (x.name for x in recipe.sources):
             row[f"src_{src}"] = int(src in s.sources)
         row.update({key: f[key] for key in ("rank", "alpha", "lr", "steps", "batch_size", "dropout",
@@ -333,6 +340,20 @@ def _group_rows(recipe: Recipe, group: list[LoraSpec], finite: list[bool], losse
     return rows_out
 
 
+def own_pool_sizes(sources: list[str], pool_sizes: dict[str, int], max_per_source: int | None) -> dict[str, int]:
+    """How many training sequences of each member source a LoRA draws from (`recipe.lora_pool`)."""
+    return {src: pool_sizes[src] if max_per_source is None else min(pool_sizes[src], max_per_source)
+            for src in sources}
+
+
+def own_val_loss(labels: dict[str, Any], n_own: dict[str, int]) -> float:
+    """``val_loss_own``: held-out loss on the LoRA's own data — the member sources' ``val_loss_<src>``
+    (each a token mean over that source's held-out sequences) weighted as its training pool weights them,
+    by sequences (a batch draws every sequence of its pool alike). NaN when the LoRA diverged."""
+    total = sum(n_own.values())
+    return round(sum(float(labels[f"val_loss_{src}"]) * n for src, n in n_own.items()) / total, 6)
+
+
 def _spec_fields(s: LoraSpec) -> dict[str, Any]:
     """What the recipe and seed decide for one adapter before training, as the manifest writes it."""
     return {"split": s.split, "sources": list(s.sources), "rank": s.rank, "alpha": s.alpha, "lr": s.lr,
@@ -340,18 +361,28 @@ def _spec_fields(s: LoraSpec) -> dict[str, Any]:
             "mixed_rank": s.layer_ranks is not None}
 
 
-def _measure_labels(model: nn.Module, k: int, val_pool: dict, evals: dict, batch: int) -> list[dict[str, float]]:
-    """The label pass for the K adapters in the model: one dict per slot, in `label_keys` order."""
+def _measure_labels(model: nn.Module, k: int, val_pool: dict, evals: dict, batch: int,
+                    store_correct: bool = False, metrics: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """The label pass for the K adapters in the model: one dict per slot, in `label_keys` order.
+    ``store_correct``: each eval's per-question correctness too, packed (`evaluation.noise.pack_correct`).
+    ``metrics``: eval name -> "acc" | "acc_per_char", what its ``<name>_acc`` holds (default "acc")."""
+    metrics = metrics or {}
     vl, per_src = val_losses(model, k, val_pool, batch=batch)
     mc = {name: mc_accuracy(model, k, reqs, batch=batch) for name, reqs in evals.items()}
+    metric = {name: metrics.get(name, "acc") for name in evals}
     out = []
     for slot in range(k):
         d = {"val_loss": round(float(vl[slot]), 6)}
         for src, v in per_src.items():
             d[f"val_loss_{src}"] = round(float(v[slot]), 6)
         for name, r in mc.items():
-            d[f"{name}_acc"] = round(float(r.accuracy[slot]), 6)
+            correct = r.correct(metric[name])[slot]
+            d[f"{name}_acc"] = round(float(r.metric(metric[name])[slot]), 6)
             d[f"{name}_gold_logprob"] = round(float(r.gold_logprob[slot]), 6)
+            if store_correct:
+                from ..evaluation.noise import pack_correct
+
+                d[f"{name}_correct"] = pack_correct(correct.numpy())
         out.append(d)
     return out
 

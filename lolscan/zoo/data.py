@@ -19,6 +19,9 @@ from ..errors import InputError, UsageError
 from .recipe import EvalSet, Recipe, Source
 
 LETTERS = "ABCDEFGHIJ"
+# oe-eval writes, beside each cloze (RC) request, the same continuation after a bare "Answer:" (for its
+# acc_uncond metric) under doc_id + 1,000,000: not a question of the benchmark, so `load_eval` skips it
+UNCONDITIONED_DOC_ID = 1_000_000
 
 
 def resolve_root(data_root: str, override: str | None = None) -> Path:
@@ -172,6 +175,7 @@ class McRequest:
     contexts: list[list[int]]
     continuations: list[list[int]]
     gold: int
+    chars: list[int] | None = None  # each continuation's length in characters (for acc_per_char)
 
 
 def load_eval(ev: EvalSet, tokenizer: Any, root: Path, max_length: int = 2048) -> list[McRequest]:
@@ -180,6 +184,8 @@ def load_eval(ev: EvalSet, tokenizer: Any, root: Path, max_length: int = 2048) -
     gold: dict[Any, int] = {}
     for row in rows:
         d = dotted(row, ev.doc_id)
+        if isinstance(d, int) and d >= UNCONDITIONED_DOC_ID:  # oe-eval's context-free twin of a cloze request
+            continue
         if d not in docs:
             if ev.max_docs is not None and len(docs) >= ev.max_docs:
                 continue
@@ -188,9 +194,10 @@ def load_eval(ev: EvalSet, tokenizer: Any, root: Path, max_length: int = 2048) -
         gold[d] = int(dotted(row, ev.gold))
     out = []
     for d, opts in docs.items():
-        ctxs, conts = [], []
+        ctxs, conts, chars = [], [], []
         for i in sorted(opts):
             ctx, cont = opts[i]
+            chars.append(len(cont))
             # lm-eval's split: encode context and context+continuation; the continuation is the tail
             c_ids = list(tokenizer(ctx, add_special_tokens=True)["input_ids"])
             w_ids = list(tokenizer(ctx + cont, add_special_tokens=True)["input_ids"])
@@ -202,7 +209,7 @@ def load_eval(ev: EvalSet, tokenizer: Any, root: Path, max_length: int = 2048) -
             keep = max_length - len(cont_ids)
             ctxs.append(c_ids[-keep:])
             conts.append(cont_ids)
-        out.append(McRequest(doc_id=d, contexts=ctxs, continuations=conts, gold=gold[d]))
+        out.append(McRequest(doc_id=d, contexts=ctxs, continuations=conts, gold=gold[d], chars=chars))
     return out
 
 

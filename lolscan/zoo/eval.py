@@ -55,10 +55,26 @@ def val_losses(model: nn.Module, k: int, val: dict[str, list[list[int]]], batch:
 
 
 @dataclass
-class McResult:
+class McResult:  # (gold: [docs] the gold option of each document)
     accuracy: torch.Tensor  # [K]
     gold_logprob: torch.Tensor  # [K] mean log-probability of the gold option, renormalised over options
     scores: torch.Tensor  # [K, docs, options] summed continuation log-likelihoods
+    gold: torch.Tensor  # [docs] each document's gold option
+    chars: torch.Tensor | None = None  # [docs, options] continuation lengths in characters, where known
+
+    def correct(self, metric: str = "acc") -> torch.Tensor:
+        """[K, docs] bool: did each adapter rank the gold option first — by summed log-likelihood ("acc",
+        ``accuracy`` is its mean) or by log-likelihood per character ("acc_per_char", OLMES's RC metric)."""
+        scores = self.scores
+        if metric == "acc_per_char":
+            if self.chars is None:
+                raise ValueError("acc_per_char needs the continuations' lengths in characters")
+            scores = scores / self.chars.clamp(min=1).unsqueeze(0)
+        return scores.argmax(-1) == self.gold.unsqueeze(0)
+
+    def metric(self, name: str = "acc") -> torch.Tensor:
+        """[K] the accuracy by `correct`'s rule."""
+        return self.correct(name).double().mean(1).float()
 
 
 def common_prefix(seqs: list[list[int]]) -> int:
@@ -155,4 +171,9 @@ def mc_accuracy(model: nn.Module, k: int, reqs: list[McRequest], batch: int = 8,
     acc = (scores.argmax(-1) == gold.unsqueeze(0)).double().mean(1)
     norm = torch.log_softmax(scores, dim=-1)
     glp = norm.gather(2, gold.view(1, -1, 1).expand(k, -1, 1)).squeeze(2).mean(1)
-    return McResult(accuracy=acc.float(), gold_logprob=glp.float(), scores=scores)
+    chars = None
+    if all(r.chars is not None for r in reqs):
+        chars = torch.ones(len(reqs), n_opt, dtype=torch.float64)
+        for i, r in enumerate(reqs):
+            chars[i, : len(r.chars)] = torch.tensor(r.chars, dtype=torch.float64)
+    return McResult(accuracy=acc.float(), gold_logprob=glp.float(), scores=scores, gold=gold, chars=chars)

@@ -28,11 +28,12 @@ SPEC_KEYS = ("split", "sources", "rank", "alpha", "lr", "steps", "batch_size", "
 TRAIN_KEYS = ("finite", "train_loss_first", "train_loss_last")
 
 
-def label_keys(val_sources: list[str], eval_names: list[str]) -> list[str]:
-    """Manifest columns the label pass writes, in the order the builder writes them."""
+def label_keys(val_sources: list[str], eval_names: list[str], correct: bool = False) -> list[str]:
+    """Manifest columns the label pass writes, in the order the builder writes them (``correct``: with
+    each eval's per-question correctness, recipe ``store_correct``)."""
     keys = ["val_loss", *(f"val_loss_{s}" for s in val_sources)]
     for name in eval_names:
-        keys += [f"{name}_acc", f"{name}_gold_logprob"]
+        keys += [f"{name}_acc", f"{name}_gold_logprob"] + ([f"{name}_correct"] if correct else [])
     return keys
 
 
@@ -103,7 +104,8 @@ class KnownLabels:
             raise InputError(f"{self.path}: {aid} has no {', '.join(missing)}")
         if measured is not None:
             for k in keys:
-                self._compare(aid, k, measured[k], old[k], "measured here")
+                if not k.endswith("_correct"):  # a bitstring: its accuracy is compared, a near tie may flip
+                    self._compare(aid, k, measured[k], old[k], "measured here")
         return {k: old[k] for k in keys}
 
     def check_training(self, aid: str, row: dict[str, Any]) -> None:

@@ -306,7 +306,8 @@ def init_factors(modules: dict[str, "MultiLoRALinear"], slot: int, seed: int, in
 def train_group(model: nn.Module, target_names: list[str], specs: list, train_pool: dict[str, list[list[int]]],
                 seed: int, lr_schedule: str = "constant", checkpoint_logits: bool = True,
                 batches: list[list[list[list[int]]]] | None = None,
-                compile: bool = False) -> tuple[dict[str, MultiLoRALinear], torch.Tensor]:
+                compile: bool = False, max_per_source: int | None = None
+                ) -> tuple[dict[str, MultiLoRALinear], torch.Tensor]:
     """Train len(specs) adapters at once; returns the injected modules (factors live there) and the
     per-step training loss of each adapter, shape [max_steps, K] (NaN after an adapter finished).
 
@@ -314,6 +315,7 @@ def train_group(model: nn.Module, target_names: list[str], specs: list, train_po
     block-diagonal mask was tried: equal to peft on CPU, but on an H200 the backward pass gave NaN
     factors for most groups of 4-example batches, and it was no faster at K = 32; see bench/RESULTS.md.)
     ``batches`` (tests): explicit per-adapter batches [K][steps][b] of token lists instead of sampling.
+    ``max_per_source``: each adapter samples from its own capped subset of every member source (`lora_pool`).
 
     ``compile``: run the transformer body through ``torch.compile`` (`compiled_body`), lengths padded to a
     multiple of 32. Compiled code cannot take a ``torch.Generator``, so LoRA dropout then draws from the
@@ -346,7 +348,12 @@ def train_group(model: nn.Module, target_names: list[str], specs: list, train_po
     if batches is None:
         draws = []
         for s in specs:
-            pool = [x for src in s.sources for x in train_pool[src]]
+            if max_per_source is None:
+                pool = [x for src in s.sources for x in train_pool[src]]
+            else:
+                from .recipe import lora_pool
+
+                pool = [x for xs in lora_pool(s, train_pool, seed, max_per_source).values() for x in xs]
             rng = np.random.default_rng(np.random.SeedSequence([seed, s.index, 1]))
             idx = rng.integers(0, len(pool), size=(s.steps, s.batch_size))
             draws.append([[pool[j] for j in row] for row in idx])

@@ -48,6 +48,9 @@ class EvalSet:
     choice: str = "idx"
     gold: str = "label"
     max_docs: int | None = None  # first N documents only (None: all)
+    # what `<name>_acc` holds: "acc" (the highest summed log-likelihood wins) or "acc_per_char" (divided by
+    # the continuation's length in characters first: OLMES's primary metric for cloze/RC requests)
+    metric: str = "acc"
 
 
 @dataclass
@@ -74,6 +77,13 @@ class Recipe:
     # Seed of the pool's train/validation partition ([data] data_seed; None: `seed`). A variant zoo with
     # another seed sets the parent's, so its validation-loss labels use the same held-out sequences.
     data_seed: int | None = None
+    # [data] max_per_source: each LoRA trains on at most this many examples of each member source, a
+    # seeded subset of its own (`lora_pool`), so a LoRA's pool is a few hundred examples it sees for a few
+    # epochs. None: the whole source (the v1 zoos).
+    max_per_source: int | None = None
+    # [data] store_correct: also write each eval's per-question correctness (`<eval>_correct`, a hex
+    # bitstring, `lolscan.evaluation.noise.unpack_correct`) so label noise can be bootstrapped over questions.
+    store_correct: bool = False
 
     kind = "language"  # (a class attribute: not in the digest) `diffusion_recipe.DiffusionRecipe` says "diffusion"
 
@@ -111,8 +121,15 @@ class Recipe:
         data_seed = d.pop("data_seed")
         if data_seed is not None:  # absent when unset, so recipes from before it keep their digest
             d["data"]["data_seed"] = data_seed
+        for key, unset in (("max_per_source", None), ("store_correct", False)):  # likewise
+            value = d.pop(key)
+            if value != unset:
+                d["data"][key] = value
         d["lora"] = {"target_modules": d.pop("target_modules"), "rank": d.pop("rank"), "alpha": d.pop("alpha")}
         d["eval"] = d.pop("evals")
+        for ev in d["eval"]:  # left out at its default, so recipes from before it keep their digest
+            if ev.get("metric") == "acc":
+                del ev["metric"]
         return d
 
     @property
@@ -139,6 +156,18 @@ class Recipe:
             raise UsageError("recipe: lr_schedule must be 'constant' or 'linear'")
         if abs(sum(self.splits.values()) - 1.0) > 1e-6:
             raise UsageError("recipe: splits must sum to 1")
+        for ev in self.evals:
+            if ev.metric not in ("acc", "acc_per_char"):
+                raise UsageError(f"recipe: eval {ev.name!r}: metric must be 'acc' or 'acc_per_char'")
+        if self.max_per_source is not None and self.max_per_source < 1:
+            raise UsageError("recipe: data.max_per_source must be >= 1")
+        for key in ("lr", "steps", "batch_size", "dropout", "weight_decay"):
+            if key == "steps" and is_epochs(self.hparams[key]):
+                lo, hi = self.hparams[key]["epochs"]
+                if not 0 < lo <= hi:
+                    raise UsageError("recipe: hparams.steps = { epochs = [lo, hi] } with 0 < lo <= hi")
+                continue
+            check_distribution(self.hparams[key], f"hparams.{key}")
 
 
 # ---- distributions ------------------------------------------------------------------------
@@ -167,16 +196,49 @@ def read_toml(p: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     base_path = (p.parent / parent).resolve()
     if base_path in _seen:
         raise UsageError(f"recipe: extends loops back to {base_path.name}", path=p)
-    return merged(read_toml(base_path, _seen + (p.resolve(),)), d)
+    out = merged(read_toml(base_path, _seen + (p.resolve(),)), d)
+    for key, spec in d.get("hparams", {}).items():  # a distribution replaces the parent's whole, not key by key
+        out["hparams"][key] = spec
+    return out
+
+
+def is_epochs(spec: Any) -> bool:
+    """``steps = { epochs = [lo, hi] }``: a uniform number of passes over the LoRA's own pool, turned into
+    steps once the pool is known (`sample_specs` with ``pool_sizes``)."""
+    return isinstance(spec, dict) and list(spec) == ["epochs"]
+
+
+def check_distribution(spec: Any, where: str) -> None:
+    """Refuse a malformed distribution when the recipe is read, not halfway through a build."""
+    if not isinstance(spec, dict):
+        return
+    if len(spec) != 1:
+        raise UsageError(f"recipe: {where}: a distribution is a one-key table, got {spec}")
+    (kind, arg), = spec.items()
+    if kind not in ("choice", "uniform", "loguniform", "int_uniform", "mixture"):
+        raise UsageError(f"recipe: {where}: unknown distribution {kind!r}")
+    if kind != "mixture":
+        return
+    ok = isinstance(arg, list) and arg and all(isinstance(c, list) and len(c) == 2 for c in arg)
+    if not ok or any(not isinstance(w, (int, float)) or w <= 0 for w, _ in arg):
+        raise UsageError(f"recipe: {where}: mixture = [[weight > 0, distribution], ...], got {arg}")
+    for _, component in arg:
+        check_distribution(component, where)
 
 
 def draw(spec: Any, rng: np.random.Generator) -> Any:
-    """Draw one value. A plain number is a constant; a one-key table names a distribution."""
+    """Draw one value. A plain number is a constant; a one-key table names a distribution.
+
+    ``{ mixture = [[0.85, {loguniform = [1e-4, 1e-3]}], [0.15, {loguniform = [3e-3, 1e-2]}]] }`` picks a
+    component with probability proportional to its weight, then draws from it (both from `rng`)."""
     if not isinstance(spec, dict):
         return spec
     if len(spec) != 1:
         raise UsageError(f"recipe: a distribution is a one-key table, got {spec}")
     (kind, arg), = spec.items()
+    if kind == "mixture":
+        w = np.array([float(c[0]) for c in arg])
+        return draw(arg[int(rng.choice(len(arg), p=w / w.sum()))][1], rng)
     if kind == "choice":
         return arg[int(rng.integers(len(arg)))]
     if kind == "uniform":
@@ -219,15 +281,24 @@ def _alpha(alpha: Any, rank: int) -> float:
     return float(alpha)
 
 
-def sample_specs(recipe: Recipe, module_names: list[str]) -> list[LoraSpec]:
-    """Draw every adapter's settings. `module_names` are the adapted modules (for per-layer ranks)."""
+def sample_specs(recipe: Recipe, module_names: list[str],
+                 pool_sizes: dict[str, int] | None = None) -> list[LoraSpec]:
+    """Draw every adapter's settings. `module_names` are the adapted modules (for per-layer ranks).
+
+    ``pool_sizes`` (training sequences per source) are needed when ``steps = { epochs = [lo, hi] }``:
+    steps = max(1, round(epochs × the LoRA's pool size / batch size)), the pool capped by
+    ``max_per_source``."""
+    by_epochs = is_epochs(recipe.hparams["steps"])
+    if by_epochs and pool_sizes is None:
+        raise UsageError("recipe: steps given in epochs needs the pool's sizes")
     specs = []
     names = [s.name for s in recipe.sources]
     split_names = list(recipe.splits)
     split_p = np.array([recipe.splits[k] for k in split_names], dtype=float)
     for i in range(recipe.n_loras):
         rng = _rng(recipe.seed, i, 0)
-        h = {k: draw(recipe.hparams[k], rng) for k in ("lr", "steps", "batch_size", "dropout", "weight_decay")}
+        h = {k: draw({"uniform": recipe.hparams[k]["epochs"]} if k == "steps" and by_epochs else recipe.hparams[k], rng)
+             for k in ("lr", "steps", "batch_size", "dropout", "weight_decay")}
         rank_spec = recipe.rank
         layer_ranks = None
         if isinstance(rank_spec, dict) and rank_spec.get("per_layer"):
@@ -240,6 +311,11 @@ def sample_specs(recipe: Recipe, module_names: list[str]) -> list[LoraSpec]:
         if not member.any():
             member[int(rng.integers(len(names)))] = True
         split = split_names[int(rng.choice(len(split_names), p=split_p / split_p.sum()))]
+        if by_epochs:
+            cap = recipe.max_per_source
+            n_pool = sum(pool_sizes[n] if cap is None else min(pool_sizes[n], cap)  # type: ignore[index]
+                         for n, m in zip(names, member) if m)
+            h["steps"] = max(1, round(h["steps"] * n_pool / int(h["batch_size"])))
         # alpha is fixed per adapter; with per-layer ranks the scale is alpha / rank of that layer (peft semantics)
         specs.append(LoraSpec(
             index=i, rank=rank, layer_ranks=layer_ranks, alpha=_alpha(recipe.alpha, rank),
@@ -248,6 +324,25 @@ def sample_specs(recipe: Recipe, module_names: list[str]) -> list[LoraSpec]:
             sources=[n for n, m in zip(names, member) if m], split=split,
         ))
     return specs
+
+
+def lora_pool(spec: LoraSpec, train_pool: dict[str, list[Any]], seed: int,
+              max_per_source: int | None) -> dict[str, list[Any]]:
+    """The training examples one LoRA draws its batches from: of each member source, all of it, or with
+    ``max_per_source`` a seeded subset of that many (fixed by seed and adapter index: independent of
+    grouping), in the source's order."""
+    if max_per_source is None:
+        return {src: list(train_pool[src]) for src in spec.sources}
+    out = {}
+    for j, src in enumerate(spec.sources):
+        items = train_pool[src]
+        if len(items) <= max_per_source:
+            out[src] = list(items)
+            continue
+        rng = np.random.default_rng(np.random.SeedSequence([seed, spec.index, 2, j]))
+        keep = np.sort(rng.choice(len(items), size=max_per_source, replace=False))
+        out[src] = [items[int(i)] for i in keep]
+    return out
 
 
 def group_specs(specs: list[LoraSpec], group_size: int) -> list[list[LoraSpec]]:

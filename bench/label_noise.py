@@ -1,0 +1,65 @@
+"""The R² ceiling that measurement noise leaves an accuracy label of a zoo (issue 17).
+
+    python bench/label_noise.py ZOO/manifest.jsonl --label arc_c_acc --questions 1172
+    python bench/label_noise.py ZOO/manifest.jsonl --label arc_c_acc --bootstrap 500   # needs arc_c_correct
+    python bench/label_noise.py A/manifest.jsonl --label arc_c_acc --questions 1172 --retest B/manifest.jsonl
+
+Binomial: per-adapter p(1-p)/(N-1) averaged, against the label's variance over the zoo (finite adapters,
+``--split`` to restrict). Bootstrap: questions resampled from the stored per-question correctness
+(``<eval>_correct``, recipe ``[data] store_correct = true``). Retest: the same adapter ids labelled in a
+second manifest. See `lolscan.evaluation.noise`.
+"""
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import math
+
+import numpy as np
+
+from lolscan.evaluation.noise import (
+    binomial_r2_ceiling,
+    bootstrap_r2_ceiling,
+    repeat_r2_ceiling,
+    unpack_correct,
+)
+
+
+def read_rows(path: str) -> list[dict]:
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("manifest")
+    ap.add_argument("--label", default="arc_c_acc")
+    ap.add_argument("--questions", type=int, help="N questions behind each accuracy (binomial ceiling)")
+    ap.add_argument("--bootstrap", type=int, default=0, help="resamples over questions (needs <eval>_correct)")
+    ap.add_argument("--retest", help="a second manifest labelling the same adapter ids")
+    ap.add_argument("--split", default=None, help="train|val|test (default: every row)")
+    args = ap.parse_args(argv)
+    rows = [r for r in read_rows(args.manifest) if r.get("finite", True) and (args.split in (None, r.get("split")))]
+    rows = [r for r in rows if isinstance(r.get(args.label), (int, float)) and math.isfinite(r[args.label])]
+    out: dict = {"manifest": args.manifest, "label": args.label, "n": len(rows)}
+    acc = np.array([r[args.label] for r in rows])
+    if args.questions:
+        out["binomial"] = binomial_r2_ceiling(acc, args.questions)
+    if args.bootstrap:
+        col = args.label.removesuffix("_acc") + "_correct"
+        if not args.questions:
+            ap.error("--bootstrap needs --questions (the bitstrings are padded to whole bytes)")
+        bits = np.stack([unpack_correct(r[col], args.questions) for r in rows])
+        out["bootstrap"] = bootstrap_r2_ceiling(bits, n_boot=args.bootstrap)
+    if args.retest:
+        other = {r["id"]: r.get(args.label) for r in read_rows(args.retest)}
+        pairs = [(r[args.label], other[r["id"]]) for r in rows if isinstance(other.get(r["id"]), (int, float))]
+        out["retest"] = repeat_r2_ceiling([a for a, _ in pairs], [b for _, b in pairs])
+    print(json.dumps(out, indent=2))
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,111 @@
+"""Label-noise R² ceilings (`lolscan.evaluation.noise`) against a direct simulation: adapters with known true
+accuracies, labels measured on N questions; the R² of the truth against the labels is the ceiling."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lolscan.evaluation.noise import (
+    binomial_r2_ceiling,
+    bootstrap_r2_ceiling,
+    pack_correct,
+    repeat_r2_ceiling,
+    unpack_correct,
+)
+
+
+def _r2(y, pred):
+    return 1 - np.sum((y - pred) ** 2) / np.sum((y - y.mean()) ** 2)
+
+
+def _simulate(rng, n_ad=400, n_q=250, sd=0.06):
+    p = np.clip(rng.normal(0.5, sd, n_ad), 0.05, 0.95)
+    correct = rng.random((n_ad, n_q)) < p[:, None]
+    return p, correct
+
+
+@pytest.mark.parametrize("n_q,sd", [(250, 0.06), (1172, 0.03), (100, 0.1)])
+def test_binomial_ceiling_matches_simulation(n_q, sd):
+    rng = np.random.default_rng(1)
+    sims, est = [], []
+    for _ in range(20):
+        p, correct = _simulate(rng, n_q=n_q, sd=sd)
+        y = correct.mean(1)
+        sims.append(_r2(y, p))
+        est.append(binomial_r2_ceiling(y, n_q)["ceiling"])
+    # the estimator is unbiased for the noise variance: its mean over replicates meets the simulated R²
+    assert np.mean(est) == pytest.approx(np.mean(sims), abs=0.01)
+    assert np.std(np.array(est) - np.array(sims)) < 0.06
+
+
+def test_bootstrap_ceiling_matches_simulation():
+    rng = np.random.default_rng(2)
+    sims, boot, shared = [], [], []
+    for _ in range(6):
+        p, correct = _simulate(rng, n_ad=300, n_q=250, sd=0.06)
+        sims.append(_r2(correct.mean(1), p))
+        r = bootstrap_r2_ceiling(correct, n_boot=100, seed=0)
+        boot.append(r["ceiling"])
+        shared.append(r["ceiling_shared"])
+    # independent questions: bootstrap ≈ binomial plug-in (slightly pessimistic: the plug-in variance is
+    # p(1-p)/N, not /(N-1)) ≈ simulated
+    assert np.mean(boot) == pytest.approx(np.mean(sims), abs=0.03)
+    assert np.mean(shared) == pytest.approx(np.mean(boot), abs=0.02)
+
+
+def test_bootstrap_shared_removes_common_question_difficulty():
+    """Questions that every adapter gets right or wrong together move all labels alike under resampling:
+    that shift is noise per adapter but costs no R², and ceiling_shared sees it."""
+    rng = np.random.default_rng(3)
+    n_ad, n_q = 200, 300
+    easy = rng.random(n_q) < 0.5  # answered by everyone (easy) or by no one (hard) ...
+    skill = rng.normal(0.5, 0.1, n_ad).clip(0.05, 0.95)
+    mixed = rng.random(n_q) < 0.3  # ... except a third, answered with the adapter's own skill
+    correct = np.where(mixed[None, :], rng.random((n_ad, n_q)) < skill[:, None], easy[None, :])
+    r = bootstrap_r2_ceiling(correct, n_boot=200, seed=1)
+    assert r["ceiling_shared"] > r["ceiling"] + 0.05
+
+
+def test_repeat_ceiling_matches_simulation():
+    rng = np.random.default_rng(4)
+    p, c1 = _simulate(rng, n_ad=2000, n_q=250)
+    c2 = rng.random(c1.shape) < p[:, None]
+    y1, y2 = c1.mean(1), c2.mean(1)
+    r = repeat_r2_ceiling(y1, y2)
+    assert r["ceiling"] == pytest.approx((_r2(y1, p) + _r2(y2, p)) / 2, abs=0.05)
+    assert r["ceiling"] == pytest.approx(binomial_r2_ceiling(np.r_[y1, y2], 250)["ceiling"], abs=0.05)
+
+
+def test_pack_correct_round_trips():
+    rng = np.random.default_rng(5)
+    for n in (1, 7, 8, 9, 1172):
+        bits = rng.random(n) < 0.5
+        text = pack_correct(bits)
+        assert len(text) == 2 * ((n + 7) // 8)
+        assert unpack_correct(text, n).tolist() == bits.tolist()
+    with pytest.raises(ValueError):
+        unpack_correct(pack_correct(np.ones(9, bool)), 20)
+    with pytest.raises(ValueError):
+        binomial_r2_ceiling([0.5], 100)
+
+
+def test_bench_label_noise_reads_a_manifest(tmp_path):
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("label_noise", Path(__file__).parents[1] / "bench" / "label_noise.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    rng = np.random.default_rng(6)
+    _, correct = _simulate(rng, n_ad=200, n_q=101)
+    rows = [{"id": f"l{i}", "split": "test", "finite": True, "arc_c_acc": float(c.mean()),
+             "arc_c_correct": pack_correct(c)} for i, c in enumerate(correct)]
+    rows.append({"id": "dead", "finite": False, "arc_c_acc": float("nan"), "arc_c_correct": ""})
+    path = tmp_path / "manifest.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = mod.main([str(path), "--questions", "101", "--bootstrap", "50", "--retest", str(path)])
+    assert out["n"] == 200
+    assert out["binomial"]["ceiling"] == pytest.approx(binomial_r2_ceiling(correct.mean(1), 101)["ceiling"])
+    assert out["bootstrap"]["ceiling"] == pytest.approx(bootstrap_r2_ceiling(correct, 50)["ceiling"])
+    assert out["retest"]["ceiling"] == pytest.approx(1.0)  # a manifest against itself: no noise
