@@ -148,6 +148,31 @@ class BuildReport:
         return self.done == self.total
 
 
+def time_to_stop(rep: BuildReport, max_groups: int | None, max_minutes: float | None, t_start: float,
+                 t_loop: float) -> bool:
+    """Stop before the next group (and mark the report so): ``max_groups`` run, or the next group would
+    end past ``max_minutes`` at the mean cost per group since ``t_loop``."""
+    if max_groups is not None and rep.groups_run >= max_groups:
+        rep.stopped_early = True
+    elif max_minutes is not None and rep.groups_run > 0:
+        per_group = (time.monotonic() - t_loop) / rep.groups_run
+        rep.stopped_early = time.monotonic() - t_start + per_group > max_minutes * 60
+    return rep.stopped_early
+
+
+def check_resume(out: Path, old: dict[str, Any], info: dict[str, Any], keys: tuple[str, ...],
+                 labels_from: KnownLabels | None) -> None:
+    """A zoo folder resumes only with the recipe, data and label source it was started with."""
+    for key in keys:
+        if old.get(key) != info[key]:
+            raise UsageError(f"{out} holds a zoo of another recipe or data ({key} differs); "
+                             "use a new output folder")
+    old_from = (old.get("labels_from") or {}).get("sha256")
+    if old_from != (labels_from.sha256 if labels_from else None):
+        raise UsageError(f"{out} was built with labels {'from ' + old_from[:16] if old_from else 'measured here'}"
+                         "; resume it with the same --labels-from")
+
+
 def build(recipe: Recipe, out: str | Path, *, model: nn.Module | None = None, tokenizer: Any = None,
           device: str = "cpu", dtype: str | None = None, base_path: str | None = None,
           data_root: str | None = None, max_minutes: float | None = None, max_groups: int | None = None,
@@ -229,14 +254,8 @@ def build(recipe: Recipe, out: str | Path, *, model: nn.Module | None = None, to
     t_loop = time.monotonic()  # per-group cost is measured from here: setup is paid once
     for gi in mine:
         group = groups[gi]
-        if max_groups is not None and rep.groups_run >= max_groups:
-            rep.stopped_early = True
+        if time_to_stop(rep, max_groups, max_minutes, t_start, t_loop):
             break
-        if max_minutes is not None and rep.groups_run > 0:
-            per_group = (time.monotonic() - t_loop) / rep.groups_run
-            if time.monotonic() - t_start + per_group > max_minutes * 60:
-                rep.stopped_early = True
-                break
         t0 = time.monotonic()
         mods, losses = train_group(model, targets, group, pool.train, recipe.seed, recipe.lr_schedule,
                                    compile=compile, max_per_source=recipe.max_per_source)
@@ -284,17 +303,10 @@ def _open_zoo(out: Path, info: dict[str, Any], model: nn.Module, pool: Any, eval
     info_path = out / "zoo.json"
     if info_path.exists():
         old = json.loads(info_path.read_text())
-        for key in ("recipe_digest", "pool_digest", "targets"):
-            if old.get(key) != info[key]:
-                raise UsageError(f"{out} holds a zoo of another recipe or data ({key} differs); "
-                                 "use a new output folder")
+        check_resume(out, old, info, ("recipe_digest", "pool_digest", "targets"), labels_from)
         if old.get("compile", False) != compile:
             raise UsageError(f"{out} was built {'with' if old.get('compile') else 'without'} --compile, which "
                              "changes the dropout masks; resume it the same way")
-        old_from = (old.get("labels_from") or {}).get("sha256")
-        if old_from != (labels_from.sha256 if labels_from else None):
-            raise UsageError(f"{out} was built with labels {'from ' + old_from[:16] if old_from else 'measured here'}"
-                             "; resume it with the same --labels-from")
         return old
     # base-model labels, once: what the zoo's labels are to be read against
     base_labels: dict[str, float] = {}

@@ -30,7 +30,7 @@ import torch
 
 from ..errors import UsageError
 from ..utils.files import atomic_write
-from .build import MANIFEST, BuildReport, read_zoo_rows
+from .build import MANIFEST, BuildReport, check_resume, read_zoo_rows, time_to_stop
 from .clipscore import ClipScorer
 from .diffusion_base import DiffusionBase, load_base
 from .diffusion_recipe import DiffusionRecipe, DiffusionSpec, sample_specs
@@ -241,14 +241,7 @@ def build_diffusion(recipe: DiffusionRecipe, out: str | Path, *, base: Diffusion
     info_path = out / "zoo.json"
     if info_path.exists():
         old = json.loads(info_path.read_text())
-        for key in ("recipe_digest", "data", "targets", "resolution"):
-            if old.get(key) != info[key]:
-                raise UsageError(f"{out} holds a zoo of another recipe or data ({key} differs); "
-                                 "use a new output folder")
-        old_from = (old.get("labels_from") or {}).get("sha256")
-        if old_from != (labels_from.sha256 if labels_from else None):
-            raise UsageError(f"{out} was built with labels {'from ' + old_from[:16] if old_from else 'measured here'}"
-                             "; resume it with the same --labels-from")
+        check_resume(out, old, info, ("recipe_digest", "data", "targets", "resolution"), labels_from)
         info = old
     else:
         out.mkdir(parents=True, exist_ok=True)
@@ -266,14 +259,8 @@ def build_diffusion(recipe: DiffusionRecipe, out: str | Path, *, base: Diffusion
     for gi, group in enumerate(group_specs(specs, recipe.group_size)):
         if all(s.id in done for s in group):
             continue
-        if max_groups is not None and rep.groups_run >= max_groups:
-            rep.stopped_early = True
+        if time_to_stop(rep, max_groups, max_minutes, t_start, t_loop):
             break
-        if max_minutes is not None and rep.groups_run > 0:
-            per_group = (time.monotonic() - t_loop) / rep.groups_run
-            if time.monotonic() - t_start + per_group > max_minutes * 60:
-                rep.stopped_early = True
-                break
         t0 = time.monotonic()
         try:  # a failed group (a label --labels-from does not reproduce) leaves the plain base behind
             mods, losses = train_group(base, targets, group, recipe, source)
