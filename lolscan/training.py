@@ -312,6 +312,8 @@ def _train(ds: Dataset, opts: TrainOptions) -> TrainResult:
     start = time.perf_counter()
     model = build(ds, opts, device)
     batches = {s: _model_inputs(model, ds.split_adapters(s), ds.spec, device) for s in ("train", "val", "test") if ds.splits[s]}
+    if hasattr(batches["train"], "batch_outer"):  # random minibatches copy whole adapters (see FactorBatch.batch_outer)
+        batches["train"] = batches["train"].batch_outer()
     ys = {s: _to(ds.encoded(s), device) for s in batches}
     n_train = len(ds.splits["train"])
     gen = torch.Generator().manual_seed(opts.seed)

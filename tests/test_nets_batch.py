@@ -43,7 +43,7 @@ def test_layout_padding_and_zeros() -> None:
     assert batch.ranks().tolist() == [[3, 2, 5, 0, 1], [0, 4, 0, 2, 0]]
     # storage is [L_g, n, B, r_g] (batch-inner) so per-layer left products need no transposing copy
     assert all(g.U.permute(1, 2, 0, 3).is_contiguous() and g.V.permute(1, 2, 0, 3).is_contiguous() for g in batch.groups)
-    moved = batch.to(dtype=torch.float32).select([1])
+    moved = batch.to(dtype=torch.float32).select([1, 0])
     assert all(g.U.permute(1, 2, 0, 3).is_contiguous() for g in moved.groups)
     assert batch.rank_set() == {1, 2, 3, 4, 5}
 
@@ -79,3 +79,27 @@ def test_collate_refuses_what_does_not_fit() -> None:
         collate([adapter({"l0": 1}), wrong], SPEC)
     with pytest.raises(ValueError):
         collate([], SPEC)
+
+
+def test_select_gives_the_same_adapters_in_either_layout() -> None:
+    """Minibatches drawn from collate's batch-inner storage, from `batch_outer` and as ranges (views) hold
+    the same ΔW, ranks, sources and cached rows as collating those adapters afresh."""
+    g = torch.Generator().manual_seed(0)
+    names = SPEC.names
+    ads = [adapter({n: int(torch.randint(1, 4, (1,), generator=g)) for n in names if torch.rand(1, generator=g) < 0.7},
+                   source=f"a{i}") for i in range(7)]
+    batch = collate(ads, SPEC, dtype=torch.float64)
+    batch.cache["row"] = torch.arange(7.0)
+    outer = batch.batch_outer()
+    assert all(gr.U.is_contiguous() and gr.V.is_contiguous() for gr in outer.groups)
+    for rows in ([4, 1, 6], [2, 3, 4], slice(1, 5), [5], [6, 6, 0]):
+        idx = list(range(7))[rows] if isinstance(rows, slice) else rows
+        fresh = collate([ads[i] for i in idx], SPEC, dtype=torch.float64)
+        for b in (batch, outer):
+            sub = b.select(rows)
+            assert sub.sources == [f"a{i}" for i in idx] and sub.cache["row"].tolist() == [float(i) for i in idx]
+            assert torch.equal(sub.ranks(), fresh.ranks())
+            for gs, gf in zip(sub.groups, fresh.groups):
+                assert torch.allclose(gs.U @ gs.V.mT, gf.U @ gf.V.mT, rtol=0, atol=1e-12)
+    view = batch.select(slice(2, 5))  # a range is a view of the batch, not a copy
+    assert view.groups[0].U.untyped_storage().data_ptr() == batch.groups[0].U.untyped_storage().data_ptr()

@@ -96,12 +96,25 @@ class FactorBatch:
         cache = {k: v.to(device=device, dtype=dtype if v.is_floating_point() else None) for k, v in self.cache.items()}
         return FactorBatch(self.spec, groups, list(self.sources), cache)
 
+    def batch_outer(self) -> FactorBatch:
+        """The same batch with each adapter's factors contiguous (storage ``[B, L, n, r]``), for drawing many
+        random minibatches: `select` then copies whole adapters instead of gathering along collate's
+        batch-inner axis. One copy of the factors; the values are unchanged."""
+        groups = [replace(g, U=g.U.contiguous(), V=g.V.contiguous()) for g in self.groups]
+        return FactorBatch(self.spec, groups, list(self.sources), dict(self.cache))
+
     def select(self, rows: Sequence[int] | slice) -> FactorBatch:
         """A sub-batch (e.g. a minibatch for training); tensors are views/gathers, no re-collation."""
         if isinstance(rows, slice):
             idx = list(range(self.batch_size))[rows]
         else:
             idx = [int(i) for i in rows]
+        if idx and idx == list(range(idx[0], idx[0] + len(idx))):  # a range: views, whatever the layout
+            start, k = idx[0], len(idx)
+            groups = [replace(g, U=g.U.narrow(0, start, k), V=g.V.narrow(0, start, k), ranks=g.ranks.narrow(0, start, k))
+                      for g in self.groups]
+            cache = {key: v.narrow(0, start, k) for key, v in self.cache.items()}
+            return FactorBatch(self.spec, groups, list(self.sources[start : start + k]), cache)
         t = torch.as_tensor(idx, dtype=torch.long)
         groups = []
         for g in self.groups:
@@ -118,7 +131,11 @@ def index_tensor(values: tuple[int, ...], device: torch.device) -> torch.Tensor:
 
 
 def _take_rows(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """``t.index_select(0, idx)`` keeping the batch-inner storage layout."""
+    """``t.index_select(0, idx)``, keeping the layout: batch-outer storage (`FactorBatch.batch_outer`) gathers
+    whole adapters; collate's batch-inner storage gathers along its inner axis (on a CPU about 6× slower for
+    a minibatch of SmolLM2-shaped adapters, bench/RESULTS.md)."""
+    if t.is_contiguous():
+        return t.index_select(0, idx)
     return t.permute(1, 2, 0, 3).index_select(2, idx).permute(2, 0, 1, 3)
 
 
