@@ -20,7 +20,7 @@ export PYTHONPATH=$P/site:$PWD PYTHONUNBUFFERED=1 LOLSCAN_ZOO_DATA=$P/.zoodata/o
 R=${R:-recipes/smollm2-135m-kv-r4-vl.toml}; PILOT=${PILOT:-recipes/smollm2-135m-kv-r4-v2-pilot.toml}; DEV=${DEV:-cuda}
 # SMALL=1: the CPU rehearsal (DEV=cpu KNOWN=0 PILOT=a recipe with few ARC-E questions): 4 LoRAs, tiny benchmarks
 if [ "${SMALL:-0}" = 1 ]; then NL=(--n-loras 4 --group-size 4); NP=(--n-loras 2); PVE=(--n 4 --eval-n 1 --max-docs 4 --repeats 2)
-  RS=(--n 12 --sample 6); ZR=(--n-loras 4); else NL=(--group-size ${GROUP:-64}); NP=(); PVE=(--n 100); RS=(--n 1000 --sample 512); ZR=(--n-loras 128); fi
+  RS=(--n 12 --sample 6); ZR=(--n-loras 4); else NL=(--group-size ${GROUP:-64}); NP=(); PVE=(--n 100); RS=(--n 1000 --sample 512); ZR=(--n-loras 32 --group-size 16); fi  # a v2-pilot LoRA costs 3.4 s (tenth lease)
 O=$P/out; L=$O/logs; mkdir -p $L $O/zoo
 log() { echo "[$(( $(date +%s) - T0 )) s] $*" | tee -a $O/progress; }
 END=$(( T0 + ${DEADLINE_S:-1200} ))
@@ -72,8 +72,8 @@ timeout $(left) python3 bench/predict_vs_eval.py --base-path $P/smol-hf --model 
   --json $L/predict_vs_eval.json > $L/predict_vs_eval.log 2>&1; log "predict_vs_eval rc $?"
 timeout $(left) python3 bench/ray_scan.py "${RS[@]}" --dir $P/scanbench --device $DEV --no-ray --json $L/ray_scan_gpu.json \
   > $L/ray_scan.log 2>&1; log "ray_scan rc $?"
-[ "${RANKS:-1}" = 0 ] || timeout $(left) python3 bench/zoo_ranks.py $PILOT --device $( [ $DEV = cuda ] && echo cuda:0 || echo cpu ) --nproc 1 2 "${ZR[@]}" \
-  --json $L/zoo_ranks_gpu.json > $L/zoo_ranks.log 2>&1; log "zoo_ranks rc $?"
+[ "${RANKS:-1}" = 0 ] || timeout $(left) python3 bench/zoo_ranks.py --device $( [ $DEV = cuda ] && echo cuda:0 || echo cpu ) --nproc 1 2 "${ZR[@]}" \
+  --json $L/zoo_ranks_gpu.json $PILOT > $L/zoo_ranks.log 2>&1; log "zoo_ranks rc $?"
 for p in "${FZ[@]}"; do wait $p; done; log "fuzz done: $(cat $L/fuzz_*.json 2>/dev/null | wc -c) bytes of tallies"
 log "DONE"
 touch $O/DONE
