@@ -413,8 +413,8 @@ def calibrate(targets: Sequence[Target], result: TrainResult, level: float = 0.9
         if not bool(m.any()):
             continue
         if t.kind == "regression":
-            pred = t.scores(out)[m][:, 0]
-            t.interval, t.interval_level = conformal_halfwidth(pred - (y[m][:, 0] * t.std + t.mean), level), level
+            pred = t.scores(out)[m][:, 0]  # a log target: residuals of the logs (Target.residuals)
+            t.interval, t.interval_level = conformal_halfwidth(t.residuals(pred, t.to_units(y[m][:, 0])), level), level
             if not math.isfinite(t.interval):
                 t.interval = None
         else:
@@ -496,7 +496,7 @@ def plot_panels(ds: Dataset, result: TrainResult) -> list[tuple[list[float], lis
         s = result.test_scores[t.name][mask]
         y = y[mask]
         if t.kind == "regression":
-            panels.append(((y[:, 0] * t.std + t.mean).tolist(), s[:, 0].tolist()))
+            panels.append((t.to_units(y[:, 0]).tolist(), s[:, 0].tolist()))
         elif t.kind == "binary":
             panels.append((y[:, 0].tolist(), s[:, 0].tolist()))
         elif t.kind == "multiclass":
