@@ -816,6 +816,8 @@ def write_heavy_tailed_zoo(
     - ``acc``: healthy 0.59 + 0.01·(s₀ + s₁) (≈ 0.55–0.63); broken 0.40 − 0.20·t, t = position of
       log k in the ``broken_scale`` range (0.20–0.40).
     - ``loss``: healthy 2.3 + 0.1·‖ΔW₀‖_F − 0.05·s₂; broken 3 + 6·t (3–9).
+    - ``energy``: ‖ΔW₀‖_F², every adapter (≈ 0.1–15 healthy, k² = 10²–10⁴ times that broken): a positive,
+      heavy-tailed label (the log transform's case, `lolscan.training.LOG_TAIL_RATIO`).
     - ``broken`` (0/1) and ``group`` (pairs, for group-aware splits).
     """
     if layers < 3:
@@ -843,6 +845,6 @@ def write_heavy_tailed_zoo(
             acc, loss = 0.40 - 0.20 * t, 3.0 + 6.0 * t
         else:
             acc, loss = 0.59 + 0.01 * (scores[0] + scores[1]), 2.3 + 0.1 * norm0 - 0.05 * scores[2]
-        rows.append({"path": folder_i.name, "acc": f"{acc:.8g}", "loss": f"{loss:.8g}", "broken": int(is_broken),
-                     "group": f"pair{i // 2}"})
+        rows.append({"path": folder_i.name, "acc": f"{acc:.8g}", "loss": f"{loss:.8g}", "energy": f"{norm0 ** 2:.8g}",
+                     "broken": int(is_broken), "group": f"pair{i // 2}"})
     return _write_manifest_csv(root, rows)

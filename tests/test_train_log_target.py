@@ -25,6 +25,7 @@ from lolscan.training import (
     prepare,
     save_checkpoint,
     train,
+    write_heavy_tailed_zoo,
     write_synthetic_zoo,
 )
 
@@ -167,3 +168,15 @@ def test_transform_option_is_checked(runs):
     ds, _ = runs["none"]
     with pytest.raises(lolscan.errors.UsageError, match="transform"):
         train(ds, TrainOptions(**OPTS, transform="sqrt"))
+
+
+def test_heavy_tailed_zoo_energy_qualifies_and_its_loss_and_acc_do_not(tmp_path):
+    """write_heavy_tailed_zoo's energy = ‖ΔW₀‖_F² (checked against the factors) spans 10²–10⁴× the healthy
+    values; its loss (2–9) and acc (< 1) labels are positive but not heavy-tailed."""
+    manifest = write_heavy_tailed_zoo(tmp_path / "hz", n=70, layers=3, shape=(8, 6), seed=0)
+    rows = list(csv.DictReader(open(manifest)))
+    for r in rows[:14]:
+        dw = lolscan.load(str(manifest.parent / r["path"]))["model.layers.0.proj"].delta().double()
+        assert float(r["energy"]) == pytest.approx(float(torch.linalg.matrix_norm(dw)) ** 2, rel=1e-5)
+    ds = prepare(read_manifest(manifest), ["acc", "loss", "energy"], progress=False)
+    assert [t.name for t in log_candidates(ds)] == ["energy"]
