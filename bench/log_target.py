@@ -1,8 +1,8 @@
 """Test R² in user units of a positive, heavy-tailed regression label trained with and without the log
 transform (`lolscan.targets.Target.transform`), and what `train`'s automatic choice keeps, over seeds.
 
-    python bench/log_target.py --task energy --seeds 0 1 2 --threads 1 --markdown
-    python bench/log_target.py --task exp --seeds 0 1 2 --threads 1 --markdown
+    python bench/log_target.py --task exp    --n 400 --seeds 0 1 2 --threads 1 --markdown
+    python bench/log_target.py --task energy --n 400 --seeds 0 1 2 --threads 1 --markdown
 
 Tasks (labels are known functions of ΔW):
 
@@ -39,7 +39,8 @@ def make_zoo(task: str, folder: Path, n: int, layers: int) -> tuple[Path, str]:
     if task == "energy":
         return write_heavy_tailed_zoo(folder, n=n, layers=layers, shape=(16, 12), seed=0), "energy"
     manifest = write_synthetic_zoo(folder, n=n, layers=max(layers, 3), seed=0)
-    rows = list(csv.DictReader(open(manifest)))
+    with open(manifest) as fh:
+        rows = list(csv.DictReader(fh))
     out = folder / "exp.csv"
     with open(out, "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=["path", "y", "group"])
@@ -74,7 +75,7 @@ def mean_sd(xs: list[float]) -> str:
 def main(argv: list[str] | None = None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--task", choices=("energy", "exp"), default="energy")
-    ap.add_argument("--n", type=int, default=None, help="adapters (default: energy 400, exp 200)")
+    ap.add_argument("--n", type=int, default=400, help="adapters")
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--arch", default="glnet")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -84,7 +85,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--json", type=Path, default=None, help="also write every run here")
     ap.add_argument("--markdown", action="store_true")
     args = ap.parse_args(argv)
-    n = args.n or (400 if args.task == "energy" else 200)
+    n = args.n
     with tempfile.TemporaryDirectory() as tmp:
         manifest, label = make_zoo(args.task, args.zoo or Path(tmp) / "zoo", n, args.layers)
         rows = []

@@ -13,6 +13,7 @@ import math
 
 import pytest
 import torch
+from helpers import REPO
 
 import lolscan
 from lolscan.checkpoint import CARD_NAME, load_checkpoint
@@ -29,9 +30,7 @@ from lolscan.training import (
     write_synthetic_zoo,
 )
 
-from helpers import REPO
-
-OPTS = dict(arch="glnet", hparams={"d": 8}, max_steps=300, progress=False, threads=1)
+OPTS = {"arch": "glnet", "hparams": {"d": 8}, "max_steps": 300, "progress": False, "threads": 1}
 C = 3.0  # y = exp(C·‖ΔW₀‖_F): ‖ΔW₀‖_F spans ≈ 0.3–3.1, so y spans ≈ 2–11,000, max/median ≈ 100
 
 
@@ -39,7 +38,8 @@ C = 3.0  # y = exp(C·‖ΔW₀‖_F): ‖ΔW₀‖_F spans ≈ 0.3–3.1, so y 
 def zoo(tmp_path_factory):
     root = tmp_path_factory.mktemp("logzoo")
     manifest = write_synthetic_zoo(root, n=200, seed=0)
-    rows = list(csv.DictReader(open(manifest)))
+    with open(manifest) as fh:
+        rows = list(csv.DictReader(fh))
     out = root / "exp.csv"
     with open(out, "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=["path", "y", "norm", "score", "planted", "group"])
@@ -174,7 +174,8 @@ def test_heavy_tailed_zoo_energy_qualifies_and_its_loss_and_acc_do_not(tmp_path)
     """write_heavy_tailed_zoo's energy = ‖ΔW₀‖_F² (checked against the factors) spans 10²–10⁴× the healthy
     values; its loss (2–9) and acc (< 1) labels are positive but not heavy-tailed."""
     manifest = write_heavy_tailed_zoo(tmp_path / "hz", n=70, layers=3, shape=(8, 6), seed=0)
-    rows = list(csv.DictReader(open(manifest)))
+    with open(manifest) as fh:
+        rows = list(csv.DictReader(fh))
     for r in rows[:14]:
         dw = lolscan.load(str(manifest.parent / r["path"]))["model.layers.0.proj"].delta().double()
         assert float(r["energy"]) == pytest.approx(float(torch.linalg.matrix_norm(dw)) ** 2, rel=1e-5)
