@@ -25,6 +25,7 @@ in layer 1), ``dominant`` (argmax of three layer scores) and ``big`` (the set of
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import statistics
@@ -143,8 +144,20 @@ def main() -> None:
 
     honest = honest_payload(ds, baseline.fit(ds))
 
+    def plain(t: Any) -> dict[str, Any]:
+        """A target as its labels define it: one that `train` fitted on its log (a per-run choice, like its
+        calibration) is written untransformed, so that runs of one zoo still merge (`same_targets`)."""
+        if t.transform == "none":
+            return t.to_json()
+        from lolscan.training import set_transform
+
+        c = copy.copy(t)
+        set_transform(ds, c, "none")
+        c.interval = None
+        return c.to_json()
+
     def saved() -> dict[str, Any]:
-        return {"splits": sizes, "targets": [t.to_json() for t in ds.targets], "seeds": args.seeds, "device": args.device,
+        return {"splits": sizes, "targets": [plain(t) for t in ds.targets], "seeds": args.seeds, "device": args.device,
                 "test_sources": [Path(ds.manifest.rows[i].source).name for i in ds.splits["test"]],
                 "runs": runs, "skipped": skipped, "honest": honest}
 

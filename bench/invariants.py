@@ -100,7 +100,7 @@ def run_one(row: str, task_id: str, n_train: int, seed: int, device: str = "cpu"
     y, mask = target.encode([ds.values[target.name][i] for i in ds.splits["test"]])
     scores = res.test_scores[target.name]
     if target.kind == "regression":
-        true = (y[:, 0] * target.std + target.mean).tolist()
+        true = target.to_units(y[:, 0]).tolist()
         pred = scores[:, 0].tolist()
     elif target.kind == "binary":
         true, pred = y[:, 0].tolist(), scores[:, 0].tolist()

@@ -18,6 +18,10 @@ if TYPE_CHECKING:  # torch is imported where it is used: `lolscan --help`, `mode
     import torch
 
 KINDS = ("regression", "binary", "multiclass", "multilabel")
+# Regression: what is standardised. "none": the value; "log": log(value), for positive labels spread over
+# orders of magnitude (`lolscan.training` tries it where validation can choose; see LOG_TAIL_RATIO there).
+TRANSFORMS = ("none", "log")
+MAX_LOG = 88.0  # a log-space prediction is capped here before exp (float32 overflows just above 88.7)
 MAX_CLASSES = 50  # more distinct strings than this is not inferred as multiclass
 _TRUE = {"1", "true", "yes"}
 _FALSE = {"0", "false", "no"}
@@ -38,17 +42,27 @@ class Target:
     temperature: float = 1.0  # classes: logits are divided by it
     interval: float | None = None  # regression: split-conformal half-width, in units
     interval_level: float = 0.9
+    # Regression: "log" standardises log(value) (mean/std above are then of the logs) and its interval is
+    # fitted on log residuals: [value·e^−q, value·e^q]. Cards written before the field existed mean "none".
+    transform: str = "none"
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise UsageError(f"target {self.name!r}: unknown kind {self.kind!r} (expected one of {', '.join(KINDS)})")
+        if self.transform not in TRANSFORMS:
+            raise UsageError(f"target {self.name!r}: unknown transform {self.transform!r} (expected one of {', '.join(TRANSFORMS)})")
+        if self.transform != "none" and self.kind != "regression":
+            raise UsageError(f"target {self.name!r}: transform {self.transform!r} is for regression targets, not {self.kind}")
 
     @property
     def out_slice(self) -> slice:
         return slice(self.offset, self.offset + self.width)
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        if self.transform == "none":  # what a card without the field means: untransformed cards stay as they were
+            del data["transform"]
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Target:
@@ -72,7 +86,7 @@ class Target:
                 continue
             mask[i] = True
             if self.kind == "regression":
-                y[i, 0] = (to_float(v, self.name) - self.mean) / self.std
+                y[i, 0] = (self.forward(to_float(v, self.name)) - self.mean) / self.std
             elif self.kind == "binary":
                 y[i, 0] = float(self._binary_index(v))
             elif self.kind == "multiclass":
@@ -125,6 +139,45 @@ class Target:
             raise UsageError(f"target {self.name!r}: label {s!r} was not seen in training (labels: {', '.join(self.labels)})")
         return self.labels.index(s)
 
+    # ---- the regression transform -----------------------------------------------------------
+    def forward(self, x: float) -> float:
+        """A regression value in user units -> the space it is standardised in (itself, or its log)."""
+        if self.transform == "none":
+            return x
+        if not x > 0:
+            raise UsageError(f"target {self.name!r} is log-transformed (a checkpoint trained on positive values) "
+                             f"and needs values > 0, got {x!r}")
+        return math.log(x)
+
+    def to_units(self, z: torch.Tensor) -> torch.Tensor:
+        """Standardised values (model outputs, or `encode`'s y) -> user units."""
+        v = z * self.std + self.mean
+        return v if self.transform == "none" else v.clamp(max=MAX_LOG).exp()
+
+    def residuals(self, pred: torch.Tensor, true: torch.Tensor) -> torch.Tensor:
+        """Prediction minus truth (both in user units) in the space the interval is fitted in: the
+        values' own, or their logs (log pred − log true) for a log target."""
+        if self.transform == "none":
+            return pred - true
+        return pred.double().log() - true.double().log()
+
+    def bounds(self, value: float) -> tuple[float, float] | None:
+        """The calibrated interval around one prediction (user units), or None without one:
+        [v − q, v + q]; for a log target [exp(log v − q), exp(log v + q)] = [v·e^−q, v·e^q]."""
+        q = self.interval
+        if q is None or not math.isfinite(q):
+            return None
+        if self.transform == "none":
+            return value - q, value + q
+        return value * math.exp(-q), value * math.exp(min(q, 700.0))  # 700: exp stays a float
+
+    def covers(self, value: float, true: float) -> bool:
+        """Whether the interval `bounds` gives around ``value`` holds ``true``."""
+        if self.transform == "none":
+            return abs(value - true) <= self.interval  # the form coverage has always been counted in
+        b = self.bounds(value)
+        return b is not None and b[0] <= true <= b[1]
+
     # ---- training -------------------------------------------------------------------------
     def loss(self, out: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Mean loss over the rows where this target is labelled (0 if none are)."""
@@ -146,7 +199,7 @@ class Target:
 
         o = out[:, self.out_slice].float()
         if self.kind == "regression":
-            return o * self.std + self.mean
+            return self.to_units(o)
         if self.temperature != 1.0:
             o = o / self.temperature
         if self.kind == "multiclass":
@@ -157,9 +210,10 @@ class Target:
         """One row of `scores` -> {"value": …, "probabilities": {...}} for reports."""
         s = [float(x) for x in scores_row]
         if self.kind == "regression":
-            if self.interval is None or not math.isfinite(self.interval):
+            b = self.bounds(s[0])
+            if b is None:
                 return {"value": s[0]}
-            return {"value": s[0], "interval": [s[0] - self.interval, s[0] + self.interval], "interval_level": self.interval_level}
+            return {"value": s[0], "interval": list(b), "interval_level": self.interval_level}
         if self.kind == "binary":
             p = s[0]
             return {"value": self.labels[1] if p >= 0.5 else self.labels[0], "probability": p}
@@ -171,7 +225,8 @@ class Target:
 
     def describe(self) -> str:
         if self.kind == "regression":
-            return f"{self.name} (regression{', ' + self.units if self.units else ''})"
+            extra = (", " + self.units if self.units else "") + (", fitted on its log" if self.transform == "log" else "")
+            return f"{self.name} (regression{extra})"
         return f"{self.name} ({self.kind}: {', '.join(self.labels)})"
 
 
@@ -300,10 +355,11 @@ def layout(targets: list[Target]) -> int:
 
 
 def fit_normalisation(target: Target, values: Sequence[Any]) -> None:
-    """Regression: mean/std from the training split's labelled values (std 1 if degenerate)."""
+    """Regression: mean/std from the training split's labelled values (std 1 if degenerate); of their
+    logs for a log-transformed target."""
     if target.kind != "regression":
         return
-    xs = [to_float(v, target.name) for v in values if not is_missing(v)]
+    xs = [target.forward(to_float(v, target.name)) for v in values if not is_missing(v)]
     if not xs:
         raise UsageError(f"target {target.name!r} has no labelled rows in the training split")
     mean = sum(xs) / len(xs)

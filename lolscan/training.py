@@ -52,6 +52,10 @@ class TrainOptions:
     device: str = "auto"
     progress: bool = True
     threads: int | None = None  # CPU threads for torch; 1 is fastest for tiny models on busy machines
+    # Regression targets' transform (`Target.transform`): "auto" tries log on the targets `log_candidates`
+    # names and keeps it where validation prefers it; "none" never; "log" fits every regression target
+    # whose labelled values are all > 0 on its log, without asking validation (a baseline for benches).
+    transform: str = "auto"
 
 
 @dataclass
@@ -264,6 +268,77 @@ def candidates(opts: TrainOptions) -> list[dict[str, Any]]:
     return out or [{}]
 
 
+# The log transform (`Target.transform`) is tried for a regression target whose labelled values are all
+# > 0 (in every split: log must be defined wherever the target is encoded; only the sign of a validation
+# or test label is read) and whose training values are heavy-tailed: max / median >= LOG_TAIL_RATIO.
+# The ratio reads the bulk through the median and the tail through the largest value, needs no moments
+# (a sample skewness is itself ruled by the few largest rows and unstable on small splits), is
+# scale-free, and is not shift-free, as log is not: values 1,000–1,100 are almost affine in their log
+# and gain nothing. At 20, a log-normal label of n = 400 qualifies from σ ≈ 1 (max ≈ e^{3σ} × median,
+# raw skewness ≈ 6), where a z-score of the raw value crowds the bulk into a sliver and squared errors
+# are ruled by the top few rows; the labels of the synthetic zoos (‖ΔW‖, losses 2–9, accuracies) stay
+# below 5. A false alarm costs one training run, since validation decides (see `_untransformed_loss`).
+LOG_TAIL_RATIO = 20.0
+
+
+def heavy_tailed(xs: Sequence[float]) -> bool:
+    """All > 0 and max / median >= `LOG_TAIL_RATIO`."""
+    if not xs or min(xs) <= 0:
+        return False
+    ys = sorted(xs)
+    n = len(ys)
+    median = ys[n // 2] if n % 2 else (ys[n // 2 - 1] + ys[n // 2]) / 2
+    return ys[-1] / median >= LOG_TAIL_RATIO
+
+
+def _present(ds: Dataset, t: Target, rows: Sequence[int]) -> list[float]:
+    from .targets import to_float
+
+    return [to_float(ds.values[t.name][i], t.name) for i in rows if not t.missing(ds.values[t.name][i])]
+
+
+def _positive(ds: Dataset, t: Target) -> bool:
+    rows = [i for s in ("train", "val", "test") for i in ds.splits[s]]
+    return t.kind == "regression" and all(x > 0 for x in _present(ds, t, rows))
+
+
+def log_candidates(ds: Dataset) -> list[Target]:
+    """The regression targets `train` tries the log transform for: positive and heavy-tailed (see
+    `LOG_TAIL_RATIO`)."""
+    return [t for t in ds.targets if _positive(ds, t) and heavy_tailed(_present(ds, t, ds.splits["train"]))]
+
+
+def set_transform(ds: Dataset, t: Target, transform: str) -> None:
+    """Switch a regression target's transform and refit its normalisation on the training split."""
+    t.transform = transform
+    fit_normalisation(t, [ds.values[t.name][i] for i in ds.splits["train"]])
+
+
+def _untransformed_loss(targets: Sequence[Target], result: TrainResult, plain: dict[str, tuple[float, float]],
+                        split: str = "val") -> float:
+    """The validation loss `train`'s search compares (every target's loss, summed), computed as if no
+    target were transformed, so that candidates with and without a log transform compare: a log
+    target's term is its squared error in user units over the untransformed training std² (``plain``:
+    name → (mean, std) of the raw values), i.e. the loss it would have had untransformed. That is MSE in
+    user units, the metric the card reports (and 1 − R² up to a constant), and it leaves the other
+    targets' terms as they are. `best_loss` cannot serve: a log candidate's is in standardised log units.
+    Caveat: on a label spanning orders of magnitude this sum is ruled by the few largest validation rows
+    (bench/RESULTS.md, "Heavy-tailed zoos": one row made 92–100 % of it, and the choice missed the better
+    test R² in three of three seeds of a ‖ΔW₀‖² label, while τ favoured log in all three)."""
+    out, ys = result.outputs[split], result.ys[split]
+    total = 0.0
+    for t in targets:
+        y, m = ys[t.name]
+        if t.kind == "regression" and t.transform != "none":
+            if not bool(m.any()):
+                continue
+            pred, true = t.scores(out)[m][:, 0].double(), t.to_units(y[m][:, 0].double())
+            total += float(((pred - true) / plain[t.name][1]).pow(2).mean())
+        else:
+            total += float(t.loss(out, y, m))
+    return total
+
+
 def train(ds: Dataset, opts: TrainOptions) -> TrainResult:
     """Minibatch AdamW on the summed target losses, early stopping on validation loss; where
     `SEARCH` names settings the user left open, each candidate is trained and one kept by validation
@@ -273,13 +348,26 @@ def train(ds: Dataset, opts: TrainOptions) -> TrainResult:
     the search and used only for calibration, so the conformal guarantee holds (rows that chose the
     model give slightly optimistic residuals: on the invariant suite at 1,000 adapters, mean coverage
     0.896 calibrated on them against 0.900 on held-out rows). Smaller validation splits keep every row
-    for choosing the model; there the two differed by 0.003 (bench/results/glnet_suite.md)."""
+    for choosing the model; there the two differed by 0.003 (bench/results/glnet_suite.md).
+
+    Then, with ``opts.transform`` "auto", each of `log_candidates` (positive, heavy-tailed regression
+    targets) is tried with the log transform and the chosen settings, one target at a time, and kept
+    when its validation loss as if untransformed (`_untransformed_loss`) is lower; `chosen` records
+    ``"transforms"`` and `tried` the extra candidates. Other targets train as without this step."""
+    if opts.transform not in ("auto", "none", "log"):
+        raise UsageError(f"transform {opts.transform!r}: expected auto, none or log")
     before = torch.get_num_threads()
     if opts.threads:
         torch.set_num_threads(opts.threads)
     try:
         for t in ds.targets:  # calibration is fitted for the chosen model only, at the end
             t.temperature, t.interval = 1.0, None
+            if t.transform != "none":  # left by an earlier `train` on this dataset
+                set_transform(ds, t, "none")
+        if opts.transform == "log":
+            for t in ds.targets:
+                if _positive(ds, t):
+                    set_transform(ds, t, "log")
         val = ds.splits["val"]
         calib = val[1::2] if len(val) >= CALIBRATION_MIN else []
         fit_ds = replace(ds, splits={**ds.splits, "val": val[0::2]}) if calib else ds
@@ -290,8 +378,27 @@ def train(ds: Dataset, opts: TrainOptions) -> TrainResult:
             result = _train(fit_ds, o)
             tried.append({**override, "val_loss": result.best_loss})
             if best is None or math.isnan(best.best_loss) or result.best_loss < best.best_loss * (1 - SEARCH_MARGIN):
-                best, chosen = result, override
+                best, chosen, chosen_entry = result, override, tried[-1]
         assert best is not None
+        logs = log_candidates(ds) if opts.transform == "auto" and fit_ds.splits["val"] else []
+        if logs:  # one more candidate per target: the chosen settings, that target fitted on its log
+            plain = {t.name: (t.mean, t.std) for t in ds.targets if t.kind == "regression"}
+            score = chosen_entry["val_loss_untransformed"] = _untransformed_loss(ds.targets, best, plain)
+            transforms: dict[str, str] = {}
+            for t in logs:
+                set_transform(ds, t, "log")
+                o = copy.copy(opts)
+                o.hparams = dict(opts.hparams) | chosen
+                result = _train(fit_ds, o)
+                s = _untransformed_loss(ds.targets, result, plain)
+                logged = {n: v for n, v in transforms.items() if v == "log"} | {t.name: "log"}
+                tried.append({**chosen, "transforms": logged, "val_loss": result.best_loss, "val_loss_untransformed": s})
+                if s < score or (math.isnan(score) and not math.isnan(s)):
+                    best, score, transforms[t.name] = result, s, "log"
+                else:
+                    set_transform(ds, t, "none")
+                    transforms[t.name] = "none"
+            chosen = {**chosen, "transforms": transforms}
         if calib:
             best.outputs["calibration"] = _outputs_for(best.model, ds, calib)
             best.ys["calibration"] = {t.name: t.encode([ds.values[t.name][i] for i in calib]) for t in ds.targets}
@@ -413,8 +520,8 @@ def calibrate(targets: Sequence[Target], result: TrainResult, level: float = 0.9
         if not bool(m.any()):
             continue
         if t.kind == "regression":
-            pred = t.scores(out)[m][:, 0]
-            t.interval, t.interval_level = conformal_halfwidth(pred - (y[m][:, 0] * t.std + t.mean), level), level
+            pred = t.scores(out)[m][:, 0]  # a log target: residuals of the logs (Target.residuals)
+            t.interval, t.interval_level = conformal_halfwidth(t.residuals(pred, t.to_units(y[m][:, 0])), level), level
             if not math.isfinite(t.interval):
                 t.interval = None
         else:
@@ -496,7 +603,7 @@ def plot_panels(ds: Dataset, result: TrainResult) -> list[tuple[list[float], lis
         s = result.test_scores[t.name][mask]
         y = y[mask]
         if t.kind == "regression":
-            panels.append(((y[:, 0] * t.std + t.mean).tolist(), s[:, 0].tolist()))
+            panels.append((t.to_units(y[:, 0]).tolist(), s[:, 0].tolist()))
         elif t.kind == "binary":
             panels.append((y[:, 0].tolist(), s[:, 0].tolist()))
         elif t.kind == "multiclass":
@@ -712,6 +819,8 @@ def write_heavy_tailed_zoo(
     - ``acc``: healthy 0.59 + 0.01·(s₀ + s₁) (≈ 0.55–0.63); broken 0.40 − 0.20·t, t = position of
       log k in the ``broken_scale`` range (0.20–0.40).
     - ``loss``: healthy 2.3 + 0.1·‖ΔW₀‖_F − 0.05·s₂; broken 3 + 6·t (3–9).
+    - ``energy``: ‖ΔW₀‖_F², every adapter (≈ 0.1–13 healthy, k² = 10²–10⁴ times that broken): a positive,
+      heavy-tailed label (the log transform's case, `lolscan.training.LOG_TAIL_RATIO`).
     - ``broken`` (0/1) and ``group`` (pairs, for group-aware splits).
     """
     if layers < 3:
@@ -739,6 +848,6 @@ def write_heavy_tailed_zoo(
             acc, loss = 0.40 - 0.20 * t, 3.0 + 6.0 * t
         else:
             acc, loss = 0.59 + 0.01 * (scores[0] + scores[1]), 2.3 + 0.1 * norm0 - 0.05 * scores[2]
-        rows.append({"path": folder_i.name, "acc": f"{acc:.8g}", "loss": f"{loss:.8g}", "broken": int(is_broken),
-                     "group": f"pair{i // 2}"})
+        rows.append({"path": folder_i.name, "acc": f"{acc:.8g}", "loss": f"{loss:.8g}", "energy": f"{norm0 ** 2:.8g}",
+                     "broken": int(is_broken), "group": f"pair{i // 2}"})
     return _write_manifest_csv(root, rows)

@@ -55,6 +55,9 @@ def train_each(ds: Dataset, archs: list[str], hparams: dict[str, Any], base: Tra
             continue
         entry: dict[str, Any] = {"metrics": result.metrics, "steps": result.steps, "best_step": result.best_step, "seconds": result.seconds,
                                  "test_scores": {t: s.tolist() for t, s in result.test_scores.items()}}
+        logged = [t.name for t in ds.targets if t.transform != "none"]
+        if logged:  # `train` kept the log transform for these (the targets are this architecture's until the next)
+            entry["log_targets"] = logged
         if hp is None:
             hp = baseline.fit(ds)
         entry["hp_baseline"] = baseline.margins(ds.targets, hp, result.test_scores)

@@ -164,6 +164,10 @@ def train(
             skipped=lambda a, exc: err_console.print(f"[yellow]skipped {a}:[/] {exc}", highlight=False),
             saved=lambda name, path: err_console.print(f"wrote checkpoint [bold]{name}[/] to {path} (plot: {path / 'pred_vs_true.png'})", highlight=False),
         )
+        for a, r in results.items():
+            if r.get("log_targets"):
+                err_console.print(f"{a}: fitted {', '.join(r['log_targets'])} on the log (positive and heavy-tailed; "
+                                  "validation MSE in user units preferred it)", highlight=False)
         comparison = compare_results(ds, results, hp, healthy_lr=healthy_lr)
         if fmt == "json":
             print(json.dumps({"schema_version": 1, "targets": [t.to_json() for t in ds.targets], "splits": sizes, "results": results,

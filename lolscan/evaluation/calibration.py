@@ -3,7 +3,9 @@
 - Regression: a split-conformal interval. The half-width q is the ⌈(n+1)·level⌉-th smallest
   absolute validation residual, so [ŷ − q, ŷ + q] covers the truth with probability ≥ level for
   an adapter drawn like the validation ones (Vovk et al.; Lei et al. 2018). Constant width: it
-  says how far off a typical prediction is, not which adapters are harder.
+  says how far off a typical prediction is, not which adapters are harder. A log-transformed
+  target (`Target.transform`) fits q on log residuals: [ŷ·e^−q, ŷ·e^q], the same guarantee since
+  exp is monotone, and a width proportional to the prediction.
 - Classes: temperature scaling (Guo et al. 2017): one T per target dividing the logits, fitted
   by validation log-loss, so probabilities are calibrated without changing any decision.
 - Domain: how far an adapter's spectra are from the training adapters'. The descriptor is, per
@@ -128,8 +130,13 @@ def interval_coverage(target: Any, scores: torch.Tensor, y: torch.Tensor, mask: 
     output, ``target.encode`` labels); empty for other targets or without labelled rows."""
     if target.kind != "regression" or target.interval is None or not bool(mask.any()):
         return {}
-    true = (y[mask][:, 0] * target.std + target.mean).tolist()
-    return {"interval_coverage": coverage(scores[mask][:, 0].tolist(), true, target.interval)}
+    true = target.to_units(y[mask][:, 0]).tolist()
+    pred = scores[mask][:, 0].tolist()
+    if target.transform == "none":
+        return {"interval_coverage": coverage(pred, true, target.interval)}
+    # the interval `Target.decode` reports (asymmetric for a log target), row by row
+    pairs = [(p, t) for p, t in zip(pred, true) if not (math.isnan(p) or math.isnan(t))]
+    return {"interval_coverage": sum(target.covers(p, t) for p, t in pairs) / len(pairs) if pairs else math.nan}
 
 
 def coverage(pred: Sequence[float], true: Sequence[float], halfwidth: float) -> float:

@@ -95,7 +95,7 @@ def target_metrics(target: Target, scores: torch.Tensor, y: torch.Tensor, mask: 
     """Metrics of one target on labelled rows.
 
     scores: ``target.scores(out)`` (regression values in units, or probabilities);
-    y, mask: ``target.encode(values)`` (regression y standardised; undone here).
+    y, mask: ``target.encode(values)`` (regression y standardised, of the log for a log target; undone here).
     """
     s, t = scores[mask].double(), y[mask].double()
     n = int(mask.sum())
@@ -103,7 +103,7 @@ def target_metrics(target: Target, scores: torch.Tensor, y: torch.Tensor, mask: 
     if n == 0:
         return out
     if target.kind == "regression":
-        true = t[:, 0] * target.std + target.mean
+        true = target.to_units(t[:, 0])
         pred = s[:, 0]
         out.update(mse=mse(pred, true), r2=r2(pred, true), kendall_tau=kendall_tau(pred, true))
     elif target.kind == "binary":

@@ -9,7 +9,8 @@ A result row is a JSON-able dict (the same dict is appended to ``--output x.json
      "domain": {"score": float, "in_domain": bool}}   # when the checkpoint has a domain reference
 
 A regression prediction carries ``"interval": [lo, hi]`` and ``"interval_level"`` when the
-checkpoint was calibrated (`lolscan.evaluation.calibration`).
+checkpoint was calibrated (`lolscan.evaluation.calibration`); symmetric about the value, except for
+a log-transformed target ([value·e^−q, value·e^q]).
 """
 from __future__ import annotations
 
@@ -155,7 +156,11 @@ def fmt_prediction(pred: dict[str, Any] | None) -> str:
         text += f" ({pred['probability']:.2f})"
     lo_hi = pred.get("interval")
     if isinstance(lo_hi, list) and len(lo_hi) == 2 and all(isinstance(x, (int, float)) for x in lo_hi):
-        text += f" ± {fmt_value((lo_hi[1] - lo_hi[0]) / 2)}"
+        v, (lo, hi) = pred.get("value"), lo_hi
+        if isinstance(v, (int, float)) and not math.isclose(hi - v, v - lo, rel_tol=1e-6, abs_tol=1e-12):
+            text += f" [{fmt_value(lo)}, {fmt_value(hi)}]"  # asymmetric: a log-transformed target's
+        else:
+            text += f" ± {fmt_value((lo_hi[1] - lo_hi[0]) / 2)}"
     return text
 
 
