@@ -168,3 +168,17 @@ def test_train_refuses_a_zoo_whose_training_adapters_are_all_nan(tmp_path, dirs)
     assert r.exit_code == 3 and "NaN/Inf" in r.stderr and "Traceback" not in r.output
     assert len(r.stderr.strip().splitlines()) == 1  # one line
     assert not (dirs / "data" / "models" / "allnan").exists()
+
+
+def test_transform_option_reaches_the_card(tmp_path, dirs):
+    from lolscan.training import write_heavy_tailed_zoo
+
+    heavy = write_heavy_tailed_zoo(tmp_path / "heavy", n=60, layers=3, shape=(8, 6), seed=1)
+    for mode, want in (("log", "log"), ("none", "none")):
+        out = tmp_path / f"ck-{mode}"
+        r = run("train", heavy, "-t", "energy", "--transform", mode, "--out", str(out), *TINY)
+        assert r.exit_code == 0, r.output
+        card = json.loads((out / "card.json").read_text())
+        assert card["targets"][0].get("transform", "none") == want
+    r = run("train", heavy, "-t", "energy", "--transform", "sqrt", "--out", str(tmp_path / "x"), *TINY)
+    assert r.exit_code == 2 and "sqrt" in r.output

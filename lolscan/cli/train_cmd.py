@@ -127,6 +127,7 @@ def train(
     base_model: Annotated[Optional[str], typer.Option("--base-model", help="Base model family for the card (default: guessed from the adapters).")] = None,
     description: Annotated[str, typer.Option(help="Free text stored in the card.")] = "",
     overwrite: Annotated[bool, typer.Option(help="Replace an existing checkpoint of the same name.")] = False,
+    transform: Annotated[Literal["auto", "none", "log"], typer.Option("--transform", help="Regression targets: auto = also try log(y) for positive, heavy-tailed ones (max/median ≥ 20) and keep it when validation prefers it; none; log = every positive one.")] = "auto",
     healthy_lr: Annotated[Optional[float], typer.Option("--healthy-lr", help="Kendall τ on the test LoRAs trained with lr ≤ this (manifest's lr column; default: the zoo's median lr).", min=0.0)] = None,
     fmt: Annotated[Literal["table", "json"], typer.Option("--format", "-f", help="Result table or JSON on stdout.")] = "table",
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bars on stderr.")] = True,
@@ -156,7 +157,7 @@ def train(
                              test_fraction=test_fraction, workers=workers, allow_pickle=allow_pickle, base_model=base_model,
                              progress=progress, source_options=source_options(offline, civitai_token, hf_token))
         sizes = {s: len(v) for s, v in ds.splits.items()}
-        base = TrainOptions(seed=seed, max_steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+        base = TrainOptions(seed=seed, max_steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay, transform=transform,
                             eval_every=eval_every, patience=patience, device=device, progress=progress, threads=threads)
         hp = fit_baseline(ds)
         results = train_each(
