@@ -15,17 +15,29 @@ from .spec import LayerSpec
 SPECTRA = "spectra"  # `FactorBatch.cache` key of `batch_spectra`
 
 
+_CHUNK_BYTES = 1 << 20  # float64 copy per step of `gram` on a CPU: stays in cache for its matmul
+
+
 def gram(X: torch.Tensor) -> torch.Tensor:
-    """``[..., r, r]`` float64 XᵀX of ``X: [..., n, r]``. A collated ``[B, L, n, r]`` is copied once into
-    float64 ``[L, B, r, n]`` for one batched matmul (on the dev CPU about 3× faster than letting matmul copy
-    the ``[B, L]`` batches of collate's layout, which do not fold into one batch dimension)."""
-    if X.dim() == 4:
-        B, L, n, r = X.shape
-        A = torch.empty((L, B, r, n), dtype=torch.float64, device=X.device)
-        A.copy_(X.permute(1, 0, 3, 2))
-        return torch.matmul(A, A.mT).transpose(0, 1)
-    x = X.to(torch.float64)
-    return x.mT @ x
+    """``[..., r, r]`` float64 XᵀX of ``X: [..., n, r]``. A collated ``[B, L, n, r]`` is copied into float64
+    ``[L, B, r, n]`` for batched matmuls: in one go on a GPU, and on a CPU a few layers at a time into a
+    buffer of about 1 MB that the matmul reads from cache (on the dev CPU 4.9 ms per SD1.5 adapter, against
+    8 ms copying all layers first and 23 ms letting matmul copy collate's ``[B, L]`` batches, which do not
+    fold into one batch dimension). The float64 copy, not the arithmetic, is most of the cost."""
+    if X.dim() != 4:
+        x = X.to(torch.float64)
+        return x.mT @ x
+    B, L, n, r = X.shape
+    src = X.permute(1, 0, 3, 2)  # [L, B, r, n]
+    step = L if X.device.type != "cpu" else max(1, min(L, _CHUNK_BYTES // max(1, B * r * n * 8)))
+    out = torch.empty((L, B, r, r), dtype=torch.float64, device=X.device)
+    buf = torch.empty((step, B, r, n), dtype=torch.float64, device=X.device)
+    for s in range(0, L, step):
+        k = min(step, L - s)
+        a = buf[:k]
+        a.copy_(src[s : s + k])
+        torch.matmul(a, a.mT, out=out[s : s + k])
+    return out.transpose(0, 1)
 
 
 def _gram_root(G: torch.Tensor) -> torch.Tensor:
