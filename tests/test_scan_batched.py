@@ -15,16 +15,14 @@ import shutil
 
 import pytest
 import torch
+from helpers import REAL
 from safetensors.torch import save_file
 
 import lolscan
 from lolscan.checkpoint import load_checkpoint
-from lolscan.nets import collate
-from lolscan.nets import svd
+from lolscan.nets import collate, svd
 from lolscan.scan.discovery import expand
-from lolscan.scan.scoring import Scorer, ScoreOptions
-
-from helpers import REAL
+from lolscan.scan.scoring import ScoreOptions, Scorer
 
 MODULES = [("blocks.0.attn.q", 24, 16), ("blocks.0.attn.k", 24, 16), ("blocks.0.mlp.up", 32, 24),
            ("blocks.1.attn.q", 24, 16), ("blocks.1.mlp.up", 32, 24), ("blocks.1.mlp.down", 16, 32)]

@@ -11,7 +11,6 @@ from .batch import FactorBatch
 from .common import FeatureMLP, mlp_hparams
 from .spec import LayerSpec
 
-
 SPECTRA = "spectra"  # `FactorBatch.cache` key of `batch_spectra`
 
 
