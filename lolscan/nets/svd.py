@@ -12,23 +12,24 @@ from .common import FeatureMLP, mlp_hparams
 from .spec import LayerSpec
 
 SPECTRA = "spectra"  # `FactorBatch.cache` key of `batch_spectra`
-
-
 _CHUNK_BYTES = 1 << 20  # float64 copy per step of `gram` on a CPU: stays in cache for its matmul
+_DEVICE_CHUNK_BYTES = 256 << 20  # elsewhere: one step for SD-sized batches, bounded for large models
 
 
 def gram(X: torch.Tensor) -> torch.Tensor:
     """``[..., r, r]`` float64 XᵀX of ``X: [..., n, r]``. A collated ``[B, L, n, r]`` is copied into float64
-    ``[L, B, r, n]`` for batched matmuls: in one go on a GPU, and on a CPU a few layers at a time into a
-    buffer of about 1 MB that the matmul reads from cache (on the dev CPU 4.9 ms per SD1.5 adapter, against
-    8 ms copying all layers first and 23 ms letting matmul copy collate's ``[B, L]`` batches, which do not
-    fold into one batch dimension). The float64 copy, not the arithmetic, is most of the cost."""
+    ``[L, B, r, n]`` for batched matmuls: on a GPU in one step (at most 256 MB of copy per step), on a CPU a
+    few layers at a time into a buffer of about 1 MB that the matmul reads from cache (on the dev CPU 4.9 ms
+    per SD1.5 adapter, against 8 ms copying all layers first and 23 ms letting matmul copy collate's
+    ``[B, L]`` batches, which do not fold into one batch dimension). The float64 copy, not the arithmetic,
+    is most of the cost."""
     if X.dim() != 4:
         x = X.to(torch.float64)
         return x.mT @ x
     B, L, n, r = X.shape
     src = X.permute(1, 0, 3, 2)  # [L, B, r, n]
-    step = L if X.device.type != "cpu" else max(1, min(L, _CHUNK_BYTES // max(1, B * r * n * 8)))
+    budget = _CHUNK_BYTES if X.device.type == "cpu" else _DEVICE_CHUNK_BYTES
+    step = max(1, min(L, budget // max(1, B * r * n * 8)))
     out = torch.empty((L, B, r, r), dtype=torch.float64, device=X.device)
     buf = torch.empty((step, B, r, n), dtype=torch.float64, device=X.device)
     for s in range(0, L, step):
