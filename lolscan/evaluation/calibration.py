@@ -68,11 +68,12 @@ def fit_temperature(logits: torch.Tensor, y: torch.Tensor, kind: str, steps: int
 
 # ---- domain ------------------------------------------------------------------------------------
 def spectra(batch: Any, k: int = DOMAIN_K) -> torch.Tensor:
-    """``[B, L, k]`` top singular values of every module of a `FactorBatch` (zero past the rank)."""
-    from ..nets.svd import top_singular_values
+    """``[B, L, k]`` top singular values of every module of a `FactorBatch` (zero past the rank), float32 on
+    the CPU; computed in float64 once per batch (`lolscan.nets.svd.batch_spectra`, shared with a model's
+    spectral features)."""
+    from ..nets.svd import batch_spectra
 
-    with torch.no_grad():
-        return batch.to_spec_order([top_singular_values(g.U.double(), g.V.double(), k) for g in batch.groups]).float().cpu()
+    return batch_spectra(batch, k).float().cpu()
 
 
 @dataclass

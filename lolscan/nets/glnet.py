@@ -20,7 +20,7 @@ from ..adapter import Adapter
 from .batch import FactorBatch, index_tensor
 from .common import MetaNet, _chunks, make_mlp
 from .spec import LayerSpec
-from .svd import median_top, top_singular_values
+from .svd import batch_spectra, median_top
 
 POOLS = ("concat", "mean")
 # How fit() sets input_scale: "rms" = from the mean square entry of ΔW over all training adapters
@@ -213,8 +213,9 @@ class GLNet(MetaNet):
 
     @torch.no_grad()
     def _raw_spectral(self, batch: FactorBatch) -> torch.Tensor:
-        """``[B, L, k]``: the top singular values of every ΔWᵢ in spec order, from r×r cores."""
-        return batch.to_spec_order([top_singular_values(g.U, g.V, self.spectral) for g in batch.groups])
+        """``[B, L, k]``: the top singular values of every ΔWᵢ in spec order, from r×r cores (`batch_spectra`,
+        computed once per batch in float64 and shared with the domain score), in the batch's dtype."""
+        return batch_spectra(batch, self.spectral).to(batch.dtype)
 
     @torch.no_grad()
     def spectral_features(self, batch: FactorBatch) -> torch.Tensor:
