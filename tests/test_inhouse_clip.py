@@ -201,3 +201,46 @@ def test_script_create_train_zeroshot(tmp_path, capsys):
     card = json.loads((tmp_path / "clip" / ic.CARD).read_text())
     assert card["trained"]["steps"] == 3 and card["zero_shot"]["template"] == "a {cls}" and card["zero_shot"]["n"] == 8
     assert script("train", str(tmp_path / "nowhere"), "--source", "shapes") == 3  # no clip.json: exit 3
+
+
+def test_a_diffusion_zoo_labelled_by_the_inhouse_scorer(tmp_path):
+    """The tiny SD pipeline's zoo with clip_model = an in-house scorer folder: zoo.json names the label after
+    the scorer's card and keeps the card; the base's label is the scorer's score of the base's images."""
+    pytest.importorskip("diffusers")
+    from diffusion_toy import save_tiny_sd, toy_diffusion_recipe
+
+    import lolscan.zoo.diffusion as zd
+    from lolscan.zoo.build import read_zoo_rows
+    from lolscan.zoo.diffusion_recipe import DiffusionRecipe
+
+    save_tiny_sd(tmp_path / "pipe", tmp_path / "openai-like")
+    ic.create_clip(tmp_path / "mine", config=TINY)
+    d = toy_diffusion_recipe(tmp_path / "pipe", tmp_path / "mine", n_loras=2, group_size=2)
+    recipe = DiffusionRecipe.from_dict(d)
+    assert "scorer" not in recipe.to_dict()["labels"]  # unset: the recipe's digest is what it was before the option
+    rep = zd.build_diffusion(recipe, tmp_path / "zoo", log=lambda s: None)
+    assert rep.complete
+    info = json.loads((tmp_path / "zoo" / "zoo.json").read_text())
+    assert info["label_names"]["clip_score"] == "CLIP score (in-house CLIP-style scorer)"
+    assert info["label_names"]["clip_score_p1"] == "CLIP score (in-house CLIP-style scorer), prompt 1"
+    assert info["scorer"]["description"] == "an in-house CLIP-style scorer, not OpenAI CLIP"
+    rows = read_zoo_rows(tmp_path / "zoo" / "manifest.jsonl")
+    assert len(rows) == 2 and all(0 <= r["clip_score"] <= 100 for r in rows)
+    # the real-SD path: a hub id (or any CLIP folder without clip.json) keeps its name; a recipe may set one
+    other = DiffusionRecipe.from_dict({**d, "labels": {**d["labels"], "clip_model": "openai/clip-vit-base-patch16"}})
+    assert zd.scorer_label(other.labels) == "CLIP score (openai/clip-vit-base-patch16)" and zd.scorer_card("openai/x") is None
+    named = DiffusionRecipe.from_dict({**d, "labels": {**d["labels"], "scorer": "CLIP score (mine)"}})
+    assert zd.scorer_label(named.labels) == "CLIP score (mine)" and named.to_dict()["labels"]["scorer"] == "CLIP score (mine)"
+    assert named.digest() != recipe.digest()
+
+
+def test_the_inhouse_clip_recipe_variant():
+    from lolscan.zoo.diffusion_recipe import load_recipe
+
+    plain = load_recipe(ROOT / "recipes" / "inhouse-fashion-classes.toml")
+    mine = load_recipe(ROOT / "recipes" / "inhouse-fashion-classes-inhouse-clip.toml")
+    assert plain.labels.clip_model.startswith("openai/") and mine.labels.clip_model == "inhouse-clip"
+    assert mine.labels.scorer == ic.LABEL and mine.labels.prompts == plain.labels.prompts
+    assert mine.base == plain.base and mine.data == plain.data and mine.n_loras == plain.n_loras
+    # every class name of the prompts is one token of the scorer's tokenizer
+    assert {"shirt", "top", "trouser", "ankle", "boot", "bag"} <= set(ic.vocabulary_words())
