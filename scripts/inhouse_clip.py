@@ -21,7 +21,13 @@ import sys
 
 from lolscan.errors import LolscanError
 from lolscan.zoo.images import get_source
-from lolscan.zoo.inhouse_clip import ZEROSHOT_TEMPLATE, create_clip, read_card, train_clip, zeroshot
+from lolscan.zoo.inhouse_clip import (
+    ZEROSHOT_TEMPLATE,
+    create_clip,
+    read_card,
+    train_clip,
+    zeroshot,
+)
 
 
 def _source(a):

@@ -274,8 +274,8 @@ def train_clip(folder: str | Path, source, steps: int, *, batch_size: int = 256,
                 f"{float(model.logit_scale.detach().exp()):.1f}, {(step + 1) / (time.monotonic() - t0):.2f} steps/s")
     model.eval()
     if save:
-        _save_model(folder, model, card, steps, losses, source, dict(batch_size=batch_size, lr=lr, seed=seed,
-                                                                     weight_decay=weight_decay))
+        _save_model(folder, model, card, steps, losses, source,
+                    {"batch_size": batch_size, "lr": lr, "seed": seed, "weight_decay": weight_decay})
     return losses
 
 
