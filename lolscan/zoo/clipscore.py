@@ -48,13 +48,22 @@ class ClipScorer:
         p = self.processor(images=list(u8), return_tensors="pt")
         return _tensor(self.model.get_image_features(p["pixel_values"].to(self.device))).float()
 
-    def scores(self, images: torch.Tensor, texts: list[str]) -> torch.Tensor:
-        """Per-pair CLIP scores [N] of images[i] with texts[i]."""
+    def unit_features(self, images: torch.Tensor, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """L2-normalised image [N, D] and text [T, D] embeddings."""
         fi = self.image_features(images)
         ft = self.text_features(texts)
-        fi = fi / fi.norm(p=2, dim=-1, keepdim=True)
-        ft = ft / ft.norm(p=2, dim=-1, keepdim=True)
+        return fi / fi.norm(p=2, dim=-1, keepdim=True), ft / ft.norm(p=2, dim=-1, keepdim=True)
+
+    def scores(self, images: torch.Tensor, texts: list[str]) -> torch.Tensor:
+        """Per-pair CLIP scores [N] of images[i] with texts[i]."""
+        fi, ft = self.unit_features(images, texts)
         return (100 * (fi * ft).sum(-1)).clamp(min=0).cpu()
+
+    def similarity(self, images: torch.Tensor, texts: list[str]) -> torch.Tensor:
+        """100 · cos of every image with every text [N, T], not clamped (zero-shot classification takes its
+        argmax; a CLIP score is its entry clamped at 0)."""
+        fi, ft = self.unit_features(images, texts)
+        return (100 * fi @ ft.T).cpu()
 
 
 def _tensor(out: Any) -> torch.Tensor:

@@ -202,6 +202,24 @@ def spec_fields(s: DiffusionSpec, classes: list[str]) -> dict[str, Any]:
     return row
 
 
+def scorer_card(clip_model: str) -> dict[str, Any] | None:
+    """The in-house scorer's clip.json when `clip_model` is a folder holding one, else None."""
+    card = Path(clip_model).expanduser() / "clip.json"
+    try:
+        return json.loads(card.read_text(encoding="utf-8")) if card.is_file() else None
+    except (OSError, ValueError):
+        return None
+
+
+def scorer_label(labels) -> str:
+    """What clip_score is called: the recipe's ``[labels] scorer``, else the in-house card's label, else
+    "CLIP score (<clip_model>)"."""
+    if labels.scorer:
+        return labels.scorer
+    card = scorer_card(labels.clip_model)
+    return str(card.get("label")) if card and card.get("label") else f"CLIP score ({labels.clip_model})"
+
+
 def build_diffusion(recipe: DiffusionRecipe, out: str | Path, *, base: DiffusionBase | None = None,
                     clip: ClipScorer | None = None, device: str = "cpu", dtype: str | None = None,
                     base_path: str | None = None, data_root: str | None = None, max_minutes: float | None = None, max_groups: int | None = None,
@@ -235,7 +253,9 @@ def build_diffusion(recipe: DiffusionRecipe, out: str | Path, *, base: Diffusion
     out = Path(out)
     info = {"recipe": recipe.to_dict(), "recipe_digest": recipe.digest(), "kind": "diffusion",
             "data": {"source": source.name, "version": source.version, "options": recipe.data.source_options},
-            "base": base.name, "resolution": base.resolution, "targets": targets}
+            "base": base.name, "resolution": base.resolution, "targets": targets,
+            "label_names": {k: scorer_label(recipe.labels) + ("" if k == "clip_score" else f", prompt {k[12:]}")
+                            for k in keys}, "scorer": scorer_card(recipe.labels.clip_model)}
     if labels_from is not None:
         info["labels_from"] = labels_from.provenance()
     info_path = out / "zoo.json"

@@ -41,6 +41,10 @@ class ClipLabels:
     """The CLIP-score label: images generated with the LoRA from fixed prompts and seeds, scored by CLIP."""
 
     clip_model: str = "openai/clip-vit-base-patch32"  # folder or hub id (CLIPModel + CLIPProcessor)
+    # what the clip_score labels are, as zoo.json ("label_names") and cards say it; empty: the in-house
+    # scorer's card label ("CLIP score (in-house CLIP-style scorer)") for a folder made by
+    # scripts/inhouse_clip.py, else "CLIP score (<clip_model>)"
+    scorer: str = ""
     prompts: list[str] = field(default_factory=lambda: ["a red circle"])
     seeds: list[int] = field(default_factory=lambda: [0])
     steps: int = 25  # inference steps (the pipeline's scheduler)
@@ -81,6 +85,8 @@ class DiffusionRecipe:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
+        if not d["labels"]["scorer"]:
+            del d["labels"]["scorer"]  # unset: recipes (and digests) from before the option read as they did
         d["lora"] = {"target_modules": d.pop("target_modules"), "rank": d.pop("rank"), "alpha": d.pop("alpha")}
         return d
 
