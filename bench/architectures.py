@@ -25,6 +25,7 @@ in layer 1), ``dominant`` (argmax of three layer scores) and ``big`` (the set of
 from __future__ import annotations
 
 import argparse
+import gzip
 import copy
 import json
 import math
@@ -328,7 +329,7 @@ def merge_saved(paths: list[Path]) -> dict[str, Any]:
     statistics equal to 1e-6, so runs on a rebuilt zoo that reproduces the labels merge too)."""
     merged: dict[str, Any] | None = None
     for path in paths:
-        d = json.loads(path.read_text())
+        d = json.loads(gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_text())
         if merged is None:
             merged = {**d, "runs": {}, "skipped": {}}
         elif d["splits"] != merged["splits"] or not same_targets(d["targets"], merged["targets"]):
