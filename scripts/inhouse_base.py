@@ -17,7 +17,7 @@ import json
 import sys
 
 from lolscan.errors import LolscanError
-from lolscan.zoo.images import get_source
+from lolscan.zoo.images import open_source
 from lolscan.zoo.pixel_base import MINILM, create_pixel_base, train_pixel_base
 
 
@@ -48,9 +48,7 @@ def main(argv: list[str] | None = None) -> int:
                               seed=a.seed, copy_text_encoder=a.copy_text_encoder)
             print(f"created {a.folder}")
         else:
-            source = get_source(a.source, json.loads(a.source_options))
-            if hasattr(source, "check"):
-                source.check()
+            source = open_source(a.source, json.loads(a.source_options))
             losses = train_pixel_base(a.folder, source, a.steps, batch_size=a.batch_size, lr=a.lr, seed=a.seed,
                                       device=a.device, save_dtype=a.save_dtype, log=print)
             print(f"trained {a.folder}: {a.steps} steps, last loss {losses[-1]:.4f}")

@@ -20,7 +20,7 @@ import json
 import sys
 
 from lolscan.errors import LolscanError
-from lolscan.zoo.images import get_source
+from lolscan.zoo.images import open_source
 from lolscan.zoo.inhouse_clip import (
     ZEROSHOT_TEMPLATE,
     create_clip,
@@ -31,10 +31,7 @@ from lolscan.zoo.inhouse_clip import (
 
 
 def _source(a):
-    source = get_source(a.source, json.loads(a.source_options))
-    if hasattr(source, "check"):
-        source.check()
-    return source
+    return open_source(a.source, json.loads(a.source_options))
 
 
 def _zeroshot(a, source) -> None:

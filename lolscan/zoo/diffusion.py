@@ -34,7 +34,7 @@ from .build import MANIFEST, BuildReport, check_resume, read_zoo_rows, time_to_s
 from .clipscore import ClipScorer
 from .diffusion_base import DiffusionBase, load_base
 from .diffusion_recipe import DiffusionRecipe, DiffusionSpec, sample_specs
-from .images import get_source
+from .images import open_source
 from .known_labels import KnownLabels
 from .multilora import StackedAdamW, adapter_seed, eject, extract, find_targets, init_factors, inject, to_device
 from .recipe import group_specs
@@ -235,9 +235,7 @@ def build_diffusion(recipe: DiffusionRecipe, out: str | Path, *, base: Diffusion
     options = dict(recipe.data.source_options)
     if data_root is not None:  # --data-root: where a source that reads files finds them (not part of the recipe)
         options["data_root"] = data_root
-    source = get_source(recipe.data.source, options)
-    if hasattr(source, "check"):
-        source.check()  # missing data: exit 3 before the base model loads
+    source = open_source(recipe.data.source, options)  # missing data: exit 3 before the base model loads
     if base is None:
         base = load_base(recipe.base, device=device, dtype=dtype, path_override=base_path)
     targets = find_targets(base.unet, recipe.target_modules)

@@ -193,3 +193,12 @@ def get_source(name: str, options: dict[str, Any] | None = None) -> ImageSource:
         if "data_root" in (options or {}) and "data_root" in str(exc):
             raise UsageError(f"image source {name!r} reads no files: --data-root / data_root is not for it") from None
         raise UsageError(f"recipe: image source {name!r}: {exc}") from None
+
+
+def open_source(name: str, options: dict[str, Any] | None = None) -> ImageSource:
+    """`get_source`, then the source's own data check where it has one (files it reads: a clear exit 3
+    before anything slow starts)."""
+    source = get_source(name, options)
+    if hasattr(source, "check"):
+        source.check()
+    return source
