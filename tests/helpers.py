@@ -6,6 +6,20 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
+def load_script(rel: str):
+    """The module of a repository script (``bench/…``, ``scripts/…``), executed afresh in this process (a
+    subprocess would import torch again); registered in ``sys.modules`` so its dataclasses work."""
+    import importlib.util
+    import sys
+
+    path = REPO / rel
+    spec = importlib.util.spec_from_file_location(f"lolscan_script_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 def run_cli_modules(argv: list[str], timeout: float = 120) -> tuple[int, str, set[str]]:
     """Run ``lolscan ARGV`` in a fresh interpreter; its exit code, stderr and the modules it had loaded
     when it exited (typer raises SystemExit after printing, so they are read in an atexit hook)."""
@@ -32,7 +46,13 @@ def train_tiny_checkpoint(root: Path, *, seed: int, name: str, out: Path):
     Returns (zoo folder, dataset, train result, checkpoint path).
     """
     from lolscan.manifest import read_manifest
-    from lolscan.training import TrainOptions, prepare, save_checkpoint, train, write_synthetic_zoo
+    from lolscan.training import (
+        TrainOptions,
+        prepare,
+        save_checkpoint,
+        train,
+        write_synthetic_zoo,
+    )
 
     manifest = write_synthetic_zoo(root / "zoo", n=60, seed=seed)
     ds = prepare(read_manifest(manifest), ["score", "dominant"], progress=False)

@@ -1,23 +1,20 @@
 """bench/architectures.py --from-json: runs of one zoo merge, runs of another zoo are refused."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from helpers import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "bench" / "architectures.py"
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("bench_architectures", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("bench/architectures.py")
 
 
 def _saved(arch: str, seeds: list[int], mean: float) -> dict:

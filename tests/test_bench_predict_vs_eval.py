@@ -2,11 +2,11 @@
 that zoo for a few steps, 5 questions. Both paths must run and give outputs; the ratio is not asserted."""
 from __future__ import annotations
 
-import importlib.util
 import math
 from pathlib import Path
 
 import pytest
+from helpers import load_script
 from zoo_toy import save_tiny_hf_base, toy_recipe, write_toy_data
 
 pytest.importorskip("peft")
@@ -16,10 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("predict_vs_eval", REPO / "bench" / "predict_vs_eval.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("bench/predict_vs_eval.py")
 
 
 def test_predict_vs_eval_runs_both_paths(tmp_path):

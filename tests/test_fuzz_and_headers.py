@@ -2,30 +2,23 @@
 slice of bench/fuzz.py (the full run's table is in bench/results/fuzz.md)."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import random
 import struct
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import REAL, load_script
 from safetensors import safe_open
 from safetensors.torch import save_file
 
 from lolscan.errors import InputError
 from lolscan.formats.stheader import parse_header
 
-from helpers import REAL, REPO
-
 
 def _fuzz():
-    spec = importlib.util.spec_from_file_location("lolscan_bench_fuzz", REPO / "bench" / "fuzz.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("bench/fuzz.py")
 
 
 def _library_accepts(path: Path) -> tuple[bool, dict]:

@@ -4,7 +4,6 @@ contrastive loss is CLIP's when captions are distinct; training learns held-out 
 equals an argmax written here; a seed gives the same weights; the 16 MiB limit holds and is enforced."""
 from __future__ import annotations
 
-import importlib.util
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +13,8 @@ import pytest
 import torch
 
 pytest.importorskip("transformers")
+
+from helpers import load_script  # noqa: E402
 
 from lolscan.errors import UsageError  # noqa: E402
 from lolscan.zoo import inhouse_clip as ic  # noqa: E402
@@ -35,10 +36,7 @@ class ThreeShapes(Shapes):
 
 
 def script(*args: str) -> int:
-    spec = importlib.util.spec_from_file_location("inhouse_clip_script", ROOT / "scripts" / "inhouse_clip.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.main(list(args))
+    return load_script("scripts/inhouse_clip.py").main(list(args))
 
 
 @pytest.fixture(scope="module")

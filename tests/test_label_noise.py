@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import load_script
 
 from lolscan.evaluation.noise import (
     binomial_r2_ceiling,
@@ -90,13 +91,9 @@ def test_pack_correct_round_trips():
 
 
 def test_bench_label_noise_reads_a_manifest(tmp_path):
-    import importlib.util
     import json
-    from pathlib import Path
 
-    spec = importlib.util.spec_from_file_location("label_noise", Path(__file__).parents[1] / "bench" / "label_noise.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script("bench/label_noise.py")
     rng = np.random.default_rng(6)
     _, correct = _simulate(rng, n_ad=200, n_q=101)
     rows = [{"id": f"l{i}", "split": "test", "finite": True, "arc_c_acc": float(c.mean()),

@@ -4,7 +4,6 @@ loop written out here from the scheduler's formulas samples, and a 4-LoRA zoo on
 from IDX files written here) gives diffusers LoRA files `lolscan.load` reads with the trained ΔW exactly."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -16,7 +15,14 @@ import torch
 pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
 
-from diffusion_toy import TINY_PIXEL_UNET, save_tiny_bert, save_tiny_clip, toy_diffusion_recipe, write_tiny_fashion_mnist  # noqa: E402
+from diffusion_toy import (  # noqa: E402
+    TINY_PIXEL_UNET,
+    save_tiny_bert,
+    save_tiny_clip,
+    toy_diffusion_recipe,
+    write_tiny_fashion_mnist,
+)
+from helpers import load_script  # noqa: E402
 
 import lolscan  # noqa: E402
 import lolscan.zoo.diffusion as zd  # noqa: E402
@@ -32,10 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def script(*args: str) -> int:
     """scripts/inhouse_base.py's main, in this process (a subprocess would import torch and diffusers again)."""
-    spec = importlib.util.spec_from_file_location("inhouse_base", ROOT / "scripts" / "inhouse_base.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.main(list(args))
+    return load_script("scripts/inhouse_base.py").main(list(args))
 
 
 @pytest.fixture(scope="module")
