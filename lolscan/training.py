@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import math
+import statistics
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -285,10 +286,7 @@ def heavy_tailed(xs: Sequence[float]) -> bool:
     """All > 0 and max / median >= `LOG_TAIL_RATIO`."""
     if not xs or min(xs) <= 0:
         return False
-    ys = sorted(xs)
-    n = len(ys)
-    median = ys[n // 2] if n % 2 else (ys[n // 2 - 1] + ys[n // 2]) / 2
-    return ys[-1] / median >= LOG_TAIL_RATIO
+    return max(xs) / statistics.median(xs) >= LOG_TAIL_RATIO
 
 
 def _present(ds: Dataset, t: Target, rows: Sequence[int]) -> list[float]:
