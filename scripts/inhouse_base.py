@@ -41,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", default="cpu")
     t.add_argument("--save-dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    t.add_argument("--max-seconds", type=float, default=None, help="stop after this much training time (a lease's budget)")
     a = ap.parse_args(argv)
     try:
         if a.cmd == "create":
@@ -50,8 +51,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             source = open_source(a.source, json.loads(a.source_options))
             losses = train_pixel_base(a.folder, source, a.steps, batch_size=a.batch_size, lr=a.lr, seed=a.seed,
-                                      device=a.device, save_dtype=a.save_dtype, log=print)
-            print(f"trained {a.folder}: {a.steps} steps, last loss {losses[-1]:.4f}")
+                                      device=a.device, save_dtype=a.save_dtype, max_seconds=a.max_seconds, log=print)
+            print(f"trained {a.folder}: {len(losses)} steps, last loss {losses[-1]:.4f}")
     except LolscanError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code

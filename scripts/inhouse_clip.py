@@ -62,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--lr", type=float, default=5e-4)
     t.add_argument("--weight-decay", type=float, default=0.1)
     t.add_argument("--warmup", type=int, default=100)
+    t.add_argument("--max-seconds", type=float, default=None, help="stop after this much training time (a lease's budget)")
     a = ap.parse_args(argv)
     try:
         if a.cmd == "create":
@@ -71,8 +72,8 @@ def main(argv: list[str] | None = None) -> int:
         elif a.cmd == "train":
             source = _source(a)
             losses = train_clip(a.folder, source, a.steps, batch_size=a.batch_size, lr=a.lr, seed=a.seed,
-                                weight_decay=a.weight_decay, warmup=a.warmup, device=a.device, log=print)
-            print(f"trained {a.folder}: {a.steps} steps, last loss {losses[-1]:.4f}")
+                                weight_decay=a.weight_decay, warmup=a.warmup, device=a.device, max_seconds=a.max_seconds, log=print)
+            print(f"trained {a.folder}: {len(losses)} steps, last loss {losses[-1]:.4f}")
             _zeroshot(a, source)
         else:
             _zeroshot(a, _source(a))

@@ -77,6 +77,15 @@ def test_repeat_ceiling_matches_simulation():
     assert r["ceiling"] == pytest.approx(binomial_r2_ceiling(np.r_[y1, y2], 250)["ceiling"], abs=0.05)
 
 
+def test_repeat_ceiling_ignores_a_shared_offset():
+    rng = np.random.default_rng(6)
+    y = rng.normal(size=500)
+    noisy1, noisy2 = y + 0.3 * rng.normal(size=500), y + 0.3 * rng.normal(size=500)
+    plain, shifted = repeat_r2_ceiling(noisy1, noisy2), repeat_r2_ceiling(noisy1, noisy2 + 5.0)
+    assert shifted["ceiling"] == pytest.approx(plain["ceiling"], abs=1e-9)
+    assert plain["ceiling"] == pytest.approx(1 / 1.09, abs=0.03)  # var(y) / (var(y) + 0.3²)
+
+
 def test_pack_correct_round_trips():
     rng = np.random.default_rng(5)
     for n in (1, 7, 8, 9, 1172):

