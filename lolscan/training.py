@@ -57,6 +57,10 @@ class TrainOptions:
     # names and keeps it where validation prefers it; "none" never; "log" fits every regression target
     # whose labelled values are all > 0 on its log, without asking validation (a baseline for benches).
     transform: str = "auto"
+    # With several targets: keep each target's weights at its own best validation loss and serve its
+    # outputs from them (`PerTargetNet` where the best steps differ); training stops when no target has
+    # improved for `patience` evaluations. False: one state, at the best summed validation loss.
+    per_target: bool = True
 
 
 @dataclass
@@ -98,6 +102,7 @@ class TrainResult:
     ys: dict[str, Any] = field(default_factory=dict, repr=False)  # split -> target -> (y, mask) (CPU)
     tried: list[dict[str, Any]] = field(default_factory=list)  # every candidate: its settings and validation loss
     calibration_rows: int = 0  # validation rows the intervals and temperatures were fitted on
+    best_steps: dict[str, int] = field(default_factory=dict)  # target -> the step its outputs come from
 
 
 # ---- data -------------------------------------------------------------------------------------
@@ -229,9 +234,12 @@ def _outputs(model: torch.nn.Module, batch: Any, chunk: int = 256, max_features:
     from .nets.batch import FactorBatch
     from .nets.common import FeatureMLP
 
+    from .nets.pertarget import PerTargetNet
+
     model.eval()
-    if isinstance(model, FeatureMLP) and isinstance(batch, FactorBatch):
-        chunk = max(1, min(chunk, max_features // model.feature_dim))
+    first = model.members[0] if isinstance(model, PerTargetNet) else model
+    if isinstance(first, FeatureMLP) and isinstance(batch, FactorBatch):
+        chunk = max(1, min(chunk, max_features // first.feature_dim))
     outs = [model(batch.select(slice(i, i + chunk))) for i in range(0, batch.batch_size, chunk)]
     return torch.cat(outs).float()
 
@@ -338,9 +346,11 @@ def _untransformed_loss(targets: Sequence[Target], result: TrainResult, plain: d
 
 
 def train(ds: Dataset, opts: TrainOptions) -> TrainResult:
-    """Minibatch AdamW on the summed target losses, early stopping on validation loss; where
-    `SEARCH` names settings the user left open, each candidate is trained and one kept by validation
-    loss (see `SEARCH_MARGIN`); calibration is then fitted for it on held-out validation rows.
+    """Minibatch AdamW on the summed target losses, early stopping on validation loss (with several
+    targets and ``opts.per_target``, each target's outputs come from the weights at its own best
+    validation loss: `_serve_per_target`); where `SEARCH` names settings the user left open, each
+    candidate is trained and one kept by validation loss (see `SEARCH_MARGIN`); calibration is then
+    fitted for it on held-out validation rows.
 
     With at least `CALIBRATION_MIN` validation rows, every second one is kept out of early stopping and
     the search and used only for calibration, so the conformal guarantee holds (rows that chose the
@@ -425,6 +435,10 @@ def _train(ds: Dataset, opts: TrainOptions) -> TrainResult:
     optim = torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
     monitor = "val" if "val" in batches else "train"
     best, best_state, best_step, stale = math.inf, copy.deepcopy(model.state_dict()), 0, 0
+    names = [t.name for t in ds.targets]
+    per_target = opts.per_target and len(names) > 1
+    own = {n: (math.inf, 0) for n in names}  # per target: its best monitored loss and the step of it
+    states = {0: best_state}  # per_target: the weights at every step that is some target's best
     history: list[dict[str, float]] = []
     step, order, pos = 0, torch.randperm(n_train, generator=gen), 0
     bs = min(opts.batch_size, n_train)
@@ -447,10 +461,22 @@ def _train(ds: Dataset, opts: TrainOptions) -> TrainResult:
             bar.advance(task)
             if step % opts.eval_every == 0 or step == opts.max_steps:
                 with torch.no_grad():
-                    val = float(_loss(ds.targets, _outputs(model, batches[monitor]), ys[monitor]))
+                    out = _outputs(model, batches[monitor])
+                    terms = [t.loss(out, *ys[monitor][t.name]) for t in ds.targets]
+                    val = float(sum(terms, out.new_zeros(())))  # = _loss
                 history.append({"step": step, "train_loss": float(loss.detach()), f"{monitor}_loss": val})
+                if len(names) > 1:
+                    history[-1] |= {f"{monitor}_loss:{n}": float(v) for n, v in zip(names, terms)}
                 bar.update(task, description=f"training {opts.arch}  {monitor} loss {val:.4g}")
-                if not math.isfinite(best) or val < best - 1e-6 * best:
+                losses = dict(zip(names, map(float, terms)))
+                better = [n for n, v in losses.items() if not math.isfinite(own[n][0]) or v < own[n][0] - 1e-6 * own[n][0]]
+                for n in better:
+                    own[n] = (losses[n], step)
+                if per_target and better:  # some target improved: its weights are kept, and training goes on
+                    states[step] = copy.deepcopy(model.state_dict())
+                    states = {s: w for s, w in states.items() if s in {b for _, b in own.values()}}
+                    stale = 0
+                elif not per_target and (not math.isfinite(best) or val < best - 1e-6 * best):
                     best, best_state, best_step, stale = val, copy.deepcopy(model.state_dict()), step, 0
                 elif step >= opts.min_steps:  # before min_steps a noisy validation loss stops nothing
                     stale += 1
@@ -459,13 +485,42 @@ def _train(ds: Dataset, opts: TrainOptions) -> TrainResult:
                     if opts.decay_after and stale % opts.decay_after == 0 and opts.lr_decay != 1.0:
                         for group in optim.param_groups:  # on a plateau: a smaller step from here
                             group["lr"] *= opts.lr_decay
-    model.load_state_dict(best_state)
+    if per_target:
+        best_steps = {n: b for n, (_, b) in own.items()}
+        best, best_step = sum(v for v, _ in own.values()), max(best_steps.values())
+        model = _serve_per_target(model, ds.targets, best_steps, states)
+    else:
+        best_steps = {n: best_step for n in names}
+        model.load_state_dict(best_state)
     model.eval()
     outputs = {s: _outputs(model, batch).cpu() for s, batch in batches.items()}
     metrics, test_scores = _evaluate(ds.targets, outputs, ys)
     result = TrainResult(model, metrics, history, best_step, step, time.perf_counter() - start, test_scores, opts, best)
     result.outputs, result.ys = outputs, {s: {k: (y.cpu(), m.cpu()) for k, (y, m) in v.items()} for s, v in ys.items()}
+    result.best_steps = best_steps
     return result
+
+
+def _serve_per_target(model: torch.nn.Module, targets: Sequence[Target], best_steps: dict[str, int],
+                      states: dict[int, dict[str, torch.Tensor]]) -> torch.nn.Module:
+    """``model`` at the targets' common best step, or, where their best steps differ, a `PerTargetNet` of
+    the model at each of those steps (ascending) serving every target's columns from its own best step."""
+    from .nets.pertarget import PerTargetNet
+
+    steps = sorted(set(best_steps.values()))
+    if len(steps) == 1:
+        model.load_state_dict(states[steps[0]])
+        return model
+    members = []
+    for s in steps:
+        member = copy.deepcopy(model)
+        member.load_state_dict(states[s])
+        members.append(member)
+    column_member = [0] * sum(t.width for t in targets)
+    for t in targets:
+        for j in range(t.offset, t.offset + t.width):
+            column_member[j] = steps.index(best_steps[t.name])
+    return PerTargetNet(members, column_member).to(model.device)
 
 
 def _evaluate(targets: Sequence[Target], outputs: dict[str, torch.Tensor], ys: dict[str, Any]
@@ -545,11 +600,18 @@ def make_card(ds: Dataset, result: TrainResult, *, name: str, description: str =
     from . import __version__
     from .checkpoint import CARD_SCHEMA_VERSION
 
+    from .nets.pertarget import PerTargetNet
+
     model = result.model
     opts = result.options
     ranks = sorted({r for a in ds.adapters for r in a.ranks})
-    return {
-        "schema_version": CARD_SCHEMA_VERSION,
+    states = None
+    if isinstance(model, PerTargetNet):  # which weights serve which target (`lolscan.checkpoint.load_checkpoint`)
+        steps = sorted(set(result.best_steps.values()))
+        states = {"count": len(model.members), "steps": steps,
+                  "targets": {t.name: int(model.column_member[t.offset]) for t in ds.targets}}
+    card = {
+        "schema_version": 1 if states is None else CARD_SCHEMA_VERSION,  # 1 where older lolscan reads it
         "name": name,
         "description": description,
         "lolscan_version": __version__,
@@ -564,6 +626,7 @@ def make_card(ds: Dataset, result: TrainResult, *, name: str, description: str =
             "seed": opts.seed,
             "steps": result.steps,
             "best_step": result.best_step,
+            **({"best_steps": dict(result.best_steps)} if len(ds.targets) > 1 and result.best_steps else {}),
             "max_steps": opts.max_steps,
             "batch_size": opts.batch_size,
             "lr": opts.lr,
@@ -588,6 +651,9 @@ def make_card(ds: Dataset, result: TrainResult, *, name: str, description: str =
         },
         "tensors": {},  # filled in by Checkpoint.save
     }
+    if states is not None:
+        card["states"] = states
+    return card
 
 
 def plot_panels(ds: Dataset, result: TrainResult) -> list[tuple[list[float], list[float]]]:
