@@ -480,7 +480,10 @@ def _train(ds: Dataset, opts: TrainOptions) -> TrainResult:
     monitor = "val" if "val" in batches else "train"
     best, best_state, best_step, stale = math.inf, copy.deepcopy(model.state_dict()), 0, 0
     names = [t.name for t in ds.targets]
-    per_target = opts.per_target and len(names) > 1
+    # a target without labelled monitored rows (its loss is 0 throughout) chooses no step: per target, it
+    # follows the latest of the others' steps (the summed loss ignores it too)
+    blind = {t.name for t in ds.targets if not bool(ys[monitor][t.name][1].any())}
+    per_target = opts.per_target and len(names) > 1 and len(blind) < len(names)
     own = {n: (math.inf, 0) for n in names}  # per target: its best monitored loss and the step of it
     states = {0: best_state}  # per_target: the weights at every step that is some target's best
     history: list[dict[str, float]] = []
@@ -513,7 +516,8 @@ def _train(ds: Dataset, opts: TrainOptions) -> TrainResult:
                     history[-1] |= {f"{monitor}_loss:{n}": float(v) for n, v in zip(names, terms)}
                 bar.update(task, description=f"training {opts.arch}  {monitor} loss {val:.4g}")
                 losses = dict(zip(names, map(float, terms)))
-                better = [n for n, v in losses.items() if not math.isfinite(own[n][0]) or v < own[n][0] - 1e-6 * own[n][0]]
+                better = [n for n, v in losses.items()
+                          if n not in blind and (not math.isfinite(own[n][0]) or v < own[n][0] - 1e-6 * own[n][0])]
                 for n in better:
                     own[n] = (losses[n], step)
                 if per_target and better:  # some target improved: its weights are kept, and training goes on
@@ -530,8 +534,9 @@ def _train(ds: Dataset, opts: TrainOptions) -> TrainResult:
                         for group in optim.param_groups:  # on a plateau: a smaller step from here
                             group["lr"] *= opts.lr_decay
     if per_target:
-        best_steps = {n: b for n, (_, b) in own.items()}
-        best, best_step = sum(v for v, _ in own.values()), max(best_steps.values())
+        best_steps = {n: b for n, (_, b) in own.items() if n not in blind}
+        best, best_step = sum(own[n][0] for n in best_steps), max(best_steps.values())
+        best_steps = {n: best_steps.get(n, best_step) for n in names}
         model = _serve_per_target(model, ds.targets, best_steps, states)
     else:
         best_steps = {n: best_step for n in names}

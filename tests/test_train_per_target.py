@@ -110,3 +110,14 @@ def test_one_target_trains_as_before(ds):
     assert not isinstance(a.model, PerTargetNet) and a.best_steps == {"score": a.best_step}
     sa, sb = a.model.state_dict(), b.model.state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_a_target_without_validation_labels_follows_the_others(ds):
+    """Its validation loss is 0 throughout: it chooses no step of its own (step 25 would be an untrained model)."""
+    import copy
+
+    blind = copy.copy(ds)
+    blind.values = {**ds.values, "noise": [None if i in set(ds.splits["val"]) else v for i, v in enumerate(ds.values["noise"])]}
+    res = train(blind, TrainOptions(**{**OPTS, "max_steps": 300}))
+    assert res.best_steps["noise"] == res.best_steps["score"] == res.best_step > 25
+    assert not isinstance(res.model, PerTargetNet) and res.best_loss == pytest.approx(min(h["val_loss:score"] for h in res.history))
