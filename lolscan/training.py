@@ -235,7 +235,6 @@ def _outputs(model: torch.nn.Module, batch: Any, chunk: int = 256, max_features:
     ``max_features`` of them (256 Qwen adapters would be 23 GB of ΔW, times the standardised copies)."""
     from .nets.batch import FactorBatch
     from .nets.common import FeatureMLP
-
     from .nets.pertarget import PerTargetNet
 
     model.eval()
@@ -648,7 +647,6 @@ def _label_summary(t: Target, values: list[Any]) -> dict[str, Any]:
 def make_card(ds: Dataset, result: TrainResult, *, name: str, description: str = "") -> dict[str, Any]:
     from . import __version__
     from .checkpoint import CARD_SCHEMA_VERSION
-
     from .nets.pertarget import PerTargetNet
 
     model = result.model
