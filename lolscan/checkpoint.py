@@ -24,7 +24,9 @@ if TYPE_CHECKING:  # torch only where a model is built or run: `lolscan models` 
 
     from .adapter import Adapter
 
-CARD_SCHEMA_VERSION = 1
+# 2: the card may hold ``states`` (several weights, one per target's best step: `lolscan.nets.PerTargetNet`);
+# a card without them is written as 1, which older lolscan reads.
+CARD_SCHEMA_VERSION = 2
 CARD_NAME = "card.json"
 WEIGHTS_NAME = "model.safetensors"
 PLOT_NAME = "pred_vs_true.png"
@@ -191,6 +193,16 @@ def validate_card(card: Any, path: Path | str) -> None:
         width += t.width
     if card["out_dim"] != width:
         raise CheckpointError(f"card out_dim {card['out_dim']} does not match its targets' width {width}", path=path)
+    if "states" in card:
+        states = card["states"]
+        count = states.get("count") if isinstance(states, dict) else None
+        serve = states.get("targets") if isinstance(states, dict) else None
+        if (isinstance(count, bool) or not isinstance(count, int) or count < 2 or not isinstance(serve, dict)
+                or set(serve) != {t.name for t in targets}
+                or not all(isinstance(k, int) and not isinstance(k, bool) and 0 <= k < count for k in serve.values())
+                or set(serve.values()) != set(range(count))):
+            raise CheckpointError("card states must give a count ≥ 2 and, for every target, one of them that serves it "
+                                  "(each serving some target)", path=path)
     tensors = card["tensors"]
     if not isinstance(tensors, dict) or not all(
         isinstance(s, list) and all(isinstance(d, int) for d in s) for s in tensors.values()
@@ -395,6 +407,13 @@ def load_checkpoint(model: str | Path, *, device: str | torch.device = "cpu") ->
         raise CheckpointError(_tensor_diff(card["tensors"], on_disk, "card", WEIGHTS_NAME), path=folder)
     try:
         net = build_model(card["architecture"], spec, int(card["out_dim"]), **card["hparams"])
+        if "states" in card:  # each target served by the weights at its own best step
+            from .nets import PerTargetNet
+
+            members = [net] + [build_model(card["architecture"], spec, int(card["out_dim"]), **card["hparams"])
+                               for _ in range(card["states"]["count"] - 1)]
+            serve = card["states"]["targets"]
+            net = PerTargetNet(members, [serve[t.name] for t in targets for _ in range(t.width)])
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"cannot rebuild {card['architecture']} from the card: {exc}", path=card_path) from None
     expected = {k: list(v.shape) for k, v in net.state_dict().items()}

@@ -43,7 +43,7 @@ class TrainOptions:
     seed: int = 0
     max_steps: int = 2000
     batch_size: int = 32
-    lr: float = 1e-3
+    lr: float | None = 1e-3  # None: chosen by validation loss among LR_GRID (see `train`); `lolscan train`'s default
     weight_decay: float = 1e-4
     eval_every: int = 25
     patience: int = 12  # evaluations without a better validation loss before stopping
@@ -57,6 +57,10 @@ class TrainOptions:
     # names and keeps it where validation prefers it; "none" never; "log" fits every regression target
     # whose labelled values are all > 0 on its log, without asking validation (a baseline for benches).
     transform: str = "auto"
+    # With several targets: keep each target's weights at its own best validation loss and serve its
+    # outputs from them (`PerTargetNet` where the best steps differ); training stops when no target has
+    # improved for `patience` evaluations. False: one state, at the best summed validation loss.
+    per_target: bool = True
 
 
 @dataclass
@@ -98,6 +102,9 @@ class TrainResult:
     ys: dict[str, Any] = field(default_factory=dict, repr=False)  # split -> target -> (y, mask) (CPU)
     tried: list[dict[str, Any]] = field(default_factory=list)  # every candidate: its settings and validation loss
     calibration_rows: int = 0  # validation rows the intervals and temperatures were fitted on
+    best_steps: dict[str, int] = field(default_factory=dict)  # target -> the step its outputs come from
+    lr: float = math.nan  # the learning rate the kept model trained with
+    lr_search: list[dict[str, float]] = field(default_factory=list)  # with lr=None: every lr tried and its validation loss
 
 
 # ---- data -------------------------------------------------------------------------------------
@@ -228,10 +235,12 @@ def _outputs(model: torch.nn.Module, batch: Any, chunk: int = 256, max_features:
     ``max_features`` of them (256 Qwen adapters would be 23 GB of ΔW, times the standardised copies)."""
     from .nets.batch import FactorBatch
     from .nets.common import FeatureMLP
+    from .nets.pertarget import PerTargetNet
 
     model.eval()
-    if isinstance(model, FeatureMLP) and isinstance(batch, FactorBatch):
-        chunk = max(1, min(chunk, max_features // model.feature_dim))
+    first = model.members[0] if isinstance(model, PerTargetNet) else model
+    if isinstance(first, FeatureMLP) and isinstance(batch, FactorBatch):
+        chunk = max(1, min(chunk, max_features // first.feature_dim))
     outs = [model(batch.select(slice(i, i + chunk))) for i in range(0, batch.batch_size, chunk)]
     return torch.cat(outs).float()
 
@@ -250,6 +259,21 @@ SEARCH: dict[str, list[dict[str, Any]]] = {
     "glnet": [{"products": False}, {"products": True, "squash": "none"}, {"products": True, "squash": "asinh"}],
 }
 SEARCH_MARGIN = 0.2
+
+# The learning rates `train` tries with ``lr=None`` (`lolscan train --lr auto`, the default), after the
+# settings above were chosen at DEFAULT_LR: it walks the grid from DEFAULT_LR, first down, and goes on in
+# a direction only while the validation loss falls; the lowest validation loss wins (no margin: no lr is
+# simpler than another; DEFAULT_LR, tried first, wins ties). Three points, a factor √10 apart: on the real
+# 1,216-LoRA SmolLM2 zoo's 12-way `sources`, GL-net reached test mean accuracy 0.730 at 3e-4 against 0.709
+# at 1e-3 and 0.518 at 3e-3 (bench/RESULTS.md), so the best lr lies within a factor 3 of the default on
+# one side and a wider grid would spend a full run (early-stopped) per point where it rarely pays. The walk
+# costs one extra run where a lower lr wins, two otherwise.
+LR_GRID = (3e-4, 1e-3, 3e-3)
+DEFAULT_LR = 1e-3
+
+
+def _lr(opts: TrainOptions) -> float:
+    return DEFAULT_LR if opts.lr is None else opts.lr
 CALIBRATION_MIN = 100  # validation rows from which every second one is kept for calibration only
 
 
@@ -338,9 +362,13 @@ def _untransformed_loss(targets: Sequence[Target], result: TrainResult, plain: d
 
 
 def train(ds: Dataset, opts: TrainOptions) -> TrainResult:
-    """Minibatch AdamW on the summed target losses, early stopping on validation loss; where
-    `SEARCH` names settings the user left open, each candidate is trained and one kept by validation
-    loss (see `SEARCH_MARGIN`); calibration is then fitted for it on held-out validation rows.
+    """Minibatch AdamW on the summed target losses, early stopping on validation loss (with several
+    targets and ``opts.per_target``, each target's outputs come from the weights at its own best
+    validation loss: `_serve_per_target`); where `SEARCH` names settings the user left open, each
+    candidate is trained and one kept by validation loss (see `SEARCH_MARGIN`); with ``opts.lr`` None,
+    the learning rate is then chosen for the kept settings by validation loss (see `LR_GRID`; `chosen`
+    records ``"lr"``, `lr_search` every lr tried); calibration is then fitted for the model kept on
+    held-out validation rows.
 
     With at least `CALIBRATION_MIN` validation rows, every second one is kept out of early stopping and
     the search and used only for calibration, so the conformal guarantee holds (rows that chose the
@@ -370,14 +398,31 @@ def train(ds: Dataset, opts: TrainOptions) -> TrainResult:
         calib = val[1::2] if len(val) >= CALIBRATION_MIN else []
         fit_ds = replace(ds, splits={**ds.splits, "val": val[0::2]}) if calib else ds
         tried, best, start = [], None, time.perf_counter()
+        lr = _lr(opts)
         for override in candidates(opts):
             o = copy.copy(opts)
-            o.hparams = dict(opts.hparams) | override
+            o.hparams, o.lr = dict(opts.hparams) | override, lr
             result = _train(fit_ds, o)
-            tried.append({**override, "val_loss": result.best_loss})
+            tried.append({**override, "lr": lr, "val_loss": result.best_loss})
             if best is None or math.isnan(best.best_loss) or result.best_loss < best.best_loss * (1 - SEARCH_MARGIN):
                 best, chosen, chosen_entry = result, override, tried[-1]
         assert best is not None
+        lr_tried = [{"lr": lr, "val_loss": best.best_loss}]
+        if opts.lr is None:  # the lr walk (see LR_GRID), for the settings chosen
+            i = LR_GRID.index(lr)
+            for direction in (-1, 1):
+                j, moved = i + direction, False
+                while 0 <= j < len(LR_GRID):
+                    o = copy.copy(opts)
+                    o.hparams, o.lr = dict(opts.hparams) | chosen, LR_GRID[j]
+                    result = _train(fit_ds, o)
+                    tried.append({**chosen, "lr": o.lr, "val_loss": result.best_loss})
+                    lr_tried.append({"lr": o.lr, "val_loss": result.best_loss})
+                    if not _lower(result.best_loss, best.best_loss):
+                        break
+                    best, lr, chosen_entry, moved, j = result, o.lr, tried[-1], True, j + direction
+                if moved:
+                    break
         logs = log_candidates(ds) if opts.transform == "auto" and fit_ds.splits["val"] else []
         if logs:  # one more candidate per target: the chosen settings, that target fitted on its log
             plain = {t.name: (t.mean, t.std) for t in ds.targets if t.kind == "regression"}
@@ -386,11 +431,11 @@ def train(ds: Dataset, opts: TrainOptions) -> TrainResult:
             for t in logs:
                 set_transform(ds, t, "log")
                 o = copy.copy(opts)
-                o.hparams = dict(opts.hparams) | chosen
+                o.hparams, o.lr = dict(opts.hparams) | chosen, lr
                 result = _train(fit_ds, o)
                 s = _untransformed_loss(ds.targets, result, plain)
                 logged = {n: v for n, v in transforms.items() if v == "log"} | {t.name: "log"}
-                tried.append({**chosen, "transforms": logged, "val_loss": result.best_loss, "val_loss_untransformed": s})
+                tried.append({**chosen, "lr": lr, "transforms": logged, "val_loss": result.best_loss, "val_loss_untransformed": s})
                 if s < score or (math.isnan(score) and not math.isnan(s)):
                     best, score, transforms[t.name] = result, s, "log"
                 else:
@@ -403,10 +448,18 @@ def train(ds: Dataset, opts: TrainOptions) -> TrainResult:
         calibrate(ds.targets, best, split="calibration" if calib else "val")
         best.calibration_rows = len(calib) if calib else len(val)
         best.seconds = time.perf_counter() - start
+        if opts.lr is None:
+            chosen = {**chosen, "lr": lr}
         best.options, best.chosen, best.tried = opts, chosen, tried if len(tried) > 1 else []
+        best.lr_search = lr_tried if opts.lr is None else []
         return best
     finally:
         torch.set_num_threads(before)
+
+
+def _lower(a: float, b: float) -> bool:
+    """``a < b``, a NaN losing to any number."""
+    return (math.isnan(b) and not math.isnan(a)) or a < b
 
 
 def _train(ds: Dataset, opts: TrainOptions) -> TrainResult:
@@ -422,9 +475,16 @@ def _train(ds: Dataset, opts: TrainOptions) -> TrainResult:
     ys = {s: _to(ds.encoded(s), device) for s in batches}
     n_train = len(ds.splits["train"])
     gen = torch.Generator().manual_seed(opts.seed)
-    optim = torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
+    optim = torch.optim.AdamW(model.parameters(), lr=_lr(opts), weight_decay=opts.weight_decay)
     monitor = "val" if "val" in batches else "train"
     best, best_state, best_step, stale = math.inf, copy.deepcopy(model.state_dict()), 0, 0
+    names = [t.name for t in ds.targets]
+    # a target without labelled monitored rows (its loss is 0 throughout) chooses no step: per target, it
+    # follows the latest of the others' steps (the summed loss ignores it too)
+    blind = {t.name for t in ds.targets if not bool(ys[monitor][t.name][1].any())}
+    per_target = opts.per_target and len(names) > 1 and len(blind) < len(names)
+    own = {n: (math.inf, 0) for n in names}  # per target: its best monitored loss and the step of it
+    states = {0: best_state}  # per_target: the weights at every step that is some target's best
     history: list[dict[str, float]] = []
     step, order, pos = 0, torch.randperm(n_train, generator=gen), 0
     bs = min(opts.batch_size, n_train)
@@ -447,10 +507,23 @@ def _train(ds: Dataset, opts: TrainOptions) -> TrainResult:
             bar.advance(task)
             if step % opts.eval_every == 0 or step == opts.max_steps:
                 with torch.no_grad():
-                    val = float(_loss(ds.targets, _outputs(model, batches[monitor]), ys[monitor]))
+                    out = _outputs(model, batches[monitor])
+                    terms = [t.loss(out, *ys[monitor][t.name]) for t in ds.targets]
+                    val = float(sum(terms, out.new_zeros(())))  # = _loss
                 history.append({"step": step, "train_loss": float(loss.detach()), f"{monitor}_loss": val})
+                if len(names) > 1:
+                    history[-1] |= {f"{monitor}_loss:{n}": float(v) for n, v in zip(names, terms)}
                 bar.update(task, description=f"training {opts.arch}  {monitor} loss {val:.4g}")
-                if not math.isfinite(best) or val < best - 1e-6 * best:
+                losses = dict(zip(names, map(float, terms)))
+                better = [n for n, v in losses.items()
+                          if n not in blind and (not math.isfinite(own[n][0]) or v < own[n][0] - 1e-6 * own[n][0])]
+                for n in better:
+                    own[n] = (losses[n], step)
+                if per_target and better:  # some target improved: its weights are kept, and training goes on
+                    states[step] = copy.deepcopy(model.state_dict())
+                    states = {s: w for s, w in states.items() if s in {b for _, b in own.values()}}
+                    stale = 0
+                elif not per_target and (not math.isfinite(best) or val < best - 1e-6 * best):
                     best, best_state, best_step, stale = val, copy.deepcopy(model.state_dict()), step, 0
                 elif step >= opts.min_steps:  # before min_steps a noisy validation loss stops nothing
                     stale += 1
@@ -459,13 +532,43 @@ def _train(ds: Dataset, opts: TrainOptions) -> TrainResult:
                     if opts.decay_after and stale % opts.decay_after == 0 and opts.lr_decay != 1.0:
                         for group in optim.param_groups:  # on a plateau: a smaller step from here
                             group["lr"] *= opts.lr_decay
-    model.load_state_dict(best_state)
+    if per_target:
+        best_steps = {n: b for n, (_, b) in own.items() if n not in blind}
+        best, best_step = sum(own[n][0] for n in best_steps), max(best_steps.values())
+        best_steps = {n: best_steps.get(n, best_step) for n in names}
+        model = _serve_per_target(model, ds.targets, best_steps, states)
+    else:
+        best_steps = {n: best_step for n in names}
+        model.load_state_dict(best_state)
     model.eval()
     outputs = {s: _outputs(model, batch).cpu() for s, batch in batches.items()}
     metrics, test_scores = _evaluate(ds.targets, outputs, ys)
     result = TrainResult(model, metrics, history, best_step, step, time.perf_counter() - start, test_scores, opts, best)
     result.outputs, result.ys = outputs, {s: {k: (y.cpu(), m.cpu()) for k, (y, m) in v.items()} for s, v in ys.items()}
+    result.best_steps, result.lr = best_steps, _lr(opts)
     return result
+
+
+def _serve_per_target(model: torch.nn.Module, targets: Sequence[Target], best_steps: dict[str, int],
+                      states: dict[int, dict[str, torch.Tensor]]) -> torch.nn.Module:
+    """``model`` at the targets' common best step, or, where their best steps differ, a `PerTargetNet` of
+    the model at each of those steps (ascending) serving every target's columns from its own best step."""
+    from .nets.pertarget import PerTargetNet
+
+    steps = sorted(set(best_steps.values()))
+    if len(steps) == 1:
+        model.load_state_dict(states[steps[0]])
+        return model
+    members = []
+    for s in steps:
+        member = copy.deepcopy(model)
+        member.load_state_dict(states[s])
+        members.append(member)
+    column_member = [0] * sum(t.width for t in targets)
+    for t in targets:
+        for j in range(t.offset, t.offset + t.width):
+            column_member[j] = steps.index(best_steps[t.name])
+    return PerTargetNet(members, column_member).to(model.device)
 
 
 def _evaluate(targets: Sequence[Target], outputs: dict[str, torch.Tensor], ys: dict[str, Any]
@@ -544,12 +647,18 @@ def _label_summary(t: Target, values: list[Any]) -> dict[str, Any]:
 def make_card(ds: Dataset, result: TrainResult, *, name: str, description: str = "") -> dict[str, Any]:
     from . import __version__
     from .checkpoint import CARD_SCHEMA_VERSION
+    from .nets.pertarget import PerTargetNet
 
     model = result.model
     opts = result.options
     ranks = sorted({r for a in ds.adapters for r in a.ranks})
-    return {
-        "schema_version": CARD_SCHEMA_VERSION,
+    states = None
+    if isinstance(model, PerTargetNet):  # which weights serve which target (`lolscan.checkpoint.load_checkpoint`)
+        steps = sorted(set(result.best_steps.values()))
+        states = {"count": len(model.members), "steps": steps,
+                  "targets": {t.name: int(model.column_member[t.offset]) for t in ds.targets}}
+    card = {
+        "schema_version": 1 if states is None else CARD_SCHEMA_VERSION,  # 1 where older lolscan reads it
         "name": name,
         "description": description,
         "lolscan_version": __version__,
@@ -564,9 +673,11 @@ def make_card(ds: Dataset, result: TrainResult, *, name: str, description: str =
             "seed": opts.seed,
             "steps": result.steps,
             "best_step": result.best_step,
+            **({"best_steps": dict(result.best_steps)} if len(ds.targets) > 1 and result.best_steps else {}),
             "max_steps": opts.max_steps,
             "batch_size": opts.batch_size,
-            "lr": opts.lr,
+            "lr": result.lr if not math.isnan(result.lr) else opts.lr,
+            **({"lr_search": result.lr_search} if result.lr_search else {}),
             "weight_decay": opts.weight_decay,
             "patience": opts.patience,
             "eval_every": opts.eval_every,
@@ -588,6 +699,9 @@ def make_card(ds: Dataset, result: TrainResult, *, name: str, description: str =
         },
         "tensors": {},  # filled in by Checkpoint.save
     }
+    if states is not None:
+        card["states"] = states
+    return card
 
 
 def plot_panels(ds: Dataset, result: TrainResult) -> list[tuple[list[float], list[float]]]:

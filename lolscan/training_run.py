@@ -54,7 +54,11 @@ def train_each(ds: Dataset, archs: list[str], hparams: dict[str, Any], base: Tra
             skipped(a, exc)
             continue
         entry: dict[str, Any] = {"metrics": result.metrics, "steps": result.steps, "best_step": result.best_step, "seconds": result.seconds,
-                                 "test_scores": {t: s.tolist() for t, s in result.test_scores.items()}}
+                                 "lr": result.lr, "test_scores": {t: s.tolist() for t, s in result.test_scores.items()}}
+        if len(ds.targets) > 1:
+            entry["best_steps"] = dict(result.best_steps)  # per-target early stopping: where each target's outputs come from
+        if result.lr_search:
+            entry["lr_search"] = result.lr_search
         logged = [t.name for t in ds.targets if t.transform != "none"]
         if logged:  # `train` kept the log transform for these (the targets are this architecture's until the next)
             entry["log_targets"] = logged

@@ -182,3 +182,30 @@ def test_transform_option_reaches_the_card(tmp_path, dirs):
         assert card["targets"][0].get("transform", "none") == want
     r = run("train", heavy, "-t", "energy", "--transform", "sqrt", "--out", str(tmp_path / "x"), *TINY)
     assert r.exit_code == 2 and "sqrt" in r.output
+
+
+def test_lr_is_auto_by_default_and_a_number_searches_nothing(zoo, dirs):
+    r = run("train", zoo, "-t", "score", "--out", "auto", *TINY)
+    assert r.exit_code == 0, r.output
+    training = json.loads((dirs / "data" / "models" / "auto" / "card.json").read_text())["training"]
+    tried = training["lr_search"]
+    assert tried[0]["lr"] == 1e-3 and training["lr"] == min(tried, key=lambda e: e["val_loss"])["lr"]
+    assert f"glnet: lr {training['lr']:g} chosen by validation loss (tried 0.001: " in r.stderr
+    assert "(auto)" in r.stdout
+    r = run("train", zoo, "-t", "score", "--out", "fixed", "--lr", "0.001", *TINY)
+    assert r.exit_code == 0, r.output
+    training = json.loads((dirs / "data" / "models" / "fixed" / "card.json").read_text())["training"]
+    assert training["lr"] == 0.001 and "lr_search" not in training
+    assert "chosen by validation loss" not in r.stderr and "(auto)" not in r.stdout
+    for bad in ("fast", "0", "-1e-3", "inf"):
+        r = run("train", zoo, "-t", "score", "--out", "bad", "--lr", bad, *TINY)
+        assert r.exit_code == 2 and "--lr" in r.output, (bad, r.output)
+
+
+def test_json_results_give_each_targets_best_step(zoo, dirs):
+    r = run("train", zoo, "-t", "score", "-t", "planted", "--out", "two", "--lr", "1e-3", "--format", "json", *TINY)
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.stdout)["results"]["glnet"]
+    card = json.loads((dirs / "data" / "models" / "two" / "card.json").read_text())
+    assert set(res["best_steps"]) == {"score", "planted"} and res["best_steps"] == card["training"]["best_steps"]
+    assert res["best_step"] == max(res["best_steps"].values()) and res["lr"] == 1e-3

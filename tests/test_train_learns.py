@@ -84,11 +84,13 @@ def test_training_is_deterministic_for_a_seed(learned):
     assert not all(torch.equal(a[k], other.model.state_dict()[k]) for k in a)
 
 
-def test_early_stopping_keeps_the_best_validation_state(learned):
-    _, result = learned
-    val = [h["val_loss"] for h in result.history]
-    best = min(range(len(val)), key=val.__getitem__)
-    assert result.best_step == result.history[best]["step"]
+def test_early_stopping_keeps_each_targets_best_validation_state(learned):
+    """Four targets trained together: each one's outputs come from the step of its own lowest validation loss."""
+    ds, result = learned
+    for t in ds.targets:
+        val = [h[f"val_loss:{t.name}"] for h in result.history]
+        assert result.best_steps[t.name] == result.history[min(range(len(val)), key=val.__getitem__)]["step"], t.name
+    assert result.best_step == max(result.best_steps.values())
 
 
 @pytest.mark.parametrize("arch", ["mlp", "mlp-oalign", "mlp-svd", "mlp-dense"])

@@ -26,6 +26,19 @@ def parse_pairs(items: list[str], flag: str) -> dict[str, str]:
     return out
 
 
+def parse_lr(text: str) -> float | None:
+    """``--lr``: a positive number, or ``auto`` (None: `lolscan.training.train` chooses it by validation loss)."""
+    if text.strip().lower() == "auto":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise typer.BadParameter(f"{text!r}: expected a positive number or auto", param_hint="--lr")
+    return value
+
+
 def parse_hparams(items: list[str]) -> dict[str, Any]:
     """``--hparam d=16 --hparam pool=mean``: values are JSON where they parse, else strings."""
     out: dict[str, Any] = {}
@@ -57,9 +70,19 @@ def metrics_table(results: dict[str, dict[str, Any]], targets: list[Any], title:
             table.add_row(t.name, METRIC_NAMES[m], *cells)
         for label, cells in honest_rows(t, list(cols), comparison):
             table.add_row(t.name, label, *cells)
-    table.add_row("", "steps (best)", *[("skipped" if "error" in r else f"{r['steps']} ({r['best_step']})" if "steps" in r else "") for r in cols.values()])
+    table.add_row("", "steps (best)", *[("skipped" if "error" in r else f"{r['steps']} ({best_steps(r)})" if "steps" in r else "") for r in cols.values()])
+    if any("lr" in r for r in cols.values()):
+        table.add_row("", "lr", *[(f"{r['lr']:g}" + (" (auto)" if r.get("lr_search") else "") if "lr" in r else "") for r in cols.values()])
     table.add_row("", "seconds", *[("" if "error" in r or "seconds" not in r else f"{r['seconds']:.1f}") for r in cols.values()])
     return table
+
+
+def best_steps(r: dict[str, Any]) -> str:
+    """The best step, or each target's where they differ (per-target early stopping): "50 / 600"."""
+    steps = r.get("best_steps") or {}
+    if len(set(steps.values())) > 1:
+        return " / ".join(str(s) for s in steps.values())
+    return str(r["best_step"])
 
 
 def honest_rows(t: Any, names: list[str], comparison: dict[str, Any] | None) -> list[tuple[str, list[str]]]:
@@ -115,7 +138,7 @@ def train(
     seed: Annotated[int, typer.Option(help="Seed for the split, initialisation and batch order.")] = 0,
     steps: Annotated[int, typer.Option(help="Maximum optimiser steps.", min=1)] = 2000,
     batch_size: Annotated[int, typer.Option(help="Minibatch size.", min=1)] = 32,
-    lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 1e-3,
+    lr: Annotated[str, typer.Option(metavar="LR|auto", help="AdamW learning rate, or auto: the one of 3e-4, 1e-3, 3e-3 with the lowest validation loss (from 1e-3, first down, on while it falls; recorded in the card).")] = "auto",
     weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 1e-4,
     patience: Annotated[int, typer.Option(help="Validation checks without improvement before stopping.", min=1)] = 12,
     eval_every: Annotated[int, typer.Option(help="Steps between validation checks.", min=1)] = 25,
@@ -147,6 +170,7 @@ def train(
         raise typer.BadParameter("name the checkpoint to write, e.g. --out my-model", param_hint="--out")
     if val_fraction + test_fraction >= 0.95:
         raise typer.BadParameter("val and test fractions leave no training data", param_hint="--val-fraction/--test-fraction")
+    learning_rate = parse_lr(lr)
     archs = list(ARCHITECTURES) if arch == "all" else [arch]
     with cli_errors():
         from ..utils.device import resolve_device
@@ -157,7 +181,7 @@ def train(
                              test_fraction=test_fraction, workers=workers, allow_pickle=allow_pickle, base_model=base_model,
                              progress=progress, source_options=source_options(offline, civitai_token, hf_token))
         sizes = {s: len(v) for s, v in ds.splits.items()}
-        base = TrainOptions(seed=seed, max_steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay, transform=transform,
+        base = TrainOptions(seed=seed, max_steps=steps, batch_size=batch_size, lr=learning_rate, weight_decay=weight_decay, transform=transform,
                             eval_every=eval_every, patience=patience, device=device, progress=progress, threads=threads)
         hp = fit_baseline(ds)
         results = train_each(
@@ -166,6 +190,9 @@ def train(
             saved=lambda name, path: err_console.print(f"wrote checkpoint [bold]{name}[/] to {path} (plot: {path / 'pred_vs_true.png'})", highlight=False),
         )
         for a, r in results.items():
+            if r.get("lr_search"):
+                err_console.print(f"{a}: lr {r['lr']:g} chosen by validation loss (tried "
+                                  + ", ".join(f"{e['lr']:g}: {e['val_loss']:.4g}" for e in r["lr_search"]) + ")", highlight=False)
             if r.get("log_targets"):
                 err_console.print(f"{a}: fitted {', '.join(r['log_targets'])} on the log (positive and heavy-tailed; "
                                   "validation MSE in user units preferred it)", highlight=False)

@@ -19,6 +19,8 @@ Public API (stable):
   data-dependent buffers (GL-net per-layer input scales, O-Align template, feature mean/std);
   `collate(adapters)` onto the model's device/dtype; `predict(adapters)` (no grad, chunked).
   All state is in the state_dict as plain, unshared tensors (safetensors-saveable).
+- `PerTargetNet(members, column_member)`: copies of one trained model, output column j from member
+  ``column_member[j]`` (training's per-target early stopping; see `lolscan.nets.pertarget`).
 """
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ _LAZY = {
     "MetaNet": "common", "common_rank": "common",
     "DenseMLP": "dense", "GLNet": "glnet", "gl_gate": "glnet", "FactorMLP": "mlp", "OAlignMLP": "oalign",
     "build_model": "registry", "hparam_names": "registry", "model_from_config": "registry",
-    "LayerShape": "spec", "LayerSpec": "spec", "ShapeGroup": "spec", "SVDMLP": "svd",
+    "LayerShape": "spec", "LayerSpec": "spec", "ShapeGroup": "spec", "SVDMLP": "svd", "PerTargetNet": "pertarget",
 }
 
 
@@ -56,6 +58,7 @@ __all__ = [
     "LayerSpec",
     "MetaNet",
     "OAlignMLP",
+    "PerTargetNet",
     "SVDMLP",
     "ShapeGroup",
     "build_model",
