@@ -74,6 +74,14 @@ def test_numpy_ridge_is_sklearns_ridgecv():
     assert np.allclose(compare.ridge_loo(X, y, Xt), ref, atol=1e-10)
 
 
+def test_recipe_columns_of_a_diffusion_zoo_read_its_classes_and_dataset_size_unless_they_are_the_label():
+    cols = ["id", "lr", "steps", "dataset_size", "cls_Bag", "cls_Coat", "clip_score", "n_classes"]
+    assert recipe_columns(cols, "clip_score") == ["lr", "steps", "dataset_size", "cls_Bag", "cls_Coat"]
+    assert recipe_columns(cols, "classes", "multilabel", ["Bag", "Coat"]) == ["lr", "steps", "dataset_size"]
+    assert recipe_columns(cols, "dataset_size") == ["lr", "steps", "cls_Bag", "cls_Coat"]
+    assert recipe_columns(cols + ["src_x"], "classes", "multilabel", ["Bag", "Coat"]) == ["lr", "steps", "dataset_size", "src_x"]
+
+
 def test_recipe_columns_leave_out_the_sources_when_they_are_the_label():
     cols = ["id", "lr", "steps", "sources", "src_a", "src_b", "acc"]
     assert recipe_columns(cols, "acc") == ["lr", "steps", "src_a", "src_b"]

@@ -24,8 +24,9 @@ from typing import Any
 import numpy as np
 
 # pool_n, epochs: a v2 zoo's own-pool size and passes over it (recipe + seed decide them: a recipe column)
-RECIPE = ("lr", "steps", "batch_size", "dropout", "weight_decay", "rank", "alpha", "pool_n", "epochs")
-SOURCE_PREFIX = "src_"
+RECIPE = ("lr", "steps", "batch_size", "dropout", "weight_decay", "rank", "alpha", "pool_n", "epochs", "dataset_size")
+# 0/1 columns of which data a LoRA saw: a language zoo's data sources, a diffusion zoo's classes
+SOURCE_PREFIXES = ("src_", "cls_")
 HEADLINE_METRIC = {"regression": "r2", "binary": "accuracy", "multiclass": "accuracy", "multilabel": "mean_accuracy"}
 RIDGE_ALPHAS = tuple(float(a) for a in np.logspace(-3, 3, 13))
 BOOTSTRAP = 2000
@@ -36,20 +37,24 @@ def recipe_columns(columns: Sequence[str], target: str, kind: str = "regression"
     """The manifest columns the hyperparameter-only baseline of ``target`` reads, or None when the
     manifest has no ``lr`` column (no recipe to fit on).
 
-    The ``src_*`` columns are features, except where the target is made of them: a target column named
-    ``src_…``, or a multilabel target whose labels are the ``src_`` suffixes (a zoo's ``sources``). There
-    the baseline reads only the numeric recipe, and asks what lr, steps, … tell about which data a LoRA
-    saw; in a zoo that draws the recipe and the sources independently that is the label prior (each
-    source's training-set frequency), which is the floor a metanetwork must clear."""
+    The data columns (``src_*`` data sources, ``cls_*`` classes of a diffusion zoo; `SOURCE_PREFIXES`)
+    are features, except where the target is made of them: a target column with that prefix, or a
+    multilabel target whose labels are a prefix's suffixes (a zoo's ``sources`` or ``classes``). There the
+    baseline drops that family and asks what lr, steps, … tell about which data a LoRA saw; in a zoo that
+    draws the recipe and the data independently that is the label prior (each label's training-set
+    frequency), which is the floor a metanetwork must clear. ``dataset_size`` is a recipe column unless
+    it is the target."""
     cols = list(columns)
     if "lr" not in cols:
         return None
-    sources = sorted(c for c in cols if c.startswith(SOURCE_PREFIX))
-    made_of_sources = target.startswith(SOURCE_PREFIX) or (
-        kind == "multilabel" and bool(labels) and {SOURCE_PREFIX + str(x) for x in labels} <= set(sources))
-    if made_of_sources:
-        sources = []
-    return [c for c in RECIPE if c in cols and c != target] + [s for s in sources if s != target]
+    data: list[str] = []
+    for prefix in SOURCE_PREFIXES:
+        family = sorted(c for c in cols if c.startswith(prefix))
+        made_of = target.startswith(prefix) or (
+            kind == "multilabel" and bool(labels) and {prefix + str(x) for x in labels} <= set(family))
+        if not made_of:
+            data += family
+    return [c for c in RECIPE if c in cols and c != target] + [s for s in data if s != target]
 
 
 def recipe_matrix(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> np.ndarray:
