@@ -84,7 +84,8 @@ def main() -> None:
     ap.add_argument("--split-seed", type=int, default=0)
     ap.add_argument("--steps", type=int, default=600)
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--lr", type=lambda v: None if v == "auto" else float(v), default=1e-3,
+                    help="a number, or auto: the learning-rate search `lolscan train` does by default")
     ap.add_argument("--patience", type=int, default=12)
     ap.add_argument("--hparam", action="append", default=[], help="KEY=VALUE or ARCH:KEY=VALUE")
     ap.add_argument("--device", default="auto")
