@@ -171,3 +171,40 @@ def test_four_lora_zoo_on_the_pixel_base(made, tmp_path):
             torch.testing.assert_close(ad[f"unet.{name}"].delta().double(), scale * (b.double() @ a.double()),
                                        rtol=1e-6, atol=1e-9)
             assert b.abs().sum() > 0  # trained: B starts at zero
+
+
+def test_picture_merges_a_lora_as_the_zoo_runs_it(made):
+    """bench/diffusion_picture.py adds lolscan's ΔW = U Vᵀ to the UNet's weights: its images equal those of
+    the zoo's own LoRA forward (`multilora.inject`, x·Aᵀ·Bᵀ·scale beside the frozen linear) with the same
+    factors, and the base's weights come back unchanged."""
+    from lolscan.adapter import Adapter, Layer
+    from lolscan.zoo.multilora import eject, inject
+
+    pic = load_script("bench/diffusion_picture.py")
+    base = load_base({"kind": "pixel", "path": str(made / "base")})
+    names = [n for n, _ in base.unet.named_modules() if n.endswith((".to_q", ".to_v"))]
+    g = torch.Generator().manual_seed(3)
+    factors = {}
+    for n in names:
+        lin = base.unet.get_submodule(n)
+        a = torch.randn(2, lin.in_features, generator=g) * 0.3
+        b = torch.randn(lin.out_features, 2, generator=g) * 0.3
+        factors[n] = (a, b)
+    adapter = Adapter(layers={f"unet.{n}": Layer(U=b * 0.5, V=a.T.contiguous(), shape=(b.shape[0], a.shape[1]))
+                              for n, (a, b) in factors.items()}, format="test")
+    before = {k: v.clone() for k, v in base.unet.state_dict().items()}
+    prompts, seeds = ["a red circle", "a red circle"], [0, 1]
+    got = pic.images_with(base, adapter, prompts, seeds, 3, 3.0)
+    assert all(torch.equal(before[k], v) for k, v in base.unet.state_dict().items())
+    mods = inject(base.unet, names, 1, 2)
+    try:
+        for n, (a, b) in factors.items():
+            mods[n].lora_A.data[0] = a
+            mods[n].lora_B.data[0] = b
+            mods[n].scaling[0] = 0.5
+        want = zd.sample(base, 1, prompts, seeds, 3, 3.0)[0].permute(0, 2, 3, 1).numpy()
+    finally:
+        eject(base.unet, names)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    plain = pic.images_with(base, None, prompts, seeds, 3, 3.0)
+    assert np.abs(plain - got).max() > 1e-3  # the LoRA changes the images
