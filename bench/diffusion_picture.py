@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lolscan.checkpoint import load_checkpoint  # noqa: E402
 from lolscan.formats import load_path  # noqa: E402
-from lolscan.zoo.diffusion import sample  # noqa: E402
+from lolscan.zoo.diffusion import merged, sample  # noqa: E402
 from lolscan.zoo.pixel_base import load_pixel  # noqa: E402
 
 
@@ -35,20 +35,10 @@ def score_of(pred: dict, target: str, cls: str | None) -> float:
     return float(p["value"])
 
 
-@torch.no_grad()
 def images_with(base, adapter, prompts: list[str], seeds: list[int], steps: int, guidance: float) -> np.ndarray:
     """[n, H, W, 3] images of the base with the adapter's ΔW added to its UNet (None: the base alone)."""
-    mods = dict(base.unet.named_modules())
-    saved = {}
-    try:
-        for name, layer in (adapter.items() if adapter is not None else []):
-            mod = mods[name.removeprefix("unet.")]
-            saved[name] = mod.weight.detach().clone()
-            mod.weight += layer.delta().to(mod.weight)
+    with merged(base.unet, adapter):
         img = sample(base, 1, prompts, seeds, steps, guidance)[0]
-    finally:
-        for name, w in saved.items():
-            mods[name.removeprefix("unet.")].weight.copy_(w)
     return img.permute(0, 2, 3, 1).numpy()
 
 

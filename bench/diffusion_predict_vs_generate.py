@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from lolscan.checkpoint import load_checkpoint  # noqa: E402
 from lolscan.formats import load_path  # noqa: E402
 from lolscan.zoo.clipscore import ClipScorer  # noqa: E402
-from lolscan.zoo.diffusion import clip_labels  # noqa: E402
+from lolscan.zoo.diffusion import clip_labels, merged  # noqa: E402
 from lolscan.zoo.diffusion_recipe import load_recipe  # noqa: E402
 from lolscan.zoo.pixel_base import load_pixel  # noqa: E402
 
@@ -37,18 +37,8 @@ def files_in(folder: Path) -> list[Path]:
 
 @torch.no_grad()
 def generate_and_score(base, clip, recipe, path: Path) -> float:
-    adapter = load_path(path)
-    mods = dict(base.unet.named_modules())
-    saved = {}
-    try:
-        for name, layer in adapter.items():
-            mod = mods[name.removeprefix("unet.")]
-            saved[name] = mod.weight.detach().clone()
-            mod.weight += layer.delta().to(mod.weight)
+    with merged(base.unet, load_path(path)):
         return clip_labels(base, clip, 1, recipe)[0]["clip_score"]
-    finally:
-        for name, w in saved.items():
-            mods[name.removeprefix("unet.")].weight.copy_(w)
 
 
 def best_of(fn, repeats: int) -> tuple[float, object]:
@@ -92,8 +82,8 @@ def main(argv: list[str] | None = None) -> dict:
     ck.predict([load_path(files[0])])
     rows = []
     for f in files:
-        g, score = best_of(lambda: generate_and_score(base, clip, recipe, f), a.repeats)
-        p, _ = best_of(lambda: ck.predict([load_path(f)]), a.repeats)
+        g, score = best_of(lambda f=f: generate_and_score(base, clip, recipe, f), a.repeats)
+        p, _ = best_of(lambda f=f: ck.predict([load_path(f)]), a.repeats)
         rows.append({"file": str(f), "generate_and_score_s": g, "predict_s": p, "ratio": g / p, "clip_score": score})
         print(f"{f}: generate-and-score {g:.2f} s (CLIP score {score:.2f}), predict {p * 1e3:.1f} ms, {g / p:.0f}×")
     gs, ps = [r["generate_and_score_s"] for r in rows], [r["predict_s"] for r in rows]

@@ -16,6 +16,7 @@ dataset size, prompt template, hyperparameters).
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
 import json
@@ -23,7 +24,7 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -36,7 +37,16 @@ from .diffusion_base import DiffusionBase, load_base
 from .diffusion_recipe import DiffusionRecipe, DiffusionSpec, sample_specs
 from .images import open_source
 from .known_labels import KnownLabels
-from .multilora import StackedAdamW, adapter_seed, eject, extract, find_targets, init_factors, inject, to_device
+from .multilora import (
+    StackedAdamW,
+    adapter_seed,
+    eject,
+    extract,
+    find_targets,
+    init_factors,
+    inject,
+    to_device,
+)
 from .recipe import group_specs
 
 WEIGHT_NAME = "pytorch_lora_weights.safetensors"
@@ -117,6 +127,26 @@ def train_group(base: DiffusionBase, targets: list[str], specs: list[DiffusionSp
 
 
 # ---- sampling and the CLIP-score label ---------------------------------------------------------
+@contextlib.contextmanager
+def merged(unet, adapter) -> Iterator[None]:
+    """The adapter's exact ΔW (lolscan's reader: U Vᵀ, scales folded in) added to the denoiser's weights for
+    the block, then the weights restored: how the bench scripts sample a LoRA file with the base (names
+    ``unet.…`` as lolscan reads diffusers LoRAs). None: the base as it is."""
+    mods = dict(unet.named_modules())
+    saved = {}
+    try:
+        with torch.no_grad():
+            for name, layer in (adapter.items() if adapter is not None else []):
+                mod = mods[name.removeprefix("unet.")]
+                saved[name] = mod.weight.detach().clone()
+                mod.weight += layer.delta().to(mod.weight)
+        yield
+    finally:
+        with torch.no_grad():
+            for name, w in saved.items():
+                mods[name.removeprefix("unet.")].weight.copy_(w)
+
+
 @torch.no_grad()
 def sample(base: DiffusionBase, k: int, prompts: list[str], seeds: list[int], steps: int,
            guidance_scale: float) -> torch.Tensor:
