@@ -6,7 +6,14 @@ A result row is a JSON-able dict (the same dict is appended to ``--output x.json
     {"source": str, "status": "ok" | "error" | "incompatible" | "nonfinite", "error": str | None,
      "predictions": {target: {"value": ..., "probability": ..., "probabilities": {...}}},
      "truth": {target: value}, "gates": [{"gate", "target", "value", "bound", "passed"}],
-     "domain": {"score": float, "in_domain": bool}}   # when the checkpoint has a domain reference
+     "domain": {"score": float, "in_domain": bool},   # when the checkpoint has a domain reference
+     "models": {target: checkpoint name}}             # when several checkpoints scored it (`CheckpointSet`)
+
+With several checkpoints (``predict`` without --model, where several bundled ones fit) a row holds
+the targets of all of them; where their domain answers differ, ``domain`` is the farthest score, in
+domain only if every checkpoint says so, and ``domain["models"]`` holds each answer. The report's
+``model`` then names them all ("a + b"), each of its targets carries ``model``, and ``models`` lists
+each checkpoint's own description.
 
 A regression prediction carries ``"interval": [lo, hi]`` and ``"interval_level"`` when the
 checkpoint was calibrated (`lolscan.evaluation.calibration`); symmetric about the value, except for
@@ -350,7 +357,9 @@ def render_junit(rows: Sequence[dict[str, Any]], model: dict[str, Any], gates: S
                 failures += 1
                 rel = "<" if g["op"] == "under" else ">"
                 ET.SubElement(case, "failure", message=f"{g['target']} = {g['value']:.6g} {rel} {g['bound']:g}", type="gate")
-            preds = "; ".join(f"{k}={fmt_prediction(v)}" for k, v in (r.get("predictions") or {}).items())
+            by_model = r.get("models") or {}  # several checkpoints: each target names its own
+            preds = "; ".join(f"{k}={fmt_prediction(v)}" + (f" ({by_model[k]})" if k in by_model else "")
+                              for k, v in (r.get("predictions") or {}).items())
             if r.get("domain"):
                 preds += f"; in domain: {fmt_domain(r['domain'])}"
             ET.SubElement(case, "system-out").text = preds
@@ -410,7 +419,8 @@ def render_sarif(rows: Sequence[dict[str, Any]], model: dict[str, Any], gates: S
         for g in r.get("gates") or ():
             if not g["passed"]:
                 rel = "below" if g["op"] == "under" else "above"
-                add("lolscan/gate-failed", f"{g['target']} predicted {g['value']:.6g} by {name}, {rel} the gate {g['gate']}",
+                by = (r.get("models") or {}).get(g["target"].partition(":")[0], name)  # several checkpoints: the target's
+                add("lolscan/gate-failed", f"{g['target']} predicted {g['value']:.6g} by {by}, {rel} the gate {g['gate']}",
                     r, gate=g["gate"], value=g["value"], bound=g["bound"], predictions=r.get("predictions"))
     rules = [{"id": rid, "name": rid.split("/")[1], "shortDescription": {"text": short}, "fullDescription": {"text": full},
               "defaultConfiguration": {"level": level}} for rid, (short, level, full) in SARIF_RULES.items()]
