@@ -101,7 +101,9 @@ def resolve(model: str) -> Path:
 
 
 def default_model() -> Path:
-    """The model used without --model: a bundled card marked ``"default": true``, else the only one."""
+    """The model `lolscan eval` uses without --model (and `lolscan predict` where no checkpoint is bundled;
+    else it uses every bundled one that fits, `lolscan.scan.auto`): a bundled card marked
+    ``"default": true``, else the only one."""
     infos = [i for i in list_checkpoints() if not i.get("error")]
     marked = [i for i in infos if i.get("default") and i["origin"] == "bundled"]
     if marked:
