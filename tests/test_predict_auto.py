@@ -151,6 +151,11 @@ def test_an_adapter_no_bundled_checkpoint_fits_exits_4_in_one_line(env, tmp_path
     rep = json.loads(run(f, "-f", "json").stdout)
     assert rep["model"]["name"] is None and rep["results"][0]["status"] == "incompatible"
     assert rep["summary"]["exit_code"] == 4
+    sarif = json.loads(run(f, "-f", "sarif").stdout)["runs"][0]["results"]
+    assert [x["ruleId"] for x in sarif] == ["lolscan/does-not-fit"] and "None" not in sarif[0]["message"]["text"]
+    assert "no bundled checkpoint fits it" in sarif[0]["message"]["text"]
+    junit = run(f, "-f", "junit")
+    assert junit.exit_code == 4 and "None" not in junit.stdout and "no bundled checkpoint fits it" in junit.stdout
 
 
 @pytest.mark.parametrize("procs", ["0", "2"])

@@ -36,6 +36,7 @@ from ..targets import Target
 from ..utils.files import finite_json
 
 SCHEMA_VERSION = 1
+NO_MODEL = "no checkpoint"  # what JUnit and SARIF call the model of a run where no bundled checkpoint fits any adapter
 FORMATS = ("table", "json", "jsonl", "csv", "markdown", "junit", "sarif")
 _SUFFIX_FORMATS = {".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".md": "markdown", ".xml": "junit",
                    ".sarif": "sarif"}
@@ -340,14 +341,15 @@ def render_markdown(rows: Sequence[dict[str, Any]], targets: Sequence[Target]) -
 
 def render_junit(rows: Sequence[dict[str, Any]], model: dict[str, Any], gates: Sequence[Gate]) -> str:
     """One testcase per adapter × gate (one per adapter when there are no gates)."""
-    suite = ET.Element("testsuite", name=f"lolscan ({model.get('name', 'model')})")
+    model_name = model.get("name") or NO_MODEL
+    suite = ET.Element("testsuite", name=f"lolscan ({model_name})")
     tests = failures = errors = 0
     for r in rows:
         cases = [g.text for g in gates] or ["predict"]
         by_gate = {g["gate"]: g for g in r.get("gates") or ()}
         for name in cases:
             tests += 1
-            case = ET.SubElement(suite, "testcase", classname=f"lolscan.{model.get('name', 'model')}", name=f"{r['source']} :: {name}")
+            case = ET.SubElement(suite, "testcase", classname=f"lolscan.{model_name}", name=f"{r['source']} :: {name}")
             if r.get("status") != "ok":
                 errors += 1
                 ET.SubElement(case, "error", message=r.get("error") or r.get("status", "error"), type=r.get("status", "error"))
@@ -403,7 +405,7 @@ def render_sarif(rows: Sequence[dict[str, Any]], model: dict[str, Any], gates: S
     does not fit (adapters that pass are not alerts; their predictions are in each result's properties)."""
     from .. import __version__
 
-    name = model.get("name", "model")
+    name = model.get("name") or NO_MODEL
     results: list[dict[str, Any]] = []
 
     def add(rule: str, text: str, r: dict[str, Any], **props: Any) -> None:
@@ -413,7 +415,8 @@ def render_sarif(rows: Sequence[dict[str, Any]], model: dict[str, Any], gates: S
 
     for r in rows:
         if r.get("status") == "incompatible":
-            add("lolscan/does-not-fit", f"{r['source']} does not fit checkpoint {name}: {r.get('error') or ''}", r)
+            text = (f"{r['source']} does not fit checkpoint {name}: " if model.get("name") else f"{r['source']}: ") + (r.get("error") or "")
+            add("lolscan/does-not-fit", text, r)
         elif r.get("status") != "ok":
             add("lolscan/unreadable", f"{r['source']}: {r.get('error') or r.get('status')}", r)
         for g in r.get("gates") or ():
