@@ -101,7 +101,9 @@ def resolve(model: str) -> Path:
 
 
 def default_model() -> Path:
-    """The model used without --model: a bundled card marked ``"default": true``, else the only one."""
+    """The model `lolscan eval` uses without --model (and `lolscan predict` where no checkpoint is bundled;
+    else it uses every bundled one that fits, `lolscan.scan.auto`): a bundled card marked
+    ``"default": true``, else the only one."""
     infos = [i for i in list_checkpoints() if not i.get("error")]
     marked = [i for i in infos if i.get("default") and i["origin"] == "bundled"]
     if marked:
@@ -236,6 +238,15 @@ class Checkpoint:
     def device(self) -> torch.device:
         return next(iter(self.model.parameters())).device
 
+    @property
+    def members(self) -> list[Checkpoint]:
+        """The checkpoints whose predictions this one reports: itself (a `CheckpointSet`: several)."""
+        return [self]
+
+    def row_fields(self) -> dict[str, Any]:
+        """Fields a scored row gets besides its predictions (a `CheckpointSet`: which model gave each target)."""
+        return {}
+
     def info(self) -> dict[str, Any]:
         """What reports say about the model."""
         return {
@@ -249,7 +260,10 @@ class Checkpoint:
     def fit_rule(self) -> dict[str, Any]:
         """What `check_fits` needs (JSON-able, so reader processes can check without the model)."""
         rank = self.card["hparams"].get("rank") if self.architecture in FIXED_RANK_ARCHS else None
-        return {"spec": self.spec.to_json(), "name": self.name, "base_model": self.base_model, "architecture": self.architecture, "rank": rank}
+        rule = {"spec": self.spec.to_json(), "name": self.name, "base_model": self.base_model, "architecture": self.architecture, "rank": rank}
+        if "auto" in self.extra:  # chosen among the bundled checkpoints: what to say of an adapter that does not fit
+            rule["auto"] = self.extra["auto"]
+        return rule
 
     def require_fits(self, adapter: Adapter) -> None:
         """Refuse an adapter this model cannot read, naming what differs (exit code 4)."""
@@ -327,6 +341,161 @@ class Checkpoint:
         self.card = card
         self.path = dest
         return dest
+
+
+class CheckpointSet:
+    """Several checkpoints of one layer spec scoring the same adapters: read and collated once, each
+    model run on the batch, their targets reported side by side (``lolscan predict`` without --model,
+    where several bundled checkpoints fit). Stands in for a `Checkpoint` wherever the scan uses one.
+
+    Two members predicting a target of the same name are refused (`UsageError`): a row holds one
+    prediction per target name, and which one to report is the user's choice (``--model``).
+    """
+
+    def __init__(self, members: list[Checkpoint]):
+        import torch
+
+        if len(members) < 2:
+            raise ValueError("a CheckpointSet holds two checkpoints or more")
+        first = members[0]
+        for m in members[1:]:
+            if m.spec.to_json() != first.spec.to_json():
+                raise ValueError(f"checkpoints {first.name!r} and {m.name!r} read different layer specs")
+        seen: dict[str, str] = {}
+        for m in members:
+            for t in m.targets:
+                if t.name in seen:
+                    raise UsageError(f"checkpoints {seen[t.name]!r} and {m.name!r} both predict {t.name!r}; "
+                                     f"choose one with --model {seen[t.name]} or --model {m.name}")
+                seen[t.name] = m.name
+        self._members = list(members)
+        self.spec = first.spec
+        self.targets: list[Target] = [t for m in members for t in m.targets]
+        self.target_models = seen  # target name -> the name of the checkpoint that predicts it
+        self.path: Path | None = None
+        self.extra: dict[str, Any] = {}
+        self.model = torch.nn.ModuleList([m.model for m in members])  # what the scan reads: device, dtype, parameters
+
+    @property
+    def members(self) -> list[Checkpoint]:
+        return list(self._members)
+
+    @property
+    def name(self) -> str:
+        return " + ".join(m.name for m in self._members)
+
+    @property
+    def architecture(self) -> str:
+        return ", ".join(dict.fromkeys(m.architecture for m in self._members))
+
+    @property
+    def base_model(self) -> str:
+        return self._members[0].base_model
+
+    @property
+    def card(self) -> dict[str, Any]:
+        return {"name": self.name, "description": ""}
+
+    @property
+    def device(self) -> torch.device:
+        return self._members[0].device
+
+    @property
+    def domain(self) -> Any:
+        doms = [m.domain for m in self._members if m.domain is not None]
+        return doms[0] if doms else None
+
+    def info(self) -> dict[str, Any]:
+        """One checkpoint's fields (name, architecture, base model, targets) for all of them, each target
+        naming its checkpoint (``model``), and each checkpoint's own `Checkpoint.info` under ``models``."""
+        return {
+            "name": self.name,
+            "path": None,
+            "architecture": self.architecture,
+            "base_model": self.base_model,
+            "targets": [{"name": t.name, "kind": t.kind, "units": t.units, "labels": t.labels, "model": self.target_models[t.name]}
+                        for t in self.targets],
+            "models": [m.info() for m in self._members],
+        }
+
+    def row_fields(self) -> dict[str, Any]:
+        return {"models": dict(self.target_models)}
+
+    def fit_rule(self) -> dict[str, Any]:
+        """The members share the spec; a fixed rank of any of them applies to all (an adapter must fit each)."""
+        rules = [m.fit_rule() for m in self._members]
+        rank = next((r["rank"] for r in rules if r["rank"] is not None), None)
+        rule = {**rules[0], "name": self.name, "architecture": self.architecture, "rank": rank}
+        rule.pop("auto", None)
+        if "auto" in self.extra:
+            rule["auto"] = self.extra["auto"]
+        return rule
+
+    def require_fits(self, adapter: Adapter) -> None:
+        for m in self._members:
+            m.require_fits(adapter)
+
+    def _batch(self, adapters: list[Adapter] | Any) -> Any:
+        from .nets import FactorBatch, collate
+
+        if isinstance(adapters, FactorBatch):
+            return adapters
+        return collate(adapters, self.spec, self.device, dtype=_model_dtype(self._members[0].model), check=False)
+
+    def scores(self, adapters: list[Adapter] | Any) -> dict[str, torch.Tensor]:
+        out: dict[str, torch.Tensor] = {}
+        for m, b in self._each(self._batch(adapters)):
+            out.update(m.scores(b))
+        return out
+
+    def predict(self, adapters: list[Adapter] | Any) -> list[dict[str, dict[str, Any]]]:
+        rows: list[dict[str, dict[str, Any]]] = []
+        for m, b in self._each(self._batch(adapters)):
+            for k, p in enumerate(m.predict(b)):
+                if k == len(rows):
+                    rows.append({})
+                rows[k].update(p)
+        return rows
+
+    def _each(self, batch: Any) -> Any:
+        """(member, the batch as that member alone would get it): the same factors, a fresh cache (a model
+        may keep derived features there), so that each member's predictions are those of ``--model`` it."""
+        from .nets import FactorBatch
+        from .nets.svd import SPECTRA
+
+        for m in self._members:
+            own = FactorBatch(batch.spec, batch.groups, batch.sources, {})
+            dtype = _model_dtype(m.model)
+            if dtype != batch.dtype:  # members saved in other precisions: each reads its own
+                own = own.to(dtype=dtype)
+            yield m, own
+            if SPECTRA in own.cache and SPECTRA not in batch.cache:  # the singular values, for the domain score
+                batch.cache[SPECTRA] = own.cache[SPECTRA]
+
+    def domain_rows(self, adapters: list[Adapter] | Any) -> list[dict[str, Any]] | None:
+        """Per adapter ``{"score", "in_domain"}`` as one checkpoint reports it when every member with a
+        domain reference says the same (checkpoints of one zoo share it); else the farthest score, in
+        domain only where every member says so, and each member's answer under ``models``."""
+        batch = self._batch(adapters)
+        per = [(m.name, m.domain_rows(batch)) for m in self._members if m.domain is not None]
+        if not per:
+            return None
+        out = []
+        for k in range(len(per[0][1])):
+            each = {name: rows[k] for name, rows in per}
+            answers = list(each.values())
+            if all(a == answers[0] for a in answers):
+                out.append(dict(answers[0]))
+            else:
+                out.append({"score": max(a["score"] for a in answers), "in_domain": all(a["in_domain"] for a in answers),
+                            "models": each})
+        return out
+
+
+def load_checkpoints(paths: list[str | Path], *, device: str | torch.device = "cpu") -> Checkpoint | CheckpointSet:
+    """One checkpoint, or a `CheckpointSet` of several (same layer spec, no target name twice)."""
+    loaded = [load_checkpoint(Path(p), device=device) for p in paths]
+    return loaded[0] if len(loaded) == 1 else CheckpointSet(loaded)
 
 
 def check_fits(adapter: Adapter, spec: Any, rule: dict[str, Any]) -> None:

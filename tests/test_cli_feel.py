@@ -94,7 +94,18 @@ def test_models_fits_80_columns_with_label_lists_abbreviated(tmp_path):
 
 
 def test_an_adapter_that_does_not_fit_is_reported_once_with_a_hint_and_stderr_starts_clean(tmp_path):
+    # without --model the first adapter chooses the (Qwen) bundled checkpoints; the SmolLM2 one is named once, with those that fit it
     r = _cli("predict", "models/examples-qwen/lora-00077", "models/examples/lora-00553", columns=200, tmp=tmp_path)
+    assert r.returncode == 4
+    both = r.stdout + r.stderr
+    assert both.count("does not fit the bundled checkpoints this run chose") == 1
+    assert not r.stderr.startswith("\n") and r.stderr.splitlines()[0].startswith("error: ")
+    err = r.stderr.splitlines()[0]
+    assert "lora-00553" in err and "bundled smollm2-data-sources, smollm2-val-loss fit it" in err
+    assert not [ln for ln in r.stderr.splitlines() if ln.strip().startswith("hint:")]
+    assert "incompatible" in r.stdout and "Predicts a LoRA's validation loss" in r.stdout
+    r = _cli("predict", "models/examples/lora-00553", "models/examples-qwen/lora-00077", "--model", "smollm2-val-loss",
+             columns=200, tmp=tmp_path)
     assert r.returncode == 4
     both = r.stdout + r.stderr
     assert both.count("does not fit checkpoint") == 1

@@ -65,10 +65,20 @@ def test_exit_0_table_with_real_predictions(env):
     assert "lora_0005" in r.stdout and "score" in r.stdout and "6 scored" in r.stderr
 
 
-def test_without_model_the_only_installed_checkpoint_is_used(env, tmp_path, monkeypatch):
+def test_without_model_the_bundled_checkpoint_that_fits_is_used(env, tmp_path, monkeypatch):
     r = run(one(env), "--format", "json")
     assert r.exit_code == 0 and json.loads(r.stdout)["model"]["name"] == "toy"
-    shutil.copytree(env["ckpt"], tmp_path / "data" / "models" / "mine")  # now two: name one
+    shutil.copytree(env["ckpt"], tmp_path / "data" / "models" / "mine")  # a user checkpoint: not among the bundled ones
+    r = run(one(env), "--format", "json")
+    assert r.exit_code == 0 and json.loads(r.stdout)["model"]["name"] == "toy"
+
+
+def test_without_bundled_checkpoints_the_only_installed_one_is_used(env, tmp_path, monkeypatch):
+    monkeypatch.setenv("LOLSCAN_MODELS_DIR", str(tmp_path / "no-bundled"))
+    shutil.copytree(env["ckpt"], tmp_path / "data" / "models" / "mine")
+    r = run(one(env), "--format", "json")
+    assert r.exit_code == 0 and json.loads(r.stdout)["model"]["name"] == "toy"  # the card's name
+    shutil.copytree(env["ckpt"], tmp_path / "data" / "models" / "mine2")  # now two: name one
     r = run(one(env))
     assert r.exit_code == 2 and "no --model given" in flat(r.stderr)
 

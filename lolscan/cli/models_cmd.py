@@ -191,28 +191,22 @@ def fit_hint(error: str, current: str, _cache: dict[str, str] = {}) -> str:
 def diffusion_hint(family: str) -> str:
     """What to do with a LoRA of a diffusion model no installed checkpoint covers: build a zoo, train, predict."""
     from ..formats.family import FAMILY_NAMES
+    from ..scan.auto import build_hint
 
     name = f"{'an' if family == 'sdxl' else 'a'} {FAMILY_NAMES.get(family, family)} ({family})"
     if family == "diffusion":
-        return ("no bundled checkpoint fits a diffusion UNet LoRA of this kind; build one: `lolscan zoo build RECIPE ZOO "
-                "--device cuda` (recipes/sd15-shapes-attn.toml: Stable Diffusion 1.5; recipes/inhouse-fashion-classes.toml: "
-                "lolscan's pixel base), then `lolscan train ZOO/manifest.jsonl --target clip_score --out my-sd-model`, "
-                "then `lolscan predict FILE --model my-sd-model`")
+        return f"no bundled checkpoint fits a diffusion UNet LoRA of this kind; {build_hint(family)}"
     if family in ("sd1", "sd2"):
-        recipe = ("recipes/sd15-shapes-attn.toml" if family == "sd1" else
-                  "RECIPE.toml` (recipes/sd15-shapes-attn.toml with [base] path set to a Stable Diffusion 2.x pipeline) `")
-        return (f"no bundled checkpoint fits {name} LoRA; build one: `lolscan zoo build {recipe} "
-                "ZOO --device cuda`, then `lolscan train ZOO/manifest.jsonl --target clip_score --out my-sd-model`, "
-                "then `lolscan predict FILE --model my-sd-model`")
-    return (f"no bundled checkpoint fits {name} LoRA, and `lolscan zoo build` makes Stable Diffusion 1.x/2.x zoos "
-            f"only so far; `lolscan train MANIFEST --out my-model` fits one on your own labelled {FAMILY_NAMES.get(family, family)} "
-            "LoRAs, then `lolscan predict FILE --model my-model`")
+        return f"no bundled checkpoint fits {name} LoRA; {build_hint(family)}"
+    return f"no bundled checkpoint fits {name} LoRA, and {build_hint(family)}"
 
 
 def print_failure(row: dict[str, Any], model_name: str, on: Any = None) -> None:
     """An adapter that could not be scored: one error line, plus a one-line hint when it does not fit."""
+    from ..scan.auto import NO_FIT, OTHER_FIT
+
     print_error(f"{row['source']}: {row['error']}", on=on)
-    if row.get("status") == "incompatible":
+    if row.get("status") == "incompatible" and not str(row.get("error") or "").startswith((NO_FIT, OTHER_FIT)):  # those say it all
         (on or err_console).print(f"  hint: {escape(fit_hint(row.get('error') or '', model_name))}", highlight=False, soft_wrap=True)
 
 

@@ -91,14 +91,20 @@ def render_result(result: Any, fmt: str, gates: list[Any], allow_nonfinite: bool
     """The report on stdout (unless rows went out live), the summary on stderr; the exit code."""
     from .models_cmd import card_meaning
 
+    from ..scan.run import model_info
+
     ckpt, rows = result.ckpt, result.rows
-    info = ckpt.info()
+    info = model_info(ckpt)
+    targets = ckpt.targets if ckpt is not None else []
     if fmt == "table":
-        if rows:
-            render_table(console, rows, ckpt.targets, title=f"{info['name']} ({info['architecture']})",
-                         caption=card_meaning(ckpt.card))
+        if rows and ckpt is not None:  # (no checkpoint: no bundled one fits any adapter; each said so on stderr)
+            members = ckpt.members
+            caption = (card_meaning(ckpt.card) if len(members) == 1 else
+                       "\n".join(f"{m.name}: {', '.join(t.name for t in m.targets)}. {card_meaning(m.card)}".rstrip()
+                                 for m in members))
+            render_table(console, rows, targets, title=f"{info['name']} ({info['architecture']})", caption=caption)
     elif fmt != "jsonl":
-        sys.stdout.write(render(fmt, rows, info, gates, ckpt.targets, allow_nonfinite=allow_nonfinite))
+        sys.stdout.write(render(fmt, rows, info, gates, targets, allow_nonfinite=allow_nonfinite))
         sys.stdout.flush()
     if result.out_of_domain:
         err_console.print(
@@ -109,6 +115,7 @@ def render_result(result: Any, fmt: str, gates: list[Any], allow_nonfinite: bool
     failed_gates = s["gate_failures"]
     err_console.print(
         f"{s['ok']} scored, {s['errors']} unreadable, {s['incompatible']} not fitting the model"
+        + ("s" if ckpt is None or len(ckpt.members) > 1 else "")
         + (f", {s['nonfinite']} holding NaN/Inf" if s["nonfinite"] else "")
         + (f", {failed_gates} gate failure(s)" if gates else ""),
         highlight=False,
@@ -130,7 +137,7 @@ def render_result(result: Any, fmt: str, gates: list[Any], allow_nonfinite: bool
 ))
 def predict(
     targets: Annotated[list[str], typer.Argument(help="LoRA files, PEFT folders, folders or globs of many, or hf:// / civitai: URIs.")],
-    model: Annotated[Optional[str], typer.Option("--model", "-m", metavar="NAME|PATH", help="Checkpoint: a path, then a user checkpoint name, then a bundled one.")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", metavar="NAME|PATH", help="Checkpoint: a path, then a user checkpoint name, then a bundled one. Default: every bundled checkpoint that fits the first adapter (that any fits), their targets side by side.")] = None,
     fmt: Annotated[Literal["table", "json", "jsonl", "csv", "markdown", "junit", "sarif"], typer.Option("--format", "-f", help="Report on stdout (sarif: for GitHub code scanning).")] = "table",
     output: Annotated[Optional[Path], typer.Option("--output", "-o", metavar="FILE", help="Also write results here: .jsonl is appended as it goes; .json/.csv/.md/.xml/.sarif are written once at the end.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Skip adapters already scored in the --output JSONL.")] = False,
@@ -152,6 +159,10 @@ def predict(
     hf_token: HfToken = None,
 ) -> None:
     """Predict each adapter's targets with a checkpoint; optionally fail a CI job on the predictions.
+
+    Without --model: every bundled checkpoint that fits the adapters. The first adapter (in the order
+    found) that some bundled checkpoint fits chooses them; an adapter they do not fit is reported as
+    not fitting, naming the bundled checkpoints that fit it, if any, or how to build one.
 
     Exit codes: 0 ok, 1 a gate failed, 2 usage error, 3 an adapter could not be read or holds
     NaN/Inf values (unless --allow-nonfinite), --output is in use by another run, or --engine ray

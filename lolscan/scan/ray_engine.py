@@ -34,7 +34,7 @@ import numpy as np
 
 from ..errors import InputError, MissingExtras, UsageError, elide
 from ..utils.files import atomic_write, read_jsonl
-from .run import GateMismatch, PredictHooks, PredictOptions, PredictResult, output_lock
+from .run import PredictHooks, PredictOptions, PredictResult, output_lock
 
 SHARD_FORMATS = ("jsonl", "parquet")
 INSTALL = 'pip install "lolscan[ray]"'
@@ -254,16 +254,19 @@ class _ScoreActor:
     """Scoring actor: one checkpoint on its device, the local scan's `Stages` (stack, predict, domain
     score, an adapter that breaks its batch isolated) and its gates, per batch of read adapters."""
 
-    def __init__(self, model_path: str, device: str, gates: list[Any], threads: int,
+    def __init__(self, model_path: str | list[str], device: str, gates: list[Any], threads: int,
                  before_score: Callable[[list[str]], None] | None = None):
         import torch
 
-        from ..checkpoint import load_checkpoint
+        from ..checkpoint import load_checkpoint, load_checkpoints
         from ..utils.device import resolve_device
         from .stages import Stages
 
         torch.set_num_threads(max(1, threads))
-        self.ckpt = load_checkpoint(model_path, device=resolve_device(device))
+        if isinstance(model_path, list):  # several bundled checkpoints: one `CheckpointSet`
+            self.ckpt = load_checkpoints(model_path, device=resolve_device(device))
+        else:
+            self.ckpt = load_checkpoint(model_path, device=resolve_device(device))
         self.gates, self.before_score = gates, before_score
         self._slots: list[Any] = []
         dtype = next(iter(self.ckpt.model.parameters())).dtype
@@ -298,7 +301,7 @@ class _ScoreActor:
         return {"idx": batch["idx"], "row": np.array(rows, dtype=object), "line": np.array(lines, dtype=object)}
 
 
-def pipeline(ray: Any, todo: list[tuple[int, Any]], ckpt: Any, model_path: str, opts: PredictOptions,
+def pipeline(ray: Any, todo: list[tuple[int, Any]], ckpt: Any, model_path: str | list[str], opts: PredictOptions,
              ropts: RayOptions) -> Any:
     """The Ray Data dataset of scored rows (columns idx, row, line) for ``todo`` (index, `Found`)."""
     from .handoff import packed_floats
@@ -367,8 +370,8 @@ def ray_session(ray: Any, ropts: RayOptions) -> Iterator[None]:
 def predict(opts: PredictOptions, hooks: PredictHooks | None = None) -> PredictResult:
     """`run.predict` with ``opts.engine == "ray"``: the same rows, scored by a Ray Data pipeline;
     ``--output NAME.jsonl|NAME.parquet`` is a folder of shards, other formats a file written at the end."""
-    from .report import apply_gates, check_gates, render
-    from .run import open_checkpoint
+    from .report import apply_gates, render
+    from .run import _check_gates, model_info, open_checkpoint, open_chosen
 
     ray = require_ray()
     hooks = hooks or PredictHooks()
@@ -377,41 +380,81 @@ def predict(opts: PredictOptions, hooks: PredictHooks | None = None) -> PredictR
     folder = shard_folder(opts.output, opts.out_fmt) if sharded else None
     with output_lock(opts.output):
         from ..checkpoint import default_model, resolve
+        from . import auto
         from .discovery import expand
 
-        model_path = str(resolve(opts.model) if opts.model else default_model())
-        ckpt = open_checkpoint(model_path, "cpu")  # the driver's copy: targets, gates, the report's header
-        try:
-            check_gates(opts.gates, ckpt.targets)
-        except UsageError as exc:
-            raise GateMismatch(str(exc)) from None
+        cands = [] if opts.model else auto.candidates()
+        model_path: str | list[str] = ""
+        ckpt = None
+        if not cands:  # --model, or no bundled checkpoint: the only one installed
+            model_path = str(resolve(opts.model) if opts.model else default_model())
+            ckpt = open_checkpoint(model_path, "cpu")  # the driver's copy: targets, gates, the report's header
+            _check_gates(opts.gates, ckpt)
         found = expand(opts.targets, allow_pickle=opts.allow_pickle, follow_symlinks=opts.follow_symlinks)
+        probed: dict[str, dict[str, Any]] = {}
+        if cands:  # every bundled checkpoint that fits the first adapter some bundled checkpoint fits (`auto`), read here
+            choice = auto.choose(found, {f.source for f in found}, opts.allow_pickle, dict(opts.source_options or {}), cands)
+            ckpt = open_chosen(choice, "cpu")
+            if ckpt is not None:
+                _check_gates(opts.gates, ckpt)
+                model_path = [str(c.path) for c in choice.chosen] if len(choice.chosen) > 1 else str(choice.chosen[0].path)
+            else:  # none fits any adapter: the rows are the probe's, no pipeline runs
+                probed = choice.rows
+        targets = ckpt.targets if ckpt is not None else []
         done = prepare_folder(folder, opts.out_fmt, opts.resume) if folder is not None else {}
         todo = [(i, f) for i, f in enumerate(found) if f.source not in done]
         if done:
             hooks.resumed(len(found) - len(todo), len(found))
             for f in found:
                 if f.source in done:
-                    apply_gates(done[f.source], opts.gates, ckpt.targets)  # this run's gates
+                    apply_gates(done[f.source], opts.gates, targets)  # this run's gates
                     if opts.live:
                         hooks.row(done[f.source])
-        new_rows, out_of_domain = _run(ray, opts, ropts, hooks, ckpt, model_path, todo, folder)
+        new_rows, out_of_domain = _run(ray, opts, ropts, hooks, ckpt, model_path, todo, folder, probed)
         rows = [new_rows.get(f.source) or done[f.source] for f in found if f.source in new_rows or f.source in done]
         if opts.output is not None and not sharded:
-            atomic_write(opts.output, render(opts.out_fmt, rows, ckpt.info(), opts.gates, ckpt.targets,
+            atomic_write(opts.output, render(opts.out_fmt, rows, model_info(ckpt), opts.gates, targets,
                                              allow_nonfinite=opts.allow_nonfinite))
     return PredictResult(ckpt=ckpt, rows=rows, found=len(found), out_of_domain=out_of_domain)
 
 
-def _run(ray: Any, opts: PredictOptions, ropts: RayOptions, hooks: PredictHooks, ckpt: Any, model_path: str,
-         todo: list[tuple[int, Any]], folder: Path | None) -> tuple[dict[str, dict[str, Any]], list[str]]:
-    """Score ``todo`` on Ray; rows go to shards (whole ones, also when the run stops early) and hooks."""
+def _run(ray: Any, opts: PredictOptions, ropts: RayOptions, hooks: PredictHooks, ckpt: Any, model_path: str | list[str],
+         todo: list[tuple[int, Any]], folder: Path | None,
+         probed: dict[str, dict[str, Any]] | None = None) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """Score ``todo`` on Ray; rows go to shards (whole ones, also when the run stops early) and hooks.
+    ``ckpt`` None: no checkpoint fits any adapter, and ``probed`` holds every row (by source)."""
+    from .report import jsonl_line
+
     new_rows: dict[str, dict[str, Any]] = {}
     out_of_domain: list[str] = []
     if not todo:
         return new_rows, out_of_domain
     writer = ShardWriter(folder, opts.out_fmt or "jsonl", ropts.shard_rows, ropts.shard_seconds)
     keep_rows = not opts.live or opts.out_fmt not in (None, *SHARD_FORMATS)  # 10⁶ live rows: not all kept
+    name = ckpt.name if ckpt is not None else ""
+
+    def take(row: dict[str, Any], line: str) -> None:
+        writer.add(row, line)
+        new_rows[row["source"]] = row if keep_rows else {  # as the local scan: what the exit code needs
+            "source": row["source"], "status": row["status"], "gates": [{"passed": g["passed"]} for g in row["gates"]]}
+        if row["status"] != "ok":
+            hooks.problem(row, name)
+        elif (row.get("domain") or {}).get("in_domain") is False:
+            out_of_domain.append(row["source"])
+        if opts.live:
+            hooks.row(row)
+
+    if ckpt is None:
+        with hooks.progress(len(todo)) as advance:
+            try:
+                for _, f in todo:
+                    row = (probed or {})[f.source]
+                    row["gates"] = []
+                    take(row, jsonl_line(row))
+                    advance()
+            finally:
+                writer.flush()
+        return new_rows, out_of_domain
     with ray_session(ray, ropts), hooks.progress(len(todo)) as advance:
         try:
             ds = pipeline(ray, todo, ckpt, model_path, opts, ropts)
@@ -420,15 +463,7 @@ def _run(ray: Any, opts: PredictOptions, ropts: RayOptions, hooks: PredictHooks,
                     row = pickle.loads(blob)  # our scoring actor's pickle
                     if row["source"] in new_rows:  # Ray hands each task's output once; this guards the shards
                         continue
-                    writer.add(row, str(line))
-                    new_rows[row["source"]] = row if keep_rows else {  # as the local scan: what the exit code needs
-                        "source": row["source"], "status": row["status"], "gates": [{"passed": g["passed"]} for g in row["gates"]]}
-                    if row["status"] != "ok":
-                        hooks.problem(row, ckpt.name)
-                    elif (row.get("domain") or {}).get("in_domain") is False:
-                        out_of_domain.append(row["source"])
-                    if opts.live:
-                        hooks.row(row)
+                    take(row, str(line))
                     advance()
         finally:
             writer.flush()  # the rows scored so far, whole: a resume skips them

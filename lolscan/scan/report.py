@@ -6,7 +6,14 @@ A result row is a JSON-able dict (the same dict is appended to ``--output x.json
     {"source": str, "status": "ok" | "error" | "incompatible" | "nonfinite", "error": str | None,
      "predictions": {target: {"value": ..., "probability": ..., "probabilities": {...}}},
      "truth": {target: value}, "gates": [{"gate", "target", "value", "bound", "passed"}],
-     "domain": {"score": float, "in_domain": bool}}   # when the checkpoint has a domain reference
+     "domain": {"score": float, "in_domain": bool},   # when the checkpoint has a domain reference
+     "models": {target: checkpoint name}}             # when several checkpoints scored it (`CheckpointSet`)
+
+With several checkpoints (``predict`` without --model, where several bundled ones fit) a row holds
+the targets of all of them; where their domain answers differ, ``domain`` is the farthest score, in
+domain only if every checkpoint says so, and ``domain["models"]`` holds each answer. The report's
+``model`` then names them all ("a + b"), each of its targets carries ``model``, and ``models`` lists
+each checkpoint's own description.
 
 A regression prediction carries ``"interval": [lo, hi]`` and ``"interval_level"`` when the
 checkpoint was calibrated (`lolscan.evaluation.calibration`); symmetric about the value, except for
@@ -29,6 +36,7 @@ from ..targets import Target
 from ..utils.files import finite_json
 
 SCHEMA_VERSION = 1
+NO_MODEL = "no checkpoint"  # what JUnit and SARIF call the model of a run where no bundled checkpoint fits any adapter
 FORMATS = ("table", "json", "jsonl", "csv", "markdown", "junit", "sarif")
 _SUFFIX_FORMATS = {".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".md": "markdown", ".xml": "junit",
                    ".sarif": "sarif"}
@@ -333,14 +341,15 @@ def render_markdown(rows: Sequence[dict[str, Any]], targets: Sequence[Target]) -
 
 def render_junit(rows: Sequence[dict[str, Any]], model: dict[str, Any], gates: Sequence[Gate]) -> str:
     """One testcase per adapter × gate (one per adapter when there are no gates)."""
-    suite = ET.Element("testsuite", name=f"lolscan ({model.get('name', 'model')})")
+    model_name = model.get("name") or NO_MODEL
+    suite = ET.Element("testsuite", name=f"lolscan ({model_name})")
     tests = failures = errors = 0
     for r in rows:
         cases = [g.text for g in gates] or ["predict"]
         by_gate = {g["gate"]: g for g in r.get("gates") or ()}
         for name in cases:
             tests += 1
-            case = ET.SubElement(suite, "testcase", classname=f"lolscan.{model.get('name', 'model')}", name=f"{r['source']} :: {name}")
+            case = ET.SubElement(suite, "testcase", classname=f"lolscan.{model_name}", name=f"{r['source']} :: {name}")
             if r.get("status") != "ok":
                 errors += 1
                 ET.SubElement(case, "error", message=r.get("error") or r.get("status", "error"), type=r.get("status", "error"))
@@ -350,7 +359,9 @@ def render_junit(rows: Sequence[dict[str, Any]], model: dict[str, Any], gates: S
                 failures += 1
                 rel = "<" if g["op"] == "under" else ">"
                 ET.SubElement(case, "failure", message=f"{g['target']} = {g['value']:.6g} {rel} {g['bound']:g}", type="gate")
-            preds = "; ".join(f"{k}={fmt_prediction(v)}" for k, v in (r.get("predictions") or {}).items())
+            by_model = r.get("models") or {}  # several checkpoints: each target names its own
+            preds = "; ".join(f"{k}={fmt_prediction(v)}" + (f" ({by_model[k]})" if k in by_model else "")
+                              for k, v in (r.get("predictions") or {}).items())
             if r.get("domain"):
                 preds += f"; in domain: {fmt_domain(r['domain'])}"
             ET.SubElement(case, "system-out").text = preds
@@ -394,7 +405,7 @@ def render_sarif(rows: Sequence[dict[str, Any]], model: dict[str, Any], gates: S
     does not fit (adapters that pass are not alerts; their predictions are in each result's properties)."""
     from .. import __version__
 
-    name = model.get("name", "model")
+    name = model.get("name") or NO_MODEL
     results: list[dict[str, Any]] = []
 
     def add(rule: str, text: str, r: dict[str, Any], **props: Any) -> None:
@@ -404,13 +415,15 @@ def render_sarif(rows: Sequence[dict[str, Any]], model: dict[str, Any], gates: S
 
     for r in rows:
         if r.get("status") == "incompatible":
-            add("lolscan/does-not-fit", f"{r['source']} does not fit checkpoint {name}: {r.get('error') or ''}", r)
+            text = (f"{r['source']} does not fit checkpoint {name}: " if model.get("name") else f"{r['source']}: ") + (r.get("error") or "")
+            add("lolscan/does-not-fit", text, r)
         elif r.get("status") != "ok":
             add("lolscan/unreadable", f"{r['source']}: {r.get('error') or r.get('status')}", r)
         for g in r.get("gates") or ():
             if not g["passed"]:
                 rel = "below" if g["op"] == "under" else "above"
-                add("lolscan/gate-failed", f"{g['target']} predicted {g['value']:.6g} by {name}, {rel} the gate {g['gate']}",
+                by = (r.get("models") or {}).get(g["target"].partition(":")[0], name)  # several checkpoints: the target's
+                add("lolscan/gate-failed", f"{g['target']} predicted {g['value']:.6g} by {by}, {rel} the gate {g['gate']}",
                     r, gate=g["gate"], value=g["value"], bound=g["bound"], predictions=r.get("predictions"))
     rules = [{"id": rid, "name": rid.split("/")[1], "shortDescription": {"text": short}, "fullDescription": {"text": full},
               "defaultConfiguration": {"level": level}} for rid, (short, level, full) in SARIF_RULES.items()]

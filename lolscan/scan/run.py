@@ -32,6 +32,27 @@ def open_checkpoint(model: str | None, device: str) -> Any:
     return load_checkpoint(path, device=resolve_device(device))
 
 
+def open_chosen(choice: Any, device: str) -> Any:
+    """The bundled checkpoints of an `auto.Choice` loaded onto the device: a `Checkpoint`, a
+    `CheckpointSet` of several, or None when no adapter fits any. Adapters the scan finds not fitting
+    them are explained against all bundled checkpoints (the fit rule's ``auto``)."""
+    from ..checkpoint import load_checkpoints
+    from ..utils.device import resolve_device
+
+    if not choice.chosen:
+        return None
+    ckpt = load_checkpoints([c.path for c in choice.chosen], device=resolve_device(device))
+    ckpt.extra["auto"] = choice.auto()
+    return ckpt
+
+
+def model_info(ckpt: Any) -> dict[str, Any]:
+    """The report's ``model``: the checkpoint's `info` (no checkpoint: no bundled one fits any adapter)."""
+    if ckpt is None:
+        return {"name": None, "path": None, "architecture": None, "base_model": None, "targets": []}
+    return ckpt.info()
+
+
 def read_done(path: Path) -> tuple[dict[str, dict[str, Any]], int]:
     """Rows already in a JSONL output, by source, and the byte length of its complete lines.
 
@@ -170,25 +191,34 @@ def predict(opts: PredictOptions, hooks: PredictHooks | None = None) -> PredictR
     # Reader processes start now and warm up while the checkpoint loads and the folder is walked;
     # they stop on the way out whatever happens (a checkpoint that fails to load included).
     with output_lock(opts.output), early_readers(opts.procs, opts.targets) as readers:
-        ckpt = open_checkpoint(opts.model, opts.device)
-        try:
-            check_gates(opts.gates, ckpt.targets)
-        except UsageError as exc:
-            raise GateMismatch(str(exc)) from None
+        from . import auto
         from .discovery import expand
 
+        cands = [] if opts.model else auto.candidates()
+        ckpt = None if cands else open_checkpoint(opts.model, opts.device)  # no bundled checkpoint: the only one installed
+        if ckpt is not None:
+            _check_gates(opts.gates, ckpt)
         found = expand(opts.targets, allow_pickle=opts.allow_pickle, follow_symlinks=opts.follow_symlinks)
-        done, stream = _open_output(opts)
+        done, good = _resume_rows(opts)
+        todo = [f for f in found if f.source not in done]
+        probed: dict[str, dict[str, Any]] = {}
+        if cands:  # every bundled checkpoint that fits the first adapter some bundled checkpoint fits
+            choice = auto.choose(found, {f.source for f in todo}, opts.allow_pickle, dict(opts.source_options or {}), cands)
+            probed = choice.rows
+            ckpt = open_chosen(choice, opts.device)
+            if ckpt is not None:
+                _check_gates(opts.gates, ckpt)
+        targets = ckpt.targets if ckpt is not None else []
+        stream = _open_stream(opts, good)
         try:
-            todo = [f for f in found if f.source not in done]
             if done:
                 hooks.resumed(len(found) - len(todo), len(found))
                 if opts.live:  # the resumed rows go out first, then new ones as they are scored
                     for f in found:
                         if f.source in done:
-                            apply_gates(done[f.source], opts.gates, ckpt.targets)
+                            apply_gates(done[f.source], opts.gates, targets)
                             hooks.row(done[f.source])
-            new_rows, out_of_domain = _score(opts, hooks, ckpt, todo, readers, stream)
+            new_rows, out_of_domain = _score(opts, hooks, ckpt, todo, readers, stream, probed)
         finally:
             if stream is not None:
                 stream.close()
@@ -197,37 +227,57 @@ def predict(opts: PredictOptions, hooks: PredictHooks | None = None) -> PredictR
             row = new_rows.get(f.source) or done.get(f.source)
             if row is not None:
                 if f.source in done and f.source not in new_rows:
-                    apply_gates(row, opts.gates, ckpt.targets)  # gates of this run apply to resumed rows too
+                    apply_gates(row, opts.gates, targets)  # gates of this run apply to resumed rows too
                 rows.append(row)
         if opts.out_fmt not in (None, "jsonl"):
             assert opts.output is not None
-            atomic_write(opts.output, render(opts.out_fmt, rows, ckpt.info(), opts.gates, ckpt.targets,
+            atomic_write(opts.output, render(opts.out_fmt, rows, model_info(ckpt), opts.gates, targets,
                                              allow_nonfinite=opts.allow_nonfinite))
     return PredictResult(ckpt=ckpt, rows=rows, found=len(found), out_of_domain=out_of_domain)
 
 
-def _open_output(opts: PredictOptions) -> tuple[dict[str, dict[str, Any]], Any]:
-    """The rows to resume from (ok rows only: failures are retried) and the JSONL stream, if any."""
+def _check_gates(gates: list[Any], ckpt: Any) -> None:
+    try:
+        check_gates(gates, ckpt.targets)
+    except UsageError as exc:
+        raise GateMismatch(str(exc)) from None
+
+
+def _resume_rows(opts: PredictOptions) -> tuple[dict[str, dict[str, Any]], int]:
+    """The rows to resume from (ok rows only: failures are retried) and the byte length of the JSONL
+    output's complete lines (-1: no JSONL output to resume)."""
+    if opts.out_fmt != "jsonl" or not opts.resume:
+        return {}, -1
+    assert opts.output is not None
+    done, good = read_done(opts.output)
+    return {k: v for k, v in done.items() if v.get("status") == "ok"}, good
+
+
+def _open_stream(opts: PredictOptions, good: int) -> Any:
+    """The JSONL output stream, if any: appended to after its ``good`` complete lines when resuming
+    (a last line cut off by a crash is dropped), else written afresh."""
     if opts.out_fmt != "jsonl":
-        return {}, None
+        return None
     assert opts.output is not None
     opts.output.parent.mkdir(parents=True, exist_ok=True)
-    done: dict[str, dict[str, Any]] = {}
-    if opts.resume:
-        done, good = read_done(opts.output)
-        done = {k: v for k, v in done.items() if v.get("status") == "ok"}
+    if opts.resume and good >= 0:
         with open(opts.output, "ab") as fh:
             fh.truncate(good)
-    return done, open(opts.output, "a" if opts.resume else "w", encoding="utf-8")
+    return open(opts.output, "a" if opts.resume else "w", encoding="utf-8")
 
 
 def _score(opts: PredictOptions, hooks: PredictHooks, ckpt: Any, todo: list[Any], readers: Any,
-           stream: Any) -> tuple[dict[str, dict[str, Any]], list[str]]:
+           stream: Any, probed: dict[str, dict[str, Any]] | None = None) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """Score ``todo``; ``probed`` holds final rows (by source) of adapters read already, which are not read again."""
+    from itertools import chain
+
     from .report import jsonl_line
     from .scoring import ScoreOptions, Scorer, auto_processes
 
-    n_procs = auto_processes(len(todo)) if opts.procs == "auto" else int(opts.procs)
-    if readers is not None and readers.processes != n_procs:  # auto guessed many files; there are few
+    probed = probed or {}
+    rest = [f for f in todo if f.source not in probed]
+    n_procs = auto_processes(len(rest)) if opts.procs == "auto" else int(opts.procs)
+    if readers is not None and (readers.processes != n_procs or ckpt is None):  # auto guessed many files; there are few
         readers.close()
         readers = None
     score_opts = ScoreOptions(batch_size=opts.batch_size, workers=opts.workers, allow_pickle=opts.allow_pickle,
@@ -236,14 +286,19 @@ def _score(opts: PredictOptions, hooks: PredictHooks, ckpt: Any, todo: list[Any]
     out_of_domain: list[str] = []
     # Live rows with no single-shot file keep only what the exit code needs.
     keep_rows = not opts.live or opts.out_fmt not in (None, "jsonl")
+    targets = ckpt.targets if ckpt is not None else []
+    name = ckpt.name if ckpt is not None else ""
+    # the probed rows come first: they are the adapters found before the first that a chosen checkpoint fits
+    first = (probed[f.source] for f in todo if f.source in probed)
+    scored = Scorer(ckpt, score_opts, readers=readers).score(rest) if ckpt is not None and rest else iter(())
     with hooks.progress(len(todo)) as advance:
-        for row in Scorer(ckpt, score_opts, readers=readers).score(todo):
-            apply_gates(row, opts.gates, ckpt.targets)
+        for row in chain(first, scored):
+            apply_gates(row, opts.gates, targets)
             new_rows[row["source"]] = row if keep_rows else {
                 "source": row["source"], "status": row["status"], "gates": [{"passed": g["passed"]} for g in row["gates"]]
             }
             if row["status"] != "ok":
-                hooks.problem(row, ckpt.name)
+                hooks.problem(row, name)
             elif (row.get("domain") or {}).get("in_domain") is False:
                 out_of_domain.append(row["source"])
             if stream is not None:

@@ -76,6 +76,26 @@ def fill_truth(row: dict[str, Any], targets: Iterable[Any], labels: dict[str, An
                 row["truth"][t.name] = labels[t.name]
 
 
+def read_adapter(source: str, allow_pickle: bool, source_options: dict[str, Any]) -> tuple[dict[str, Any], Adapter | None]:
+    """``lolscan.load(source)`` and the row that says so: (row with format, rank and layers, the adapter),
+    or (an error row, None) when it cannot be read."""
+    import lolscan
+
+    row = _base_row(source)
+    try:
+        adapter = lolscan.load(source, allow_pickle=allow_pickle, **source_options)
+    except LolscanError as exc:
+        row.update(status="error", error=_one_line(exc, source))
+        return row, None
+    except Exception as exc:  # a reader bug must not take down the other files
+        row.update(status="error", error=f"unexpected {type(exc).__name__}: {_one_line(exc, source)}")
+        return row, None
+    row["format"] = adapter.format
+    row["rank"] = sorted(set(adapter.ranks))
+    row["layers"] = len(adapter)
+    return row, adapter
+
+
 class _Reader:
     """Reads, checks and packs one adapter. Picklable, so reader processes can run it too."""
 
@@ -95,30 +115,24 @@ class _Reader:
 
     def __call__(self, found: Found, slot: torch.Tensor | None = None) -> _Item:
         """Read ``found``; with ``slot`` (shared memory) the factors are packed into it when they fit."""
-        import lolscan
-
         from ..nets import LayerSpec
         from ..targets import Target
 
         if self._spec is None:
             self._spec = LayerSpec.from_json(self.rule["spec"])
             self._targets = [Target.from_json(t) for t in self.targets_json]
-        row = _base_row(found.source)
-        try:
-            adapter = lolscan.load(found.source, allow_pickle=self.allow_pickle, **self.source_options)
-        except LolscanError as exc:
-            row.update(status="error", error=_one_line(exc, found.source))
+        row, adapter = read_adapter(found.source, self.allow_pickle, self.source_options)
+        if adapter is None:
             return _Item(found, row)
-        except Exception as exc:  # a reader bug must not take down the other files
-            row.update(status="error", error=f"unexpected {type(exc).__name__}: {_one_line(exc, found.source)}")
-            return _Item(found, row)
-        row["format"] = adapter.format
-        row["rank"] = sorted(set(adapter.ranks))
-        row["layers"] = len(adapter)
         try:
             check_fits(adapter, self._spec, self.rule)
         except IncompatibleAdapter as exc:
-            row.update(status="incompatible", error=_one_line(exc, found.source))
+            error = _one_line(exc, found.source)
+            if "auto" in self.rule:  # the checkpoints were chosen among the bundled ones: say what fits it, if any
+                from .auto import misfit_message
+
+                error = misfit_message(adapter, self.rule["auto"])
+            row.update(status="incompatible", error=error)
             return _Item(found, row)
         if adapter.nonfinite:  # NaN/Inf factors: a prediction would be meaningless, never "ok"
             row.update(status="nonfinite", error=lightread.nonfinite_message(adapter.nonfinite))

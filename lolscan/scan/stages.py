@@ -90,9 +90,11 @@ class Stages:
         device = self.ckpt.device
         if device.type == "cuda":  # the copies out of the slots are done before the slots are reused
             torch.cuda.current_stream(device).synchronize()
+        fields = self.ckpt.row_fields()  # several checkpoints: which one predicts each target
         for k, (it, p) in enumerate(zip(todo, preds)):
             if p is not None:
                 it.row["predictions"] = p
+                it.row.update(fields)
                 if domains is not None and domains[k] is not None:
                     it.row["domain"] = domains[k]
             it.packed = None  # release the factors
