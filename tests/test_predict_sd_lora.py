@@ -6,6 +6,7 @@ Truth: the real SD-1.5 files of ../shared/fixtures/real/ (its README says which 
 adapt), run through a separate `lolscan predict` process against the repository's `models/`."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -88,11 +89,11 @@ def synthetic_lora(path: Path, shapes: dict[str, tuple[int, int]]) -> Path:
     return path
 
 
-def test_pixel_base_style_unet_lora_is_a_diffusion_lora(tmp_path):
-    """A UNet LoRA of no known family (cross-attention 384, as lolscan's pixel base has): still said plainly,
-    with both shipped diffusion recipes named."""
-    f = synthetic_lora(tmp_path / "pixel_lora.safetensors", {
-        "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k": (32, 384),
+def test_unet_lora_of_no_known_family_is_a_diffusion_lora(tmp_path):
+    """A UNet LoRA of no known family (cross-attention 512, which neither SD nor the in-house base has):
+    still said plainly, with both shipped diffusion recipes named."""
+    f = synthetic_lora(tmp_path / "unet_lora.safetensors", {
+        "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k": (32, 512),
         "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q": (32, 32)})
     p = predict(tmp_path, str(f))
     assert p.returncode == 4, p.stderr
@@ -103,10 +104,25 @@ def test_pixel_base_style_unet_lora_is_a_diffusion_lora(tmp_path):
     p = predict(tmp_path, str(f), "--model", "smollm2-val-loss")  # a checkpoint named: what differs, and a hint
     assert p.returncode == 4, p.stderr
     err, hint = error_and_hint(p.stderr)
-    assert "looks like unet (cross-attention 384)" in err and "it is a diffusion UNet LoRA (2 modules)" in err
+    assert "looks like unet (cross-attention 512)" in err and "it is a diffusion UNet LoRA (2 modules)" in err
     assert "no bundled checkpoint fits a diffusion UNet LoRA" in hint
     for recipe in ("recipes/sd15-shapes-attn.toml", "recipes/inhouse-fashion-classes.toml"):
         assert recipe in hint
+
+
+def test_a_lora_of_the_in_house_base_gets_both_diffusion_checkpoints(tmp_path):
+    """A LoRA on two of the in-house base's attention projections (cross-attention 384): the bundled
+    in-house checkpoints score it (classes and dataset size, each from its own checkpoint), flagged as
+    unlike their training LoRAs, which adapt all 56 projections."""
+    f = synthetic_lora(tmp_path / "pixel_lora.safetensors", {
+        "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k": (32, 384),
+        "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q": (32, 32)})
+    p = predict(tmp_path, str(f), "-f", "json")
+    assert p.returncode == 0, p.stderr
+    report = json.loads(p.stdout)
+    (row,) = report["results"]
+    assert row["models"] == {"classes": "inhouse-fashion-classes", "dataset_size": "inhouse-fashion-dataset-size"}
+    assert row["domain"]["in_domain"] is False
 
 
 def test_sdxl_lora_says_sdxl(tmp_path):
