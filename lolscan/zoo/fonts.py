@@ -249,7 +249,7 @@ class Fonts:
         f = self._get(style)
         rel, dx, dy = rng.uniform(-1.0, 1.0, 3) * self.jitter
         big = size * SUPERSAMPLE
-        px = max(4, int(round(REF_PX * self.scale * (1.0 + rel) * big / f.height)))
+        px = max(4, int(np.rint(REF_PX * self.scale * (1.0 + rel) * big / f.height)))
         font = self._font(style, px)
         left, top, right, bottom = font.getbbox(cls)
         x = big / 2 + dx * big - (left + right) / 2
@@ -259,6 +259,6 @@ class Fonts:
         if bottom - top <= big:
             y = min(max(y, -top), big - bottom)
         im = Image.new("L", (big, big))
-        ImageDraw.Draw(im).text((int(round(x)), int(round(y))), cls, font=font, fill=255)
+        ImageDraw.Draw(im).text((int(np.rint(x)), int(np.rint(y))), cls, font=font, fill=255)
         a = np.asarray(im.reduce(SUPERSAMPLE), dtype=np.float32) / 255.0
         return np.repeat(a[:, :, None], 3, axis=2)
