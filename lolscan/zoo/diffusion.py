@@ -12,7 +12,8 @@ scheduler's prediction type) on its own images and captions, with its own lr, st
 decay (`StackedAdamW`). Labels: the CLIP score of images generated with each adapter from the recipe's
 fixed prompts and seeds — the same images ``pipe.load_lora_weights(file); pipe(prompt,
 generator=torch.Generator().manual_seed(seed))`` gives — plus what the recipe drew (classes, style,
-dataset size, prompt template, hyperparameters).
+dataset size, prompt template, hyperparameters) and, from a source with ``attributes(style)`` (``fonts``),
+the style's attributes as ``attr_<name>`` columns.
 """
 from __future__ import annotations
 
@@ -222,11 +223,16 @@ def write_diffusers_lora(folder: Path, spec: DiffusionSpec, factors: dict[str, t
 
 
 # ---- the build -----------------------------------------------------------------------------------
-def spec_fields(s: DiffusionSpec, classes: list[str]) -> dict[str, Any]:
-    """What the recipe and seed decide for one adapter before training, as the manifest writes it."""
+def spec_fields(s: DiffusionSpec, source) -> dict[str, Any]:
+    """What the recipe and seed decide for one adapter before training, as the manifest writes it: with the
+    source's ``attributes(style)`` where it has them (a font's bold, italic, …) as ``attr_<name>`` columns
+    (every LoRA's images are of its one style)."""
     row: dict[str, Any] = {"split": s.split, "classes": list(s.classes), "n_classes": len(s.classes)}
-    row.update({f"cls_{c}": int(c in s.classes) for c in classes})
-    row.update({"style": s.style, "dataset_size": s.dataset_size, "prompt_template": s.template, "rank": s.rank,
+    row.update({f"cls_{c}": int(c in s.classes) for c in source.classes})
+    row["style"] = s.style
+    if hasattr(source, "attributes"):
+        row.update({f"attr_{k}": v for k, v in source.attributes(s.style).items()})
+    row.update({"dataset_size": s.dataset_size, "prompt_template": s.template, "rank": s.rank,
                 "alpha": s.alpha, "lr": s.lr, "steps": s.steps, "batch_size": s.batch_size,
                 "weight_decay": s.weight_decay})
     return row
@@ -275,7 +281,7 @@ def build_diffusion(recipe: DiffusionRecipe, out: str | Path, *, base: Diffusion
         clip = ClipScorer.load(recipe.labels.clip_model, device=str(base.device))
     specs = sample_specs(recipe, source)
     if labels_from is not None:
-        fields = {s.id: spec_fields(s, source.classes) for s in specs}
+        fields = {s.id: spec_fields(s, source) for s in specs}
         labels_from.check_specs(fields, keys=tuple(next(iter(fields.values()))))
     keys = ["clip_score", *(f"clip_score_p{j}" for j in range(len(recipe.labels.prompts)))]
     out = Path(out)
@@ -326,7 +332,7 @@ def build_diffusion(recipe: DiffusionRecipe, out: str | Path, *, base: Diffusion
                 if labels_from is not None:
                     labels = labels_from.labels(s.id, keys, labels)
                 row = {"id": s.id, "path": f"adapters/{s.id}/{WEIGHT_NAME}", "finite": bool(finite[slot]), **labels,
-                       **spec_fields(s, source.classes),
+                       **spec_fields(s, source),
                        "train_loss_first": round(float(tl[0]), 6), "train_loss_last": round(float(tl[-5:].mean()), 6)}
                 if labels_from is not None:
                     labels_from.check_training(s.id, row)

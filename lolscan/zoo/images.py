@@ -3,8 +3,10 @@
 A source knows its classes and styles and draws images of given classes in one style, deterministically
 from a numpy generator. The recipe names one (``[data] source = "shapes"``) and passes it options
 (``[data.source_options]``); `register_source` adds another. Built in: ``shapes`` (synthetic, made in
-code) and ``fashion_mnist`` (the Debian package's files). Images are float32 numpy arrays ``[H, W, 3]``
-in [0, 1]. A source may have a ``check()`` the build calls before anything else (files present?).
+code), ``fashion_mnist`` (the Debian package's files) and ``fonts`` (glyphs of installed font files, one
+identity per font: `lolscan.zoo.fonts`). Images are float32 numpy arrays ``[H, W, 3]`` in [0, 1]. A source
+may have a ``check()`` the build calls before anything else (files present?), and an
+``attributes(style) -> dict`` the zoo writes as ``attr_<name>`` label columns of each LoRA of that style.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from typing import Any, Callable, Protocol
 import numpy as np
 
 from ..errors import InputError, UsageError
+from .fonts import Fonts
 
 
 class ImageSource(Protocol):
@@ -176,7 +179,7 @@ class FashionMNIST:
         return (x[:, :, None] * np.asarray(TINTS[style], dtype=np.float32)).astype(np.float32)
 
 
-SOURCES: dict[str, Callable[..., ImageSource]] = {"shapes": Shapes, "fashion_mnist": FashionMNIST}
+SOURCES: dict[str, Callable[..., ImageSource]] = {"shapes": Shapes, "fashion_mnist": FashionMNIST, "fonts": Fonts}
 
 
 def register_source(name: str, factory: Callable[..., ImageSource]) -> None:
