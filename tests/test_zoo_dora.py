@@ -1,0 +1,160 @@
+"""DoRA in the multi-LoRA trainer (issue 18): the K-slot forward is peft's DoRA Linear per slot, a stacked
+training of DoRA adapters is separate peft DoRA trainings, and without the option nothing changes."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from zoo_toy import tiny_llama
+
+peft = pytest.importorskip("peft")
+pytest.importorskip("transformers")
+
+from lolscan.zoo.multilora import (adapter_seed, eject, extract, extract_magnitude, find_targets,  # noqa: E402
+                                   inject, kaiming_init_A, pad_batch, train_group)
+from lolscan.zoo.recipe import LoraSpec  # noqa: E402
+
+SEED = 5
+
+
+def _peft_dora_linear(lin: nn.Linear, a, b, mag, scaling, dropout=0.0):
+    """A peft LoraModel with use_dora=True on one nn.Linear, with the given A, B, magnitude and scaling."""
+    from peft import LoraConfig, get_peft_model
+
+    r = a.shape[0]
+    pm = get_peft_model(nn.Sequential(copy.deepcopy(lin)),
+                        LoraConfig(r=r, lora_alpha=scaling * r, target_modules=["0"], use_dora=True,
+                                   lora_dropout=dropout))
+    layer = pm.base_model.model[0]
+    assert layer.scaling["default"] == pytest.approx(scaling)
+    with torch.no_grad():
+        layer.lora_A["default"].weight.copy_(a)
+        layer.lora_B["default"].weight.copy_(b)
+        if mag is not None:
+            layer.lora_magnitude_vector["default"].weight.copy_(mag)
+    return pm, layer
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_k_slot_dora_forward_is_peft_dora_per_slot(bias):
+    torch.manual_seed(0)
+    lin = nn.Linear(12, 7, bias=bias)
+    k, r_max, ranks, scal = 3, 4, [2, 4, 3], [0.5, 2.0, 1.0]
+    mods = inject(nn.Sequential(lin), ["0"], k, r_max, dora=True)
+    m = mods["0"]
+    g = torch.Generator().manual_seed(1)
+    slots = []
+    with torch.no_grad():
+        for slot, r in enumerate(ranks):
+            a = torch.randn(r, 12, generator=g) * 0.3
+            b = torch.randn(7, r, generator=g) * 0.3
+            m.lora_A[slot].zero_()
+            m.lora_A[slot, :r] = a
+            m.lora_B[slot].zero_()
+            m.lora_B[slot, :, :r] = b
+            m.rank_mask[slot] = (torch.arange(r_max) < r).float()
+            m.scaling[slot] = scal[slot]
+            m.init_magnitude(slot)
+            # the init is peft's: the row norms of W + s·B A (peft's own get_weight_norm)
+            _, ref = _peft_dora_linear(lin, a, b, None, scal[slot])
+            want = ref.lora_magnitude_vector["default"].get_weight_norm(lin.weight, b @ a, scal[slot])
+            torch.testing.assert_close(m.lora_magnitude[slot], want, rtol=1e-6, atol=1e-6)
+            mag = m.lora_magnitude[slot] * (1 + 0.2 * torch.randn(7, generator=g))  # trained away from the init
+            m.lora_magnitude[slot] = mag
+            slots.append((a, b, mag))
+    x = torch.randn(k * 5, 12, generator=g)
+    for mode in ("train", "eval"):
+        getattr(m, mode)()
+        y = m(x)
+        for slot, (a, b, mag) in enumerate(slots):
+            pm, _ = _peft_dora_linear(lin, a, b, mag, scal[slot])
+            getattr(pm, mode)()
+            torch.testing.assert_close(y[slot * 5:(slot + 1) * 5], pm(x[slot * 5:(slot + 1) * 5]), rtol=1e-5, atol=1e-5)
+    # the gradient reaches the magnitude and the factors, not the (detached) norm: peft's
+    m.train()
+    m.lora_magnitude.requires_grad_(True)
+    m.lora_A.requires_grad_(True)
+    m(x).square().sum().backward()
+    for slot, (a, b, mag) in enumerate(slots):
+        pm, layer = _peft_dora_linear(lin, a, b, mag, scal[slot])
+        pm(x[slot * 5:(slot + 1) * 5]).square().sum().backward()
+        torch.testing.assert_close(m.lora_magnitude.grad[slot], layer.lora_magnitude_vector["default"].weight.grad,
+                                   rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(m.lora_A.grad[slot, :ranks[slot]], layer.lora_A["default"].weight.grad,
+                                   rtol=1e-5, atol=1e-5)
+
+
+def test_without_dora_the_wrapper_has_no_magnitude():
+    lin = nn.Linear(6, 5)
+    m = inject(nn.Sequential(lin), ["0"], 2, 2)["0"]
+    assert not m.dora and "lora_magnitude" not in dict(m.named_parameters())
+    assert extract_magnitude({"0": m}, 0) is None
+
+
+def _spec(i, rank, lr, steps, bs, wd, dropout=0.0):
+    return LoraSpec(index=i, rank=rank, layer_ranks=None, alpha=2.0 * rank, lr=lr, steps=steps,
+                    batch_size=bs, dropout=dropout, weight_decay=wd, sources=["s"], split="train")
+
+
+def _peft_dora_reference(base, targets, spec, batches):
+    """peft DoRA (use_dora=True) + torch.optim.AdamW + HF's causal-LM loss, one adapter."""
+    from peft import LoraConfig, get_peft_model
+
+    cfg = LoraConfig(r=spec.rank, lora_alpha=spec.alpha, target_modules=["k_proj", "v_proj"], lora_dropout=0.0,
+                     use_dora=True, task_type="CAUSAL_LM")
+    pm = get_peft_model(copy.deepcopy(base), cfg)
+    gen = torch.Generator().manual_seed(adapter_seed(SEED, spec.index, 2))
+    inner = pm.base_model.model
+    with torch.no_grad():
+        for n in targets:
+            mod = inner.get_submodule(n)
+            mod.lora_A["default"].weight.copy_(kaiming_init_A((spec.rank, mod.in_features), gen))
+    params = [p for p in pm.parameters() if p.requires_grad]
+    assert len(params) == 3 * len(targets)  # A, B and the magnitude
+    opt = torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay)
+    losses = []
+    pm.train()
+    for rows in batches:
+        ids, lengths = pad_batch(rows)
+        labels = ids.clone()
+        labels[torch.arange(ids.shape[1]).unsqueeze(0) >= lengths.unsqueeze(1)] = -100
+        loss = pm(input_ids=ids, labels=labels).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(float(loss.detach()))
+    out = {}
+    for n in targets:
+        mod = inner.get_submodule(n)
+        out[n] = (mod.lora_A["default"].weight.detach().clone(), mod.lora_B["default"].weight.detach().clone(),
+                  mod.lora_magnitude_vector["default"].weight.detach().clone())
+    return losses, out
+
+
+def test_stacked_dora_training_equals_separate_peft_dora_runs():
+    base = tiny_llama()
+    targets = find_targets(base, ["k_proj", "v_proj"])
+    specs = [_spec(0, 2, 2e-2, 4, 3, 0.0), _spec(1, 4, 3e-2, 3, 2, 0.1)]  # other rank, steps, batch, decay
+    gen = torch.Generator().manual_seed(0)
+    batches = [[[torch.randint(3, 64, (int(torch.randint(5, 14, (1,), generator=gen)),), generator=gen).tolist()
+                 for _ in range(s.batch_size)] for _ in range(s.steps)] for s in specs]
+    model = copy.deepcopy(base)
+    model.config._attn_implementation = "eager"
+    mods, losses = train_group(model, targets, specs, {}, SEED, batches=batches, dora=True)
+    for slot, s in enumerate(specs):
+        ref_losses, ref = _peft_dora_reference(base, targets, s, batches[slot])
+        torch.testing.assert_close(losses[: s.steps, slot], torch.tensor(ref_losses), rtol=0, atol=2e-5)
+        ours, mags = extract(mods, slot, {n: s.rank for n in targets}), extract_magnitude(mods, slot)
+        for n in targets:
+            ra, rb, rm = ref[n]
+            torch.testing.assert_close(ours[n][0], ra, rtol=0, atol=2e-5)
+            torch.testing.assert_close(ours[n][1], rb, rtol=0, atol=2e-5)
+            torch.testing.assert_close(mags[n], rm, rtol=0, atol=2e-5)
+            w = base.get_submodule(n).weight
+            assert (mags[n] - w.norm(dim=1)).abs().max() > 1e-4  # the magnitude trained away from ‖W‖
+    eject(model, targets)
+    for (n1, p1), (n2, p2) in zip(model.named_parameters(), base.named_parameters()):
+        assert n1 == n2 and torch.equal(p1, p2)
