@@ -3,6 +3,7 @@ training of DoRA adapters is separate peft DoRA trainings, and without the optio
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 import torch
@@ -158,3 +159,50 @@ def test_stacked_dora_training_equals_separate_peft_dora_runs():
     eject(model, targets)
     for (n1, p1), (n2, p2) in zip(model.named_parameters(), base.named_parameters()):
         assert n1 == n2 and torch.equal(p1, p2)
+
+
+def test_language_dora_zoo_writes_peft_dora_folders(tmp_path):
+    """``[lora] use_dora = true`` in a language recipe: PEFT folders peft loads as DoRA (its merged weights equal
+    lolscan's reading m ⊙ (W + ΔW) / ‖W + ΔW‖ of the same files); without the option the digest is main's."""
+    from pathlib import Path
+
+    from peft import PeftModel
+
+    import lolscan
+    from lolscan.zoo.build import build, read_zoo_rows
+    from lolscan.zoo.recipe import Recipe
+    from zoo_toy import CharTokenizer, toy_recipe, write_toy_data
+
+    plain = toy_recipe(Path("/r"))
+    assert Recipe.from_dict(plain).digest() == "7cbe652ad21b4373"  # computed on main, before the option
+    root = tmp_path / "d"
+    write_toy_data(root)
+    d = toy_recipe(root, n_loras=2)
+    d["lora"]["use_dora"] = True
+    recipe = Recipe.from_dict(d)
+    assert recipe.to_dict()["lora"]["use_dora"] is True and recipe.digest() != Recipe.from_dict(toy_recipe(root, n_loras=2)).digest()
+    out = tmp_path / "z"
+    rep = build(recipe, out, model=tiny_llama(), tokenizer=CharTokenizer(), log=lambda s: None)
+    assert rep.complete
+    base_w = dict(tiny_llama().named_parameters())
+    for row in read_zoo_rows(out / "manifest.jsonl"):
+        assert row["finite"]
+        cfg = json.loads((out / row["path"] / "adapter_config.json").read_text())
+        assert cfg["use_dora"] is True
+        ad = lolscan.load(str(out / row["path"]))
+        pm = PeftModel.from_pretrained(tiny_llama(), str(out / row["path"])).eval()
+        inner = pm.base_model.model
+        mags = {}
+        for name, layer in ad.items():
+            mod_name = next(n for n, m in inner.named_modules() if hasattr(m, "lora_magnitude_vector")
+                            and n.endswith(name.split("model.", 1)[-1]))
+            mod = inner.get_submodule(mod_name)
+            mag = mod.lora_magnitude_vector["default"].weight.detach()
+            assert layer.magnitude is not None and torch.equal(layer.magnitude, mag)
+            w = base_w[mod_name + ".weight" if mod_name + ".weight" in base_w else mod_name.replace(".base_layer", "") + ".weight"]
+            assert (mag - w.norm(dim=1)).abs().max() > 1e-6  # trained away from its init
+            mags[mod_name] = layer.merged_weight(w.detach())
+        assert len(mags) == 4  # k_proj and v_proj of both layers
+        merged = pm.merge_and_unload()
+        for n, want in mags.items():
+            torch.testing.assert_close(merged.get_submodule(n).weight.detach(), want, rtol=1e-5, atol=1e-6)
