@@ -206,3 +206,20 @@ def test_language_dora_zoo_writes_peft_dora_folders(tmp_path):
         merged = pm.merge_and_unload()
         for n, want in mags.items():
             torch.testing.assert_close(merged.get_submodule(n).weight.detach(), want, rtol=1e-5, atol=1e-6)
+
+
+def test_shipped_dora_recipe_is_the_inhouse_clip_recipe_with_dora():
+    from pathlib import Path
+
+    from lolscan.zoo.diffusion_recipe import load_recipe
+
+    recipes = Path(__file__).resolve().parent.parent / "recipes"
+    dora = load_recipe(recipes / "inhouse-fashion-classes-dora.toml")
+    parent = load_recipe(recipes / "inhouse-fashion-classes-inhouse-clip.toml")
+    assert dora.use_dora and not parent.use_dora and dora.n_loras == 256 and dora.seed != parent.seed
+    a, b = dora.to_dict(), parent.to_dict()
+    for d in (a, b):
+        for key in ("name", "seed", "n_loras"):
+            d.pop(key)
+    assert a["lora"].pop("use_dora") is True and a == b  # otherwise the parent recipe
+    assert parent.digest() == "251d2f6e6539c531"  # the parent's digest on main, before the option existed
