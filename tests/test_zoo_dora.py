@@ -8,15 +8,23 @@ import json
 import pytest
 import torch
 from torch import nn
-
 from zoo_toy import tiny_llama
 
 peft = pytest.importorskip("peft")
 pytest.importorskip("transformers")
 
-from lolscan.zoo.multilora import (adapter_seed, eject, extract, extract_magnitude, find_targets,  # noqa: E402
-                                   inject, kaiming_init_A, pad_batch, train_group)
-from lolscan.zoo.recipe import LoraSpec  # noqa: E402
+from lolscan.zoo.multilora import (
+    adapter_seed,
+    eject,
+    extract,
+    extract_magnitude,
+    find_targets,
+    inject,
+    kaiming_init_A,
+    pad_batch,
+    train_group,
+)
+from lolscan.zoo.recipe import LoraSpec
 
 SEED = 5
 
@@ -167,11 +175,11 @@ def test_language_dora_zoo_writes_peft_dora_folders(tmp_path):
     from pathlib import Path
 
     from peft import PeftModel
+    from zoo_toy import CharTokenizer, toy_recipe, write_toy_data
 
     import lolscan
     from lolscan.zoo.build import build, read_zoo_rows
     from lolscan.zoo.recipe import Recipe
-    from zoo_toy import CharTokenizer, toy_recipe, write_toy_data
 
     plain = toy_recipe(Path("/r"))
     assert Recipe.from_dict(plain).digest() == "7cbe652ad21b4373"  # computed on main, before the option
