@@ -231,3 +231,43 @@ def test_shipped_dora_recipe_is_the_inhouse_clip_recipe_with_dora():
             d.pop(key)
     assert a["lora"].pop("use_dora") is True and a == b  # otherwise the parent recipe
     assert parent.digest() == "251d2f6e6539c531"  # the parent's digest on main, before the option existed
+
+
+def test_diffusers_loads_a_dora_file_as_the_wrappers_unet(tmp_path):
+    """diffusers' ``load_lora_weights`` reads `write_diffusers_lora`'s DoRA file as DoRA (peft's
+    lora_magnitude_vector): its UNet equals the multi-LoRA wrapper's at that slot."""
+    pytest.importorskip("diffusers")
+    from types import SimpleNamespace
+
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+    from diffusion_toy import save_tiny_sd
+
+    from lolscan.zoo.diffusion import WEIGHT_NAME, write_diffusers_lora
+
+    save_tiny_sd(tmp_path / "pipe", tmp_path / "clip")
+    mine = UNet2DConditionModel.from_pretrained(tmp_path / "pipe" / "unet").eval()
+    tm = ["to_q", "to_k", "to_v", "to_out.0"]
+    targets = find_targets(mine, tm)
+    mods = inject(mine, targets, 2, 2, dora=True)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for m in mods.values():
+            m.lora_A.copy_(torch.randn(m.lora_A.shape, generator=g) * 0.2)
+            m.lora_B.copy_(torch.randn(m.lora_B.shape, generator=g) * 0.2)
+            m.scaling.fill_(0.5)
+            for slot in range(2):
+                m.init_magnitude(slot)
+            m.lora_magnitude.mul_(1 + 0.3 * torch.rand(m.lora_magnitude.shape, generator=g))
+    write_diffusers_lora(tmp_path / "lora", SimpleNamespace(rank=2, alpha=1.0), extract(mods, 1, {n: 2 for n in targets}),
+                         tm, magnitudes=extract_magnitude(mods, 1))
+    pipe = StableDiffusionPipeline.from_pretrained(tmp_path / "pipe", safety_checker=None)
+    pipe.load_lora_weights(str(tmp_path / "lora"), weight_name=WEIGHT_NAME)
+    unet = pipe.unet.eval()
+    assert all(hasattr(unet.get_submodule(n), "lora_magnitude_vector") for n in targets)
+    x, eh = torch.randn(1, 4, 8, 8, generator=g), torch.randn(1, 5, 32, generator=g)
+    with torch.no_grad():
+        want = mine(x.repeat(2, 1, 1, 1), 10, encoder_hidden_states=eh.repeat(2, 1, 1)).sample[1:]
+        got = unet(x, 10, encoder_hidden_states=eh).sample
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert (got - UNet2DConditionModel.from_pretrained(tmp_path / "pipe" / "unet").eval()(
+        x, 10, encoder_hidden_states=eh).sample).abs().max() > 1e-3  # the adapter changes the output
