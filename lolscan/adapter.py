@@ -57,6 +57,18 @@ class Layer:
         """The dense n × m update. For tests and small layers only."""
         return self.U @ self.V.T
 
+    def merged_weight(self, weight: torch.Tensor) -> torch.Tensor:
+        """The adapted weight for base `weight` (its stored shape), float32: W + ΔW, or for DoRA
+        m ⊙ (W + ΔW) / ‖W + ΔW‖ with the norm per output row ("out", peft) or per input column ("in")."""
+        w = weight.float().reshape(self.n, -1) + self.delta()
+        if self.magnitude is not None:
+            m = self.magnitude.float()
+            if self.dora_axis == "in":
+                w = w * (m / torch.linalg.norm(w, dim=0)).view(1, -1)
+            else:
+                w = w * (m / torch.linalg.norm(w, dim=1)).view(-1, 1)
+        return w.reshape(weight.shape)
+
     def singular_values(self) -> torch.Tensor:
         """Singular values of U Vᵀ from the r × r core of the QR factors (never forms ΔW)."""
         _, ru = torch.linalg.qr(self.U.double())

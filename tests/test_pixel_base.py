@@ -208,3 +208,86 @@ def test_picture_merges_a_lora_as_the_zoo_runs_it(made):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
     plain = pic.images_with(base, None, prompts, seeds, 3, 3.0)
     assert np.abs(plain - got).max() > 1e-3  # the LoRA changes the images
+
+
+def test_dora_zoo_on_the_pixel_base(made, tmp_path):
+    """``[lora] use_dora = true`` (issue 18): the files are DoRA files as peft writes them
+    (``lora_magnitude_vector``, use_dora in the config); `lolscan.load` reads the trained magnitude, the
+    trained ΔW, and its merged weight m ⊙ (W + ΔW) / ‖W + ΔW‖ is the in-memory slot's weight, whose forward
+    the wrapper runs. The recipe without the option keeps the digest it had before the option existed."""
+    from safetensors import safe_open
+
+    write_tiny_fashion_mnist(tmp_path / "fmnist")
+    save_tiny_clip(tmp_path / "clip")
+    d = toy_diffusion_recipe(made / "base", tmp_path / "clip", n_loras=2, group_size=2,
+                             base={"kind": "pixel", "path": str(made / "base"), "name": "tiny-pixel"})
+    d["data"].update(source="fashion_mnist", source_options={"data_root": str(tmp_path / "fmnist")})
+    d["labels"]["prompts"] = ["a photo of a bag"]
+    d["lora"]["use_dora"] = True
+    recipe = DiffusionRecipe.from_dict(d)
+    assert recipe.use_dora and recipe.to_dict()["lora"]["use_dora"] is True
+    base = load_base(recipe.base)
+    captured = []
+    real = zd.extract_magnitude
+
+    def spy(mods, slot):
+        mags = real(mods, slot)
+        cap = {}
+        for n, mod in mods.items():
+            w = mod.base.weight.detach().double()
+            r = int(mod.rank_mask[slot].sum())
+            a, b = mod.lora_A[slot, :r].detach().double(), mod.lora_B[slot, :, :r].detach().double()
+            v = w + float(mod.scaling[slot]) * (b @ a)
+            w_new = mod.lora_magnitude[slot].detach().double().view(-1, 1) * v / v.norm(dim=1, keepdim=True)
+            # the wrapper's forward at this slot is the linear with that weight
+            x = torch.randn(mod.k * 3, mod.base.in_features, generator=torch.Generator().manual_seed(slot))
+            want = torch.nn.functional.linear(x[slot * 3:(slot + 1) * 3].double(), w_new,
+                                              None if mod.base.bias is None else mod.base.bias.double())
+            with torch.no_grad():
+                torch.testing.assert_close(mod(x)[slot * 3:(slot + 1) * 3].double(), want, rtol=1e-5, atol=1e-5)
+            cap[n] = (mags[n], w_new, float(mod.scaling[slot]), a, b)
+        captured.append(cap)
+        return mags
+
+    zd.extract_magnitude = spy
+    try:
+        rep = zd.build_diffusion(recipe, tmp_path / "zoo", base=base, clip=ClipScorer.load(str(tmp_path / "clip")),
+                                 log=lambda s: None)
+    finally:
+        zd.extract_magnitude = real
+    assert rep.complete and len(captured) == 2
+    rows = read_zoo_rows(tmp_path / "zoo" / "manifest.jsonl")
+    info = json.loads((tmp_path / "zoo" / "zoo.json").read_text())
+    assert info["recipe"]["lora"]["use_dora"] is True and info["recipe_digest"] == recipe.digest()
+    unet = base.unet.state_dict()
+    for r, cap in zip(rows, captured):
+        assert r["finite"]
+        path = tmp_path / "zoo" / r["path"]
+        with safe_open(str(path), "pt") as f:
+            keys = set(f.keys())
+            meta = json.loads(f.metadata()["lora_adapter_metadata"])
+        assert meta["unet.use_dora"] is True and meta["unet.r"] == r["rank"]
+        assert {k for k in keys if k.endswith(".lora_magnitude_vector")} == {f"unet.{n}.lora_magnitude_vector" for n in cap}
+        ad = lolscan.load(str(path))
+        assert set(ad.layers) == {f"unet.{n}" for n in cap}
+        for name, (mag, w_new, scale, a, b) in cap.items():
+            layer = ad[f"unet.{name}"]
+            assert layer.magnitude is not None and layer.dora_axis == "out" and not layer.exact
+            torch.testing.assert_close(layer.magnitude, mag, rtol=0, atol=0)
+            w = unet[f"{name}.weight"]
+            assert (mag - w.norm(dim=1)).abs().max() > 1e-6  # the magnitude trained away from its init ‖W‖
+            torch.testing.assert_close(layer.delta().double(), scale * (b @ a), rtol=1e-6, atol=1e-9)
+            torch.testing.assert_close(layer.merged_weight(w).double(), w_new, rtol=1e-5, atol=1e-6)
+    # zoo.diffusion.merged (the bench scripts' way to sample a file) puts that weight in, then restores W
+    name = next(iter(captured[0]))
+    mod = base.unet.get_submodule(name)
+    before = mod.weight.detach().clone()
+    with zd.merged(base.unet, lolscan.load(str(tmp_path / "zoo" / rows[0]["path"]))):
+        torch.testing.assert_close(mod.weight.double(), captured[0][name][1], rtol=1e-5, atol=1e-6)
+    assert torch.equal(mod.weight, before)
+    # without the option (or with it false): the digest computed on main before the option existed
+    plain = toy_diffusion_recipe(Path("/p"), Path("/c"))
+    assert DiffusionRecipe.from_dict(plain).digest() == "6c272a3ec5d4ee55"
+    plain["lora"]["use_dora"] = False
+    assert DiffusionRecipe.from_dict(plain).digest() == "6c272a3ec5d4ee55"
+    assert "use_dora" not in DiffusionRecipe.from_dict(plain).to_dict()["lora"]

@@ -29,7 +29,7 @@ from ..utils.files import atomic_write, read_jsonl
 from .data import build_pool, load_eval, resolve_root
 from .eval import mc_accuracy, val_losses
 from .known_labels import KnownLabels, label_keys
-from .multilora import eject, extract, find_targets, train_group
+from .multilora import all_finite, eject, extract, extract_magnitude, find_targets, train_group
 from .ranks import (Ranks, RankAborted, assign, commit_rows, group_cost, kill_point_for_tests,
                     remove_stale_temporaries, share_from_rank0)
 from .recipe import LoraSpec, Recipe, group_specs, sample_specs
@@ -77,8 +77,11 @@ def load_base(base: dict[str, Any], device: str = "cpu", dtype: str | None = Non
 
 
 def write_peft(folder: Path, spec: LoraSpec, factors: dict[str, tuple[torch.Tensor, torch.Tensor]],
-               recipe: Recipe, base_name: str, dtype: torch.dtype = torch.float32) -> None:
-    """One adapter as a standard PEFT folder, written to a temporary name and renamed into place."""
+               recipe: Recipe, base_name: str, dtype: torch.dtype = torch.float32,
+               magnitudes: dict[str, torch.Tensor] | None = None) -> None:
+    """One adapter as a standard PEFT folder, written to a temporary name and renamed into place.
+    ``magnitudes`` (DoRA): ``base_model.model.<module>.lora_magnitude_vector`` [out] tensors, as peft's
+    ``get_peft_model_state_dict`` names them, and use_dora in adapter_config.json."""
     from peft import LoraConfig
     from safetensors.torch import save
 
@@ -86,11 +89,14 @@ def write_peft(folder: Path, spec: LoraSpec, factors: dict[str, tuple[torch.Tens
     pattern = {n: r for n, r in ranks.items() if r != spec.rank}
     cfg = LoraConfig(r=spec.rank, lora_alpha=spec.alpha, target_modules=list(recipe.target_modules),
                      lora_dropout=spec.dropout, bias="none", task_type="CAUSAL_LM",
-                     rank_pattern=pattern, base_model_name_or_path=base_name)
+                     rank_pattern=pattern, base_model_name_or_path=base_name,
+                     **({"use_dora": True} if magnitudes is not None else {}))
     tensors = {}
     for n, (a, b) in factors.items():
         tensors[f"base_model.model.{n}.lora_A.weight"] = a.to(dtype).contiguous()
         tensors[f"base_model.model.{n}.lora_B.weight"] = b.to(dtype).contiguous()
+        if magnitudes is not None:
+            tensors[f"base_model.model.{n}.lora_magnitude_vector"] = magnitudes[n].to(dtype).contiguous()
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -258,9 +264,8 @@ def build(recipe: Recipe, out: str | Path, *, model: nn.Module | None = None, to
             break
         t0 = time.monotonic()
         mods, losses = train_group(model, targets, group, pool.train, recipe.seed, recipe.lr_schedule,
-                                   compile=compile, max_per_source=recipe.max_per_source)
-        finite = torch.stack([torch.isfinite(m.lora_A).flatten(1).all(1) & torch.isfinite(m.lora_B).flatten(1).all(1)
-                              for m in mods.values()]).all(0).tolist()  # [K]: False = diverged to NaN/Inf
+                                   compile=compile, max_per_source=recipe.max_per_source, dora=recipe.use_dora)
+        finite = all_finite(mods)  # [K]: False = diverged to NaN/Inf
         _sync(model)
         t1 = time.monotonic()
         k = len(group)
@@ -277,7 +282,7 @@ def build(recipe: Recipe, out: str | Path, *, model: nn.Module | None = None, to
         for slot, (s, row) in enumerate(zip(group, rows_out)):
             ranks_of = s.layer_ranks or {n: s.rank for n in targets}
             write_peft(out / row["path"], s, extract(mods, slot, ranks_of), recipe, base_name,
-                       getattr(torch, save_dtype))
+                       getattr(torch, save_dtype), magnitudes=extract_magnitude(mods, slot))
         kill_point_for_tests(ranks, rep.groups_run)
         rep.done = commit_rows(manifest, rows_out, order)
         eject(model, targets)

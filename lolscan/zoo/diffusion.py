@@ -41,12 +41,15 @@ from .known_labels import KnownLabels
 from .multilora import (
     StackedAdamW,
     adapter_seed,
+    all_finite,
     eject,
     extract,
+    extract_magnitude,
     find_targets,
     init_factors,
     inject,
     to_device,
+    trainable,
 )
 from .recipe import group_specs
 
@@ -67,16 +70,18 @@ def train_group(base: DiffusionBase, targets: list[str], specs: list[DiffusionSp
     (NaN after an adapter finished)."""
     dev, k = base.device, len(specs)
     unet = base.unet
-    mods = inject(unet, targets, k, max(s.rank for s in specs))
+    mods = inject(unet, targets, k, max(s.rank for s in specs), dora=recipe.use_dora)
     data = []
     for slot, s in enumerate(specs):
         init_factors(mods, slot, recipe.seed, s.index, {n: s.rank for n in targets})
         for mod in mods.values():
             mod.scaling[slot] = s.alpha / s.rank
+            if recipe.use_dora:
+                mod.init_magnitude(slot)
         imgs, _, caps = s.dataset(recipe, source, base.resolution)
         z = torch.cat([base.to_model_space(imgs[i:i + 8]) for i in range(0, len(imgs), 8)])
         data.append((z, base.encode_text(caps)))
-    params = [p for m in mods.values() for p in (m.lora_A, m.lora_B)]
+    params = trainable(mods)
     for p in params:
         p.requires_grad_(True)
     opt = StackedAdamW(params, k)
@@ -131,8 +136,9 @@ def train_group(base: DiffusionBase, targets: list[str], specs: list[DiffusionSp
 @contextlib.contextmanager
 def merged(unet, adapter) -> Iterator[None]:
     """The adapter's exact ΔW (lolscan's reader: U Vᵀ, scales folded in) added to the denoiser's weights for
-    the block, then the weights restored: how the bench scripts sample a LoRA file with the base (names
-    ``unet.…`` as lolscan reads diffusers LoRAs). None: the base as it is."""
+    the block (a DoRA layer: its weight m ⊙ (W + ΔW) / ‖W + ΔW‖, `Layer.merged_weight`), then the weights
+    restored: how the bench scripts sample a LoRA file with the base (names ``unet.…`` as lolscan reads
+    diffusers LoRAs). None: the base as it is."""
     mods = dict(unet.named_modules())
     saved = {}
     try:
@@ -140,7 +146,10 @@ def merged(unet, adapter) -> Iterator[None]:
             for name, layer in (adapter.items() if adapter is not None else []):
                 mod = mods[name.removeprefix("unet.")]
                 saved[name] = mod.weight.detach().clone()
-                mod.weight += layer.delta().to(mod.weight)
+                if layer.magnitude is not None:
+                    mod.weight.copy_(layer.merged_weight(mod.weight))
+                else:
+                    mod.weight += layer.delta().to(mod.weight)
         yield
     finally:
         with torch.no_grad():
@@ -201,10 +210,12 @@ def clip_labels(base: DiffusionBase, clip: ClipScorer, k: int, recipe: Diffusion
 # ---- writing -------------------------------------------------------------------------------------
 def write_diffusers_lora(folder: Path, spec: DiffusionSpec, factors: dict[str, tuple[torch.Tensor, torch.Tensor]],
                          target_modules: list[str], pipeline_class: Any = None,
-                         dtype: torch.dtype = torch.float32) -> None:
+                         dtype: torch.dtype = torch.float32, magnitudes: dict[str, torch.Tensor] | None = None) -> None:
     """One adapter as ``folder/pytorch_lora_weights.safetensors``, written by diffusers' own
     ``save_lora_weights`` (keys ``unet.<module>.lora_A/B.weight``, the LoRA config — rank and alpha —
-    in the ``lora_adapter_metadata`` header entry), into a temporary folder renamed into place."""
+    in the ``lora_adapter_metadata`` header entry), into a temporary folder renamed into place.
+    ``magnitudes`` (DoRA): ``unet.<module>.lora_magnitude_vector`` [out] each, as peft's
+    ``get_peft_model_state_dict`` names them, and use_dora true in the config."""
     from diffusers import StableDiffusionPipeline
 
     cls = pipeline_class if hasattr(pipeline_class, "save_lora_weights") else StableDiffusionPipeline
@@ -212,8 +223,10 @@ def write_diffusers_lora(folder: Path, spec: DiffusionSpec, factors: dict[str, t
     for n, (a, b) in factors.items():
         layers[f"{n}.lora_A.weight"] = a.to(dtype).contiguous()
         layers[f"{n}.lora_B.weight"] = b.to(dtype).contiguous()
+        if magnitudes is not None:
+            layers[f"{n}.lora_magnitude_vector"] = magnitudes[n].to(dtype).contiguous()
     meta = {"r": spec.rank, "lora_alpha": spec.alpha, "target_modules": list(target_modules),
-            "lora_dropout": 0.0, "bias": "none", "use_rslora": False, "use_dora": False}
+            "lora_dropout": 0.0, "bias": "none", "use_rslora": False, "use_dora": magnitudes is not None}
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     cls.save_lora_weights(str(tmp), unet_lora_layers=layers, unet_lora_adapter_metadata=meta,
@@ -318,8 +331,7 @@ def build_diffusion(recipe: DiffusionRecipe, out: str | Path, *, base: Diffusion
         t0 = time.monotonic()
         try:  # a failed group (a label --labels-from does not reproduce) leaves the plain base behind
             mods, losses = train_group(base, targets, group, recipe, source)
-            finite = torch.stack([torch.isfinite(m.lora_A).flatten(1).all(1) & torch.isfinite(m.lora_B).flatten(1).all(1)
-                                  for m in mods.values()]).all(0).tolist()  # [K]: False = diverged
+            finite = all_finite(mods)  # [K]: False = diverged
             t1 = time.monotonic()
             measured = None
             if labels_from is None or labels_from.checks(gi):
@@ -342,7 +354,8 @@ def build_diffusion(recipe: DiffusionRecipe, out: str | Path, *, base: Diffusion
             lines = []
             for slot, (s, row) in enumerate(zip(group, rows_out)):
                 write_diffusers_lora(out / "adapters" / s.id, s, extract(mods, slot, {n: s.rank for n in targets}),
-                                     recipe.target_modules, base.pipeline_class, getattr(torch, save_dtype))
+                                     recipe.target_modules, base.pipeline_class, getattr(torch, save_dtype),
+                                     magnitudes=extract_magnitude(mods, slot))
                 lines.append(json.dumps(row) + "\n")
             with open(manifest, "a", encoding="utf-8") as f:
                 f.write("".join(lines))

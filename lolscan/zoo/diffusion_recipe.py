@@ -67,6 +67,9 @@ class DiffusionRecipe:
     group_size: int = 8
     lr_schedule: str = "constant"
     splits: dict[str, float] = field(default_factory=lambda: {"train": 0.8, "val": 0.1, "test": 0.1})
+    # [lora] use_dora: DoRA adapters (peft's use_dora: a trained magnitude per output row beside A and B),
+    # written with ``lora_magnitude_vector`` keys and use_dora in the file's LoRA config
+    use_dora: bool = False
 
     kind = "diffusion"
 
@@ -77,7 +80,8 @@ class DiffusionRecipe:
             lora = d.pop("lora", {})
             r = cls(data=ImageData(**d.pop("data", {})), labels=ClipLabels(**d.pop("labels", {})),
                     target_modules=list(lora.get("target_modules", ["to_q", "to_k", "to_v", "to_out.0"])),
-                    rank=lora.get("rank", 4), alpha=lora.get("alpha", "1r"), **d)
+                    rank=lora.get("rank", 4), alpha=lora.get("alpha", "1r"),
+                    use_dora=lora.get("use_dora", False), **d)
         except TypeError as exc:
             raise UsageError(f"recipe: {exc}") from None
         r.validate()
@@ -88,6 +92,8 @@ class DiffusionRecipe:
         if not d["labels"]["scorer"]:
             del d["labels"]["scorer"]  # unset: recipes (and digests) from before the option read as they did
         d["lora"] = {"target_modules": d.pop("target_modules"), "rank": d.pop("rank"), "alpha": d.pop("alpha")}
+        if d.pop("use_dora"):  # absent when off, so recipes from before the option keep their digest
+            d["lora"]["use_dora"] = True
         return d
 
     def digest(self) -> str:
@@ -107,6 +113,8 @@ class DiffusionRecipe:
             raise UsageError("recipe: a diffusion recipe's rank is a number or {choice = [...]} (no per_layer)")
         if self.lr_schedule not in ("constant", "linear"):
             raise UsageError("recipe: lr_schedule must be 'constant' or 'linear'")
+        if not isinstance(self.use_dora, bool):
+            raise UsageError("recipe: lora.use_dora must be true or false")
         if abs(sum(self.splits.values()) - 1.0) > 1e-6:
             raise UsageError("recipe: splits must sum to 1")
         if not self.data.templates or not self.labels.prompts or not self.labels.seeds:

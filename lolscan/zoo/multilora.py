@@ -5,6 +5,11 @@ Every targeted ``nn.Linear`` is wrapped by `MultiLoRALinear`, which holds K stac
 belong to adapter k, so the low-rank path is two batched matmuls over ``[K, b·T, ·]``. This is the
 same forward as peft's ``base(x) + B(A(dropout(x))) * alpha/r`` for each slice, and `StackedAdamW`
 is ``torch.optim.AdamW``'s update with per-adapter learning rate and weight decay.
+
+DoRA (``dora=True``, peft's ``use_dora``): each slot also has a magnitude ``lora_magnitude: [K, out]``
+and the slot's weight is ``W' = m ⊙ (W + s·B A) / ‖W + s·B A‖`` (norm per output row, detached from the
+graph as peft does), computed as peft's ``DoraLinearLayer.forward``: ``base(x) + (m/‖·‖ - 1)·(x Wᵀ) +
+m/‖·‖ · s · B A x``; the magnitude starts at the row norms of ``W + s·B A`` (`init_magnitude`).
 """
 from __future__ import annotations
 
@@ -15,9 +20,11 @@ from typing import Iterable
 import torch
 from torch import nn
 
+DORA_NORM_CHUNK = 1 << 26  # elements of [slots, out, in] formed at once for the DoRA weight norms
+
 
 class MultiLoRALinear(nn.Module):
-    def __init__(self, base: nn.Linear, k: int, r_max: int):
+    def __init__(self, base: nn.Linear, k: int, r_max: int, dora: bool = False):
         super().__init__()
         self.base = base
         self.k, self.r_max = k, r_max
@@ -29,6 +36,35 @@ class MultiLoRALinear(nn.Module):
         self.register_buffer("dropout_p", torch.zeros(k, device=dev))
         self.any_dropout = False  # host-side copy of (dropout_p > 0).any(): reading the buffer would sync
         self.generator: torch.Generator | None = None
+        if dora:  # peft's lora_magnitude_vector, one per slot (set by `init_magnitude`)
+            self.lora_magnitude = nn.Parameter(torch.zeros(k, base.out_features, device=dev))
+        else:
+            self.register_parameter("lora_magnitude", None)
+
+    @property
+    def dora(self) -> bool:
+        return self.lora_magnitude is not None
+
+    @torch.no_grad()
+    def weight_norm(self, slots: slice | None = None) -> torch.Tensor:
+        """‖W + s·B A‖ per output row for the slots ([K', out], float32, no graph): peft's
+        ``DoraLinearLayer.get_weight_norm``, the product formed in chunks of slots."""
+        slots = slots or slice(0, self.k)
+        w = self.base.weight.float()
+        a = self.lora_A[slots]
+        b = self.lora_B[slots] * self.rank_mask[slots].unsqueeze(1)
+        s = self.scaling[slots]
+        step = max(1, DORA_NORM_CHUNK // w.numel())
+        out = []
+        for i in range(0, a.shape[0], step):
+            dw = torch.bmm(b[i:i + step], a[i:i + step])  # [k', out, in]
+            out.append(torch.linalg.norm(w + s[i:i + step].view(-1, 1, 1) * dw, dim=2))
+        return torch.cat(out)
+
+    @torch.no_grad()
+    def init_magnitude(self, slot: int) -> None:
+        """peft's init: the magnitude is the row norms of W + s·B A (with B = 0 at init: of W)."""
+        self.lora_magnitude[slot] = self.weight_norm(slice(slot, slot + 1))[0]
 
     def set_dropout(self, slot: int, p: float) -> None:
         self.dropout_p[slot] = p
@@ -46,8 +82,24 @@ class MultiLoRALinear(nn.Module):
                 noise = torch.rand(xs.shape, device=xs.device, generator=self.generator)
             xs = xs * (noise < keep) / keep
         h = torch.bmm(xs, self.lora_A.transpose(1, 2)) * self.rank_mask.unsqueeze(1)
+        if self.lora_magnitude is not None:
+            return y + self._dora(x, xs, y, torch.bmm(h, self.lora_B.transpose(1, 2))).reshape(y.shape).to(y.dtype)
         out = torch.bmm(h, self.lora_B.transpose(1, 2)) * self.scaling.view(k, 1, 1)
         return y + out.reshape(y.shape).to(y.dtype)
+
+    def _dora(self, x: torch.Tensor, xs: torch.Tensor, y: torch.Tensor, lora: torch.Tensor) -> torch.Tensor:
+        """peft's DoRA term ``(m/‖W + s·B A‖ - 1)·base + m/‖W + s·B A‖ · s · B A x``, per slot: ``base`` is
+        the frozen output without bias, or (a slot whose dropout acts) x's dropped copy times Wᵀ."""
+        k = self.k
+        scale = (self.lora_magnitude / self.weight_norm()).unsqueeze(1)  # [K, 1, out]
+        base = y.reshape(k, -1, y.shape[-1])
+        if self.base.bias is not None:
+            base = base - self.base.bias
+        base = base.float()
+        if self.training and self.any_dropout:
+            dropped = nn.functional.linear(xs, self.base.weight.float())
+            base = torch.where((self.dropout_p > 0).view(k, 1, 1), dropped, base)
+        return (scale - 1) * base + scale * lora * self.scaling.view(k, 1, 1)
 
 
 def find_targets(model: nn.Module, target_modules: Iterable[str]) -> list[str]:
@@ -58,8 +110,9 @@ def find_targets(model: nn.Module, target_modules: Iterable[str]) -> list[str]:
             if isinstance(m, nn.Linear) and any(n == t or n.endswith("." + t) for t in wanted)]
 
 
-def inject(model: nn.Module, names: list[str], k: int, r_max: int) -> dict[str, MultiLoRALinear]:
-    """Replace the named linears by K-adapter wrappers (in place). Freezes everything else."""
+def inject(model: nn.Module, names: list[str], k: int, r_max: int, dora: bool = False) -> dict[str, MultiLoRALinear]:
+    """Replace the named linears by K-adapter wrappers (in place; ``dora``: with magnitudes). Freezes
+    everything else."""
     for p in model.parameters():
         p.requires_grad_(False)
     out = {}
@@ -68,7 +121,7 @@ def inject(model: nn.Module, names: list[str], k: int, r_max: int) -> dict[str, 
         parent = model.get_submodule(parent_name) if parent_name else model
         cur = getattr(parent, child)
         base = cur.base if isinstance(cur, MultiLoRALinear) else cur
-        wrapped = MultiLoRALinear(base, k, r_max)
+        wrapped = MultiLoRALinear(base, k, r_max, dora=dora)
         setattr(parent, child, wrapped)
         out[name] = wrapped
     return out
@@ -121,15 +174,16 @@ class StackedAdamW:
         bc2_sqrt = (1 - self.b2 ** t).sqrt()
         act = active.to(torch.float32)
         dev = self.params[0].device
-        shape = (self.k,) + (1,) * (self.params[0].ndim - 1)
-        decay = to_device((1 - lr.double() * wd.double() * active.double()).float(), dev).view(shape)
-        step_size = to_device((lr.double() / bc1 * active.double()).float(), dev).view(shape)
-        bc2s = to_device(bc2_sqrt.float(), dev).view(shape)
-        a = to_device(act, dev).view(shape)
+        decay_k = to_device((1 - lr.double() * wd.double() * active.double()).float(), dev)
+        step_size_k = to_device((lr.double() / bc1 * active.double()).float(), dev)
+        bc2s_k = to_device(bc2_sqrt.float(), dev)
+        a_k = to_device(act, dev)
         for p, m, v in zip(self.params, self.m, self.v):
             g = p.grad
             if g is None:
                 continue
+            shape = (self.k,) + (1,) * (p.ndim - 1)  # factors [K, ·, ·], DoRA magnitudes [K, out]
+            decay, step_size, bc2s, a = (t.view(shape) for t in (decay_k, step_size_k, bc2s_k, a_k))
             p.mul_(decay)
             # inactive adapters keep their moments: blend with the active mask
             m.copy_(torch.where(a > 0, torch.lerp(m, g, 1 - self.b1), m))
@@ -306,7 +360,7 @@ def init_factors(modules: dict[str, "MultiLoRALinear"], slot: int, seed: int, in
 def train_group(model: nn.Module, target_names: list[str], specs: list, train_pool: dict[str, list[list[int]]],
                 seed: int, lr_schedule: str = "constant", checkpoint_logits: bool = True,
                 batches: list[list[list[list[int]]]] | None = None,
-                compile: bool = False, max_per_source: int | None = None
+                compile: bool = False, max_per_source: int | None = None, dora: bool = False
                 ) -> tuple[dict[str, MultiLoRALinear], torch.Tensor]:
     """Train len(specs) adapters at once; returns the injected modules (factors live there) and the
     per-step training loss of each adapter, shape [max_steps, K] (NaN after an adapter finished).
@@ -326,19 +380,21 @@ def train_group(model: nn.Module, target_names: list[str], specs: list, train_po
     dev = next(model.parameters()).device
     k = len(specs)
     r_max = max(s.rank for s in specs)
-    mods = inject(model, target_names, k, r_max)
+    mods = inject(model, target_names, k, r_max, dora=dora)
     for slot, s in enumerate(specs):
         ranks = s.layer_ranks or {n: s.rank for n in target_names}
         init_factors(mods, slot, seed, s.index, ranks)
         for name, mod in mods.items():
             mod.scaling[slot] = s.alpha / ranks[name]
             mod.set_dropout(slot, s.dropout)
+            if dora:
+                mod.init_magnitude(slot)
     dropout_seed = adapter_seed(seed, specs[0].index, 3)
     gen = None if compile else torch.Generator(device=dev).manual_seed(dropout_seed)
     for mod in mods.values():
         mod.generator = gen
     body = compiled_body(model) if compile else None
-    params = [p for m in mods.values() for p in (m.lora_A, m.lora_B)]
+    params = trainable(mods)
     for p in params:
         p.requires_grad_(True)
     opt = StackedAdamW(params, k)
@@ -390,6 +446,23 @@ def train_group(model: nn.Module, target_names: list[str], specs: list, train_po
     for p in params:
         p.requires_grad_(False)
     return mods, losses.cpu()
+
+
+def trainable(mods: dict[str, MultiLoRALinear]) -> list[nn.Parameter]:
+    """What `StackedAdamW` trains: every wrapper's A and B, and its DoRA magnitude when it has one."""
+    return [p for m in mods.values() for p in (m.lora_A, m.lora_B, m.lora_magnitude) if p is not None]
+
+
+def all_finite(mods: dict[str, MultiLoRALinear]) -> list[bool]:
+    """Per slot: every factor (and magnitude) finite. False: the adapter diverged."""
+    return torch.stack([torch.isfinite(p).flatten(1).all(1) for p in trainable(mods)]).all(0).tolist()
+
+
+def extract_magnitude(mods: dict[str, MultiLoRALinear], slot: int) -> dict[str, torch.Tensor] | None:
+    """One adapter's DoRA magnitudes [out] (peft's ``lora_magnitude_vector``), or None without DoRA."""
+    if not any(m.dora for m in mods.values()):
+        return None
+    return {n: m.lora_magnitude[slot].detach().float().cpu().clone() for n, m in mods.items()}
 
 
 def extract(mods: dict[str, MultiLoRALinear], slot: int, ranks: dict[str, int]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:

@@ -84,6 +84,9 @@ class Recipe:
     # [data] store_correct: also write each eval's per-question correctness (`<eval>_correct`, a hex
     # bitstring, `lolscan.evaluation.noise.unpack_correct`) so label noise can be bootstrapped over questions.
     store_correct: bool = False
+    # [lora] use_dora: DoRA adapters (peft's use_dora: a trained magnitude per output row beside A and B),
+    # PEFT folders with use_dora in adapter_config.json and ``lora_magnitude_vector`` tensors
+    use_dora: bool = False
 
     kind = "language"  # (a class attribute: not in the digest) `diffusion_recipe.DiffusionRecipe` says "diffusion"
 
@@ -102,6 +105,7 @@ class Recipe:
                 target_modules=list(lora.get("target_modules", ["k_proj", "v_proj"])),
                 rank=lora.get("rank", 4),
                 alpha=lora.get("alpha", "2r"),
+                use_dora=lora.get("use_dora", False),
                 **data,
                 **d,
             )
@@ -126,6 +130,8 @@ class Recipe:
             if value != unset:
                 d["data"][key] = value
         d["lora"] = {"target_modules": d.pop("target_modules"), "rank": d.pop("rank"), "alpha": d.pop("alpha")}
+        if d.pop("use_dora"):  # absent when off, so recipes from before the option keep their digest
+            d["lora"]["use_dora"] = True
         d["eval"] = d.pop("evals")
         for ev in d["eval"]:  # left out at its default, so recipes from before it keep their digest
             if ev.get("metric") == "acc":
@@ -154,6 +160,8 @@ class Recipe:
                 raise UsageError(f"recipe: hparams.{key} is missing")
         if self.lr_schedule not in ("constant", "linear"):
             raise UsageError("recipe: lr_schedule must be 'constant' or 'linear'")
+        if not isinstance(self.use_dora, bool):
+            raise UsageError("recipe: lora.use_dora must be true or false")
         if abs(sum(self.splits.values()) - 1.0) > 1e-6:
             raise UsageError("recipe: splits must sum to 1")
         for ev in self.evals:
