@@ -212,11 +212,17 @@ def clip_loss(logits_per_image: torch.Tensor) -> torch.Tensor:
 
 
 def draw_batch(source, n: int, size: int, rng: np.random.Generator, templates: list[str]):
-    """n (image [3, size, size] in [0, 1], caption, class index) of a random class and style each."""
+    """n (image [3, size, size] in [0, 1], caption, class index) of a random class and style each (the
+    source's ``pair(rng)`` where it has one: a mix's classes go only with their own source's styles)."""
     imgs, caps, ys = [], [], []
+    pair = getattr(source, "pair", None)
     for _ in range(n):
-        k = int(rng.integers(len(source.classes)))
-        cls, style = source.classes[k], source.styles[int(rng.integers(len(source.styles)))]
+        if pair is not None:
+            cls, style = pair(rng)
+            k = source.classes.index(cls)
+        else:
+            k = int(rng.integers(len(source.classes)))
+            cls, style = source.classes[k], source.styles[int(rng.integers(len(source.styles)))]
         imgs.append(source.image(cls, style, size, rng))
         caps.append(templates[int(rng.integers(len(templates)))].format(cls=cls, style=style))
         ys.append(k)

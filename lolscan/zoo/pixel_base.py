@@ -135,7 +135,7 @@ def train_pixel_base(folder: str | Path, source, steps: int, *, batch_size: int 
                      fixed_batch: bool = False, save: bool = True, save_dtype: str = "float32",
                      max_seconds: float | None = None, log: Callable[[str], None] | None = None) -> list[float]:
     """Train the base's UNet for `steps` AdamW steps of noise prediction on `source`'s images (a random class
-    and style per image, a caption from `templates`, the empty caption with probability `p_uncond`); the
+    and style per image, or the source's ``pair(rng)`` where it has one; a caption from `templates`, the empty caption with probability `p_uncond`); the
     per-step losses. ``fixed_batch``: the same images, noise and timesteps every step (an overfitting check).
     ``save``: write the UNet back (atomically) with the steps added to base.json. ``max_seconds``: stop
     after the step that passes this much time (the lr is constant, so a cut run is a shorter run); the
@@ -158,11 +158,16 @@ def train_pixel_base(folder: str | Path, source, steps: int, *, batch_size: int 
             states.update(zip(missing, base.encode_text(missing).float()))
         return torch.stack([states[c] for c in caps])
 
+    pair = getattr(source, "pair", None)
+
     def batch():
         imgs, caps = [], []
         for _ in range(batch_size):
-            cls = source.classes[int(rng.integers(len(source.classes)))]
-            style = source.styles[int(rng.integers(len(source.styles)))]
+            if pair is not None:  # a source whose classes go only with some styles (a mix) draws a valid pair
+                cls, style = pair(rng)
+            else:
+                cls = source.classes[int(rng.integers(len(source.classes)))]
+                style = source.styles[int(rng.integers(len(source.styles)))]
             imgs.append(source.image(cls, style, base.resolution, rng))
             tpl = templates[int(rng.integers(len(templates)))]
             caps.append("" if rng.random() < p_uncond else tpl.format(cls=cls, style=style))
