@@ -4,7 +4,7 @@ A small transformers CLIPModel (32 px ViT + text transformer, 1.6 M parameters, 
 contrastively on an image source's captioned images; a folder `ClipScorer.load` (and so a diffusion
 recipe's ``[labels] clip_model``) reads. It is an in-house CLIP-style scorer, not OpenAI CLIP. ::
 
-    PYTHONPATH=$PWD python scripts/inhouse_clip.py create CLIP
+    PYTHONPATH=$PWD python scripts/inhouse_clip.py create CLIP     # --source fonts: font names as words too
     PYTHONPATH=$PWD python scripts/inhouse_clip.py train CLIP --source fashion_mnist --steps 20000 --device cuda
     PYTHONPATH=$PWD python scripts/inhouse_clip.py zeroshot CLIP --source fashion_mnist --device cuda
     lolscan zoo build recipes/inhouse-fashion-classes-inhouse-clip.toml ZOO --base-path BASE --device cuda
@@ -25,6 +25,7 @@ from lolscan.zoo.inhouse_clip import (
     ZEROSHOT_TEMPLATE,
     create_clip,
     read_card,
+    source_words,
     train_clip,
     zeroshot,
 )
@@ -47,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("folder")
     c.add_argument("--config", default="{}", help="JSON overrides of inhouse_clip.DEFAULT_CONFIG")
     c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--source", default=None, help="a source whose class and style names become single tokens too "
+                   "(font file names, a mix's parts: else spelt in characters, and long captions are cut)")
+    c.add_argument("--source-options", default="{}", help="JSON options of --source")
     t = sub.add_parser("train", help="train the scorer contrastively on an image source, then measure zero-shot accuracy")
     z = sub.add_parser("zeroshot", help="zero-shot classification accuracy on held-out images (written into clip.json)")
     for p in (t, z):
@@ -66,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     try:
         if a.cmd == "create":
-            create_clip(a.folder, config=json.loads(a.config), seed=a.seed)
+            words = source_words(_source(a)) if a.source else None
+            create_clip(a.folder, config=json.loads(a.config), seed=a.seed, extra_words=words)
             card = read_card(a.folder)
             print(f"created {a.folder}: {card['parameters']:,} parameters, {card['bytes'] / 2**20:.1f} MiB")
         elif a.cmd == "train":

@@ -3,10 +3,13 @@
 A source knows its classes and styles and draws images of given classes in one style, deterministically
 from a numpy generator. The recipe names one (``[data] source = "shapes"``) and passes it options
 (``[data.source_options]``); `register_source` adds another. Built in: ``shapes`` (synthetic, made in
-code), ``fashion_mnist`` (the Debian package's files) and ``fonts`` (glyphs of installed font files, one
-identity per font: `lolscan.zoo.fonts`). Images are float32 numpy arrays ``[H, W, 3]`` in [0, 1]. A source
+code), ``fashion_mnist`` (the Debian package's files), ``fonts`` (glyphs of installed font files, one
+identity per font: `lolscan.zoo.fonts`) and ``mix`` (several of them as one: `lolscan.zoo.mix`). Images are float32 numpy arrays ``[H, W, 3]`` in [0, 1]. A source
 may have a ``check()`` the build calls before anything else (files present?), and an
-``attributes(style) -> dict`` the zoo writes as ``attr_<name>`` label columns of each LoRA of that style.
+``attributes(style) -> dict`` the zoo writes as ``attr_<name>`` label columns of each LoRA of that style,
+and a ``pair(rng) -> (cls, style)`` that draws one valid class/style pair, which the in-house base and
+scorer trainers use instead of a class and a style drawn independently (the ``mix`` source of
+`lolscan.zoo.mix`, whose classes each go only with their own source's styles, has one).
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ import numpy as np
 
 from ..errors import InputError, UsageError
 from .fonts import Fonts
+from .mix import mix_source
 
 
 class ImageSource(Protocol):
@@ -179,7 +183,7 @@ class FashionMNIST:
         return (x[:, :, None] * np.asarray(TINTS[style], dtype=np.float32)).astype(np.float32)
 
 
-SOURCES: dict[str, Callable[..., ImageSource]] = {"shapes": Shapes, "fashion_mnist": FashionMNIST, "fonts": Fonts}
+SOURCES: dict[str, Callable[..., ImageSource]] = {"shapes": Shapes, "fashion_mnist": FashionMNIST, "fonts": Fonts, "mix": mix_source}
 
 
 def register_source(name: str, factory: Callable[..., ImageSource]) -> None:

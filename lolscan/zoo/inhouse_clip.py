@@ -17,7 +17,10 @@ Tokenizer: a real ``CLIPTokenizer`` (CLIP's byte-level BPE, lower-cased; vocab.j
 here from a small vocabulary, so nothing is downloaded: every printable ASCII character (alone and
 word-final) plus, through merges, every word of the built-in sources' class and style names and of the
 caption templates as one token ("a photo of a T-shirt/top" → a · photo · of · a · t · - · shirt · / · top).
-Other text falls back to characters, so any caption tokenizes. (MiniLM's WordPiece tokenizer was the
+Other text falls back to characters, so any caption tokenizes; a source's own class and style names
+(font file names, a mix's parts) become words too where the scorer is created with it (``extra_words =
+source_words(source)``; ``scripts/inhouse_clip.py create --source``), and training warns when a caption
+would not fit the text tower (`longest_caption`). (MiniLM's WordPiece tokenizer was the
 other candidate; `CLIPProcessor` wants a CLIP tokenizer, and the hub MiniLM folder is not offline.)
 
 Training (`train_clip`): AdamW on symmetric InfoNCE with CLIP's learned logit scale: logits = exp(s) ·
@@ -67,6 +70,28 @@ def vocabulary_words(extra: list[str] | None = None) -> list[str]:
     text = " ".join([*TRAIN_TEMPLATES, ZEROSHOT_TEMPLATE, "a picture of", *SHAPES, *COLOURS, *FASHION_MNIST_CLASSES,
                      *TINTS, *(extra or [])]).replace("{cls}", " ").replace("{style}", " ")
     return sorted(set(re.findall(r"[a-z]+", text.lower())))
+
+
+def source_words(source) -> list[str]:
+    """A source's class and style names, for `create_clip`'s ``extra_words``: font file names
+    ("NimbusSansNarrow-BoldOblique") are not built-in words, and spelt out in characters they make a caption
+    longer than the text tower's 32 positions, truncating the class away (`longest_caption`)."""
+    return [*source.classes, *source.styles]
+
+
+def longest_caption(tokenizer, source, templates: list[str]) -> int:
+    """An upper bound on the tokens (with start and end) of a caption of `source` from `templates`: each
+    template with the class and the style that take the most tokens (words separated by spaces tokenize
+    apart, so the counts add); of a mix, the most over its parts (a class goes only with its part's styles)."""
+    if hasattr(source, "parts"):
+        return max(longest_caption(tokenizer, p, templates) for p in source.parts)
+
+    def n(text: str) -> int:
+        return len(tokenizer.tokenize(text))
+
+    cls = max(source.classes, key=n)
+    style = max(source.styles, key=n)
+    return max(n(t.format(cls=cls, style=style)) for t in templates) + 2
 
 
 def write_tokenizer(folder: Path, words: list[str], max_length: int):
@@ -256,6 +281,11 @@ def train_clip(folder: str | Path, source, steps: int, *, batch_size: int = 256,
         opt, lambda s: (s + 1) / warm if s < warm else 0.5 * (1 + np.cos(np.pi * (s - warm) / max(1, steps - warm))))
     rng = np.random.default_rng(seed)
     tokens: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    longest = longest_caption(processor.tokenizer, source, templates)
+    if longest > n and log:
+        log(f"warning: captions of {source.name} take up to {longest} tokens, the text tower {n}: the end of a "
+            "long caption (its class) is cut off; create the scorer with this source (scripts/inhouse_clip.py "
+            "create --source …) so its class and style names are one token each")
     losses: list[float] = []
     t0 = time.monotonic()
     for step in range(steps):
@@ -314,24 +344,41 @@ def _save_model(folder: Path, model, card: dict[str, Any], steps: int, losses: l
 
 # ---- zero-shot --------------------------------------------------------------------------------------
 def held_out_source(source):
-    """The images zero-shot accuracy is measured on: Fashion-MNIST's ``test`` split for it, else the source
-    itself (a synthetic source draws held-out images from another seed stream: `held_out_images`)."""
+    """The images zero-shot accuracy is measured on: Fashion-MNIST's ``test`` split for it; for a mix, the
+    mix of its parts' held-out sources; else the source itself (a synthetic source, and the fonts source,
+    which has no held-out fonts or glyphs, draw held-out images from another seed stream: `held_out_images`)."""
     from .images import FashionMNIST
+    from .mix import Mix
 
     if isinstance(source, FashionMNIST) and source.split == "train":
         return FashionMNIST(data_root=source.data_root, split="test")
+    if isinstance(source, Mix):
+        parts = [held_out_source(p) for p in source.parts]
+        if any(a is not b for a, b in zip(parts, source.parts)):
+            return source.with_parts(parts)
     return source
 
 
+def held_out_note(source, seed: int) -> str:
+    """How `held_out_images` holds images out, for the card: per part for a mix."""
+    from .mix import Mix
+
+    if isinstance(source, Mix):
+        return "; ".join(f"{p.name}: {held_out_note(p, seed)}" for p in source.parts)
+    return "split test" if held_out_source(source) is not source else f"seed stream {seed} + {HELD_OUT_STREAM:#x}"
+
+
 def held_out_images(source, per_class: int, size: int, seed: int = 0):
-    """`per_class` images of every class (random styles) and their class indices, from the held-out source
-    and the seed stream ``seed + HELD_OUT_STREAM`` (training draws from ``seed``)."""
+    """`per_class` images of every class (random styles; of a mix, styles of the class's own part) and their
+    class indices, from the held-out source and the seed stream ``seed + HELD_OUT_STREAM`` (training draws
+    from ``seed``)."""
     src = held_out_source(source)
     rng = np.random.default_rng(seed + HELD_OUT_STREAM)
     imgs, ys = [], []
     for k, cls in enumerate(src.classes):
+        styles = src.styles_for(cls) if hasattr(src, "styles_for") else src.styles  # a mix: the class's own
         for _ in range(per_class):
-            imgs.append(src.image(cls, src.styles[int(rng.integers(len(src.styles)))], size, rng))
+            imgs.append(src.image(cls, styles[int(rng.integers(len(styles)))], size, rng))
             ys.append(k)
     return torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).contiguous(), ys
 
@@ -339,7 +386,8 @@ def held_out_images(source, per_class: int, size: int, seed: int = 0):
 def zeroshot(folder: str | Path, source, *, per_class: int = 50, seed: int = 0, template: str = ZEROSHOT_TEMPLATE,
              device: str = "cpu", scorer=None, write_card: bool = True) -> dict[str, Any]:
     """Zero-shot classification accuracy on held-out images: each image's class is the argmax over classes
-    of `ClipScorer.similarity` with ``template.format(cls=…)``. Written into the card as ``zero_shot``."""
+    of `ClipScorer.similarity` with ``template.format(cls=…)``. Written into the card as ``zero_shot`` (of a
+    mix, with ``per_source``: the accuracy on each part's images, the argmax still over all classes)."""
     from .clipscore import ClipScorer
 
     folder = Path(folder)
@@ -353,7 +401,11 @@ def zeroshot(folder: str | Path, source, *, per_class: int = 50, seed: int = 0, 
     per = {c: round(float((pred[y == k] == k).float().mean()), 6) for k, c in enumerate(source.classes)}
     res = {"accuracy": round(float((pred == y).float().mean()), 6), "chance": round(1 / len(source.classes), 6),
            "n": len(ys), "per_class": per, "template": template, "source": source.name,
-           "held_out": ("split test" if held_out_source(source) is not source else f"seed stream {seed} + {HELD_OUT_STREAM:#x}")}
+           "held_out": held_out_note(source, seed)}
+    if hasattr(source, "parts"):  # a mix: each part's accuracy (still an argmax over all the mix's classes)
+        part = torch.tensor([source.owner[c] for c in source.classes])[y]
+        res["per_source"] = {p.name: round(float((pred[part == i] == y[part == i]).float().mean()), 6)
+                             for i, p in enumerate(source.parts)}
     if write_card:
         card = read_card(folder)
         card["zero_shot"] = res
