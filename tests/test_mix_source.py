@@ -259,3 +259,15 @@ def test_a_source_without_pair_trains_as_before(tmp_path):
     plain = train_pixel_base(tmp_path / "base", Shapes(), 3, batch_size=4, seed=5, save=False)
     paired = train_pixel_base(tmp_path / "base", OldPairShapes(), 3, batch_size=4, seed=5, save=False)
     assert OldPairShapes.calls == 12 and plain == paired
+
+
+def test_a_zoo_on_a_mix_is_refused_before_the_base_loads(tmp_path):
+    from diffusion_toy import toy_diffusion_recipe
+
+    from lolscan.zoo.diffusion import build_diffusion
+    from lolscan.zoo.diffusion_recipe import DiffusionRecipe
+
+    d = toy_diffusion_recipe(tmp_path / "no-pipe", tmp_path / "no-clip")
+    d["data"] = {**d["data"], "source": "mix", "source_options": {"sources": ["shapes"]}}
+    with pytest.raises(UsageError, match="build each zoo on one of its sources"):
+        build_diffusion(DiffusionRecipe.from_dict(d), tmp_path / "zoo")

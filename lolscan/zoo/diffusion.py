@@ -285,6 +285,10 @@ def build_diffusion(recipe: DiffusionRecipe, out: str | Path, *, base: Diffusion
     if data_root is not None:  # --data-root: where a source that reads files finds them (not part of the recipe)
         options["data_root"] = data_root
     source = open_source(recipe.data.source, options)  # missing data: exit 3 before the base model loads
+    if hasattr(source, "pair"):  # a mix: a LoRA's classes and its one style would come from different sources
+        raise UsageError(f"recipe: image source {recipe.data.source!r} pairs classes with styles (a mix of sources); "
+                         "a zoo draws a LoRA's classes and style independently, so build each zoo on one of its "
+                         "sources (the mix is for training the in-house base and scorer)")
     if base is None:
         base = load_base(recipe.base, device=device, dtype=dtype, path_override=base_path)
     targets = find_targets(base.unet, recipe.target_modules)
