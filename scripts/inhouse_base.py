@@ -6,6 +6,9 @@ image source's captioned images (Fashion-MNIST: ``apt install dataset-fashion-mn
     PYTHONPATH=$PWD python scripts/inhouse_base.py create BASE                     # random UNet + MiniLM (hub)
     PYTHONPATH=$PWD python scripts/inhouse_base.py train BASE --source fashion_mnist --steps 20000 --device cuda
     lolscan zoo build recipes/inhouse-fashion-classes.toml ZOO --base-path BASE --device cuda
+    # one base for the class-subset and the font-identity zoos: Fashion-MNIST and font glyphs together
+    PYTHONPATH=$PWD python scripts/inhouse_base.py train BASE --source mix --source-options \\
+        '{"sources": ["fashion_mnist", "fonts"], "options": {"fonts": {"exclude": ["StandardSymbolsPS.*", "D050000L.*"]}}}'
 
 ``train`` again continues from the saved UNet (base.json counts the steps). On CPU it runs at tiny sizes only
 (the tests make a 16 px base on a random 32-d BERT: ``--text-encoder FOLDER --unet '{...}'``).
