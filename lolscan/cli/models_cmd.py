@@ -13,6 +13,7 @@ from rich.table import Table
 from ..checkpoint import Checkpoint, bundled_dir, list_checkpoints, load_checkpoint, read_card, resolve, user_dir
 from ..errors import LolscanError, UsageError
 from ..evaluation.metrics import HEADLINE, METRIC_NAMES, format_metric
+from ..formats.family import short_base_model
 from .app import app
 from .console import console, err_console, print_error
 from .plain import PlainCommand, examples
@@ -139,15 +140,6 @@ def task_cell(targets: list[dict[str, Any]]) -> str:
         else:
             parts.append(f"{t['name']} ({t['kind']}; {abbreviate_labels(list(t.get('labels') or []))})")
     return "; ".join(parts)
-
-
-def short_base_model(text: str) -> str:
-    """The model id a guessed family names in parentheses ("llama-style LLM, hidden 576 (org/Model)" → "org/Model")."""
-    if text.endswith(")") and "(" in text:
-        inner = text[text.rindex("(") + 1 : -1]
-        if "/" in inner:
-            return inner
-    return text
 
 
 def short_metrics(targets: list[dict[str, Any]], metrics: dict[str, dict[str, Any]]) -> str:

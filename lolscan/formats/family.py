@@ -63,6 +63,16 @@ def diffusion_family(text: str) -> str | None:
     return None
 
 
+def short_base_model(text: str) -> str:
+    """The model id a base model description names in parentheses ("llama-style LLM, hidden 576 (org/Model)"
+    → "org/Model"), as `guess_family` and cards write them; other text as it is."""
+    if text.endswith(")") and "(" in text:
+        inner = text[text.rindex("(") + 1 : -1]
+        if "/" in inner:
+            return inner
+    return text
+
+
 def diffusion_parts(names) -> str:
     """Which parts of a diffusion pipeline the module names adapt: "UNet", "UNet + text encoder", …"""
     names = list(names)

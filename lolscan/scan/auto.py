@@ -160,6 +160,7 @@ def no_fit_message(adapter: Any, cands: list[Candidate] | list[str]) -> str:
         diffusion_kind,
         diffusion_parts,
         guess_family,
+        short_base_model,
     )
 
     family = guess_family(adapter)
@@ -171,18 +172,9 @@ def no_fit_message(adapter: Any, cands: list[Candidate] | list[str]) -> str:
     n = len(adapter.layers)
     first = next(iter(adapter.layers.items()), None)
     example = f", e.g. {elide(first[0], 60)} {first[1].n}×{first[1].m}" if first is not None else ""
-    bases = sorted({short_base(c.rule["base_model"] if isinstance(c, Candidate) else str(c)) for c in cands})
+    bases = sorted({short_base_model(c.rule["base_model"] if isinstance(c, Candidate) else str(c)) for c in cands})
     covered = f"; the bundled checkpoints are for {', '.join(bases)}" if bases else ""
     return f"{NO_FIT}: {what} ({n} module{'s' if n != 1 else ''}{example}){covered}; {build_hint(kind)}"
-
-
-def short_base(text: str) -> str:
-    """The model id a base model description names in parentheses ("llama-style LLM, hidden 576 (org/Model)" → "org/Model")."""
-    if text.endswith(")") and "(" in text:
-        inner = text[text.rindex("(") + 1 : -1]
-        if "/" in inner:
-            return inner
-    return text
 
 
 def build_hint(kind: str | None) -> str:
