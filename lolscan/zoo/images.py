@@ -202,6 +202,17 @@ def get_source(name: str, options: dict[str, Any] | None = None) -> ImageSource:
         raise UsageError(f"recipe: image source {name!r}: {exc}") from None
 
 
+def draw_pair(source: ImageSource, rng: np.random.Generator) -> tuple[str, str]:
+    """One (class, style) to draw for training a base or a scorer: the source's ``pair(rng)`` where it has
+    one (a mix, whose classes go only with their own part's styles), else a uniform class, then a uniform
+    style (two ``rng.integers`` calls, in that order)."""
+    pair = getattr(source, "pair", None)
+    if pair is not None:
+        return pair(rng)
+    cls = source.classes[int(rng.integers(len(source.classes)))]
+    return cls, source.styles[int(rng.integers(len(source.styles)))]
+
+
 def open_source(name: str, options: dict[str, Any] | None = None) -> ImageSource:
     """`get_source`, then the source's own data check where it has one (files it reads: a clear exit 3
     before anything slow starts)."""

@@ -46,6 +46,7 @@ import torch
 
 from ..errors import InputError, UsageError
 from ..utils.files import atomic_write
+from .images import draw_pair
 
 CARD = "clip.json"
 LABEL = "CLIP score (in-house CLIP-style scorer)"
@@ -240,14 +241,9 @@ def draw_batch(source, n: int, size: int, rng: np.random.Generator, templates: l
     """n (image [3, size, size] in [0, 1], caption, class index) of a random class and style each (the
     source's ``pair(rng)`` where it has one: a mix's classes go only with their own source's styles)."""
     imgs, caps, ys = [], [], []
-    pair = getattr(source, "pair", None)
     for _ in range(n):
-        if pair is not None:
-            cls, style = pair(rng)
-            k = source.classes.index(cls)
-        else:
-            k = int(rng.integers(len(source.classes)))
-            cls, style = source.classes[k], source.styles[int(rng.integers(len(source.styles)))]
+        cls, style = draw_pair(source, rng)
+        k = source.classes.index(cls)
         imgs.append(source.image(cls, style, size, rng))
         caps.append(templates[int(rng.integers(len(templates)))].format(cls=cls, style=style))
         ys.append(k)

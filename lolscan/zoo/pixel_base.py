@@ -32,6 +32,7 @@ import torch
 from ..errors import InputError, UsageError
 from ..utils.files import atomic_write
 from .diffusion_base import DiffusionBase
+from .images import draw_pair
 
 BASE_JSON = "base.json"
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
@@ -158,16 +159,10 @@ def train_pixel_base(folder: str | Path, source, steps: int, *, batch_size: int 
             states.update(zip(missing, base.encode_text(missing).float()))
         return torch.stack([states[c] for c in caps])
 
-    pair = getattr(source, "pair", None)
-
     def batch():
         imgs, caps = [], []
         for _ in range(batch_size):
-            if pair is not None:  # a source whose classes go only with some styles (a mix) draws a valid pair
-                cls, style = pair(rng)
-            else:
-                cls = source.classes[int(rng.integers(len(source.classes)))]
-                style = source.styles[int(rng.integers(len(source.styles)))]
+            cls, style = draw_pair(source, rng)
             imgs.append(source.image(cls, style, base.resolution, rng))
             tpl = templates[int(rng.integers(len(templates)))]
             caps.append("" if rng.random() < p_uncond else tpl.format(cls=cls, style=style))
