@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 from torch import nn
-from zoo_toy import tiny_llama
+from zoo_toy import peft_causal_lm_steps, tiny_llama
 
 peft = pytest.importorskip("peft")
 pytest.importorskip("transformers")
@@ -21,7 +21,6 @@ from lolscan.zoo.multilora import (
     find_targets,
     inject,
     kaiming_init_A,
-    pad_batch,
     train_group,
 )
 from lolscan.zoo.recipe import LoraSpec
@@ -124,17 +123,7 @@ def _peft_dora_reference(base, targets, spec, batches):
     params = [p for p in pm.parameters() if p.requires_grad]
     assert len(params) == 3 * len(targets)  # A, B and the magnitude
     opt = torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay)
-    losses = []
-    pm.train()
-    for rows in batches:
-        ids, lengths = pad_batch(rows)
-        labels = ids.clone()
-        labels[torch.arange(ids.shape[1]).unsqueeze(0) >= lengths.unsqueeze(1)] = -100
-        loss = pm(input_ids=ids, labels=labels).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-        losses.append(float(loss.detach()))
+    losses = peft_causal_lm_steps(pm, batches, opt)
     out = {}
     for n in targets:
         mod = inner.get_submodule(n)

@@ -6,13 +6,13 @@ import copy
 import pytest
 import torch
 
-from zoo_toy import tiny_llama
+from zoo_toy import peft_causal_lm_steps, tiny_llama
 
 peft = pytest.importorskip("peft")
 pytest.importorskip("transformers")
 
 from lolscan.zoo.multilora import (adapter_seed, eject, extract, find_targets, kaiming_init_A,  # noqa: E402
-                                   pad_batch, train_group)
+                                   train_group)
 from lolscan.zoo.recipe import LoraSpec  # noqa: E402
 
 SEED = 11
@@ -47,18 +47,7 @@ def _peft_reference(base, targets, spec, batches, schedule):
     opt = torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, (lambda t: max(0.0, (spec.steps - t) / spec.steps)) if schedule == "linear" else (lambda t: 1.0))
-    losses = []
-    pm.train()
-    for rows in batches:
-        ids, lengths = pad_batch(rows)
-        labels = ids.clone()
-        labels[torch.arange(ids.shape[1]).unsqueeze(0) >= lengths.unsqueeze(1)] = -100
-        loss = pm(input_ids=ids, labels=labels).loss
-        loss.backward()
-        opt.step()
-        sched.step()
-        opt.zero_grad()
-        losses.append(float(loss))
+    losses = peft_causal_lm_steps(pm, batches, opt, sched)
     factors = {n: (inner.get_submodule(n).lora_A["default"].weight.detach().clone(),
                    inner.get_submodule(n).lora_B["default"].weight.detach().clone()) for n in targets}
     return losses, factors

@@ -33,6 +33,28 @@ def tiny_llama(seed: int = 0):
 WORDS = ["red", "blue", "cat", "dog", "sun", "moon", "tree", "rock", "fish", "bird", "salt", "iron"]
 
 
+def peft_causal_lm_steps(pm, batches, opt, sched=None) -> list[float]:
+    """The plain way to finetune a peft model, step by step: each batch of token lists padded
+    (`multilora.pad_batch`), padding masked out of HF's causal-LM loss (-100), backward, ``opt.step()``, then
+    ``sched.step()`` if given; the per-step losses. The reference the stacked trainers are compared with."""
+    from lolscan.zoo.multilora import pad_batch
+
+    losses = []
+    pm.train()
+    for rows in batches:
+        ids, lengths = pad_batch(rows)
+        labels = ids.clone()
+        labels[torch.arange(ids.shape[1]).unsqueeze(0) >= lengths.unsqueeze(1)] = -100
+        loss = pm(input_ids=ids, labels=labels).loss
+        loss.backward()
+        opt.step()
+        if sched is not None:
+            sched.step()
+        opt.zero_grad()
+        losses.append(float(loss.detach()))
+    return losses
+
+
 def write_toy_data(root: Path, n: int = 24) -> None:
     """Three sources in the three field layouts the real data uses, plus an MC request file."""
     g = torch.Generator().manual_seed(0)
