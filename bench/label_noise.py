@@ -3,11 +3,14 @@
     python bench/label_noise.py ZOO/manifest.jsonl --label arc_c_acc --questions 1172
     python bench/label_noise.py ZOO/manifest.jsonl --label arc_c_acc --bootstrap 500   # needs arc_c_correct
     python bench/label_noise.py A/manifest.jsonl --label arc_c_acc --questions 1172 --retest B/manifest.jsonl
+    python bench/label_noise.py ZOO/manifest.jsonl --label clip_score --halves   # clip_score_s<k> per seed
 
 Binomial: per-adapter p(1-p)/(N-1) averaged, against the label's variance over the zoo (finite adapters,
 ``--split`` to restrict). Bootstrap: questions resampled from the stored per-question correctness
 (``<eval>_correct``, recipe ``[data] store_correct = true``). Retest: the same adapter ids labelled in a
-second manifest. See `lolscan.evaluation.noise`.
+second manifest. Halves: a label that is a mean over sampling seeds, from its per-seed columns
+(``<label>_s<k>``; a diffusion zoo's CLIP score), the first half of the seeds against the second. See
+`lolscan.evaluation.noise`.
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ import numpy as np
 from lolscan.evaluation.noise import (
     binomial_r2_ceiling,
     bootstrap_r2_ceiling,
+    halves_r2_ceiling,
     repeat_r2_ceiling,
     unpack_correct,
 )
@@ -39,6 +43,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--questions", type=int, help="N questions behind each accuracy (binomial ceiling)")
     ap.add_argument("--bootstrap", type=int, default=0, help="resamples over questions (needs <eval>_correct)")
     ap.add_argument("--retest", help="a second manifest labelling the same adapter ids")
+    ap.add_argument("--halves", action="store_true", help="split-half ceiling from the per-seed columns <label>_s<k>")
     ap.add_argument("--split", default=None, help="train|val|test (default: every row)")
     args = ap.parse_args(argv)
     rows = [r for r in read_rows(args.manifest) if r.get("finite", True) and (args.split in (None, r.get("split")))]
@@ -57,6 +62,12 @@ def main(argv: list[str] | None = None) -> dict:
         other = {r["id"]: r.get(args.label) for r in read_rows(args.retest)}
         pairs = [(r[args.label], other[r["id"]]) for r in rows if isinstance(other.get(r["id"]), (int, float))]
         out["retest"] = repeat_r2_ceiling([a for a, _ in pairs], [b for _, b in pairs])
+    if args.halves:
+        cols = sorted((k for k in rows[0] if k.startswith(args.label + "_s") and k[len(args.label) + 2:].isdigit()),
+                      key=lambda k: int(k[len(args.label) + 2:])) if rows else []
+        if len(cols) < 2:
+            ap.error(f"--halves needs per-seed columns {args.label}_s0, {args.label}_s1, … in the manifest")
+        out["halves"] = halves_r2_ceiling([[r[c] for c in cols] for r in rows])
     print(json.dumps(out, indent=2))
     return out
 

@@ -155,7 +155,9 @@ def test_shipped_identity_recipe():
     assert r.data.source == "fonts" and r.data.styles and all("{style}" not in t for t in r.data.templates)
     s = get_source(r.data.source, r.data.source_options)  # the options are the source's
     assert {p.removeprefix("the letter ") for p in r.labels.prompts} <= set(s.classes)
-    assert len(r.labels.prompts) * len(r.labels.seeds) == r.labels.batch
+    assert (len(r.labels.prompts) * len(r.labels.seeds)) % r.labels.batch == 0  # whole sampling batches
+    assert "the letter {cls}" in s.templates  # base and scorer are trained on the prompts' captions
+    assert len(r.labels.seeds) >= 2  # per-seed columns: the label's split-half noise
     if not HAVE_URW:
         pytest.skip("fonts-urw-base35 not installed: the recipe's draws are not checked")
     specs = sample_specs(r, s)

@@ -9,6 +9,7 @@ from helpers import load_script
 from lolscan.evaluation.noise import (
     binomial_r2_ceiling,
     bootstrap_r2_ceiling,
+    halves_r2_ceiling,
     pack_correct,
     repeat_r2_ceiling,
     unpack_correct,
@@ -84,6 +85,36 @@ def test_repeat_ceiling_ignores_a_shared_offset():
     plain, shifted = repeat_r2_ceiling(noisy1, noisy2), repeat_r2_ceiling(noisy1, noisy2 + 5.0)
     assert shifted["ceiling"] == pytest.approx(plain["ceiling"], abs=1e-9)
     assert plain["ceiling"] == pytest.approx(1 / 1.09, abs=0.03)  # var(y) / (var(y) + 0.3²)
+
+
+def test_halves_ceiling_matches_simulation():
+    """A label = mean over S seeds of truth + seed offset (shared by every adapter) + per-image noise: the
+    split-half ceiling equals the R² of the truth against the full label, which no adapter labelled twice."""
+    rng = np.random.default_rng(8)
+    for seeds in (2, 4, 5):
+        t = rng.normal(size=3000)
+        per_seed = t[:, None] + rng.normal(size=seeds)[None] * 3 + 0.8 * rng.normal(size=(3000, seeds))
+        label = per_seed.mean(1)
+        r = halves_r2_ceiling(per_seed)
+        assert r["ceiling"] == pytest.approx(_r2(label, t + label.mean() - t.mean()), abs=0.03)
+        assert r["ceiling"] == pytest.approx(1 / (1 + 0.64 / seeds), abs=0.03)
+        assert r["seeds"] == seeds and r["n"] == 3000
+
+
+def test_halves_script_reads_the_seed_columns(tmp_path, capsys):
+    rng = np.random.default_rng(9)
+    t = rng.normal(size=400)
+    rows = [{"id": f"a{i}", "clip_score": 0.0, **{f"clip_score_s{k}": float(t[i] + rng.normal()) for k in range(4)}}
+            for i in range(400)]
+    for r in rows:
+        r["clip_score"] = float(np.mean([r[f"clip_score_s{k}"] for k in range(4)]))
+    path = tmp_path / "manifest.jsonl"
+    path.write_text("".join(__import__("json").dumps(r) + "\n" for r in rows))
+    out = load_script("bench/label_noise.py").main([str(path), "--label", "clip_score", "--halves"])
+    assert out["halves"]["seeds"] == 4
+    assert out["halves"]["ceiling"] == pytest.approx(0.8, abs=0.06)  # 1 / (1 + 1/4)
+    with pytest.raises(SystemExit):
+        load_script("bench/label_noise.py").main([str(path), "--label", "clip_score_p0", "--halves"])
 
 
 def test_pack_correct_round_trips():

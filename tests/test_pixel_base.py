@@ -90,6 +90,30 @@ def test_production_size_fits_16_mib(tmp_path):
     assert 8 * 2**20 < size <= 16 * 2**20
 
 
+def test_captions_come_from_the_sources_own_templates(made, monkeypatch):
+    """A source with ``templates`` (the fonts source: its identity recipes' prompts) captions the base's
+    training images from them when no templates are passed; an explicit list still wins."""
+    from lolscan.zoo.diffusion_base import DiffusionBase
+
+    seen: list[str] = []
+    real = DiffusionBase.encode_text
+    monkeypatch.setattr(DiffusionBase, "encode_text", lambda self, caps: (seen.extend(caps), real(self, caps))[1])
+
+    class Templated:  # the shapes source with templates of its own
+        def __init__(self):
+            self._s = get_source("shapes")
+            self.classes, self.styles, self.templates = self._s.classes, self._s.styles, ["zq {cls}", "zq {style} {cls}"]
+
+        def image(self, *a):
+            return self._s.image(*a)
+
+    train_pixel_base(made / "base", Templated(), 3, batch_size=4, p_uncond=0.0, save=False)
+    assert seen and all(c.startswith("zq ") for c in seen), seen
+    seen.clear()
+    train_pixel_base(made / "base", Templated(), 2, batch_size=4, p_uncond=0.0, save=False, templates=["yy {cls}"])
+    assert seen and all(c.startswith("yy ") for c in seen), seen
+
+
 def test_unet_learns_a_fixed_batch(made, tmp_path):
     shutil.copytree(made / "base", tmp_path / "base")
     before = (tmp_path / "base/unet/diffusion_pytorch_model.safetensors").read_bytes()

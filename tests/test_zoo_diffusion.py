@@ -34,7 +34,9 @@ LOADED: dict = {}  # the fixture's base and CLIP model, for tests that build aga
 
 
 def _recipe(root: Path) -> dict:
-    return toy_diffusion_recipe(root / "pipe", root / "clip", n_loras=4, group_size=2)
+    d = toy_diffusion_recipe(root / "pipe", root / "clip", n_loras=4, group_size=2)
+    d["labels"] = {**d["labels"], "seeds": [0, 5], "batch": 3}  # two seeds: per-seed columns; batches cut a prompt's pairs
+    return d
 
 
 @pytest.fixture(scope="module")
@@ -194,11 +196,16 @@ def test_pipeline_images_reproduce_the_clip_labels(zoo):
     pipe = _pipe(root)
     r = rows[1]
     pipe.load_lora_weights(str(root / "zoo" / r["path"]))
+    per_seed = []
     for j, prompt in enumerate(lab.prompts):
         imgs = torch.cat([pipe(prompt, height=16, width=16, num_inference_steps=lab.steps, guidance_scale=lab.guidance_scale,
                                generator=torch.Generator().manual_seed(s), output_type="pt").images for s in lab.seeds])
         ref = _reference_clip_scores(root / "clip", imgs, [prompt] * len(imgs))
         assert sum(ref) / len(ref) == pytest.approx(r[f"clip_score_p{j}"], abs=0.02)
+        per_seed.append(ref)
+    for k in range(len(lab.seeds)):  # seed k over every prompt
+        assert sum(p[k] for p in per_seed) / len(per_seed) == pytest.approx(r[f"clip_score_s{k}"], abs=0.02)
+    assert r["clip_score"] == pytest.approx(sum(r[f"clip_score_s{k}"] for k in range(len(lab.seeds))) / len(lab.seeds), abs=2e-6)
 
 
 def test_clip_score_formula_against_clip_logits(zoo):

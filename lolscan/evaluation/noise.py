@@ -99,3 +99,22 @@ def repeat_r2_ceiling(first: Any, second: Any) -> dict[str, float]:
     label = float((np.var(a, ddof=1) + np.var(b, ddof=1)) / 2)
     return {"noise_var": noise, "label_var": label, "ceiling": _ceiling(noise, label), "n": int(a.size),
             "retest_r": float(np.corrcoef(a, b)[0, 1])}
+
+
+def halves_r2_ceiling(per_seed: Any) -> dict[str, float]:
+    """R² ceiling of a label that is the mean of S ≥ 2 per-seed measurements ([adapters, S]: a CLIP score's
+    ``clip_score_s<k>`` columns), from its own halves: the first and second half of the seeds are two
+    labellings with independent sampling noise (`repeat_r2_ceiling`; an odd S leaves the middle seed out of
+    both), and the full label, the mean over all S seeds, has h/S of a half's noise variance (h seeds a half,
+    the same noise at every seed). No adapter is labelled twice; training noise (the same recipe retrained)
+    is not part of it."""
+    x = np.asarray(per_seed, dtype=np.float64)
+    if x.ndim != 2 or x.shape[1] < 2:
+        raise ValueError("need per-seed labels of at least two seeds")
+    x = x[np.isfinite(x).all(axis=1)]
+    h = x.shape[1] // 2
+    half = repeat_r2_ceiling(x[:, :h].mean(axis=1), x[:, -h:].mean(axis=1))
+    noise = half["noise_var"] * h / x.shape[1]
+    label = float(np.var(x.mean(axis=1), ddof=1))
+    return {"noise_var": noise, "label_var": label, "ceiling": _ceiling(noise, label), "n": half["n"],
+            "seeds": int(x.shape[1]), "half_r": half["retest_r"]}

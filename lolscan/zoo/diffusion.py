@@ -188,7 +188,9 @@ def sample(base: DiffusionBase, k: int, prompts: list[str], seeds: list[int], st
 
 
 def clip_labels(base: DiffusionBase, clip: ClipScorer, k: int, recipe: DiffusionRecipe) -> list[dict[str, float]]:
-    """Per slot: ``clip_score`` (mean over every prompt and seed) and ``clip_score_p{j}`` (prompt j)."""
+    """Per slot: ``clip_score`` (mean over every prompt and seed), ``clip_score_p{j}`` (prompt j) and, with
+    two seeds or more, ``clip_score_s{k}`` (seed k over every prompt: the label's sampling noise is measured
+    from these halves, `bench/label_noise.py --halves`, without labelling anything twice)."""
     lab = recipe.labels
     pairs = [(j, p, s) for j, p in enumerate(lab.prompts) for s in lab.seeds]
     scores = torch.zeros(k, len(pairs))
@@ -203,6 +205,10 @@ def clip_labels(base: DiffusionBase, clip: ClipScorer, k: int, recipe: Diffusion
         for j in range(len(lab.prompts)):
             cols = [q for q, (jj, _, _) in enumerate(pairs) if jj == j]
             d[f"clip_score_p{j}"] = round(float(scores[slot, cols].mean()), 6)
+        if len(lab.seeds) > 1:
+            for k, seed in enumerate(lab.seeds):
+                cols = [q for q, (_, _, s) in enumerate(pairs) if s == seed]
+                d[f"clip_score_s{k}"] = round(float(scores[slot, cols].mean()), 6)
         out.append(d)
     return out
 
@@ -300,12 +306,17 @@ def build_diffusion(recipe: DiffusionRecipe, out: str | Path, *, base: Diffusion
     if labels_from is not None:
         fields = {s.id: spec_fields(s, source) for s in specs}
         labels_from.check_specs(fields, keys=tuple(next(iter(fields.values()))))
-    keys = ["clip_score", *(f"clip_score_p{j}" for j in range(len(recipe.labels.prompts)))]
+    keys = ["clip_score", *(f"clip_score_p{j}" for j in range(len(recipe.labels.prompts))),
+            *(f"clip_score_s{k}" for k in range(len(recipe.labels.seeds)) if len(recipe.labels.seeds) > 1)]
+    if labels_from is not None and labels_from.rows:  # a manifest from before the per-seed columns
+        first = next(iter(labels_from.rows.values()))
+        keys = [k for k in keys if k in first or not k.startswith("clip_score_s")]
     out = Path(out)
     info = {"recipe": recipe.to_dict(), "recipe_digest": recipe.digest(), "kind": "diffusion",
             "data": {"source": source.name, "version": source.version, "options": recipe.data.source_options},
             "base": base.name, "resolution": base.resolution, "targets": targets,
-            "label_names": {k: scorer_label(recipe.labels) + ("" if k == "clip_score" else f", prompt {k[12:]}")
+            "label_names": {k: scorer_label(recipe.labels) + ("" if k == "clip_score" else
+                                                               f", {'prompt' if k[11] == 'p' else 'seed'} {k[12:]}")
                             for k in keys}, "scorer": scorer_card(recipe.labels.clip_model)}
     if labels_from is not None:
         info["labels_from"] = labels_from.provenance()

