@@ -93,11 +93,11 @@ cd $W
 # 3. benchmarks (the GPU to themselves) while the zoo is packed
 if [ "${BENCH_S:-0}" != 0 ]; then
   ( timeout $(( BENCH_S + 30 )) python3 bench/diffusion_zoo_throughput.py ${BENCH_ARGS:-} --base-path $P/$B \
-      --device $DEV --max-seconds $BENCH_S --json $O/diffusion_zoo_throughput.json > $L/bench_zoo.log 2>&1
+      --device $DEV --max-seconds $BENCH_S --json $L/diffusion_zoo_throughput.json > $L/bench_zoo.log 2>&1
     log "zoo bench rc $?: $(tail -2 $L/bench_zoo.log | tr '\n' ' ' | cut -c1-300)"
     timeout 120 python3 bench/diffusion_predict_vs_generate.py models/examples-fashion --model models/inhouse-fashion-classes \
       --base models/inhouse/pixel-32-fashion --clip models/inhouse/clip-fashion --device $DEV \
-      --json $O/diffusion_predict_vs_generate.json > $L/bench_pvg.log 2>&1
+      --json $L/diffusion_predict_vs_generate.json > $L/bench_pvg.log 2>&1
     log "predict vs generate rc $?: $(tail -2 $L/bench_pvg.log | tr '\n' ' ' | cut -c1-300)" ) & PBZ=$!
 fi
 for z in zoo retest dora; do [ -s $P/$z/manifest.jsonl ] && gzip -c $P/$z/manifest.jsonl > $O/.m.gz && mv $O/.m.gz $O/${z}_manifest.jsonl.gz; done
