@@ -17,6 +17,8 @@ src_* — when it has an lr column; hp-gbt needs scikit-learn), with Kendall τ 
 (lr ≤ --healthy-lr, default the zoo's median lr: a cut on the recipe, not on the label) and the paired
 bootstrap 95 % CI of (row − best row) over test adapters. --json saves what it needs; for runs saved
 before it, give the zoo's JSONL manifest too: ``python bench/architectures.py MANIFEST --from-json …``.
+``--test-where rank=8`` (repeatable) adds that table on the test rows whose manifest column holds one of
+the values: with a split column that trains on ranks 2 and 4 and tests on both, rank generalisation.
 
 The synthetic zoo (``lolscan.training.write_synthetic_zoo``) has labels that are known functions of
 ΔW: ``score`` = u*ᵀ ΔW₀ v* (linear), ``norm`` = ‖ΔW₀‖_F (quadratic), ``planted`` (a planted direction
@@ -96,6 +98,8 @@ def main() -> None:
     ap.add_argument("--name", help="row name for a single --arch (default: the architecture), e.g. glnet-asinh for a variant")
     ap.add_argument("--healthy-lr", type=float, help="Kendall τ on the test LoRAs with lr ≤ this (default: the zoo's median lr)")
     ap.add_argument("--bootstrap", type=int, default=2000, help="resamples of the paired bootstrap CIs")
+    ap.add_argument("--test-where", action="append", default=[], metavar="COLUMN=V[,V...]",
+                    help="also the honest table on the test rows whose manifest COLUMN is one of the values (repeatable)")
     args = ap.parse_args()
     if args.from_json:
         merged = merge_saved(args.from_json)
@@ -105,6 +109,12 @@ def main() -> None:
             args.json.write_text(json.dumps(merged, indent=2))
         print_table(merged, args.markdown)
         print_honest(merged, args.markdown, args.healthy_lr, args.bootstrap)
+        if args.test_where:
+            if not args.manifest:
+                ap.error("--test-where with --from-json needs the zoo's MANIFEST")
+            labels = manifest_labels(args.manifest)
+            for where in args.test_where:
+                print_honest(restrict_test(merged, labels, where), args.markdown, args.healthy_lr, args.bootstrap)
         return
 
     import torch
@@ -161,6 +171,7 @@ def main() -> None:
     def saved() -> dict[str, Any]:
         return {"splits": sizes, "targets": [plain(t) for t in ds.targets], "seeds": args.seeds, "device": args.device,
                 "test_sources": [Path(ds.manifest.rows[i].source).name for i in ds.splits["test"]],
+                "test_rows": list(ds.splits["test"]),  # manifest row indices (file names repeat in a diffusers zoo)
                 "runs": runs, "skipped": skipped, "honest": honest}
 
     for arch in archs:
@@ -189,6 +200,8 @@ def main() -> None:
         args.json.write_text(json.dumps(saved(), indent=2))
     print_table(saved(), args.markdown)
     print_honest(saved(), args.markdown, args.healthy_lr, args.bootstrap)
+    for where in args.test_where:
+        print_honest(restrict_test(saved(), [r.labels for r in ds.manifest.rows], where), args.markdown, args.healthy_lr, args.bootstrap)
     if tmp is not None:
         tmp.cleanup()
 
@@ -264,6 +277,50 @@ def honest_from_manifest(manifest: Path, saved: dict[str, Any]) -> dict[str, Any
     return honest_payload(ds, baseline.fit(ds))
 
 
+def manifest_labels(path: Path) -> list[dict[str, Any]]:
+    """Every row's labels, in order (a gzipped JSONL manifest too, as bench/results keeps them)."""
+    from lolscan.manifest import RESERVED, read_manifest
+
+    if path.suffix != ".gz":
+        return [r.labels for r in read_manifest(path).rows]
+    recs = [json.loads(line) for line in gzip.decompress(path.read_bytes()).decode().splitlines() if line.strip()]
+    return [{k: v for k, v in r.items() if k not in RESERVED} for r in recs]
+
+
+def _matches(value: Any, wanted: list[str]) -> bool:
+    for w in wanted:
+        if str(value) == w:
+            return True
+        try:
+            if float(value) == float(w):  # rank 8 matches "8" and "8.0"
+                return True
+        except (TypeError, ValueError):
+            pass
+    return False
+
+
+def restrict_test(saved: dict[str, Any], labels: list[dict[str, Any]], where: str) -> dict[str, Any]:
+    """``saved`` with its honest rows cut to the test adapters whose manifest column holds one of the values
+    of ``where`` (``COLUMN=V[,V...]``; ``labels``: the manifest rows' labels, in order). The runs' predictions
+    stay whole: the honest table reads them at the kept test positions."""
+    col, eq, vals = where.partition("=")
+    if not col or not eq or not vals:
+        sys.exit(f"error: --test-where {where!r}: give COLUMN=VALUE[,VALUE...]")
+    if "test_rows" not in saved or "honest" not in saved:
+        sys.exit("error: --test-where needs runs saved with their test rows (test_rows, honest): rerun them")
+    keep = {k for k, i in enumerate(saved["test_rows"]) if _matches(labels[i].get(col), vals.split(","))}
+    if not keep:
+        sys.exit(f"error: --test-where {where}: no test adapter matches")
+    honest = copy.deepcopy(saved["honest"])
+    for name, info in honest["targets"].items():
+        js = [j for j, p in enumerate(info["positions"]) if p in keep]
+        info["positions"], info["true"] = [info["positions"][j] for j in js], [info["true"][j] for j in js]
+        models = honest["hp"].get(name, {}).get("models", {})
+        for m, pred in models.items():  # fitted on the labelled test rows only, in their order
+            models[m] = [pred[j] for j in js]
+    return {**saved, "honest": honest, "where": where}
+
+
 def print_honest(saved: dict[str, Any], markdown: bool, healthy_lr: float | None, reps: int) -> None:
     """Per target, the table a skeptical reviewer asks for: every architecture (its seeds pooled) and the
     hyperparameter-only baselines, with the test metric (mean ± sd over seeds), Kendall τ on the healthy
@@ -307,7 +364,8 @@ def print_honest(saved: dict[str, Any], markdown: bool, healthy_lr: float | None
             note = (f"hp-*: hyperparameter-only baselines on {', '.join(b['features'])} (log10 lr; ridge on a cubic in log lr, "
                     f"gbt: gradient-boosted trees{'' if 'gbt' in b['models'] else ' — not fitted: scikit-learn is not installed'}); "
                     f"CIs: paired bootstrap over {len(true)} test adapters, {reps} resamples, seeds pooled")
-        title = f"{t.name}: every row against the best row ({len(true)} test adapters)"
+        title = f"{t.name}: every row against the best row ({len(true)} test adapters" + \
+            (f" with {saved['where']})" if saved.get("where") else ")")
         if markdown:
             print(f"\n**{title}**\n\n| " + " | ".join(head) + " |\n|" + "---|" * len(head))
             for line in lines:
