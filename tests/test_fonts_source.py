@@ -263,6 +263,7 @@ def test_two_lora_identity_zoo_writes_each_fonts_attributes(two_fonts, tmp_path,
     for r in rows:
         assert (r["attr_weight"], r["attr_bold"], r["attr_italic"], r["attr_mono"]) == truth[r["style"]]
         assert r["attr_serif"] == 0 and r["attr_family"] == "Aileron" and r["attr_face"] == "Regular"
+        assert r["attributes"] == (["bold", "italic", "mono"] if r["style"] == "Aileron-Patched" else [])  # multilabel
         assert r["cls_A"] == int("A" in r["classes"]) and r["finite"]
         n = specs[r["id"]].dataset_size  # its images: its classes in turn, all of its font
         assert [c for c, st in drawn if st == r["style"]] == [r["classes"][j % len(r["classes"])] for j in range(n)]

@@ -242,15 +242,23 @@ def write_diffusers_lora(folder: Path, spec: DiffusionSpec, factors: dict[str, t
 
 
 # ---- the build -----------------------------------------------------------------------------------
+def yes_attributes(attrs: dict[str, Any]) -> list[str]:
+    """The names of the yes/no (0/1) attributes that hold, in the source's order."""
+    return [k for k, v in attrs.items() if isinstance(v, (bool, int)) and not isinstance(v, float) and v in (0, 1) and v]
+
+
 def spec_fields(s: DiffusionSpec, source) -> dict[str, Any]:
     """What the recipe and seed decide for one adapter before training, as the manifest writes it: with the
     source's ``attributes(style)`` where it has them (a font's bold, italic, …) as ``attr_<name>`` columns
-    (every LoRA's images are of its one style)."""
+    (every LoRA's images are of its one style), and its yes/no attributes once more as one multilabel
+    ``attributes`` column (the names that hold: ``["bold", "serif"]``), the CelebA-attributes target."""
     row: dict[str, Any] = {"split": s.split, "classes": list(s.classes), "n_classes": len(s.classes)}
     row.update({f"cls_{c}": int(c in s.classes) for c in source.classes})
     row["style"] = s.style
     if hasattr(source, "attributes"):
-        row.update({f"attr_{k}": v for k, v in source.attributes(s.style).items()})
+        attrs = source.attributes(s.style)
+        row.update({f"attr_{k}": v for k, v in attrs.items()})
+        row["attributes"] = yes_attributes(attrs)
     row.update({"dataset_size": s.dataset_size, "prompt_template": s.template, "rank": s.rank,
                 "alpha": s.alpha, "lr": s.lr, "steps": s.steps, "batch_size": s.batch_size,
                 "weight_decay": s.weight_decay})
