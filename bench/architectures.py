@@ -98,12 +98,15 @@ def main() -> None:
     ap.add_argument("--name", help="row name for a single --arch (default: the architecture), e.g. glnet-asinh for a variant")
     ap.add_argument("--healthy-lr", type=float, help="Kendall τ on the test LoRAs with lr ≤ this (default: the zoo's median lr)")
     ap.add_argument("--bootstrap", type=int, default=2000, help="resamples of the paired bootstrap CIs")
+    ap.add_argument("--refit-baselines", action="store_true",
+                    help="with --from-json and MANIFEST: fit the hyperparameter-only rows again on the manifest's recipe columns")
     ap.add_argument("--test-where", action="append", default=[], metavar="COLUMN=V[,V...]",
                     help="also the honest table on the test rows whose manifest COLUMN is one of the values (repeatable)")
     args = ap.parse_args()
     if args.from_json:
         merged = merge_saved(args.from_json)
-        if "honest" not in merged and args.manifest:  # runs saved before the honest rows: rebuild them from the manifest
+        if args.manifest and ("honest" not in merged or args.refit_baselines):
+            # runs saved before the honest rows, or a manifest that gained recipe columns: the rows from the manifest
             merged["honest"] = honest_from_manifest(args.manifest, merged)
         if args.json:
             args.json.write_text(json.dumps(merged, indent=2))
@@ -262,8 +265,8 @@ def honest_from_manifest(manifest: Path, saved: dict[str, Any]) -> dict[str, Any
     if not recs or "split" not in recs[0]:
         sys.exit(f"error: {manifest}: needs a JSONL manifest with a split column to rebuild the honest rows")
     by_name = {Path(r.get("path") or r.get("uri") or r["id"]).name: k for k, r in enumerate(recs)}
-    try:
-        test = [by_name[n] for n in saved["test_sources"]]
+    try:  # row indices where saved (a diffusers zoo's file names repeat), else file names
+        test = list(saved["test_rows"]) if saved.get("test_rows") else [by_name[n] for n in saved["test_sources"]]
     except KeyError as exc:
         sys.exit(f"error: {manifest}: no row for test adapter {exc}")
     targets = [Target.from_json(t) for t in saved["targets"]]

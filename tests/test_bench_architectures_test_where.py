@@ -88,3 +88,30 @@ def test_a_gzipped_jsonl_manifest_gives_the_same_labels(tmp_path):
     (tmp_path / "m.jsonl.gz").write_bytes(gzip.compress(text.encode()))
     plain = mod.manifest_labels(tmp_path / "m.jsonl")
     assert plain == mod.manifest_labels(tmp_path / "m.jsonl.gz") == [{"rank": 2, "y": 0.0}, {"rank": 8, "y": 0.5}, {"rank": 4, "y": 1.0}]
+
+
+def test_refit_baselines_reads_columns_the_manifest_gained(zoo, tmp_path):
+    """--from-json --refit-baselines: the hyperparameter-only rows fitted again on the manifest as it is now
+    (a recipe column added after the runs, here one that is the label itself: hp-ridge then explains it)."""
+    manifest, _ = zoo
+    run = subprocess.run([sys.executable, SCRIPT, str(manifest), "-t", "by_lr", "--arch", "mlp-svd", "--seeds", "1",
+                          "--steps", "20", "--threads", "1", "--device", "cpu", "--markdown", "--bootstrap", "100",
+                          "--json", str(tmp_path / "r.json")], capture_output=True, text=True, timeout=300, env=ENV, check=False)
+    assert run.returncode == 0, run.stderr
+    with open(manifest, newline="") as fh:
+        recs = list(csv.DictReader(fh))
+    jsonl = tmp_path / "m.jsonl"
+    jsonl.write_text("".join(json.dumps({**r, "src_leak": float(r["by_lr"])}) + "\n" for r in recs))
+    title = "by_lr: every row against the best row"
+
+    def table(*extra):
+        out = subprocess.run([sys.executable, SCRIPT, str(jsonl), "--from-json", str(tmp_path / "r.json"), "--markdown",
+                              "--bootstrap", "100", *extra], capture_output=True, text=True, timeout=120, env=ENV, check=False)
+        assert out.returncode == 0, out.stderr
+        return out.stdout.split(title)[1]
+
+    kept, refit = table(), table("--refit-baselines")
+    assert "src_leak" not in kept and "src_leak" in refit
+    ridge = next(line for line in refit.splitlines() if line.startswith("| hp-ridge"))
+    r2 = float(ridge.split(" | ")[1].split(" ± ")[0])
+    assert r2 > 0.99

@@ -82,6 +82,30 @@ def test_recipe_columns_of_a_diffusion_zoo_read_its_classes_and_dataset_size_unl
     assert recipe_columns(cols + ["src_x"], "classes", "multilabel", ["Bag", "Coat"]) == ["lr", "steps", "dataset_size", "src_x"]
 
 
+def test_recipe_columns_read_the_style_except_for_targets_made_of_it():
+    """An identity zoo's font (sty_* one-hot) is a recipe fact for its CLIP score, letters and dataset size,
+    but gives away the font's attributes and the font itself."""
+    cols = ["id", "lr", "dataset_size", "cls_A", "sty_Bold", "sty_Roman", "style", "attributes", "attr_bold", "clip_score"]
+    assert recipe_columns(cols, "clip_score") == ["lr", "dataset_size", "cls_A", "sty_Bold", "sty_Roman"]
+    assert recipe_columns(cols, "classes", "multilabel", ["A"]) == ["lr", "dataset_size", "sty_Bold", "sty_Roman"]
+    for t, kind, labels in (("attributes", "multilabel", ["bold"]), ("attr_bold", "binary", ["0", "1"]),
+                            ("style", "multiclass", ["Bold", "Roman"])):
+        assert recipe_columns(cols, t, kind, labels) == ["lr", "dataset_size", "cls_A"], t
+
+
+def test_diffusion_rows_write_the_style_one_hot_only_where_the_recipe_draws_styles():
+    from types import SimpleNamespace
+
+    from lolscan.zoo.diffusion import spec_fields
+
+    spec = SimpleNamespace(split="train", classes=["A"], style="Roman", dataset_size=4, template="{cls}", rank=2,
+                           alpha=2.0, lr=1e-3, steps=5, batch_size=2, weight_decay=0.0)
+    source = SimpleNamespace(classes=["A", "B"], styles=["Bold", "Roman"])
+    row = spec_fields(spec, source, styles=True)
+    assert (row["sty_Bold"], row["sty_Roman"], row["cls_A"], row["cls_B"]) == (0, 1, 1, 0)
+    assert not any(k.startswith("sty_") for k in spec_fields(spec, source))
+
+
 def test_recipe_columns_leave_out_the_sources_when_they_are_the_label():
     cols = ["id", "lr", "steps", "sources", "src_a", "src_b", "acc"]
     assert recipe_columns(cols, "acc") == ["lr", "steps", "src_a", "src_b"]

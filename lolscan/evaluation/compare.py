@@ -25,8 +25,10 @@ import numpy as np
 
 # pool_n, epochs: a v2 zoo's own-pool size and passes over it (recipe + seed decide them: a recipe column)
 RECIPE = ("lr", "steps", "batch_size", "dropout", "weight_decay", "rank", "alpha", "pool_n", "epochs", "dataset_size")
-# 0/1 columns of which data a LoRA saw: a language zoo's data sources, a diffusion zoo's classes
-SOURCE_PREFIXES = ("src_", "cls_")
+# 0/1 columns of which data a LoRA saw: a language zoo's data sources, a diffusion zoo's classes and style
+SOURCE_PREFIXES = ("src_", "cls_", "sty_")
+# targets that are the style or a function of it (a font's attributes): the style columns would give them away
+STYLE_TARGETS = ("style", "attributes")
 HEADLINE_METRIC = {"regression": "r2", "binary": "accuracy", "multiclass": "accuracy", "multilabel": "mean_accuracy"}
 RIDGE_ALPHAS = tuple(float(a) for a in np.logspace(-3, 3, 13))
 BOOTSTRAP = 2000
@@ -37,8 +39,9 @@ def recipe_columns(columns: Sequence[str], target: str, kind: str = "regression"
     """The manifest columns the hyperparameter-only baseline of ``target`` reads, or None when the
     manifest has no ``lr`` column (no recipe to fit on).
 
-    The data columns (``src_*`` data sources, ``cls_*`` classes of a diffusion zoo; `SOURCE_PREFIXES`)
-    are features, except where the target is made of them: a target column with that prefix, or a
+    The data columns (``src_*`` data sources, ``cls_*`` classes and ``sty_*`` style of a diffusion zoo;
+    `SOURCE_PREFIXES`) are features, except where the target is made of them: a target column with that
+    prefix, the style or a function of it (`STYLE_TARGETS`, ``attr_*``: a font's attributes), or a
     multilabel target whose labels are a prefix's suffixes (a zoo's ``sources`` or ``classes``). There the
     baseline drops that family and asks what lr, steps, … tell about which data a LoRA saw; in a zoo that
     draws the recipe and the data independently that is the label prior (each label's training-set
@@ -51,7 +54,8 @@ def recipe_columns(columns: Sequence[str], target: str, kind: str = "regression"
     for prefix in SOURCE_PREFIXES:
         family = sorted(c for c in cols if c.startswith(prefix))
         made_of = target.startswith(prefix) or (
-            kind == "multilabel" and bool(labels) and {prefix + str(x) for x in labels} <= set(family))
+            kind == "multilabel" and bool(labels) and {prefix + str(x) for x in labels} <= set(family)) or (
+            prefix == "sty_" and (target in STYLE_TARGETS or target.startswith("attr_")))
         if not made_of:
             data += family
     return [c for c in RECIPE if c in cols and c != target] + [s for s in data if s != target]

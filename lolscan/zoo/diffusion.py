@@ -247,14 +247,18 @@ def yes_attributes(attrs: dict[str, Any]) -> list[str]:
     return [k for k, v in attrs.items() if isinstance(v, (bool, int)) and not isinstance(v, float) and v in (0, 1) and v]
 
 
-def spec_fields(s: DiffusionSpec, source) -> dict[str, Any]:
+def spec_fields(s: DiffusionSpec, source, styles: bool = False) -> dict[str, Any]:
     """What the recipe and seed decide for one adapter before training, as the manifest writes it: with the
     source's ``attributes(style)`` where it has them (a font's bold, italic, …) as ``attr_<name>`` columns
     (every LoRA's images are of its one style), and its yes/no attributes once more as one multilabel
-    ``attributes`` column (the names that hold: ``["bold", "serif"]``), the CelebA-attributes target."""
+    ``attributes`` column (the names that hold: ``["bold", "serif"]``), the CelebA-attributes target.
+    ``styles`` (a recipe that draws a style per LoRA): the style one-hot too (``sty_<name>``), a recipe fact
+    the hyperparameter-only baseline reads, as it reads the classes (``cls_<name>``)."""
     row: dict[str, Any] = {"split": s.split, "classes": list(s.classes), "n_classes": len(s.classes)}
     row.update({f"cls_{c}": int(c in s.classes) for c in source.classes})
     row["style"] = s.style
+    if styles:
+        row.update({f"sty_{st}": int(st == s.style) for st in source.styles})
     if hasattr(source, "attributes"):
         attrs = source.attributes(s.style)
         row.update({f"attr_{k}": v for k, v in attrs.items()})
@@ -312,7 +316,7 @@ def build_diffusion(recipe: DiffusionRecipe, out: str | Path, *, base: Diffusion
         clip = ClipScorer.load(recipe.labels.clip_model, device=str(base.device))
     specs = sample_specs(recipe, source)
     if labels_from is not None:
-        fields = {s.id: spec_fields(s, source) for s in specs}
+        fields = {s.id: spec_fields(s, source, recipe.data.styles) for s in specs}
         labels_from.check_specs(fields, keys=tuple(next(iter(fields.values()))))
     keys = ["clip_score", *(f"clip_score_p{j}" for j in range(len(recipe.labels.prompts))),
             *(f"clip_score_s{k}" for k in range(len(recipe.labels.seeds)) if len(recipe.labels.seeds) > 1)]
@@ -367,7 +371,7 @@ def build_diffusion(recipe: DiffusionRecipe, out: str | Path, *, base: Diffusion
                 if labels_from is not None:
                     labels = labels_from.labels(s.id, keys, labels)
                 row = {"id": s.id, "path": f"adapters/{s.id}/{WEIGHT_NAME}", "finite": bool(finite[slot]), **labels,
-                       **spec_fields(s, source),
+                       **spec_fields(s, source, recipe.data.styles),
                        "train_loss_first": round(float(tl[0]), 6), "train_loss_last": round(float(tl[-5:].mean()), 6)}
                 if labels_from is not None:
                     labels_from.check_training(s.id, row)
