@@ -10,8 +10,8 @@ log lr plus the rest. Same split as training (the manifest's ``split`` column). 
 Kendall τ on the healthy bulk (test LoRAs with lr ≤ --healthy-lr: the recipe's healthy range, not a
 cut on the label), and a paired bootstrap 95 % CI of (row − best row) over test LoRAs, metrics averaged
 over the seeds. Label noise: with ``--questions N`` the label is an accuracy over N questions, whose
-binomial variance p(1 − p)/N bounds the reachable R² (printed as the ceiling). Needs scikit-learn
-(``pip install scikit-learn``), a bench-only dependency.
+binomial variance p(1 − p)/N bounds the reachable R² (printed as the ceiling). The trees need scikit-learn
+(``pip install scikit-learn``), a bench-only dependency; without it the table has the ridge row alone.
 """
 from __future__ import annotations
 
@@ -35,10 +35,11 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
 
 def fit_baselines(rows: list[dict[str, Any]], target: str, seeds: int) -> dict[str, list[dict[str, float]]]:
     """Per baseline, per seed ``{test id: prediction}`` (lolscan.evaluation.compare fits them; both are
-    deterministic below 10,000 rows, so one fit stands for every seed)."""
+    deterministic below 10,000 rows, so one fit stands for every seed). Without scikit-learn (a GPU
+    machine may lack it) the trees are left out, said on stderr, and ridge stands alone."""
     import numpy as np
 
-    from lolscan.evaluation.compare import fit_hp_baseline, recipe_columns, recipe_matrix
+    from lolscan.evaluation.compare import fit_hp_baseline, gbt_available, recipe_columns, recipe_matrix
 
     columns = recipe_columns(list(dict.fromkeys(k for r in rows for k in r)), target)
     if columns is None:
@@ -46,11 +47,14 @@ def fit_baselines(rows: list[dict[str, Any]], target: str, seeds: int) -> dict[s
     train = [r for r in rows if r["split"] in ("train", "val") and r.get(target) is not None]
     test = [r for r in rows if r["split"] == "test" and r.get(target) is not None]
     y = np.array([float(r[target]) for r in train])
+    models = ["gbt", "ridge"] if gbt_available() else ["ridge"]
+    if "gbt" not in models:
+        print("scikit-learn is not installed: no hp-trees row (pip install scikit-learn)", file=sys.stderr)
     preds = fit_hp_baseline("regression", recipe_matrix(train, columns), y, recipe_matrix(test, columns), columns,
-                            models=["gbt", "ridge"])
+                            models=models)
     ids = [r["id"] for r in test]
-    return {"hp-trees": [dict(zip(ids, preds["gbt"].tolist()))] * seeds,
-            "hp-ridge": [dict(zip(ids, preds["ridge"].tolist()))] * seeds}
+    names = {"gbt": "hp-trees", "ridge": "hp-ridge"}
+    return {names[m]: [dict(zip(ids, preds[m].tolist()))] * seeds for m in models}
 
 
 def main() -> None:

@@ -2,11 +2,13 @@
 
     python bench/label_noise.py ZOO/manifest.jsonl --label arc_c_acc --questions 1172
     python bench/label_noise.py ZOO/manifest.jsonl --label arc_c_acc --bootstrap 500   # needs arc_c_correct
+    python bench/label_noise.py ZOO/manifest.jsonl --label arc_c_acc --questions 1172 --max-lr 1e-3   # healthy LoRAs
     python bench/label_noise.py A/manifest.jsonl --label arc_c_acc --questions 1172 --retest B/manifest.jsonl
     python bench/label_noise.py ZOO/manifest.jsonl --label clip_score --halves   # clip_score_s<k> per seed
 
 Binomial: per-adapter p(1-p)/(N-1) averaged, against the label's variance over the zoo (finite adapters,
-``--split`` to restrict). Bootstrap: questions resampled from the stored per-question correctness
+``--split`` to restrict, ``--max-lr`` to keep the LoRAs trained with lr ≤ that: a recipe's healthy range,
+a cut on the recipe, not on the label). Bootstrap: questions resampled from the stored per-question correctness
 (``<eval>_correct``, recipe ``[data] store_correct = true``). Retest: the same adapter ids labelled in a
 second manifest. Halves: a label that is a mean over sampling seeds, from its per-seed columns
 (``<label>_s<k>``; a diffusion zoo's CLIP score), the first half of the seeds against the second. See
@@ -45,10 +47,15 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--retest", help="a second manifest labelling the same adapter ids")
     ap.add_argument("--halves", action="store_true", help="split-half ceiling from the per-seed columns <label>_s<k>")
     ap.add_argument("--split", default=None, help="train|val|test (default: every row)")
+    ap.add_argument("--max-lr", type=float, default=None, help="only the LoRAs trained with lr <= this (the healthy bulk)")
     args = ap.parse_args(argv)
     rows = [r for r in read_rows(args.manifest) if r.get("finite", True) and (args.split in (None, r.get("split")))]
     rows = [r for r in rows if isinstance(r.get(args.label), (int, float)) and math.isfinite(r[args.label])]
+    if args.max_lr is not None:
+        rows = [r for r in rows if isinstance(r.get("lr"), (int, float)) and r["lr"] <= args.max_lr]
     out: dict = {"manifest": args.manifest, "label": args.label, "n": len(rows)}
+    if args.max_lr is not None:
+        out["max_lr"] = args.max_lr
     acc = np.array([r[args.label] for r in rows])
     if args.questions:
         out["binomial"] = binomial_r2_ceiling(acc, args.questions)

@@ -146,3 +146,20 @@ def test_bench_label_noise_reads_a_manifest(tmp_path):
     assert out["binomial"]["ceiling"] == pytest.approx(binomial_r2_ceiling(correct.mean(1), 101)["ceiling"])
     assert out["bootstrap"]["ceiling"] == pytest.approx(bootstrap_r2_ceiling(correct, 50)["ceiling"])
     assert out["retest"]["ceiling"] == pytest.approx(1.0)  # a manifest against itself: no noise
+
+
+def test_bench_label_noise_max_lr_keeps_the_healthy_loras(tmp_path):
+    import json
+
+    mod = load_script("bench/label_noise.py")
+    rng = np.random.default_rng(7)
+    _, correct = _simulate(rng, n_ad=40, n_q=50)
+    rows = [{"id": f"l{i}", "lr": 1e-4 if i % 4 else 5e-3, "arc_c_acc": float(c.mean()), "arc_c_correct": pack_correct(c)}
+            for i, c in enumerate(correct)]
+    path = tmp_path / "manifest.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = mod.main([str(path), "--questions", "50", "--bootstrap", "20", "--max-lr", "1e-3"])
+    healthy = correct[[i for i in range(40) if i % 4]]
+    assert out["n"] == 30 and out["max_lr"] == 1e-3
+    assert out["binomial"]["ceiling"] == pytest.approx(binomial_r2_ceiling(healthy.mean(1), 50)["ceiling"])
+    assert out["bootstrap"]["ceiling"] == pytest.approx(bootstrap_r2_ceiling(healthy, 20)["ceiling"])

@@ -3,6 +3,7 @@
 # calls leave out to stay under 64 MiB): check that all parts are in $P (as many as make_chunks.py wrote to nparts), copy the repo there and start
 # qwen_pipeline.sh detached (setsid), so the whole build runs on between calls; the next calls only wait and
 # fetch (qwen_poll.sh). $1: the most seconds the main zoo may build (it stops after a whole group).
+# PILOT=1 in the environment: issue 17's v2 pilot instead (qwen_pilot.sh; $1 is then the pilot's build seconds).
 P=${P:-/root/q}
 n=$(ls $P/part?? 2>/dev/null | wc -l); want=$(cat $P/nparts 2>/dev/null)
 [ "$n" = "$want" ] || { echo "PERSISTENCE: $n of ${want:-?} parts in $P"; ls -la $P; exit 3; }
