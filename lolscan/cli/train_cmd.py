@@ -117,7 +117,7 @@ def comparison_caption(comparison: dict[str, Any]) -> str:
         return f"No hyperparameter-only baseline: {why}."
     trees = "hp-gbt: gradient-boosted trees (scikit-learn)" if gbt_available() else "no hp-gbt: scikit-learn is not installed"
     return ("hp-ridge, hp-gbt: hyperparameter-only baselines, fitted on the train+val rows' recipe (log10 lr, steps, "
-            f"batch size, dropout, weight decay, rank, alpha, dataset size, data columns src_*/cls_*) without reading a weight; hp-ridge: ridge on a "
+            f"batch size, dropout, weight decay, rank, alpha, dataset size, data columns src_*/cls_*/sty_*) without reading a weight; hp-ridge: ridge on a "
             f"cubic in log lr; {trees}. CIs: paired bootstrap over test adapters, 2000 resamples.")
 
 
