@@ -21,7 +21,8 @@ PAIRS = [("smollm2-val-loss", "examples", "val_loss", "mse"),
          ("qwen2.5-coder-1.5b-arc-c-accuracy", "examples-qwen", "arc_c_acc", "mse"),
          # Heavy-tailed target: one damaged example LoRA (lora-01111, true 2.97) is predicted at 4.2, and on
          # four examples that one square outweighs the rest; the checkpoint orders all four correctly.
-         ("qwen2.5-coder-1.5b-val-loss", "examples-qwen", "val_loss", "order")]
+         ("qwen2.5-coder-1.5b-val-loss", "examples-qwen", "val_loss", "order"),
+         ("inhouse-glyphs-clip-score", "examples-glyphs", "clip_score", "mse")]
 
 
 @pytest.mark.parametrize("name,examples,target,check", PAIRS)
@@ -47,12 +48,31 @@ def test_bundled_checkpoint_beats_the_training_mean_on_held_out_examples(name, e
 
 def test_checkpoints_refuse_the_other_base_models_loras():
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    for model, examples in (("smollm2-val-loss", "examples-qwen"), ("qwen2.5-coder-1.5b-arc-c-accuracy", "examples")):
+    for model, examples in (("smollm2-val-loss", "examples-qwen"), ("qwen2.5-coder-1.5b-arc-c-accuracy", "examples"),
+                            ("inhouse-glyphs-attributes", "examples-fashion"), ("inhouse-fashion-classes", "examples-glyphs")):
         r = subprocess.run([sys.executable, "-m", "lolscan", "predict", str(MODELS / examples), "--model", model,
                             "--format", "json"], capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
         assert r.returncode == EXIT_INCOMPATIBLE, r.stderr
         rows = json.loads(r.stdout)["results"]
         assert rows and all(x["status"] == "incompatible" for x in rows)
+
+
+def test_glyph_attributes_checkpoint_reads_each_examples_font():
+    """The four held-out glyph LoRAs: the attributes of the font each was personalised to (read from the
+    font file when the zoo was built) are what the shipped checkpoint predicts, and predict without --model
+    picks both glyph checkpoints for them (and no fashion one: another base's modules)."""
+    ck = load_checkpoint(MODELS / "inhouse-glyphs-attributes")
+    labels = json.loads((MODELS / "examples-glyphs" / "labels.json").read_text())
+    ids = sorted(labels)
+    preds = ck.predict([lolscan.load(MODELS / "examples-glyphs" / i) for i in ids])
+    assert [sorted(p["attributes"]["value"]) for p in preds] == [sorted(labels[i]["attributes"]) for i in ids]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    r = subprocess.run([sys.executable, "-m", "lolscan", "predict", str(MODELS / "examples-glyphs"), "--format", "json"],
+                       capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(r.stdout)["results"]
+    assert len(rows) == 4 and all(x["models"] == {"attributes": "inhouse-glyphs-attributes",
+                                                  "clip_score": "inhouse-glyphs-clip-score"} for x in rows)
 
 
 def test_models_lists_the_bundled_checkpoints():

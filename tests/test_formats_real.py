@@ -43,6 +43,25 @@ def test_diffusers_attn_processor_file():
     _close(adapter, expected)
 
 
+def test_diffusers_lora_folder_reads_like_its_file(tmp_path):
+    """A folder as diffusers' save_lora_weights leaves it (pytorch_lora_weights.safetensors, no
+    adapter_config.json), which pipe.load_lora_weights(folder) reads: lolscan.load(folder) gives the file's
+    exact updates; a folder with neither file is refused, naming both."""
+    import shutil
+
+    from lolscan.errors import InputError
+
+    path = REAL / "catundchat_sd15_pytorch_lora_weights.safetensors"
+    (tmp_path / "lora").mkdir()
+    shutil.copy(path, tmp_path / "lora" / "pytorch_lora_weights.safetensors")
+    folder, file = lolscan.load(str(tmp_path / "lora")), lolscan.load(str(path))
+    assert folder.format == "diffusers" and list(folder) == list(file)
+    _close(folder, {n: file[n].delta().double() for n in file})
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="adapter_config.json or pytorch_lora_weights.safetensors"):
+        lolscan.load(str(tmp_path / "empty"))
+
+
 @pytest.mark.parametrize("name,rank,extra", [("cloneofsimo_analog_svd_rank4.safetensors", 4, 0), ("cloneofsimo_lora_disney.safetensors", 1, 2)])
 def test_cloneofsimo_index_files(name, rank, extra):
     path = REAL / name

@@ -10,6 +10,8 @@ from . import cloneofsimo, diffusers, kohya, peft
 from .scheme import scheme_of
 
 FORMATS = ("peft", "kohya", "lycoris", "diffusers", "cloneofsimo")
+# the file diffusers' `save_lora_weights(folder)` writes and `load_lora_weights(folder)` reads
+DIFFUSERS_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 
 
 def from_tensor_file(tf: TensorFile, *, source: str | None = None) -> Adapter:
@@ -32,7 +34,10 @@ def load_path(path: Path, *, allow_pickle: bool = False) -> Adapter:
     if path.is_dir():
         if peft.is_peft_folder(path):
             return peft.load_peft_folder(path, allow_pickle=allow_pickle)
-        raise InputError("is a folder without adapter_config.json (not a PEFT adapter)", path=path)
+        if (path / DIFFUSERS_WEIGHT_NAME).is_file():  # a diffusers LoRA folder, as pipelines load it
+            return load_path(path / DIFFUSERS_WEIGHT_NAME, allow_pickle=allow_pickle)
+        raise InputError(f"is a folder without adapter_config.json or {DIFFUSERS_WEIGHT_NAME} (not a PEFT or "
+                         "diffusers LoRA folder)", path=path)
     if not path.exists():
         raise InputError("no such file or folder", path=path)
     tf = read_tensor_file(path, allow_pickle=allow_pickle)
