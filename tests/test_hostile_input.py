@@ -233,7 +233,7 @@ def test_library_raises_lolscan_errors_only(tmp_path):
             lolscan.load(str(path))
         except lolscan.LolscanError as exc:
             if label == "folder without adapters":  # the CLI's folder scan words this one
-                needle = "not a PEFT adapter"
+                needle = "not a PEFT or diffusers LoRA folder"
             assert exc.exit_code == 3 and needle in str(exc) and len(str(exc)) < 700, (label, str(exc)[:300])
         else:
             raise AssertionError(f"{label}: loaded")
