@@ -86,7 +86,7 @@ if [ -z "$R2" ]; then
 python3 -m lolscan zoo build $R $P/zoo --base-path $B --device $DEV "${ZN[@]}" --save-dtype float16 \
   --max-minutes $(mins 30) > $L/build.log 2>&1 & PZ=$!
 else
-  ( M1=$(python3 -c "print(max(0.5, ${MIX_SPLIT:-0.5} * ($END - $(date +%s) - 30) / 60))")
+  ( M1=$(python3 -c "print(round(max(0.5, ${MIX_SPLIT:-0.5} * ($END - $(date +%s) - 30) / 60), 2))")
     python3 -m lolscan zoo build $R $P/zoo --base-path $B --device $DEV "${ZN[@]}" --save-dtype float16 \
       --max-minutes $M1 > $L/build.log 2>&1; log "zoo (fashion, $M1 min) rc $?: $(tail -1 $L/build.log)"
     python3 -m lolscan zoo build $R2 $P/$Z2 --base-path $B --device $DEV "${ZN[@]}" --save-dtype float16 \
