@@ -60,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--device", default="cpu")
         p.add_argument("--per-class", type=int, default=200, help="held-out images per class")
-        p.add_argument("--template", default=ZEROSHOT_TEMPLATE, help="the zero-shot caption of a class ({cls})")
+        p.add_argument("--template", default=None, help=f"the zero-shot caption of a class ({{cls}}); default "
+                       f"{ZEROSHOT_TEMPLATE!r}, of a mix each part's first template (its own captions)")
     t.add_argument("--steps", type=int, default=1000)
     t.add_argument("--batch-size", type=int, default=256)
     t.add_argument("--lr", type=float, default=5e-4)

@@ -203,7 +203,9 @@ def test_the_vocabulary_makes_font_names_words_and_long_captions_are_found(data,
         ic.create_clip(tmp_path / name, config=TINY_CLIP, extra_words=extra)
         said: list[str] = []
         ic.train_clip(tmp_path / name, fonts_only, 1, batch_size=2, save=False, log=said.append)
-        assert any("take up to 30 tokens, the text tower 16" in s for s in said) == (extra is None)
+        # the fonts part's own templates: "the letter A in NimbusSansNarrow-BoldOblique" is its longest
+        n = len(plain.tokenize("the letter A in NimbusSansNarrow-BoldOblique")) + 2
+        assert any(f"take up to {n} tokens, the text tower 16" in s for s in said) == (extra is None)
 
 
 def test_scripts_train_a_base_and_a_scorer_on_a_mix(data, tmp_path, capsys):
@@ -237,6 +239,27 @@ def test_scripts_train_a_base_and_a_scorer_on_a_mix(data, tmp_path, capsys):
     zs = card["zero_shot"]
     assert card["trained"]["source"] == "mix" and zs["n"] == 4 + 26 and set(zs["per_source"]) == {"shapes", "fonts"}
     assert zs["held_out"].startswith("shapes: seed stream 0 + ")
+    assert zs["template"] == {"shapes": ic.ZEROSHOT_TEMPLATE, "fonts": "the letter {cls}"}  # each part's own
+
+
+def test_a_mix_captions_each_class_from_its_own_parts_templates(data):
+    """Without templates passed, a mix's class is captioned from its part's ``templates`` (fonts: "the
+    letter A"; Fashion-MNIST has none: the trainer's default), so one scorer covers both zoos' prompts;
+    an explicit list still wins; the scorer's words include the fonts part's template words."""
+    from lolscan.zoo.fonts import TEMPLATES as FONT_TEMPLATES
+    from lolscan.zoo.images import caption_templates
+
+    fm, fonts = data
+    mix = open_source("mix", opts(fm, fonts))
+    assert mix.templates_for("A") == FONT_TEMPLATES and mix.templates_for("Dress") is None
+    assert caption_templates(mix, "Dress", None, ic.TRAIN_TEMPLATES) == ic.TRAIN_TEMPLATES
+    assert caption_templates(mix, "A", ["x {cls}"], ic.TRAIN_TEMPLATES) == ["x {cls}"]
+    _, caps, ys = ic.draw_batch(mix, 200, 16, np.random.default_rng(0), None)
+    font = [c for c, y in zip(caps, ys) if mix.classes[y] in "ABCDEFGHIJKLMNOPQRSTUVWXYZ"]
+    garment = [c for c, y in zip(caps, ys) if mix.classes[y] not in "ABCDEFGHIJKLMNOPQRSTUVWXYZ"]
+    assert font and garment and all("letter" in c or len(c) == 1 for c in font)
+    assert not any("letter" in c for c in garment) and any(c.startswith("a photo of a ") for c in garment)
+    assert "letter" in ic.vocabulary_words(ic.source_words(mix))
 
 
 def test_a_source_without_pair_trains_as_before(tmp_path):

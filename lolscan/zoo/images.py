@@ -213,6 +213,18 @@ def draw_pair(source: ImageSource, rng: np.random.Generator) -> tuple[str, str]:
     return cls, source.styles[int(rng.integers(len(source.styles)))]
 
 
+def caption_templates(source: ImageSource, cls: str, templates: list[str] | None, default: list[str]) -> list[str]:
+    """The caption templates of an image of class `cls`: `templates` where given, else the class's own (a
+    mix's ``templates_for(cls)``: its part's templates, so fonts' letters are "the letter A" and garments
+    "a photo of a Dress"), else the source's ``templates``, else `default`."""
+    if templates:
+        return templates
+    per_class = getattr(source, "templates_for", None)
+    if per_class is not None:
+        return per_class(cls) or default
+    return getattr(source, "templates", None) or default
+
+
 def open_source(name: str, options: dict[str, Any] | None = None) -> ImageSource:
     """`get_source`, then the source's own data check where it has one (files it reads: a clear exit 3
     before anything slow starts)."""

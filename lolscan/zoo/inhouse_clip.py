@@ -46,7 +46,7 @@ import torch
 
 from ..errors import InputError, UsageError
 from ..utils.files import atomic_write
-from .images import draw_pair
+from .images import caption_templates, draw_pair
 
 CARD = "clip.json"
 LABEL = "CLIP score (in-house CLIP-style scorer)"
@@ -77,15 +77,19 @@ def source_words(source) -> list[str]:
     """A source's class and style names, for `create_clip`'s ``extra_words``: font file names
     ("NimbusSansNarrow-BoldOblique") are not built-in words, and spelt out in characters they make a caption
     longer than the text tower's 32 positions, truncating the class away (`longest_caption`)."""
-    return [*source.classes, *source.styles, *getattr(source, "templates", [])]
+    parts = getattr(source, "parts", [])  # a mix: its parts' templates too
+    return [*source.classes, *source.styles, *getattr(source, "templates", []),
+            *(t for p in parts for t in getattr(p, "templates", None) or [])]
 
 
-def longest_caption(tokenizer, source, templates: list[str]) -> int:
-    """An upper bound on the tokens (with start and end) of a caption of `source` from `templates`: each
-    template with the class and the style that take the most tokens (words separated by spaces tokenize
-    apart, so the counts add); of a mix, the most over its parts (a class goes only with its part's styles)."""
+def longest_caption(tokenizer, source, templates: list[str] | None) -> int:
+    """An upper bound on the tokens (with start and end) of a caption of `source` from `templates` (None:
+    the source's own, else `TRAIN_TEMPLATES`): each template with the class and the style that take the most
+    tokens (words separated by spaces tokenize apart, so the counts add); of a mix, the most over its parts
+    (a class goes only with its part's styles, and without `templates` its part's templates)."""
     if hasattr(source, "parts"):
         return max(longest_caption(tokenizer, p, templates) for p in source.parts)
+    templates = templates or getattr(source, "templates", None) or TRAIN_TEMPLATES
 
     def n(text: str) -> int:
         return len(tokenizer.tokenize(text))
@@ -237,15 +241,17 @@ def clip_loss(logits_per_image: torch.Tensor) -> torch.Tensor:
     return (f(logits_per_image, t) + f(logits_per_image.T, t)) / 2
 
 
-def draw_batch(source, n: int, size: int, rng: np.random.Generator, templates: list[str]):
+def draw_batch(source, n: int, size: int, rng: np.random.Generator, templates: list[str] | None):
     """n (image [3, size, size] in [0, 1], caption, class index) of a random class and style each (the
-    source's ``pair(rng)`` where it has one: a mix's classes go only with their own source's styles)."""
+    source's ``pair(rng)`` where it has one: a mix's classes go only with their own source's styles); the
+    caption from `templates`, or None: the class's own (`images.caption_templates`, default `TRAIN_TEMPLATES`)."""
     imgs, caps, ys = [], [], []
     for _ in range(n):
         cls, style = draw_pair(source, rng)
         k = source.classes.index(cls)
         imgs.append(source.image(cls, style, size, rng))
-        caps.append(templates[int(rng.integers(len(templates)))].format(cls=cls, style=style))
+        tpls = caption_templates(source, cls, templates, TRAIN_TEMPLATES)
+        caps.append(tpls[int(rng.integers(len(tpls)))].format(cls=cls, style=style))
         ys.append(k)
     return torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).contiguous(), caps, ys
 
@@ -267,7 +273,6 @@ def train_clip(folder: str | Path, source, steps: int, *, batch_size: int = 256,
     processor = CLIPProcessor.from_pretrained(folder)
     size = int(model.config.vision_config.image_size)
     n = int(model.config.text_config.max_position_embeddings)
-    templates = templates or getattr(source, "templates", None) or TRAIN_TEMPLATES
     decay = [p for name, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in name]
     other = [p for name, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in name)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay}, {"params": other, "weight_decay": 0.0}],
@@ -379,10 +384,11 @@ def held_out_images(source, per_class: int, size: int, seed: int = 0):
     return torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).contiguous(), ys
 
 
-def zeroshot(folder: str | Path, source, *, per_class: int = 50, seed: int = 0, template: str = ZEROSHOT_TEMPLATE,
+def zeroshot(folder: str | Path, source, *, per_class: int = 50, seed: int = 0, template: str | None = None,
              device: str = "cpu", scorer=None, write_card: bool = True) -> dict[str, Any]:
     """Zero-shot classification accuracy on held-out images: each image's class is the argmax over classes
-    of `ClipScorer.similarity` with ``template.format(cls=…)``. Written into the card as ``zero_shot`` (of a
+    of `ClipScorer.similarity` with ``template.format(cls=…)`` (None: `ZEROSHOT_TEMPLATE`; of a mix, each
+    class's part's first template, or `ZEROSHOT_TEMPLATE` for a part without templates). Written into the card as ``zero_shot`` (of a
     mix, with ``per_source``: the accuracy on each part's images, the argmax still over all classes)."""
     from .clipscore import ClipScorer
 
@@ -390,13 +396,19 @@ def zeroshot(folder: str | Path, source, *, per_class: int = 50, seed: int = 0, 
     clip = scorer or ClipScorer.load(str(folder), device=device)
     size = int(clip.model.config.vision_config.image_size)
     images, ys = held_out_images(source, per_class, size, seed)
-    prompts = [template.format(cls=c, style="") for c in source.classes]
+    if template is None and hasattr(source, "templates_for"):  # a mix: each part's own caption of a class
+        tpl = {c: (source.templates_for(c) or [ZEROSHOT_TEMPLATE])[0] for c in source.classes}
+        used: Any = {p.name: (getattr(p, "templates", None) or [ZEROSHOT_TEMPLATE])[0] for p in source.parts}
+    else:
+        tpl = dict.fromkeys(source.classes, template or ZEROSHOT_TEMPLATE)
+        used = template or ZEROSHOT_TEMPLATE
+    prompts = [tpl[c].format(cls=c, style="") for c in source.classes]
     sim = torch.cat([clip.similarity(images[i:i + 512], prompts) for i in range(0, len(images), 512)])
     pred = sim.argmax(1)
     y = torch.tensor(ys)
     per = {c: round(float((pred[y == k] == k).float().mean()), 6) for k, c in enumerate(source.classes)}
     res = {"accuracy": round(float((pred == y).float().mean()), 6), "chance": round(1 / len(source.classes), 6),
-           "n": len(ys), "per_class": per, "template": template, "source": source.name,
+           "n": len(ys), "per_class": per, "template": used, "source": source.name,
            "held_out": held_out_note(source, seed)}
     if hasattr(source, "parts"):  # a mix: each part's accuracy (still an argmax over all the mix's classes)
         part = torch.tensor([source.owner[c] for c in source.classes])[y]

@@ -12,6 +12,8 @@ encoders lower-case captions) is refused, so a class says which part draws it. S
 the parts' styles in order (a style two parts share is listed once). A class goes only with a style of its
 own part: `image` refuses a foreign pair, and `pair(rng)` — the optional source method the base and scorer
 trainers use when a source has it — draws a valid one: a part by weight, then a class and a style of it.
+Captions too are each part's: ``templates_for(cls)`` is the class's part's ``templates`` (None where it
+has none: the trainer's default), which the base and scorer trainers use when no templates are passed.
 ``check()`` runs each part's check (exit 3 naming what to install); ``version`` names each part's version
 and the weights. The held-out images of a mix are each part's held-out images (`held_out_parts`).
 """
@@ -83,6 +85,10 @@ class Mix:
     def styles_for(self, cls: str) -> list[str]:
         """The styles class `cls` goes with: its part's."""
         return list(self.part_of(cls).styles)
+
+    def templates_for(self, cls: str) -> list[str] | None:
+        """The caption templates of class `cls`: its part's own ``templates``, or None (the trainer's default)."""
+        return getattr(self.part_of(cls), "templates", None)
 
     def pair(self, rng: np.random.Generator) -> tuple[str, str]:
         """One valid (class, style): a part drawn by weight, then its own pair (where it has `pair`) or a

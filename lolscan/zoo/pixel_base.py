@@ -32,7 +32,7 @@ import torch
 from ..errors import InputError, UsageError
 from ..utils.files import atomic_write
 from .diffusion_base import DiffusionBase
-from .images import draw_pair
+from .images import caption_templates, draw_pair
 
 BASE_JSON = "base.json"
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
@@ -136,7 +136,8 @@ def train_pixel_base(folder: str | Path, source, steps: int, *, batch_size: int 
                      fixed_batch: bool = False, save: bool = True, save_dtype: str = "float32",
                      max_seconds: float | None = None, log: Callable[[str], None] | None = None) -> list[float]:
     """Train the base's UNet for `steps` AdamW steps of noise prediction on `source`'s images (a random class
-    and style per image, or the source's ``pair(rng)`` where it has one; a caption from `templates` (default: the source's own ``templates`` where it has them), the empty caption with probability `p_uncond`); the
+    and style per image, or the source's ``pair(rng)`` where it has one; a caption from `templates` (default: the source's own ``templates`` where it has them, a mix's part's for
+    each class: `images.caption_templates`), the empty caption with probability `p_uncond`); the
     per-step losses. ``fixed_batch``: the same images, noise and timesteps every step (an overfitting check).
     ``save``: write the UNet back (atomically) with the steps added to base.json. ``max_seconds``: stop
     after the step that passes this much time (the lr is constant, so a cut run is a shorter run); the
@@ -145,7 +146,7 @@ def train_pixel_base(folder: str | Path, source, steps: int, *, batch_size: int 
 
     folder = Path(folder)
     base = load_pixel({}, device, "float32", str(folder))
-    unet, templates = base.unet, templates or getattr(source, "templates", None) or TEMPLATES
+    unet = base.unet
     unet.train().requires_grad_(True)
     sched = DDPMScheduler.from_config(base.scheduler.config)
     opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.0)
@@ -164,7 +165,8 @@ def train_pixel_base(folder: str | Path, source, steps: int, *, batch_size: int 
         for _ in range(batch_size):
             cls, style = draw_pair(source, rng)
             imgs.append(source.image(cls, style, base.resolution, rng))
-            tpl = templates[int(rng.integers(len(templates)))]
+            tpls = caption_templates(source, cls, templates, TEMPLATES)
+            tpl = tpls[int(rng.integers(len(tpls)))]
             caps.append("" if rng.random() < p_uncond else tpl.format(cls=cls, style=style))
         x0 = base.to_model_space(imgs).float()
         noise = torch.randn(x0.shape, generator=gen)

@@ -15,7 +15,11 @@
 #      call), base and scorer as tar.gz, manifests gzipped (qwen_poll.sh brings $O/*.gz and logs.tar).
 # ZOO=fashion (the eleventh lease): recipes/inhouse-fashion-classes-inhouse-clip.toml on a base trained on
 # Fashion-MNIST. ZOO=glyphs (twelfth): recipes/inhouse-fonts-identity.toml on a base and scorer trained on
-# the fonts, the base without attention at full resolution.
+# the fonts, the base without attention at full resolution. ZOO=mix (prepared): one base and one scorer on the
+# mix source (Fashion-MNIST + the fonts, each class captioned from its own part's templates), the base as
+# ZOO=glyphs's, then two zoos on them one after the other — recipes/inhouse-mix-fashion-classes.toml ($P/zoo)
+# and recipes/inhouse-mix-fonts-identity.toml ($P/zoo_fonts) — the first until MIX_SPLIT (default 0.5) of the
+# time left to ZOO_END, the second until ZOO_END; label noise (--halves) of both; both packed in zoo/part.NN.
 # SMALL=1 DEV=cpu: the CPU rehearsal (a few steps and LoRAs).
 set -o pipefail
 T0=$(date +%s)
@@ -24,9 +28,15 @@ DEV=${DEV:-cuda}
 log() { echo "[$(( $(date +%s) - T0 )) s] $*" | tee -a $O/progress; }
 ZOO=${ZOO:-fashion}; W=$PWD
 FONTS='{"exclude": ["StandardSymbolsPS.*", "D050000L.*"]}'
-if [ $ZOO = glyphs ]; then
+R2=; Z2=zoo_fonts; MIXO="{\"sources\": [\"fashion_mnist\", \"fonts\"], \"options\": {\"fonts\": $FONTS}}"
+UNET_G='{"down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"], "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"]}'
+if [ $ZOO = mix ]; then
+  R=$W/recipes/inhouse-mix-fashion-classes.toml; R2=$W/recipes/inhouse-mix-fonts-identity.toml; RT=
+  B=inhouse-base-mix; C=inhouse-clip-mix; BCREATE=(--unet "$UNET_G")
+  SRC=(--source mix --source-options "$MIXO"); CCREATE=("${SRC[@]}"); ZS=()   # zero-shot: each part's own template
+elif [ $ZOO = glyphs ]; then
   R=$W/recipes/inhouse-fonts-identity.toml; RT=; B=inhouse-base-glyphs; C=inhouse-clip-glyphs
-  BCREATE=(--unet '{"down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"], "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"]}')
+  BCREATE=(--unet "$UNET_G")
   SRC=(--source fonts --source-options "$FONTS"); CCREATE=("${SRC[@]}"); ZS=(--template "the letter {cls}")
 else
   R=$W/recipes/inhouse-fashion-classes-inhouse-clip.toml; RT=$W/recipes/inhouse-fashion-classes-inhouse-clip-retest.toml
@@ -38,6 +48,7 @@ if [ "${SMALL:-0}" = 1 ]; then
   small() { printf 'extends = "%s"\n[hparams]\nsteps = { int_uniform = [2, 3] }\n[labels]\nsteps = 2\n' $1 > $2; }
   small $R $P/small.toml; R=$P/small.toml
   [ -n "$RT" ] && { small $RT $P/small_rt.toml; RT=$P/small_rt.toml; }
+  [ -n "$R2" ] && { small $R2 $P/small2.toml; R2=$P/small2.toml; }
   small $RD $P/small_dora.toml; RD=$P/small_dora.toml
   ZN=(--n-loras ${SMALL_N:-4} --group-size 2); RG=${RETEST_GROUPS:-1}; DG=(--n-loras 2 --group-size 2)
 else
@@ -49,7 +60,7 @@ fi
 # 0. packages and data (the environment too: diff_setup.sh)
 source $W/scripts/device/diff_setup.sh || exit $?
 # A resumed lease carries base, scorer and the zoo so far (resume.tar): the zoo goes on with them
-[ -e $P/resume.tar ] && tar -xf $P/resume.tar -C $P && rm -f $P/resume.tar && log "resumed: $(wc -l < $P/zoo/manifest.jsonl) adapters"
+[ -e $P/resume.tar ] && tar -xf $P/resume.tar -C $P && rm -f $P/resume.tar && log "resumed: $(cat $P/zoo/manifest.jsonl $P/$Z2/manifest.jsonl 2>/dev/null | wc -l) adapters"
 # 1. base and scorer, side by side (and the DoRA transfer set on the bundled fashion base and scorer)
 cd $P
 if [ "${DORA_MIN:-0}" != 0 ]; then
@@ -69,14 +80,22 @@ log "scorer rc $rc: $(grep -a '^trained\|zero-shot' $L/clip.log | tail -2 | cut 
 [ $rb = 0 ] && [ $rc = 0 ] || { log "FAILED: base or scorer"; touch $O/DONE; exit 6; }
 tar -czf $O/${B//-/_}.tar.gz $B && tar -czf $O/${C//-/_}.tar.gz $C
 fi
-# 2. the zoo, and beside it the retest's first groups
+# 2. the zoo, and beside it the retest's first groups; ZOO=mix: the two zoos one after the other
 END=$(( T0 + ${ZOO_END:-900} )); mins() { python3 -c "print(max(0.5, ($END - $(date +%s) - ${1:-0}) / 60))"; }
+if [ -z "$R2" ]; then
 python3 -m lolscan zoo build $R $P/zoo --base-path $B --device $DEV "${ZN[@]}" --save-dtype float16 \
   --max-minutes $(mins 30) > $L/build.log 2>&1 & PZ=$!
+else
+  ( M1=$(python3 -c "print(round(max(0.5, ${MIX_SPLIT:-0.5} * ($END - $(date +%s) - 30) / 60), 2))")
+    python3 -m lolscan zoo build $R $P/zoo --base-path $B --device $DEV "${ZN[@]}" --save-dtype float16 \
+      --max-minutes $M1 > $L/build.log 2>&1; log "zoo (fashion, $M1 min) rc $?: $(tail -1 $L/build.log)"
+    python3 -m lolscan zoo build $R2 $P/$Z2 --base-path $B --device $DEV "${ZN[@]}" --save-dtype float16 \
+      --max-minutes $(mins 30) > $L/build_fonts.log 2>&1; log "zoo (fonts) rc $?: $(tail -1 $L/build_fonts.log)" ) & PZ=$!
+fi
 [ "$RG" = 0 ] || { python3 -m lolscan zoo build $RT $P/retest --base-path $B --device $DEV "${ZN[@]}" \
   --save-dtype float16 --max-groups $RG > $L/retest.log 2>&1; log "retest rc $?: $(tail -1 $L/retest.log)"; }
 [ -z "$PD" ] || { wait $PD; log "dora rc $?: $(tail -1 $L/dora.log)"; }
-wait $PZ; log "zoo rc $?: $(tail -1 $L/build.log)"
+wait $PZ; log "zoo rc $?: $(tail -1 $L/build.log)$( [ -z "$R2" ] || echo "; fonts: $(tail -1 $L/build_fonts.log)" )"
 cd $W
 # 3. benchmarks (the GPU to themselves) while the zoo is packed
 if [ "${BENCH_S:-0}" != 0 ]; then
@@ -88,12 +107,16 @@ if [ "${BENCH_S:-0}" != 0 ]; then
       --json $L/diffusion_predict_vs_generate.json > $L/bench_pvg.log 2>&1
     log "predict vs generate rc $?: $(tail -2 $L/bench_pvg.log | tr '\n' ' ' | cut -c1-300)" ) & PBZ=$!
 fi
-for z in zoo retest dora; do [ -s $P/$z/manifest.jsonl ] && gzip -c $P/$z/manifest.jsonl > $O/.m.gz && mv $O/.m.gz $O/${z}_manifest.jsonl.gz; done
-cp $P/zoo/zoo.json $L/zoo_zoo.json 2>/dev/null
+for z in zoo $Z2 retest dora; do [ -s $P/$z/manifest.jsonl ] && gzip -c $P/$z/manifest.jsonl > $O/.m.gz && mv $O/.m.gz $O/${z}_manifest.jsonl.gz; done
+cp $P/zoo/zoo.json $L/zoo_zoo.json 2>/dev/null; cp $P/$Z2/zoo.json $L/${Z2}_zoo.json 2>/dev/null
 [ "$RG" = 0 ] || python3 bench/label_noise.py $P/zoo/manifest.jsonl --label clip_score --retest $P/retest/manifest.jsonl > $L/label_noise.json 2>&1
 [ "$RG" != 0 ] || python3 bench/label_noise.py $P/zoo/manifest.jsonl --label clip_score --halves > $L/label_noise.json 2>&1
 log "label noise: $(tr -d '\n ' < $L/label_noise.json | cut -c1-300)"
-tar -cf - -C $P zoo $( [ -d $P/dora ] && echo dora ) | split -b 16700000 -d -a 2 - $O/zoo/part. && (cd $O/zoo && sha256sum part.* > SHA256SUMS) \
+if [ -n "$R2" ]; then
+  python3 bench/label_noise.py $P/$Z2/manifest.jsonl --label clip_score --halves > $L/label_noise_fonts.json 2>&1
+  log "label noise (fonts): $(tr -d '\n ' < $L/label_noise_fonts.json | cut -c1-300)"
+fi
+tar -cf - -C $P zoo $( [ -d $P/$Z2 ] && echo $Z2 ) $( [ -d $P/dora ] && echo dora ) | split -b 16700000 -d -a 2 - $O/zoo/part. && (cd $O/zoo && sha256sum part.* > SHA256SUMS) \
   && ls $O/zoo/part.* | wc -l > $O/zoo/PACKED
 log "zoo packed: $(cat $O/zoo/PACKED) pieces, $(du -sb $O/zoo | cut -f1) bytes"
 [ -z "$PBZ" ] || wait $PBZ
