@@ -75,7 +75,7 @@ def main() -> None:
     ap.add_argument("--target", "-t", action="append", default=[], help="label column (repeatable)")
     ap.add_argument("--synthetic", action="store_true", help="build and use a small synthetic labelled zoo")
     ap.add_argument("--n", type=int, default=400, help="synthetic zoo size")
-    ap.add_argument("--rank", type=int, default=4, help="synthetic zoo LoRA rank (one rank, so mlp and mlp-oalign run)")
+    ap.add_argument("--rank", type=int, default=4, help="synthetic zoo LoRA rank")
     ap.add_argument("--layers", type=int, default=4, help="synthetic zoo modules per adapter")
     ap.add_argument("--shape", type=int, nargs=2, default=(16, 12), metavar=("OUT", "IN"),
                     help="synthetic zoo module shape (e.g. 256 1536: Qwen2.5-1.5B's k/v projections)")

@@ -422,9 +422,9 @@ class CheckpointSet:
         return {"models": dict(self.target_models)}
 
     def fit_rule(self) -> dict[str, Any]:
-        """The members share the spec; a fixed rank of any of them applies to all (an adapter must fit each)."""
+        """The members share the spec; the smallest largest-rank of the fixed-rank ones applies to all (an adapter must fit each)."""
         rules = [m.fit_rule() for m in self._members]
-        rank = next((r["rank"] for r in rules if r["rank"] is not None), None)
+        rank = min((r["rank"] for r in rules if r["rank"] is not None), default=None)
         rule = {**rules[0], "name": self.name, "architecture": self.architecture, "rank": rank}
         rule.pop("auto", None)
         if "auto" in self.extra:
@@ -505,9 +505,10 @@ def check_fits(adapter: Adapter, spec: Any, rule: dict[str, Any]) -> None:
         spec.require_fits(adapter)
         _check_declared_base(adapter, rule)
         rank = rule.get("rank")
-        if rank is not None and set(adapter.ranks) - {rank}:
+        if rank is not None and max(adapter.ranks, default=0) > rank:
             raise IncompatibleAdapter(
-                f"{rule['architecture']} reads rank-{rank} modules only; this adapter has ranks {sorted(set(adapter.ranks))}",
+                f"{rule['architecture']} reads modules of rank up to {rank} (smaller ranks are zero-padded); "
+                f"this adapter has ranks {sorted(set(adapter.ranks))}",
                 path=adapter.source or None,
             )
     except IncompatibleAdapter as exc:

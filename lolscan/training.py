@@ -205,15 +205,16 @@ def prepare(
 # ---- training ---------------------------------------------------------------------------------
 def build(ds: Dataset, opts: TrainOptions, device: torch.device) -> torch.nn.Module:
     """A fresh model for ``opts.arch``, data-dependent buffers fitted on the training split."""
-    from .nets import build_model, common_rank
+    from .nets import build_model, max_rank
 
     hp = RECOMMENDED.get(opts.arch, {}) | dict(opts.hparams)
     train = ds.split_adapters("train")
     if opts.arch in FIXED_RANK_ARCHS and "rank" not in hp:
+        # the zoo's largest rank, smaller ones zero-padded to it (a zoo of one rank: that rank, as the card records)
         try:
-            hp["rank"] = common_rank(ds.adapters)
+            hp["rank"] = max_rank(ds.adapters)
         except ValueError as exc:
-            raise UsageError(f"{opts.arch} reads one fixed LoRA rank, but {exc}; use glnet, mlp-svd or mlp-dense") from None
+            raise UsageError(f"{opts.arch} reads LoRA factors of a fixed largest rank, but {exc}") from None
     torch.manual_seed(opts.seed)
     try:
         model = build_model(opts.arch, ds.spec, sum(t.width for t in ds.targets), **hp)

@@ -203,7 +203,9 @@ def test_mixed_ranks_and_a_rank_rule(tmp_path):
     _compare(_kohya(tmp_path / "mixed.safetensors", torch.float16, alpha=3.0, ranks=(5, 2, 7)))
     path = _kohya(tmp_path / "r.safetensors", torch.float16, alpha=None, ranks=(4, 2, 4))
     spec = LayerSpec.from_adapters([lolscan.load(str(path))])
-    assert LightReader(_rule(spec, rank=4), []).read(str(path), np.zeros(4 * packed_floats(spec, 8), np.uint8)) is None
+    # a fixed-rank checkpoint (mlp, mlp-oalign) reads ranks up to its own, zero-padded: rank 4 reads it, rank 3 does not
+    _compare(path, spec, LightReader(_rule(spec, rank=4), ["score"]))
+    assert LightReader(_rule(spec, rank=3), []).read(str(path), np.zeros(4 * packed_floats(spec, 8), np.uint8)) is None
 
 
 def test_peft_and_diffusers_files_and_folders(tmp_path):

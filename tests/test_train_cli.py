@@ -102,9 +102,8 @@ def test_arch_all_compares_five_architectures(tmp_path_factory, dirs):
     assert r.exit_code == 0, r.output
     res = json.loads(r.stdout)["results"]
     assert list(res) == ["glnet", "mlp", "mlp-oalign", "mlp-svd", "mlp-dense"]
-    # raw-factor MLPs need one fixed rank; this zoo mixes ranks 2-4
-    assert "one fixed LoRA rank" in res["mlp"]["error"] and "error" in res["mlp-oalign"]
-    for arch in ("glnet", "mlp-svd", "mlp-dense"):
+    # this zoo mixes ranks 2-4: the raw-factor MLPs zero-pad every module to rank 4
+    for arch in res:
         assert set(res[arch]["metrics"]["test"]["score"]) >= {"mse", "r2", "kendall_tau"}
 
 

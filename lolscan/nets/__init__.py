@@ -12,7 +12,8 @@ Public API (stable):
   `batch.to_spec_order(per_group)`, `batch.select(rows)` for minibatches, `batch.to(device, dtype)`.
 - `build_model(arch, spec, out_dim, **hparams) -> MetaNet` for `arch` in `ARCHITECTURES`
   ("glnet", "mlp", "mlp-oalign", "mlp-svd", "mlp-dense"); `hparam_names(arch)`.
-  `mlp` and `mlp-oalign` need `rank=` (see `common_rank(adapters)`).
+  `mlp` and `mlp-oalign` need `rank=`: the largest rank they read, smaller ranks zero-padded (training
+  passes `max_rank(adapters)`; `common_rank(adapters)`: the one rank of a single-rank zoo).
 - Every `MetaNet`: `forward(batch) -> [B, out_dim]`; `hparams` (JSON; `build_model(model.arch,
   model.spec, model.out_dim, **model.hparams)` rebuilds it); `config()` = {arch, out_dim, hparams,
   spec} and `model_from_config(config)`; `fit(train_adapters)` — call ONCE before training: sets
@@ -31,7 +32,7 @@ from .names import ARCHITECTURES, FIXED_RANK_ARCHS
 # Everything else on first use: `import lolscan.nets` (for the names above) does not import torch.
 _LAZY = {
     "FactorBatch": "batch", "FactorGroup": "batch", "collate": "batch",
-    "MetaNet": "common", "common_rank": "common",
+    "MetaNet": "common", "common_rank": "common", "max_rank": "common",
     "DenseMLP": "dense", "GLNet": "glnet", "gl_gate": "glnet", "FactorMLP": "mlp", "OAlignMLP": "oalign",
     "build_model": "registry", "hparam_names": "registry", "model_from_config": "registry",
     "LayerShape": "spec", "LayerSpec": "spec", "ShapeGroup": "spec", "SVDMLP": "svd", "PerTargetNet": "pertarget",
@@ -66,5 +67,6 @@ __all__ = [
     "common_rank",
     "gl_gate",
     "hparam_names",
+    "max_rank",
     "model_from_config",
 ]

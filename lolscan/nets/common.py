@@ -33,13 +33,24 @@ def _chunks(items: Sequence[Adapter], size: int) -> Iterable[Sequence[Adapter]]:
 
 
 def common_rank(adapters: Iterable[Adapter]) -> int:
-    """The single rank all modules of all adapters share (for ``mlp``/``mlp-oalign``); ValueError otherwise."""
+    """The single rank all modules of all adapters share; ValueError otherwise. (Training gives
+    ``mlp``/``mlp-oalign`` `max_rank` instead: they zero-pad smaller ranks.)"""
     ranks: set[int] = set()
     for adapter in adapters:
         ranks.update(adapter.ranks)
     if len(ranks) != 1:
         raise ValueError(f"adapters do not share one rank: ranks {sorted(ranks)}")
     return ranks.pop()
+
+
+def max_rank(adapters: Iterable[Adapter]) -> int:
+    """The largest rank of any module of any adapter: the ``rank=`` of ``mlp``/``mlp-oalign``, which
+    zero-pad every module to it (ΔW = U Vᵀ is unchanged by appending zero columns to U and V). On a
+    zoo of one rank it is that rank. ValueError when no adapter has a module of rank above 0."""
+    rank = max((r for adapter in adapters for r in adapter.ranks), default=0)
+    if rank <= 0:
+        raise ValueError("the adapters have no module of rank above 0")
+    return rank
 
 
 class MetaNet(nn.Module):

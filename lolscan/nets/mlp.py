@@ -1,4 +1,5 @@
-"""``mlp``: an MLP on the raw flattened factors. Not gauge-invariant; accepts one fixed rank only."""
+"""``mlp``: an MLP on the raw flattened factors. Not gauge-invariant. Reads modules of rank up to its
+``rank``, each zero-padded to ``rank`` (the same ΔW); a module of a larger rank is refused."""
 from __future__ import annotations
 
 import torch
@@ -11,14 +12,16 @@ DEFAULT_MAX_FEATURES = 8_000_000
 
 
 def require_rank(arch: str, batch: FactorBatch, rank: int) -> None:
-    """ValueError naming the first adapter whose adapted modules are not all of rank ``rank``."""
+    """ValueError naming the first adapter with a module of rank above ``rank`` (smaller ranks are
+    zero-padded to ``rank``; absent modules are all-zero)."""
     ranks = batch.ranks()
-    for b in range(batch.batch_size):
+    over = (ranks > rank).any(dim=1)
+    if bool(over.any()):
+        b = int(over.nonzero()[0, 0])
         row = ranks[b]
-        found = {int(x) for x in row[row > 0].unique()}
-        if found - {rank}:
-            who = batch.sources[b] or f"adapter #{b}"
-            raise ValueError(f"{arch} needs rank {rank} in every module; {who} has ranks {sorted(found)}")
+        found = sorted({int(x) for x in row[row > 0].unique()})
+        who = batch.sources[b] or f"adapter #{b}"
+        raise ValueError(f"{arch} reads modules of rank up to {rank} (smaller ranks are zero-padded); {who} has ranks {found}")
 
 
 def flat_factors(batch: FactorBatch, rank: int) -> torch.Tensor:
@@ -31,7 +34,8 @@ def flat_factors(batch: FactorBatch, rank: int) -> torch.Tensor:
 
 
 class FactorMLP(FeatureMLP):
-    """Hyperparameters: ``rank`` (required), head ``hidden``/``layers``/``dropout``, ``standardize``, ``max_features``."""
+    """Hyperparameters: ``rank`` (required: the largest rank it reads; training sets the zoo's largest,
+    `max_rank`), head ``hidden``/``layers``/``dropout``, ``standardize``, ``max_features``."""
 
     arch = "mlp"
 
@@ -48,7 +52,7 @@ class FactorMLP(FeatureMLP):
         max_features: int = DEFAULT_MAX_FEATURES,
     ):
         if rank is None or isinstance(rank, bool) or not isinstance(rank, int) or rank <= 0:
-            raise ValueError(f"{self.arch} needs rank=<int>: the one LoRA rank it accepts (got {rank!r})")
+            raise ValueError(f"{self.arch} needs rank=<int>: the largest LoRA rank it reads, smaller ones zero-padded (got {rank!r})")
         hp = {"rank": rank, **mlp_hparams(hidden, layers, dropout, standardize), "max_features": int(max_features)}
         feature_dim = sum((s.n + s.m) * rank for s in spec)
         super().__init__(spec, out_dim, hp, feature_dim)

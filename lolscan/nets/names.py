@@ -2,5 +2,6 @@
 from __future__ import annotations
 
 ARCHITECTURES: tuple[str, ...] = ("glnet", "mlp", "mlp-oalign", "mlp-svd", "mlp-dense")
-# Architectures that read one fixed LoRA rank (they take ``rank=``; see `common_rank(adapters)`).
+# Architectures that read LoRA factors at one fixed rank (they take ``rank=``, the largest they read; smaller
+# ranks are zero-padded to it; training passes the zoo's `max_rank(adapters)`).
 FIXED_RANK_ARCHS: tuple[str, ...] = ("mlp", "mlp-oalign")

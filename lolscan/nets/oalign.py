@@ -3,6 +3,16 @@
 For layer i, Q = argmin over orthogonal Q of ‖U Q − T_U‖² + ‖V Q − T_V‖² is A Bᵀ where
 A S Bᵀ = SVD(Uᵀ T_U + Vᵀ T_V) (an r×r SVD). (U Q, V Q) keeps ΔW (Q⁻ᵀ = Q) and is unchanged
 when the input is (U O, V O) for any orthogonal O — but not under general GL(r).
+
+Mixed ranks: every module is zero-padded to the model's ``rank`` R, template and input alike; nothing is
+normalised, so zero columns give no NaN. A rank-r input (r < R) has zero rows r.. in M = Uᵀ T_U + Vᵀ T_V,
+so the SVD's singular vectors for the zero singular values are arbitrary; but U Q = U_r Q[:r] needs only
+the rows of Q the r columns reach, A[:r] Bᵀ = the polar factor of the top r rows of M, which is unique when
+those rows have rank r: (U_r P, V_r P) with P the r×R partial isometry closest to the template. So padded
+columns need no mask — as long as the template's rank in the module is at least the input's. A template of
+a lower rank t < r would leave the part of U Q outside its t columns arbitrary; hence ``fit`` takes a
+rank-R adapter as the template, or (no training adapter has rank R in every module) per module the
+training factors of the largest rank.
 """
 from __future__ import annotations
 
@@ -10,7 +20,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ..adapter import Adapter
+from ..adapter import Adapter, Layer
 from .batch import FactorBatch
 from .common import pad_rank
 from .mlp import DEFAULT_MAX_FEATURES, FactorMLP, require_rank
@@ -21,8 +31,9 @@ class OAlignMLP(FactorMLP):
     """Hyperparameters: ``rank`` (required), head ``hidden``/``layers``/``dropout``, ``standardize``, ``max_features``.
 
     Template factors are buffers ``template_u_<g>: [L_g, n, rank]``, ``template_v_<g>``; they start
-    random and are set by ``fit(adapters)`` (the training adapter covering most modules) or
-    ``set_template(adapter)``.
+    random and are set by ``fit(adapters)`` (the training adapter covering most modules among those of
+    rank ``rank`` in every module; if there is none, per module the first of the largest-rank training
+    factors) or ``set_template(adapter)``. Modules of smaller ranks are zero-padded to ``rank``.
     """
 
     arch = "mlp-oalign"
@@ -60,11 +71,25 @@ class OAlignMLP(FactorMLP):
             tv.copy_(pad_rank(g.V[0], self.rank))
 
     def _fit_inputs(self, adapters: Sequence[Adapter]) -> None:
-        usable = [a for a in adapters if set(a.ranks) == {self.rank} and self.spec.fits(a)]
-        if not usable:
-            raise ValueError(f"{self.arch}: no training adapter has rank {self.rank} in every module to serve as template")
-        best = max(usable, key=lambda a: sum(1 for name in a.layers if name in self.spec))  # first of the widest
-        self.set_template(best)
+        def width(a: Adapter) -> int:
+            return sum(1 for name in a.layers if name in self.spec)
+
+        fitting = [a for a in adapters if self.spec.fits(a)]
+        usable = [a for a in fitting if set(a.ranks) == {self.rank}]
+        if usable:
+            self.set_template(max(usable, key=width))  # first of the widest
+            return
+        # ranks mixed within adapters, none of rank R everywhere: a template of lower rank than an input
+        # leaves part of that input's alignment arbitrary (module docstring), so per module the first
+        # training factors of the largest rank (at most R), in the order widest adapter first
+        layers: dict[str, Layer] = {}
+        for a in sorted(fitting, key=width, reverse=True):  # stable: ties keep the training order
+            for name, layer in a.layers.items():
+                if name in self.spec and layer.rank <= self.rank and layer.rank > (layers[name].rank if name in layers else 0):
+                    layers[name] = layer
+        if not layers:
+            raise ValueError(f"{self.arch}: no training adapter has a module of rank 1 to {self.rank} to serve as template")
+        self.set_template(Adapter(layers, "template", source="template"))
 
     def align(self, batch: FactorBatch) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per group the aligned ``(U Q, V Q)``, each ``[B, L_g, ·, rank]``."""

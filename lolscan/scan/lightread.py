@@ -243,9 +243,9 @@ class LightReader:
         return layers
 
     def _fits(self, layers: dict[str, Light]) -> bool:
-        """`checkpoint.check_fits` for a local file: every module in the spec with its shape (and the rank)."""
+        """`checkpoint.check_fits` for a local file: every module in the spec with its shape (and at most the rank)."""
         for name, layer in layers.items():
-            if self.shapes.get(name) != (layer.n, layer.m) or (self.rank is not None and layer.rank != self.rank):
+            if self.shapes.get(name) != (layer.n, layer.m) or (self.rank is not None and layer.rank > self.rank):
                 return False
         return True
 
