@@ -206,9 +206,9 @@ def clip_labels(base: DiffusionBase, clip: ClipScorer, k: int, recipe: Diffusion
             cols = [q for q, (jj, _, _) in enumerate(pairs) if jj == j]
             d[f"clip_score_p{j}"] = round(float(scores[slot, cols].mean()), 6)
         if len(lab.seeds) > 1:
-            for k, seed in enumerate(lab.seeds):
+            for si, seed in enumerate(lab.seeds):
                 cols = [q for q, (_, _, s) in enumerate(pairs) if s == seed]
-                d[f"clip_score_s{k}"] = round(float(scores[slot, cols].mean()), 6)
+                d[f"clip_score_s{si}"] = round(float(scores[slot, cols].mean()), 6)
         out.append(d)
     return out
 
@@ -244,7 +244,7 @@ def write_diffusers_lora(folder: Path, spec: DiffusionSpec, factors: dict[str, t
 # ---- the build -----------------------------------------------------------------------------------
 def yes_attributes(attrs: dict[str, Any]) -> list[str]:
     """The names of the yes/no (0/1) attributes that hold, in the source's order."""
-    return [k for k, v in attrs.items() if isinstance(v, (bool, int)) and not isinstance(v, float) and v in (0, 1) and v]
+    return [k for k, v in attrs.items() if isinstance(v, (bool, int)) and v in (0, 1) and v]
 
 
 def spec_fields(s: DiffusionSpec, source, styles: bool = False) -> dict[str, Any]:
