@@ -199,18 +199,13 @@ def clip_labels(base: DiffusionBase, clip: ClipScorer, k: int, recipe: Diffusion
         imgs = sample(base, k, [p for _, p, _ in chunk], [s for _, _, s in chunk], lab.steps, lab.guidance_scale)
         texts = [p for _, p, _ in chunk] * k
         scores[:, i:i + len(chunk)] = clip.scores(imgs.flatten(0, 1), texts).view(k, len(chunk))
-    out = []
-    for slot in range(k):
-        d = {"clip_score": round(float(scores[slot].mean()), 6)}
-        for j in range(len(lab.prompts)):
-            cols = [q for q, (jj, _, _) in enumerate(pairs) if jj == j]
-            d[f"clip_score_p{j}"] = round(float(scores[slot, cols].mean()), 6)
-        if len(lab.seeds) > 1:
-            for si, seed in enumerate(lab.seeds):
-                cols = [q for q, (_, _, s) in enumerate(pairs) if s == seed]
-                d[f"clip_score_s{si}"] = round(float(scores[slot, cols].mean()), 6)
-        out.append(d)
-    return out
+    # which of the pairs each per-prompt (and, with two seeds or more, per-seed) column averages
+    columns = {f"clip_score_p{j}": [q for q, (jj, _, _) in enumerate(pairs) if jj == j] for j in range(len(lab.prompts))}
+    if len(lab.seeds) > 1:
+        columns |= {f"clip_score_s{si}": [q for q, (_, _, s) in enumerate(pairs) if s == seed]
+                    for si, seed in enumerate(lab.seeds)}
+    return [{"clip_score": round(float(scores[slot].mean()), 6),
+             **{name: round(float(scores[slot, cols].mean()), 6) for name, cols in columns.items()}} for slot in range(k)]
 
 
 # ---- writing -------------------------------------------------------------------------------------
