@@ -8,19 +8,17 @@ import json
 import pytest
 import torch
 from torch import nn
-from zoo_toy import peft_causal_lm_steps, tiny_llama
+from zoo_toy import peft_causal_lm_steps, peft_with_zoo_init, tiny_llama
 
 peft = pytest.importorskip("peft")
 pytest.importorskip("transformers")
 
 from lolscan.zoo.multilora import (
-    adapter_seed,
     eject,
     extract,
     extract_magnitude,
     find_targets,
     inject,
-    kaiming_init_A,
     train_group,
 )
 from lolscan.zoo.recipe import LoraSpec
@@ -109,17 +107,7 @@ def _spec(i, rank, lr, steps, bs, wd, dropout=0.0):
 
 def _peft_dora_reference(base, targets, spec, batches):
     """peft DoRA (use_dora=True) + torch.optim.AdamW + HF's causal-LM loss, one adapter."""
-    from peft import LoraConfig, get_peft_model
-
-    cfg = LoraConfig(r=spec.rank, lora_alpha=spec.alpha, target_modules=["k_proj", "v_proj"], lora_dropout=0.0,
-                     use_dora=True, task_type="CAUSAL_LM")
-    pm = get_peft_model(copy.deepcopy(base), cfg)
-    gen = torch.Generator().manual_seed(adapter_seed(SEED, spec.index, 2))
-    inner = pm.base_model.model
-    with torch.no_grad():
-        for n in targets:
-            mod = inner.get_submodule(n)
-            mod.lora_A["default"].weight.copy_(kaiming_init_A((spec.rank, mod.in_features), gen))
+    pm, inner = peft_with_zoo_init(base, targets, spec, dict.fromkeys(targets, spec.rank), SEED, use_dora=True)
     params = [p for p in pm.parameters() if p.requires_grad]
     assert len(params) == 3 * len(targets)  # A, B and the magnitude
     opt = torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay)

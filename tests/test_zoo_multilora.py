@@ -6,13 +6,12 @@ import copy
 import pytest
 import torch
 
-from zoo_toy import peft_causal_lm_steps, tiny_llama
+from zoo_toy import peft_causal_lm_steps, peft_with_zoo_init, tiny_llama
 
 peft = pytest.importorskip("peft")
 pytest.importorskip("transformers")
 
-from lolscan.zoo.multilora import (adapter_seed, eject, extract, find_targets, kaiming_init_A,  # noqa: E402
-                                   train_group)
+from lolscan.zoo.multilora import eject, extract, find_targets, train_group  # noqa: E402
 from lolscan.zoo.recipe import LoraSpec  # noqa: E402
 
 SEED = 11
@@ -30,19 +29,9 @@ def _batches(spec, gen):
 
 def _peft_reference(base, targets, spec, batches, schedule):
     """The plain way: peft LoRA + torch.optim.AdamW + HF's causal-LM loss, one adapter."""
-    from peft import LoraConfig, get_peft_model
-
     ranks = spec.layer_ranks or {n: spec.rank for n in targets}
     pattern = {n: r for n, r in ranks.items() if r != spec.rank}
-    cfg = LoraConfig(r=spec.rank, lora_alpha=spec.alpha, target_modules=["k_proj", "v_proj"], lora_dropout=0.0,
-                     rank_pattern=pattern, task_type="CAUSAL_LM")
-    pm = get_peft_model(copy.deepcopy(base), cfg)
-    gen = torch.Generator().manual_seed(adapter_seed(SEED, spec.index, 2))
-    inner = pm.base_model.model
-    with torch.no_grad():
-        for n in targets:  # the same init, drawn in the same order
-            mod = inner.get_submodule(n)
-            mod.lora_A["default"].weight.copy_(kaiming_init_A((ranks[n], mod.in_features), gen))
+    pm, inner = peft_with_zoo_init(base, targets, spec, ranks, SEED, rank_pattern=pattern)
     params = [p for p in pm.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(

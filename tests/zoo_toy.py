@@ -33,6 +33,29 @@ def tiny_llama(seed: int = 0):
 WORDS = ["red", "blue", "cat", "dog", "sun", "moon", "tree", "rock", "fish", "bird", "salt", "iron"]
 
 
+def peft_with_zoo_init(base, targets: list[str], spec, ranks: dict[str, int], seed: int, **config):
+    """A peft copy of `base` (``LoraConfig(r=spec.rank, lora_alpha=spec.alpha, …, **config)`` on k/v) whose
+    A factors are the stacked trainer's own init for adapter `spec` (`multilora.kaiming_init_A` from
+    ``adapter_seed(seed, spec.index, 2)``, drawn module by module in `targets` order at `ranks`), so the two
+    start alike; returns (peft model, its inner model)."""
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+
+    from lolscan.zoo.multilora import adapter_seed, kaiming_init_A
+
+    cfg = LoraConfig(r=spec.rank, lora_alpha=spec.alpha, target_modules=["k_proj", "v_proj"], lora_dropout=0.0,
+                     task_type="CAUSAL_LM", **config)
+    pm = get_peft_model(copy.deepcopy(base), cfg)
+    gen = torch.Generator().manual_seed(adapter_seed(seed, spec.index, 2))
+    inner = pm.base_model.model
+    with torch.no_grad():
+        for n in targets:  # the same init, drawn in the same order
+            mod = inner.get_submodule(n)
+            mod.lora_A["default"].weight.copy_(kaiming_init_A((ranks[n], mod.in_features), gen))
+    return pm, inner
+
+
 def peft_causal_lm_steps(pm, batches, opt, sched=None) -> list[float]:
     """The plain way to finetune a peft model, step by step: each batch of token lists padded
     (`multilora.pad_batch`), padding masked out of HF's causal-LM loss (-100), backward, ``opt.step()``, then
