@@ -56,9 +56,8 @@ def run_sequential(base, recipe, source, specs, stop_at: float) -> tuple[list[fl
         if i > 1 and time.perf_counter() + times[-1] > stop_at:
             break
         t0 = sync(dev)
-        imgs, _, caps = s.dataset(recipe, source, base.resolution)
-        z = torch.cat([base.to_model_space(imgs[j:j + 8]) for j in range(0, len(imgs), 8)]).float()
-        ehs = base.encode_text(caps)
+        z, ehs = zd.encoded_dataset(base, s, recipe, source)  # the same data preparation as the zoo's
+        z = z.float()
         unet.add_adapter(LoraConfig(r=s.rank, lora_alpha=s.alpha, target_modules=recipe.target_modules,
                                     lora_dropout=0.0, use_dora=recipe.use_dora), adapter_name="plain")
         params = [p for p in unet.parameters() if p.requires_grad]  # the LoRA's: the base is frozen

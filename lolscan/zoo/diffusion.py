@@ -64,6 +64,14 @@ def _training_scheduler(base: DiffusionBase):
     return DDPMScheduler.from_config(base.scheduler.config)
 
 
+def encoded_dataset(base: DiffusionBase, spec: DiffusionSpec, recipe: DiffusionRecipe, source) -> tuple[torch.Tensor, torch.Tensor]:
+    """One adapter's finetuning images in the denoiser's input space (8 at a time) and its captions' token
+    states: what a LoRA trains on, made once before its steps."""
+    imgs, _, caps = spec.dataset(recipe, source, base.resolution)
+    z = torch.cat([base.to_model_space(imgs[i:i + 8]) for i in range(0, len(imgs), 8)])
+    return z, base.encode_text(caps)
+
+
 def train_group(base: DiffusionBase, targets: list[str], specs: list[DiffusionSpec], recipe: DiffusionRecipe,
                 source) -> tuple[dict, torch.Tensor]:
     """Train len(specs) LoRAs at once; returns the injected modules and the per-step loss [max_steps, K]
@@ -78,9 +86,7 @@ def train_group(base: DiffusionBase, targets: list[str], specs: list[DiffusionSp
             mod.scaling[slot] = s.alpha / s.rank
             if recipe.use_dora:
                 mod.init_magnitude(slot)
-        imgs, _, caps = s.dataset(recipe, source, base.resolution)
-        z = torch.cat([base.to_model_space(imgs[i:i + 8]) for i in range(0, len(imgs), 8)])
-        data.append((z, base.encode_text(caps)))
+        data.append(encoded_dataset(base, s, recipe, source))
     params = trainable(mods)
     for p in params:
         p.requires_grad_(True)
