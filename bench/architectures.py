@@ -260,8 +260,7 @@ def honest_from_manifest(manifest: Path, saved: dict[str, Any]) -> dict[str, Any
     from lolscan.manifest import ManifestRow
     from lolscan.targets import Target
 
-    raw = gzip.decompress(manifest.read_bytes()) if manifest.suffix == ".gz" else manifest.read_bytes()
-    recs = [json.loads(line) for line in raw.decode().splitlines() if line.strip()]
+    recs = jsonl_records(manifest)
     if not recs or "split" not in recs[0]:
         sys.exit(f"error: {manifest}: needs a JSONL manifest with a split column to rebuild the honest rows")
     by_name = {Path(r.get("path") or r.get("uri") or r["id"]).name: k for k, r in enumerate(recs)}
@@ -280,14 +279,19 @@ def honest_from_manifest(manifest: Path, saved: dict[str, Any]) -> dict[str, Any
     return honest_payload(ds, baseline.fit(ds))
 
 
+def jsonl_records(path: Path) -> list[dict[str, Any]]:
+    """The rows of a JSONL manifest, gzipped (as bench/results keeps them) or not."""
+    raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    return [json.loads(line) for line in raw.decode().splitlines() if line.strip()]
+
+
 def manifest_labels(path: Path) -> list[dict[str, Any]]:
     """Every row's labels, in order (a gzipped JSONL manifest too, as bench/results keeps them)."""
     from lolscan.manifest import RESERVED, read_manifest
 
     if path.suffix != ".gz":
         return [r.labels for r in read_manifest(path).rows]
-    recs = [json.loads(line) for line in gzip.decompress(path.read_bytes()).decode().splitlines() if line.strip()]
-    return [{k: v for k, v in r.items() if k not in RESERVED} for r in recs]
+    return [{k: v for k, v in r.items() if k not in RESERVED} for r in jsonl_records(path)]
 
 
 def _matches(value: Any, wanted: list[str]) -> bool:
