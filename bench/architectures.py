@@ -19,6 +19,10 @@ bootstrap 95 % CI of (row − best row) over test adapters. --json saves what it
 before it, give the zoo's JSONL manifest too: ``python bench/architectures.py MANIFEST --from-json …``.
 ``--test-where rank=8`` (repeatable) adds that table on the test rows whose manifest column holds one of
 the values: with a split column that trains on ranks 2 and 4 and tests on both, rank generalisation.
+``--kind n_classes=multiclass`` sets a target's kind as `lolscan train --kind` does; ``--bins dataset_size=10``
+replaces a numeric target column by 10 equal-width bins over its range in the manifest, a multiclass target
+(the paper scores Imagenette-LoRA's dataset size as classes, its Table 4). Such runs keep their honest rows
+in ``--json``; rebuilding them from a manifest (``--refit-baselines``) would read the unbinned column.
 
 The synthetic zoo (``lolscan.training.write_synthetic_zoo``) has labels that are known functions of
 ΔW: ``score`` = u*ᵀ ΔW₀ v* (linear), ``norm`` = ‖ΔW₀‖_F (quadratic), ``planted`` (a planted direction
@@ -69,6 +73,41 @@ def parse_hparams(items: list[str]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def parse_pairs(items: list[str], flag: str) -> dict[str, str]:
+    """``COL=VALUE`` items (repeatable flags) as a dict."""
+    out: dict[str, str] = {}
+    for item in items:
+        col, eq, value = item.partition("=")
+        if not col or not eq or not value:
+            sys.exit(f"error: {flag} {item!r}: give COLUMN=VALUE")
+        out[col] = value
+    return out
+
+
+def bin_column(manifest: Any, column: str, n: int) -> list[float]:
+    """Replace a numeric manifest column by ``n`` equal-width bins over [min, max] of its values (every row,
+    whatever its split: the range is the recipe's, e.g. dataset_size 4..64): bin k holds
+    lo + k·w ≤ v < lo + (k+1)·w, w = (max − min)/n, the last bin its upper edge too. Labels
+    ``"k:[a, b)"`` (k zero-padded, so that they sort in order; the last ``"k:[a, b]"``); missing values
+    stay missing. Returns the n + 1 edges."""
+    from lolscan.targets import is_missing, to_float
+
+    if n < 2:
+        sys.exit(f"error: --bins {column}={n}: give at least 2 bins")
+    vals = [None if is_missing(r.labels.get(column)) else to_float(r.labels.get(column), column) for r in manifest.rows]
+    present = [v for v in vals if v is not None]
+    if not present or min(present) == max(present):
+        sys.exit(f"error: --bins {column}: the column needs at least two distinct numbers")
+    lo, hi = min(present), max(present)
+    edges = [lo + k * (hi - lo) / n for k in range(n)] + [hi]
+    width = len(str(n - 1))
+    names = [f"{k:0{width}d}:[{edges[k]:g}, {edges[k + 1]:g}{']' if k == n - 1 else ')'}" for k in range(n)]
+    for r, v in zip(manifest.rows, vals):
+        if v is not None:
+            r.labels[column] = names[min(n - 1, int((v - lo) / (hi - lo) * n))]
+    return edges
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("manifest", nargs="?", type=Path, help="labelled manifest (CSV/JSONL)")
@@ -100,6 +139,10 @@ def main() -> None:
     ap.add_argument("--bootstrap", type=int, default=2000, help="resamples of the paired bootstrap CIs")
     ap.add_argument("--refit-baselines", action="store_true",
                     help="with --from-json and MANIFEST: fit the hyperparameter-only rows again on the manifest's recipe columns")
+    ap.add_argument("--kind", action="append", default=[], metavar="COL=KIND",
+                    help="a target's kind (regression, binary, multiclass, multilabel), e.g. n_classes=multiclass")
+    ap.add_argument("--bins", action="append", default=[], metavar="COL=N",
+                    help="score a numeric target as N equal-width bins over its range (a multiclass target)")
     ap.add_argument("--test-where", action="append", default=[], metavar="COLUMN=V[,V...]",
                     help="also the honest table on the test rows whose manifest COLUMN is one of the values (repeatable)")
     args = ap.parse_args()
@@ -143,8 +186,17 @@ def main() -> None:
     if args.name and len(archs) != 1:
         ap.error("--name needs exactly one --arch")
     hp_all = parse_hparams(args.hparam)
+    kinds = parse_pairs(args.kind, "--kind")
     try:
-        ds = prepare(read_manifest(manifest), targets, seed=args.split_seed, progress=False)
+        m = read_manifest(manifest)
+        for col, n in parse_pairs(args.bins, "--bins").items():
+            if col not in targets:
+                ap.error(f"--bins {col}=…: {col!r} is not one of the --target columns")
+            m.require_columns([col])
+            edges = bin_column(m, col, int(n))
+            kinds[col] = "multiclass"
+            print(f"{col}: {n} bins, edges {', '.join(f'{e:g}' for e in edges)}", file=sys.stderr)
+        ds = prepare(m, targets, kinds=kinds, seed=args.split_seed, progress=False)
     except LolscanError as exc:
         sys.exit(f"error: {exc}")
     sizes = {k: len(v) for k, v in ds.splits.items()}

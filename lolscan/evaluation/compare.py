@@ -29,6 +29,9 @@ RECIPE = ("lr", "steps", "batch_size", "dropout", "weight_decay", "rank", "alpha
 SOURCE_PREFIXES = ("src_", "cls_", "sty_")
 # targets that are the style or a function of it (a font's attributes): the style columns would give them away
 STYLE_TARGETS = ("style", "attributes")
+# targets that count a family's 1s (a diffusion zoo's n_classes = the sum of its cls_* columns): that family
+# would give them away
+COUNT_TARGETS = {"n_classes": "cls_"}
 HEADLINE_METRIC = {"regression": "r2", "binary": "accuracy", "multiclass": "accuracy", "multilabel": "mean_accuracy"}
 RIDGE_ALPHAS = tuple(float(a) for a in np.logspace(-3, 3, 13))
 BOOTSTRAP = 2000
@@ -45,8 +48,8 @@ def recipe_columns(columns: Sequence[str], target: str, kind: str = "regression"
     multilabel target whose labels are a prefix's suffixes (a zoo's ``sources`` or ``classes``). There the
     baseline drops that family and asks what lr, steps, … tell about which data a LoRA saw; in a zoo that
     draws the recipe and the data independently that is the label prior (each label's training-set
-    frequency), which is the floor a metanetwork must clear. ``dataset_size`` is a recipe column unless
-    it is the target."""
+    frequency), which is the floor a metanetwork must clear. A count of a family's 1s (`COUNT_TARGETS`:
+    ``n_classes``) drops that family too. ``dataset_size`` is a recipe column unless it is the target."""
     cols = list(columns)
     if "lr" not in cols:
         return None
@@ -55,7 +58,7 @@ def recipe_columns(columns: Sequence[str], target: str, kind: str = "regression"
         family = sorted(c for c in cols if c.startswith(prefix))
         made_of = target.startswith(prefix) or (
             kind == "multilabel" and bool(labels) and {prefix + str(x) for x in labels} <= set(family)) or (
-            prefix == "sty_" and (target in STYLE_TARGETS or target.startswith("attr_")))
+            prefix == "sty_" and (target in STYLE_TARGETS or target.startswith("attr_"))) or COUNT_TARGETS.get(target) == prefix
         if not made_of:
             data += family
     return [c for c in RECIPE if c in cols and c != target] + [s for s in data if s != target]
