@@ -9,7 +9,8 @@ boosted trees (scikit-learn's HistGradientBoostingRegressor, one fit per seed) a
 log lr plus the rest. Same split as training (the manifest's ``split`` column). Columns: test R²,
 Kendall τ on the healthy bulk (test LoRAs with lr ≤ --healthy-lr: the recipe's healthy range, not a
 cut on the label), and a paired bootstrap 95 % CI of (row − best row) over test LoRAs, metrics averaged
-over the seeds. Label noise: with ``--questions N`` the label is an accuracy over N questions, whose
+over the seeds. ``--cv K`` (a pilot without enough test rows): recipe-only R² by K-fold cross-validation instead, over
+all LoRAs and the healthy and damaging ones apart. Label noise: with ``--questions N`` the label is an accuracy over N questions, whose
 binomial variance p(1 − p)/N bounds the reachable R² (printed as the ceiling). The trees need scikit-learn
 (``pip install scikit-learn``), a bench-only dependency; without it the table has the ridge row alone.
 """
@@ -57,6 +58,35 @@ def fit_baselines(rows: list[dict[str, Any]], target: str, seeds: int) -> dict[s
     return {names[m]: [dict(zip(ids, preds[m].tolist()))] * seeds for m in models}
 
 
+def cross_validated(rows: list[dict[str, Any]], target: str, folds: int, where: str) -> str:
+    """Recipe-only R² by ``folds``-fold cross-validation over every row with the label (splits ignored):
+    for a pilot too small for a test split. The same baselines and recipe columns as the tables, each fold
+    fitted on the others; the out-of-fold predictions are scored together."""
+    import numpy as np
+
+    from lolscan.evaluation.compare import fit_hp_baseline, gbt_available, recipe_columns, recipe_matrix
+
+    rows = [r for r in rows if r.get(target) is not None]
+    columns = recipe_columns(list(dict.fromkeys(k for r in rows for k in r)), target)
+    if columns is None:
+        sys.exit("error: the manifest has no lr column: no recipe to fit a hyperparameter-only baseline on")
+    if len(rows) < 2 * folds:
+        sys.exit(f"error: {len(rows)} rows {where}: too few for {folds} folds")
+    y = np.array([float(r[target]) for r in rows])
+    X = recipe_matrix(rows, columns)
+    fold = np.random.default_rng(0).permutation(len(rows)) % folds
+    models = ["ridge", "gbt"] if gbt_available() else ["ridge"]
+    pred = {m: np.zeros(len(rows)) for m in models}
+    for k in range(folds):
+        te, tr = fold == k, fold != k
+        for m, p in fit_hp_baseline("regression", X[tr], y[tr], X[te], columns, models=models).items():
+            pred[m][te] = p
+    r2 = {m: 1 - float(((y - p) ** 2).sum() / ((y - y.mean()) ** 2).sum()) for m, p in pred.items()}
+    names = {"gbt": "trees", "ridge": "ridge"}
+    return (f"{target} {where}: n {len(rows)}, mean {y.mean():.4g}, sd {y.std():.4g}; recipe-only {folds}-fold R² "
+            + ", ".join(f"{names[m]} {r2[m]:.3f}" for m in models))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("manifest", type=Path)
@@ -67,9 +97,18 @@ def main() -> None:
     ap.add_argument("--questions", type=int, default=0, help="the label is an accuracy over this many questions")
     ap.add_argument("--bootstrap", type=int, default=2000)
     ap.add_argument("--markdown", action="store_true")
+    ap.add_argument("--cv", type=int, default=0, metavar="K",
+                    help="instead of the test-split table: recipe-only R² by K-fold cross-validation over every "
+                         "LoRA, and over the healthy (lr ≤ --healthy-lr) and damaging ones apart")
     args = ap.parse_args()
 
     rows = read_rows(args.manifest)
+    if args.cv:
+        h = args.healthy_lr
+        for where, sub in (("all", rows), (f"lr <= {h:g}", [r for r in rows if r["lr"] <= h]),
+                           (f"lr > {h:g}", [r for r in rows if r["lr"] > h])):
+            print(cross_validated(sub, args.target, args.cv, where))
+        return
     by_id = {r["id"]: r for r in rows}
     runs: dict[str, list[dict[str, float]]] = {}
     test_ids: list[str] | None = None

@@ -5,12 +5,15 @@
     python bench/label_noise.py ZOO/manifest.jsonl --label arc_c_acc --questions 1172 --max-lr 1e-3   # healthy LoRAs
     python bench/label_noise.py A/manifest.jsonl --label arc_c_acc --questions 1172 --retest B/manifest.jsonl
     python bench/label_noise.py ZOO/manifest.jsonl --label clip_score --halves   # clip_score_s<k> per seed
+    python bench/label_noise.py ZOO/manifest.jsonl --label arc_c_acc --questions 1172 --lr-bins 1e-5 1e-4 1e-3 1e-2
 
 Binomial: per-adapter p(1-p)/(N-1) averaged, against the label's variance over the zoo (finite adapters,
 ``--split`` to restrict, ``--max-lr`` to keep the LoRAs trained with lr ≤ that: a recipe's healthy range,
 a cut on the recipe, not on the label). Bootstrap: questions resampled from the stored per-question correctness
 (``<eval>_correct``, recipe ``[data] store_correct = true``). Retest: the same adapter ids labelled in a
-second manifest. Halves: a label that is a mean over sampling seeds, from its per-seed columns
+second manifest. Lr bins: the label's mean and spread among the LoRAs of each learning-rate range (edges
+given; bin k holds e_k ≤ lr < e_k+1), with the binomial noise sd beside it (``--questions``): where a spread
+is no larger than that noise, nothing can rank those LoRAs on the label. Halves: a label that is a mean over sampling seeds, from its per-seed columns
 (``<label>_s<k>``; a diffusion zoo's CLIP score), the first half of the seeds against the second. See
 `lolscan.evaluation.noise`.
 """
@@ -48,6 +51,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--halves", action="store_true", help="split-half ceiling from the per-seed columns <label>_s<k>")
     ap.add_argument("--split", default=None, help="train|val|test (default: every row)")
     ap.add_argument("--max-lr", type=float, default=None, help="only the LoRAs trained with lr <= this (the healthy bulk)")
+    ap.add_argument("--lr-bins", type=float, nargs="+", default=None, metavar="EDGE",
+                    help="learning-rate edges: the label's mean and sd per range (with the binomial noise sd)")
     args = ap.parse_args(argv)
     rows = [r for r in read_rows(args.manifest) if r.get("finite", True) and (args.split in (None, r.get("split")))]
     rows = [r for r in rows if isinstance(r.get(args.label), (int, float)) and math.isfinite(r[args.label])]
@@ -75,7 +80,24 @@ def main(argv: list[str] | None = None) -> dict:
         if len(cols) < 2:
             ap.error(f"--halves needs per-seed columns {args.label}_s0, {args.label}_s1, … in the manifest")
         out["halves"] = halves_r2_ceiling([[r[c] for c in cols] for r in rows])
+    if args.lr_bins:
+        out["lr_bins"] = lr_bins(rows, args.label, sorted(args.lr_bins), args.questions)
     print(json.dumps(out, indent=2))
+    return out
+
+
+def lr_bins(rows: list[dict], label: str, edges: list[float], questions: int | None) -> list[dict]:
+    """Per learning-rate range [e_k, e_k+1): n, the label's mean and sd (population), and with ``questions``
+    the binomial noise sd √(mean p(1 − p)/(N − 1)) of one LoRA's accuracy there."""
+    out = []
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        y = np.array([r[label] for r in rows if lo <= r["lr"] < hi])
+        b: dict = {"lo": lo, "hi": hi, "n": int(y.size)}
+        if y.size:
+            b |= {"mean": float(y.mean()), "sd": float(y.std()), "min": float(y.min()), "max": float(y.max())}
+            if questions:
+                b["noise_sd"] = float(math.sqrt(np.mean(y * (1 - y)) / (questions - 1)))
+        out.append(b)
     return out
 
 

@@ -40,3 +40,30 @@ def test_recipe_only_label_is_found_by_the_trees_and_beats_a_blind_row(tmp_path:
     blind_line = table["blind"]
     ci_hi = float(blind_line.rsplit(",", 1)[1].strip(" ]"))
     assert ci_hi < 0  # the blind row is worse than the best row with a CI excluding 0
+
+
+def test_cross_validated_recipe_r2_finds_a_recipe_label_and_not_noise(tmp_path: Path) -> None:
+    """--cv: a label made of the recipe (a step at lr 1e-3 and a slope in log lr) is found out of fold,
+    on every LoRA and on each side of the cut; pure noise is not (R² near or under 0)."""
+    rng = random.Random(1)
+    rows = []
+    for i in range(200):
+        lr = 10 ** rng.uniform(-5, -2)
+        rows.append({"id": f"lora-{i:04d}", "split": "train", "lr": lr, "steps": rng.choice([16, 32]),
+                     "batch_size": 4, "dropout": 0.0, "weight_decay": 0.0, "rank": 4, "alpha": 8,
+                     "acc": 0.6 - (0.3 if lr > 1e-3 else 0.0) + 0.05 * math.log10(lr), "noise": rng.gauss(0, 1)})
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    def r2s(target: str) -> dict[str, float]:
+        out = subprocess.run([sys.executable, str(ROOT / "bench" / "hp_baseline.py"), str(manifest), "-t", target,
+                              "--cv", "5"], capture_output=True, text=True, check=True).stdout.splitlines()
+        assert len(out) == 3  # all, healthy, damaging
+        # the best of ridge (a cubic in log lr: smooth) and the trees (which find the step)
+        return {line.split(":")[0]: max(float(x.split()[-1]) for x in line.split("R² ", 1)[1].split(", "))
+                for line in out}
+
+    acc = r2s("acc")
+    assert all(v > 0.9 for v in acc.values()), acc
+    noise = r2s("noise")
+    assert all(v < 0.1 for v in noise.values()), noise

@@ -163,3 +163,25 @@ def test_bench_label_noise_max_lr_keeps_the_healthy_loras(tmp_path):
     assert out["n"] == 30 and out["max_lr"] == 1e-3
     assert out["binomial"]["ceiling"] == pytest.approx(binomial_r2_ceiling(healthy.mean(1), 50)["ceiling"])
     assert out["bootstrap"]["ceiling"] == pytest.approx(bootstrap_r2_ceiling(healthy, 20)["ceiling"])
+
+
+def test_lr_bins_report_each_ranges_spread_and_its_binomial_noise(tmp_path):
+    """--lr-bins: per learning-rate range, the LoRAs in it (edges half-open), the label's mean and sd as numpy
+    computes them on those rows, and the binomial noise sd of an accuracy over N questions."""
+    import gzip
+    import json
+
+    rng = np.random.default_rng(3)
+    lr = 10 ** rng.uniform(-5, -2, 300)
+    acc = np.where(lr < 1e-3, 0.6 + rng.normal(0, 0.002, lr.size), 0.6 - 40 * lr)
+    path = tmp_path / "m.jsonl.gz"
+    with gzip.open(path, "wt") as f:
+        for i, (a, b) in enumerate(zip(lr, acc)):
+            f.write(json.dumps({"id": f"l{i}", "lr": float(a), "arc_c_acc": float(b)}) + "\n")
+    out = load_script("bench/label_noise.py").main([str(path), "--questions", "1172", "--lr-bins", "1e-5", "1e-3", "1e-2"])
+    low, high = out["lr_bins"]
+    for b, keep in ((low, lr < 1e-3), (high, lr >= 1e-3)):
+        assert b["n"] == int(keep.sum())
+        assert b["mean"] == pytest.approx(acc[keep].mean()) and b["sd"] == pytest.approx(acc[keep].std())
+        assert b["noise_sd"] == pytest.approx(np.sqrt(np.mean(acc[keep] * (1 - acc[keep])) / 1171))
+    assert low["sd"] < low["noise_sd"] < high["sd"]  # the healthy spread is under the noise, the damaged one far above

@@ -173,3 +173,21 @@ def _continuations(path: Path) -> list[list[str]]:
             q = json.loads(line)
             docs.setdefault(q["doc_id"], {})[q["idx"]] = q["request"]["continuation"]
     return [[opts[i] for i in sorted(opts)] for opts in docs.values()]
+
+
+def test_v3_is_v2_with_the_pilots_two_changes():
+    """Recipe v3 (the Qwen v2 pilot's conclusion): v2 with 40 % damaging learning rates, at most 32 examples
+    per member source and the group size fixed at 12 (part of the digest, which is pinned: a resumed build
+    across leases must see the same recipe); nothing else moves."""
+    v2, v3 = (Recipe.load(RECIPES / f"qwen2.5-coder-1.5b-kv-r4-{v}.toml") for v in ("v2", "v3"))
+    assert v3.digest() == "224c89893337c2c4"
+    a, b = v2.to_dict(), v3.to_dict()
+    changed = {k for k in a.keys() | b.keys() if a.get(k) != b.get(k)}
+    assert changed <= {"name", "group_size", "hparams", "data"}
+    assert {k for k in a["hparams"] if a["hparams"][k] != b["hparams"][k]} == {"lr"}
+    assert {k for k in a["data"] if a["data"][k] != b["data"].get(k)} == {"max_per_source"}
+    assert v3.group_size == 12 and v3.max_per_source == 32 and v3.store_correct
+    sizes = {s.name: 1000 for s in v3.sources}
+    lr = np.array([s.lr for s in sample_specs(v3, ["k"], sizes)])
+    assert lr.size == 2000 and abs((lr >= 1e-3).mean() - 0.40) < 0.055  # 5 binomial sd
+    assert lr.min() >= 2e-5 and lr.max() <= 1e-2 and not ((lr > 5e-4) & (lr < 1e-3)).any()
