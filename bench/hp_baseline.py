@@ -9,9 +9,9 @@ boosted trees (scikit-learn's HistGradientBoostingRegressor, one fit per seed) a
 log lr plus the rest. Same split as training (the manifest's ``split`` column). Columns: test R²,
 Kendall τ on the healthy bulk (test LoRAs with lr ≤ --healthy-lr: the recipe's healthy range, not a
 cut on the label), and a paired bootstrap 95 % CI of (row − best row) over test LoRAs, metrics averaged
-over the seeds. ``--cv K`` (a pilot without enough test rows): recipe-only R² by K-fold cross-validation instead, over
-all LoRAs and the healthy and damaging ones apart. Label noise: with ``--questions N`` the label is an accuracy over N questions, whose
-binomial variance p(1 − p)/N bounds the reachable R² (printed as the ceiling). The trees need scikit-learn
+over the seeds. ``--cv K`` (a pilot without enough test rows): recipe-only R² by K-fold cross-validation
+instead, over all LoRAs and the healthy and damaging ones apart. Label noise: with ``--questions N`` the
+label is an accuracy over N questions, whose binomial variance p(1 − p)/N bounds the reachable R² (printed as the ceiling). The trees need scikit-learn
 (``pip install scikit-learn``), a bench-only dependency; without it the table has the ridge row alone.
 """
 from __future__ import annotations
