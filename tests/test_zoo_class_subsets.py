@@ -1,7 +1,7 @@
 """A diffusion recipe's [data] images_per_class and class_subsets: the class-subset zoo as the paper's
 Imagenette-LoRA (arXiv 2410.04207; every non-empty subset of the 10 classes twice, a fixed number of images
 per class, so the dataset size is that number times the class count). Recipes without them keep their
-digests and their draws."""
+digests and their draws; recipes/inhouse-mix-fashion-classes.toml uses both."""
 from __future__ import annotations
 
 import hashlib
@@ -32,7 +32,6 @@ BEFORE = {
     "inhouse-fashion-classes-inhouse-clip-retest": ("072d199472b0ae8c", "82ebeb982a424590"),
     "inhouse-fashion-classes-dora": ("e1a57035ed634036", "171cdd90bfb67aec"),
     "inhouse-fonts-identity": ("604af6b232b16f4e", "07c2f008923d88c2"),
-    "inhouse-mix-fashion-classes": ("05a1b3715f2f9444", "82ebeb982a424590"),
     "inhouse-mix-fonts-identity": ("959f4ece896115ca", "07c2f008923d88c2"),
     "sd15-shapes-attn": ("886f1ba87cffac97", "f6ada1e2db7c955d"),
 }
@@ -164,3 +163,79 @@ def test_a_variant_moves_from_dataset_size_and_class_p_to_the_new_options(tmp_pa
     (tmp_path / "both2.toml").write_text('extends = "parent.toml"\n[data]\nclass_subsets = "all"\nclass_p = 0.5\n')
     with pytest.raises(UsageError, match="class_subsets and class_p are exclusive"):
         load_recipe(tmp_path / "both2.toml")
+
+
+def test_the_mix_fashion_recipe_is_imagenette_lora_shaped():
+    from lolscan.zoo.images import get_source
+
+    r = load_recipe(RECIPES / "inhouse-mix-fashion-classes.toml")
+    assert (r.n_loras, r.data.class_subsets, r.data.subset_repeat, r.data.images_per_class) == (2046, "all", 2, 7)
+    assert r.hparams["steps"] == {"int_uniform": [50, 300]}  # steps drawn on their own: the parent's cost
+    specs = sample_specs(r, get_source(r.data.source, r.data.source_options))
+    counts = Counter(frozenset(s.classes) for s in specs)
+    assert len(counts) == 1023 and set(counts.values()) == {2}
+    sizes = np.array([s.dataset_size for s in specs])
+    assert (sizes == 7 * np.array([len(s.classes) for s in specs])).all()
+    assert abs(sizes.mean() - 35.0) < 0.1  # the parent's uniform 4-64 has mean 34
+    assert {s.style for s in specs} == {"grey"} and r.base["path"] == "inhouse-base-mix"
+
+
+def test_cli_builds_the_mix_fashion_recipe_small(tmp_path, monkeypatch):
+    """`lolscan zoo build` of the shipped mix recipe at 16 px on a tiny random base and CLIP, 3 LoRAs: the
+    manifest's dataset_size is 7 x n_classes, and the dataset each LoRA was trained on holds exactly 7 images
+    of each of its classes."""
+    pytest.importorskip("diffusers")
+    pytest.importorskip("transformers")
+    from diffusion_toy import (
+        TINY_PIXEL_UNET,
+        save_tiny_bert,
+        save_tiny_clip,
+        write_tiny_fashion_mnist,
+    )
+    from typer.testing import CliRunner
+
+    import lolscan.zoo.diffusion_recipe as dr
+    from lolscan.cli.app import _register, app
+    from lolscan.zoo.build import read_zoo_rows
+    from lolscan.zoo.images import FASHION_MNIST_CLASSES
+    from lolscan.zoo.pixel_base import create_pixel_base
+
+    save_tiny_bert(tmp_path / "bert")
+    create_pixel_base(tmp_path / "base", str(tmp_path / "bert"), unet=TINY_PIXEL_UNET, copy_text_encoder=True)
+    write_tiny_fashion_mnist(tmp_path / "fmnist")
+    save_tiny_clip(tmp_path / "clip")
+    recipe = tmp_path / "small.toml"
+    recipe.write_text(f'extends = "{RECIPES / "inhouse-mix-fashion-classes.toml"}"\n[base]\nresolution = 16\n'
+                      '[hparams]\nsteps = { int_uniform = [2, 3] }\nbatch_size = 2\n'
+                      f'[labels]\nclip_model = "{tmp_path / "clip"}"\nprompts = ["a photo of a Bag", "a grey Bag"]\n'
+                      'seeds = [0, 1]\nsteps = 2\nbatch = 4\n')
+    built = {}
+    real = dr.DiffusionSpec.dataset
+
+    def spy(self, recipe, source, size):
+        out = real(self, recipe, source, size)
+        built[self.id] = out
+        return out
+
+    monkeypatch.setattr(dr.DiffusionSpec, "dataset", spy)
+    _register()
+    res = CliRunner().invoke(app, ["zoo", "build", str(recipe), str(tmp_path / "zoo"), "--base-path",
+                                   str(tmp_path / "base"), "--data-root", str(tmp_path / "fmnist"), "--device", "cpu",
+                                   "--n-loras", "3", "--group-size", "3"])
+    assert res.exit_code == 0, res.output
+    rows = read_zoo_rows(tmp_path / "zoo" / "manifest.jsonl")
+    info = json.loads((tmp_path / "zoo" / "zoo.json").read_text())
+    data = info["recipe"]["data"]
+    assert (data["images_per_class"], data["class_subsets"], data["subset_repeat"]) == (7, "all", 2)
+    assert "dataset_size" not in data and "class_p" not in data and info["recipe"]["n_loras"] == 3
+    order = class_subset_order(0, 10, 2)
+    names = [f"cls_{c}" for c in FASHION_MNIST_CLASSES]  # the source's class order
+    assert len(rows) == 3 and set(built) == {r["id"] for r in rows}
+    for row in rows:
+        i = int(row["id"].removeprefix("lora-"))
+        assert row["finite"] and row["n_classes"] == len(row["classes"]) == sum(row[c] for c in names)
+        assert [row[c] for c in names] == order[i].astype(int).tolist()  # the recipe seed's subset order
+        assert row["dataset_size"] == 7 * row["n_classes"]
+        imgs, classes, caps = built[row["id"]]
+        assert len(imgs) == len(caps) == row["dataset_size"]
+        assert Counter(classes) == {c: 7 for c in row["classes"]}
