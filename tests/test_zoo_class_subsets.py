@@ -180,6 +180,38 @@ def test_the_mix_fashion_recipe_is_imagenette_lora_shaped():
     assert {s.style for s in specs} == {"grey"} and r.base["path"] == "inhouse-base-mix"
 
 
+def test_baseline_of_class_facts_reads_none_of_them():
+    """With images_per_class, dataset_size = m x n_classes: the recipe-only baseline of either (or of the
+    classes) must not read the other or the cls_* columns; on the mix recipe's rows it is then the floor."""
+    from lolscan.evaluation.compare import (
+        fit_hp_baseline,
+        metric,
+        recipe_columns,
+        recipe_matrix,
+    )
+    from lolscan.zoo.diffusion import spec_fields
+    from lolscan.zoo.images import get_source
+
+    r = load_recipe(RECIPES / "inhouse-mix-fashion-classes.toml")
+    source = get_source(r.data.source, r.data.source_options)
+    rows = [spec_fields(s, source, r.data.styles) for s in sample_specs(r, source)]
+    cols = list(rows[0])
+    train, test = [x for x in rows if x["split"] != "test"], [x for x in rows if x["split"] == "test"]
+    for target in ("dataset_size", "n_classes"):
+        feats = recipe_columns(cols, target)
+        assert feats == ["lr", "steps", "batch_size", "weight_decay", "rank", "alpha"], target
+        y = np.array([x[target] for x in train], dtype=float)
+        yt = np.array([x[target] for x in test], dtype=float)
+        pred = fit_hp_baseline("regression", recipe_matrix(train, feats), y, recipe_matrix(test, feats), feats,
+                               models=["ridge"])["ridge"]
+        assert metric("regression", yt, pred) < 0.05, target  # nothing to read
+        leaky = [c for c in cols if c.startswith("cls_")] + [c for c in ("dataset_size", "n_classes") if c != target]
+        pred = fit_hp_baseline("regression", recipe_matrix(train, leaky), y, recipe_matrix(test, leaky), leaky,
+                               models=["ridge"])["ridge"]
+        assert metric("regression", yt, pred) > 0.999, target  # what those columns would have given away
+    assert "dataset_size" not in recipe_columns(cols, "classes", "multilabel", source.classes)
+
+
 def test_cli_builds_the_mix_fashion_recipe_small(tmp_path, monkeypatch):
     """`lolscan zoo build` of the shipped mix recipe at 16 px on a tiny random base and CLIP, 3 LoRAs: the
     manifest's dataset_size is 7 x n_classes, and the dataset each LoRA was trained on holds exactly 7 images
