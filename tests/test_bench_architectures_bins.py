@@ -1,7 +1,8 @@
 """Dataset size scored as the paper scores it (Imagenette-LoRA, its Table 4: test accuracy over classes):
 bench/architectures.py --bins COL=N turns a numeric target into N equal-width bins (a multiclass target),
 --kind sets a target's kind, and the hyperparameter-only baseline of n_classes (the count of a diffusion
-zoo's cls_* columns) must not read the cls_* columns, which add up to it."""
+zoo's cls_* columns) must not read the cls_* columns, which add up to it, nor dataset_size (a multiple of it
+where the recipe sets images_per_class), nor that of dataset_size either."""
 from __future__ import annotations
 
 import json
@@ -33,10 +34,13 @@ def test_bins_are_equal_width_over_the_range_and_sort_in_order():
 
 
 def test_a_class_count_is_not_predicted_from_the_classes():
+    """Nor from the dataset size, nor the dataset size from either: a recipe with [data] images_per_class = m
+    makes dataset_size = m x n_classes (m x the sum of the cls_* columns)."""
     cols = ["lr", "steps", "rank", "dataset_size", "n_classes", "cls_Bag", "cls_Coat", "src_a"]
-    assert recipe_columns(cols, "n_classes", "multiclass") == ["lr", "steps", "rank", "dataset_size", "src_a"]
-    assert recipe_columns(cols, "dataset_size", "multiclass") == ["lr", "steps", "rank", "src_a", "cls_Bag", "cls_Coat"]
-    assert "cls_Bag" in recipe_columns(cols, "clip_score")
+    assert recipe_columns(cols, "n_classes", "multiclass") == ["lr", "steps", "rank", "src_a"]
+    assert recipe_columns(cols, "dataset_size", "multiclass") == ["lr", "steps", "rank", "src_a"]
+    assert recipe_columns(cols, "dataset_size") == ["lr", "steps", "rank", "src_a"]
+    assert recipe_columns(cols, "clip_score") == ["lr", "steps", "rank", "dataset_size", "src_a", "cls_Bag", "cls_Coat"]
 
 
 def test_a_binned_target_trains_as_classes(tmp_path):

@@ -75,11 +75,15 @@ def test_numpy_ridge_is_sklearns_ridgecv():
 
 
 def test_recipe_columns_of_a_diffusion_zoo_read_its_classes_and_dataset_size_unless_they_are_the_label():
+    """The class facts (cls_*, n_classes, dataset_size: with [data] images_per_class = m, dataset_size is
+    m x n_classes) are features of other targets; a target among them reads none of them."""
     cols = ["id", "lr", "steps", "dataset_size", "cls_Bag", "cls_Coat", "clip_score", "n_classes"]
     assert recipe_columns(cols, "clip_score") == ["lr", "steps", "dataset_size", "cls_Bag", "cls_Coat"]
-    assert recipe_columns(cols, "classes", "multilabel", ["Bag", "Coat"]) == ["lr", "steps", "dataset_size"]
-    assert recipe_columns(cols, "dataset_size") == ["lr", "steps", "cls_Bag", "cls_Coat"]
-    assert recipe_columns(cols + ["src_x"], "classes", "multilabel", ["Bag", "Coat"]) == ["lr", "steps", "dataset_size", "src_x"]
+    assert recipe_columns(cols, "classes", "multilabel", ["Bag", "Coat"]) == ["lr", "steps"]
+    assert recipe_columns(cols, "cls_Bag", "binary", ["0", "1"]) == ["lr", "steps"]
+    assert recipe_columns(cols, "dataset_size") == ["lr", "steps"]
+    assert recipe_columns(cols, "n_classes", "multiclass") == ["lr", "steps"]
+    assert recipe_columns(cols + ["src_x"], "classes", "multilabel", ["Bag", "Coat"]) == ["lr", "steps", "src_x"]
 
 
 def test_recipe_columns_read_the_style_except_for_targets_made_of_it():
@@ -87,7 +91,7 @@ def test_recipe_columns_read_the_style_except_for_targets_made_of_it():
     but gives away the font's attributes and the font itself."""
     cols = ["id", "lr", "dataset_size", "cls_A", "sty_Bold", "sty_Roman", "style", "attributes", "attr_bold", "clip_score"]
     assert recipe_columns(cols, "clip_score") == ["lr", "dataset_size", "cls_A", "sty_Bold", "sty_Roman"]
-    assert recipe_columns(cols, "classes", "multilabel", ["A"]) == ["lr", "dataset_size", "sty_Bold", "sty_Roman"]
+    assert recipe_columns(cols, "classes", "multilabel", ["A"]) == ["lr", "sty_Bold", "sty_Roman"]
     for t, kind, labels in (("attributes", "multilabel", ["bold"]), ("attr_bold", "binary", ["0", "1"]),
                             ("style", "multiclass", ["Bold", "Roman"])):
         assert recipe_columns(cols, t, kind, labels) == ["lr", "dataset_size", "cls_A"], t

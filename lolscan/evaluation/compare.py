@@ -29,9 +29,13 @@ RECIPE = ("lr", "steps", "batch_size", "dropout", "weight_decay", "rank", "alpha
 SOURCE_PREFIXES = ("src_", "cls_", "sty_")
 # targets that are the style or a function of it (a font's attributes): the style columns would give them away
 STYLE_TARGETS = ("style", "attributes")
-# targets that count a family's 1s (a diffusion zoo's n_classes = the sum of its cls_* columns): that family
-# would give them away
-COUNT_TARGETS = {"n_classes": "cls_"}
+# targets that count a family's 1s (a diffusion zoo's n_classes = the sum of its cls_* columns), or a multiple
+# of that count (its dataset_size, where the recipe sets [data] images_per_class = m: m × n_classes): that
+# family would give them away
+COUNT_TARGETS = {"n_classes": "cls_", "dataset_size": "cls_"}
+# columns tied to a family (its count, and the dataset size that images_per_class makes a multiple of it): a
+# target made of the family, or one of them, reads none of them either
+TIED = {"cls_": ("n_classes", "dataset_size")}
 HEADLINE_METRIC = {"regression": "r2", "binary": "accuracy", "multiclass": "accuracy", "multilabel": "mean_accuracy"}
 RIDGE_ALPHAS = tuple(float(a) for a in np.logspace(-3, 3, 13))
 BOOTSTRAP = 2000
@@ -49,11 +53,16 @@ def recipe_columns(columns: Sequence[str], target: str, kind: str = "regression"
     baseline drops that family and asks what lr, steps, … tell about which data a LoRA saw; in a zoo that
     draws the recipe and the data independently that is the label prior (each label's training-set
     frequency), which is the floor a metanetwork must clear. A count of a family's 1s (`COUNT_TARGETS`:
-    ``n_classes``) drops that family too. ``dataset_size`` is a recipe column unless it is the target."""
+    ``n_classes``, and ``dataset_size``, which a recipe with ``images_per_class = m`` makes m × n_classes)
+    drops that family too, and where the family goes so do the columns tied to it (`TIED`: ``n_classes``
+    and ``dataset_size`` with ``cls_*``), so the baselines of ``n_classes``, ``dataset_size``, ``classes``
+    and ``cls_*`` read none of the class facts, only what lr, steps, … tell. ``dataset_size`` is otherwise
+    a recipe column."""
     cols = list(columns)
     if "lr" not in cols:
         return None
     data: list[str] = []
+    tied: set[str] = set()
     for prefix in SOURCE_PREFIXES:
         family = sorted(c for c in cols if c.startswith(prefix))
         made_of = target.startswith(prefix) or (
@@ -61,7 +70,9 @@ def recipe_columns(columns: Sequence[str], target: str, kind: str = "regression"
             prefix == "sty_" and (target in STYLE_TARGETS or target.startswith("attr_"))) or COUNT_TARGETS.get(target) == prefix
         if not made_of:
             data += family
-    return [c for c in RECIPE if c in cols and c != target] + [s for s in data if s != target]
+        else:
+            tied.update(TIED.get(prefix, ()))
+    return [c for c in RECIPE if c in cols and c != target and c not in tied] + [s for s in data if s != target]
 
 
 def recipe_matrix(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> np.ndarray:

@@ -187,10 +187,18 @@ def merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+# Keys of one table that stand in for one another: where a variant sets a key, what its parent set of the
+# key's stand-ins goes (a diffusion recipe's [data] images_per_class replaces the parent's dataset_size,
+# class_subsets its class_p), so a variant can move from one to the other; in one file both are an error
+# (`DiffusionRecipe.from_dict`).
+REPLACES = {"data": {"images_per_class": ("dataset_size",), "dataset_size": ("images_per_class",),
+                     "class_subsets": ("class_p",), "class_p": ("class_subsets", "subset_repeat")}}
+
+
 def read_toml(p: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     """A recipe file as a dict. ``extends = "other.toml"`` (relative to this file) starts from that
     recipe and overrides what this one sets, so a variant (other ranks, another seed) states only
-    how it differs."""
+    how it differs (a key it sets drops the parent's stand-ins for it: `REPLACES`)."""
     try:
         with open(p, "rb") as f:
             d = tomllib.load(f)
@@ -205,6 +213,13 @@ def read_toml(p: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     if base_path in _seen:
         raise UsageError(f"recipe: extends loops back to {base_path.name}", path=p)
     out = merged(read_toml(base_path, _seen + (p.resolve(),)), d)
+    for table, stand_ins in REPLACES.items():
+        mine, theirs = d.get(table), out.get(table)
+        if isinstance(mine, dict) and isinstance(theirs, dict):
+            for key in mine:
+                for other in stand_ins.get(key, ()):
+                    if other not in mine:
+                        theirs.pop(other, None)
     for key, spec in d.get("hparams", {}).items():  # a distribution replaces the parent's whole, not key by key
         out["hparams"][key] = spec
     return out
