@@ -116,8 +116,7 @@ if [ -n "$R2" ]; then
   python3 bench/label_noise.py $P/$Z2/manifest.jsonl --label clip_score --halves > $L/label_noise_fonts.json 2>&1
   log "label noise (fonts): $(tr -d '\n ' < $L/label_noise_fonts.json | cut -c1-300)"
 fi
-tar -cf - -C $P zoo $( [ -d $P/$Z2 ] && echo $Z2 ) $( [ -d $P/dora ] && echo dora ) | split -b 16700000 -d -a 2 - $O/zoo/part. && (cd $O/zoo && sha256sum part.* > SHA256SUMS) \
-  && ls $O/zoo/part.* | wc -l > $O/zoo/PACKED
+Q=$O/zoo bash scripts/device/pack.sh $P zoo $( [ -d $P/$Z2 ] && echo $Z2 ) $( [ -d $P/dora ] && echo dora )
 log "zoo packed: $(cat $O/zoo/PACKED) pieces, $(du -sb $O/zoo | cut -f1) bytes"
 [ -z "$PBZ" ] || wait $PBZ
 log "DONE"; touch $O/DONE

@@ -7,6 +7,7 @@ P=${P:-/root/q}
 mkdir -p $P && for d in .chunks/g*; do mv $d/* $P/; done
 echo "parked: $(ls $P | wc -l) files, $(du -sb $P | cut -f1) bytes"
 if [ "${1:-}" = env ]; then
+  [ -e $P/t_call1 ] || date +%s > $P/t_call1  # the lease's first call (qwen_v3.sh's V3_END counts from it)
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
   python3 -c "import sys, torch, transformers, peft; print(sys.version.split()[0], torch.__version__, transformers.__version__, peft.__version__)"
   nproc; df -h /root | tail -1

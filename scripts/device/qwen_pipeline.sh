@@ -21,6 +21,8 @@ G=$P/gguf/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf
     --json $O/suite.json.gz > $L/suite.log 2>&1; log "invariant suite done (rc $?)" ) &
 # PILOT=1 SMALL=1 DEV=cpu: the v2 pilot's CPU rehearsal, without the GGUF (qwen_pilot.sh makes a tiny model)
 [ "${PILOT:-0}${SMALL:-0}" = 11 ] && T0=$T0 exec bash scripts/device/qwen_pilot.sh
+# V3=1 SMALL=1 DEV=cpu: likewise for the v3 zoo (qwen_v3.sh)
+[ "${V3:-0}${SMALL:-0}" = 11 ] && T0=$T0 exec bash scripts/device/qwen_v3.sh
 mkdir -p $P/gguf && cat $P/part?? | gunzip > $G || { log "FAILED: gunzip"; exit 4; }
 echo "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046  $G" | sha256sum -c || { log "FAILED: sha256"; exit 4; }
 rm -f $P/part??
@@ -32,6 +34,9 @@ log "converted"
 # PILOT=1: issue 17's Qwen v2 pilot (100 LoRAs, measured labels, label noise, recipe-only baseline) instead of
 # everything below
 [ "${PILOT:-0}" = 1 ] && T0=$T0 exec bash scripts/device/qwen_pilot.sh
+# V3=1: one lease of issue 17's v3 zoo (2,000 LoRAs over about six leases, each resuming the last and packing
+# its adapters for the trip home) instead of everything below
+[ "${V3:-0}" = 1 ] && T0=$T0 exec bash scripts/device/qwen_v3.sh
 build() {  # build RECIPE FOLDER SECONDS [zoo build options]: resumable; on "out of memory" again at half the group size
   local r=$1 z=$2 g=${GROUP:-48} s end=$(( $(date +%s) + $3 )); shift 3
   for attempt in 1 2 3; do

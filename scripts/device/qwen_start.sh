@@ -4,6 +4,7 @@
 # qwen_pipeline.sh detached (setsid), so the whole build runs on between calls; the next calls only wait and
 # fetch (qwen_poll.sh). $1: the most seconds the main zoo may build (it stops after a whole group).
 # PILOT=1 in the environment: issue 17's v2 pilot instead (qwen_pilot.sh; $1 is then the pilot's build seconds).
+# V3=1: one lease of the v3 zoo instead (qwen_v3.sh; $1: its build seconds; V3_ROWS, V3_END pass through).
 P=${P:-/root/q}
 n=$(ls $P/part?? 2>/dev/null | wc -l); want=$(cat $P/nparts 2>/dev/null)
 [ "$n" = "$want" ] || { echo "PERSISTENCE: $n of ${want:-?} parts in $P"; ls -la $P; exit 3; }

@@ -54,8 +54,7 @@ M=$Z/manifest.jsonl
 log "zoo: $(wc -l < $M) adapters"
 python3 -m lolscan zoo summary $Z --json > $L/summary.json 2>&1
 cp $Z/zoo.json $L/zoo_zoo.json; gzip -c $M > $O/.m.gz && mv $O/.m.gz $O/zoo_manifest.jsonl.gz
-tar -cf - -C $P zoo | split -b 16700000 -d -a 2 - $O/zoo/part. && (cd $O/zoo && sha256sum part.* > SHA256SUMS) \
-  && ls $O/zoo/part.* | wc -l > $O/zoo/PACKED
+Q=$O/zoo bash scripts/device/pack.sh $P zoo
 log "zoo packed: $(cat $O/zoo/PACKED) pieces, $(du -sb $O/zoo | cut -f1) bytes"
 # 2. Issue 17's v2 pilot, measured labels
 timeout $(left) python3 -m lolscan zoo build $PILOT $P/pilot --device $DEV "${NP[@]}" --save-dtype float16 \

@@ -1,0 +1,147 @@
+"""scripts/device/qwen_v3.sh and qwen_v3_home.py, the Qwen v3 zoo's leases rehearsed on the CPU with a toy
+recipe (v3's lr mixture, capped pools, stored correctness) on toy data: a first lease builds 2 of 4 groups and
+packs them in small pieces, smol_fetch.sh brings them back four a call, and the second call's pieces are lost;
+the home merge takes what came whole; the resume pair travels in the last chunk (qwen_park.sh); the second lease
+builds the groups left and packs only its own adapters; after its merge the home zoo is, byte for byte, the zoo
+one uninterrupted build writes (manifest, zoo.json, adapters). A row that arrives unlike the home's is refused."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+from zoo_toy import recipe_toml, toy_recipe, write_toy_data
+
+if not all(importlib.util.find_spec(m) for m in ("peft", "transformers")):  # found, not imported: the scripts import them
+    pytest.skip("needs the zoo extras", allow_module_level=True)
+if not all(shutil.which(t) for t in ("bash", "split", "sha256sum", "zcat", "timeout")):
+    pytest.skip("needs bash and coreutils", allow_module_level=True)
+
+ROOT = Path(__file__).resolve().parent.parent
+DEV = ROOT / "scripts" / "device"
+V3_LR = "lr = { mixture = [[0.6, { loguniform = [2e-5, 5e-4] }], [0.4, { loguniform = [1e-3, 1e-2] }]] }"
+
+
+def _sh(script: str, *args: str, cwd: Path = ROOT, **env: str) -> subprocess.CompletedProcess:
+    e = {**os.environ, "OMP_NUM_THREADS": "1", **env}
+    return subprocess.run(["bash", str(DEV / script), *args], cwd=cwd, env=e, capture_output=True, text=True, timeout=300, check=False)
+
+
+def _home(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(DEV / "qwen_v3_home.py"), *args], capture_output=True, text=True, timeout=120, check=False)
+
+
+def _rows(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+
+
+def _fetch_all(p: Path, into: Path) -> list[Path]:
+    """smol_fetch.sh, call after call (one folder each, as the device tool returns them), until all are sent."""
+    (p / "out" / "t0").write_text("0\n")
+    dirs = []
+    for k in range(10):
+        out = into / f"call{k}"
+        out.mkdir(parents=True)
+        r = _sh("smol_fetch.sh", P=str(p), OUT=str(out))
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert len(list(out.glob("part.*"))) <= 4
+        dirs.append(out)
+        sent, total = (int(x) for x in r.stdout.split("sent ")[1].split(" pieces")[0].split(" of "))
+        if sent == total:
+            return dirs
+    raise AssertionError("smol_fetch.sh never sent every piece")
+
+
+def test_two_leases_resume_and_come_home_as_one_build(tmp_path: Path) -> None:
+    data = tmp_path / ".zoodata" / "olmo_eval"  # where qwen_env.sh points LOLSCAN_ZOO_DATA, via zoodata.tgz
+    write_toy_data(data)
+    with tarfile.open(tmp_path / "zoodata.tgz", "w:gz") as tf:
+        tf.add(tmp_path / ".zoodata", ".zoodata")
+    d = toy_recipe(data, n_loras=16, group_size=4, eval=[{"name": "arc_c", "requests": "requests.jsonl.gz"}])
+    d["data"] = {**d["data"], "store_correct": True, "max_per_source": 8}
+    recipe = tmp_path / "toy_v3.toml"
+    recipe.write_text(recipe_toml(d).replace("lr = { loguniform = [0.001, 0.01] }", V3_LR))
+    env = {"SMALL": "1", "DEV": "cpu", "V3_RECIPE": str(recipe), "V3_QUESTIONS": "9", "SNAP_S": "1", "PIECE": "8000"}
+    home = tmp_path / "home" / "zoo"
+
+    # lease 1: 2 of the 4 groups; the second fetch call's pieces never arrive
+    a = tmp_path / "a"
+    a.mkdir()
+    shutil.copy(tmp_path / "zoodata.tgz", a)
+    r = _sh("qwen_v3.sh", P=str(a), V3_ROWS="0", V3_MAX_GROUPS="2", V3_ANALYSES="0", **env)
+    assert r.returncode == 0 and (a / "out" / "DONE").exists(), r.stdout + r.stderr
+    assert "v3: 8 rows, 8 new" in r.stdout
+    assert (a / "out" / "logs" / "v3_zoo.json").exists() and (a / "out" / "qwen_v3_manifest.jsonl.gz").exists()
+    calls = _fetch_all(a, tmp_path / "fetch_a")
+    assert len(calls) >= 2
+    r = _home("merge", *map(str, calls[:-1]), "--zoo", str(home), "--manifest", str(a / "out" / "qwen_v3_manifest.jsonl.gz"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "missing" in r.stdout and "0 differing" in r.stdout
+    n_home = len(_rows(home / "manifest.jsonl"))
+    assert 0 < n_home < 8  # what came whole: every home row has its adapter
+    assert all((home / x["path"] / "adapter_model.safetensors").is_file() for x in _rows(home / "manifest.jsonl"))
+
+    # the resume pair, into the last chunk, parked by qwen_park.sh on the next (fresh) machine
+    repo = tmp_path / "repo"
+    for g in ("g00", "g01"):
+        (repo / ".chunks" / g).mkdir(parents=True)
+        (repo / ".chunks" / g / f"part{g[1:]}").write_bytes(b"x" * 100)
+    (repo / ".chunks" / "g00" / "nparts").write_text("2\n")
+    assert _home("resume", "--zoo", str(home), "--chunks", str(repo / ".chunks"), "--cap", "200").returncode != 0  # no room
+    r = _home("resume", "--zoo", str(home), "--chunks", str(repo / ".chunks"))
+    assert r.returncode == 0 and f"V3_ROWS={n_home} " in r.stdout, r.stdout + r.stderr
+    assert (repo / ".chunks" / "g01" / "v3_resume" / "manifest.jsonl.gz").exists()
+    b = tmp_path / "b"
+    for g in ("g00", "g01"):
+        r = _sh("qwen_park.sh", cwd=repo, P=str(b))
+        assert r.returncode == 0, r.stderr
+    shutil.copy(tmp_path / "zoodata.tgz", b)
+
+    # lease 2: a stale count stops it; the right one builds the groups left, and packs only its adapters
+    r = _sh("qwen_v3.sh", P=str(tmp_path / "stale"), V3_ROWS=str(n_home + 1), V3_ANALYSES="0",
+            **{**env, "V3_RECIPE": "/nonexistent.toml"})
+    assert "FAILED" in r.stdout
+    r = _sh("qwen_v3.sh", P=str(b), V3_ROWS=str(n_home), V3_ANALYSES="0", **env)  # the analyses: README's rehearsal
+    assert r.returncode == 0 and (b / "out" / "DONE").exists(), r.stdout + r.stderr
+    assert f"v3: {n_home} rows carried" in r.stdout and "v3: 16 rows" in r.stdout
+    pack = json.loads((b / "v3" / "pack.json").read_text())
+    home_ids = {x["id"] for x in _rows(home / "manifest.jsonl")}
+    assert pack["carried"] == n_home and set(pack["new"]) == {x["id"] for x in _rows(b / "v3" / "manifest.jsonl")} - home_ids
+    assert json.loads((b / "out" / "logs" / "v3_summary.json").read_text())["rows"] == 16
+    calls = _fetch_all(b, tmp_path / "fetch_b")
+    spare = tmp_path / "spare"
+    shutil.copytree(home, spare)
+    r = _home("merge", *map(str, calls), "--zoo", str(home))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"{len(pack['new'])} adapters added" in r.stdout
+
+    # one uninterrupted build of the same recipe: the same zoo, byte for byte
+    ref = tmp_path / "ref"
+    r = subprocess.run([sys.executable, "-m", "lolscan", "zoo", "build", str(recipe), str(ref), "--device", "cpu",
+                        "--base-path", str(a / "st"), "--save-dtype", "float16"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}, check=False)
+    assert r.returncode == 0, r.stderr
+    assert (home / "manifest.jsonl").read_bytes() == (ref / "manifest.jsonl").read_bytes()
+    assert (home / "zoo.json").read_bytes() == (ref / "zoo.json").read_bytes()
+    for x in _rows(ref / "manifest.jsonl"):
+        for f in ("adapter_config.json", "adapter_model.safetensors"):
+            assert (home / x["path"] / f).read_bytes() == (ref / x["path"] / f).read_bytes()
+    s = subprocess.run([sys.executable, "-m", "lolscan", "zoo", "summary", str(home), "--json"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120, check=False)
+    assert s.returncode == 0 and json.loads(s.stdout)["rows"] == 16, s.stderr
+
+    # a row that arrives unlike the home zoo's: nothing merged
+    rows = _rows(spare / "manifest.jsonl")
+    rows.append({**_rows(b / "v3" / "manifest.jsonl")[0], "id": pack["new"][0], "path": f"adapters/{pack['new'][0]}",
+                 "val_loss": 9.0})
+    (spare / "manifest.jsonl").write_text("".join(json.dumps(x) + "\n" for x in rows))
+    before = (spare / "manifest.jsonl").read_bytes()
+    r = _home("merge", *map(str, calls), "--zoo", str(spare))
+    assert r.returncode != 0 and "nothing merged" in r.stdout + r.stderr
+    assert (spare / "manifest.jsonl").read_bytes() == before
