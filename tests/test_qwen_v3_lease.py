@@ -3,7 +3,8 @@ recipe (v3's lr mixture, capped pools, stored correctness) on toy data: a first 
 packs them in small pieces, smol_fetch.sh brings them back four a call, and the second call's pieces are lost;
 the home merge takes what came whole; the resume pair travels in the last chunk (qwen_park.sh); the second lease
 builds the groups left and packs only its own adapters; after its merge the home zoo is, byte for byte, the zoo
-one uninterrupted build writes (manifest, zoo.json, adapters). A row that arrives unlike the home's is refused."""
+one uninterrupted build writes (manifest, zoo.json, adapters). A row that arrives unlike the home's is refused.
+And make_chunks.py --room, which keeps the last chunk free enough for the resume pair."""
 from __future__ import annotations
 
 import importlib.util
@@ -33,8 +34,9 @@ def _sh(script: str, *args: str, cwd: Path = ROOT, **env: str) -> subprocess.Com
     return subprocess.run(["bash", str(DEV / script), *args], cwd=cwd, env=e, capture_output=True, text=True, timeout=300, check=False)
 
 
-def _home(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(DEV / "qwen_v3_home.py"), *args], capture_output=True, text=True, timeout=120, check=False)
+def _home(*args: str, cwd: Path) -> subprocess.CompletedProcess:  # cwd: its default .chunks
+    return subprocess.run([sys.executable, str(DEV / "qwen_v3_home.py"), *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=120, check=False)
 
 
 def _rows(path: Path) -> list[dict]:
@@ -80,7 +82,8 @@ def test_two_leases_resume_and_come_home_as_one_build(tmp_path: Path) -> None:
     assert (a / "out" / "logs" / "v3_zoo.json").exists() and (a / "out" / "qwen_v3_manifest.jsonl.gz").exists()
     calls = _fetch_all(a, tmp_path / "fetch_a")
     assert len(calls) >= 2
-    r = _home("merge", *map(str, calls[:-1]), "--zoo", str(home), "--manifest", str(a / "out" / "qwen_v3_manifest.jsonl.gz"))
+    r = _home("merge", *map(str, calls[:-1]), "--zoo", str(home), "--manifest", str(a / "out" / "qwen_v3_manifest.jsonl.gz"),
+              cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "missing" in r.stdout and "0 differing" in r.stdout
     n_home = len(_rows(home / "manifest.jsonl"))
@@ -93,8 +96,8 @@ def test_two_leases_resume_and_come_home_as_one_build(tmp_path: Path) -> None:
         (repo / ".chunks" / g).mkdir(parents=True)
         (repo / ".chunks" / g / f"part{g[1:]}").write_bytes(b"x" * 100)
     (repo / ".chunks" / "g00" / "nparts").write_text("2\n")
-    assert _home("resume", "--zoo", str(home), "--chunks", str(repo / ".chunks"), "--cap", "200").returncode != 0  # no room
-    r = _home("resume", "--zoo", str(home), "--chunks", str(repo / ".chunks"))
+    assert _home("resume", "--zoo", str(home), "--cap", "200", cwd=repo).returncode != 0  # no room
+    r = _home("resume", "--zoo", str(home), cwd=repo)
     assert r.returncode == 0 and f"V3_ROWS={n_home} " in r.stdout, r.stdout + r.stderr
     assert (repo / ".chunks" / "g01" / "v3_resume" / "manifest.jsonl.gz").exists()
     b = tmp_path / "b"
@@ -117,9 +120,10 @@ def test_two_leases_resume_and_come_home_as_one_build(tmp_path: Path) -> None:
     calls = _fetch_all(b, tmp_path / "fetch_b")
     spare = tmp_path / "spare"
     shutil.copytree(home, spare)
-    r = _home("merge", *map(str, calls), "--zoo", str(home))
+    (repo / ".chunks" / "g01" / "v3_resume").mkdir()  # as the lead's chunks still hold it after the lease
+    r = _home("merge", *map(str, calls), "--zoo", str(home), cwd=repo)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert f"{len(pack['new'])} adapters added" in r.stdout
+    assert f"{len(pack['new'])} adapters added" in r.stdout and not (repo / ".chunks" / "g01" / "v3_resume").exists()
 
     # one uninterrupted build of the same recipe: the same zoo, byte for byte
     ref = tmp_path / "ref"
@@ -142,6 +146,21 @@ def test_two_leases_resume_and_come_home_as_one_build(tmp_path: Path) -> None:
                  "val_loss": 9.0})
     (spare / "manifest.jsonl").write_text("".join(json.dumps(x) + "\n" for x in rows))
     before = (spare / "manifest.jsonl").read_bytes()
-    r = _home("merge", *map(str, calls), "--zoo", str(spare))
+    r = _home("merge", *map(str, calls), "--zoo", str(spare), cwd=tmp_path)
     assert r.returncode != 0 and "nothing merged" in r.stdout + r.stderr
     assert (spare / "manifest.jsonl").read_bytes() == before
+
+
+def test_make_chunks_leaves_room_in_the_last_chunk(tmp_path: Path) -> None:
+    model, extra = tmp_path / "m.gz", tmp_path / "data.tgz"
+    model.write_bytes(os.urandom(1000))
+    extra.write_bytes(os.urandom(100))
+    for room, n in ((0, 4), (50, 4), (200, 5)):  # at cap 300 the remainder (200 bytes) leaves 100: too little for 200
+        shutil.rmtree(tmp_path / ".chunks", ignore_errors=True)
+        r = subprocess.run([sys.executable, str(DEV / "make_chunks.py"), str(model), str(extra), "--cap", "300",
+                            "--room", str(room)], cwd=tmp_path, capture_output=True, text=True, check=False)
+        assert r.returncode == 0 and r.stdout.strip() == f"{n} chunks", r.stderr
+        parts = sorted((tmp_path / ".chunks").glob("g*/part*"))
+        assert b"".join(p.read_bytes() for p in parts) == model.read_bytes()
+        assert parts[-1].stat().st_size <= 300 - room and (tmp_path / ".chunks" / "g00" / "nparts").read_text() == f"{n}\n"
+        assert max(sum(f.stat().st_size for f in d.iterdir() if f.name != "nparts") for d in (tmp_path / ".chunks").iterdir()) <= 300

@@ -20,8 +20,9 @@
 #      bootstrap, every LoRA and lr ≤ 1e-3) and bench/hp_baseline.py (arc_c_acc, val_loss, val_loss_own) into
 #      $O/logs; then DONE.
 # SMALL=1 DEV=cpu: the CPU rehearsal (qwen_pipeline.sh comes here before the GGUF steps): a tiny random Llama
-# (tests/zoo_toy.py), a derived recipe that keeps v3's (lr mixture, sources, caps, measured labels) with
-# SMALL_N (24) LoRAs in groups of 4, a few steps each, ARC-C on its first 8 questions; V3_RECIPE (and
+# (tests/zoo_toy.py), a derived recipe that keeps v3's sources, caps, measured labels and lr mixture (60 % in
+# v3's healthy range; the 40 % at 1e-2 to 1e-1, which damages a tiny model in a few steps) with SMALL_N (24)
+# LoRAs in groups of 4, a few steps each, ARC-C on its first 8 questions; V3_RECIPE (and
 # V3_QUESTIONS) replace it (tests/test_qwen_v3_lease.py: a toy recipe on toy data), V3_MAX_GROUPS stops the
 # build after that many groups, V3_ANALYSES=0 skips step 3 but the summary, PIECE sets the piece size.
 set -o pipefail
@@ -48,9 +49,10 @@ if [ "${SMALL:-0}" = 1 ]; then
   [ ! -e $P/zoodata.tgz ] || tar -xzf $P/zoodata.tgz -C $P || fail "data"
   python3 -c "import sys; sys.path.insert(0, 'tests'); from pathlib import Path; from zoo_toy import save_tiny_hf_base
 save_tiny_hf_base(Path('$P/st'))" || fail "tiny model"
-  if [ -z "${V3_RECIPE:-}" ]; then  # v3 as it is but for size, steps and questions (set in the file: in the digest)
-    printf 'extends = "%s"\nn_loras = %s\ngroup_size = 4\n[hparams]\nsteps = { epochs = [0.1, 0.3] }\n[[eval]]\nname = "arc_c"\nrequests = "%s"\nmax_docs = 8\n' \
-      $PWD/$VR ${SMALL_N:-24} oe_eval_tasks/arc_challenge/test_mc_5shot/requests.jsonl.gz > $P/v3_small.toml
+  if [ -z "${V3_RECIPE:-}" ]; then  # v3 but for size, steps, questions and a damaging range that damages a tiny model
+    printf 'extends = "%s"\nn_loras = %s\ngroup_size = 4\n[hparams]\nsteps = { epochs = [0.1, 0.3] }\nlr = %s\n[[eval]]\nname = "arc_c"\nrequests = "%s"\nmax_docs = 8\n' \
+      $PWD/$VR ${SMALL_N:-24} "{ mixture = [[0.60, { loguniform = [2e-5, 5e-4] }], [0.40, { loguniform = [1e-2, 1e-1] }]] }" \
+      oe_eval_tasks/arc_challenge/test_mc_5shot/requests.jsonl.gz > $P/v3_small.toml
     VR=$P/v3_small.toml; Q=8
   fi
   log "small: tiny model, $VR"
@@ -68,6 +70,7 @@ timeout $(( S + 90 )) python3 -m lolscan zoo build $VR $Z --device $DEV --base-p
   --max-minutes $(python3 -c "print(($S - 15) / 60)") > $L/build_v3.log 2>&1 & B=$!
 i=0; while kill -0 $B 2>/dev/null; do sleep 1; i=$(( i + 1 )); [ $(( i % ${SNAP_S:-20} )) = 0 ] && snap; done
 wait $B; rc=$?; snap
+[ $rc = 0 ] || log "v3: build rc $rc: $(grep -v '^ *$' $L/build_v3.log | tail -2 | tr '\n' ' ' | cut -c1-400)"
 M=$Z/manifest.jsonl
 [ -s $M ] || fail "no v3 manifest (rc $rc): $(tail -1 $L/build_v3.log)"
 log "v3: $(wc -l < $M) rows, $(( $(wc -l < $M) - NC )) new (rc $rc): $(grep -E "adapters, (complete|stopped)" -A1 $L/build_v3.log | tr '\n' ' ')"
@@ -97,10 +100,11 @@ for h in "" 1e-3; do
   python3 bench/label_noise.py $M --label arc_c_acc --questions $Q --bootstrap 1000 ${h:+--max-lr $h} \
     > $L/label_noise_arc_c${h:+_healthy}.json 2>&1; log "label_noise${h:+ (lr ≤ $h)} rc $?"
 done
-for t in arc_c_acc val_loss val_loss_own; do
-  python3 bench/hp_baseline.py $M -t $t $( [ $t = arc_c_acc ] && echo --questions $Q ) --markdown \
-    > $L/hp_baseline_$t.md 2>&1; log "hp_baseline $t rc $?"
+for t in arc_c_acc val_loss val_loss_own; do  # side by side: ≈ 50 s each at 2,000 rows on one dev-CPU core
+  ( python3 bench/hp_baseline.py $M -t $t $( [ $t = arc_c_acc ] && echo --questions $Q ) --markdown \
+    > $L/hp_baseline_$t.md 2>&1; log "hp_baseline $t rc $?" ) &
 done
+wait
 python3 - $L <<'PY' | tee -a $O/progress
 import json, sys
 for name in ("label_noise_arc_c", "label_noise_arc_c_healthy"):

@@ -37,6 +37,8 @@ from pathlib import Path, PurePosixPath
 ZOO = "/work/kit/qwenv3/zoo"
 FILES = ("adapter_config.json", "adapter_model.safetensors")
 SAME_ZOO = ("recipe_digest", "pool_digest", "targets", "base")
+# V3_END: 1,500 s after the first call with all 30 device minutes left (`status`'s budget_left_s less 300 if not)
+START = "bash scripts/device/qwen_park.sh && V3=1 V3_ROWS={} V3_END=1500 bash scripts/device/qwen_start.sh 1200 0"
 
 
 def sha256(path: Path) -> str:
@@ -242,6 +244,9 @@ def _merge_staged(zoo: Path, st: Path, complete: set[str], n_pieces: int, args: 
           f"their adapter (a later lease rebuilds their groups){'' if not missing_new else f'; {len(missing_new)} packed adapters missing'}")
     print(f"home zoo {zoo}: {len(merged)} rows of {info['recipe'].get('n_loras', '?')}, manifest sha256 "
           f"{note['manifest_sha256'][:16]}…")
+    for stale in Path(args.chunks).glob("g[0-9][0-9]/v3_resume"):  # never carried once the home zoo moved on
+        shutil.rmtree(stale)
+        print(f"merge: removed the resume pair {stale}, now stale: `qwen_v3_home.py resume` makes the next one")
     return 0
 
 
@@ -267,7 +272,7 @@ def resume(args: argparse.Namespace) -> int:
     rows = read_rows(zoo / "manifest.jsonl") if (zoo / "manifest.jsonl").exists() else []
     if not rows:
         print(f"resume: {zoo} holds no rows: nothing to carry (the first lease starts the zoo): V3_ROWS=0")
-        print("start: V3=1 V3_ROWS=0 V3_END=1500 bash scripts/device/qwen_start.sh 1200 0")
+        print(f"start: {START.format(0)}")
         return 0
     lacking = [r["id"] for r in rows if not has_adapter(zoo / r["path"])]
     if lacking:
@@ -286,7 +291,7 @@ def resume(args: argparse.Namespace) -> int:
         shutil.rmtree(dest)
         sys.exit(f"resume: {dest.parent} would pass --cap {args.cap}: remake the chunks with make_chunks.py --room "
                  f"{max(2_000_000, 2 * size)} (the pair removed)")
-    print(f"start: V3=1 V3_ROWS={len(rows)} V3_END=1500 bash scripts/device/qwen_start.sh 1200 0")
+    print(f"start: {START.format(len(rows))}")
     return 0
 
 
@@ -316,6 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("--zoo", default=ZOO)
     m.add_argument("--manifest", help="the lease's polled qwen_v3_manifest.jsonl.gz, to compare")
     m.add_argument("--keep-home", action="store_true", help="on conflicting rows keep the home zoo's")
+    m.add_argument("--chunks", default=".chunks", help="the chunks whose resume pair a merge makes stale (removed)")
     r = sub.add_parser("resume", help="the next lease's resume pair into the last chunk")
     r.add_argument("--zoo", default=ZOO)
     r.add_argument("--chunks", default=".chunks")
