@@ -15,6 +15,7 @@
 set -o pipefail
 T0=${T0:-$(date +%s)}
 source scripts/device/qwen_env.sh
+source scripts/device/qwen_analyses.sh
 O=$P/out; L=$O/logs; mkdir -p $L
 log() { echo "[$(( $(date +%s) - T0 )) s] $*" | tee -a $O/progress; }
 DEV=${DEV:-cuda}; PR=recipes/qwen2.5-coder-1.5b-kv-r4-v2-pilot.toml; Q=1172; Z=$P/pilot; S=${BUILD_S:-900}
@@ -39,24 +40,6 @@ M=$Z/manifest.jsonl
 log "pilot: $(wc -l < $M) adapters (rc $rc): $(grep -E "adapters, (complete|stopped)" -A1 $L/build_pilot.log | tr '\n' ' ')"
 sha256sum $M | tee -a $O/progress
 cp $Z/zoo.json $L/pilot_zoo.json; python3 -m lolscan zoo summary $Z --json > $L/pilot_summary.json 2>&1
-for h in "" 1e-3; do
-  python3 bench/label_noise.py $M --label arc_c_acc --questions $Q --bootstrap 1000 ${h:+--max-lr $h} \
-    > $L/label_noise_arc_c${h:+_healthy}.json 2>&1; log "label_noise${h:+ (lr ≤ $h)} rc $?"
-done
-for t in arc_c_acc val_loss val_loss_own; do
-  python3 bench/hp_baseline.py $M -t $t $( [ $t = arc_c_acc ] && echo --questions $Q ) --markdown \
-    > $L/hp_baseline_$t.md 2>&1; log "hp_baseline $t rc $?"
-done
-python3 - $L <<'PY' | tee -a $O/progress
-import json, sys
-for name in ("label_noise_arc_c", "label_noise_arc_c_healthy"):
-    try:
-        d = json.load(open(f"{sys.argv[1]}/{name}.json"))
-        b, s = d["binomial"], d.get("bootstrap", {})
-        print(f"{name}: n {d['n']}, label sd {b['label_var'] ** 0.5:.4f}, binomial sd {b['noise_sd']:.4f}, "
-              f"ceiling {b['ceiling']:.3f}, bootstrap {s.get('ceiling', float('nan')):.3f} (shared {s.get('ceiling_shared', float('nan')):.3f})")
-    except Exception as exc:  # a failed run is in its own file
-        print(f"{name}: {exc!r}")
-PY
+qwen_analyses $M $Q
 log "DONE"
 touch $O/DONE

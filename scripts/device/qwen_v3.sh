@@ -28,6 +28,7 @@
 set -o pipefail
 T0=${T0:-$(date +%s)}
 source scripts/device/qwen_env.sh
+source scripts/device/qwen_analyses.sh
 O=$P/out; L=$O/logs; mkdir -p $L
 log() { echo "[$(( $(date +%s) - T0 )) s] $*" | tee -a $O/progress; }
 fail() { log "FAILED: $*"; touch $O/DONE; exit 6; }
@@ -96,25 +97,6 @@ log "v3 packed: $(( $(wc -l < $P/pack.list) - 3 )) adapters, $(cat $O/zoo/PACKED
 # 3. analyses of the cumulative manifest
 python3 -m lolscan zoo summary $Z --json > $L/v3_summary.json 2>&1
 [ "${V3_ANALYSES:-1}" = 0 ] && { log "DONE (no analyses: V3_ANALYSES=0)"; touch $O/DONE; exit 0; }
-for h in "" 1e-3; do
-  python3 bench/label_noise.py $M --label arc_c_acc --questions $Q --bootstrap 1000 ${h:+--max-lr $h} \
-    > $L/label_noise_arc_c${h:+_healthy}.json 2>&1; log "label_noise${h:+ (lr ≤ $h)} rc $?"
-done
-for t in arc_c_acc val_loss val_loss_own; do  # side by side: ≈ 50 s each at 2,000 rows on one dev-CPU core
-  ( python3 bench/hp_baseline.py $M -t $t $( [ $t = arc_c_acc ] && echo --questions $Q ) --markdown \
-    > $L/hp_baseline_$t.md 2>&1; log "hp_baseline $t rc $?" ) &
-done
-wait
-python3 - $L <<'PY' | tee -a $O/progress
-import json, sys
-for name in ("label_noise_arc_c", "label_noise_arc_c_healthy"):
-    try:
-        d = json.load(open(f"{sys.argv[1]}/{name}.json"))
-        b, s = d["binomial"], d.get("bootstrap", {})
-        print(f"{name}: n {d['n']}, label sd {b['label_var'] ** 0.5:.4f}, binomial sd {b['noise_sd']:.4f}, "
-              f"ceiling {b['ceiling']:.3f}, bootstrap {s.get('ceiling', float('nan')):.3f} (shared {s.get('ceiling_shared', float('nan')):.3f})")
-    except Exception as exc:  # a failed run is in its own file
-        print(f"{name}: {exc!r}")
-PY
+qwen_analyses $M $Q
 log "DONE"
 touch $O/DONE
