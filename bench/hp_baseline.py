@@ -64,7 +64,7 @@ def cross_validated(rows: list[dict[str, Any]], target: str, folds: int, where: 
     fitted on the others; the out-of-fold predictions are scored together."""
     import numpy as np
 
-    from lolscan.evaluation.compare import fit_hp_baseline, gbt_available, recipe_columns, recipe_matrix
+    from lolscan.evaluation.compare import fit_hp_baseline, gbt_available, metric, recipe_columns, recipe_matrix
 
     rows = [r for r in rows if r.get(target) is not None]
     columns = recipe_columns(list(dict.fromkeys(k for r in rows for k in r)), target)
@@ -81,7 +81,7 @@ def cross_validated(rows: list[dict[str, Any]], target: str, folds: int, where: 
         te, tr = fold == k, fold != k
         for m, p in fit_hp_baseline("regression", X[tr], y[tr], X[te], columns, models=models).items():
             pred[m][te] = p
-    r2 = {m: 1 - float(((y - p) ** 2).sum() / ((y - y.mean()) ** 2).sum()) for m, p in pred.items()}
+    r2 = {m: metric("regression", y, p) for m, p in pred.items()}
     names = {"gbt": "trees", "ridge": "ridge"}
     return (f"{target} {where}: n {len(rows)}, mean {y.mean():.4g}, sd {y.std():.4g}; recipe-only {folds}-fold R² "
             + ", ".join(f"{names[m]} {r2[m]:.3f}" for m in models))
