@@ -128,6 +128,9 @@ def main() -> None:
     healthy = healthy_rows([by_id[i]["lr"] for i in ids], args.healthy_lr)
     arrays = {name: [[p[i] for i in ids] for p in preds] for name, preds in runs.items()}
     table, best = compare_rows("regression", true, arrays, healthy=healthy, reps=args.bootstrap)
+    if best is None:  # R² needs two distinct labels: a test split of one LoRA (a tiny rehearsal) has none
+        sys.exit(f"error: no row has a finite test R² on {len(ids)} test LoRAs ({args.target}): too few to compare "
+                 "(--cv K scores a small zoo by cross-validation)")
     print(f"{args.target}: {len(ids)} test LoRAs ({len(healthy)} healthy: lr <= {args.healthy_lr:g}); "
           f"label sd {statistics.pstdev(true):.4g}", file=sys.stderr)
     if args.questions:

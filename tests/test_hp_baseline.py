@@ -67,3 +67,16 @@ def test_cross_validated_recipe_r2_finds_a_recipe_label_and_not_noise(tmp_path: 
     assert all(v > 0.9 for v in acc.values()), acc
     noise = r2s("noise")
     assert all(v < 0.1 for v in noise.values()), noise
+
+
+def test_one_test_lora_is_one_clear_error_not_a_traceback(tmp_path: Path) -> None:
+    """A test split of one LoRA has no R² for any row: hp_baseline says so in one line and exits non-zero."""
+    rows = [{"id": f"lora-{i:04d}", "split": "test" if i == 0 else "train", "lr": 10 ** (-5 + i / 10), "steps": 16,
+             "batch_size": 4, "dropout": 0.0, "weight_decay": 0.0, "rank": 4, "alpha": 8, "acc": 0.5 + i / 100}
+            for i in range(20)]
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    res = subprocess.run([sys.executable, str(ROOT / "bench" / "hp_baseline.py"), str(manifest), "-t", "acc"],
+                         capture_output=True, text=True)
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    assert "no row has a finite test R² on 1 test LoRAs (acc)" in res.stderr
