@@ -13,9 +13,9 @@
 #      after it starts, and earlier if V3_END is set: V3_END seconds after the lease's first call
 #      (qwen_park.sh env, $P/t_call1); hard kill 90 s later. Every SNAP_S (20) seconds the manifest is
 #      gzipped into $O/qwen_v3_manifest.jsonl.gz and zoo.json copied into $O/logs, so every poll brings them.
-#   2. pack (pack.sh): a tar of v3/manifest.jsonl (all rows, carried and new), v3/zoo.json, v3/pack.json (the
-#      new ids, the rows carried, the device) and the adapters of the rows that were not carried, in pieces of
-#      16.7 MB ($O/zoo/part.NN, SHA256SUMS, PACKED) that `P=/root/q smol_fetch.sh` brings back four per call.
+#   2. pack (pack_list.py, pack.sh): a tar of v3/manifest.jsonl (all rows, carried and new), v3/zoo.json,
+#      v3/pack.json (the new ids, the rows carried, the device) and the adapters of the rows that were not
+#      carried, in pieces of 16.7 MB ($O/zoo/part.NN, SHA256SUMS, PACKED) that `P=/root/q smol_fetch.sh` brings back four per call.
 #   3. on the cumulative manifest: `lolscan zoo summary`, bench/label_noise.py (arc_c_acc, binomial and
 #      bootstrap, every LoRA and lr ≤ 1e-3) and bench/hp_baseline.py (arc_c_acc, val_loss, val_loss_own) into
 #      $O/logs; then DONE.
@@ -36,15 +36,15 @@ DEV=${DEV:-cuda}; VR=${V3_RECIPE:-recipes/qwen2.5-coder-1.5b-kv-r4-v3.toml}; Q=$
 S=${BUILD_S:-900}
 GPU=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1); GPU=${GPU:-$DEV}
 # 0. the resume pair
-: > $P/carried.jsonl
+: > $P/v3.carried.jsonl
 if [ -d $P/v3_resume ]; then
   (cd $P/v3_resume && sha256sum -c SHA256SUMS > /dev/null) || fail "the resume pair's sha256 ($P/v3_resume)"
   [ ! -e $Z/manifest.jsonl ] || fail "$Z already holds a manifest: a resume pair goes into a fresh machine"
-  mkdir -p $Z && zcat $P/v3_resume/manifest.jsonl.gz > $P/carried.jsonl && cp $P/carried.jsonl $Z/manifest.jsonl \
+  mkdir -p $Z && zcat $P/v3_resume/manifest.jsonl.gz > $P/v3.carried.jsonl && cp $P/v3.carried.jsonl $Z/manifest.jsonl \
     && cp $P/v3_resume/zoo.json $Z/zoo.json || fail "resume pair"
 fi
-NC=$(grep -c . $P/carried.jsonl)
-log "v3: $NC rows carried$( [ $NC = 0 ] || echo " (manifest sha256 $(sha256sum < $P/carried.jsonl | cut -c1-16))"), device $GPU"
+NC=$(grep -c . $P/v3.carried.jsonl)
+log "v3: $NC rows carried$( [ $NC = 0 ] || echo " (manifest sha256 $(sha256sum < $P/v3.carried.jsonl | cut -c1-16))"), device $GPU"
 [ -z "${V3_ROWS:-}" ] || [ "$V3_ROWS" = "$NC" ] || fail "V3_ROWS=$V3_ROWS but $NC rows carried: not building (a stale or missing resume pair)"
 if [ "${SMALL:-0}" = 1 ]; then
   [ ! -e $P/zoodata.tgz ] || tar -xzf $P/zoodata.tgz -C $P || fail "data"
@@ -77,21 +77,7 @@ M=$Z/manifest.jsonl
 log "v3: $(wc -l < $M) rows, $(( $(wc -l < $M) - NC )) new (rc $rc): $(grep -E "adapters, (complete|stopped)" -A1 $L/build_v3.log | tr '\n' ' ')"
 sha256sum $M | tee -a $O/progress
 # 2. pack the rows built here (manifest first: a partial fetch still brings it)
-python3 - $P "$GPU" $NC > $P/pack.list <<'PY' || fail "pack list"
-import hashlib, json, pathlib, sys
-p, gpu, n_carried = pathlib.Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
-carried = {json.loads(l)["id"] for l in open(p / "carried.jsonl") if l.strip()}
-rows = [json.loads(l) for l in open(p / "v3/manifest.jsonl") if l.strip()]
-new = [r["id"] for r in rows if r["id"] not in carried]
-missing = [i for i in new if not (p / "v3/adapters" / i / "adapter_model.safetensors").is_file()]
-info = {"carried": n_carried, "rows": len(rows), "new": new, "missing": missing, "device": gpu,
-        "manifest_sha256": hashlib.sha256((p / "v3/manifest.jsonl").read_bytes()).hexdigest()}
-(p / "v3/pack.json").write_text(json.dumps(info, indent=1))
-print("v3/manifest.jsonl\nv3/zoo.json\nv3/pack.json")
-print("".join(f"v3/adapters/{i}\n" for i in new if i not in missing), end="")
-if missing:
-    print(f"pack: {len(missing)} new rows without adapter files: {missing[:5]}", file=sys.stderr)
-PY
+python3 scripts/device/pack_list.py $P "$GPU" v3 > $P/pack.list || fail "pack list"
 Q=$O/zoo bash scripts/device/pack.sh $P -T $P/pack.list || fail "pack"
 log "v3 packed: $(( $(wc -l < $P/pack.list) - 3 )) adapters, $(cat $O/zoo/PACKED) pieces, $(du -sb $O/zoo | cut -f1) bytes"
 # 3. analyses of the cumulative manifest
