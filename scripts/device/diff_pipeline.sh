@@ -20,12 +20,22 @@
 # ZOO=glyphs's, then two zoos on them one after the other — recipes/inhouse-mix-fashion-classes.toml ($P/zoo)
 # and recipes/inhouse-mix-fonts-identity.toml ($P/zoo_fonts) — the first until MIX_SPLIT (default 0.5) of the
 # time left to ZOO_END, the second until ZOO_END; label noise (--halves) of both; both packed in zoo/part.NN.
-# SMALL=1 DEV=cpu: the CPU rehearsal (a few steps and LoRAs).
+# A resumed lease (ZOO=mix, README.md here, "Mix base"): `qwen_v3_home.py resume --mix` put diff_resume/ in the
+# last chunk (qwen_park.sh parks it as $P/diff_resume): the first lease's base and scorer tars and each zoo's
+# manifest.jsonl.gz and zoo.json (SHA256SUMS over all). Base and scorer are unpacked, not trained; each zoo is
+# seeded, so it builds only the groups not carried (the fashion zoo none if it is complete: the fonts zoo then
+# gets all the time). DIFF_ROWS="N1 N2": the rows carried per zoo (0 0 on a first lease); another count stops
+# the lease before building. Every lease packs each zoo's manifest.jsonl, zoo.json and pack.json (the new ids,
+# the device) first, then only the adapters of rows not carried.
+# SMALL=1 DEV=cpu: the CPU rehearsal (a few steps and LoRAs; SMALL_N LoRAs a zoo, in groups of 2);
+# DIFF_MAX_GROUPS="G1 [G2]" stops the (first, second) zoo's build after that many groups (diff_rehearse.sh).
 set -o pipefail
 T0=$(date +%s)
 P=${P:-/root/d}; O=$P/out; L=$O/logs; mkdir -p $L $O/zoo
 DEV=${DEV:-cuda}
 log() { echo "[$(( $(date +%s) - T0 )) s] $*" | tee -a $O/progress; }
+fail() { log "FAILED: $*"; touch $O/DONE; exit 6; }
+GPU=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1); GPU=${GPU:-$DEV}
 ZOO=${ZOO:-fashion}; W=$PWD
 FONTS='{"exclude": ["StandardSymbolsPS.*", "D050000L.*"]}'
 R2=; Z2=zoo_fonts; MIXO="{\"sources\": [\"fashion_mnist\", \"fonts\"], \"options\": {\"fonts\": $FONTS}}"
@@ -57,6 +67,23 @@ else
   ZN=(); RG=${RETEST_GROUPS:-4}; DG=()
 fi
 [ -n "$RT" ] || RG=0
+ZOOS="zoo${R2:+ $Z2}"; read -r G1 G2 <<< "${DIFF_MAX_GROUPS:-}"; G2=${G2:-$G1}
+NG=(${G1:+--max-groups $G1}); NG2=(${G2:+--max-groups $G2})
+# A resumed mix lease: base, scorer and each zoo's manifest and zoo.json from $P/diff_resume (see the top)
+for z in $ZOOS; do : > $P/$z.carried.jsonl; done
+if [ -d $P/diff_resume ]; then
+  (cd $P/diff_resume && sha256sum -c SHA256SUMS > /dev/null) || fail "the resume folder's sha256 ($P/diff_resume)"
+  for z in $ZOOS; do  # a zoo with no rows at home yet has no files there: it starts here
+    [ -e $P/diff_resume/$z.manifest.jsonl.gz ] || continue
+    [ ! -e $P/$z/manifest.jsonl ] || fail "$P/$z already holds a manifest: diff_resume goes into a fresh machine"
+    mkdir -p $P/$z && zcat $P/diff_resume/$z.manifest.jsonl.gz > $P/$z.carried.jsonl && cp $P/$z.carried.jsonl $P/$z/manifest.jsonl \
+      && cp $P/diff_resume/$z.zoo.json $P/$z/zoo.json || fail "the resume folder's $z"
+  done
+  for t in $B $C; do tar -xzf $P/diff_resume/${t//-/_}.tar.gz -C $P || fail "the resume folder's $t"; done
+fi
+NC=$(for z in $ZOOS; do grep -c . $P/$z.carried.jsonl; done | xargs)
+log "carried: $NC rows ($ZOOS), device $GPU"
+[ -z "${DIFF_ROWS:-}" ] || [ "$DIFF_ROWS" = "$NC" ] || fail "DIFF_ROWS=\"$DIFF_ROWS\" but \"$NC\" rows carried: not building (a stale or missing resume folder)"
 # 0. packages and data (the environment too: diff_setup.sh)
 source $W/scripts/device/diff_setup.sh || exit $?
 # A resumed lease carries base, scorer and the zoo so far (resume.tar): the zoo goes on with them
@@ -83,13 +110,18 @@ fi
 # 2. the zoo, and beside it the retest's first groups; ZOO=mix: the two zoos one after the other
 END=$(( T0 + ${ZOO_END:-900} )); mins() { python3 -c "print(max(0.5, ($END - $(date +%s) - ${1:-0}) / 60))"; }
 if [ -z "$R2" ]; then
-python3 -m lolscan zoo build $R $P/zoo --base-path $B --device $DEV "${ZN[@]}" --save-dtype float16 \
+python3 -m lolscan zoo build $R $P/zoo --base-path $B --device $DEV "${ZN[@]}" "${NG[@]}" --save-dtype float16 \
   --max-minutes $(mins 30) > $L/build.log 2>&1 & PZ=$!
 else
   ( M1=$(python3 -c "print(round(max(0.5, ${MIX_SPLIT:-0.5} * ($END - $(date +%s) - 30) / 60), 2))")
-    python3 -m lolscan zoo build $R $P/zoo --base-path $B --device $DEV "${ZN[@]}" --save-dtype float16 \
-      --max-minutes $M1 > $L/build.log 2>&1; log "zoo (fashion, $M1 min) rc $?: $(tail -1 $L/build.log)"
-    python3 -m lolscan zoo build $R2 $P/$Z2 --base-path $B --device $DEV "${ZN[@]}" --save-dtype float16 \
+    if python3 -c "import json, sys; z = '$P/zoo'; ids = {json.loads(l)['id'] for l in open(z + '/manifest.jsonl') if l.strip()}
+sys.exit(len(ids) < json.load(open(z + '/zoo.json'))['recipe']['n_loras'])" 2> /dev/null; then
+      echo "complete: carried" > $L/build.log; log "zoo (fashion) complete: carried, all the time to the fonts zoo"
+    else
+      python3 -m lolscan zoo build $R $P/zoo --base-path $B --device $DEV "${ZN[@]}" "${NG[@]}" --save-dtype float16 \
+        --max-minutes $M1 > $L/build.log 2>&1; log "zoo (fashion, $M1 min) rc $?: $(tail -1 $L/build.log)"
+    fi
+    python3 -m lolscan zoo build $R2 $P/$Z2 --base-path $B --device $DEV "${ZN[@]}" "${NG2[@]}" --save-dtype float16 \
       --max-minutes $(mins 30) > $L/build_fonts.log 2>&1; log "zoo (fonts) rc $?: $(tail -1 $L/build_fonts.log)" ) & PZ=$!
 fi
 [ "$RG" = 0 ] || { python3 -m lolscan zoo build $RT $P/retest --base-path $B --device $DEV "${ZN[@]}" \
@@ -116,7 +148,10 @@ if [ -n "$R2" ]; then
   python3 bench/label_noise.py $P/$Z2/manifest.jsonl --label clip_score --halves > $L/label_noise_fonts.json 2>&1
   log "label noise (fonts): $(tr -d '\n ' < $L/label_noise_fonts.json | cut -c1-300)"
 fi
-Q=$O/zoo bash scripts/device/pack.sh $P zoo $( [ -d $P/$Z2 ] && echo $Z2 ) $( [ -d $P/dora ] && echo dora )
-log "zoo packed: $(cat $O/zoo/PACKED) pieces, $(du -sb $O/zoo | cut -f1) bytes"
+# each zoo's manifest.jsonl, zoo.json and pack.json first (a partial fetch still brings them), then the adapters
+# of the rows not carried (all on a first lease), then the DoRA set
+python3 scripts/device/pack_list.py $P "$GPU" $ZOOS --extra $( [ -d $P/dora ] && echo dora ) > $P/pack.list || fail "pack list"
+Q=$O/zoo bash scripts/device/pack.sh $P -T $P/pack.list || fail "pack"
+log "zoo packed: $(grep -c /adapters/ $P/pack.list) adapters, $(cat $O/zoo/PACKED) pieces, $(du -sb $O/zoo | cut -f1) bytes"
 [ -z "$PBZ" ] || wait $PBZ
 log "DONE"; touch $O/DONE

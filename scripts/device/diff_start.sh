@@ -3,7 +3,8 @@
 # to $P/repo and start diff_pipeline.sh detached (setsid), so it runs on between calls; later calls wait and
 # fetch (P=/root/d qwen_poll_until.sh D; P=/root/d smol_fetch.sh). $1: the seconds after the start by which
 # the zoo build stops (ZOO_END); $2: the base's training seconds (BASE_S); $3: retest groups (0: none). A
-# resumed lease parks resume.tar (inhouse-base/, inhouse-clip/, zoo/ of the lease before) and skips the base.
+# resumed lease parks resume.tar (inhouse-base/, inhouse-clip/, zoo/ of the lease before) and skips the base;
+# a resumed ZOO=mix lease parks diff_resume/ instead (base, scorer, the zoos' manifests: README.md, "Mix base").
 # Other settings pass through the environment: ZOO=glyphs, DORA_MIN, BENCH_S, BENCH_ARGS, BASE_DTYPE (see
 # diff_pipeline.sh), e.g. `ZOO=glyphs DORA_MIN=6 BENCH_S=90 BASE_DTYPE=float16 P=/root/d bash diff_start.sh 1300 300 0`.
 P=${P:-/root/d}
