@@ -1,9 +1,18 @@
-"""Home side of the Qwen v3 zoo (README.md here, "Qwen v3"): 2,000 LoRAs built over about six leases, each on a
-fresh machine, each bringing its own adapters home in pieces (qwen_v3.sh packs them, smol_fetch.sh fetches them).
+"""Home side of the zoos built over several leases, each on a fresh machine, each bringing its own adapters home
+in pieces (smol_fetch.sh fetches them): the Qwen v3 zoo (README.md here, "Qwen v3": 2,000 LoRAs over about six
+leases, packed by qwen_v3.sh as v3/) and, with --mix, the diffusion mix's two zoos (README.md here, "Mix base":
+diff_pipeline.sh ZOO=mix packs zoo/ and zoo_fonts/ in one set of pieces).
 
     python3 scripts/device/qwen_v3_home.py merge FETCHED_DIR... [--zoo Z] [--manifest qwen_v3_manifest.jsonl.gz]
     python3 scripts/device/qwen_v3_home.py resume [--zoo Z] [--chunks .chunks] [--cap 54000000]
     python3 scripts/device/qwen_v3_home.py status [--zoo Z]
+    python3 scripts/device/qwen_v3_home.py merge FETCHED_DIR... --mix [--manifest zoo=zoo_manifest.jsonl.gz ...]
+    python3 scripts/device/qwen_v3_home.py resume --mix --tars DIR [--chunks .chunks] [--cap 54000000]
+
+--zoo [NAME=]PATH, once per zoo: the home zoo for the pack's folder NAME (v3 when NAME= is left out). Defaults:
+v3=/work/kit/qwenv3/zoo, or with --mix zoo=/work/kit/mixzoo/zoo and zoo_fonts=/work/kit/mixzoo/zoo_fonts.
+--manifest [NAME=]FILE likewise. A row's adapter is a PEFT folder (path adapters/ID: adapter_config.json and
+adapter_model.safetensors) or a diffusers file (path adapters/ID/pytorch_lora_weights.safetensors).
 
 merge: the pieces (part.NN, SHA256SUMS, PACKED) from the folders the fetch calls brought back; every piece's
 sha256 checked, the longest run of good pieces from part.00 on unpacked (a lease that ended mid-fetch still
@@ -17,7 +26,12 @@ one uninterrupted build would have written (where the build is deterministic).
 
 resume: the next lease's resume pair, manifest.jsonl.gz + zoo.json + SHA256SUMS, from the home zoo into
 the last chunk's v3_resume/ (qwen_park.sh parks it as $P/v3_resume; qwen_v3.sh seeds the build with it);
-checks the chunk stays under --cap and prints the start command (V3_ROWS: the rows carried).
+checks the chunk stays under --cap and prints the start command (V3_ROWS: the rows carried). With --mix:
+diff_resume/ with NAME.manifest.jsonl.gz + NAME.zoo.json of each zoo that has rows, the first lease's base and
+scorer tars (from --tars DIR, where a poll brought them) and SHA256SUMS over all (diff_pipeline.sh unpacks
+base and scorer and seeds the zoos), and the start command with DIFF_ROWS (the rows carried, per zoo).
+
+A pack may hold other folders (a first diffusion lease's dora/): they are left out.
 """
 from __future__ import annotations
 
@@ -35,10 +49,40 @@ import time
 from pathlib import Path, PurePosixPath
 
 ZOO = "/work/kit/qwenv3/zoo"
+MIX_ZOOS = {"zoo": "/work/kit/mixzoo/zoo", "zoo_fonts": "/work/kit/mixzoo/zoo_fonts"}
+MIX_TARS = ("inhouse_base_mix.tar.gz", "inhouse_clip_mix.tar.gz")  # diff_pipeline.sh's names for base and scorer
 FILES = ("adapter_config.json", "adapter_model.safetensors")
-SAME_ZOO = ("recipe_digest", "pool_digest", "targets", "base")
+SAME_ZOO = ("recipe_digest", "pool_digest", "data", "resolution", "targets", "base")
 # V3_END: 1,500 s after the first call with all 30 device minutes left (`status`'s budget_left_s less 300 if not)
 START = "bash scripts/device/qwen_park.sh && V3=1 V3_ROWS={} V3_END=1500 bash scripts/device/qwen_start.sh 1200 0"
+# ZOO_END: 1,280 s for the first lease (base and scorer first), 1,400 for a resumed one (no training: see README.md)
+MIX_START = ("P=/root/d bash scripts/device/qwen_park.sh && ZOO=mix DIFF_ROWS=\"{}\" BASE_DTYPE=float16 P=/root/d "
+             "bash scripts/device/diff_start.sh {} 300 0")
+
+
+def zoo_map(given: list[str] | None, mix: bool) -> dict[str, Path]:
+    """The pack's folder name -> home zoo, from --zoo [NAME=]PATH (NAME: v3 when left out)."""
+    if not given:
+        return {k: Path(v) for k, v in (MIX_ZOOS if mix else {"v3": ZOO}).items()}
+    out: dict[str, Path] = {}
+    for z in given:
+        name, _, path = z.partition("=") if "=" in z else ("v3", "", z)
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", name) or name in out:
+            sys.exit(f"--zoo {z!r}: NAME=PATH, each NAME once")
+        out[name] = Path(path)
+    return out
+
+
+def adapter_files(row: dict) -> list[str]:
+    """A row's adapter files, relative to its zoo: a PEFT folder's two, or the one diffusers file its path names."""
+    p = row["path"]
+    return [p] if p.endswith(".safetensors") else [f"{p}/{f}" for f in FILES]
+
+
+def adapter_dir(row: dict) -> str:
+    """The folder that holds a row's adapter (adapters/ID), moved as one."""
+    p = row["path"]
+    return str(PurePosixPath(p).parent) if p.endswith(".safetensors") else p
 
 
 def sha256(path: Path) -> str:
@@ -61,8 +105,8 @@ def write_rows(path: Path, rows: list[dict]) -> None:
     os.replace(tmp, path)
 
 
-def has_adapter(folder: Path) -> bool:
-    return all((folder / f).is_file() and (folder / f).stat().st_size > 0 for f in FILES)
+def has_adapter(zoo: Path, row: dict) -> bool:
+    return all((zoo / f).is_file() and (zoo / f).stat().st_size > 0 for f in adapter_files(row))
 
 
 class Pieces(io.RawIOBase):
@@ -124,15 +168,20 @@ def good_pieces(found: dict[str, Path]) -> tuple[list[Path], list[str]]:
     return use, problems
 
 
-def unpack(pieces: list[Path], staging: Path) -> tuple[set[str], str | None]:
-    """Stream the tar into `staging`; the names whose data arrived whole, and why it stopped early if it did."""
+def unpack(pieces: list[Path], staging: Path, folders: set[str]) -> tuple[set[str], str | None, set[str]]:
+    """Stream the tar into `staging`, the entries under `folders` (the zoos' names); the names whose data arrived
+    whole, why it stopped early if it did, and the other top folders (left out)."""
     complete: set[str] = set()
+    other: set[str] = set()
     try:
         with tarfile.open(fileobj=io.BufferedReader(Pieces(pieces), 1 << 20), mode="r|") as tf:
             for m in tf:
                 parts = PurePosixPath(m.name).parts
-                if not parts or parts[0] != "v3" or ".." in parts or m.name.startswith("/"):
+                if not parts or ".." in parts or m.name.startswith("/"):
                     raise SystemExit(f"merge: unexpected name in the pack: {m.name!r}")
+                if parts[0] not in folders:
+                    other.add(parts[0])
+                    continue
                 dest = staging.joinpath(*parts)
                 if m.isdir():
                     dest.mkdir(parents=True, exist_ok=True)
@@ -142,41 +191,77 @@ def unpack(pieces: list[Path], staging: Path) -> tuple[set[str], str | None]:
                     with open(dest, "wb") as out:
                         shutil.copyfileobj(src, out)
                     if dest.stat().st_size != m.size:
-                        return complete, f"{m.name} cut short"
+                        return complete, f"{m.name} cut short", other
                     complete.add(m.name)
     except (tarfile.ReadError, tarfile.StreamError, EOFError, OSError) as exc:
-        return complete, f"{type(exc).__name__}: {exc}"
-    return complete, None
+        return complete, f"{type(exc).__name__}: {exc}", other
+    return complete, None, other
+
+
+def named_files(given: list[str] | None, zoos: dict[str, Path]) -> dict[str, Path]:
+    """--manifest [NAME=]FILE: the polled manifest of each zoo (NAME may be left out when there is one zoo)."""
+    out: dict[str, Path] = {}
+    for g in given or []:
+        name, _, path = g.partition("=") if "=" in g else (next(iter(zoos)) if len(zoos) == 1 else "", "", g)
+        if name not in zoos:
+            sys.exit(f"--manifest {g!r}: NAME=FILE with NAME one of {', '.join(zoos)}")
+        out[name] = Path(path)
+    return out
 
 
 def merge(args: argparse.Namespace) -> int:
-    zoo = Path(args.zoo)
+    zoos = zoo_map(args.zoo, args.mix)
+    polled = named_files(args.manifest, zoos)
     found = gather(args.fetched)
     pieces, problems = good_pieces(found)
     for p in problems:
         print(f"merge: {p}")
     if not pieces:
         sys.exit("merge: no usable piece (part.00 missing or bad): nothing merged")
-    staging = zoo.parent / f".{zoo.name}.incoming"
+    first = next(iter(zoos.values()))
+    staging = first.parent / f".{first.name}.incoming"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
-        complete, cut = unpack(pieces, staging)
+        complete, cut, other = unpack(pieces, staging, set(zoos))
         if cut:
             print(f"merge: the pack ends early ({cut}): what came whole is used")
-        return _merge_staged(zoo, staging / "v3", complete, len(pieces), args)
+        if other:
+            print(f"merge: left out, not a zoo named here: {', '.join(sorted(o + '/' for o in other))}")
+        came = {n: {c[len(n) + 1:] for c in complete if c.startswith(n + "/")} for n in zoos}
+        if not any(came.values()):
+            sys.exit(f"merge: the pack holds none of {', '.join(n + '/' for n in zoos)}: nothing merged"
+                     + ("" if args.mix else " (--mix for a diffusion mix pack)"))
+        for n in zoos:
+            if not came[n]:
+                print(f"merge: the pack holds no {n}/: {zoos[n]} unchanged")
+        # every zoo checked before any is changed: a refusal leaves all as they were
+        plans = [_plan(zoos[n], staging / n, n, came[n], polled.get(n), args) for n in zoos if came[n]]
+        for plan in plans:
+            _apply(plan, len(pieces))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    kind = "diff_resume" if args.mix else "v3_resume"
+    for stale in Path(args.chunks).glob(f"g[0-9][0-9]/{kind}"):  # never carried once the home zoo moved on
+        shutil.rmtree(stale)
+        print(f"merge: removed the resume {'folder' if args.mix else 'pair'} {stale}, now stale: "
+              "`qwen_v3_home.py resume` makes the next one")
+    return 0
 
 
-def _merge_staged(zoo: Path, st: Path, complete: set[str], n_pieces: int, args: argparse.Namespace) -> int:
-    for name in ("manifest.jsonl", "zoo.json"):
-        if f"v3/{name}" not in complete:
-            sys.exit(f"merge: the pack's {name} did not arrive: nothing merged")
-    lease_rows = read_rows(st / "manifest.jsonl")
-    pack = json.loads((st / "pack.json").read_text()) if "v3/pack.json" in complete else {}
+def _plan(zoo: Path, st: Path, name: str, complete: set[str], polled: Path | None, args: argparse.Namespace) -> dict:
+    """What merging one zoo's part of the pack into `zoo` would do (`complete`: its names that came whole,
+    relative to `st`); exits, nothing merged, where it must not."""
+    for f in ("manifest.jsonl", "zoo.json"):
+        if f not in complete:
+            sys.exit(f"merge: the pack's {name}/{f} did not arrive: nothing merged")
+    firsts: dict[str, dict] = {}
+    for r in read_rows(st / "manifest.jsonl"):  # a diffusion build repeats a partly carried group's rows: the first stands
+        firsts.setdefault(r["id"], r)
+    lease_rows = list(firsts.values())
+    pack = json.loads((st / "pack.json").read_text()) if "pack.json" in complete else {}
     if pack and pack.get("manifest_sha256") != sha256(st / "manifest.jsonl"):
-        sys.exit("merge: the pack's manifest is not the one pack.json describes: nothing merged")
+        sys.exit(f"merge: the pack's {name}/manifest.jsonl is not the one pack.json describes: nothing merged")
     info = json.loads((st / "zoo.json").read_text())
     home_info_path = zoo / "zoo.json"
     if home_info_path.exists():
@@ -185,14 +270,12 @@ def _merge_staged(zoo: Path, st: Path, complete: set[str], n_pieces: int, args: 
         if differ:
             sys.exit(f"merge: the lease built another zoo than {zoo} ({', '.join(differ)} differ): nothing merged")
         if home_info_path.read_bytes() != (st / "zoo.json").read_bytes():
-            print("merge: the lease's zoo.json differs from home's in other fields (home's kept)")
-    if args.manifest:  # the manifest the polls brought: a snapshot of the same rows, maybe fewer
-        polled = {r["id"]: r for r in read_rows(Path(args.manifest))}
-        off = [r["id"] for r in lease_rows if r["id"] in polled and polled[r["id"]] != r]
-        print(f"merge: {args.manifest}: {len(polled)} rows, {len(off)} differing from the pack's"
-              + (f" ({off[:3]})" if off else ""))
-    arrived = {r["id"] for r in lease_rows
-               if all(f"v3/{r['path']}/{f}" in complete for f in FILES)}
+            print(f"merge: {name}: the lease's zoo.json differs from home's in other fields (home's kept)")
+    if polled:  # the manifest the polls brought: a snapshot of the same rows, maybe fewer
+        snap = {r["id"]: r for r in read_rows(polled)}
+        off = [r["id"] for r in lease_rows if r["id"] in snap and snap[r["id"]] != r]
+        print(f"merge: {polled}: {len(snap)} rows, {len(off)} differing from the pack's" + (f" ({off[:3]})" if off else ""))
+    arrived = {r["id"] for r in lease_rows if all(f in complete for f in adapter_files(r))}
     home_rows = read_rows(zoo / "manifest.jsonl") if (zoo / "manifest.jsonl").exists() else []
     home = {r["id"]: r for r in home_rows}
     add, same, conflict, kept_home, behind = [], [], [], [], []
@@ -211,52 +294,60 @@ def _merge_staged(zoo: Path, st: Path, complete: set[str], n_pieces: int, args: 
         else:
             behind.append(i)
     if conflict and not args.keep_home:
-        sys.exit(f"merge: {len(conflict)} rows arrived that the home zoo holds otherwise ({conflict[:5]}): nothing "
-                 "merged (--keep-home keeps the home rows and adapters for them)")
+        sys.exit(f"merge: {len(conflict)} rows of {name}/ arrived that the home zoo holds otherwise ({conflict[:5]}): "
+                 "nothing merged (--keep-home keeps the home rows and adapters for them)")
+    return {"zoo": zoo, "st": st, "info": info, "pack": pack, "lease_rows": lease_rows, "home_rows": home_rows,
+            "home": home, "arrived": arrived, "add": add, "same": same, "conflict": conflict, "kept_home": kept_home,
+            "behind": behind}
+
+
+def _apply(plan: dict, n_pieces: int) -> None:
+    zoo, st, home, add, same = plan["zoo"], plan["st"], plan["home"], plan["add"], plan["same"]
+    lease_rows, home_rows, pack = plan["lease_rows"], plan["home_rows"], plan["pack"]
     (zoo / "adapters").mkdir(parents=True, exist_ok=True)
     for r in add:
-        dest = zoo / r["path"]
+        dest = zoo / adapter_dir(r)
         if dest.exists():  # an adapter folder without a row (an interrupted merge): replaced
             shutil.rmtree(dest)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(st / r["path"], dest)
+        os.replace(st / adapter_dir(r), dest)
     for i in same:
-        if not has_adapter(zoo / home[i]["path"]):
-            shutil.rmtree(zoo / home[i]["path"], ignore_errors=True)
-            os.replace(st / home[i]["path"], zoo / home[i]["path"])
-    if not home_info_path.exists():
-        shutil.copy(st / "zoo.json", home_info_path)
+        if not has_adapter(zoo, home[i]):
+            shutil.rmtree(zoo / adapter_dir(home[i]), ignore_errors=True)
+            os.replace(st / adapter_dir(home[i]), zoo / adapter_dir(home[i]))
+    if not (zoo / "zoo.json").exists():
+        shutil.copy(st / "zoo.json", zoo / "zoo.json")
     new_ids = {r["id"]: r for r in add}
     order = [r["id"] for r in lease_rows]
     merged = [home.get(i) or new_ids[i] for i in order if i in home or i in new_ids]
     merged += [r for r in home_rows if r["id"] not in set(order)]
     write_rows(zoo / "manifest.jsonl", merged)
-    missing_new = sorted(set(pack.get("new", [])) - arrived)
+    missing_new = sorted(set(pack.get("new", [])) - plan["arrived"])
     note = {"time": time.strftime("%Y-%m-%d %H:%M:%S"), "device": pack.get("device"), "pieces": n_pieces,
             "lease_rows": len(lease_rows), "carried": pack.get("carried"), "new_in_pack": len(pack.get("new", [])),
-            "added": len(add), "already_home": len(same), "conflicts_kept_home": len(conflict),
-            "rebuilt_not_packed": len(kept_home), "left_behind": len(behind), "home_rows": len(merged),
+            "added": len(add), "already_home": len(same), "conflicts_kept_home": len(plan["conflict"]),
+            "rebuilt_not_packed": len(plan["kept_home"]), "left_behind": len(plan["behind"]), "home_rows": len(merged),
             "manifest_sha256": sha256(zoo / "manifest.jsonl")}
     with open(zoo / "leases.jsonl", "a") as f:
         f.write(json.dumps(note) + "\n")
-    print(f"merge: {len(add)} adapters added, {len(same)} already home, {len(conflict)} conflicting (home kept), "
-          f"{len(kept_home)} rebuilt there but not packed (home kept), {len(behind)} rows left behind without "
-          f"their adapter (a later lease rebuilds their groups){'' if not missing_new else f'; {len(missing_new)} packed adapters missing'}")
-    print(f"home zoo {zoo}: {len(merged)} rows of {info['recipe'].get('n_loras', '?')}, manifest sha256 "
+    print(f"merge: {len(add)} adapters added, {len(same)} already home, {len(plan['conflict'])} conflicting (home kept), "
+          f"{len(plan['kept_home'])} rebuilt there but not packed (home kept), {len(plan['behind'])} rows left behind "
+          f"without their adapter (a later lease rebuilds their groups)"
+          f"{'' if not missing_new else f'; {len(missing_new)} packed adapters missing'}")
+    print(f"home zoo {zoo}: {len(merged)} rows of {plan['info']['recipe'].get('n_loras', '?')}, manifest sha256 "
           f"{note['manifest_sha256'][:16]}…")
-    for stale in Path(args.chunks).glob("g[0-9][0-9]/v3_resume"):  # never carried once the home zoo moved on
-        shutil.rmtree(stale)
-        print(f"merge: removed the resume pair {stale}, now stale: `qwen_v3_home.py resume` makes the next one")
-    return 0
 
 
 def last_chunk(chunks: Path) -> Path:
+    """The last chunk folder, checked against the part count (nparts: in g00 for the Qwen chunks' partNN, in
+    the last for the diffusion chunks' mpartNN)."""
     dirs = sorted(d for d in chunks.glob("g[0-9][0-9]") if d.is_dir())
     if not dirs:
         sys.exit(f"resume: no chunk folders in {chunks} (make_chunks.py first)")
-    n = int((chunks / "g00" / "nparts").read_text()) if (chunks / "g00" / "nparts").exists() else None
+    counts = sorted(chunks.glob("g[0-9][0-9]/nparts"))
+    n = int(counts[0].read_text()) if counts else None
     last = dirs[-1]
-    if n is not None and (len(dirs) != n or not (last / f"part{n - 1:02d}").exists()):
+    if n is not None and (len(dirs) != n or not any((last / f"{p}{n - 1:02d}").exists() for p in ("part", "mpart"))):
         sys.exit(f"resume: {chunks} holds {len(dirs)} chunk folders but nparts says {n}: remake the chunks")
     return last
 
@@ -266,69 +357,95 @@ def dir_bytes(d: Path) -> int:
 
 
 def resume(args: argparse.Namespace) -> int:
-    zoo = Path(args.zoo)
-    dest = Path(args.dest) if args.dest else last_chunk(Path(args.chunks)) / "v3_resume"
+    zoos = zoo_map(args.zoo, args.mix)
+    if not args.mix and len(zoos) != 1:
+        sys.exit("resume: one --zoo (the v3 zoo), or --mix")
+    dest = Path(args.dest) if args.dest else last_chunk(Path(args.chunks)) / ("diff_resume" if args.mix else "v3_resume")
     shutil.rmtree(dest, ignore_errors=True)
-    rows = read_rows(zoo / "manifest.jsonl") if (zoo / "manifest.jsonl").exists() else []
-    if not rows:
-        print(f"resume: {zoo} holds no rows: nothing to carry (the first lease starts the zoo): V3_ROWS=0")
-        print(f"start: {START.format(0)}")
+    rows = {n: read_rows(z / "manifest.jsonl") if (z / "manifest.jsonl").exists() else [] for n, z in zoos.items()}
+    counts = " ".join(str(len(r)) for r in rows.values())
+    var = f'DIFF_ROWS="{counts}"' if args.mix else f"V3_ROWS={counts}"
+    if not any(rows.values()):
+        print(f"resume: {', '.join(map(str, zoos.values()))} hold no rows: nothing to carry (the first lease starts "
+              f"the zoo{'s' if len(zoos) > 1 else ''}): {var}")
+        print(f"start: {MIX_START.format(counts, 1280) if args.mix else START.format(counts)}")
         return 0
-    lacking = [r["id"] for r in rows if not has_adapter(zoo / r["path"])]
-    if lacking:
-        sys.exit(f"resume: {len(lacking)} home rows lack their adapter ({lacking[:5]}); a merge only adds rows "
-                 "with their adapters: restore them before carrying the manifest")
+    for n, z in zoos.items():
+        lacking = [r["id"] for r in rows[n] if not has_adapter(z, r)]
+        if lacking:
+            sys.exit(f"resume: {len(lacking)} home rows of {z} lack their adapter ({lacking[:5]}); a merge only adds "
+                     "rows with their adapters: restore them before carrying the manifest")
+    tars = [Path(args.tars or ".") / t for t in MIX_TARS] if args.mix else []
+    if args.mix and (not args.tars or not all(t.is_file() for t in tars)):
+        sys.exit(f"resume: --tars DIR must hold the first lease's {' and '.join(MIX_TARS)} (a poll brought them)")
     dest.mkdir(parents=True)
-    data = "".join(json.dumps(r) + "\n" for r in rows).encode("utf-8")
-    with open(dest / "manifest.jsonl.gz", "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz:
-        gz.write(data)
-    shutil.copy(zoo / "zoo.json", dest / "zoo.json")
-    (dest / "SHA256SUMS").write_text("".join(f"{sha256(dest / n)}  {n}\n" for n in ("manifest.jsonl.gz", "zoo.json")))
+    names = []
+    for n, z in zoos.items():
+        if not rows[n]:
+            print(f"resume: {z} holds no rows: its zoo starts from the beginning")
+            continue
+        pre = f"{n}." if args.mix else ""
+        data = "".join(json.dumps(r) + "\n" for r in rows[n]).encode("utf-8")
+        with open(dest / f"{pre}manifest.jsonl.gz", "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz:
+            gz.write(data)
+        shutil.copy(z / "zoo.json", dest / f"{pre}zoo.json")
+        names += [f"{pre}manifest.jsonl.gz", f"{pre}zoo.json"]
+        print(f"resume: {z}: {len(rows[n])} rows (manifest sha256 {hashlib.sha256(data).hexdigest()[:16]}…)")
+    for t in tars:
+        shutil.copy(t, dest / t.name)
+        names.append(t.name)
+    (dest / "SHA256SUMS").write_text("".join(f"{sha256(dest / n)}  {n}\n" for n in names))
     size, chunk = dir_bytes(dest), (0 if args.dest else dir_bytes(dest.parent))
-    print(f"resume: {dest}: {len(rows)} rows (manifest sha256 {hashlib.sha256(data).hexdigest()[:16]}…), {size:,} bytes"
+    print(f"resume: {dest}: {size:,} bytes"
           + ("" if args.dest else f"; {dest.parent.name} now {chunk:,} bytes (cap {args.cap:,})"))
     if not args.dest and chunk > args.cap:
         shutil.rmtree(dest)
         sys.exit(f"resume: {dest.parent} would pass --cap {args.cap}: remake the chunks with make_chunks.py --room "
-                 f"{max(2_000_000, 2 * size)} (the pair removed)")
-    print(f"start: {START.format(len(rows))}")
+                 f"{max(2_000_000, 2 * size)} (the {'folder' if args.mix else 'pair'} removed)")
+    print(f"start: {MIX_START.format(counts, 1400) if args.mix else START.format(counts)}")
     return 0
 
 
 def status(args: argparse.Namespace) -> int:
-    zoo = Path(args.zoo)
-    rows = read_rows(zoo / "manifest.jsonl") if (zoo / "manifest.jsonl").exists() else []
-    info = json.loads((zoo / "zoo.json").read_text()) if (zoo / "zoo.json").exists() else {}
-    have = {d.name for d in (zoo / "adapters").iterdir() if has_adapter(d)} if (zoo / "adapters").is_dir() else set()
-    ids = {r["id"] for r in rows}
-    splits: dict[str, int] = {}
-    for r in rows:
-        splits[r["split"]] = splits.get(r["split"], 0) + 1
-    print(json.dumps({"zoo": str(zoo), "rows": len(rows), "n_loras": info.get("recipe", {}).get("n_loras"),
-                      "recipe_digest": info.get("recipe_digest"), "splits": splits,
-                      "rows_without_adapter": len([r for r in rows if Path(r["path"]).name not in have]),
-                      "adapters_without_row": len(have - ids),
-                      "leases": len((zoo / "leases.jsonl").read_text().splitlines()) if (zoo / "leases.jsonl").exists() else 0},
-                     indent=1))
+    for zoo in zoo_map(args.zoo, args.mix).values():
+        rows = read_rows(zoo / "manifest.jsonl") if (zoo / "manifest.jsonl").exists() else []
+        info = json.loads((zoo / "zoo.json").read_text()) if (zoo / "zoo.json").exists() else {}
+        folders = {d.name for d in (zoo / "adapters").iterdir()} if (zoo / "adapters").is_dir() else set()
+        splits: dict[str, int] = {}
+        for r in rows:
+            splits[r["split"]] = splits.get(r["split"], 0) + 1
+        print(json.dumps({"zoo": str(zoo), "rows": len(rows), "n_loras": info.get("recipe", {}).get("n_loras"),
+                          "recipe_digest": info.get("recipe_digest"), "splits": splits,
+                          "rows_without_adapter": len([r for r in rows if not has_adapter(zoo, r)]),
+                          "adapters_without_row": len(folders - {PurePosixPath(adapter_dir(r)).name for r in rows}),
+                          "leases": len((zoo / "leases.jsonl").read_text().splitlines()) if (zoo / "leases.jsonl").exists() else 0},
+                         indent=1))
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
-    m = sub.add_parser("merge", help="a lease's fetched pieces into the home zoo")
+    zoo_help = "[NAME=]PATH, once per zoo: the home zoo for the pack's folder NAME (v3 if left out)"
+    mix_help = "the diffusion mix's zoos (diff_pipeline.sh ZOO=mix: zoo/ and zoo_fonts/) instead of the Qwen v3 zoo"
+    m = sub.add_parser("merge", help="a lease's fetched pieces into the home zoo(s)")
     m.add_argument("fetched", nargs="+", help="folders (or files) holding part.NN, SHA256SUMS, PACKED")
-    m.add_argument("--zoo", default=ZOO)
-    m.add_argument("--manifest", help="the lease's polled qwen_v3_manifest.jsonl.gz, to compare")
+    m.add_argument("--zoo", action="append", help=zoo_help)
+    m.add_argument("--mix", action="store_true", help=mix_help)
+    m.add_argument("--manifest", action="append", help="[NAME=]FILE: a zoo's polled manifest (qwen_v3_manifest.jsonl.gz, "
+                   "zoo_manifest.jsonl.gz, ...), to compare")
     m.add_argument("--keep-home", action="store_true", help="on conflicting rows keep the home zoo's")
     m.add_argument("--chunks", default=".chunks", help="the chunks whose resume pair a merge makes stale (removed)")
-    r = sub.add_parser("resume", help="the next lease's resume pair into the last chunk")
-    r.add_argument("--zoo", default=ZOO)
+    r = sub.add_parser("resume", help="the next lease's resume pair (or, --mix, folder) into the last chunk")
+    r.add_argument("--zoo", action="append", help=zoo_help)
+    r.add_argument("--mix", action="store_true", help=mix_help)
+    r.add_argument("--tars", help="--mix: the folder holding the first lease's inhouse_base_mix.tar.gz and inhouse_clip_mix.tar.gz")
     r.add_argument("--chunks", default=".chunks")
-    r.add_argument("--dest", help="write the pair here instead (a rehearsal's $P/v3_resume)")
+    r.add_argument("--dest", help="write it here instead (a rehearsal's $P/v3_resume or $P/diff_resume)")
     r.add_argument("--cap", type=int, default=54_000_000, help="bytes the last chunk may hold (make_chunks.py --cap)")
-    s = sub.add_parser("status", help="rows, splits, adapters of the home zoo")
-    s.add_argument("--zoo", default=ZOO)
+    s = sub.add_parser("status", help="rows, splits, adapters of the home zoo(s)")
+    s.add_argument("--zoo", action="append", help=zoo_help)
+    s.add_argument("--mix", action="store_true", help=mix_help)
     args = ap.parse_args(argv)
     return {"merge": merge, "resume": resume, "status": status}[args.cmd](args)
 
