@@ -360,3 +360,42 @@ def test_image_sources_are_seeded_and_pluggable():
             images.get_source("flat", {"colour": 1})
     finally:
         images.SOURCES.pop("flat")
+
+
+
+def _adapter() -> tuple:
+    """One diffusion adapter's spec and factors (two attention linears), the same in every process."""
+    from lolscan.zoo.diffusion_recipe import DiffusionSpec
+
+    spec = DiffusionSpec(index=0, rank=2, alpha=2.0, lr=1e-3, steps=2, batch_size=1, weight_decay=0.0,
+                         classes=["circle"], style="red", dataset_size=2, template=0, split="train")
+    g = torch.Generator().manual_seed(0)
+    factors = {f"down_blocks.0.attentions.0.transformer_blocks.0.attn1.{n}":
+               (torch.randn(2, 8, generator=g), torch.randn(8, 2, generator=g)) for n in ("to_q", "to_k")}
+    return spec, factors
+
+
+def test_diffusers_lora_bytes_do_not_depend_on_the_writer(tmp_path, monkeypatch):
+    """The same adapter is the same bytes however often and by whichever process it is written: the writer keeps
+    __metadata__ in a hash map whose order changes from map to map and process to process; sorted, it does not."""
+    import safetensors.torch
+
+    real_save_file = safetensors.torch.save_file
+    blobs = []
+    for i, flip in enumerate([False, True] * 6):  # metadata handed over in either insertion order
+        monkeypatch.setattr(safetensors.torch, "save_file", lambda t, f, metadata=None, flip=flip: real_save_file(
+            t, f, metadata=dict(reversed(list(metadata.items()))) if flip and metadata else metadata))
+        zd.write_diffusers_lora(tmp_path / f"a{i}", *_adapter(), ["to_q", "to_k"])
+        blobs.append((tmp_path / f"a{i}" / zd.WEIGHT_NAME).read_bytes())
+    monkeypatch.setattr(safetensors.torch, "save_file", real_save_file)
+    n = int.from_bytes(blobs[0][:8], "little")
+    meta = json.loads(blobs[0][8:8 + n])["__metadata__"]
+    assert list(meta) == sorted(meta) == ["format", "lora_adapter_metadata"]
+    assert all(b == blobs[0] for b in blobs)
+    script = ("import sys, pathlib; sys.path.insert(0, 'tests'); import test_zoo_diffusion as t\n"
+              "t.zd.write_diffusers_lora(pathlib.Path(sys.argv[1]), *t._adapter(), ['to_q', 'to_k'])\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "7"}
+    p = subprocess.run([sys.executable, "-c", script, str(tmp_path / "other")], cwd=ROOT, capture_output=True,
+                       text=True, timeout=300, env=env, check=False)
+    assert p.returncode == 0, p.stderr
+    assert (tmp_path / "other" / zd.WEIGHT_NAME).read_bytes() == blobs[0]

@@ -32,7 +32,7 @@ import torch
 
 from ..errors import UsageError
 from ..utils.files import atomic_write
-from .build import MANIFEST, BuildReport, check_resume, read_zoo_rows, time_to_stop
+from .build import MANIFEST, BuildReport, check_resume, read_zoo_rows, sorted_metadata, time_to_stop
 from .clipscore import ClipScorer
 from .diffusion_base import DiffusionBase, load_base
 from .diffusion_recipe import DiffusionRecipe, DiffusionSpec, sample_specs
@@ -238,6 +238,8 @@ def write_diffusers_lora(folder: Path, spec: DiffusionSpec, factors: dict[str, t
     shutil.rmtree(tmp, ignore_errors=True)
     cls.save_lora_weights(str(tmp), unet_lora_layers=layers, unet_lora_adapter_metadata=meta,
                           safe_serialization=True, weight_name=WEIGHT_NAME)
+    # the header's __metadata__ keys sorted, as write_peft's: the same adapter is the same bytes whoever wrote it
+    (tmp / WEIGHT_NAME).write_bytes(sorted_metadata((tmp / WEIGHT_NAME).read_bytes()))
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(tmp, folder)
 
