@@ -43,8 +43,9 @@ def _rows(path: Path) -> list[dict]:
 
 
 def _build(zoo: Path, max_groups: int | None = None) -> None:
-    """What build_diffusion does to a zoo folder: zoo.json once, then the groups in order, each not wholly in the
-    manifest trained whole, its adapters written and all its rows appended (a partly carried group's again)."""
+    """What build_diffusion did to a zoo folder before it wrote only a partly carried group's missing rows: zoo.json
+    once, then the groups in order, each not wholly in the manifest trained whole, its adapters written and all its
+    rows appended (a partly carried group's again: the merge keeps the first of a repeated id)."""
     name = zoo.name
     if not (zoo / "zoo.json").exists():
         zoo.mkdir(parents=True)

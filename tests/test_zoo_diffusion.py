@@ -329,6 +329,36 @@ def test_labels_from_an_earlier_build(zoo, tmp_path):
     assert not any(isinstance(m, MultiLoRALinear) for m in LOADED["base"].unet.modules())  # the base is plain again
 
 
+def test_resume_writes_only_the_missing_rows_of_a_partly_present_group(zoo, tmp_path):
+    """A manifest with some rows of a group (a group partly carried from an earlier lease, a manifest cut short):
+    the group is trained again and only its missing rows and adapters are written, each row at its place in group
+    order; the rows there stand as they are (trained again, a group need not give the same labels), and an id a
+    build before this fix wrote twice is read once (the first row)."""
+    import shutil
+
+    root, recipe, rows, *_ = zoo
+    z = tmp_path / "z"
+    shutil.copytree(root / "zoo", z)
+    gone, kept = rows[0], rows[1]  # the first group (rows are in group order, two a group)
+    marked = dict(kept, clip_score=kept["clip_score"] + 1)  # not what training again gives: it must stand
+    twice = dict(rows[2], clip_score=-1.0)
+    (z / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [marked, *rows[2:], twice]))
+    shutil.rmtree(z / "adapters" / gone["id"])
+    kept_bytes = (z / kept["path"]).read_bytes()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the fixture built it: the same row and adapter bytes again
+    try:
+        rep = zd.build_diffusion(recipe, z, base=LOADED["base"], clip=LOADED["clip"], log=lambda s: None)
+    finally:
+        torch.set_num_threads(threads)
+    assert rep.complete and rep.groups_run == 1 and rep.done == 4
+    got = read_zoo_rows(z / "manifest.jsonl")
+    assert [r["id"] for r in got] == [r["id"] for r in rows]  # one row an id, in group order
+    assert got == [gone, marked, *rows[2:]]  # the missing row as the uninterrupted build wrote it
+    assert (z / gone["path"]).read_bytes() == (root / "zoo" / gone["path"]).read_bytes()
+    assert (z / kept["path"]).read_bytes() == kept_bytes
+
+
 def test_image_sources_are_seeded_and_pluggable():
     import numpy as np
 

@@ -51,6 +51,7 @@ from .multilora import (
     to_device,
     trainable,
 )
+from .ranks import commit_rows
 from .recipe import group_specs
 
 WEIGHT_NAME = "pytorch_lora_weights.safetensors"
@@ -346,14 +347,19 @@ def build_diffusion(recipe: DiffusionRecipe, out: str | Path, *, base: Diffusion
         log(f"base model labels: {info['base_labels']}")
         atomic_write(info_path, json.dumps(info, indent=1))
     (out / "adapters").mkdir(exist_ok=True)
+    groups = group_specs(specs, recipe.group_size)
+    order = {s.id: (pos, slot) for pos, g in enumerate(groups) for slot, s in enumerate(g)}
     manifest = out / MANIFEST
-    rows = read_zoo_rows(manifest)
-    with open(manifest, "w", encoding="utf-8") as f:  # without a torn tail, so appends start on a clean line
-        f.writelines(json.dumps(r) + "\n" for r in rows)
-    done = {r["id"] for r in rows}
+    rows: dict[str, dict[str, Any]] = {}
+    for r in read_zoo_rows(manifest):  # earlier builds appended a partly present group's rows again: the first stands
+        rows.setdefault(r["id"], r)
+    with open(manifest, "w", encoding="utf-8") as f:  # without a torn tail or a repeated id
+        f.writelines(json.dumps(r) + "\n" for r in rows.values())
+    commit_rows(manifest, [], order)  # in group order, as one uninterrupted build writes it
+    done = set(rows)
     rep = BuildReport(out=out, done=len(done), total=len(specs), groups_run=0, base_labels=info.get("base_labels", {}))
     t_loop = time.monotonic()
-    for gi, group in enumerate(group_specs(specs, recipe.group_size)):
+    for gi, group in enumerate(groups):
         if all(s.id in done for s in group):
             continue
         if time_to_stop(rep, max_groups, max_minutes, t_start, t_loop):
@@ -381,16 +387,18 @@ def build_diffusion(recipe: DiffusionRecipe, out: str | Path, *, base: Diffusion
                 rows_out.append(row)
             if labels_from is not None and measured is not None:
                 rep.groups_checked += 1
-            lines = []
+            new_rows = []
             for slot, (s, row) in enumerate(zip(group, rows_out)):
+                # a row already in the manifest (a group partly carried from another lease, a manifest cut short)
+                # stands, and its adapter with it: training the group again need not give its labels again (another
+                # GPU, nondeterministic kernels, labels_from), and a carried row's adapter may be home, not here
+                if s.id in done:
+                    continue
                 write_diffusers_lora(out / "adapters" / s.id, s, extract(mods, slot, {n: s.rank for n in targets}),
                                      recipe.target_modules, base.pipeline_class, getattr(torch, save_dtype),
                                      magnitudes=extract_magnitude(mods, slot))
-                lines.append(json.dumps(row) + "\n")
-            with open(manifest, "a", encoding="utf-8") as f:
-                f.write("".join(lines))
-                f.flush()
-                os.fsync(f.fileno())
+                new_rows.append(row)
+            commit_rows(manifest, new_rows, order)  # the missing rows only, each at its place in group order
         finally:
             eject(base.unet, targets)
         t3 = time.monotonic()
