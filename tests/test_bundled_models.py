@@ -22,7 +22,7 @@ PAIRS = [("smollm2-val-loss", "examples", "val_loss", "mse"),
          # Heavy-tailed target: one damaged example LoRA (lora-01111, true 2.97) is predicted at 4.2, and on
          # four examples that one square outweighs the rest; the checkpoint orders all four correctly.
          ("qwen2.5-coder-1.5b-val-loss", "examples-qwen", "val_loss", "order"),
-         ("inhouse-glyphs-clip-score", "examples-glyphs", "clip_score", "mse")]
+         ("inhouse-mix-clip-score", "examples-mix", "clip_score", "mse")]
 
 
 @pytest.mark.parametrize("name,examples,target,check", PAIRS)
@@ -32,7 +32,7 @@ def test_bundled_checkpoint_beats_the_training_mean_on_held_out_examples(name, e
     (``mse``) or orders them like the labels (``order``: Kendall tau above 0.6, at most one pair swapped)."""
     ck = load_checkpoint(MODELS / name)
     labels = json.loads((MODELS / examples / "labels.json").read_text())
-    ids = sorted(labels)
+    ids = sorted(i for i in labels if target in labels[i])  # examples-mix: each kind of LoRA has its own targets
     preds = [p[target]["value"] for p in ck.predict([lolscan.load(MODELS / examples / i) for i in ids])]
     true = [labels[i][target] for i in ids]
     assert all(torch.isfinite(torch.tensor(preds)))
@@ -49,7 +49,7 @@ def test_bundled_checkpoint_beats_the_training_mean_on_held_out_examples(name, e
 def test_checkpoints_refuse_the_other_base_models_loras():
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     for model, examples in (("smollm2-val-loss", "examples-qwen"), ("qwen2.5-coder-1.5b-arc-c-accuracy", "examples"),
-                            ("inhouse-glyphs-attributes", "examples-fashion"), ("inhouse-fashion-classes", "examples-glyphs")):
+                            ("inhouse-mix-attributes", "examples-fashion"), ("inhouse-fashion-classes", "examples-mix")):
         r = subprocess.run([sys.executable, "-m", "lolscan", "predict", str(MODELS / examples), "--model", model,
                             "--format", "json"], capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
         assert r.returncode == EXIT_INCOMPATIBLE, r.stderr
@@ -57,22 +57,34 @@ def test_checkpoints_refuse_the_other_base_models_loras():
         assert rows and all(x["status"] == "incompatible" for x in rows)
 
 
-def test_glyph_attributes_checkpoint_reads_each_examples_font():
-    """The four held-out glyph LoRAs: the attributes of the font each was personalised to (read from the
-    font file when the zoo was built) are what the shipped checkpoint predicts, and predict without --model
-    picks both glyph checkpoints for them (and no fashion one: another base's modules)."""
-    ck = load_checkpoint(MODELS / "inhouse-glyphs-attributes")
-    labels = json.loads((MODELS / "examples-glyphs" / "labels.json").read_text())
-    ids = sorted(labels)
-    preds = ck.predict([lolscan.load(MODELS / "examples-glyphs" / i) for i in ids])
-    assert [sorted(p["attributes"]["value"]) for p in preds] == [sorted(labels[i]["attributes"]) for i in ids]
+def test_mix_checkpoints_read_each_examples_classes_and_font():
+    """The six held-out LoRAs of the mix base: the attributes of the font each font LoRA was personalised to
+    (read from the font file when the zoo was built) are what the shipped attributes checkpoint predicts; the
+    classes checkpoint gets at least 80 % of the class-subset LoRAs' present/absent calls right, more than
+    the better of always-absent and always-present for each LoRA adds up to; and predict without --model picks all four mix checkpoints for them
+    (and no fashion-base one: another base's module shapes)."""
+    labels = json.loads((MODELS / "examples-mix" / "labels.json").read_text())
+    fonts = sorted(i for i in labels if "attributes" in labels[i])
+    kinds = sorted(i for i in labels if "classes" in labels[i])
+    assert len(fonts) == 2 and len(kinds) == 4
+    preds = load_checkpoint(MODELS / "inhouse-mix-attributes").predict([lolscan.load(MODELS / "examples-mix" / i) for i in fonts])
+    assert [sorted(p["attributes"]["value"]) for p in preds] == [sorted(labels[i]["attributes"]) for i in fonts]
+    ck = load_checkpoint(MODELS / "inhouse-mix-classes")
+    names = next(t for t in ck.card["targets"] if t["name"] == "classes")["labels"]
+    right = trivial = 0
+    for i, p in zip(kinds, ck.predict([lolscan.load(MODELS / "examples-mix" / i) for i in kinds])):
+        true, said = set(labels[i]["classes"]), set(p["classes"]["value"])
+        right += sum((c in said) == (c in true) for c in names)
+        trivial += max(len(true), len(names) - len(true))
+    assert right >= 0.8 * len(names) * len(kinds) and right > trivial, (right, trivial)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    r = subprocess.run([sys.executable, "-m", "lolscan", "predict", str(MODELS / "examples-glyphs"), "--format", "json"],
+    r = subprocess.run([sys.executable, "-m", "lolscan", "predict", str(MODELS / "examples-mix"), "--format", "json"],
                        capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
     assert r.returncode == 0, r.stderr
     rows = json.loads(r.stdout)["results"]
-    assert len(rows) == 4 and all(x["models"] == {"attributes": "inhouse-glyphs-attributes",
-                                                  "clip_score": "inhouse-glyphs-clip-score"} for x in rows)
+    assert len(rows) == 6 and all(x["models"] == {"attributes": "inhouse-mix-attributes", "classes": "inhouse-mix-classes",
+                                                  "clip_score": "inhouse-mix-clip-score",
+                                                  "dataset_size": "inhouse-mix-dataset-size"} for x in rows)
 
 
 def test_models_lists_the_bundled_checkpoints():

@@ -1,0 +1,22 @@
+"""bench/class_count.py: the class count named from a classes run's stored test probabilities."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from helpers import REPO
+
+
+def test_class_count_counts_the_classes_called_present(tmp_path):
+    # three test LoRAs (rows 0, 2, 3) with 1, 2 and 3 classes; seed 0 calls them 1, 2, 2 present, seed 1 all right
+    rows = [{"id": f"l{i}", "n_classes": n} for i, n in enumerate([1, 9, 2, 3])]
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    s0 = [[0.9, 0.1, 0.1], [0.8, 0.7, 0.2], [0.9, 0.6, 0.4]]  # rounded sums 1, 2, 2
+    s1 = [[0.9, 0.1, 0.1], [0.8, 0.7, 0.2], [0.9, 0.6, 0.5]]  # rounded sums 1, 2, 2 (2.0)
+    runs = {"test_rows": [0, 2, 3], "runs": {"glnet": [{"pred": {"classes": s0}}, {"pred": {"classes": s1}}]}}
+    (tmp_path / "c.json").write_text(json.dumps(runs))
+    out = subprocess.run([sys.executable, str(REPO / "bench" / "class_count.py"), str(tmp_path / "c.json"),
+                          str(tmp_path / "m.jsonl")], capture_output=True, text=True, check=True).stdout
+    assert "glnet: classes called present 0.833 ± 0.236, rounded sum 0.667 ± 0.000 (2 seeds, 3 test LoRAs)" in out
+    assert "most common count: 0.333" in out
