@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -16,7 +17,18 @@ def test_class_count_counts_the_classes_called_present(tmp_path):
     s1 = [[0.9, 0.1, 0.1], [0.8, 0.7, 0.2], [0.9, 0.6, 0.5]]  # rounded sums 1, 2, 2 (2.0)
     runs = {"test_rows": [0, 2, 3], "runs": {"glnet": [{"pred": {"classes": s0}}, {"pred": {"classes": s1}}]}}
     (tmp_path / "c.json").write_text(json.dumps(runs))
-    out = subprocess.run([sys.executable, str(REPO / "bench" / "class_count.py"), str(tmp_path / "c.json"),
-                          str(tmp_path / "m.jsonl")], capture_output=True, text=True, check=True).stdout
+    # the n_classes run's recipe-only row: always one class, right about the first test LoRA only
+    hp = {"ridge": [[0.9, 0.1, 0.0], [0.9, 0.1, 0.0], [0.9, 0.1, 0.0]]}  # class index = count − 1
+    base = {"test_rows": [0, 2, 3], "targets": [{"name": "n_classes", "labels": ["1", "2", "3"]}],
+            "honest": {"hp": {"n_classes": {"models": hp}}}}
+    (tmp_path / "n1.json").write_text(json.dumps(base))
+    cmd = [sys.executable, str(REPO / "bench" / "class_count.py"), str(tmp_path / "c.json"), str(tmp_path / "m.jsonl")]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env).stdout
     assert "glnet: classes called present 0.833 ± 0.236, rounded sum 0.667 ± 0.000 (2 seeds, 3 test LoRAs)" in out
-    assert "most common count: 0.333" in out
+    assert "most common count: 0.333" in out and "hp-" not in out
+    out = subprocess.run(cmd + ["--baseline", str(tmp_path / "n1.json")], capture_output=True, text=True, check=True,
+                         env=env).stdout
+    # counted 0.833 (seeds pooled) against 0.333: GL-net is ahead or level on every test LoRA, so on every resample
+    line = next(x for x in out.splitlines() if "hp-ridge" in x)
+    assert line.startswith("  classes called present − hp-ridge (0.333): +0.500 [+0.")
