@@ -21,20 +21,13 @@ HOME_PY="python3 $ROOT/scripts/device/qwen_v3_home.py"; ZOOS=(--mix --zoo zoo=$H
 [ -e $CHUNKS/g00 ] || { echo "no MiniLM chunks in $CHUNKS"; exit 2; }
 rm -rf $R && mkdir -p $R/chunkrepo && cp -r $CHUNKS $C || exit 1
 CAP=$(( $(du -sb $C/g00 | cut -f1) + 1000 ))  # the chunks' own cap (g00 is full)
+source scripts/device/rehearse_calls.sh
 lease() {  # lease P [env...]: what one lease's calls do, on a fresh P
-  local P=$1 first=env k=0 out; shift
-  for g in $C/g*; do  # one call per chunk, carrying that chunk alone
-    local D=$P.call_$(basename $g); mkdir -p $D/.chunks && cp -al $g $D/.chunks/
-    (cd $D && P=$P bash $ROOT/scripts/device/qwen_park.sh $first >> $P.park.log 2>&1); first=
-  done
+  local P=$1; shift
+  park_calls $P $C
   env "$@" SMALL=1 SMALL_N=$N DEV=cpu ZOO=mix BASE_DTYPE=float16 PIECE=${PIECE:-200000} P=$P OMP_NUM_THREADS=1 \
     nice -n 10 bash scripts/device/diff_start.sh 2000 300 0 > $P.start.log 2>&1
-  mkdir -p $P.poll1 && OUT=$P.poll1 P=$P bash scripts/device/qwen_poll_until.sh 1000 "" "zoo packed" > $P.poll1.log 2>&1
-  while [ $k -lt 20 ]; do
-    mkdir -p $P.fetch/c$k; out=$(OUT=$P.fetch/c$k P=$P bash scripts/device/smol_fetch.sh); echo "$out" > $P.fetch/c$k.log
-    echo "$out" | grep -q "sent \([0-9]*\) of \1 " && break; k=$(( k + 1 ))
-  done
-  mkdir -p $P.poll2 && OUT=$P.poll2 P=$P bash scripts/device/qwen_poll_until.sh 1000 > $P.poll2.log 2>&1
+  fetch_calls $P "zoo packed"
   grep -E "carried|zoo \(|packed|DONE|FAILED" $P/out/progress
 }
 rows() { grep -c . $H/$1/manifest.jsonl; }

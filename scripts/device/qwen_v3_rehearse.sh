@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The Qwen v3 zoo's leases rehearsed end to end on the dev CPU (README.md here, "Qwen v3"): chunks made with
 # make_chunks.py --room (a 3 kB stand-in for the GGUF, the real zoodata.tgz), two "leases" on fresh folders, each
-# parking its chunks one call at a time (a copy: the chunks stay here, as carried chunks do), qwen_start.sh with
+# parking its chunks one call at a time (hard links: the chunks stay here, as carried chunks do), qwen_start.sh with
 # V3=1 SMALL=1 DEV=cpu (qwen_pipeline.sh -> qwen_v3.sh: tiny random Llama, v3 cut to 24 LoRAs in groups of 4, ARC-C
 # on 8 questions), qwen_poll_until.sh and smol_fetch.sh into one folder per call as the device tool returns them;
 # the first lease stops after V3_GROUPS1 (4) of 6 groups, is merged at home, its resume pair goes into the last
@@ -17,20 +17,12 @@ rm -rf $R && mkdir -p $R/chunkrepo || exit 1
 head -c 3000 /dev/urandom > $R/fake.gguf.gz
 CAP=$(( $(stat -c %s $ZOODATA) + 1200 ))
 (cd $R/chunkrepo && python3 $ROOT/scripts/device/make_chunks.py $R/fake.gguf.gz $ZOODATA --cap $CAP --room 1000) || exit 1
+source scripts/device/rehearse_calls.sh
 lease() {  # lease P BUILD_S [env...]: what one lease's calls do, on a fresh P
-  local P=$1 S=$2 first=env k=0 out; shift 2
-  mkdir -p $P
-  for g in $C/g*; do  # one call per chunk, carrying that chunk alone
-    local D=$P.call_$(basename $g); mkdir -p $D/.chunks && cp -r $g $D/.chunks/
-    (cd $D && P=$P bash $ROOT/scripts/device/qwen_park.sh $first >> $P.park.log 2>&1); first=
-  done
+  local P=$1 S=$2; shift 2
+  park_calls $P $C
   env "$@" V3=1 SMALL=1 DEV=cpu P=$P OMP_NUM_THREADS=1 nice -n 10 bash scripts/device/qwen_start.sh $S 0 > $P.start.log 2>&1
-  mkdir -p $P.poll1 && OUT=$P.poll1 P=$P bash scripts/device/qwen_poll_until.sh 1000 "" "packed" > $P.poll1.log 2>&1
-  while [ $k -lt 20 ]; do
-    mkdir -p $P.fetch/c$k; out=$(OUT=$P.fetch/c$k P=$P bash scripts/device/smol_fetch.sh); echo "$out" > $P.fetch/c$k.log
-    echo "$out" | grep -q "sent \([0-9]*\) of \1 " && break; k=$(( k + 1 ))
-  done
-  mkdir -p $P.poll2 && OUT=$P.poll2 P=$P bash scripts/device/qwen_poll_until.sh 1000 > $P.poll2.log 2>&1
+  fetch_calls $P "packed"
   grep -E "carried|V3_END|rows|packed|DONE|FAILED" $P/out/progress
 }
 $HOME_PY resume --zoo $H --chunks $C --cap $CAP
