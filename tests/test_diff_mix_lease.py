@@ -229,3 +229,61 @@ def test_rehearsal_two_cpu_leases_come_home_as_one_build(tmp_path: Path) -> None
                        env={**os.environ, "CHUNKS": str(CHUNKS), "SMALL_N": "4", "DIFF_GROUPS1": "2 1", "PIECE": "100000"})
     assert r.returncode == 0 and "REHEARSAL OK" in r.stdout, r.stdout[-4000:] + r.stderr[-2000:]
     assert "zoo (fashion) complete" in r.stdout and "first lease: the same files" in r.stdout
+
+
+def test_resume_lost_carries_a_kept_manifest_whose_adapters_are_gone(tmp_path: Path) -> None:
+    """A home zoo lost with its machine but for the kept manifest and zoo.json: resume --lost carries those rows, so
+    the next lease builds only the other groups; merge brings home only rows with adapters (the lost ones are left
+    behind), and a later lease carried without --lost builds the lost groups again."""
+    home = tmp_path / "home"
+    zoos = ["--mix", "--zoo", f"zoo={home / 'zoo'}", "--zoo", f"zoo_fonts={home / 'zoo_fonts'}"]
+    tars = tmp_path / "tars"
+    tars.mkdir()
+    _tar_gz(tars / "inhouse_base_mix.tar.gz", "inhouse-base-mix", "base.json")
+    _tar_gz(tars / "inhouse_clip_mix.tar.gz", "inhouse-clip-mix", "clip.json")
+    a = tmp_path / "a"
+    _build(a / "zoo", max_groups=2)  # the first lease: 4 rows, whose adapters are then lost
+    kept = tmp_path / "kept.jsonl"
+    shutil.copy(a / "zoo" / "manifest.jsonl", kept)
+    (home / "zoo").mkdir(parents=True)
+    shutil.copy(a / "zoo" / "zoo.json", home / "zoo" / "zoo.json")
+
+    def resume(*extra: str) -> tuple[Path, str]:
+        dest = tmp_path / f"resume{len(list(tmp_path.glob('resume*')))}" / "diff_resume"
+        r = _py("qwen_v3_home.py", "resume", *zoos, "--tars", str(tars), "--dest", str(dest), *extra)
+        assert r.returncode == 0, r.stdout + r.stderr
+        return dest, r.stdout
+
+    r = _py("qwen_v3_home.py", "resume", *zoos, "--tars", str(tars), "--dest", str(tmp_path / "x"),
+            "--lost", f"zoo_fonts={kept}")
+    assert r.returncode != 0 and "zoo.json" in r.stderr  # no zoo.json home for the fonts zoo
+    dest, out = resume("--lost", f"zoo={kept}")
+    assert 'DIFF_ROWS="4 0"' in out and "4 rows of" in out
+    assert subprocess.run(["zcat", str(dest / "zoo.manifest.jsonl.gz")], capture_output=True, text=True,
+                          check=True).stdout == kept.read_text()
+
+    def lease(dest: Path, name: str) -> list[Path]:
+        p = tmp_path / name
+        (p / "zoo").mkdir(parents=True)
+        shutil.copy(dest / "zoo.zoo.json", p / "zoo" / "zoo.json")
+        (p / "zoo" / "manifest.jsonl").write_text(
+            subprocess.run(["zcat", str(dest / "zoo.manifest.jsonl.gz")], capture_output=True, text=True, check=True).stdout)
+        (p / "zoo.carried.jsonl").write_text((p / "zoo" / "manifest.jsonl").read_text())
+        _build(p / "zoo")
+        return _pack(p, tmp_path / f"fetch_{name}")
+
+    r = _py("qwen_v3_home.py", "merge", *map(str, lease(dest, "b")), *zoos)
+    assert r.returncode == 0 and "4 adapters added" in r.stdout and "4 rows left behind" in r.stdout, r.stdout + r.stderr
+    rows = _rows(home / "zoo" / "manifest.jsonl")
+    assert len(rows) == 4 and not {x["id"] for x in rows} & {x["id"] for x in _rows(kept)}
+    assert all((home / "zoo" / x["path"]).is_file() for x in rows)
+    dest, out = resume()  # without --lost: the lost groups are built again
+    assert 'DIFF_ROWS="4 0"' in out
+    r = _py("qwen_v3_home.py", "merge", *map(str, lease(dest, "c")), *zoos)
+    assert r.returncode == 0 and "4 adapters added" in r.stdout, r.stdout + r.stderr
+    ref = tmp_path / "ref"
+    _build(ref / "zoo")
+    home_rows = {x["id"]: x for x in _rows(home / "zoo" / "manifest.jsonl")}
+    assert home_rows == {x["id"]: x for x in _rows(ref / "zoo" / "manifest.jsonl")}
+    for x in home_rows.values():
+        assert (home / "zoo" / x["path"]).read_bytes() == (ref / "zoo" / x["path"]).read_bytes()

@@ -7,7 +7,7 @@ diff_pipeline.sh ZOO=mix packs zoo/ and zoo_fonts/ in one set of pieces).
     python3 scripts/device/qwen_v3_home.py resume [--zoo Z] [--chunks .chunks] [--cap 54000000]
     python3 scripts/device/qwen_v3_home.py status [--zoo Z]
     python3 scripts/device/qwen_v3_home.py merge FETCHED_DIR... --mix [--manifest zoo=zoo_manifest.jsonl.gz ...]
-    python3 scripts/device/qwen_v3_home.py resume --mix --tars DIR [--chunks .chunks] [--cap 54000000]
+    python3 scripts/device/qwen_v3_home.py resume --mix --tars DIR [--chunks .chunks] [--cap 54000000] [--lost zoo=M.gz ...]
 
 --zoo [NAME=]PATH, once per zoo: the home zoo for the pack's folder NAME (v3 when NAME= is left out). Defaults:
 v3=/work/kit/qwenv3/zoo, or with --mix zoo=/work/kit/mixzoo/zoo and zoo_fonts=/work/kit/mixzoo/zoo_fonts.
@@ -29,7 +29,10 @@ the last chunk's v3_resume/ (qwen_park.sh parks it as $P/v3_resume; qwen_v3.sh s
 checks the chunk stays under --cap and prints the start command (V3_ROWS: the rows carried). With --mix:
 diff_resume/ with NAME.manifest.jsonl.gz + NAME.zoo.json of each zoo that has rows, the first lease's base and
 scorer tars (from --tars DIR, where a poll brought them) and SHA256SUMS over all (diff_pipeline.sh unpacks
-base and scorer and seeds the zoos), and the start command with DIFF_ROWS (the rows carried, per zoo).
+base and scorer and seeds the zoos), and the start command with DIFF_ROWS (the rows carried, per zoo). --lost [NAME=]MANIFEST
+(the home zoo holding only zoo.json, say, after a kept manifest outlived its adapters): that manifest's rows are
+carried too, before the home rows, so the lease builds only the groups not in it; their adapters never come, so
+merge leaves them out ("left behind") and a later lease carried without --lost builds their groups again.
 
 A pack may hold other folders (a first diffusion lease's dora/): they are left out.
 """
@@ -363,9 +366,17 @@ def resume(args: argparse.Namespace) -> int:
     dest = Path(args.dest) if args.dest else last_chunk(Path(args.chunks)) / ("diff_resume" if args.mix else "v3_resume")
     shutil.rmtree(dest, ignore_errors=True)
     rows = {n: read_rows(z / "manifest.jsonl") if (z / "manifest.jsonl").exists() else [] for n, z in zoos.items()}
-    counts = " ".join(str(len(r)) for r in rows.values())
+    lost: dict[str, list[dict]] = {n: [] for n in zoos}
+    for n, f in named_files(args.lost, zoos).items():  # rows whose adapters were lost: carried, never merged home
+        if not (zoos[n] / "zoo.json").is_file():
+            sys.exit(f"resume: --lost {n}=...: {zoos[n]} needs the zoo's zoo.json (a lease's, or a kept copy)")
+        have = {r["id"] for r in rows[n]}
+        lost[n] = [r for r in read_rows(f) if r["id"] not in have]
+        print(f"resume: {n}: {len(lost[n])} rows of {f} carried without adapters (the lease builds other groups; "
+              "merge leaves them out of the home zoo, and a lease without --lost builds their groups again)")
+    counts = " ".join(str(len(lost[n]) + len(r)) for n, r in rows.items())
     var = f'DIFF_ROWS="{counts}"' if args.mix else f"V3_ROWS={counts}"
-    if not any(rows.values()):
+    if not any(rows.values()) and not any(lost.values()):
         print(f"resume: {', '.join(map(str, zoos.values()))} hold no rows: nothing to carry (the first lease starts "
               f"the zoo{'s' if len(zoos) > 1 else ''}): {var}")
         print(f"start: {MIX_START.format(counts, 1280) if args.mix else START.format(counts)}")
@@ -375,6 +386,7 @@ def resume(args: argparse.Namespace) -> int:
         if lacking:
             sys.exit(f"resume: {len(lacking)} home rows of {z} lack their adapter ({lacking[:5]}); a merge only adds "
                      "rows with their adapters: restore them before carrying the manifest")
+        rows[n] = lost[n] + rows[n]
     tars = [Path(args.tars or ".") / t for t in MIX_TARS] if args.mix else []
     if args.mix and (not args.tars or not all(t.is_file() for t in tars)):
         sys.exit(f"resume: --tars DIR must hold the first lease's {' and '.join(MIX_TARS)} (a poll brought them)")
@@ -443,6 +455,8 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--chunks", default=".chunks")
     r.add_argument("--dest", help="write it here instead (a rehearsal's $P/v3_resume or $P/diff_resume)")
     r.add_argument("--cap", type=int, default=54_000_000, help="bytes the last chunk may hold (make_chunks.py --cap)")
+    r.add_argument("--lost", action="append", help="[NAME=]MANIFEST: a kept manifest whose rows' adapters were lost "
+                   "(the home kit gone): carried besides the home rows, so the lease builds only other groups")
     s = sub.add_parser("status", help="rows, splits, adapters of the home zoo(s)")
     s.add_argument("--zoo", action="append", help=zoo_help)
     s.add_argument("--mix", action="store_true", help=mix_help)
