@@ -6,6 +6,7 @@ minibatch order, so the same command on the same files gives the same checkpoint
 from __future__ import annotations
 
 import copy
+import json
 import math
 import statistics
 import time
@@ -746,6 +747,31 @@ def fit_domain_for(ds: Dataset) -> Any:
     return fit_domain(train, val if val.numel() else train[:0])
 
 
+def card_history(folder: Path) -> list[dict[str, Any]]:
+    """The card's ``history`` for a checkpoint about to replace the one in ``folder``: the old card's own history
+    plus what it measured (test metrics, margins over the recipe, its training data), so a retrained bundled
+    checkpoint keeps its earlier figures. Empty where no readable card is there."""
+    try:
+        old = json.loads((folder / "card.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    if not isinstance(old, dict):
+        return []
+    data = old.get("training_data") or {}
+    entry = {
+        "lolscan_version": old.get("lolscan_version"),
+        "architecture": old.get("architecture"),
+        "seed": (old.get("training") or {}).get("seed"),
+        "training_data": {k: data[k] for k in ("manifest_sha256", "adapters", "splits") if k in data},
+        "test": (old.get("metrics") or {}).get("test", {}),
+        "hp_baseline": {t: {k: v for k, v in e.items() if k in ("metric", "model", "baseline", "checkpoint", "margin",
+                                                                  "ci95", "test_rows", "none")}
+                        for t, e in (old.get("hp_baseline") or {}).items() if isinstance(e, dict)},
+    }
+    earlier = old.get("history")
+    return (earlier if isinstance(earlier, list) else []) + [entry]
+
+
 def save_checkpoint(ds: Dataset, result: TrainResult, out: Path, *, name: str, overwrite: bool = False, description: str = "",
                     hp: dict[str, dict[str, Any]] | None = None) -> Path:
     """Write the checkpoint folder (atomically) with its predicted-vs-true PNG inside. The card's
@@ -759,6 +785,10 @@ def save_checkpoint(ds: Dataset, result: TrainResult, out: Path, *, name: str, o
 
     card = make_card(ds, result, name=name, description=description)
     card["hp_baseline"] = baseline.margins(ds.targets, baseline.fit(ds) if hp is None else hp, result.test_scores)
+    if overwrite:
+        history = card_history(Path(out))
+        if history:
+            card["history"] = history
     ckpt = Checkpoint(result.model, card, ds.targets, ds.spec)
     files = {}
     domain = fit_domain_for(ds)

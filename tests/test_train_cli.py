@@ -44,15 +44,21 @@ def test_train_writes_a_named_checkpoint_with_plot(zoo, dirs):
     # a second run refuses to overwrite unless asked
     r = run("train", zoo, "-t", "score", "--out", "toy", *TINY)
     assert r.exit_code == 2 and "already exists" in r.stderr
+    first = json.loads((ckpt / "card.json").read_text())
     r = run("train", zoo, "-t", "score", "--out", "toy", "--overwrite", *TINY)
-    assert r.exit_code == 0 and [t["name"] for t in json.loads((ckpt / "card.json").read_text())["targets"]] == ["score"]
+    card = json.loads((ckpt / "card.json").read_text())
+    assert r.exit_code == 0 and [t["name"] for t in card["targets"]] == ["score"]
+    # the replaced checkpoint's figures are kept in the card's history
+    assert len(card["history"]) == 1 and card["history"][0]["test"] == first["metrics"]["test"]
+    assert card["history"][0]["hp_baseline"]["score"] == first["hp_baseline"]["score"]  # here: "none" (no recipe columns)
+    assert card["history"][0]["training_data"]["adapters"] == first["training_data"]["adapters"] == 80
     r = run("models", "--format", "json")
     listed = json.loads(r.stdout)["models"]
     assert [(m["name"], m["origin"], m["architecture"]) for m in listed] == [("toy", "user", "glnet")]
     r = run("models")
     assert r.exit_code == 0 and "toy" in r.stdout and "regression" in r.stdout
     r = run("models", "toy")
-    assert r.exit_code == 0 and "test metrics" in r.stdout
+    assert r.exit_code == 0 and "test metrics" in r.stdout and "earlier (1)" in r.stdout
 
 
 def test_out_with_a_slash_is_a_path_and_kind_override(zoo, dirs):

@@ -242,6 +242,11 @@ def _show_card(card: dict[str, Any]) -> None:
     if data:
         t.add_row("training data", f"{data.get('adapters')} adapters from {data.get('manifest')}, splits {data.get('splits')} ({data.get('split_method')})")
     t.add_row("lolscan version", str(card.get("lolscan_version")))
+    for k, h in enumerate(card.get("history") or [], 1):  # what the checkpoints it replaced measured
+        if isinstance(h, dict):
+            n = (h.get("training_data") or {}).get("adapters", "?")
+            t.add_row(f"earlier ({k})", f"{h.get('architecture')} on {n} adapters: test "
+                      f"{headline_metrics(card['targets'], h.get('test') or {})}")
     console.print(t)
 
 
