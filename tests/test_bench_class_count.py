@@ -32,3 +32,21 @@ def test_class_count_counts_the_classes_called_present(tmp_path):
     # counted 0.833 (seeds pooled) against 0.333: GL-net is ahead or level on every test LoRA, so on every resample
     line = next(x for x in out.splitlines() if "hp-ridge" in x)
     assert line.startswith("  classes called present − hp-ridge (0.333): +0.500 [+0.")
+
+
+def test_class_count_rounds_a_regression_runs_predictions(tmp_path):
+    # the same three test LoRAs (1, 2, 3 classes); a regression on the count predicts 1.2, 2.6, 2.9 (seed 0:
+    # rounded 1, 3, 3: two right) and 0.4, 1.6, 3.4 (seed 1: rounded 1 (clipped from 0), 2, 3: all right)
+    rows = [{"id": f"l{i}", "n_classes": n} for i, n in enumerate([1, 9, 2, 3])]
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "c.json").write_text(json.dumps({"test_rows": [0, 2, 3], "runs": {}}))
+    reg = {"test_rows": [0, 2, 3], "runs": {"glnet": [{"pred": {"n_classes": [[1.2], [2.6], [2.9]]}},
+                                                      {"pred": {"n_classes": [[0.4], [1.6], [3.4]]}}]}}
+    (tmp_path / "r.json").write_text(json.dumps(reg))
+    cmd = [sys.executable, str(REPO / "bench" / "class_count.py"), str(tmp_path / "c.json"), str(tmp_path / "m.jsonl"),
+           "--regression", str(tmp_path / "r.json")]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, env={**os.environ, "PYTHONPATH": str(REPO)}).stdout
+    assert "glnet (regression on the count, rounded): 0.833 ± 0.236 (2 seeds)" in out
+    (tmp_path / "r.json").write_text(json.dumps({**reg, "test_rows": [0, 1, 2]}))
+    r = subprocess.run(cmd, capture_output=True, text=True, check=False, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert r.returncode != 0 and "another test split" in r.stderr
