@@ -140,7 +140,9 @@ def write_shard(path: Path, rows: list[dict[str, Any]], lines: list[str] | None 
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         records = [to_record(r) for r in rows]
-        keys = list(dict.fromkeys(k for r in records for k in r))
+        # the typed columns always (a shard of unreadable adapters has no rank or layers, and its schema must
+        # still match the others'); null where a row lacks them, and left out again when read back
+        keys = list(dict.fromkeys([*(k for k in _PARQUET_SCALARS if k != "error"), *(k for r in records for k in r)]))
         pq.write_table(pa.Table.from_pylist(records, schema=_parquet_schema(keys)), tmp)
         os.replace(tmp, path)
     except BaseException:
