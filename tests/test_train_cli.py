@@ -8,6 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from lolscan.cli.app import _register, app
+from lolscan.cli.models_cmd import format_metric
 from lolscan.training import write_synthetic_zoo
 
 _register()
@@ -59,6 +60,9 @@ def test_train_writes_a_named_checkpoint_with_plot(zoo, dirs):
     assert r.exit_code == 0 and "toy" in r.stdout and "regression" in r.stdout
     r = run("models", "toy")
     assert r.exit_code == 0 and "test metrics" in r.stdout and "earlier (1)" in r.stdout
+    # the earlier row shows the replaced checkpoint's own test metrics, whatever its targets were
+    r2 = first["metrics"]["test"]["score"]["r2"]
+    assert f"r2={format_metric(r2)}" in " ".join(r.stdout.split()) and "planted:" in r.stdout
 
 
 def test_out_with_a_slash_is_a_path_and_kind_override(zoo, dirs):

@@ -245,8 +245,10 @@ def _show_card(card: dict[str, Any]) -> None:
     for k, h in enumerate(card.get("history") or [], 1):  # what the checkpoints it replaced measured
         if isinstance(h, dict):
             n = (h.get("training_data") or {}).get("adapters", "?")
-            t.add_row(f"earlier ({k})", f"{h.get('architecture')} on {n} adapters: test "
-                      f"{headline_metrics(card['targets'], h.get('test') or {})}")
+            test = h.get("test") or {}  # its own metrics: an earlier training may have had another kind of target
+            shown = "; ".join(f"{name}: " + " ".join(f"{m}={format_metric(v)}" for m, v in vals.items() if m != "n")
+                              for name, vals in test.items() if isinstance(vals, dict))
+            t.add_row(f"earlier ({k})", f"{h.get('architecture')} on {n} adapters: test {shown or 'not recorded'}")
     console.print(t)
 
 
