@@ -39,6 +39,16 @@ if base is not None:
     true_idx = np.array([index[n] for n in true], dtype=float)
     hp = {f"hp-{k}": np.asarray(v) for k, v in base["honest"]["hp"]["n_classes"]["models"].items()}
 sd = (lambda xs: st.stdev(xs) if len(xs) > 1 else 0.0)
+
+
+def against_recipe(what: str, counts: list[list[int]]) -> None:
+    """Each seed's counts against the n_classes run's recipe-only rows: the tables' paired bootstrap, seeds pooled."""
+    for name, probs in (hp.items() if base is not None else ()):
+        idx = [np.array([index.get(c, -1) for c in cs], dtype=float) for cs in counts]
+        diff, lo, hi = paired_bootstrap("multiclass", true_idx, idx, [probs])
+        print(f"  {what} − {name} ({metric('multiclass', true_idx, probs):.3f}): {diff:+.3f} [{lo:+.3f}, {hi:+.3f}]")
+
+
 reg = json.load(open(args.regression)) if args.regression else None
 if reg is not None:
     assert reg["test_rows"] == d["test_rows"], "the regression run has another test split"
@@ -46,19 +56,12 @@ if reg is not None:
         rounded = [[int(min(10, max(1, round(float(np.ravel(p)[0]))))) for p in run["pred"]["n_classes"]] for run in runs]
         acc = [sum(c == n for c, n in zip(cs, true)) / len(true) for cs in rounded]
         print(f"{arch} (regression on the count, rounded): {st.mean(acc):.3f} ± {sd(acc):.3f} ({len(runs)} seeds)")
-        for name, probs in (hp.items() if base is not None else ()):
-            idx = [np.array([index.get(c, -1) for c in cs], dtype=float) for cs in rounded]
-            diff, lo, hi = paired_bootstrap("multiclass", true_idx, idx, [probs])
-            print(f"  rounded − {name} ({metric('multiclass', true_idx, probs):.3f}): {diff:+.3f} [{lo:+.3f}, {hi:+.3f}]")
+        against_recipe("rounded", rounded)
 for arch, runs in d["runs"].items():
     counts = {"called": [[sum(q >= 0.5 for q in p) for p in run["pred"]["classes"]] for run in runs],
               "summed": [[round(sum(p)) for p in run["pred"]["classes"]] for run in runs]}
     acc = {k: [sum(c == n for c, n in zip(cs, true)) / len(true) for cs in v] for k, v in counts.items()}
     print(f"{arch}: classes called present {st.mean(acc['called']):.3f} ± {sd(acc['called']):.3f}, "
           f"rounded sum {st.mean(acc['summed']):.3f} ± {sd(acc['summed']):.3f} ({len(runs)} seeds, {len(true)} test LoRAs)")
-    for name, probs in (hp.items() if base is not None else ()):
-        called = [np.array([index.get(c, -1) for c in cs], dtype=float) for cs in counts["called"]]
-        diff, lo, hi = paired_bootstrap("multiclass", true_idx, called, [probs])
-        print(f"  classes called present − {name} ({metric('multiclass', true_idx, probs):.3f}): "
-              f"{diff:+.3f} [{lo:+.3f}, {hi:+.3f}]")
+    against_recipe("classes called present", counts["called"])
 print(f"most common count: {max(Counter(true).values()) / len(true):.3f} of the test LoRAs")

@@ -6,7 +6,6 @@ minibatch order, so the same command on the same files gives the same checkpoint
 from __future__ import annotations
 
 import copy
-import json
 import math
 import statistics
 import time
@@ -751,11 +750,12 @@ def card_history(folder: Path) -> list[dict[str, Any]]:
     """The card's ``history`` for a checkpoint about to replace the one in ``folder``: the old card's own history
     plus what it measured (test metrics, margins over the recipe, its training data), so a retrained bundled
     checkpoint keeps its earlier figures. Empty where no readable card is there."""
+    from .checkpoint import read_card
+    from .errors import LolscanError
+
     try:
-        old = json.loads((folder / "card.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return []
-    if not isinstance(old, dict):
+        old = read_card(folder)
+    except LolscanError:
         return []
     data = old.get("training_data") or {}
     entry = {
