@@ -16,7 +16,7 @@ from test_nets_models import F64, SPEC, adapter, gauge
 
 from lolscan.nets import build_model, collate
 from lolscan.nets.reference import glnet_loop_forward, per_layer_inputs
-from lolscan.training import SEARCH_MARGIN, TrainOptions, candidates, train
+from lolscan.training import SEARCH_MARGIN, TrainOptions, _keeps, candidates, train
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 import invariant_tasks as T  # noqa: E402
@@ -79,6 +79,17 @@ def test_search_candidates_respect_what_the_user_set() -> None:
                                                                  {"products": True, "squash": "asinh"}]
     assert candidates(TrainOptions(arch="mlp-svd")) == [{}]
     assert 0 < SEARCH_MARGIN < 1
+
+
+def test_search_margin_only_buys_complexity() -> None:
+    spectral, raw, asinh = {"products": False}, {"products": True, "squash": "none"}, {"products": True, "squash": "asinh"}
+    a_bit_lower = 1 - SEARCH_MARGIN / 2  # lower, but by less than the margin
+    assert _keeps(5.0, None, spectral, None)
+    assert not _keeps(a_bit_lower, 1.0, raw, spectral)  # products over the spectrum alone: by the margin only
+    assert _keeps(0.9 * (1 - SEARCH_MARGIN), 1.0, raw, spectral)
+    assert _keeps(a_bit_lower, 1.0, asinh, raw)  # the same model squashed: any lower loss
+    assert not _keeps(1.0, 1.0, asinh, raw)  # a tie keeps the first
+    assert _keeps(1.0, float("nan"), asinh, raw)
 
 
 def test_suite_labels_are_functions_of_delta_w_alone() -> None:
