@@ -236,10 +236,10 @@ def _outputs(model: torch.nn.Module, batch: Any, chunk: int = 256, max_features:
     ``max_features`` of them (256 Qwen adapters would be 23 GB of ΔW, times the standardised copies)."""
     from .nets.batch import FactorBatch
     from .nets.common import FeatureMLP
-    from .nets.pertarget import PerTargetNet
+    from .nets.ensemble import base_net
 
     model.eval()
-    first = model.members[0] if isinstance(model, PerTargetNet) else model
+    first = base_net(model)
     if isinstance(first, FeatureMLP) and isinstance(batch, FactorBatch):
         chunk = max(1, min(chunk, max_features // first.feature_dim))
     outs = [model(batch.select(slice(i, i + chunk))) for i in range(0, batch.batch_size, chunk)]

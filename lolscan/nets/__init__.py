@@ -22,6 +22,8 @@ Public API (stable):
   All state is in the state_dict as plain, unshared tensors (safetensors-saveable).
 - `PerTargetNet(members, column_member)`: copies of one trained model, output column j from member
   ``column_member[j]`` (training's per-target early stopping; see `lolscan.nets.pertarget`).
+- `EnsembleNet(members)`: models of one architecture trained at several seeds, outputs averaged
+  (``lolscan train --ensemble K``; see `lolscan.nets.ensemble`); `base_net(model)` unwraps both wrappers.
 """
 from __future__ import annotations
 
@@ -36,6 +38,7 @@ _LAZY = {
     "DenseMLP": "dense", "GLNet": "glnet", "gl_gate": "glnet", "FactorMLP": "mlp", "OAlignMLP": "oalign",
     "build_model": "registry", "hparam_names": "registry", "model_from_config": "registry",
     "LayerShape": "spec", "LayerSpec": "spec", "ShapeGroup": "spec", "SVDMLP": "svd", "PerTargetNet": "pertarget",
+    "EnsembleNet": "ensemble", "base_net": "ensemble",
 }
 
 
@@ -51,6 +54,7 @@ __all__ = [
     "ARCHITECTURES",
     "FIXED_RANK_ARCHS",
     "DenseMLP",
+    "EnsembleNet",
     "FactorBatch",
     "FactorGroup",
     "FactorMLP",
@@ -62,6 +66,7 @@ __all__ = [
     "PerTargetNet",
     "SVDMLP",
     "ShapeGroup",
+    "base_net",
     "build_model",
     "collate",
     "common_rank",
