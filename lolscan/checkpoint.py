@@ -24,9 +24,13 @@ if TYPE_CHECKING:  # torch only where a model is built or run: `lolscan models` 
 
     from .adapter import Adapter
 
-# 2: the card may hold ``states`` (several weights, one per target's best step: `lolscan.nets.PerTargetNet`);
-# a card without them is written as 1, which older lolscan reads.
-CARD_SCHEMA_VERSION = 2
+# 2: the card may hold ``states`` (several weights, one per target's best step: `lolscan.nets.PerTargetNet`).
+# 3: the card may hold ``ensemble`` (models trained at several seeds, outputs averaged: `lolscan.nets.EnsembleNet`).
+# A card is written with the oldest version that holds it (1 without either), so older lolscan reads what it can
+# and refuses the rest in one line rather than misreading it.
+STATES_SCHEMA_VERSION = 2
+ENSEMBLE_SCHEMA_VERSION = 3
+CARD_SCHEMA_VERSION = 3  # the newest this lolscan reads
 CARD_NAME = "card.json"
 WEIGHTS_NAME = "model.safetensors"
 PLOT_NAME = "pred_vs_true.png"
@@ -138,6 +142,8 @@ def list_checkpoints() -> list[dict[str, Any]]:
                 default=bool(card.get("default", False)),
                 description=card.get("description", ""),
             )
+            if isinstance(card.get("ensemble"), dict):  # models of several seeds, outputs averaged: how many
+                info["ensemble"] = card["ensemble"]["members"]
             out.append(info)
     return out
 
@@ -167,8 +173,13 @@ def validate_card(card: Any, path: Path | str) -> None:
     if isinstance(version, bool) or not isinstance(version, int):
         raise CheckpointError("card has no integer schema_version", path=path)
     if version > CARD_SCHEMA_VERSION:
+        from ._version import __version__
+
+        by = card.get("lolscan_version")
         raise CheckpointError(
-            f"card schema_version {version} is newer than this lolscan understands ({CARD_SCHEMA_VERSION}); upgrade lolscan",
+            f"card schema_version {version} is newer than this lolscan understands (lolscan {__version__} reads up to "
+            f"{CARD_SCHEMA_VERSION}" + (f"; the card was written by lolscan {by}" if isinstance(by, str) and by else "")
+            + "); upgrade lolscan",
             path=path,
         )
     if version < 1:
@@ -195,21 +206,38 @@ def validate_card(card: Any, path: Path | str) -> None:
         width += t.width
     if card["out_dim"] != width:
         raise CheckpointError(f"card out_dim {card['out_dim']} does not match its targets' width {width}", path=path)
-    if "states" in card:
-        states = card["states"]
-        count = states.get("count") if isinstance(states, dict) else None
-        serve = states.get("targets") if isinstance(states, dict) else None
-        if (isinstance(count, bool) or not isinstance(count, int) or count < 2 or not isinstance(serve, dict)
-                or set(serve) != {t.name for t in targets}
-                or not all(isinstance(k, int) and not isinstance(k, bool) and 0 <= k < count for k in serve.values())
-                or set(serve.values()) != set(range(count))):
-            raise CheckpointError("card states must give a count ≥ 2 and, for every target, one of them that serves it "
-                                  "(each serving some target)", path=path)
+    names = {t.name for t in targets}
+    if "states" in card and not _valid_states(card["states"], names):
+        raise CheckpointError("card states must give a count ≥ 2 and, for every target, one of them that serves it "
+                              "(each serving some target)", path=path)
+    if "ensemble" in card:
+        ens = card["ensemble"]
+        members = ens.get("members") if isinstance(ens, dict) else None
+        states = ens.get("states") if isinstance(ens, dict) else None
+        if (isinstance(members, bool) or not isinstance(members, int) or members < 2 or not isinstance(states, list)
+                or len(states) != members or not all(s is None or _valid_states(s, names) for s in states)):
+            raise CheckpointError("card ensemble must give its number of members (≥ 2) and, for each member, null or its "
+                                  "states (as the card's own states)", path=path)
+        if version < ENSEMBLE_SCHEMA_VERSION:
+            raise CheckpointError(f"card holds an ensemble but says schema_version {version} "
+                                  f"(an ensemble needs {ENSEMBLE_SCHEMA_VERSION})", path=path)
+        if "states" in card:
+            raise CheckpointError("card holds both states and an ensemble (an ensemble's members give their own states)", path=path)
     tensors = card["tensors"]
     if not isinstance(tensors, dict) or not all(
         isinstance(s, list) and all(isinstance(d, int) for d in s) for s in tensors.values()
     ):
         raise CheckpointError("card tensors must map names to shapes", path=path)
+
+
+def _valid_states(states: Any, names: set[str]) -> bool:
+    """A card's ``states``: a count ≥ 2 and, for every target, the index of the state serving it (each serving one)."""
+    count = states.get("count") if isinstance(states, dict) else None
+    serve = states.get("targets") if isinstance(states, dict) else None
+    return not (isinstance(count, bool) or not isinstance(count, int) or count < 2 or not isinstance(serve, dict)
+                or set(serve) != names
+                or not all(isinstance(k, int) and not isinstance(k, bool) and 0 <= k < count for k in serve.values())
+                or set(serve.values()) != set(range(count)))
 
 
 # ---- the loaded checkpoint --------------------------------------------------------------------
@@ -575,15 +603,22 @@ def load_checkpoint(model: str | Path, *, device: str | torch.device = "cpu") ->
     on_disk = {k: list(v.shape) for k, v in tf.tensors.items()}
     if on_disk != card["tensors"]:
         raise CheckpointError(_tensor_diff(card["tensors"], on_disk, "card", WEIGHTS_NAME), path=folder)
-    try:
-        net = build_model(card["architecture"], spec, int(card["out_dim"]), **card["hparams"])
-        if "states" in card:  # each target served by the weights at its own best step
-            from .nets import PerTargetNet
+    def one(states: dict[str, Any] | None) -> Any:
+        """One trained model: a net, or, with ``states``, each target served by the weights at its own best step."""
+        if states is None:
+            return build_model(card["architecture"], spec, int(card["out_dim"]), **card["hparams"])
+        from .nets import PerTargetNet
 
-            members = [net] + [build_model(card["architecture"], spec, int(card["out_dim"]), **card["hparams"])
-                               for _ in range(card["states"]["count"] - 1)]
-            serve = card["states"]["targets"]
-            net = PerTargetNet(members, [serve[t.name] for t in targets for _ in range(t.width)])
+        serve = states["targets"]
+        return PerTargetNet([one(None) for _ in range(states["count"])], [serve[t.name] for t in targets for _ in range(t.width)])
+
+    try:
+        if "ensemble" in card:  # models of several seeds, outputs averaged
+            from .nets import EnsembleNet
+
+            net = EnsembleNet([one(s) for s in card["ensemble"]["states"]])
+        else:
+            net = one(card.get("states"))
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"cannot rebuild {card['architecture']} from the card: {exc}", path=card_path) from None
     expected = {k: list(v.shape) for k, v in net.state_dict().items()}

@@ -61,6 +61,9 @@ class TrainOptions:
     # outputs from them (`PerTargetNet` where the best steps differ); training stops when no target has
     # improved for `patience` evaluations. False: one state, at the best summed validation loss.
     per_target: bool = True
+    # K > 1: after the search (at ``seed``), K − 1 more models with the chosen settings at seeds seed + 1 …
+    # seed + K − 1; the checkpoint serves the mean of the K models' raw outputs (`lolscan.nets.EnsembleNet`).
+    ensemble: int = 1
 
 
 @dataclass
@@ -105,6 +108,7 @@ class TrainResult:
     best_steps: dict[str, int] = field(default_factory=dict)  # target -> the step its outputs come from
     lr: float = math.nan  # the learning rate the kept model trained with
     lr_search: list[dict[str, float]] = field(default_factory=list)  # with lr=None: every lr tried and its validation loss
+    ensemble: dict[str, Any] = field(default_factory=dict)  # ensemble > 1: members, seeds, best_steps and steps per member
 
 
 # ---- data -------------------------------------------------------------------------------------
@@ -396,9 +400,15 @@ def train(ds: Dataset, opts: TrainOptions) -> TrainResult:
     Then, with ``opts.transform`` "auto", each of `log_candidates` (positive, heavy-tailed regression
     targets) is tried with the log transform and the chosen settings, one target at a time, and kept
     when its validation loss as if untransformed (`_untransformed_loss`) is lower; `chosen` records
-    ``"transforms"`` and `tried` the extra candidates. Other targets train as without this step."""
+    ``"transforms"`` and `tried` the extra candidates. Other targets train as without this step.
+
+    With ``opts.ensemble`` K > 1, everything above runs once, at ``opts.seed``; then `_ensemble` trains
+    K − 1 more models with what it chose (settings, lr, transforms) at the next seeds, and the result is
+    their `EnsembleNet` (outputs: the members' mean), calibrated on the ensemble's outputs."""
     if opts.transform not in ("auto", "none", "log"):
         raise UsageError(f"transform {opts.transform!r}: expected auto, none or log")
+    if isinstance(opts.ensemble, bool) or not isinstance(opts.ensemble, int) or opts.ensemble < 1:
+        raise UsageError(f"ensemble {opts.ensemble!r}: expected a whole number of models ≥ 1")
     before = torch.get_num_threads()
     if opts.threads:
         torch.set_num_threads(opts.threads)
@@ -440,6 +450,7 @@ def train(ds: Dataset, opts: TrainOptions) -> TrainResult:
                     best, lr, chosen_entry, moved, j = result, o.lr, tried[-1], True, j + direction
                 if moved:
                     break
+        settings = dict(opts.hparams) | chosen  # what the ensemble's other members train with
         logs = log_candidates(ds) if opts.transform == "auto" and fit_ds.splits["val"] else []
         if logs:  # one more candidate per target: the chosen settings, that target fitted on its log
             plain = {t.name: (t.mean, t.std) for t in ds.targets if t.kind == "regression"}
@@ -459,6 +470,8 @@ def train(ds: Dataset, opts: TrainOptions) -> TrainResult:
                     set_transform(ds, t, "none")
                     transforms[t.name] = "none"
             chosen = {**chosen, "transforms": transforms}
+        if opts.ensemble > 1:
+            best = _ensemble(fit_ds, opts, best, settings, lr)
         if calib:
             best.outputs["calibration"] = _outputs_for(best.model, ds, calib)
             best.ys["calibration"] = {t.name: t.encode([ds.values[t.name][i] for i in calib]) for t in ds.targets}
@@ -472,6 +485,30 @@ def train(ds: Dataset, opts: TrainOptions) -> TrainResult:
         return best
     finally:
         torch.set_num_threads(before)
+
+
+def _ensemble(ds: Dataset, opts: TrainOptions, first: TrainResult, hparams: dict[str, Any], lr: float) -> TrainResult:
+    """``first`` (trained at ``opts.seed``) and ``opts.ensemble`` − 1 more models trained with the same
+    ``hparams`` and ``lr`` (and the targets' transforms as they stand) at seeds ``opts.seed + 1, …``, as one
+    result: an `EnsembleNet`, whose outputs per split are the mean of the members' stored outputs, metrics
+    from them and ``best_loss`` the ensemble's monitored loss. History and steps stay the first member's;
+    ``ensemble`` records every member's seed, best steps and steps."""
+    from .nets.ensemble import EnsembleNet
+
+    results = [first]
+    for k in range(1, opts.ensemble):
+        o = copy.copy(opts)
+        o.hparams, o.lr, o.seed = dict(hparams), lr, opts.seed + k
+        results.append(_train(ds, o))
+    model = EnsembleNet([r.model for r in results])
+    outputs = {s: torch.stack([r.outputs[s] for r in results]).mean(0) for s in first.outputs}
+    metrics, test_scores = _evaluate(ds.targets, outputs, first.ys)
+    monitor = "val" if "val" in outputs else "train"
+    loss = float(_loss(ds.targets, outputs[monitor], first.ys[monitor]))
+    out = replace(first, model=model, metrics=metrics, test_scores=test_scores, best_loss=loss, outputs=outputs)
+    out.ensemble = {"members": opts.ensemble, "seeds": [r.options.seed for r in results],
+                    "best_steps": [dict(r.best_steps) for r in results], "steps": [r.steps for r in results]}
+    return out
 
 
 def _lower(a: float, b: float) -> bool:
@@ -661,21 +698,36 @@ def _label_summary(t: Target, values: list[Any]) -> dict[str, Any]:
     return {"n": len(present), "counts": {k: counts.get(k, 0) for k in t.labels}}
 
 
+def _states(model: torch.nn.Module, best_steps: dict[str, int], targets: Sequence[Target]) -> dict[str, Any] | None:
+    """A `PerTargetNet`'s card ``states``: which of its weights serve which target (None for one state)."""
+    from .nets.pertarget import PerTargetNet
+
+    if not isinstance(model, PerTargetNet):
+        return None
+    return {"count": len(model.members), "steps": sorted(set(best_steps.values())),
+            "targets": {t.name: int(model.column_member[t.offset]) for t in targets}}
+
+
 def make_card(ds: Dataset, result: TrainResult, *, name: str, description: str = "") -> dict[str, Any]:
     from . import __version__
-    from .checkpoint import CARD_SCHEMA_VERSION
-    from .nets.pertarget import PerTargetNet
+    from .checkpoint import ENSEMBLE_SCHEMA_VERSION, STATES_SCHEMA_VERSION
+    from .nets.ensemble import EnsembleNet
 
     model = result.model
     opts = result.options
     ranks = sorted({r for a in ds.adapters for r in a.ranks})
-    states = None
-    if isinstance(model, PerTargetNet):  # which weights serve which target (`lolscan.checkpoint.load_checkpoint`)
-        steps = sorted(set(result.best_steps.values()))
-        states = {"count": len(model.members), "steps": steps,
-                  "targets": {t.name: int(model.column_member[t.offset]) for t in ds.targets}}
+    ensemble = None
+    if isinstance(model, EnsembleNet):  # how many members, and each one's states (`lolscan.checkpoint.load_checkpoint`)
+        per_member = result.ensemble.get("best_steps") or [result.best_steps] * len(model.members)
+        ensemble = {"members": len(model.members),
+                    "states": [_states(m, steps, ds.targets) for m, steps in zip(model.members, per_member)]}
+        states = None
+    else:  # which weights serve which target
+        states = _states(model, result.best_steps, ds.targets)
+    # the oldest schema that holds the card, so older lolscan reads it where it can (and refuses an ensemble in one line)
+    version = ENSEMBLE_SCHEMA_VERSION if ensemble else STATES_SCHEMA_VERSION if states else 1
     card = {
-        "schema_version": 1 if states is None else CARD_SCHEMA_VERSION,  # 1 where older lolscan reads it
+        "schema_version": version,
         "name": name,
         "description": description,
         "lolscan_version": __version__,
@@ -701,6 +753,7 @@ def make_card(ds: Dataset, result: TrainResult, *, name: str, description: str =
             "seconds": round(result.seconds, 2),
             **({"search": result.tried} if result.tried else {}),
             "calibration_rows": result.calibration_rows,
+            **({"ensemble": dict(result.ensemble)} if result.ensemble else {}),
         },
         "training_data": {
             "manifest": Path(ds.manifest.path).name,
@@ -718,6 +771,8 @@ def make_card(ds: Dataset, result: TrainResult, *, name: str, description: str =
     }
     if states is not None:
         card["states"] = states
+    if ensemble is not None:
+        card["ensemble"] = ensemble
     return card
 
 
