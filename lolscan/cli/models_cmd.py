@@ -89,7 +89,8 @@ def models(
         table.add_column("base model", overflow="fold", ratio=3)
         table.add_column("test metrics", overflow="fold", ratio=2)
         for info in infos:
-            where = f"[dim]{escape(info.get('architecture', '?'))}, {info['origin']}[/]"
+            members = f" ×{info['ensemble']}" if info.get("ensemble") else ""  # an ensemble of that many models
+            where = f"[dim]{escape(info.get('architecture', '?'))}{members}, {info['origin']}[/]"
             if info.get("error"):
                 table.add_row(f"{escape(info['name'])}\n{where}", f"[red]{escape(info['error'])}[/]", "", "")
                 continue
@@ -225,6 +226,8 @@ def _show_card(card: dict[str, Any]) -> None:
     t.add_column(style="cyan", no_wrap=True)
     t.add_column(overflow="fold")
     t.add_row("architecture", f"{card['architecture']} {json.dumps(card['hparams'])}")
+    if isinstance(card.get("ensemble"), dict):
+        t.add_row("ensemble", ensemble_line(card))
     t.add_row("base model", str(card.get("base_model", "unknown")))
     t.add_row("modules", str(len(card["layer_spec"].get("layers", []))))
     for target in card["targets"]:
@@ -250,6 +253,14 @@ def _show_card(card: dict[str, Any]) -> None:
                               for name, vals in test.items() if isinstance(vals, dict))
             t.add_row(f"earlier ({k})", f"{h.get('architecture')} on {n} adapters: test {shown or 'not recorded'}")
     console.print(t)
+
+
+def ensemble_line(card: dict[str, Any]) -> str:
+    """An ensemble card's members in one line: how many, their seeds, and that their outputs are averaged."""
+    ens = card["ensemble"]
+    seeds = ((card.get("training") or {}).get("ensemble") or {}).get("seeds")
+    shown = f" at seeds {', '.join(str(s) for s in seeds)}" if isinstance(seeds, list) and seeds else ""
+    return f"{ens.get('members')} models{shown}, outputs averaged (one architecture and its settings)"
 
 
 def baseline_line(entry: dict[str, Any] | None) -> str:

@@ -150,6 +150,7 @@ def train(
     base_model: Annotated[Optional[str], typer.Option("--base-model", help="Base model family for the card (default: guessed from the adapters).")] = None,
     description: Annotated[str, typer.Option(help="Free text stored in the card.")] = "",
     overwrite: Annotated[bool, typer.Option(help="Replace an existing checkpoint of the same name.")] = False,
+    ensemble: Annotated[int, typer.Option("--ensemble", metavar="K", help="Average K models trained at seeds SEED … SEED+K−1 with the settings chosen at SEED (K times the training time; intervals and temperatures fitted on the average).")] = 1,
     transform: Annotated[Literal["auto", "none", "log"], typer.Option("--transform", help="Regression targets: auto = also try log(y) for positive, heavy-tailed ones (max/median ≥ 20) and keep it when validation prefers it; none; log = every positive one.")] = "auto",
     healthy_lr: Annotated[Optional[float], typer.Option("--healthy-lr", help="Kendall τ on the test LoRAs trained with lr ≤ this (manifest's lr column; default: the zoo's median lr).", min=0.0)] = None,
     fmt: Annotated[Literal["table", "json"], typer.Option("--format", "-f", help="Result table or JSON on stdout.")] = "table",
@@ -171,6 +172,8 @@ def train(
     if val_fraction + test_fraction >= 0.95:
         raise typer.BadParameter("val and test fractions leave no training data", param_hint="--val-fraction/--test-fraction")
     learning_rate = parse_lr(lr)
+    if ensemble < 1:
+        raise typer.BadParameter(f"{ensemble}: expected a number of models ≥ 1", param_hint="--ensemble")
     archs = list(ARCHITECTURES) if arch == "all" else [arch]
     with cli_errors():
         from ..utils.device import resolve_device
@@ -182,7 +185,8 @@ def train(
                              progress=progress, source_options=source_options(offline, civitai_token, hf_token))
         sizes = {s: len(v) for s, v in ds.splits.items()}
         base = TrainOptions(seed=seed, max_steps=steps, batch_size=batch_size, lr=learning_rate, weight_decay=weight_decay, transform=transform,
-                            eval_every=eval_every, patience=patience, device=device, progress=progress, threads=threads)
+                            eval_every=eval_every, patience=patience, device=device, progress=progress, threads=threads,
+                            ensemble=ensemble)
         hp = fit_baseline(ds)
         results = train_each(
             ds, archs, hparams, base, every=arch == "all", dests=dests, overwrite=overwrite, description=description, hp=hp,
