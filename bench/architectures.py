@@ -1,7 +1,9 @@
 """Train the five architectures on a labelled zoo; print the paper-style table (mean ± std over seeds).
 
 The split is fixed (``--split-seed``); each seed re-initialises the model and reshuffles the
-minibatches. Metrics are on the held-out test split.
+minibatches. Metrics are on the held-out test split. With ``--ensemble K`` each seed's row is one
+`lolscan train --ensemble K` checkpoint whose members train at seeds seed·K … seed·K+K−1 (the settings
+chosen at seed·K), so the rows share no member; the row is named ARCH-ensK unless ``--name`` says otherwise.
 
     python bench/architectures.py zoo/manifest.csv --target score --target style
     python bench/architectures.py --synthetic            # builds its own small labelled zoo
@@ -123,6 +125,9 @@ def main() -> None:
     ap.add_argument("--first-seed", type=int, default=0,
                     help="seeds run from here (split one architecture's seeds over processes; merge with --from-json)")
     ap.add_argument("--split-seed", type=int, default=0)
+    ap.add_argument("--ensemble", type=int, default=1, metavar="K",
+                    help="each seed's row is `lolscan train --ensemble K` at seed·K: members at seeds seed·K … seed·K+K−1, "
+                         "so no two rows share a member (row name ARCH-ensK unless --name)")
     ap.add_argument("--steps", type=int, default=600)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--lr", type=lambda v: None if v == "auto" else float(v), default=1e-3,
@@ -183,6 +188,8 @@ def main() -> None:
     else:
         ap.error("give a MANIFEST or --synthetic")
     archs = args.arch or list(ARCHITECTURES)
+    if args.ensemble < 1:
+        ap.error("--ensemble K needs K ≥ 1")
     if args.name and len(archs) != 1:
         ap.error("--name needs exactly one --arch")
     hp_all = parse_hparams(args.hparam)
@@ -231,24 +238,27 @@ def main() -> None:
 
     for arch in archs:
         hp = {k: v for k, v in hp_all.get("*", {}).items() if k in hparam_names(arch)} | hp_all.get(arch, {})
+        row = args.name or (arch if args.ensemble == 1 else f"{arch}-ens{args.ensemble}")
         for seed in range(args.first_seed, args.first_seed + args.seeds):
-            opts = TrainOptions(arch=arch, hparams=hp, seed=seed, max_steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                                patience=args.patience, device=args.device, progress=False, threads=args.threads)
+            opts = TrainOptions(arch=arch, hparams=hp, seed=seed * args.ensemble, max_steps=args.steps, batch_size=args.batch_size,
+                                lr=args.lr, patience=args.patience, device=args.device, progress=False, threads=args.threads,
+                                ensemble=args.ensemble)
             t0 = time.perf_counter()
             if cuda:
                 torch.cuda.reset_peak_memory_stats()
             try:
                 result = run_safely(lambda: train(ds, opts))
             except LolscanError as exc:
-                skipped[args.name or arch] = str(exc)
+                skipped[row] = str(exc)
                 break
             pred = {t.name: baseline.model_scores(t, result.test_scores[t.name]).tolist() for t in ds.targets
                     if t.name in result.test_scores}  # for the paired bootstraps (regression: values; classes: probabilities)
-            runs.setdefault(args.name or arch, []).append({"seed": seed, "test": result.metrics.get("test", {}), "steps": result.steps,
+            runs.setdefault(row, []).append({"seed": seed, "test": result.metrics.get("test", {}), "steps": result.steps,
                                               "best_step": result.best_step, "seconds": time.perf_counter() - t0,
                                               "pred": pred, "chosen": result.chosen, "tried": result.tried}
+                                             | ({"ensemble": result.ensemble} if result.ensemble else {})
                                              | ({"peak_gib": torch.cuda.max_memory_allocated() / 2**30} if cuda else {}))
-            print(f"  {args.name or arch} seed {seed}: {time.perf_counter() - t0:.1f} s, best step {result.best_step}", file=sys.stderr)
+            print(f"  {row} seed {seed}: {time.perf_counter() - t0:.1f} s, best step {result.best_step}", file=sys.stderr)
             if args.json:
                 args.json.write_text(json.dumps(saved(), indent=2))
     if args.json:
