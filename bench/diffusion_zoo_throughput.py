@@ -61,6 +61,8 @@ def run_sequential(base, recipe, source, specs, stop_at: float) -> tuple[list[fl
         unet.add_adapter(LoraConfig(r=s.rank, lora_alpha=s.alpha, target_modules=recipe.target_modules,
                                     lora_dropout=0.0, use_dora=recipe.use_dora), adapter_name="plain")
         params = [p for p in unet.parameters() if p.requires_grad]  # the LoRA's: the base is frozen
+        for p in params:  # a 16-bit base: the LoRA trains in float32 under autocast, as diffusers' DreamBooth-LoRA
+            p.data = p.data.float()  # script does with --mixed_precision (its cast_training_params)
         opt = torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
         unet.train()
         for _ in range(s.steps):
@@ -68,7 +70,8 @@ def run_sequential(base, recipe, source, specs, stop_at: float) -> tuple[list[fl
             x0, noise = z[idx], torch.randn_like(z[idx])
             t = torch.randint(0, sched.config.num_train_timesteps, (s.batch_size,), device=dev)
             target = noise if sched.config.prediction_type == "epsilon" else sched.get_velocity(x0, noise, t)
-            pred = unet(sched.add_noise(x0, noise, t).to(base.dtype), t, encoder_hidden_states=ehs[idx]).sample
+            with torch.autocast(dev.type, dtype=base.dtype, enabled=base.dtype != torch.float32):
+                pred = unet(sched.add_noise(x0, noise, t).to(base.dtype), t, encoder_hidden_states=ehs[idx]).sample
             torch.nn.functional.mse_loss(pred.float(), target.float()).backward()
             opt.step()
             opt.zero_grad()
@@ -109,6 +112,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--weight-decay", type=float, default=0.01)
     ap.add_argument("--label", action="store_true", help="also time clip_labels on the first K's group")
     ap.add_argument("--max-seconds", type=float, default=None)
+    ap.add_argument("--dtype", default=None, help="the base's dtype for both paths (zoo builds: float16; default: "
+                    "the recipe's); a 16-bit base trains the plain LoRA in float32 under autocast")
     ap.add_argument("--json", default=None)
     a = ap.parse_args(argv)
     if a.sequential < 1 or a.steps < 2:
@@ -117,7 +122,7 @@ def main(argv: list[str] | None = None) -> dict:
     recipe = dataclasses.replace(load_recipe(a.recipe), lr_schedule="constant")
     opts = {**recipe.data.source_options, **({"data_root": a.data_root} if a.data_root else {})}
     source = open_source(recipe.data.source, opts)
-    base = load_base(recipe.base, device=a.device, path_override=a.base_path)
+    base = load_base(recipe.base, device=a.device, dtype=a.dtype, path_override=a.base_path)
     targets = find_targets(base.unet, recipe.target_modules)
     fixed = {"rank": a.rank, "alpha": _alpha(recipe.alpha, a.rank), "lr": a.lr, "steps": a.steps,
              "batch_size": a.batch, "weight_decay": a.weight_decay}
@@ -127,6 +132,7 @@ def main(argv: list[str] | None = None) -> dict:
     w0 = {n: base.unet.get_submodule(n).weight.detach().clone() for n in targets}
     res = {"device": torch.cuda.get_device_name() if base.device.type == "cuda" else "cpu", "base": base.name,
            "recipe": recipe.name, "targets": len(targets), "resolution": base.resolution, "torch": torch.__version__,
+           "dtype": str(base.dtype).removeprefix("torch."),
            **fixed, "load_s": time.perf_counter() - T0, "multi": []}
 
     def save():
