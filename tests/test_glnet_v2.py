@@ -16,7 +16,7 @@ from test_nets_models import F64, SPEC, adapter, gauge
 
 from lolscan.nets import build_model, collate
 from lolscan.nets.reference import glnet_loop_forward, per_layer_inputs
-from lolscan.training import SEARCH_MARGIN, TrainOptions, _keeps, candidates, train
+from lolscan.training import SEARCH_CONFIDENCE, SEARCH_MARGIN, TrainOptions, _keeps, _loss, _row_losses, candidates, train
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 import invariant_tasks as T  # noqa: E402
@@ -90,6 +90,22 @@ def test_search_margin_only_buys_complexity() -> None:
     assert _keeps(a_bit_lower, 1.0, asinh, raw)  # the same model squashed: any lower loss
     assert not _keeps(1.0, 1.0, asinh, raw)  # a tie keeps the first
     assert _keeps(1.0, float("nan"), asinh, raw)
+    # complexity also needs the paired bootstrap's confidence; a free change never asks for it
+    assert not _keeps(0.5, 1.0, raw, spectral, lambda: SEARCH_CONFIDENCE - 0.01)
+    assert _keeps(0.5, 1.0, raw, spectral, lambda: SEARCH_CONFIDENCE)
+    assert _keeps(0.99, 1.0, asinh, raw, lambda: 0.0)
+
+
+def test_row_losses_are_the_terms_the_training_loss_averages() -> None:
+    """Per-row losses (for the search's paired bootstrap) average to the loss training minimises."""
+    for task_id in ("fro0", "planted_class"):
+        ds = S.dataset_for(task_id, 100)
+        t = ds.targets[0]
+        ys = ds.encoded("val")
+        out = torch.randn(len(ds.splits["val"]), t.width, dtype=torch.float64)
+        rows = _row_losses(ds.targets, out, ys)
+        assert rows.shape == (len(ds.splits["val"]),)
+        assert float(rows.mean()) == pytest.approx(float(_loss(ds.targets, out, ys)), rel=1e-9)
 
 
 def test_suite_labels_are_functions_of_delta_w_alone() -> None:
