@@ -291,8 +291,10 @@ def _keeps(loss: float, kept_loss: float | None, cand: dict[str, Any], kept: dic
     return loss < kept_loss * (1 - SEARCH_MARGIN) and (confidence is None or confidence() >= SEARCH_CONFIDENCE)
 
 
-def _row_losses(targets: Sequence[Target], out: torch.Tensor, ys: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
-    """Each row's loss summed over the targets labelled there (the terms `_loss` averages)."""
+def _row_losses(targets: Sequence[Target], out: torch.Tensor, ys: dict[str, tuple[torch.Tensor, torch.Tensor]],
+                scale: dict[str, float] | None = None) -> torch.Tensor:
+    """Each row's loss summed over the targets labelled there (the terms `_loss` averages), each target's
+    divided by ``scale[name]`` where given."""
     import torch.nn.functional as F
 
     total = out.new_zeros(out.shape[0], dtype=torch.float64)
@@ -305,17 +307,44 @@ def _row_losses(targets: Sequence[Target], out: torch.Tensor, ys: dict[str, tupl
             per = F.binary_cross_entropy_with_logits(o, torch.nan_to_num(y.double()), reduction="none").mean(1)
         else:
             per = F.cross_entropy(o, torch.nan_to_num(y[:, 0]).long().clamp(0, t.width - 1), reduction="none")
+        per = per / (scale[t.name] if scale else 1.0)
         total += torch.where(m.bool(), per, torch.zeros_like(per))
     return total
 
 
+def _target_losses(targets: Sequence[Target], r: TrainResult, split: str = "val") -> dict[str, float]:
+    """``r``'s mean loss per target on ``split`` (targets labelled there)."""
+    out, ys = r.outputs[split], r.ys[split]
+    return {t.name: float(t.loss(out, *ys[t.name])) for t in targets if bool(ys[t.name][1].any())}
+
+
+def _search_loss(targets: Sequence[Target], a: TrainResult, b: TrainResult) -> tuple[float, float]:
+    """(a's, b's) validation loss as the search compares them. One target: the monitored losses. Several:
+    the geometric mean over targets of a's loss over b's, against 1, so that each target's relative change
+    counts alike (a summed loss is ruled by the target with the largest loss: a 10-way count's cross-entropy
+    hid that the presence of 10 classes halved its loss with the products, and the search kept a model blind
+    to them)."""
+    if len(targets) < 2 or "val" not in a.outputs or "val" not in b.outputs:
+        return a.best_loss, b.best_loss
+    la, lb = _target_losses(targets, a), _target_losses(targets, b)
+    logs = [math.log(max(la[n], 1e-12) / max(lb[n], 1e-12)) for n in la if n in lb]
+    if not logs or any(math.isnan(x) for x in logs):
+        return a.best_loss, b.best_loss
+    return math.exp(sum(logs) / len(logs)), 1.0
+
+
 def _confidence(targets: Sequence[Target], a: TrainResult, b: TrainResult, split: str = "val", reps: int = 1000) -> float:
-    """The share of paired bootstrap resamples of ``split``'s rows where ``a``'s mean row loss is below ``b``'s."""
+    """The share of paired bootstrap resamples of ``split``'s rows where ``a``'s mean row loss is below ``b``'s
+    (with several targets, each target's row losses relative to ``b``'s mean loss on it, as `_search_loss`)."""
     from .evaluation.compare import bootstrap_indices
 
     if split not in a.outputs or split not in b.outputs:
         return 1.0
-    d = (_row_losses(targets, a.outputs[split], a.ys[split]) - _row_losses(targets, b.outputs[split], b.ys[split])).numpy()
+    scale = {n: max(v, 1e-12) for n, v in _target_losses(targets, b, split).items()} if len(targets) > 1 else None
+    if scale is not None and set(scale) != {t.name for t in targets}:
+        scale = {t.name: scale.get(t.name, 1.0) for t in targets}
+    d = (_row_losses(targets, a.outputs[split], a.ys[split], scale)
+         - _row_losses(targets, b.outputs[split], b.ys[split], scale)).numpy()
     if len(d) < 2:
         return 1.0
     return float((d[bootstrap_indices(len(d), reps, seed=0)].mean(1) < 0).mean())
@@ -471,7 +500,8 @@ def train(ds: Dataset, opts: TrainOptions) -> TrainResult:
             result = _train(fit_ds, o)
             tried.append({**override, "lr": lr, "val_loss": result.best_loss})
             kept = best
-            if _keeps(result.best_loss, None if kept is None else kept.best_loss, override, None if kept is None else chosen,
+            loss, kept_loss = (result.best_loss, None) if kept is None else _search_loss(ds.targets, result, kept)
+            if _keeps(loss, kept_loss, override, None if kept is None else chosen,
                       lambda: _confidence(ds.targets, result, kept)):
                 best, chosen, chosen_entry = result, override, tried[-1]
         assert best is not None
@@ -486,7 +516,7 @@ def train(ds: Dataset, opts: TrainOptions) -> TrainResult:
                     result = _train(fit_ds, o)
                     tried.append({**chosen, "lr": o.lr, "val_loss": result.best_loss})
                     lr_tried.append({"lr": o.lr, "val_loss": result.best_loss})
-                    if not _lower(result.best_loss, best.best_loss):
+                    if not _lower(*_search_loss(ds.targets, result, best)):
                         break
                     best, lr, chosen_entry, moved, j = result, o.lr, tried[-1], True, j + direction
                 if moved:

@@ -16,7 +16,8 @@ from test_nets_models import F64, SPEC, adapter, gauge
 
 from lolscan.nets import build_model, collate
 from lolscan.nets.reference import glnet_loop_forward, per_layer_inputs
-from lolscan.training import SEARCH_CONFIDENCE, SEARCH_MARGIN, TrainOptions, _keeps, _loss, _row_losses, candidates, train
+from lolscan.training import (SEARCH_CONFIDENCE, SEARCH_MARGIN, TrainOptions, TrainResult, _confidence, _keeps, _loss,
+                              _row_losses, _search_loss, candidates, train)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 import invariant_tasks as T  # noqa: E402
@@ -140,3 +141,30 @@ def test_default_glnet_learns_a_norm_and_a_direction_where_svd_sees_only_one() -
     assert _fit("fro0", "glnet") >= 0.95
     assert _fit("lin_rank1", "glnet") >= 0.9
     assert _fit("lin_rank1", "mlp-svd") <= 0.2
+
+
+def test_search_compares_several_targets_by_their_relative_losses() -> None:
+    """With two targets the search weighs each target's relative change alike: a model that halves a small
+    loss and raises a large one by 10 % is the better one, though their summed loss says otherwise."""
+    from lolscan.targets import layout, make_target
+
+    n, gen = 200, torch.Generator().manual_seed(0)
+    ta, tb = make_target("a", [0.0, 1.0], "regression"), make_target("b", [0.0, 1.0], "regression")
+    layout([ta, tb])
+    y = torch.randn(n, 2, generator=gen, dtype=torch.float64)
+    ys = {"a": (y[:, :1], torch.ones(n, dtype=torch.bool)), "b": (y[:, 1:], torch.ones(n, dtype=torch.bool))}
+    noise = torch.randn(n, 2, generator=gen, dtype=torch.float64)
+    noise = noise / noise.pow(2).mean(0).sqrt()  # unit mean square per column
+
+    def result(err_a: float, err_b: float) -> TrainResult:
+        out = y + noise * torch.tensor([err_a, err_b], dtype=torch.float64)
+        r = TrainResult(None, {}, [], 0, 0, 0.0, {}, TrainOptions(), best_loss=float(_loss([ta, tb], out, ys)))
+        r.outputs, r.ys = {"val": out}, {"val": ys}
+        return r
+
+    kept, cand = result(0.1, 3.0), result(0.1 / 2 ** 0.5, 3.0 * 1.1 ** 0.5)  # loss a: 0.01 → 0.005; b: 9 → 9.9
+    assert cand.best_loss > kept.best_loss  # summed, the candidate looks worse
+    loss, kept_loss = _search_loss([ta, tb], cand, kept)
+    assert kept_loss == 1.0 and loss == pytest.approx((0.5 * 1.1) ** 0.5, rel=1e-9)
+    assert _search_loss([ta], cand, kept) == (cand.best_loss, kept.best_loss)  # one target: as before
+    assert 0.0 <= _confidence([ta, tb], cand, kept) <= 1.0
