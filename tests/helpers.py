@@ -107,3 +107,24 @@ def write_recipe_zoo(folder: Path, *, n: int = 120, seed: int = 0) -> Path:
         w.writeheader()
         w.writerows(rows)
     return manifest
+
+
+def write_noise_zoo(root: Path, *, n: int, seed: int) -> Path:
+    """`lolscan.training.write_synthetic_zoo` plus a ``noise`` column (Gaussian, unrelated to the weights: its
+    validation loss is lowest at once, so with a second target the two best steps differ); the manifest's path."""
+    import csv
+    import random
+
+    from lolscan.training import write_synthetic_zoo
+
+    with open(write_synthetic_zoo(root, n=n, seed=seed), newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    rng = random.Random(1)
+    for r in rows:
+        r["noise"] = f"{rng.gauss(0, 1):.6g}"
+    out = root / "noise.csv"
+    with open(out, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return out

@@ -6,14 +6,13 @@ Independent truth: each member run on its own, and `train` run separately at eac
 from __future__ import annotations
 
 import copy
-import csv
 import json
-import random
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import write_noise_zoo
 from test_nets_models import F64, SPEC, adapter, gauge
 from typer.testing import CliRunner
 
@@ -74,17 +73,8 @@ def test_output_is_the_members_mean_and_gl_invariant() -> None:
 def ds(tmp_path_factory):
     """The synthetic zoo with a ``noise`` label (overfits at once): members serve it from an early step,
     so they are `PerTargetNet`s and the card carries each member's states."""
-    root = tmp_path_factory.mktemp("zoo")
-    with open(write_synthetic_zoo(root, n=60, seed=2), newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    rng = random.Random(1)
-    for r in rows:
-        r["noise"] = f"{rng.gauss(0, 1):.6g}"
-    with open(root / "noise.csv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    return prepare(read_manifest(root / "noise.csv"), ["score", "noise"], progress=False)
+    return prepare(read_manifest(write_noise_zoo(tmp_path_factory.mktemp("zoo"), n=60, seed=2)), ["score", "noise"],
+                   progress=False)
 
 
 @pytest.fixture(scope="module")

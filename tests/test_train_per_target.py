@@ -6,18 +6,17 @@ the weights) only overfits, so its validation loss is lowest at once. One summed
 early, at a step that is neither target's best."""
 from __future__ import annotations
 
-import csv
 import json
-import random
 import shutil
 
 import pytest
 import torch
+from helpers import write_noise_zoo
 
 from lolscan.checkpoint import CARD_NAME, CheckpointError, load_checkpoint
 from lolscan.manifest import read_manifest
 from lolscan.nets import PerTargetNet
-from lolscan.training import TrainOptions, prepare, save_checkpoint, train, write_synthetic_zoo
+from lolscan.training import TrainOptions, prepare, save_checkpoint, train
 
 # products fixed: one architecture candidate, so a shorter run replays the same training
 OPTS = dict(arch="glnet", hparams={"d": 8, "products": True, "squash": "none"}, max_steps=1000, progress=False, threads=1)
@@ -25,17 +24,8 @@ OPTS = dict(arch="glnet", hparams={"d": 8, "products": True, "squash": "none"}, 
 
 @pytest.fixture(scope="module")
 def ds(tmp_path_factory):
-    root = tmp_path_factory.mktemp("zoo")
-    manifest = write_synthetic_zoo(root, n=200, seed=0)
-    rows = list(csv.DictReader(open(manifest)))
-    rng = random.Random(1)
-    for r in rows:
-        r["noise"] = f"{rng.gauss(0, 1):.6g}"
-    with open(root / "noise.csv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    return prepare(read_manifest(root / "noise.csv"), ["score", "noise"], progress=False)
+    return prepare(read_manifest(write_noise_zoo(tmp_path_factory.mktemp("zoo"), n=200, seed=0)), ["score", "noise"],
+                   progress=False)
 
 
 @pytest.fixture(scope="module")
