@@ -192,6 +192,21 @@ class Target:
             return F.binary_cross_entropy_with_logits(o, t)
         return F.cross_entropy(o, t[:, 0].long())
 
+    def row_losses(self, out: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Each row's term of `loss` in float64 (0 where the target is unlabelled): `loss` is their mean over the
+        labelled rows. Apart from `loss`, which training calls with its fused means so that runs replay exactly."""
+        import torch
+        import torch.nn.functional as F
+
+        o = out[:, self.out_slice].double()
+        if self.kind == "regression":
+            per = ((o - torch.nan_to_num(y.double())) ** 2).mean(1)
+        elif self.kind in ("binary", "multilabel"):
+            per = F.binary_cross_entropy_with_logits(o, torch.nan_to_num(y.double()), reduction="none").mean(1)
+        else:
+            per = F.cross_entropy(o, torch.nan_to_num(y[:, 0]).long().clamp(0, self.width - 1), reduction="none")
+        return torch.where(mask.bool(), per, torch.zeros_like(per))
+
     # ---- prediction -----------------------------------------------------------------------
     def scores(self, out: torch.Tensor) -> torch.Tensor:
         """Model outputs [N, *] -> this target's scores in user units: values or probabilities."""

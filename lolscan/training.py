@@ -293,23 +293,10 @@ def _keeps(loss: float, kept_loss: float | None, cand: dict[str, Any], kept: dic
 
 def _row_losses(targets: Sequence[Target], out: torch.Tensor, ys: dict[str, tuple[torch.Tensor, torch.Tensor]],
                 scale: dict[str, float] | None = None) -> torch.Tensor:
-    """Each row's loss summed over the targets labelled there (the terms `_loss` averages), each target's
-    divided by ``scale[name]`` where given."""
-    import torch.nn.functional as F
-
-    total = out.new_zeros(out.shape[0], dtype=torch.float64)
-    for t in targets:
-        y, m = ys[t.name]
-        o = out[:, t.out_slice].double()
-        if t.kind == "regression":
-            per = ((o - torch.nan_to_num(y.double())) ** 2).mean(1)
-        elif t.kind in ("binary", "multilabel"):
-            per = F.binary_cross_entropy_with_logits(o, torch.nan_to_num(y.double()), reduction="none").mean(1)
-        else:
-            per = F.cross_entropy(o, torch.nan_to_num(y[:, 0]).long().clamp(0, t.width - 1), reduction="none")
-        per = per / (scale[t.name] if scale else 1.0)
-        total += torch.where(m.bool(), per, torch.zeros_like(per))
-    return total
+    """Each row's loss summed over the targets (`Target.row_losses`), each target's divided by ``scale[name]``
+    where given."""
+    return sum((t.row_losses(out, *ys[t.name]) / (scale or {}).get(t.name, 1.0) for t in targets),
+               out.new_zeros(out.shape[0], dtype=torch.float64))
 
 
 def _target_losses(targets: Sequence[Target], r: TrainResult, split: str = "val") -> dict[str, float]:
@@ -341,8 +328,6 @@ def _confidence(targets: Sequence[Target], a: TrainResult, b: TrainResult, split
     if split not in a.outputs or split not in b.outputs:
         return 1.0
     scale = {n: max(v, 1e-12) for n, v in _target_losses(targets, b, split).items()} if len(targets) > 1 else None
-    if scale is not None and set(scale) != {t.name for t in targets}:
-        scale = {t.name: scale.get(t.name, 1.0) for t in targets}
     d = (_row_losses(targets, a.outputs[split], a.ys[split], scale)
          - _row_losses(targets, b.outputs[split], b.ys[split], scale)).numpy()
     if len(d) < 2:
@@ -499,10 +484,9 @@ def train(ds: Dataset, opts: TrainOptions) -> TrainResult:
             o.hparams, o.lr = dict(opts.hparams) | override, lr
             result = _train(fit_ds, o)
             tried.append({**override, "lr": lr, "val_loss": result.best_loss})
-            kept = best
-            loss, kept_loss = (result.best_loss, None) if kept is None else _search_loss(ds.targets, result, kept)
-            if _keeps(loss, kept_loss, override, None if kept is None else chosen,
-                      lambda: _confidence(ds.targets, result, kept)):
+            loss, kept_loss = (result.best_loss, None) if best is None else _search_loss(ds.targets, result, best)
+            if _keeps(loss, kept_loss, override, None if best is None else chosen,
+                      lambda: _confidence(ds.targets, result, best)):
                 best, chosen, chosen_entry = result, override, tried[-1]
         assert best is not None
         lr_tried = [{"lr": lr, "val_loss": best.best_loss}]
