@@ -1,17 +1,28 @@
 """How many classes a LoRA learned, decoded from a classes run's stored test probabilities, and what bounds it (issue 18).
 
-    python3 bench/count_decode.py CLASSES.json[.gz] [MORE_SEEDS.json …] ZOO/manifest.jsonl --baseline N_CLASSES.json[.gz] \
-        [--arch glnet] [--target 0.73] [--crossfit 5]
+    python3 bench/count_decode.py CLASSES.json[.gz] [MORE_SEEDS.json …] ZOO/manifest.jsonl --summary \
+        [--baseline N_CLASSES.json[.gz]] [--regression N_REG.json[.gz]]
+    python3 bench/count_decode.py CLASSES.json[.gz] [MORE_SEEDS.json …] ZOO/manifest.jsonl [--baseline N_CLASSES.json[.gz]] \
+        [--regression N_REG.json[.gz]] [--arch glnet] [--target 0.73] [--crossfit 5]
 
 CLASSES.json: `bench/architectures.py ZOO/manifest.jsonl -t classes … --json CLASSES.json`; more runs of the same
 split (say `--first-seed 5`) merge their seeds in. A joint run (`-t classes -t n_classes --kind n_classes=multiclass`)
-works too: its n_classes head is scored beside the decoders. --baseline: the `-t n_classes --kind n_classes=multiclass`
-run of the same split; its hp-ridge / hp-gbt rows are what each decoder is set against
+works too: its n_classes head is scored beside the decoders. --baseline (optional): the `-t n_classes --kind
+n_classes=multiclass` run of the same split; its hp-ridge / hp-gbt rows are what each decoder is set against
 (`lolscan.evaluation.compare.paired_bootstrap`: seeds pooled, 95 % CI), and its metanetwork rows give the direct
-multiclass count and the product of experts below.
+multiclass count and the product of experts below; without it those are left out, and a line says so.
+--regression (optional): a `-t n_classes` run without --kind (a regression on the count) of the same split; its
+predictions rounded to the nearest count (1–10) are one more decoder, `reg-rounded`. Every run given must have
+the classes run's test split.
 
+--summary: only the short table, over every architecture of the classes run(s): the test accuracy at naming
+`n_classes` by `called` and by `summed` (below), mean ± sd over that architecture's seeds, `called` set against the
+baseline's hp rows; the regression run's rounded counts the same way, per architecture; and the most common
+count's share (the prior). It reads only the manifest's `n_classes`.
+
+Without --summary, for one architecture (--arch; it reads the manifest's `cls_*`, `n_classes` and `split`):
 1. Decoders of the count K from the ten presence probabilities p_i: `called` (#{p_i ≥ 0.5}), `summed`
-   (round Σ p_i) and `pb-mode`, the Bayes decision under independent Bernoulli(p_i) (the Poisson-binomial
+   (round Σ p_i, at least 1) and `pb-mode`, the Bayes decision under independent Bernoulli(p_i) (the Poisson-binomial
    mode, K ≥ 1 since no LoRA saw no class), with the model's own expected accuracy E[max_k P(K = k)] beside
    the realised one, a reliability table and the count NLL; `mc-head` / `poe`: the multiclass run's count,
    and the Poisson-binomial times its count distribution over the count prior (train + val), seed by seed;
@@ -29,6 +40,7 @@ import argparse
 import gzip
 import json
 import statistics as st
+import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -82,11 +94,31 @@ def solve(f: Any, goal: float, lo: float = 0.5, hi: float = 1.0) -> float:
     return (lo + hi) / 2
 
 
+def called(p: np.ndarray) -> np.ndarray:
+    """The classes called present, #{p_i ≥ 0.5}, per LoRA."""
+    return (p >= 0.5).sum(1)
+
+
+def summed(p: np.ndarray) -> np.ndarray:
+    """The rounded sum of the presence probabilities, at least 1 (every LoRA saw some class), per LoRA."""
+    return np.clip(np.rint(p.sum(1)), 1, K)
+
+
+def rounded(run: dict, n: int) -> np.ndarray:
+    """A regression run's count predictions for its ``n`` test LoRAs, rounded to the nearest count (1–10)."""
+    return np.clip(np.rint(np.asarray(run["pred"]["n_classes"], dtype=float).reshape(n, -1)[:, 0]), 1, K).astype(int)
+
+
 ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
 ap.add_argument("classes_json", nargs="+", help="one or more runs of the same split (their seeds are merged)")
 ap.add_argument("manifest")
-ap.add_argument("--baseline", required=True, help="the n_classes multiclass run's JSON (hp-* rows, its multiclass heads)")
-ap.add_argument("--arch", default="glnet", help="the classes run's architecture to study (default glnet)")
+ap.add_argument("--baseline", help="the n_classes multiclass run's JSON (hp-* rows, its multiclass heads); without it "
+                                   "nothing is set against the recipe")
+ap.add_argument("--regression", help="an n_classes regression run's JSON: its predictions rounded, one more decoder")
+ap.add_argument("--summary", action="store_true",
+                help="only the short table over every architecture: called, summed (and the regression rounded) "
+                     "against the recipe, the most common count's share")
+ap.add_argument("--arch", default="glnet", help="the classes run's architecture to study (default glnet; --summary reads them all)")
 ap.add_argument("--target", type=float, default=0.73, help="the count accuracy to reach (the paper's 73 %%)")
 ap.add_argument("--sims", type=int, default=200, help="Monte Carlo draws per test LoRA in (b)")
 ap.add_argument("--crossfit", type=int, default=0, metavar="F",
@@ -94,30 +126,84 @@ ap.add_argument("--crossfit", type=int, default=0, metavar="F",
                      "regression, scikit-learn), cross-fitted over F folds of the test LoRAs: each fold decoded by a fit on the others")
 args = ap.parse_args()
 
+
+def same_split(run: dict, what: str) -> None:
+    if run["test_rows"] != d["test_rows"]:
+        sys.exit(f"{what} has another test split")
+
+
 d = load(args.classes_json[0])
-for more in args.classes_json[1:]:  # more seeds of the same architecture and split (say --first-seed 5 runs)
+for more in args.classes_json[1:]:  # more seeds of the same split (say --first-seed 5 runs)
     extra = load(more)
-    assert extra["test_rows"] == d["test_rows"], f"{more} has another test split"
-    d["runs"][args.arch] = d["runs"].get(args.arch, []) + extra["runs"].get(args.arch, [])
-base = load(args.baseline)
+    same_split(extra, more)
+    for name, more_runs in extra["runs"].items():
+        d["runs"][name] = d["runs"].get(name, []) + more_runs
+base = load(args.baseline) if args.baseline else None
+reg = load(args.regression) if args.regression else None
 rows = [json.loads(line) for line in open(args.manifest) if line.strip()]
-assert base["test_rows"] == d["test_rows"], "the baseline run has another test split"
+for run, what in ((base, "the baseline run"), (reg, "the regression run")):
+    if run is not None:
+        same_split(run, what)
+hp = {f"hp-{k}": np.asarray(v) for k, v in base["honest"]["hp"]["n_classes"]["models"].items()} if base else {}
+sd = (lambda xs: st.stdev(xs) if len(xs) > 1 else 0.0)
+NO_BASELINE = "no --baseline: the counts are not set against an n_classes run's recipe-only rows"
+
+
+def summary() -> None:
+    """--summary: every architecture's count accuracy by `called` and `summed` and the regression run's rounded
+    count, each against the recipe-only rows when there is a baseline, then the most common count's share."""
+    true = np.array([rows[i]["n_classes"] for i in d["test_rows"]])
+    if base is not None:
+        labels = next(t for t in base["targets"] if t["name"] == "n_classes")["labels"]
+        index = {int(c): i for i, c in enumerate(labels)}  # a count to its class index (-1: no such class)
+        true_idx = np.array([index[n] for n in true.tolist()], dtype=float)
+    accs = (lambda counts: [float(np.mean(c == true)) for c in counts])
+
+    def against_recipe(what: str, counts: list[np.ndarray]) -> None:
+        """Each seed's counts against the n_classes run's recipe-only rows: the tables' paired bootstrap, seeds pooled."""
+        for name, probs in hp.items():
+            idx = [np.array([index.get(int(c), -1) for c in cs], dtype=float) for cs in counts]
+            diff, lo, hi = paired_bootstrap("multiclass", true_idx, idx, [probs])
+            print(f"  {what} − {name} ({metric('multiclass', true_idx, probs):.3f}): {diff:+.3f} [{lo:+.3f}, {hi:+.3f}]")
+
+    for arch, runs in (reg["runs"].items() if reg is not None else ()):
+        counts = [rounded(r, len(true)) for r in runs]
+        a = accs(counts)
+        print(f"{arch} (regression on the count, rounded): {st.mean(a):.3f} ± {sd(a):.3f} ({len(runs)} seeds)")
+        against_recipe("rounded", counts)
+    for arch, runs in d["runs"].items():
+        P = [np.asarray(r["pred"]["classes"]) for r in runs]
+        a_called, a_summed = accs([called(p) for p in P]), accs([summed(p) for p in P])
+        print(f"{arch}: classes called present {st.mean(a_called):.3f} ± {sd(a_called):.3f}, "
+              f"rounded sum {st.mean(a_summed):.3f} ± {sd(a_summed):.3f} ({len(runs)} seeds, {len(true)} test LoRAs)")
+        against_recipe("classes called present", [called(p) for p in P])
+    print(f"most common count: {max(Counter(true.tolist()).values()) / len(true):.3f} of the test LoRAs")
+    if base is None:
+        print(f"({NO_BASELINE})")
+
+
+if args.summary:
+    summary()
+    sys.exit()
+if args.arch not in d["runs"]:
+    sys.exit(f"the classes run has no {args.arch} rows (it has {', '.join(d['runs']) or 'none'}): say --arch")
+if reg is not None and args.arch not in reg["runs"]:
+    sys.exit(f"the regression run has no {args.arch} rows (it has {', '.join(reg['runs']) or 'none'})")
 labels = next(t for t in d["targets"] if t["name"] == "classes")["labels"]
 Y = np.array([[int(rows[i][f"cls_{c}"]) for c in labels] for i in d["test_rows"]])  # (n, 10) truth
 true = Y.sum(1)
 assert all(rows[i]["n_classes"] == n for i, n in zip(d["test_rows"], true))
-n_labels = next(t for t in base["targets"] if t["name"] == "n_classes")["labels"]
-assert [int(c) for c in n_labels] == list(range(1, K + 1))
+if base is not None:
+    n_labels = next(t for t in base["targets"] if t["name"] == "n_classes")["labels"]
+    assert [int(c) for c in n_labels] == list(range(1, K + 1))
 true_idx = (true - 1).astype(float)  # class index of the count in the n_classes run (1..10 → 0..9)
-hp = {f"hp-{k}": np.asarray(v) for k, v in base["honest"]["hp"]["n_classes"]["models"].items()}
 fitted = [r["n_classes"] for r in rows if r["split"] in ("train", "val")]
 prior = np.array([sum(c == j for c in fitted) for j in range(1, K + 1)], dtype=float)
 prior = (prior + 0.5) / (prior + 0.5).sum()  # the count prior the multiclass head learned (smoothed)
 runs = d["runs"][args.arch]
 P = [np.asarray(r["pred"]["classes"]) for r in runs]  # per seed (n, 10)
-mc = {r["seed"]: np.asarray(r["pred"]["n_classes"]) for r in base["runs"].get(args.arch, [])}
+mc = {r["seed"]: np.asarray(r["pred"]["n_classes"]) for r in base["runs"].get(args.arch, [])} if base else {}
 joint = [np.asarray(r["pred"]["n_classes"]) for r in runs if "n_classes" in r["pred"]]
-sd = (lambda xs: st.stdev(xs) if len(xs) > 1 else 0.0)
 acc = (lambda c: float(np.mean(np.asarray(c) == true)))
 print(f"{args.arch}: {len(runs)} seeds, {len(true)} test LoRAs; count prior (test) "
       f"{dict(sorted(Counter(true.tolist()).items()))}; most common count {max(Counter(true.tolist()).values()) / len(true):.3f}")
@@ -125,8 +211,8 @@ print(f"{args.arch}: {len(runs)} seeds, {len(true)} test LoRAs; count prior (tes
 # ---- 1. decoders ------------------------------------------------------------------------------
 pb = [at_least_one(poisson_binomial(p))[:, 1:] for p in P]  # (n, 10): P(K = 1..10)
 counts: dict[str, list[np.ndarray]] = {
-    "called": [(p >= 0.5).sum(1) for p in P],
-    "summed": [np.clip(np.rint(p.sum(1)), 1, K) for p in P],
+    "called": [called(p) for p in P],
+    "summed": [summed(p) for p in P],
     "pb-mode": [q.argmax(1) + 1 for q in pb]}
 mc_ok = bool(mc) and all(r["seed"] in mc for r in runs)  # the multiclass run has every seed of this one
 if mc_ok:
@@ -136,6 +222,8 @@ if mc_ok:
 if joint:
     counts["joint-head"] = [j.argmax(1) + 1 for j in joint]
     counts["joint-poe"] = [(q * j / prior).argmax(1) + 1 for q, j in zip(pb, joint)]
+if reg is not None:
+    counts["reg-rounded"] = [rounded(r, len(true)) for r in reg["runs"][args.arch]]
 rng0 = np.random.default_rng(1)
 ens = np.mean(P, axis=0)  # the seeds' probabilities averaged: one ensemble model (len(P)× the training)
 counts["ens-called"] = [(ens >= 0.5).sum(1)]
@@ -154,6 +242,8 @@ if args.crossfit:
     counts[f"crossfit{args.crossfit}"] = out
 print("\n1. decoders (test accuracy at the exact count, mean ± sd over seeds [95 % CI over test LoRAs, seeds pooled]; "
       "paired bootstrap vs the recipe, seeds pooled)")
+if base is None:
+    print(f"  ({NO_BASELINE}; mc-head and poe are left out)")
 boots_vs = {name: probs for name, probs in hp.items()}
 boots = bootstrap_indices(len(true))
 for name, cs in counts.items():
@@ -186,9 +276,10 @@ got = [acc(c) for c in counts["pb-mode"]]
 nll = [float(-np.log(np.maximum(q[np.arange(len(true)), true - 1], 1e-12)).mean()) for q in pb]
 print(f"  pb-mode's own expected accuracy E[max P(K=k)] {st.mean(exp):.3f} ± {sd(exp):.3f} (realised {st.mean(got):.3f}; "
       f"per seed {', '.join(f'{e:.2f}/{g:.2f}' for e, g in zip(exp, got))})")
-print(f"  count NLL: Poisson-binomial {st.mean(nll):.3f}; hp-ridge "
-      f"{float(-np.log(np.maximum(hp['hp-ridge'][np.arange(len(true)), true - 1], 1e-12)).mean()):.3f}; "
-      f"the count prior {float(-np.log(prior[true - 1]).mean()):.3f}"
+print(f"  count NLL: Poisson-binomial {st.mean(nll):.3f}; "
+      + (f"hp-ridge {float(-np.log(np.maximum(hp['hp-ridge'][np.arange(len(true)), true - 1], 1e-12)).mean()):.3f}; "
+         if "hp-ridge" in hp else "")
+      + f"the count prior {float(-np.log(prior[true - 1]).mean()):.3f}"
       + (f"; mc-head {st.mean(float(-np.log(np.maximum(mc[r['seed']][np.arange(len(true)), true - 1], 1e-12)).mean()) for r in runs):.3f}" if mc_ok else ""))
 conf = np.concatenate([q.max(1) for q in pb])
 hit = np.concatenate([c == true for c in counts["pb-mode"]])
