@@ -1,5 +1,5 @@
 """bench/count_decode.py: the class count named from a classes run's stored test probabilities (--summary: every
-architecture in short, what bench/class_count.py printed; without it: one architecture's decoders in depth)."""
+architecture in short, what the former bench/class_count.py printed; without it: one architecture's decoders in depth)."""
 from __future__ import annotations
 
 import json
