@@ -33,6 +33,9 @@ ENSEMBLE_SCHEMA_VERSION = 3
 CARD_SCHEMA_VERSION = 3  # the newest this lolscan reads
 CARD_NAME = "card.json"
 WEIGHTS_NAME = "model.safetensors"
+# The precisions a card's ``weights_dtype`` may name (absent: float32). Parameters are stored in it, buffers in
+# float32; loading widens them to float32 exactly (`lolscan train --weights-dtype`).
+WEIGHTS_DTYPES = ("float32", "float16", "bfloat16")
 PLOT_NAME = "pred_vs_true.png"
 REQUIRED = ("schema_version", "architecture", "hparams", "out_dim", "layer_spec", "targets", "tensors", "lolscan_version")
 
@@ -223,6 +226,8 @@ def validate_card(card: Any, path: Path | str) -> None:
                                   f"(an ensemble needs {ENSEMBLE_SCHEMA_VERSION})", path=path)
         if "states" in card:
             raise CheckpointError("card holds both states and an ensemble (an ensemble's members give their own states)", path=path)
+    if card.get("weights_dtype", "float32") not in WEIGHTS_DTYPES:
+        raise CheckpointError(f"card weights_dtype {card['weights_dtype']!r} is not one of {', '.join(WEIGHTS_DTYPES)}", path=path)
     tensors = card["tensors"]
     if not isinstance(tensors, dict) or not all(
         isinstance(s, list) and all(isinstance(d, int) for d in s) for s in tensors.values()
@@ -342,7 +347,12 @@ class Checkpoint:
         if dest.exists() and not is_checkpoint(dest):
             raise UsageError(f"{dest} exists and is not a lolscan checkpoint; refusing to replace it")
         dest.parent.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().to("cpu").contiguous() for k, v in self.model.state_dict().items()}
+        import torch
+
+        narrow = self.card.get("weights_dtype", "float32")
+        params = {n for n, _ in self.model.named_parameters()} if narrow != "float32" else set()
+        state = {k: v.detach().to("cpu", dtype=getattr(torch, narrow) if k in params and v.is_floating_point() else None).contiguous()
+                 for k, v in self.model.state_dict().items()}
         card = dict(self.card)
         card["tensors"] = {k: list(v.shape) for k, v in state.items()}
         validate_card(card, dest / CARD_NAME)

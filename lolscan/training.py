@@ -22,6 +22,7 @@ from .utils.device import resolve_device  # noqa: F401 (also lolscan.training.re
 from .utils.files import sha256_file
 from .adapter import Adapter
 from .errors import InputError, LolscanError, UsageError
+from .checkpoint import WEIGHTS_DTYPES
 from .manifest import Manifest, assign_splits
 from .evaluation.metrics import target_metrics
 from .nets.names import FIXED_RANK_ARCHS
@@ -64,6 +65,9 @@ class TrainOptions:
     # K > 1: after the search (at ``seed``), K − 1 more models with the chosen settings at seeds seed + 1 …
     # seed + K − 1; the checkpoint serves the mean of the K models' raw outputs (`lolscan.nets.EnsembleNet`).
     ensemble: int = 1
+    # The precision the checkpoint stores its weights in (`WEIGHTS_DTYPES`): the kept model's parameters are
+    # rounded through it before calibration and the test metrics, so the card measures the weights it ships.
+    weights_dtype: str = "float32"
 
 
 @dataclass
@@ -462,6 +466,8 @@ def train(ds: Dataset, opts: TrainOptions) -> TrainResult:
         raise UsageError(f"transform {opts.transform!r}: expected auto, none or log")
     if isinstance(opts.ensemble, bool) or not isinstance(opts.ensemble, int) or opts.ensemble < 1:
         raise UsageError(f"ensemble {opts.ensemble!r}: expected a whole number of models ≥ 1")
+    if opts.weights_dtype not in WEIGHTS_DTYPES:
+        raise UsageError(f"weights dtype {opts.weights_dtype!r}: expected one of {', '.join(WEIGHTS_DTYPES)}")
     before = torch.get_num_threads()
     if opts.threads:
         torch.set_num_threads(opts.threads)
@@ -527,6 +533,8 @@ def train(ds: Dataset, opts: TrainOptions) -> TrainResult:
             chosen = {**chosen, "transforms": transforms}
         if opts.ensemble > 1:
             best = _ensemble(fit_ds, opts, best, settings, lr)
+        if opts.weights_dtype != "float32":
+            _round_weights(fit_ds, best, opts.weights_dtype)
         if calib:
             best.outputs["calibration"] = _outputs_for(best.model, ds, calib)
             best.ys["calibration"] = {t.name: t.encode([ds.values[t.name][i] for i in calib]) for t in ds.targets}
@@ -564,6 +572,21 @@ def _ensemble(ds: Dataset, opts: TrainOptions, first: TrainResult, hparams: dict
     out.ensemble = {"members": opts.ensemble, "seeds": [r.options.seed for r in results],
                     "best_steps": [dict(r.best_steps) for r in results], "steps": [r.steps for r in results]}
     return out
+
+
+def _round_weights(ds: Dataset, result: TrainResult, dtype: str) -> None:
+    """Round the kept model's floating parameters through ``dtype``, as `Checkpoint.save` will store them
+    (buffers — input scales, feature statistics — stay float32), then measure its outputs, metrics and
+    monitored loss again on the rounded weights."""
+    dt = getattr(torch, dtype)
+    with torch.no_grad():
+        for p in result.model.parameters():
+            if p.is_floating_point():
+                p.copy_(p.to(dt).to(p.dtype))
+    result.outputs = {s: _outputs_for(result.model, ds, ds.splits[s]) for s in result.outputs}
+    result.metrics, result.test_scores = _evaluate(ds.targets, result.outputs, result.ys)
+    monitor = "val" if "val" in result.outputs else "train"
+    result.best_loss = float(_loss(ds.targets, result.outputs[monitor], result.ys[monitor]))
 
 
 def _lower(a: float, b: float) -> bool:
@@ -810,6 +833,7 @@ def make_card(ds: Dataset, result: TrainResult, *, name: str, description: str =
             "calibration_rows": result.calibration_rows,
             **({"ensemble": dict(result.ensemble)} if result.ensemble else {}),
         },
+        **({"weights_dtype": opts.weights_dtype} if opts.weights_dtype != "float32" else {}),
         "training_data": {
             "manifest": Path(ds.manifest.path).name,
             "manifest_sha256": sha256_file(ds.manifest.path),

@@ -151,6 +151,7 @@ def train(
     description: Annotated[str, typer.Option(help="Free text stored in the card.")] = "",
     overwrite: Annotated[bool, typer.Option(help="Replace an existing checkpoint of the same name.")] = False,
     ensemble: Annotated[int, typer.Option("--ensemble", metavar="K", help="Average K models trained at seeds SEED … SEED+K−1 with the settings chosen at SEED (K times the training time; intervals and temperatures fitted on the average).")] = 1,
+    weights_dtype: Annotated[Literal["float32", "float16", "bfloat16"], typer.Option("--weights-dtype", help="Precision of the checkpoint's stored weights: float16 or bfloat16 halve model.safetensors; the weights are rounded before calibration and the test metrics, so the card measures what it ships.")] = "float32",
     transform: Annotated[Literal["auto", "none", "log"], typer.Option("--transform", help="Regression targets: auto = also try log(y) for positive, heavy-tailed ones (max/median ≥ 20) and keep it when validation prefers it; none; log = every positive one.")] = "auto",
     healthy_lr: Annotated[Optional[float], typer.Option("--healthy-lr", help="Kendall τ on the test LoRAs trained with lr ≤ this (manifest's lr column; default: the zoo's median lr).", min=0.0)] = None,
     fmt: Annotated[Literal["table", "json"], typer.Option("--format", "-f", help="Result table or JSON on stdout.")] = "table",
@@ -186,7 +187,7 @@ def train(
         sizes = {s: len(v) for s, v in ds.splits.items()}
         base = TrainOptions(seed=seed, max_steps=steps, batch_size=batch_size, lr=learning_rate, weight_decay=weight_decay, transform=transform,
                             eval_every=eval_every, patience=patience, device=device, progress=progress, threads=threads,
-                            ensemble=ensemble)
+                            ensemble=ensemble, weights_dtype=weights_dtype)
         hp = fit_baseline(ds)
         results = train_each(
             ds, archs, hparams, base, every=arch == "all", dests=dests, overwrite=overwrite, description=description, hp=hp,
