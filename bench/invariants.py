@@ -36,6 +36,9 @@ ROWS: dict[str, tuple[str, dict[str, Any]]] = {
     "glnet-v1": ("glnet", {"d": 32, "depth": 1, "hidden": 64, "layers": 2, "scale": "rms", "squash": "none",
                            "spectral": 0, "head_norm": False, "products": True}),
     "glnet": ("glnet", {}),
+    # the default with the spectral head's linear skip (GLNet `skip`) always on, or off, instead of chosen by the search
+    "glnet-skip": ("glnet", {"skip": True}),
+    "glnet-noskip": ("glnet", {"skip": False}),
 }
 DEFAULT_ROW = "glnet"
 TEST_SIZE = 500

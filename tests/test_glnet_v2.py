@@ -72,10 +72,16 @@ def test_spectral_glnet_is_gl_invariant_and_padding_free(products: bool) -> None
 
 
 def test_search_candidates_respect_what_the_user_set() -> None:
-    assert candidates(TrainOptions()) == [{"products": False}, {"products": True, "squash": "none"},
-                                          {"products": True, "squash": "asinh"}]
+    assert candidates(TrainOptions()) == [{"products": False}, {"products": False, "skip": True},
+                                          {"products": True, "squash": "none"}, {"products": True, "squash": "asinh"}]
     assert candidates(TrainOptions(hparams={"products": True, "squash": "asinh"})) == [{}]
-    assert candidates(TrainOptions(hparams={"squash": "none"})) == [{"products": False}, {"products": True}]
+    assert candidates(TrainOptions(hparams={"squash": "none"})) == [{"products": False}, {"products": False, "skip": True},
+                                                                    {"products": True}]
+    # the skip set by the user: one spectral candidate (with it, or without), not two
+    assert candidates(TrainOptions(hparams={"skip": True})) == [{"products": False}, {"products": True, "squash": "none"},
+                                                                {"products": True, "squash": "asinh"}]
+    assert candidates(TrainOptions(hparams={"skip": False})) == [{"products": False}, {"products": True, "squash": "none"},
+                                                                 {"products": True, "squash": "asinh"}]
     assert candidates(TrainOptions(hparams={"spectral": 0})) == [{"products": True, "squash": "none"},
                                                                  {"products": True, "squash": "asinh"}]
     assert candidates(TrainOptions(arch="mlp-svd")) == [{}]
@@ -84,8 +90,12 @@ def test_search_candidates_respect_what_the_user_set() -> None:
 
 def test_search_margin_only_buys_complexity() -> None:
     spectral, raw, asinh = {"products": False}, {"products": True, "squash": "none"}, {"products": True, "squash": "asinh"}
+    skip = {"products": False, "skip": True}
     a_bit_lower = 1 - SEARCH_MARGIN / 2  # lower, but by less than the margin
     assert _keeps(5.0, None, spectral, None)
+    assert not _keeps(a_bit_lower, 1.0, skip, spectral)  # the skip over the spectral head alone: by the margin only
+    assert _keeps(0.9 * (1 - SEARCH_MARGIN), 1.0, skip, spectral)
+    assert not _keeps(a_bit_lower, 1.0, raw, skip)
     assert not _keeps(a_bit_lower, 1.0, raw, spectral)  # products over the spectrum alone: by the margin only
     assert _keeps(0.9 * (1 - SEARCH_MARGIN), 1.0, raw, spectral)
     assert _keeps(a_bit_lower, 1.0, asinh, raw)  # the same model squashed: any lower loss

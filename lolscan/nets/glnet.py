@@ -28,6 +28,9 @@ POOLS = ("concat", "mean")
 # adapters of each one's RMS entry (robust to them).
 SCALES = ("rms", "median")
 SQUASHES = ("none", "asinh")  # elementwise map of the invariants before the head
+# Ridge of `GLNet.fit_skip` per labelled row, on standardised features: small against their unit variance,
+# enough to make the solve well-posed where features are constant (zero past a rank) or collinear.
+SKIP_RIDGE = 1e-3
 
 
 def gl_gate(U: torch.Tensor, V: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -47,9 +50,11 @@ class GLNet(MetaNet):
     """Hyperparameters: ``d`` hidden width, ``depth`` equivariant layers (≥1), ``pool`` concat|mean,
     ``hidden``/``layers``/``dropout`` of the head MLP, ``scale`` rms|median (how `fit` sets the
     per-layer input scale), ``squash`` none|asinh (applied elementwise to the invariants before
-    pooling and the head). ``d=1, pool="mean"`` is the paper's CLIP-score head.
+    pooling and the head), ``spectral`` (top singular values per layer the head also reads), ``products``
+    (False: the head reads the spectral features alone), ``skip`` (with ``products=False``: a linear map
+    from the standardised spectral features to the output, added to the head's). ``d=1, pool="mean"`` is the paper's CLIP-score head.
 
-    The defaults of ``scale`` and ``squash`` are the original behaviour ("rms", "none") and must
+    The defaults of ``scale``, ``squash``, ``spectral`` and ``skip`` are the original behaviour and must
     stay so: checkpoint cards and configs written before these keys existed are rebuilt through
     ``build_model(**hparams)``, i.e. through these defaults, and must predict as they did.
     On a zoo where a minority of adapters has far larger ΔW, ``squash="asinh"`` keeps them from
@@ -74,6 +79,7 @@ class GLNet(MetaNet):
         spectral: int = 0,
         head_norm: bool = False,
         products: bool = True,
+        skip: bool = False,
     ):
         if d <= 0 or depth < 1:
             raise ValueError(f"glnet needs d >= 1 and depth >= 1, got d={d}, depth={depth}")
@@ -87,11 +93,12 @@ class GLNet(MetaNet):
             raise ValueError(f"glnet spectral must be an int >= 0 (singular values per layer), got {spectral!r}")
         hp = {"d": int(d), "depth": int(depth), "pool": pool, "hidden": int(hidden), "layers": int(layers), "dropout": float(dropout),
               "scale": scale, "squash": squash, "spectral": int(spectral), "head_norm": bool(head_norm),
-              "products": bool(products)}
+              "products": bool(products), "skip": bool(skip) and int(spectral) > 0 and not products}
         super().__init__(spec, out_dim, hp)
         self.d, self.depth, self.pool, self.scale, self.squash = int(d), int(depth), pool, scale, squash
         self.spectral = int(spectral)
         self.products = bool(products)
+        self.skip = self.hparams["skip"]
         if not self.products and not self.spectral:
             raise ValueError("glnet with products=False needs spectral >= 1 (the head would read nothing)")
         # Φ init ~ N(0, 1/n): Φ ΔW Ψᵀ entries then have the scale of ΔW's RMS entry, whatever n, m.
@@ -127,6 +134,16 @@ class GLNet(MetaNet):
             # to learn) and takes in the equivariant features only as far as the loss asks for them.
             self.prod_gate = nn.Parameter(torch.zeros(()))
         self.head = make_mlp(head_in, out_dim, hidden, layers, dropout, norm=bool(head_norm))
+        if self.skip:
+            # The spectral-only head (products=False) plus a linear map from the standardised spectral
+            # features straight to the output: labels linear in the singular values (a nuclear norm, σ₁,
+            # σ₂) are then exactly representable rather than approximated by GELUs, and training starts
+            # it at the least-squares fit (`fit_skip`). Zero here, drawing no random numbers, so on a given
+            # seed everything else initialises as without it. A function of singular values: invariance
+            # stays exact. Not with the products: started at the fit there, the skip cost a linear
+            # functional on a heavy-tailed zoo its R² (0.95 → −1.8, bench/results/glnet_suite.md): the
+            # spectra's fit to a label they do not determine is ruled by the few huge adapters.
+            self.spec_skip = nn.Parameter(torch.zeros(out_dim, len(spec) * self.spectral))
         # Constant layout facts of the spec, so the forward pass does no per-call index work:
         # each group's spec positions as a (start, stop) range when contiguous, and the
         # group-order -> spec-order permutation (None when it is the identity).
@@ -193,7 +210,8 @@ class GLNet(MetaNet):
     def forward(self, batch: FactorBatch) -> torch.Tensor:
         if not self.products:  # the spectral invariants alone
             self._check_batch(batch)
-            return self.head((self.spectral_features(batch) - self.spec_mean) / self.spec_std)
+            z = (self.spectral_features(batch) - self.spec_mean) / self.spec_std
+            return self.head(z) + z @ self.spec_skip.mT if self.skip else self.head(z)
         products = self._products(batch)  # per group [L_g, B, d·d]
         if self.squash != "none":
             products = [self.squash_invariants(p) for p in products]
@@ -210,6 +228,39 @@ class GLNet(MetaNet):
         if self.spectral:
             x = torch.cat([x * self.prod_gate, (self.spectral_features(batch) - self.spec_mean) / self.spec_std], dim=1)
         return self.head(x)
+
+    @torch.no_grad()
+    def fit_skip(self, batch: FactorBatch, y: torch.Tensor, mask: torch.Tensor, *, ridge: float = SKIP_RIDGE,
+                 chunk: int = 256) -> None:
+        """Set the skip of the output columns that ``mask [N, out_dim]`` marks (labelled rows per column) to the
+        least-squares fit of what the model's head leaves of ``y [N, out_dim]`` on ``batch``'s N adapters,
+        intercept included (added to the head's last bias): the model then starts as the best linear function
+        of the standardised spectral features (plus the head at its initialisation) under a squared error, and
+        training moves on from there. Ridge ``ridge`` · (labelled rows) on the weights, not the intercept, so
+        that features constant over the rows (zero padding past a rank) get weight 0. Columns with fewer than
+        two labelled rows are left alone. Needs ``skip``; in float64; leaves train/eval mode as it was."""
+        if not self.skip:
+            raise ValueError("fit_skip needs a glnet with skip=True")
+        was_training = self.training
+        self.eval()
+        try:
+            z = ((self.spectral_features(batch) - self.spec_mean) / self.spec_std).double()
+            out = torch.cat([self(batch.select(slice(i, i + chunk))) for i in range(0, batch.batch_size, chunk)])
+            head = out.double() - z @ self.spec_skip.double().mT  # the head's part of the output
+        finally:
+            self.train(was_training)
+        x = torch.cat([z, torch.ones_like(z[:, :1])], dim=1)
+        penalty = torch.eye(x.shape[1], dtype=x.dtype, device=x.device)
+        penalty[-1, -1] = 0.0
+        for j in range(self.out_dim):
+            rows = mask[:, j].to(x.device)
+            n = int(rows.sum())
+            if n < 2:
+                continue
+            xj, rj = x[rows], (y[rows, j].to(x) - head[rows, j])
+            w = torch.linalg.solve(xj.mT @ xj + ridge * n * penalty, xj.mT @ rj)
+            self.spec_skip[j].copy_(w[:-1].to(self.spec_skip))
+            self.head[-1].bias[j] += w[-1].to(self.head[-1].bias)
 
     @torch.no_grad()
     def _raw_spectral(self, batch: FactorBatch) -> torch.Tensor:
