@@ -84,6 +84,10 @@ def test_search_candidates_respect_what_the_user_set() -> None:
                                                                  {"products": True, "squash": "asinh"}]
     assert candidates(TrainOptions(hparams={"spectral": 0})) == [{"products": True, "squash": "none"},
                                                                  {"products": True, "squash": "asinh"}]
+    # no regression target: the skip (started at their least-squares fit) is not tried unless the user asks
+    assert candidates(TrainOptions(), regression=False) == [{"products": False}, {"products": True, "squash": "none"},
+                                                            {"products": True, "squash": "asinh"}]
+    assert candidates(TrainOptions(hparams={"skip": True}), regression=False) == candidates(TrainOptions(hparams={"skip": True}))
     assert candidates(TrainOptions(arch="mlp-svd")) == [{}]
     assert 0 < SEARCH_MARGIN < 1
 
@@ -178,3 +182,19 @@ def test_search_compares_several_targets_by_their_relative_losses() -> None:
     assert kept_loss == 1.0 and loss == pytest.approx((0.5 * 1.1) ** 0.5, rel=1e-9)
     assert _search_loss([ta], cand, kept) == (cand.best_loss, kept.best_loss)  # one target: as before
     assert 0.0 <= _confidence([ta, tb], cand, kept) <= 1.0
+
+
+def test_the_skip_is_tried_only_with_a_regression_target(tmp_path) -> None:
+    """`train`'s search: the skip candidate (started at the regression targets' least-squares fit) for a
+    regression label, not for a classification-only one, where it would only add a training run."""
+    from lolscan.manifest import read_manifest
+    from lolscan.training import prepare, train, write_synthetic_zoo
+
+    manifest = read_manifest(write_synthetic_zoo(tmp_path, n=48, seed=1))
+    opts = {"lr": 1e-3, "max_steps": 30, "min_steps": 0, "eval_every": 10, "progress": False, "threads": 1,
+            "hparams": {"d": 4, "hidden": 16}}
+    tried = {t: [e for e in train(prepare(manifest, [t], progress=False), TrainOptions(**opts)).tried]
+             for t in ("score", "big")}
+    assert any(e.get("skip") for e in tried["score"])
+    assert tried["big"] and not any(e.get("skip") for e in tried["big"])
+    assert {e.get("products") for e in tried["big"]} == {False, True}  # the other candidates still ran

@@ -93,12 +93,14 @@ class GLNet(MetaNet):
             raise ValueError(f"glnet spectral must be an int >= 0 (singular values per layer), got {spectral!r}")
         hp = {"d": int(d), "depth": int(depth), "pool": pool, "hidden": int(hidden), "layers": int(layers), "dropout": float(dropout),
               "scale": scale, "squash": squash, "spectral": int(spectral), "head_norm": bool(head_norm),
-              "products": bool(products), "skip": bool(skip) and int(spectral) > 0 and not products}
+              "products": bool(products)}
+        if bool(skip) and int(spectral) > 0 and not products:
+            hp["skip"] = True  # recorded only when on: a card without the key is read by lolscan versions before it
         super().__init__(spec, out_dim, hp)
         self.d, self.depth, self.pool, self.scale, self.squash = int(d), int(depth), pool, scale, squash
         self.spectral = int(spectral)
         self.products = bool(products)
-        self.skip = self.hparams["skip"]
+        self.skip = bool(self.hparams.get("skip", False))
         if not self.products and not self.spectral:
             raise ValueError("glnet with products=False needs spectral >= 1 (the head would read nothing)")
         # Φ init ~ N(0, 1/n): Φ ΔW Ψᵀ entries then have the scale of ΔW's RMS entry, whatever n, m.
