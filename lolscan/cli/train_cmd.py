@@ -194,13 +194,7 @@ def train(
             skipped=lambda a, exc: err_console.print(f"[yellow]skipped {a}:[/] {exc}", highlight=False),
             saved=lambda name, path: err_console.print(f"wrote checkpoint [bold]{name}[/] to {path} (plot: {path / 'pred_vs_true.png'})", highlight=False),
         )
-        for a, r in results.items():
-            if r.get("lr_search"):
-                err_console.print(f"{a}: lr {r['lr']:g} chosen by validation loss (tried "
-                                  + ", ".join(f"{e['lr']:g}: {e['val_loss']:.4g}" for e in r["lr_search"]) + ")", highlight=False)
-            if r.get("log_targets"):
-                err_console.print(f"{a}: fitted {', '.join(r['log_targets'])} on the log (positive and heavy-tailed; "
-                                  "validation MSE in user units preferred it)", highlight=False)
+        report_choices(results)
         comparison = compare_results(ds, results, hp, healthy_lr=healthy_lr)
         if fmt == "json":
             print(json.dumps({"schema_version": 1, "targets": [t.to_json() for t in ds.targets], "splits": sizes, "results": results,
@@ -208,6 +202,17 @@ def train(
         else:
             title = "test-split metrics" + (f" ({sizes['test']} adapters)" if sizes["test"] else " (no test split)")
             console.print(metrics_table(results, ds.targets, title, comparison))
+
+
+def report_choices(results: dict[str, Any]) -> None:
+    """On stderr, per architecture: the learning rate the validation search chose and the targets fitted on the log."""
+    for a, r in results.items():
+        if r.get("lr_search"):
+            err_console.print(f"{a}: lr {r['lr']:g} chosen by validation loss (tried "
+                              + ", ".join(f"{e['lr']:g}: {e['val_loss']:.4g}" for e in r["lr_search"]) + ")", highlight=False)
+        if r.get("log_targets"):
+            err_console.print(f"{a}: fitted {', '.join(r['log_targets'])} on the log (positive and heavy-tailed; "
+                              "validation MSE in user units preferred it)", highlight=False)
 
 
 def fit_baseline(ds: Any) -> dict[str, Any]:
