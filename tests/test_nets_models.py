@@ -77,6 +77,24 @@ def run(model, adapters) -> torch.Tensor:
         return model(collate(adapters, SPEC, dtype=F64))
 
 
+def assert_gl_invariant_and_padding_free(model, ads: list[Adapter], gen: torch.Generator) -> None:
+    """``model`` gives the same outputs for ``ads`` under a random GL(r) gauge per layer and with every factor
+    zero-padded by two ranks, and other outputs when one ΔW really changes."""
+    ref = run(model, ads)
+    moved = run(model, [gauge(a, "gl", gen)[0] for a in ads])
+    padded = []
+    for a in ads:
+        b = adapter(1, gen=gen)
+        b.layers = {k: type(x)(torch.nn.functional.pad(x.U, (0, 2)), torch.nn.functional.pad(x.V, (0, 2)), x.shape)
+                    for k, x in a.layers.items()}
+        padded.append(b)
+    pad_out = run(model, padded)
+    changed = run(model, [gauge(a, "gl", gen)[0] for a in ads[1:]] + [adapter(gen=gen)])
+    assert torch.allclose(ref, moved, rtol=1e-9, atol=1e-11)
+    assert torch.allclose(ref, pad_out, rtol=1e-9, atol=1e-11)
+    assert not torch.allclose(ref, changed, rtol=1e-3)
+
+
 @pytest.fixture()
 def gen() -> torch.Generator:
     return torch.Generator().manual_seed(1234)
