@@ -1058,10 +1058,10 @@ def _write_toy_peft(folder: Path, tensors: dict[str, torch.Tensor], r: int, alph
     return folder
 
 
-def _write_manifest_csv(root: Path, rows: list[dict[str, Any]]) -> Path:
+def _write_manifest_csv(root: Path, rows: list[dict[str, Any]], name: str = "manifest.csv") -> Path:
     import csv
 
-    manifest = root / "manifest.csv"
+    manifest = root / name
     with open(manifest, "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))
         w.writeheader()

@@ -115,16 +115,11 @@ def write_noise_zoo(root: Path, *, n: int, seed: int) -> Path:
     import csv
     import random
 
-    from lolscan.training import write_synthetic_zoo
+    from lolscan.training import _write_manifest_csv, write_synthetic_zoo
 
     with open(write_synthetic_zoo(root, n=n, seed=seed), newline="") as fh:
         rows = list(csv.DictReader(fh))
     rng = random.Random(1)
     for r in rows:
         r["noise"] = f"{rng.gauss(0, 1):.6g}"
-    out = root / "noise.csv"
-    with open(out, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    return out
+    return _write_manifest_csv(root, rows, "noise.csv")
