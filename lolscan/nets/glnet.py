@@ -232,8 +232,7 @@ class GLNet(MetaNet):
         return self.head(x)
 
     @torch.no_grad()
-    def fit_skip(self, batch: FactorBatch, y: torch.Tensor, mask: torch.Tensor, *, ridge: float = SKIP_RIDGE,
-                 chunk: int = 256) -> None:
+    def fit_skip(self, batch: FactorBatch, y: torch.Tensor, mask: torch.Tensor, *, ridge: float = SKIP_RIDGE) -> None:
         """Set the skip of the output columns that ``mask [N, out_dim]`` marks (labelled rows per column) to the
         least-squares fit of what the model's head leaves of ``y [N, out_dim]`` on ``batch``'s N adapters,
         intercept included (added to the head's last bias): the model then starts as the best linear function
@@ -245,12 +244,13 @@ class GLNet(MetaNet):
             raise ValueError("fit_skip needs a glnet with skip=True")
         was_training = self.training
         self.eval()
-        try:
-            z = ((self.spectral_features(batch) - self.spec_mean) / self.spec_std).double()
-            out = torch.cat([self(batch.select(slice(i, i + chunk))) for i in range(0, batch.batch_size, chunk)])
-            head = out.double() - z @ self.spec_skip.double().mT  # the head's part of the output
+        try:  # the head's part of the output (`forward` without the skip), read once on the spectral features
+            self._check_batch(batch)
+            z = (self.spectral_features(batch) - self.spec_mean) / self.spec_std
+            head = self.head(z).double()
         finally:
             self.train(was_training)
+        z = z.double()
         x = torch.cat([z, torch.ones_like(z[:, :1])], dim=1)
         penalty = torch.eye(x.shape[1], dtype=x.dtype, device=x.device)
         penalty[-1, -1] = 0.0
