@@ -248,12 +248,12 @@ def main() -> None:
     ap.add_argument("--rename", nargs="*", default=[], metavar="FILE_INDEX:OLD=NEW",
                     help="with --from-json: rename a row of the i-th file (0-based), e.g. 0:glnet=glnet-2way")
     ap.add_argument("--search-margin", type=float, metavar="M",
-                    help="an experiment: lolscan.training.SEARCH_MARGIN set to M for every run (workers fork after it is set)")
+                    help="an experiment: lolscan.training.search.SEARCH_MARGIN set to M for every run (workers fork after it is set)")
     args = ap.parse_args()
     if args.search_margin is not None:
-        import lolscan.training as training
+        import lolscan.training.search as search  # the module whose `_keeps` reads it
 
-        training.SEARCH_MARGIN = args.search_margin
+        search.SEARCH_MARGIN = args.search_margin
 
     if args.from_json:
         renames: dict[int, dict[str, str]] = {}

@@ -34,7 +34,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("checkpoint", ("lolscan.checkpoint",)),
     # what the commands do: the streaming scan with its reports and gates (lolscan.scan.ray_engine, the scan
     # on Ray, included), training, evaluation, zoo building, inspection
-    ("apps", ("lolscan.scan.*", "lolscan.manifest", "lolscan.baseline", "lolscan.inspection", "lolscan.inspect_fast", "lolscan.training",
+    ("apps", ("lolscan.scan.*", "lolscan.manifest", "lolscan.baseline", "lolscan.inspection", "lolscan.inspect_fast", "lolscan.training.*",
               "lolscan.training_run", "lolscan.evaluation.*", "lolscan.zoo.*")),
     # the command line: parse → call → render
     ("cli", ("lolscan.cli.*", "lolscan.__main__")),

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from lolscan import training
+from lolscan.training import search
 from lolscan.manifest import read_manifest
 from lolscan.training import DEFAULT_LR, LR_GRID, TrainOptions, TrainResult, prepare, save_checkpoint, train, write_synthetic_zoo
 
@@ -70,6 +70,6 @@ def test_the_walk_goes_down_first_and_on_only_while_the_loss_falls(ds, monkeypat
         runs.append(o.lr)
         return TrainResult(None, {}, [], 0, 0, 0.0, {}, o, best_loss=losses[o.lr], lr=o.lr)
 
-    monkeypatch.setattr(training, "_train", fake)
+    monkeypatch.setattr(search, "_train", fake)  # where `train` looks it up
     res = train(ds, TrainOptions(**OPTS, lr=None, transform="none"))
     assert runs == walk and [e["lr"] for e in res.lr_search] == walk and res.lr == chosen

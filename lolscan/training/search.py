@@ -18,15 +18,15 @@ from typing import Any
 
 import torch
 
-from .utils.device import resolve_device  # noqa: F401 (also lolscan.training.resolve_device)
-from .utils.files import sha256_file
-from .adapter import Adapter
-from .errors import InputError, LolscanError, UsageError
-from .checkpoint import WEIGHTS_DTYPES
-from .manifest import Manifest, assign_splits
-from .evaluation.metrics import target_metrics
-from .nets.names import FIXED_RANK_ARCHS
-from .targets import Target, fit_normalisation, layout, make_target
+from ..utils.device import resolve_device  # noqa: F401 (also lolscan.training.resolve_device)
+from ..utils.files import sha256_file
+from ..adapter import Adapter
+from ..errors import InputError, LolscanError, UsageError
+from ..checkpoint import WEIGHTS_DTYPES
+from ..manifest import Manifest, assign_splits
+from ..evaluation.metrics import target_metrics
+from ..nets.names import FIXED_RANK_ARCHS
+from ..targets import Target, fit_normalisation, layout, make_target
 
 # What `lolscan train` gives an architecture for the hyperparameters the user does not set. The
 # classes' own defaults stay what older checkpoint cards were written with (cards are rebuilt
@@ -139,7 +139,7 @@ def load_all(
 
 
 def guess_base_model(adapters: Sequence[Adapter]) -> str:
-    from .formats.family import guess_family
+    from ..formats.family import guess_family
 
     counts = Counter(guess_family(a) for a in adapters)
     if len(counts) == 1:
@@ -162,8 +162,8 @@ def prepare(
     progress: bool = True,
     source_options: dict[str, Any] | None = None,
 ) -> Dataset:
-    from .formats.build import layer_finite
-    from .nets import LayerSpec
+    from ..formats.build import layer_finite
+    from ..nets import LayerSpec
 
     kinds, units = kinds or {}, units or {}
     if not target_columns:
@@ -179,7 +179,7 @@ def prepare(
     targets = [make_target(c, values[c], kinds.get(c), units.get(c, "")) for c in target_columns]
     layout(targets)
 
-    from .utils.progress import progress_console
+    from ..utils.progress import progress_console
     from rich.progress import Progress
 
     with Progress(console=progress_console(), transient=True, disable=not progress) as bar:
@@ -213,7 +213,7 @@ def prepare(
 # ---- training ---------------------------------------------------------------------------------
 def build(ds: Dataset, opts: TrainOptions, device: torch.device) -> torch.nn.Module:
     """A fresh model for ``opts.arch``, data-dependent buffers fitted on the training split."""
-    from .nets import build_model, max_rank
+    from ..nets import build_model, max_rank
 
     hp = RECOMMENDED.get(opts.arch, {}) | dict(opts.hparams)
     train = ds.split_adapters("train")
@@ -242,9 +242,9 @@ def _outputs(model: torch.nn.Module, batch: Any, chunk: int = 256, max_features:
     """Outputs in chunks; a baseline whose features were too large to precompute (``extract`` gave the
     FactorBatch back, e.g. mlp-dense on a 1.5B model) makes them per chunk, so a chunk holds at most
     ``max_features`` of them (256 Qwen adapters would be 23 GB of ΔW, times the standardised copies)."""
-    from .nets.batch import FactorBatch
-    from .nets.common import FeatureMLP
-    from .nets.ensemble import base_net
+    from ..nets.batch import FactorBatch
+    from ..nets.common import FeatureMLP
+    from ..nets.ensemble import base_net
 
     model.eval()
     first = base_net(model)
@@ -331,7 +331,7 @@ def _search_loss(targets: Sequence[Target], a: TrainResult, b: TrainResult) -> t
 def _confidence(targets: Sequence[Target], a: TrainResult, b: TrainResult, split: str = "val", reps: int = 1000) -> float:
     """The share of paired bootstrap resamples of ``split``'s rows where ``a``'s mean row loss is below ``b``'s
     (with several targets, each target's row losses relative to ``b``'s mean loss on it, as `_search_loss`)."""
-    from .evaluation.compare import bootstrap_indices
+    from ..evaluation.compare import bootstrap_indices
 
     if split not in a.outputs or split not in b.outputs:
         return 1.0
@@ -401,7 +401,7 @@ def heavy_tailed(xs: Sequence[float]) -> bool:
 
 
 def _present(ds: Dataset, t: Target, rows: Sequence[int]) -> list[float]:
-    from .targets import to_float
+    from ..targets import to_float
 
     return [to_float(ds.values[t.name][i], t.name) for i in rows if not t.missing(ds.values[t.name][i])]
 
@@ -565,7 +565,7 @@ def _ensemble(ds: Dataset, opts: TrainOptions, first: TrainResult, hparams: dict
     result: an `EnsembleNet`, whose outputs per split are the mean of the members' stored outputs, metrics
     from them and ``best_loss`` the ensemble's monitored loss. History and steps stay the first member's;
     ``ensemble`` records every member's seed, best steps and steps."""
-    from .nets.ensemble import EnsembleNet
+    from ..nets.ensemble import EnsembleNet
 
     results = [first]
     for k in range(1, opts.ensemble):
@@ -604,7 +604,7 @@ def _lower(a: float, b: float) -> bool:
 
 
 def _train(ds: Dataset, opts: TrainOptions) -> TrainResult:
-    from .utils.progress import progress_console
+    from ..utils.progress import progress_console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     device = resolve_device(opts.device)
@@ -716,7 +716,7 @@ def _serve_per_target(model: torch.nn.Module, targets: Sequence[Target], best_st
                       states: dict[int, dict[str, torch.Tensor]]) -> torch.nn.Module:
     """``model`` at the targets' common best step, or, where their best steps differ, a `PerTargetNet` of
     the model at each of those steps (ascending) serving every target's columns from its own best step."""
-    from .nets.pertarget import PerTargetNet
+    from ..nets.pertarget import PerTargetNet
 
     steps = sorted(set(best_steps.values()))
     if len(steps) == 1:
@@ -737,7 +737,7 @@ def _serve_per_target(model: torch.nn.Module, targets: Sequence[Target], best_st
 def _evaluate(targets: Sequence[Target], outputs: dict[str, torch.Tensor], ys: dict[str, Any]
               ) -> tuple[dict[str, dict[str, dict[str, Any]]], dict[str, torch.Tensor]]:
     """Metrics per split and target, and the test split's scores, from the model's raw outputs."""
-    from .evaluation.calibration import interval_coverage
+    from ..evaluation.calibration import interval_coverage
 
     metrics: dict[str, dict[str, dict[str, Any]]] = {}
     test_scores: dict[str, torch.Tensor] = {}
@@ -755,8 +755,8 @@ def _evaluate(targets: Sequence[Target], outputs: dict[str, torch.Tensor], ys: d
 def _model_inputs(model: torch.nn.Module, adapters: Sequence[Adapter], spec: Any, device: torch.device) -> Any:
     """Adapters collated for ``model``, with what does not depend on its weights computed once (per split,
     not per step): a baseline's fixed features, GL-net's spectral invariants."""
-    from .nets import collate
-    from .nets.common import FeatureMLP
+    from ..nets import collate
+    from ..nets.common import FeatureMLP
 
     batch = collate(adapters, spec, device)
     if isinstance(model, FeatureMLP):
@@ -774,7 +774,7 @@ def _outputs_for(model: torch.nn.Module, ds: Dataset, rows: Sequence[int]) -> to
 def calibrate(targets: Sequence[Target], result: TrainResult, level: float = 0.9, split: str = "val") -> None:
     """Fit each target's interval (regression) or temperature (classes) on ``split``'s outputs, then
     recompute the result's metrics with them (a run without such rows is left uncalibrated)."""
-    from .evaluation.calibration import conformal_halfwidth, fit_temperature
+    from ..evaluation.calibration import conformal_halfwidth, fit_temperature
 
     out, ys = result.outputs.get(split), result.ys.get(split)
     if out is None or ys is None:
@@ -809,7 +809,7 @@ def _label_summary(t: Target, values: list[Any]) -> dict[str, Any]:
 
 def _states(model: torch.nn.Module, best_steps: dict[str, int], targets: Sequence[Target]) -> dict[str, Any] | None:
     """A `PerTargetNet`'s card ``states``: which of its weights serve which target (None for one state)."""
-    from .nets.pertarget import PerTargetNet
+    from ..nets.pertarget import PerTargetNet
 
     if not isinstance(model, PerTargetNet):
         return None
@@ -818,9 +818,9 @@ def _states(model: torch.nn.Module, best_steps: dict[str, int], targets: Sequenc
 
 
 def make_card(ds: Dataset, result: TrainResult, *, name: str, description: str = "") -> dict[str, Any]:
-    from . import __version__
-    from .checkpoint import ENSEMBLE_SCHEMA_VERSION, STATES_SCHEMA_VERSION
-    from .nets.ensemble import EnsembleNet
+    from .. import __version__
+    from ..checkpoint import ENSEMBLE_SCHEMA_VERSION, STATES_SCHEMA_VERSION
+    from ..nets.ensemble import EnsembleNet
 
     model = result.model
     opts = result.options
@@ -909,8 +909,8 @@ def plot_panels(ds: Dataset, result: TrainResult) -> list[tuple[list[float], lis
 
 
 def _spectra_of(ds: Dataset, split: str, chunk: int = 64) -> torch.Tensor:
-    from .evaluation.calibration import spectra
-    from .nets import collate
+    from ..evaluation.calibration import spectra
+    from ..nets import collate
 
     ads = ds.split_adapters(split)
     return torch.cat([spectra(collate(ads[i : i + chunk], ds.spec)) for i in range(0, len(ads), chunk)])
@@ -918,7 +918,7 @@ def _spectra_of(ds: Dataset, split: str, chunk: int = 64) -> torch.Tensor:
 
 def fit_domain_for(ds: Dataset) -> Any:
     """The in-domain reference of a dataset's training adapters (None without training adapters)."""
-    from .evaluation.calibration import fit_domain
+    from ..evaluation.calibration import fit_domain
 
     if not ds.splits["train"]:
         return None
@@ -931,8 +931,8 @@ def card_history(folder: Path) -> list[dict[str, Any]]:
     """The card's ``history`` for a checkpoint about to replace the one in ``folder``: the old card's own history
     plus what it measured (test metrics, margins over the recipe, its training data), so a retrained bundled
     checkpoint keeps its earlier figures. Empty where no readable card is there."""
-    from .checkpoint import read_card
-    from .errors import LolscanError
+    from ..checkpoint import read_card
+    from ..errors import LolscanError
 
     try:
         old = read_card(folder)
@@ -958,9 +958,9 @@ def save_checkpoint(ds: Dataset, result: TrainResult, out: Path, *, name: str, o
     """Write the checkpoint folder (atomically) with its predicted-vs-true PNG inside. The card's
     ``hp_baseline`` holds each target's margin over the hyperparameter-only baseline on the test split
     (`lolscan.baseline`; pass ``hp``, its fit, to share one fit between checkpoints of one dataset)."""
-    from . import baseline
-    from .checkpoint import PLOT_NAME, Checkpoint
-    from .scan.report import plot_title, scatter_png
+    from .. import baseline
+    from ..checkpoint import PLOT_NAME, Checkpoint
+    from ..scan.report import plot_title, scatter_png
 
     from safetensors.torch import save as save_tensors
 
@@ -974,7 +974,7 @@ def save_checkpoint(ds: Dataset, result: TrainResult, out: Path, *, name: str, o
     files = {}
     domain = fit_domain_for(ds)
     if domain is not None:
-        from .evaluation.calibration import DOMAIN_FILE
+        from ..evaluation.calibration import DOMAIN_FILE
 
         files[DOMAIN_FILE] = save_tensors(domain.to_tensors())
         card["domain"] = domain.card()
