@@ -4,7 +4,7 @@
     OMP_NUM_THREADS=1 python3 bench/train_step.py                     # SmolLM2-135M k/v shapes, 989 adapters
     python3 bench/train_step.py --n 200 --layers 8 --steps 10 --rounds 2  # quick
 
-Each step is what `lolscan.training._train` does: select 32 rows, forward, loss, backward, AdamW step. The two
+Each step is what `lolscan.training.loop._train` does: select 32 rows, forward, loss, backward, AdamW step. The two
 layouts alternate in rounds (so a busy machine slows both alike); the median ms per step of each, their
 ratio, and the largest difference between the two layouts' minibatch factors (must be 0) are printed.
 """
