@@ -150,7 +150,13 @@ def main() -> None:
                     help="score a numeric target as N equal-width bins over its range (a multiclass target)")
     ap.add_argument("--test-where", action="append", default=[], metavar="COLUMN=V[,V...]",
                     help="also the honest table on the test rows whose manifest COLUMN is one of the values (repeatable)")
+    ap.add_argument("--search-margin", type=float, metavar="M",
+                    help="an experiment: lolscan.training.search.SEARCH_MARGIN set to M for every run")
     args = ap.parse_args()
+    if args.search_margin is not None:
+        import lolscan.training.search as search
+
+        search.SEARCH_MARGIN = args.search_margin
     if args.from_json:
         merged = merge_saved(args.from_json)
         if args.manifest and ("honest" not in merged or args.refit_baselines):
