@@ -220,7 +220,7 @@ def test_mix_leases_pack_their_own_adapters_and_resume_from_the_last_chunk(tmp_p
     assert s.returncode == 0 and s.stdout.count('"rows_without_adapter": 0') == 2 and s.stdout.count('"rows": 8') == 2
 
 
-@pytest.mark.skipif(not (CHUNKS / "g00").is_dir(), reason=f"no MiniLM and data chunks in {CHUNKS}")
+@pytest.mark.skipif(not (CHUNKS / "g00" / "mpart00").is_file(), reason=f"no MiniLM and data chunks in {CHUNKS}")
 def test_rehearsal_two_cpu_leases_come_home_as_one_build(tmp_path: Path) -> None:
     """diff_rehearse.sh, small: real builds on the CPU, a first lease that completes the fashion zoo and half the
     fonts zoo, a second from the resume folder alone; the home zoos equal one uninterrupted build."""
