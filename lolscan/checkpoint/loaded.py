@@ -15,14 +15,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import IncompatibleAdapter, InputError, UsageError
-from .nets.names import ARCHITECTURES, FIXED_RANK_ARCHS  # torch-free: reading a card needs no torch
-from .targets import Target
+from ..errors import IncompatibleAdapter, InputError, UsageError
+from ..nets.names import ARCHITECTURES, FIXED_RANK_ARCHS  # torch-free: reading a card needs no torch
+from ..targets import Target
 
 if TYPE_CHECKING:  # torch only where a model is built or run: `lolscan models` reads cards without it
     import torch
 
-    from .adapter import Adapter
+    from ..adapter import Adapter
 
 # 2: the card may hold ``states`` (several weights, one per target's best step: `lolscan.nets.PerTargetNet`).
 # 3: the card may hold ``ensemble`` (models trained at several seeds, outputs averaged: `lolscan.nets.EnsembleNet`).
@@ -176,7 +176,7 @@ def validate_card(card: Any, path: Path | str) -> None:
     if isinstance(version, bool) or not isinstance(version, int):
         raise CheckpointError("card has no integer schema_version", path=path)
     if version > CARD_SCHEMA_VERSION:
-        from ._version import __version__
+        from .._version import __version__
 
         by = card.get("lolscan_version")
         raise CheckpointError(
@@ -307,7 +307,7 @@ class Checkpoint:
         given as a list or as an already collated `FactorBatch`."""
         import torch
 
-        from .nets import FactorBatch, collate
+        from ..nets import FactorBatch, collate
 
         self.model.eval()
         batch = adapters if isinstance(adapters, FactorBatch) else collate(adapters, self.spec, self.device, dtype=_model_dtype(self.model), check=False)
@@ -322,8 +322,8 @@ class Checkpoint:
 
     def domain_rows(self, adapters: list[Adapter] | Any) -> list[dict[str, Any]] | None:
         """Per adapter ``{"score", "in_domain"}`` (None when the checkpoint has no domain reference)."""
-        from .evaluation.calibration import spectra  # computes without autograd
-        from .nets import FactorBatch, collate
+        from ..evaluation.calibration import spectra  # computes without autograd
+        from ..nets import FactorBatch, collate
 
         dom = self.domain
         if dom is None:
@@ -474,7 +474,7 @@ class CheckpointSet:
             m.require_fits(adapter)
 
     def _batch(self, adapters: list[Adapter] | Any) -> Any:
-        from .nets import FactorBatch, collate
+        from ..nets import FactorBatch, collate
 
         if isinstance(adapters, FactorBatch):
             return adapters
@@ -498,8 +498,8 @@ class CheckpointSet:
     def _each(self, batch: Any) -> Any:
         """(member, the batch as that member alone would get it): the same factors, a fresh cache (a model
         may keep derived features there), so that each member's predictions are those of ``--model`` it."""
-        from .nets import FactorBatch
-        from .nets.svd import SPECTRA
+        from ..nets import FactorBatch
+        from ..nets.svd import SPECTRA
 
         for m in self._members:
             own = FactorBatch(batch.spec, batch.groups, batch.sources, {})
@@ -553,7 +553,7 @@ def check_fits(adapter: Adapter, spec: Any, rule: dict[str, Any]) -> None:
         msg = str(exc)
         if exc.path and msg.startswith(f"{exc.path}: "):
             msg = msg[len(exc.path) + 2 :]
-        from .formats.family import FAMILY_NAMES, diffusion_family, diffusion_kind, diffusion_parts, guess_family
+        from ..formats.family import FAMILY_NAMES, diffusion_family, diffusion_kind, diffusion_parts, guess_family
 
         family = guess_family(adapter)
         theirs = diffusion_kind(family)
@@ -572,7 +572,7 @@ def check_fits(adapter: Adapter, spec: Any, rule: dict[str, Any]) -> None:
 def _check_declared_base(adapter: Adapter, rule: dict[str, Any]) -> None:
     """Refuse when the base model a remote source declares (Civitai "SD 1.5", a model card's base_model)
     is another diffusion family than the checkpoint's, even if the layer shapes happen to fit."""
-    from .formats.family import diffusion_family
+    from ..formats.family import diffusion_family
 
     declared = (adapter.metadata.get("source") or {}).get("base_model")
     if not isinstance(declared, str) or not declared:
@@ -593,8 +593,8 @@ def _model_dtype(model: torch.nn.Module) -> torch.dtype:
 
 def load_checkpoint(model: str | Path, *, device: str | torch.device = "cpu") -> Checkpoint:
     """Resolve ``--model`` and load it, validating the card and the tensors against each other."""
-    from .nets import LayerSpec, build_model
-    from .formats.tensorfile import read_safetensors
+    from ..nets import LayerSpec, build_model
+    from ..formats.tensorfile import read_safetensors
 
     folder = resolve(str(model)) if not isinstance(model, Path) else model
     if not is_checkpoint(folder):
@@ -617,14 +617,14 @@ def load_checkpoint(model: str | Path, *, device: str | torch.device = "cpu") ->
         """One trained model: a net, or, with ``states``, each target served by the weights at its own best step."""
         if states is None:
             return build_model(card["architecture"], spec, int(card["out_dim"]), **card["hparams"])
-        from .nets import PerTargetNet
+        from ..nets import PerTargetNet
 
         serve = states["targets"]
         return PerTargetNet([one(None) for _ in range(states["count"])], [serve[t.name] for t in targets for _ in range(t.width)])
 
     try:
         if "ensemble" in card:  # models of several seeds, outputs averaged
-            from .nets import EnsembleNet
+            from ..nets import EnsembleNet
 
             net = EnsembleNet([one(s) for s in card["ensemble"]["states"]])
         else:
@@ -645,8 +645,8 @@ def load_checkpoint(model: str | Path, *, device: str | torch.device = "cpu") ->
 
 def _load_domain(folder: Path, info: dict[str, Any], layers: int) -> Any:
     """The domain reference a card names, checked against the layer spec."""
-    from .evaluation.calibration import DOMAIN_FILE, Domain
-    from .formats.tensorfile import read_safetensors
+    from ..evaluation.calibration import DOMAIN_FILE, Domain
+    from ..formats.tensorfile import read_safetensors
 
     path = folder / str(info.get("file", DOMAIN_FILE))
     if path.name != str(info.get("file", DOMAIN_FILE)) or not path.is_file():
