@@ -31,7 +31,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("nets", ("lolscan.nets.*", "lolscan.evaluation", "lolscan.evaluation.calibration", "lolscan.evaluation.metrics",
               "lolscan.evaluation.compare")),
     # trained checkpoints: cards, files, compatibility with an adapter
-    ("checkpoint", ("lolscan.checkpoint",)),
+    ("checkpoint", ("lolscan.checkpoint.*",)),
     # what the commands do: the streaming scan with its reports and gates (lolscan.scan.ray_engine, the scan
     # on Ray, included), training, evaluation, zoo building, inspection
     ("apps", ("lolscan.scan.*", "lolscan.manifest", "lolscan.baseline", "lolscan.inspection", "lolscan.inspect_fast", "lolscan.training.*",

@@ -1,10 +1,5 @@
-"""Checkpoints: a folder with ``model.safetensors`` and ``card.json``. Never pickle.
-
-The card holds everything needed to rebuild and trust the model: architecture and
-hyperparameters, the layer spec it was trained on, the base model family, the targets
-(kind, units, labels, normalisation), held-out metrics, a summary of the training data, the
-lolscan version, and the name/shape of every tensor (checked against the file on load).
-"""
+"""The loaded checkpoint: `Checkpoint` (a model with its card, which predicts and saves itself),
+`CheckpointSet` (several scoring one batch), `load_checkpoint` and whether an adapter fits (`check_fits`)."""
 from __future__ import annotations
 
 import json
@@ -15,237 +10,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import IncompatibleAdapter, InputError, UsageError
-from .nets.names import ARCHITECTURES, FIXED_RANK_ARCHS  # torch-free: reading a card needs no torch
-from .targets import Target
+from ..errors import IncompatibleAdapter, UsageError
+from ..nets.names import FIXED_RANK_ARCHS  # torch-free, as the card's names
+from ..targets import Target
+from .card import CARD_NAME, WEIGHTS_NAME, CheckpointError, read_card, validate_card
+from .locations import is_checkpoint, resolve
 
 if TYPE_CHECKING:  # torch only where a model is built or run: `lolscan models` reads cards without it
     import torch
 
-    from .adapter import Adapter
-
-# 2: the card may hold ``states`` (several weights, one per target's best step: `lolscan.nets.PerTargetNet`).
-# 3: the card may hold ``ensemble`` (models trained at several seeds, outputs averaged: `lolscan.nets.EnsembleNet`).
-# A card is written with the oldest version that holds it (1 without either), so older lolscan reads what it can
-# and refuses the rest in one line rather than misreading it.
-STATES_SCHEMA_VERSION = 2
-ENSEMBLE_SCHEMA_VERSION = 3
-CARD_SCHEMA_VERSION = 3  # the newest this lolscan reads
-CARD_NAME = "card.json"
-WEIGHTS_NAME = "model.safetensors"
-# The precisions a card's ``weights_dtype`` may name (absent: float32). Parameters are stored in it, buffers in
-# float32; loading widens them to float32 exactly (`lolscan train --weights-dtype`).
-WEIGHTS_DTYPES = ("float32", "float16", "bfloat16")
-PLOT_NAME = "pred_vs_true.png"
-REQUIRED = ("schema_version", "architecture", "hparams", "out_dim", "layer_spec", "targets", "tensors", "lolscan_version")
+    from ..adapter import Adapter
 
 
-class CheckpointError(InputError):
-    """A checkpoint folder that cannot be trusted (missing, malformed, tensors disagree): exit 3."""
-
-
-# ---- where checkpoints live -------------------------------------------------------------------
-def bundled_dir() -> Path:
-    """Pretrained checkpoints shipped with lolscan, or $LOLSCAN_MODELS_DIR.
-
-    An installed wheel carries them as package data in ``lolscan/_models`` (setup.py maps the
-    repository's ``models/`` there at build time); a checkout (or an editable install) reads the
-    repository's ``models/`` beside the package.
-    """
-    env = os.environ.get("LOLSCAN_MODELS_DIR")
-    if env:
-        return Path(env).expanduser()
-    import lolscan
-
-    package = Path(lolscan.__file__).resolve().parent
-    inside = package / "_models"
-    if inside.is_dir():
-        return inside
-    return package.parent / "models"
-
-
-def user_dir() -> Path:
-    """The user's own checkpoints: ``<user data dir>/models`` ($LOLSCAN_DATA_DIR replaces the data dir)."""
-    env = os.environ.get("LOLSCAN_DATA_DIR")
-    if env:
-        return Path(env).expanduser() / "models"
-    import platformdirs
-
-    return Path(platformdirs.user_data_dir("lolscan")) / "models"
-
-
-def is_checkpoint(p: Path) -> bool:
-    return p.is_dir() and (p / CARD_NAME).is_file()
-
-
-def looks_like_path(text: str) -> bool:
-    return "/" in text or os.sep in text or text.startswith((".", "~"))
-
-
-def output_path(out: str) -> Path:
-    """``--out``: a path when it contains a slash, else a name in the user checkpoint folder."""
-    if looks_like_path(out):
-        return Path(out).expanduser()
-    if not out or out in (".", "..") or any(c in out for c in '\\:*?"<>|'):
-        raise UsageError(f"--out {out!r}: not a usable checkpoint name")
-    return user_dir() / out
-
-
-def resolve(model: str) -> Path:
-    """``--model NAME|PATH``: an existing path, then a user checkpoint name, then a bundled one."""
-    p = Path(model).expanduser()
-    if p.exists():
-        if not is_checkpoint(p):
-            raise CheckpointError(f"not a lolscan checkpoint (no {CARD_NAME})", path=p)
-        return p
-    if not looks_like_path(model):
-        for root in (user_dir(), bundled_dir()):
-            if is_checkpoint(root / model):
-                return root / model
-    names = sorted({info["name"] for info in list_checkpoints()})
-    hint = f"available: {', '.join(names)}" if names else "no checkpoints are installed; train one with `lolscan train`"
-    raise UsageError(f"--model {model!r}: no such checkpoint folder or name ({hint})")
-
-
-def default_model() -> Path:
-    """The model `lolscan eval` uses without --model (and `lolscan predict` where no checkpoint is bundled;
-    else it uses every bundled one that fits, `lolscan.scan.auto`): a bundled card marked
-    ``"default": true``, else the only one."""
-    infos = [i for i in list_checkpoints() if not i.get("error")]
-    marked = [i for i in infos if i.get("default") and i["origin"] == "bundled"]
-    if marked:
-        return Path(marked[0]["path"])
-    if len(infos) == 1:
-        return Path(infos[0]["path"])
-    names = ", ".join(sorted(i["name"] for i in infos)) or "none installed"
-    raise UsageError(f"no --model given and no default checkpoint (available: {names})")
-
-
-def list_checkpoints() -> list[dict[str, Any]]:
-    """Cards of user then bundled checkpoints (cards only; weights are not read)."""
-    out = []
-    for origin, root in (("user", user_dir()), ("bundled", bundled_dir())):
-        if not root.is_dir():
-            continue
-        for p in sorted(root.iterdir()):
-            if not is_checkpoint(p) or p.name.startswith("."):
-                continue
-            info: dict[str, Any] = {"name": p.name, "origin": origin, "path": str(p)}
-            try:
-                card = read_card(p)
-            except CheckpointError as exc:
-                info["error"] = str(exc)
-                out.append(info)
-                continue
-            info.update(
-                architecture=card["architecture"],
-                task=task_summary([Target.from_json(t) for t in card["targets"]]),
-                base_model=card.get("base_model", "unknown"),
-                metrics=card.get("metrics", {}).get("test", {}),
-                default=bool(card.get("default", False)),
-                description=card.get("description", ""),
-            )
-            if isinstance(card.get("ensemble"), dict):  # models of several seeds, outputs averaged: how many
-                info["ensemble"] = card["ensemble"]["members"]
-            out.append(info)
-    return out
-
-
-def task_summary(targets: list[Target]) -> str:
-    return "; ".join(t.describe() for t in targets)
-
-
-# ---- the card ---------------------------------------------------------------------------------
-def read_card(folder: Path) -> dict[str, Any]:
-    path = folder / CARD_NAME
-    try:
-        card = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CheckpointError(f"missing {CARD_NAME}", path=folder) from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"unreadable card: {exc}", path=path) from None
-    validate_card(card, path)
-    return card
-
-
-def validate_card(card: Any, path: Path | str) -> None:
-    """Schema version and required fields, with one-line errors."""
-    if not isinstance(card, dict):
-        raise CheckpointError("card is not a JSON object", path=path)
-    version = card.get("schema_version")
-    if isinstance(version, bool) or not isinstance(version, int):
-        raise CheckpointError("card has no integer schema_version", path=path)
-    if version > CARD_SCHEMA_VERSION:
-        from ._version import __version__
-
-        by = card.get("lolscan_version")
-        raise CheckpointError(
-            f"card schema_version {version} is newer than this lolscan understands (lolscan {__version__} reads up to "
-            f"{CARD_SCHEMA_VERSION}" + (f"; the card was written by lolscan {by}" if isinstance(by, str) and by else "")
-            + "); upgrade lolscan",
-            path=path,
-        )
-    if version < 1:
-        raise CheckpointError(f"card schema_version {version} is not valid", path=path)
-    missing = [k for k in REQUIRED if k not in card]
-    if missing:
-        raise CheckpointError(f"card lacks required field(s): {', '.join(missing)}", path=path)
-    if card["architecture"] not in ARCHITECTURES:
-        raise CheckpointError(f"card names unknown architecture {card['architecture']!r}", path=path)
-    if not isinstance(card["hparams"], dict):
-        raise CheckpointError("card hparams must be an object", path=path)
-    if not isinstance(card["targets"], list) or not card["targets"] or not all(isinstance(t, dict) for t in card["targets"]):
-        raise CheckpointError("card targets must be a non-empty list of objects", path=path)
-    try:
-        targets = [Target.from_json(t) for t in card["targets"]]
-    except (TypeError, UsageError) as exc:
-        raise CheckpointError(f"card has a malformed target: {exc}", path=path) from None
-    width = 0
-    for t in targets:
-        if t.offset != width or t.width < 1 or (t.kind in ("multiclass", "multilabel") and len(t.labels) != t.width):
-            raise CheckpointError(f"card target {t.name!r} has an inconsistent output slice", path=path)
-        if t.kind == "regression" and not (t.std > 0):
-            raise CheckpointError(f"card target {t.name!r} has a non-positive std", path=path)
-        width += t.width
-    if card["out_dim"] != width:
-        raise CheckpointError(f"card out_dim {card['out_dim']} does not match its targets' width {width}", path=path)
-    names = {t.name for t in targets}
-    if "states" in card and not _valid_states(card["states"], names):
-        raise CheckpointError("card states must give a count ≥ 2 and, for every target, one of them that serves it "
-                              "(each serving some target)", path=path)
-    if "ensemble" in card:
-        ens = card["ensemble"]
-        members = ens.get("members") if isinstance(ens, dict) else None
-        states = ens.get("states") if isinstance(ens, dict) else None
-        if (isinstance(members, bool) or not isinstance(members, int) or members < 2 or not isinstance(states, list)
-                or len(states) != members or not all(s is None or _valid_states(s, names) for s in states)):
-            raise CheckpointError("card ensemble must give its number of members (≥ 2) and, for each member, null or its "
-                                  "states (as the card's own states)", path=path)
-        if version < ENSEMBLE_SCHEMA_VERSION:
-            raise CheckpointError(f"card holds an ensemble but says schema_version {version} "
-                                  f"(an ensemble needs {ENSEMBLE_SCHEMA_VERSION})", path=path)
-        if "states" in card:
-            raise CheckpointError("card holds both states and an ensemble (an ensemble's members give their own states)", path=path)
-    if card.get("weights_dtype", "float32") not in WEIGHTS_DTYPES:
-        raise CheckpointError(f"card weights_dtype {card['weights_dtype']!r} is not one of {', '.join(WEIGHTS_DTYPES)}", path=path)
-    tensors = card["tensors"]
-    if not isinstance(tensors, dict) or not all(
-        isinstance(s, list) and all(isinstance(d, int) for d in s) for s in tensors.values()
-    ):
-        raise CheckpointError("card tensors must map names to shapes", path=path)
-
-
-def _valid_states(states: Any, names: set[str]) -> bool:
-    """A card's ``states``: a count ≥ 2 and, for every target, the index of the state serving it (each serving one)."""
-    count = states.get("count") if isinstance(states, dict) else None
-    serve = states.get("targets") if isinstance(states, dict) else None
-    return not (isinstance(count, bool) or not isinstance(count, int) or count < 2 or not isinstance(serve, dict)
-                or set(serve) != names
-                or not all(isinstance(k, int) and not isinstance(k, bool) and 0 <= k < count for k in serve.values())
-                or set(serve.values()) != set(range(count)))
-
-
-# ---- the loaded checkpoint --------------------------------------------------------------------
 @dataclass
 class Checkpoint:
     model: torch.nn.Module
@@ -307,7 +83,7 @@ class Checkpoint:
         given as a list or as an already collated `FactorBatch`."""
         import torch
 
-        from .nets import FactorBatch, collate
+        from ..nets import FactorBatch, collate
 
         self.model.eval()
         batch = adapters if isinstance(adapters, FactorBatch) else collate(adapters, self.spec, self.device, dtype=_model_dtype(self.model), check=False)
@@ -322,8 +98,8 @@ class Checkpoint:
 
     def domain_rows(self, adapters: list[Adapter] | Any) -> list[dict[str, Any]] | None:
         """Per adapter ``{"score", "in_domain"}`` (None when the checkpoint has no domain reference)."""
-        from .evaluation.calibration import spectra  # computes without autograd
-        from .nets import FactorBatch, collate
+        from ..evaluation.calibration import spectra  # computes without autograd
+        from ..nets import FactorBatch, collate
 
         dom = self.domain
         if dom is None:
@@ -474,7 +250,7 @@ class CheckpointSet:
             m.require_fits(adapter)
 
     def _batch(self, adapters: list[Adapter] | Any) -> Any:
-        from .nets import FactorBatch, collate
+        from ..nets import FactorBatch, collate
 
         if isinstance(adapters, FactorBatch):
             return adapters
@@ -498,8 +274,8 @@ class CheckpointSet:
     def _each(self, batch: Any) -> Any:
         """(member, the batch as that member alone would get it): the same factors, a fresh cache (a model
         may keep derived features there), so that each member's predictions are those of ``--model`` it."""
-        from .nets import FactorBatch
-        from .nets.svd import SPECTRA
+        from ..nets import FactorBatch
+        from ..nets.svd import SPECTRA
 
         for m in self._members:
             own = FactorBatch(batch.spec, batch.groups, batch.sources, {})
@@ -553,7 +329,7 @@ def check_fits(adapter: Adapter, spec: Any, rule: dict[str, Any]) -> None:
         msg = str(exc)
         if exc.path and msg.startswith(f"{exc.path}: "):
             msg = msg[len(exc.path) + 2 :]
-        from .formats.family import FAMILY_NAMES, diffusion_family, diffusion_kind, diffusion_parts, guess_family
+        from ..formats.family import FAMILY_NAMES, diffusion_family, diffusion_kind, diffusion_parts, guess_family
 
         family = guess_family(adapter)
         theirs = diffusion_kind(family)
@@ -572,7 +348,7 @@ def check_fits(adapter: Adapter, spec: Any, rule: dict[str, Any]) -> None:
 def _check_declared_base(adapter: Adapter, rule: dict[str, Any]) -> None:
     """Refuse when the base model a remote source declares (Civitai "SD 1.5", a model card's base_model)
     is another diffusion family than the checkpoint's, even if the layer shapes happen to fit."""
-    from .formats.family import diffusion_family
+    from ..formats.family import diffusion_family
 
     declared = (adapter.metadata.get("source") or {}).get("base_model")
     if not isinstance(declared, str) or not declared:
@@ -593,8 +369,8 @@ def _model_dtype(model: torch.nn.Module) -> torch.dtype:
 
 def load_checkpoint(model: str | Path, *, device: str | torch.device = "cpu") -> Checkpoint:
     """Resolve ``--model`` and load it, validating the card and the tensors against each other."""
-    from .nets import LayerSpec, build_model
-    from .formats.tensorfile import read_safetensors
+    from ..nets import LayerSpec, build_model
+    from ..formats.tensorfile import read_safetensors
 
     folder = resolve(str(model)) if not isinstance(model, Path) else model
     if not is_checkpoint(folder):
@@ -617,14 +393,14 @@ def load_checkpoint(model: str | Path, *, device: str | torch.device = "cpu") ->
         """One trained model: a net, or, with ``states``, each target served by the weights at its own best step."""
         if states is None:
             return build_model(card["architecture"], spec, int(card["out_dim"]), **card["hparams"])
-        from .nets import PerTargetNet
+        from ..nets import PerTargetNet
 
         serve = states["targets"]
         return PerTargetNet([one(None) for _ in range(states["count"])], [serve[t.name] for t in targets for _ in range(t.width)])
 
     try:
         if "ensemble" in card:  # models of several seeds, outputs averaged
-            from .nets import EnsembleNet
+            from ..nets import EnsembleNet
 
             net = EnsembleNet([one(s) for s in card["ensemble"]["states"]])
         else:
@@ -645,8 +421,8 @@ def load_checkpoint(model: str | Path, *, device: str | torch.device = "cpu") ->
 
 def _load_domain(folder: Path, info: dict[str, Any], layers: int) -> Any:
     """The domain reference a card names, checked against the layer spec."""
-    from .evaluation.calibration import DOMAIN_FILE, Domain
-    from .formats.tensorfile import read_safetensors
+    from ..evaluation.calibration import DOMAIN_FILE, Domain
+    from ..formats.tensorfile import read_safetensors
 
     path = folder / str(info.get("file", DOMAIN_FILE))
     if path.name != str(info.get("file", DOMAIN_FILE)) or not path.is_file():
