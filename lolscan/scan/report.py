@@ -36,12 +36,6 @@ from ..targets import Target
 from ..utils.files import finite_json
 from .gates import Gate, summary
 
-# Until their callers import them from the modules that now define them (the next commit):
-from .gates import apply_gates, check_gates, exit_code, gate_value, parse_gate  # noqa: F401,E402
-from .plot import (  # noqa: F401,E402
-    _BOTTOM, _FONT, _GAP, _LEFT, _TOP, _Canvas, nice_ticks, plot_title, scatter_png, text_width, tick_label,
-)
-
 SCHEMA_VERSION = 1
 NO_MODEL = "no checkpoint"  # what JUnit and SARIF call the model of a run where no bundled checkpoint fits any adapter
 FORMATS = ("table", "json", "jsonl", "csv", "markdown", "junit", "sarif")
