@@ -254,7 +254,7 @@ def test_reader_processes_on_hostile_files_one_line_each_and_complete_output(env
 
 # ---- issue 24: exit codes whatever the row order, resume edges, nonfinite, the output lock ------------------
 def test_exit_code_looks_at_every_row_not_the_last():
-    from lolscan.scan.report import exit_code
+    from lolscan.scan.gates import exit_code
 
     ok = {"status": "ok", "gates": [{"passed": True}]}
     fail = {"status": "ok", "gates": [{"passed": False}]}

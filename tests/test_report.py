@@ -11,16 +11,11 @@ import zlib
 
 import pytest
 
-from lolscan.scan import report
+from lolscan.scan import plot
 from lolscan.errors import UsageError
-from lolscan.scan.report import (
-    apply_gates,
-    check_gates,
-    exit_code,
-    parse_gate,
-    render,
-    scatter_png,
-)
+from lolscan.scan.gates import apply_gates, check_gates, exit_code, parse_gate
+from lolscan.scan.plot import scatter_png
+from lolscan.scan.report import render
 from lolscan.targets import Target, layout
 from lolscan.utils.files import atomic_write
 
@@ -185,14 +180,14 @@ def _ink(rows: list[bytes], x: int, y: int, w: int, h: int) -> list[str]:
 
 def _drawn(text: str, scale: int = 1, up: bool = False) -> list[str]:
     """``text`` drawn alone on a canvas of exactly its size, as '#'/'.' rows."""
-    length, height = max(report.text_width(text, scale), 1), 7 * scale
-    canvas = report._Canvas(height, length) if up else report._Canvas(length, height)
+    length, height = max(plot.text_width(text, scale), 1), 7 * scale
+    canvas = plot._Canvas(height, length) if up else plot._Canvas(length, height)
     canvas.text(0, length - 1 if up else 0, text, scale=scale, up=up)
     return _ink(_decode_png(canvas.png())[2], 0, 0, canvas.w, canvas.h)
 
 
 def test_glyphs_render_as_their_bitmaps():
-    assert all(len(g) == 7 and max(g) < 32 for g in report._FONT.values())
+    assert all(len(g) == 7 and max(g) < 32 for g in plot._FONT.values())
     assert _drawn("R²") == [
         "####...##..",
         "#...#.#..#.",
@@ -214,8 +209,8 @@ def test_scatter_png_is_a_valid_image_with_the_points():
     size = 100
     data = scatter_png([([0.0, 1.0], [0.0, 1.0]), ([0.0, 1.0, 0.5], [1.0, 0.0, 0.5])], size=size)
     w, h, rows = _decode_png(data)
-    cell = report._LEFT + size + report._GAP
-    assert (w, h) == (2 * cell, report._TOP + size + report._BOTTOM)
+    cell = plot._LEFT + size + plot._GAP
+    assert (w, h) == (2 * cell, plot._TOP + size + plot._BOTTOM)
     blue = (31, 119, 180)
 
     def has_blue(x_lo: int, x_hi: int, y_lo: int, y_hi: int) -> bool:
@@ -223,7 +218,7 @@ def test_scatter_png_is_a_valid_image_with_the_points():
 
     # the range is padded 5% each side, so 0 and 1 sit 4-5 px inside the 100 px plot area
     for k, points in enumerate([[(0, 0), (1, 1)], [(0, 1), (1, 0), (0.5, 0.5)]]):
-        x0, y0 = k * cell + report._LEFT, report._TOP
+        x0, y0 = k * cell + plot._LEFT, plot._TOP
         for a, b in [(0, 0), (0, 1), (1, 0), (1, 1), (0.5, 0.5)]:
             x, y = x0 + 4 + round(a * 90), y0 + 95 - round(b * 90)
             assert has_blue(x - 3, x + 4, y - 3, y + 4) == ((a, b) in points), (k, a, b)
@@ -233,14 +228,14 @@ def test_scatter_png_titles_axis_labels_and_tick_values():
     size = 200  # wide enough for the title at twice the font size
     titles = ["val_loss  test R² 0.912", ""]
     w, h, rows = _decode_png(scatter_png([([0.0, 1.0], [0.0, 1.0]), ([0.0, 1.0], [1.0, 0.0])], size=size, titles=titles))
-    cell, top = report._LEFT + size + report._GAP, report._TOP
+    cell, top = plot._LEFT + size + plot._GAP, plot._TOP
     # the title, drawn at twice the font size, in the band above the first panel only
     title = _drawn(titles[0], scale=2)
     y_title = (top - 14) // 2
     assert _ink(rows, 4, y_title, len(title[0]), 14) == title
     assert sum(r.count("#") for r in _ink(rows, 0, 0, w, top)) == sum(r.count("#") for r in title)
     # tick values 0.0, 0.2, ..., 1.0 under the x axis and left of the y axis, centred on their ticks
-    inner, x0 = size - 1, report._LEFT
+    inner, x0 = size - 1, plot._LEFT
     bottom = top + inner
 
     def px(v: float) -> int:
@@ -263,19 +258,19 @@ def test_scatter_png_titles_axis_labels_and_tick_values():
 
 def test_long_titles_are_shortened_to_their_panel_and_helpers():
     size = 60
-    cell = report._LEFT + size + report._GAP
+    cell = plot._LEFT + size + plot._GAP
     long = "a_very_long_target_name_indeed  test mean accuracy 0.812"
     w, h, rows = _decode_png(scatter_png([([0.0], [0.0]), ([1.0], [1.0])], size=size, titles=[long, long]))
-    band = _ink(rows, 0, 0, w, report._TOP)
+    band = _ink(rows, 0, 0, w, plot._TOP)
     first = [r[:cell] for r in band]
     assert any("#" in r for r in first) and all(r[cell - 4 : cell + 4] == "." * 8 for r in band)  # one size, no overlap
-    assert report.nice_ticks(2.35, 3.2) == pytest.approx([2.4, 2.6, 2.8, 3.0, 3.2])
-    assert report.nice_ticks(-7, -2) == [-7.0, -6.0, -5.0, -4.0, -3.0, -2.0]
-    assert [report.tick_label(v, [0.0, 0.05]) for v in (0.0, 0.05, -0.1)] == ["0.00", "0.05", "-0.10"]
-    assert report.tick_label(2e7, [0.0, 1e7]) == "2e+07"
-    assert report.plot_title("val_loss", "regression", {"r2": 0.91234}) == "val_loss  test R² 0.912"
-    assert report.plot_title("nsfw", "binary", {"accuracy": 0.5}) == "nsfw  test accuracy 0.500"
-    assert report.plot_title("src", "multilabel", {"mean_accuracy": float("nan")}) == "src  test mean accuracy n/a"
+    assert plot.nice_ticks(2.35, 3.2) == pytest.approx([2.4, 2.6, 2.8, 3.0, 3.2])
+    assert plot.nice_ticks(-7, -2) == [-7.0, -6.0, -5.0, -4.0, -3.0, -2.0]
+    assert [plot.tick_label(v, [0.0, 0.05]) for v in (0.0, 0.05, -0.1)] == ["0.00", "0.05", "-0.10"]
+    assert plot.tick_label(2e7, [0.0, 1e7]) == "2e+07"
+    assert plot.plot_title("val_loss", "regression", {"r2": 0.91234}) == "val_loss  test R² 0.912"
+    assert plot.plot_title("nsfw", "binary", {"accuracy": 0.5}) == "nsfw  test accuracy 0.500"
+    assert plot.plot_title("src", "multilabel", {"mean_accuracy": float("nan")}) == "src  test mean accuracy n/a"
 
 
 # ---- atomic writes ----------------------------------------------------------------------------

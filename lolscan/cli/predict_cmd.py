@@ -10,7 +10,8 @@ from typing import Annotated, Any, Literal, Optional
 import typer
 
 from ..errors import UsageError, elide
-from ..scan.report import exit_code, format_from_suffix, jsonl_line, parse_gate, render, render_table, summary
+from ..scan.gates import exit_code, parse_gate, summary
+from ..scan.report import format_from_suffix, jsonl_line, render, render_table
 from .app import app
 from .console import console, err_console, print_error, print_warning
 from .plain import PlainCommand, examples

@@ -278,7 +278,8 @@ class _ScoreActor:
         import torch
 
         from .discovery import Found
-        from .report import apply_gates, jsonl_line
+        from .gates import apply_gates
+        from .report import jsonl_line
         from .scoring import _Item
 
         if self.before_score is not None:
@@ -372,7 +373,8 @@ def ray_session(ray: Any, ropts: RayOptions) -> Iterator[None]:
 def predict(opts: PredictOptions, hooks: PredictHooks | None = None) -> PredictResult:
     """`run.predict` with ``opts.engine == "ray"``: the same rows, scored by a Ray Data pipeline;
     ``--output NAME.jsonl|NAME.parquet`` is a folder of shards, other formats a file written at the end."""
-    from .report import apply_gates, render
+    from .gates import apply_gates
+    from .report import render
     from .run import _check_gates, model_info, open_checkpoint, open_chosen
 
     ray = require_ray()

@@ -16,7 +16,8 @@ from typing import Any
 
 from ..errors import InputError, UsageError, elide
 from ..utils.files import atomic_write, read_jsonl
-from .report import apply_gates, check_gates, render
+from .gates import apply_gates, check_gates
+from .report import render
 
 
 class GateMismatch(UsageError):

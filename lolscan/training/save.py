@@ -182,7 +182,7 @@ def save_checkpoint(ds: Dataset, result: TrainResult, out: Path, *, name: str, o
     (`lolscan.baseline`; pass ``hp``, its fit, to share one fit between checkpoints of one dataset)."""
     from .. import baseline
     from ..checkpoint import PLOT_NAME, Checkpoint
-    from ..scan.report import plot_title, scatter_png
+    from ..scan.plot import plot_title, scatter_png
 
     from safetensors.torch import save as save_tensors
 
