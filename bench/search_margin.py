@@ -8,6 +8,7 @@ The confidence rule (95 % of paired resamples) needs per-row losses that runs do
 here is one the smaller margin *may* change: the rule can still refuse the candidate.
 
     python3 bench/search_margin.py bench/history/results bench/results --margins 0.2 0.1
+    python3 bench/search_margin.py models          # the searches recorded in checkpoint cards
 """
 from __future__ import annotations
 
@@ -69,6 +70,10 @@ def main() -> None:
     for folder in a.folders:
         for path in sorted(p for p in folder.rglob("*") if p.name.endswith((".json", ".json.gz"))):
             d = _load(path)
+            if isinstance(d, dict) and isinstance(d.get("training"), dict):  # a checkpoint's card.json
+                search = d["training"].get("search")
+                tried = search if isinstance(search, list) else None
+                d = {"runs": {path.parent.name: [{"seed": d["training"].get("seed"), "tried": tried}]}} if tried else None
             if not isinstance(d, dict) or not isinstance(d.get("runs"), dict):
                 continue
             for row, runs in d["runs"].items():

@@ -46,3 +46,12 @@ def test_lists_the_runs_a_smaller_margin_changes(tmp_path):
                          capture_output=True, text=True, check=True).stdout
     assert "2 recorded searches; 1 choose otherwise at margin 0.1 than at 0.2" in out
     assert "seed 0" in out and "seed 1" not in out and "0.600 over 1" in out
+
+
+def test_reads_the_search_a_checkpoint_card_records(tmp_path):
+    card = {"training": {"seed": 0, "search": _tried(1.0, 0.85, 0.88)}}
+    (tmp_path / "my-ckpt").mkdir()
+    (tmp_path / "my-ckpt" / "card.json").write_text(json.dumps(card))
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "search_margin.py"), str(tmp_path)],
+                         capture_output=True, text=True, check=True).stdout
+    assert "1 recorded searches; 1 choose otherwise" in out and "my-ckpt" in out
