@@ -115,7 +115,8 @@ def run_one(row: str, task_id: str, n_train: int, seed: int, device: str = "cpu"
     if "interval_coverage" in m:  # the 90 % conformal interval on the 500 test adapters
         extra["coverage"] = m["interval_coverage"]
     if row == DEFAULT_ROW:  # share of the test adapters (drawn like the training ones) flagged in domain
-        from lolscan.training import _spectra_of, fit_domain_for
+        from lolscan.training import fit_domain_for
+        from lolscan.training.save import _spectra_of
 
         dom = fit_domain_for(ds)
         extra["in_domain"] = float((dom.scores(_spectra_of(ds, "test")) <= dom.threshold).double().mean())

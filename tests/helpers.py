@@ -115,7 +115,8 @@ def write_noise_zoo(root: Path, *, n: int, seed: int) -> Path:
     import csv
     import random
 
-    from lolscan.training import _write_manifest_csv, write_synthetic_zoo
+    from lolscan.training import write_synthetic_zoo
+    from lolscan.training.synthetic import _write_manifest_csv
 
     with open(write_synthetic_zoo(root, n=n, seed=seed), newline="") as fh:
         rows = list(csv.DictReader(fh))

@@ -179,10 +179,10 @@ def test_fit_skip_ignores_unlabelled_rows_and_needs_the_skip() -> None:
 
 
 def test_training_fits_the_skip_for_regression_targets_only() -> None:
-    """`lolscan.training._fit_skip`: regression columns (standardised, as the loss reads them) get the fit;
+    """`lolscan.training.loop._fit_skip`: regression columns (standardised, as the loss reads them) get the fit;
     a class's logits keep a zero skip; a model without the skip is left alone."""
     from lolscan.targets import layout, make_target
-    from lolscan.training import _fit_skip
+    from lolscan.training.loop import _fit_skip
 
     gen = torch.Generator().manual_seed(13)
     ads, sv = zoo(gen)

@@ -16,8 +16,9 @@ from test_nets_models import F64, SPEC, adapter, assert_gl_invariant_and_padding
 
 from lolscan.nets import build_model, collate
 from lolscan.nets.reference import glnet_loop_forward, per_layer_inputs
-from lolscan.training import (SEARCH_CONFIDENCE, SEARCH_MARGIN, TrainOptions, TrainResult, _confidence, _keeps, _loss,
-                              _row_losses, _search_loss, candidates, train)
+from lolscan.training import SEARCH_CONFIDENCE, SEARCH_MARGIN, TrainOptions, TrainResult, candidates, train
+from lolscan.training.loop import _loss
+from lolscan.training.search import _confidence, _keeps, _row_losses, _search_loss
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 import invariant_tasks as T  # noqa: E402

@@ -339,7 +339,7 @@ def test_rebuild_from_hparams_and_safetensors(arch: str, tmp_path, gen: torch.Ge
 def test_dense_outputs_in_small_chunks_when_features_are_not_precomputed(gen: torch.Generator) -> None:
     """Training's evaluation of a FeatureMLP whose features were too big to precompute (``extract`` gave the
     FactorBatch back) makes them a few adapters at a time; every adapter still gets its own output."""
-    from lolscan.training import _outputs
+    from lolscan.training.loop import _outputs
 
     model = make("mlp-dense", hidden=16)
     model.eval()

@@ -36,12 +36,6 @@ from .search import (
 from .save import card_history, fit_domain_for, make_card, plot_panels, save_checkpoint
 from .synthetic import write_heavy_tailed_zoo, write_synthetic_zoo
 
-# private helpers that tests and bench scripts import from here
-from .loop import _fit_skip, _loss, _outputs  # noqa: F401
-from .search import _confidence, _keeps, _row_losses, _search_loss  # noqa: F401
-from .save import _spectra_of  # noqa: F401
-from .synthetic import _write_manifest_csv  # noqa: F401
-
 __all__ = [
     "CALIBRATION_MIN",
     "DEFAULT_LR",
