@@ -8,8 +8,10 @@
 # Other settings pass through the environment: ZOO=glyphs, DORA_MIN, BENCH_S, BENCH_ARGS, BASE_DTYPE (see
 # diff_pipeline.sh), e.g. `ZOO=glyphs DORA_MIN=6 BENCH_S=90 BASE_DTYPE=float16 P=/root/d bash diff_start.sh 1300 300 0`.
 P=${P:-/root/d}
+# MiniLM's pieces, unless diff_setup.sh installed them already on this machine (an earlier diff_bench.sh call does,
+# and removes the pieces: eighteenth session)
 n=$(ls $P/mpart?? 2>/dev/null | wc -l); want=$(cat $P/nparts 2>/dev/null)
-[ "$n" = "$want" ] || { echo "PERSISTENCE: $n of ${want:-?} MiniLM parts in $P"; ls -la $P; exit 3; }
+[ -e $P/ready ] || [ "$n" = "$want" ] || { echo "PERSISTENCE: $n of ${want:-?} MiniLM parts in $P"; ls -la $P; exit 3; }
 rm -rf $P/repo && mkdir -p $P/repo $P/out/logs && date +%s > $P/out/t0
 tar -c --exclude=./.chunks . | tar -x -C $P/repo
 cd $P/repo && P=$P ZOO_END=${1:-900} BASE_S=${2:-300} RETEST_GROUPS=${3:-4} setsid nohup bash scripts/device/diff_pipeline.sh > $P/out/logs/pipeline.log 2>&1 < /dev/null &
