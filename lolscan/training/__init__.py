@@ -19,7 +19,8 @@ from __future__ import annotations
 
 from .options import DEFAULT_LR, LR_GRID, RECOMMENDED, TrainOptions, TrainResult
 from .data import Dataset, guess_base_model, load_all, prepare
-from .loop import build, calibrate, resolve_device, run_safely
+from ..utils.device import resolve_device
+from .loop import build, calibrate, run_safely
 from .search import (
     CALIBRATION_MIN,
     LOG_TAIL_RATIO,

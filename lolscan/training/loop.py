@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from ..utils.device import resolve_device  # noqa: F401 (also lolscan.training.resolve_device)
+from ..utils.device import resolve_device
 from ..adapter import Adapter
 from ..errors import LolscanError, UsageError
 from ..evaluation.metrics import target_metrics
