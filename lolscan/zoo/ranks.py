@@ -6,10 +6,11 @@ tells the others which groups are left — one gloo broadcast, the only collecti
 trains its share (`assign`: a fixed function of the groups left and their sizes, never of timing) on
 its own device and commits each finished group's rows into manifest.jsonl under a file lock, in the
 order one process writes them (`commit_rows`). An adapter depends on its group only, never on the
-rank that trained it, so the zoo is the one a single process builds with the same seed, byte for
-byte where the ranks run the same kernels: GPUs of one model, or CPUs at the same number of threads
-per process (torch's CPU kernels round differently on more threads; unless OMP_NUM_THREADS is set,
-torchrun gives each rank one thread and `launch` cores // N). A rank that dies loses at most its
+rank that trained it, so the zoo is the one a single process builds with the same seed: byte for
+byte on CPUs at the same number of threads per process (torch's CPU kernels round differently on more
+threads; unless OMP_NUM_THREADS is set, torchrun gives each rank one thread and `launch` cores // N);
+with ranks sharing one H100 the adapters and zoo.json were the same bytes and the labels agreed to
+about 1e-6 relative (bench/RESULTS.md, "`zoo build --nproc` on one H100"). A rank that dies loses at most its
 unfinished group: the same command run again trains only the groups the manifest lacks.
 
 `launch` is ``--nproc``: it starts the ranks as ``torchrun`` would (the same command line in N fresh
