@@ -212,7 +212,7 @@ class GLNet(MetaNet):
     def forward(self, batch: FactorBatch) -> torch.Tensor:
         if not self.products:  # the spectral invariants alone
             self._check_batch(batch)
-            z = (self.spectral_features(batch) - self.spec_mean) / self.spec_std
+            z = self.standardised_spectra(batch)
             return self.head(z) + z @ self.spec_skip.mT if self.skip else self.head(z)
         products = self._products(batch)  # per group [L_g, B, d·d]
         if self.squash != "none":
@@ -228,7 +228,7 @@ class GLNet(MetaNet):
                 x = x.index_select(1, index_tensor(self._spec_order, x.device))
             x = x.view(B, -1)
         if self.spectral:
-            x = torch.cat([x * self.prod_gate, (self.spectral_features(batch) - self.spec_mean) / self.spec_std], dim=1)
+            x = torch.cat([x * self.prod_gate, self.standardised_spectra(batch)], dim=1)
         return self.head(x)
 
     @torch.no_grad()
@@ -246,7 +246,7 @@ class GLNet(MetaNet):
         self.eval()
         try:  # the head's part of the output (`forward` without the skip), read once on the spectral features
             self._check_batch(batch)
-            z = (self.spectral_features(batch) - self.spec_mean) / self.spec_std
+            z = self.standardised_spectra(batch)
             head = self.head(z).double()
         finally:
             self.train(was_training)
@@ -271,6 +271,10 @@ class GLNet(MetaNet):
         return batch_spectra(batch, self.spectral).to(batch.dtype)
 
     @torch.no_grad()
+    def standardised_spectra(self, batch: FactorBatch) -> torch.Tensor:
+        """``[B, L·k]``: `spectral_features` standardised by the training split's statistics, as the head reads them."""
+        return (self.spectral_features(batch) - self.spec_mean) / self.spec_std
+
     def spectral_features(self, batch: FactorBatch) -> torch.Tensor:
         """``[B, L·k]``: per layer σ₁..ₖ / ref, before standardising. (asinh(σ/ref), log ‖ΔW‖_F and
         ‖ΔW‖_F as extra inputs were tried on the invariant suite and cost R², e.g. 0.985 and 0.995
