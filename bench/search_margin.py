@@ -1,8 +1,8 @@
 """Replay the GL-net settings search of recorded runs at another margin.
 
 Every `bench/architectures.py --json` run records the candidates its search tried (``tried``: settings, lr and
-validation loss). This replays the choice among the candidates tried at the default lr, as
-`lolscan.training.search._keeps` makes it, at two margins, and lists the runs whose choice differs, with the
+validation loss). This replays the choice among the candidates tried at the default lr with
+`lolscan.training.search._keeps` itself, at two margins, and lists the runs whose choice differs, with the
 test metric of each run beside the mean test metric of the runs of the same row that chose the other setting.
 The confidence rule (95 % of paired resamples) needs per-row losses that runs do not record, so a run listed
 here is one the smaller margin *may* change: the rule can still refuse the candidate.
@@ -18,9 +18,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-FREE = {"squash"}  # lolscan.training.search.SEARCH_FREE: settings that cost no complexity against each other
-
-
 def _load(path: Path) -> Any:
     try:
         with (gzip.open(path, "rt") if path.suffix == ".gz" else path.open()) as f:
@@ -31,18 +28,17 @@ def _load(path: Path) -> Any:
 
 def choose(tried: list[dict[str, Any]], margin: float, lr: float) -> dict[str, Any] | None:
     """The settings kept among the candidates tried at ``lr`` (the search's order), at ``margin``."""
-    kept: tuple[dict[str, Any], float] | None = None
+    from lolscan.training.search import _keeps
+
+    kept: dict[str, Any] | None = None
+    kept_loss: float | None = None
     for cand in tried:
         if abs(cand.get("lr", lr) - lr) > 1e-12 or "val_loss" not in cand:
             continue
         settings = {k: v for k, v in cand.items() if k not in ("lr", "val_loss")}
-        if kept is None:
-            kept = (settings, cand["val_loss"])
-            continue
-        differs = {k for k in set(settings) | set(kept[0]) if settings.get(k) != kept[0].get(k)}
-        if (differs <= FREE and cand["val_loss"] < kept[1]) or cand["val_loss"] < kept[1] * (1 - margin):
-            kept = (settings, cand["val_loss"])
-    return kept[0] if kept else None
+        if _keeps(cand["val_loss"], kept_loss, settings, kept, margin=margin):
+            kept, kept_loss = settings, cand["val_loss"]
+    return kept
 
 
 def _test_metric(run: dict[str, Any]) -> float | None:
@@ -55,7 +51,10 @@ def _test_metric(run: dict[str, Any]) -> float | None:
 
 
 def _key(settings: dict[str, Any] | None) -> str:
-    return json.dumps({k: v for k, v in (settings or {}).items() if k not in FREE and k != "lr"}, sort_keys=True)
+    """The settings that cost complexity (`SEARCH_FREE` and the lr left out), as comparable text."""
+    from lolscan.training.search import SEARCH_FREE
+
+    return json.dumps({k: v for k, v in (settings or {}).items() if k not in SEARCH_FREE and k != "lr"}, sort_keys=True)
 
 
 def main() -> None:

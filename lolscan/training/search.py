@@ -55,16 +55,18 @@ SEARCH_CONFIDENCE = 0.95
 
 
 def _keeps(loss: float, kept_loss: float | None, cand: dict[str, Any], kept: dict[str, Any] | None,
-           confidence: Callable[[], float] | None = None) -> bool:
+           confidence: Callable[[], float] | None = None, *, margin: float | None = None) -> bool:
     """Whether a search candidate with validation ``loss`` replaces the one kept: where it differs in a
-    setting outside `SEARCH_FREE`, by more than `SEARCH_MARGIN` and with ``confidence()`` (the paired
-    bootstrap share, see `_confidence`) at least `SEARCH_CONFIDENCE`; else on any lower loss."""
+    setting outside `SEARCH_FREE`, by more than ``margin`` (`SEARCH_MARGIN` unless given: bench/search_margin.py
+    replays recorded searches at other margins) and with ``confidence()`` (the paired bootstrap share, see
+    `_confidence`) at least `SEARCH_CONFIDENCE`; else on any lower loss."""
     if kept_loss is None or kept is None or math.isnan(kept_loss):
         return True
     differs = {k for k in cand.keys() | kept.keys() if cand.get(k) != kept.get(k)}
     if differs <= SEARCH_FREE:
         return loss < kept_loss
-    return loss < kept_loss * (1 - SEARCH_MARGIN) and (confidence is None or confidence() >= SEARCH_CONFIDENCE)
+    margin = SEARCH_MARGIN if margin is None else margin
+    return loss < kept_loss * (1 - margin) and (confidence is None or confidence() >= SEARCH_CONFIDENCE)
 
 
 def _row_losses(targets: Sequence[Target], out: torch.Tensor, ys: dict[str, tuple[torch.Tensor, torch.Tensor]],
