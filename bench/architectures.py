@@ -163,7 +163,7 @@ def main() -> None:
             # runs saved before the honest rows, or a manifest that gained recipe columns: the rows from the manifest
             merged["honest"] = honest_from_manifest(args.manifest, merged)
         if args.json:
-            args.json.write_text(json.dumps(merged, indent=2))
+            write_json(args.json, merged)
         print_table(merged, args.markdown)
         print_honest(merged, args.markdown, args.healthy_lr, args.bootstrap)
         if args.test_where:
@@ -266,9 +266,9 @@ def main() -> None:
                                              | ({"peak_gib": torch.cuda.max_memory_allocated() / 2**30} if cuda else {}))
             print(f"  {row} seed {seed}: {time.perf_counter() - t0:.1f} s, best step {result.best_step}", file=sys.stderr)
             if args.json:
-                args.json.write_text(json.dumps(saved(), indent=2))
+                write_json(args.json, saved())
     if args.json:
-        args.json.write_text(json.dumps(saved(), indent=2))
+        write_json(args.json, saved())
     print_table(saved(), args.markdown)
     print_honest(saved(), args.markdown, args.healthy_lr, args.bootstrap)
     for where in args.test_where:
@@ -456,6 +456,12 @@ def print_honest(saved: dict[str, Any], markdown: bool, healthy_lr: float | None
         for line in lines:
             table.add_row(*line)
         Console(width=max(120, 24 * len(head))).print(table)
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """``data`` to ``path``, gzipped when the name ends in .gz (as `merge_saved` reads it)."""
+    text = json.dumps(data, indent=2)
+    path.write_bytes(gzip.compress(text.encode(), 6)) if path.suffix == ".gz" else path.write_text(text)
 
 
 def merge_saved(paths: list[Path]) -> dict[str, Any]:

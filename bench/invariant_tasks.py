@@ -76,6 +76,17 @@ def _erank(s: torch.Tensor) -> float:
     return float(s.sum() ** 2 / (s.pow(2).sum() + 1e-300))
 
 
+def _entropy_rank(s: torch.Tensor) -> float:
+    """Roy and Vetterli's effective rank exp(H(p)), p = σ / Σσ (another function of the spectrum's shape)."""
+    p = s[s > 1e-12 * s[0]] / s.sum()
+    return float(torch.exp(-(p * p.log()).sum()))
+
+
+def _stable_rank(s: torch.Tensor) -> float:
+    """Stable rank ‖ΔW‖_F² / ‖ΔW‖₂²."""
+    return float(s.pow(2).sum() / s[0] ** 2)
+
+
 TASKS: tuple[Task, ...] = (
     # per-layer norms and spectra
     Task("fro0", "base", "regression", lambda d, p: _fro(d["l0"]), "norm"),
@@ -103,6 +114,9 @@ TASKS: tuple[Task, ...] = (
     Task("fro0", "mixed", "regression", lambda d, p: _fro(d["l0"]), "norm"),
     Task("spec2", "mixed", "regression", lambda d, p: float(_sv(d["l2"])[0]), "spectrum"),
     Task("erank1", "mixed", "regression", lambda d, p: _erank(_sv(d["l1"])), "spectrum"),
+    Task("rv_erank2", "base", "regression", lambda d, p: _entropy_rank(_sv(d["l2"])[:4]), "spectrum"),
+    Task("srank0", "mixed", "regression", lambda d, p: _stable_rank(_sv(d["l0"])), "spectrum"),
+    Task("fro_total", "mixed", "regression", lambda d, p: sum(_fro(x) for x in d.values()), "norm"),
     Task("planted_class", "mixed", "multiclass", lambda d, p: f"c{p['cls']}", "class"),
 )
 

@@ -39,6 +39,8 @@ ROWS: dict[str, tuple[str, dict[str, Any]]] = {
     # the default with the spectral head's linear skip (GLNet `skip`) always on, or off, instead of chosen by the search
     "glnet-skip": ("glnet", {"skip": True}),
     "glnet-noskip": ("glnet", {"skip": False}),
+    # the default with whole-spectrum summaries beside the top singular values (GLNet `summaries`)
+    "glnet-sum": ("glnet", {"summaries": True}),
 }
 DEFAULT_ROW = "glnet"
 TEST_SIZE = 500

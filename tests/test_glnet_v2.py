@@ -25,55 +25,85 @@ import invariant_tasks as T  # noqa: E402
 import invariants as S  # noqa: E402
 
 
-def fitted(products: bool, gen: torch.Generator):
+def fitted(products: bool, gen: torch.Generator, summaries: bool = False):
     torch.manual_seed(0)
-    model = build_model("glnet", SPEC, 2, d=3, hidden=16, spectral=4, products=products, squash="asinh", scale="median").double()
+    k = 2 if summaries else 4  # below the ranks, so the energy past the top k is not zero
+    model = build_model("glnet", SPEC, 2, d=3, hidden=16, spectral=k, products=products, squash="asinh", scale="median",
+                        summaries=summaries).double()
     ads = [adapter({"a": 2, "b": 4, "c": 1, "d": 3, "e": 2}, gen=gen), adapter(3, gen=gen), adapter(gen=gen)]
     model.fit(ads)
     return model, ads
 
 
-@pytest.mark.parametrize("products", [True, False])
-def test_spectral_head_matches_the_dense_svd_reference(products: bool) -> None:
+def _dense_features(layer, k: int, summaries: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(magnitudes, shapes) of one layer from its dense ΔW with torch's matrix norms: the top k singular values
+    and, with summaries, √(‖ΔW‖_F² − Σ top-k σ²) (0 at rank ≤ k, where the difference is rounding), then
+    ‖ΔW‖_*/‖ΔW‖_F and ‖ΔW‖_F/‖ΔW‖₂ (zeros for no ΔW)."""
+    if layer is None:
+        return torch.zeros(k + summaries, dtype=F64), torch.zeros(2 * summaries, dtype=F64)
+    dw = layer.delta()
+    sv = torch.linalg.svdvals(dw)
+    top = torch.nn.functional.pad(sv[:k], (0, k - min(k, sv.numel())))
+    if not summaries:
+        return top, torch.zeros(0, dtype=F64)
+    fro, nuc, two = (torch.linalg.matrix_norm(dw, o) for o in ("fro", "nuc", 2))
+    tail = (fro**2 - top.pow(2).sum()).clamp_min(0).sqrt() if layer.rank > k else torch.zeros((), dtype=F64)
+    return torch.cat([top, tail.view(1)]), torch.stack([nuc / fro, fro / two])
+
+
+@pytest.mark.parametrize("products,summaries", [(True, False), (False, False), (False, True)])
+def test_spectral_head_matches_the_dense_svd_reference(products: bool, summaries: bool) -> None:
     gen = torch.Generator().manual_seed(7)
-    model, ads = fitted(products, gen)
+    model, ads = fitted(products, gen, summaries)
     with torch.no_grad():
         got = model(collate(ads, SPEC, dtype=F64))
         if products:
             want = glnet_loop_forward(model, per_layer_inputs(ads, SPEC, dtype=F64))
-        else:  # the head reads only the standardised σ / ref, from the dense ΔW
-            feats = []
-            for s, ref in zip(SPEC, model.spec_ref):
-                sv = [torch.linalg.svdvals(a.layers[s.name].delta()) if s.name in a.layers else torch.zeros(0, dtype=F64) for a in ads]
-                sv = torch.stack([torch.nn.functional.pad(x[:4], (0, 4 - min(4, x.numel()))) for x in sv])
-                feats.append(sv / ref)
-            want = model.head((torch.cat(feats, 1) - model.spec_mean) / model.spec_std)
-    assert torch.allclose(got, want, rtol=1e-10, atol=1e-12)
+        else:  # the head reads only the standardised features, from the dense ΔW
+            rows = []
+            for a in ads:
+                row = []
+                for s, ref in zip(SPEC, model.spec_ref):
+                    mag, shape = _dense_features(a.layers.get(s.name), model.spectral, summaries)
+                    row += [mag / ref, shape]
+                rows.append(torch.cat(row))
+            want = model.head((torch.stack(rows) - model.spec_mean) / model.spec_std)
+    assert torch.allclose(got, want, rtol=1e-9, atol=1e-10)
 
 
-@pytest.mark.parametrize("products", [True, False])
-def test_spectral_glnet_is_gl_invariant_and_padding_free(products: bool) -> None:
+@pytest.mark.parametrize("products,summaries", [(True, False), (False, False), (False, True)])
+def test_spectral_glnet_is_gl_invariant_and_padding_free(products: bool, summaries: bool) -> None:
     gen = torch.Generator().manual_seed(8)
-    model, ads = fitted(products, gen)
+    model, ads = fitted(products, gen, summaries)
     assert_gl_invariant_and_padding_free(model, ads, gen)
 
 
+def test_summaries_are_read_by_the_spectral_head_only() -> None:
+    spectral = build_model("glnet", SPEC, 1, spectral=4, products=False, summaries=True)
+    products = build_model("glnet", SPEC, 1, spectral=4, products=True, summaries=True)
+    assert spectral.summaries and spectral.hparams["summaries"] is True
+    assert spectral.spec_mean.numel() == len(SPEC) * (4 + 3)
+    assert not products.summaries and "summaries" not in products.hparams  # the card says what the model reads
+    assert products.spec_mean.numel() == len(SPEC) * 4
+
+
 def test_search_candidates_respect_what_the_user_set() -> None:
-    assert candidates(TrainOptions()) == [{"products": False}, {"products": False, "skip": True},
-                                          {"products": True, "squash": "none"}, {"products": True, "squash": "asinh"}]
+    spectra, summaries = {"products": False, "summaries": False}, {"products": False, "summaries": True}
+    skip = {"products": False, "summaries": True, "skip": True}
+    raw, asinh = {"products": True, "squash": "none"}, {"products": True, "squash": "asinh"}
+    assert candidates(TrainOptions()) == [spectra, summaries, skip, raw, asinh]
     assert candidates(TrainOptions(hparams={"products": True, "squash": "asinh"})) == [{}]
-    assert candidates(TrainOptions(hparams={"squash": "none"})) == [{"products": False}, {"products": False, "skip": True},
-                                                                    {"products": True}]
-    # the skip set by the user: one spectral candidate (with it, or without), not two
-    assert candidates(TrainOptions(hparams={"skip": True})) == [{"products": False}, {"products": True, "squash": "none"},
-                                                                {"products": True, "squash": "asinh"}]
-    assert candidates(TrainOptions(hparams={"skip": False})) == [{"products": False}, {"products": True, "squash": "none"},
-                                                                 {"products": True, "squash": "asinh"}]
-    assert candidates(TrainOptions(hparams={"spectral": 0})) == [{"products": True, "squash": "none"},
-                                                                 {"products": True, "squash": "asinh"}]
+    assert candidates(TrainOptions(hparams={"squash": "none"})) == [spectra, summaries, skip, {"products": True}]
+    # the skip set by the user: each spectral candidate once (with it, or without), not twice
+    assert candidates(TrainOptions(hparams={"skip": True})) == [spectra, summaries, raw, asinh]
+    assert candidates(TrainOptions(hparams={"skip": False})) == [spectra, summaries, raw, asinh]
+    # the summaries set by the user: the spectral head with them, then with the skip
+    assert candidates(TrainOptions(hparams={"summaries": True})) == [{"products": False}, {"products": False, "skip": True},
+                                                                     raw, asinh]
+    assert candidates(TrainOptions(hparams={"summaries": False})) == [{"products": False}, raw, asinh]
+    assert candidates(TrainOptions(hparams={"spectral": 0})) == [raw, asinh]
     # no regression target: the skip (started at their least-squares fit) is not tried unless the user asks
-    assert candidates(TrainOptions(), regression=False) == [{"products": False}, {"products": True, "squash": "none"},
-                                                            {"products": True, "squash": "asinh"}]
+    assert candidates(TrainOptions(), regression=False) == [spectra, summaries, raw, asinh]
     assert candidates(TrainOptions(hparams={"skip": True}), regression=False) == candidates(TrainOptions(hparams={"skip": True}))
     assert candidates(TrainOptions(arch="mlp-svd")) == [{}]
     assert 0 < SEARCH_MARGIN < 1

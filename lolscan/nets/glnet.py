@@ -20,7 +20,7 @@ from ..adapter import Adapter
 from .batch import FactorBatch, index_tensor
 from .common import MetaNet, _chunks, make_mlp
 from .spec import LayerSpec
-from .svd import batch_spectra, median_top
+from .svd import SUMMARIES, all_spectra, median_top, spectral_summaries, _top
 
 POOLS = ("concat", "mean")
 # How fit() sets input_scale: "rms" = from the mean square entry of ΔW over all training adapters
@@ -80,6 +80,7 @@ class GLNet(MetaNet):
         head_norm: bool = False,
         products: bool = True,
         skip: bool = False,
+        summaries: bool = False,
     ):
         if d <= 0 or depth < 1:
             raise ValueError(f"glnet needs d >= 1 and depth >= 1, got d={d}, depth={depth}")
@@ -96,11 +97,18 @@ class GLNet(MetaNet):
               "products": bool(products)}
         if bool(skip) and int(spectral) > 0 and not products:
             hp["skip"] = True  # recorded only when on: a card without the key is read by lolscan versions before it
+        if bool(summaries) and int(spectral) > 0 and not products:
+            # likewise; with the products the head keeps the top singular values alone: on the invariant suite
+            # the summaries there cost a cross-layer trace 0.021 R² and a heavy-tailed functional 0.07
+            hp["summaries"] = True
         super().__init__(spec, out_dim, hp)
         self.d, self.depth, self.pool, self.scale, self.squash = int(d), int(depth), pool, scale, squash
         self.spectral = int(spectral)
         self.products = bool(products)
         self.skip = bool(self.hparams.get("skip", False))
+        self.summaries = bool(self.hparams.get("summaries", False))
+        # spectral features per layer: the top `spectral` singular values, then `spectral_summaries`
+        self._per_layer = self.spectral + (SUMMARIES if self.summaries else 0)
         if not self.products and not self.spectral:
             raise ValueError("glnet with products=False needs spectral >= 1 (the head would read nothing)")
         # Φ init ~ N(0, 1/n): Φ ΔW Ψᵀ entries then have the scale of ΔW's RMS entry, whatever n, m.
@@ -124,13 +132,14 @@ class GLNet(MetaNet):
         self.register_buffer("input_scale", torch.ones(len(spec)))
         head_in = (len(spec) if pool == "concat" else 1) * d * d if self.products else 0
         if self.spectral:
-            # Per layer: σⱼ / ref for the top `spectral` singular values,
+            # Per layer: σⱼ / ref for the top `spectral` singular values (with ``summaries``, then the
+            # energy past them / ref and two scale-free shapes of the whole spectrum: `spectral_summaries`),
             # standardised with training statistics (all set by fit()). Functions of the singular
             # values are GL-invariant, so the model stays exactly invariant.
             self.register_buffer("spec_ref", torch.ones(len(spec)))
-            self.register_buffer("spec_mean", torch.zeros(len(spec) * (self.spectral)))
-            self.register_buffer("spec_std", torch.ones(len(spec) * (self.spectral)))
-            head_in += len(spec) * (self.spectral)
+            self.register_buffer("spec_mean", torch.zeros(len(spec) * self._per_layer))
+            self.register_buffer("spec_std", torch.ones(len(spec) * self._per_layer))
+            head_in += len(spec) * self._per_layer
             # The products enter the head multiplied by this learned scalar, zero at the start: the
             # model starts as a function of the spectra alone (which 100-1,000 adapters suffice
             # to learn) and takes in the equivariant features only as far as the loss asks for them.
@@ -145,7 +154,7 @@ class GLNet(MetaNet):
             # stays exact. Not with the products: started at the fit there, the skip cost a linear
             # functional on a heavy-tailed zoo its R² (0.95 → −1.8, bench/results/glnet_suite.md): the
             # spectra's fit to a label they do not determine is ruled by the few huge adapters.
-            self.spec_skip = nn.Parameter(torch.zeros(out_dim, len(spec) * self.spectral))
+            self.spec_skip = nn.Parameter(torch.zeros(out_dim, len(spec) * self._per_layer))
         # Constant layout facts of the spec, so the forward pass does no per-call index work:
         # each group's spec positions as a (start, stop) range when contiguous, and the
         # group-order -> spec-order permutation (None when it is the identity).
@@ -266,27 +275,41 @@ class GLNet(MetaNet):
 
     @torch.no_grad()
     def _raw_spectral(self, batch: FactorBatch) -> torch.Tensor:
-        """``[B, L, k]``: the top singular values of every ΔWᵢ in spec order, from r×r cores (`batch_spectra`,
-        computed once per batch in float64 and shared with the domain score), in the batch's dtype."""
-        return batch_spectra(batch, self.spectral).to(batch.dtype)
+        """``[B, L, f]``: the top singular values of every ΔWᵢ in spec order, from r×r cores (`all_spectra`,
+        computed once per batch in float64 and shared with the domain score), then with ``summaries`` the
+        module's `spectral_summaries`; in the batch's dtype."""
+        full = all_spectra(batch)
+        sv = _top(full, self.spectral)
+        if self.summaries:
+            sv = torch.cat([sv, spectral_summaries(full, self.spectral)], dim=-1)
+        return sv.to(batch.dtype)
+
+    def _scaled(self, raw: torch.Tensor) -> torch.Tensor:
+        """``[B, L·f]`` from `_raw_spectral`'s ``[B, L, f]``: magnitudes (singular values, the energy past
+        them) divided by each layer's reference σ₁, the scale-free shapes as they are."""
+        ref = self.spec_ref.view(1, -1, 1).to(raw)
+        if self.summaries:
+            k = self.spectral + 1
+            raw = torch.cat([raw[..., :k] / ref, raw[..., k:]], dim=-1)
+        else:
+            raw = raw / ref
+        return raw.flatten(1)
 
     @torch.no_grad()
     def standardised_spectra(self, batch: FactorBatch) -> torch.Tensor:
-        """``[B, L·k]``: `spectral_features` standardised by the training split's statistics, as the head reads them."""
+        """``[B, L·f]``: `spectral_features` standardised by the training split's statistics, as the head reads them."""
         return (self.spectral_features(batch) - self.spec_mean) / self.spec_std
 
     def spectral_features(self, batch: FactorBatch) -> torch.Tensor:
-        """``[B, L·k]``: per layer σ₁..ₖ / ref, before standardising. (asinh(σ/ref), log ‖ΔW‖_F and
+        """``[B, L·f]``: per layer σ₁..ₖ / ref (with ``summaries`` then the energy past σₖ / ref and the two
+        shapes of `spectral_summaries`), before standardising. (asinh(σ/ref), log ‖ΔW‖_F and
         ‖ΔW‖_F as extra inputs were tried on the invariant suite and cost R², e.g. 0.985 and 0.995
         against 0.999 on a Frobenius norm, 0.81 against 0.99 on heavy tails: bench/RESULTS.md.)
         Read from ``batch.cache`` when `cache_features` put them there (training does, once per split)."""
         cached = batch.cache.get("glnet_spectral")
         if cached is not None:
             return cached
-        sv = self._raw_spectral(batch)
-        ref = self.spec_ref.view(1, -1, 1)
-        feats = sv / ref
-        return feats.flatten(1)
+        return self._scaled(self._raw_spectral(batch))
 
     @torch.no_grad()
     def cache_features(self, batch: FactorBatch, chunk: int = 256) -> FactorBatch:
@@ -300,10 +323,10 @@ class GLNet(MetaNet):
 
     @torch.no_grad()
     def _fit_spectral(self, sv: torch.Tensor) -> None:
-        """From the training adapters' top singular values ``[N, L, k]`` (this model's dtype): ref = median
-        over adapters of each layer's non-zero σ₁ (`median_top`), then the features' mean and std."""
+        """From the training adapters' `_raw_spectral` ``[N, L, f]`` (this model's dtype): ref = median over
+        adapters of each layer's non-zero σ₁ (`median_top`), then the features' mean and std."""
         self.spec_ref.copy_(median_top(sv[..., 0]).to(self.spec_ref))
-        x = (sv / self.spec_ref.cpu().view(1, -1, 1)).flatten(1).double()  # = spectral_features, per adapter
+        x = self._scaled(sv.to(self.spec_ref.device)).double().cpu()  # = spectral_features, per adapter
         mean, std = x.mean(0), x.std(0, correction=0)
         std = torch.where(std > 1e-6, std, torch.ones_like(std))
         self.spec_mean.copy_(mean.to(self.spec_mean))
@@ -323,7 +346,7 @@ class GLNet(MetaNet):
         sq = torch.zeros(L, dtype=torch.float64)
         count = torch.zeros(L, dtype=torch.float64)
         per_adapter: list[torch.Tensor] = []  # [B, L] mean square entries, NaN where absent or zero
-        spectra: list[torch.Tensor] = []  # [B, L, k] top singular values, when the head reads them
+        spectra: list[torch.Tensor] = []  # [B, L, f] `_raw_spectral`, when the head reads them
         for chunk in _chunks(adapters, batch_size):
             batch = self.collate(chunk)
             if self.spectral:

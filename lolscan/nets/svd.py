@@ -76,10 +76,10 @@ def top_singular_values(U: torch.Tensor, V: torch.Tensor, k: int) -> torch.Tenso
         return _top(singular_values(U, V), k).to(U.dtype)
 
 
-def batch_spectra(batch: FactorBatch, k: int) -> torch.Tensor:
-    """``[B, L, k]`` float64 on the batch's device: the top ``k`` singular values of every module, in spec
-    order (zero past the rank). Computed once per batch: every singular value is kept in ``batch.cache``,
-    so a model's spectral features and the checkpoint's domain score share one computation."""
+def all_spectra(batch: FactorBatch) -> torch.Tensor:
+    """``[B, L, r]`` float64 on the batch's device: every singular value of every module, in spec order
+    (r the batch's largest rank, zero past each module's). Computed once per batch and kept in
+    ``batch.cache``, so a model's spectral features and the checkpoint's domain score share one computation."""
     full = batch.cache.get(SPECTRA)
     if full is None or full.dtype != torch.float64:
         with torch.no_grad():
@@ -87,7 +87,30 @@ def batch_spectra(batch: FactorBatch, k: int) -> torch.Tensor:
             r = max(s.shape[-1] for s in per_group)
             full = batch.to_spec_order([_top(s, r) for s in per_group])
         batch.cache[SPECTRA] = full
-    return _top(full, k)
+    return full
+
+
+def batch_spectra(batch: FactorBatch, k: int) -> torch.Tensor:
+    """``[B, L, k]`` float64: the top ``k`` of `all_spectra` (zero past the rank)."""
+    return _top(all_spectra(batch), k)
+
+
+SUMMARIES = 3  # values per module from `spectral_summaries`
+
+
+def spectral_summaries(s: torch.Tensor, k: int) -> torch.Tensor:
+    """``[..., 3]`` float64 from all singular values ``s [..., r]`` (descending) of a module: what the top ``k``
+    leave out, √(Σ_{j>k} σⱼ²) (a magnitude: with the top k it gives ‖ΔW‖_F at any rank), and two scale-free
+    shapes of the whole spectrum, ‖σ‖₁/‖σ‖₂ (√ of the effective rank) and ‖σ‖₂/σ₁ (√ of the stable rank);
+    all 0 for a zero ΔW. Functions of singular values, so GL-invariant like them."""
+    s = s.double()
+    fro = s.pow(2).sum(-1).sqrt()
+    tail = s[..., k:].pow(2).sum(-1).sqrt()
+    nonzero = fro > 0
+    safe = torch.where(nonzero, fro, torch.ones_like(fro))
+    top = torch.where(nonzero, s[..., 0], torch.ones_like(fro))
+    zero = torch.zeros_like(fro)
+    return torch.stack([tail, torch.where(nonzero, s.sum(-1) / safe, zero), torch.where(nonzero, fro / top, zero)], -1)
 
 
 def median_top(top: torch.Tensor) -> torch.Tensor:
