@@ -147,8 +147,9 @@ def test_targets_that_do_not_qualify_get_no_candidate_and_train_bit_for_bit(zoo)
     off = train(ds, TrainOptions(**opts, transform="none"))
     assert all(t.transform == "none" for t in ds.targets) and [t.to_json() for t in ds.targets] == targets
     assert auto.tried == off.tried and auto.chosen == off.chosen and "transforms" not in auto.chosen
-    # the same four candidates (spectra, spectra + skip, raw and asinh products) and no transform candidate
-    assert len(auto.tried) == 4 and all("val_loss_untransformed" not in e for e in auto.tried)
+    # the same five candidates (spectra, with summaries, with summaries + skip, raw and asinh products) and no
+    # transform candidate
+    assert len(auto.tried) == 5 and all("val_loss_untransformed" not in e for e in auto.tried)
     assert state.keys() == off.model.state_dict().keys()
     assert all(torch.equal(state[k], v) for k, v in off.model.state_dict().items())
     assert auto.metrics == off.metrics and auto.best_step == off.best_step and auto.history == off.history
