@@ -20,7 +20,7 @@ from ..adapter import Adapter
 from .batch import FactorBatch, index_tensor
 from .common import MetaNet, _chunks, make_mlp
 from .spec import LayerSpec
-from .svd import SUMMARIES, all_spectra, median_top, spectral_summaries, _top
+from .svd import SUMMARIES, all_spectra, batch_spectra, median_top, spectral_summaries
 
 POOLS = ("concat", "mean")
 # How fit() sets input_scale: "rms" = from the mean square entry of ΔW over all training adapters
@@ -278,22 +278,17 @@ class GLNet(MetaNet):
         """``[B, L, f]``: the top singular values of every ΔWᵢ in spec order, from r×r cores (`all_spectra`,
         computed once per batch in float64 and shared with the domain score), then with ``summaries`` the
         module's `spectral_summaries`; in the batch's dtype."""
-        full = all_spectra(batch)
-        sv = _top(full, self.spectral)
-        if self.summaries:
-            sv = torch.cat([sv, spectral_summaries(full, self.spectral)], dim=-1)
+        sv = batch_spectra(batch, self.spectral)
+        if self.summaries:  # from the same cached singular values
+            sv = torch.cat([sv, spectral_summaries(all_spectra(batch), self.spectral)], dim=-1)
         return sv.to(batch.dtype)
 
     def _scaled(self, raw: torch.Tensor) -> torch.Tensor:
         """``[B, L·f]`` from `_raw_spectral`'s ``[B, L, f]``: magnitudes (singular values, the energy past
         them) divided by each layer's reference σ₁, the scale-free shapes as they are."""
+        mags = self.spectral + (1 if self.summaries else 0)  # the top k, then the energy past them
         ref = self.spec_ref.view(1, -1, 1).to(raw)
-        if self.summaries:
-            k = self.spectral + 1
-            raw = torch.cat([raw[..., :k] / ref, raw[..., k:]], dim=-1)
-        else:
-            raw = raw / ref
-        return raw.flatten(1)
+        return torch.cat([raw[..., :mags] / ref, raw[..., mags:]], dim=-1).flatten(1)
 
     @torch.no_grad()
     def standardised_spectra(self, batch: FactorBatch) -> torch.Tensor:
@@ -326,7 +321,7 @@ class GLNet(MetaNet):
         """From the training adapters' `_raw_spectral` ``[N, L, f]`` (this model's dtype): ref = median over
         adapters of each layer's non-zero σ₁ (`median_top`), then the features' mean and std."""
         self.spec_ref.copy_(median_top(sv[..., 0]).to(self.spec_ref))
-        x = self._scaled(sv.to(self.spec_ref.device)).double().cpu()  # = spectral_features, per adapter
+        x = self._scaled(sv).double()  # = spectral_features, per adapter (ref moved to sv's device)
         mean, std = x.mean(0), x.std(0, correction=0)
         std = torch.where(std > 1e-6, std, torch.ones_like(std))
         self.spec_mean.copy_(mean.to(self.spec_mean))

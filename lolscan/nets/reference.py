@@ -12,7 +12,6 @@ import torch
 from ..adapter import Adapter
 from .glnet import GLNet
 from .spec import LayerSpec
-from .svd import spectral_summaries
 
 LayerInputs = list[tuple[torch.Tensor, torch.Tensor]]
 
@@ -70,14 +69,10 @@ def glnet_loop_forward(model: GLNet, inputs: LayerInputs) -> torch.Tensor:
         spec = []
         for i, (U, V) in enumerate(inputs):
             dw = U @ V.transpose(-1, -2)
-            full = torch.linalg.svdvals(dw.double())[..., : U.shape[-1]]  # past the rank only rounding: dropped
-            sv = torch.nn.functional.pad(full[..., : model.spectral], (0, max(0, model.spectral - full.shape[-1])))
+            sv = torch.linalg.svdvals(dw)[..., : model.spectral]
+            sv = torch.nn.functional.pad(sv, (0, model.spectral - sv.shape[-1]))
             ref = model.spec_ref[i]
             spec.append(sv / ref)
-            if model.summaries:
-                tail, shapes = spectral_summaries(full, model.spectral).split([1, 2], dim=-1)
-                spec.append(tail / ref)
-                spec.append(shapes)
         z = (torch.cat(spec, dim=-1) - model.spec_mean) / model.spec_std
         x = torch.cat([x * model.prod_gate, z.to(x.dtype)], dim=1)
     return model.head(x)
