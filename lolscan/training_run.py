@@ -31,7 +31,7 @@ def train_each(ds: Dataset, archs: list[str], hparams: dict[str, Any], base: Tra
                dests: dict[str, Path], overwrite: bool = False, description: str = "",
                skipped: Callable[[str, UsageError], None] = lambda arch, exc: None,
                saved: Callable[[str, Path], None] = lambda name, path: None,
-               hp: dict[str, dict[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
+               hp: dict[str, dict[str, Any]] | None = None, max_shard_bytes: int | None = None) -> dict[str, dict[str, Any]]:
     """Train ``base`` with each of ``archs``; results by architecture (metrics, steps, seconds, the
     test split's scores per target, the margin over the hyperparameter-only baseline ``hp`` — its
     `lolscan.baseline.fit`, fitted here when not given — and the checkpoint written). With ``every``,
@@ -69,7 +69,8 @@ def train_each(ds: Dataset, archs: list[str], hparams: dict[str, Any], base: Tra
         entry["hp_baseline"] = baseline.margins(ds.targets, hp, result.test_scores)
         if a in dests:
             name = dests[a].name
-            path = save_checkpoint(ds, result, dests[a], name=name, overwrite=overwrite, description=description, hp=hp)
+            path = save_checkpoint(ds, result, dests[a], name=name, overwrite=overwrite, description=description, hp=hp,
+                                   max_shard_bytes=max_shard_bytes)
             entry["checkpoint"] = str(path)
             saved(name, path)
         results[a] = entry

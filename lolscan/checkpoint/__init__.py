@@ -1,6 +1,7 @@
-"""Checkpoints: a folder with ``model.safetensors`` and ``card.json``. Never pickle.
+"""Checkpoints: a folder with ``model.safetensors`` (or its shards) and ``card.json``. Never pickle.
 
-`card` reads and validates the card (and names the folder's files), `locations` says where
+`card` reads and validates the card (and names the folder's files), `shards` writes and reads the
+weights in one file or several, `locations` says where
 checkpoints live (bundled, the user's, ``--model``, ``--out``), `loaded` holds the loaded
 `Checkpoint`/`CheckpointSet` and whether an adapter fits. Every name other code imports from
 ``lolscan.checkpoint`` is re-exported here.

@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING, Any
 from ..errors import IncompatibleAdapter, UsageError
 from ..nets.names import FIXED_RANK_ARCHS  # torch-free, as the card's names
 from ..targets import Target
-from .card import CARD_NAME, WEIGHTS_NAME, CheckpointError, read_card, validate_card
+from .card import CARD_NAME, CheckpointError, read_card, validate_card
 from .locations import is_checkpoint, resolve
+from .shards import read_weights, write_weights
 
 if TYPE_CHECKING:  # torch only where a model is built or run: `lolscan models` reads cards without it
     import torch
@@ -113,11 +114,14 @@ class Checkpoint:
         n = len(next(iter(s.values())))
         return [{t.name: t.decode(s[t.name][i].tolist()) for t in self.targets} for i in range(n)]
 
-    def save(self, folder: str | Path, *, overwrite: bool = False, files: dict[str, bytes] | None = None) -> Path:
-        """Write atomically: a temporary sibling folder is renamed into place."""
-        from safetensors.torch import save_file
-
+    def save(self, folder: str | Path, *, overwrite: bool = False, files: dict[str, bytes] | None = None,
+             max_shard_bytes: int | None = None) -> Path:
+        """Write atomically: a temporary sibling folder is renamed into place. Weights larger than
+        ``max_shard_bytes`` go into shards with an index (`lolscan.checkpoint.shards`)."""
         dest = Path(folder)
+        if files is None and self.path is not None:  # a loaded checkpoint saved anew keeps the files its card names
+            named = [str(self.card.get(k, {}).get("file", "")) for k in ("domain", "plot") if isinstance(self.card.get(k), dict)]
+            files = {n: (Path(self.path) / n).read_bytes() for n in named if n and (Path(self.path) / n).is_file()}
         if dest.exists() and not overwrite:
             raise UsageError(f"{dest} already exists (pass --overwrite to replace it)")
         if dest.exists() and not is_checkpoint(dest):
@@ -135,7 +139,7 @@ class Checkpoint:
         tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
         try:
             os.chmod(tmp, 0o755)  # mkdtemp makes it private; a checkpoint is an ordinary folder
-            save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "lolscan": "checkpoint"})
+            write_weights(state, tmp, max_shard_bytes)
             (tmp / CARD_NAME).write_text(json.dumps(card, indent=2, sort_keys=False) + "\n", encoding="utf-8")
             for name, data in (files or {}).items():
                 (tmp / name).write_bytes(data)
@@ -370,7 +374,6 @@ def _model_dtype(model: torch.nn.Module) -> torch.dtype:
 def load_checkpoint(model: str | Path, *, device: str | torch.device = "cpu") -> Checkpoint:
     """Resolve ``--model`` and load it, validating the card and the tensors against each other."""
     from ..nets import LayerSpec, build_model
-    from ..formats.tensorfile import read_safetensors
 
     folder = resolve(str(model)) if not isinstance(model, Path) else model
     if not is_checkpoint(folder):
@@ -382,13 +385,10 @@ def load_checkpoint(model: str | Path, *, device: str | torch.device = "cpu") ->
     except (ValueError, TypeError) as exc:
         raise CheckpointError(f"card layer_spec is malformed: {exc}", path=card_path) from None
     targets = [Target.from_json(t) for t in card["targets"]]
-    weights = folder / WEIGHTS_NAME
-    if not weights.is_file():
-        raise CheckpointError(f"missing {WEIGHTS_NAME}", path=folder)
-    tf = read_safetensors(weights)  # validating reader: InputError on a damaged file
-    on_disk = {k: list(v.shape) for k, v in tf.tensors.items()}
+    tensors, weights_name = read_weights(folder)  # one file or shards, each through the validating reader
+    on_disk = {k: list(v.shape) for k, v in tensors.items()}
     if on_disk != card["tensors"]:
-        raise CheckpointError(_tensor_diff(card["tensors"], on_disk, "card", WEIGHTS_NAME), path=folder)
+        raise CheckpointError(_tensor_diff(card["tensors"], on_disk, "card", weights_name), path=folder)
     def one(states: dict[str, Any] | None) -> Any:
         """One trained model: a net, or, with ``states``, each target served by the weights at its own best step."""
         if states is None:
@@ -409,8 +409,8 @@ def load_checkpoint(model: str | Path, *, device: str | torch.device = "cpu") ->
         raise CheckpointError(f"cannot rebuild {card['architecture']} from the card: {exc}", path=card_path) from None
     expected = {k: list(v.shape) for k, v in net.state_dict().items()}
     if expected != on_disk:
-        raise CheckpointError(_tensor_diff(expected, on_disk, "the architecture", WEIGHTS_NAME), path=folder)
-    net.load_state_dict({k: v for k, v in tf.tensors.items()}, strict=True)
+        raise CheckpointError(_tensor_diff(expected, on_disk, "the architecture", weights_name), path=folder)
+    net.load_state_dict(tensors, strict=True)
     net.to(device)
     net.eval()
     ckpt = Checkpoint(net, card, targets, spec, path=folder)

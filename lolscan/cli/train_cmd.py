@@ -152,6 +152,7 @@ def train(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing checkpoint of the same name.")] = False,
     ensemble: Annotated[int, typer.Option("--ensemble", metavar="K", help="Average K models trained at seeds SEED … SEED+K−1 with the settings chosen at SEED (K times the training time; intervals and temperatures fitted on the average).")] = 1,
     weights_dtype: Annotated[Literal["float32", "float16", "bfloat16"], typer.Option("--weights-dtype", help="Precision of the checkpoint's stored weights: float16 or bfloat16 halve model.safetensors; the weights are rounded before calibration and the test metrics, so the card measures what it ships.")] = "float32",
+    max_shard_size: Annotated[Optional[str], typer.Option("--max-shard-size", metavar="SIZE", help="Split weights larger than SIZE (e.g. 16MB, 10MiB) into model-0000K-of-0000N.safetensors shards with model.safetensors.index.json, as transformers does; for hosts that cap a file's size.")] = None,
     transform: Annotated[Literal["auto", "none", "log"], typer.Option("--transform", help="Regression targets: auto = also try log(y) for positive, heavy-tailed ones (max/median ≥ 20) and keep it when validation prefers it; none; log = every positive one.")] = "auto",
     healthy_lr: Annotated[Optional[float], typer.Option("--healthy-lr", help="Kendall τ on the test LoRAs trained with lr ≤ this (manifest's lr column; default: the zoo's median lr).", min=0.0)] = None,
     fmt: Annotated[Literal["table", "json"], typer.Option("--format", "-f", help="Result table or JSON on stdout.")] = "table",
@@ -164,6 +165,7 @@ def train(
     """Train a checkpoint that predicts TARGET columns from adapter weights; report held-out test metrics."""
     from .models_cmd import cli_errors  # lazy: keeps `models` last in the help
     from ..training import TrainOptions
+    from ..checkpoint.shards import parse_size
     from ..training_run import compare_results, destinations, train_each
 
     progress = progress and err_console.is_terminal  # a bar off a terminal only leaves blank lines
@@ -180,7 +182,7 @@ def train(
         from ..utils.device import resolve_device
 
         resolve_device(device)  # fail before reading the zoo
-        dests = destinations(out, archs, arch == "all", overwrite)
+        dests, shard = destinations(out, archs, arch == "all", overwrite), parse_size(max_shard_size) if max_shard_size else None
         ds = prepare_dataset(manifest, target, kinds=kinds, units=unit_map, seed=seed, val_fraction=val_fraction,
                              test_fraction=test_fraction, workers=workers, allow_pickle=allow_pickle, base_model=base_model,
                              progress=progress, source_options=source_options(offline, civitai_token, hf_token))
@@ -190,7 +192,7 @@ def train(
                             ensemble=ensemble, weights_dtype=weights_dtype)
         hp = fit_baseline(ds)
         results = train_each(
-            ds, archs, hparams, base, every=arch == "all", dests=dests, overwrite=overwrite, description=description, hp=hp,
+            ds, archs, hparams, base, every=arch == "all", dests=dests, overwrite=overwrite, description=description, hp=hp, max_shard_bytes=shard,
             skipped=lambda a, exc: err_console.print(f"[yellow]skipped {a}:[/] {exc}", highlight=False),
             saved=lambda name, path: err_console.print(f"wrote checkpoint [bold]{name}[/] to {path} (plot: {path / 'pred_vs_true.png'})", highlight=False),
         )

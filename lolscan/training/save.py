@@ -176,10 +176,11 @@ def card_history(folder: Path) -> list[dict[str, Any]]:
 
 
 def save_checkpoint(ds: Dataset, result: TrainResult, out: Path, *, name: str, overwrite: bool = False, description: str = "",
-                    hp: dict[str, dict[str, Any]] | None = None) -> Path:
+                    hp: dict[str, dict[str, Any]] | None = None, max_shard_bytes: int | None = None) -> Path:
     """Write the checkpoint folder (atomically) with its predicted-vs-true PNG inside. The card's
     ``hp_baseline`` holds each target's margin over the hyperparameter-only baseline on the test split
-    (`lolscan.baseline`; pass ``hp``, its fit, to share one fit between checkpoints of one dataset)."""
+    (`lolscan.baseline`; pass ``hp``, its fit, to share one fit between checkpoints of one dataset).
+    Weights past ``max_shard_bytes`` are written as shards (`lolscan.checkpoint.shards`)."""
     from .. import baseline
     from ..checkpoint import PLOT_NAME, Checkpoint
     from ..scan.plot import plot_title, scatter_png
@@ -214,4 +215,4 @@ def save_checkpoint(ds: Dataset, result: TrainResult, out: Path, *, name: str, o
             "panels": [t.name for t in ds.targets if t.name in result.test_scores],
             "axes": "x = true value (classification: 1 for the true class, else 0), y = prediction (probability)",
         }
-    return ckpt.save(out, overwrite=overwrite, files=files)
+    return ckpt.save(out, overwrite=overwrite, files=files, max_shard_bytes=max_shard_bytes)
