@@ -227,3 +227,29 @@ def test_engine_ray_without_model_gives_the_rows_of_the_local_scan(env, tmp_path
         assert x["status"] == y["status"] and x.get("error") == y.get("error") and x.get("models") == y.get("models")
         assert close(x["predictions"], y["predictions"])
     assert "bundled c fits it" in local.rows[-1]["error"]
+
+
+def test_the_domain_cell_names_the_checkpoints_that_say_no(env, tmp_path):
+    """Checkpoints that disagree on the domain: the table's cell says NO and names those whose reference the
+    adapter is far from (here "d", a copy of b whose card sets its threshold below any score), as each alone says."""
+    from lolscan.checkpoint import CheckpointSet, load_checkpoint
+    from lolscan.formats import load_adapter
+    from lolscan.scan.report import fmt_domain
+
+    d = tmp_path / "d"
+    shutil.copytree(env["bundled"] / "b", d)
+    card = json.loads((d / "card.json").read_text())
+    card["name"], card["domain"]["threshold"] = "d", -1.0
+    (d / "card.json").write_text(json.dumps(card))
+    a, dd = load_checkpoint(env["bundled"] / "a"), load_checkpoint(d)
+    ads = [load_adapter(p) for p in sorted(env["lib"].iterdir())]
+    alone_a, alone_d = a.domain_rows(ads), dd.domain_rows(ads)
+    rows = CheckpointSet([a, dd]).domain_rows(ads)
+    for ra, rd, row in zip(alone_a, alone_d, rows):
+        assert not rd["in_domain"] and not row["in_domain"]
+        if ra["in_domain"]:
+            assert fmt_domain(row) == f"NO {max(ra['score'], rd['score']):.2g} (d; 1 other yes)"
+        else:
+            assert fmt_domain(row) == f"NO {max(ra['score'], rd['score']):.2g}"
+    assert any(r["in_domain"] for r in alone_a)  # the case that names one
+    assert fmt_domain(alone_a[0]) == f"{'yes' if alone_a[0]['in_domain'] else 'NO'} {alone_a[0]['score']:.2g}"

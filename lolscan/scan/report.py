@@ -76,10 +76,18 @@ def fmt_prediction(pred: dict[str, Any] | None) -> str:
 
 
 def fmt_domain(dom: dict[str, Any] | None) -> str:
-    """"yes 0.8" / "NO 3.1": whether the adapter is like the checkpoint's training adapters, and its score."""
+    """"yes 0.8" / "NO 3.1": whether the adapter is like the checkpoint's training adapters, and its score. Where
+    several checkpoints disagree (`CheckpointSet.domain_rows`), "NO 3.1 (a, b; 2 others yes)": which say no."""
     if not dom or not isinstance(dom.get("score"), (int, float)):
         return ""
-    return f"{'yes' if dom.get('in_domain') else 'NO'} {dom['score']:.2g}"
+    text = f"{'yes' if dom.get('in_domain') else 'NO'} {dom['score']:.2g}"
+    each = dom.get("models")
+    if isinstance(each, dict) and not dom.get("in_domain"):
+        outside = [name for name, a in each.items() if not (a or {}).get("in_domain")]
+        if 0 < len(outside) < len(each):
+            rest = len(each) - len(outside)
+            text += f" ({', '.join(outside)}; {rest} other{'s' if rest > 1 else ''} yes)"
+    return text
 
 
 def report_dict(rows: Sequence[dict[str, Any]], model: dict[str, Any], gates: Sequence[Gate], *, allow_nonfinite: bool = False) -> dict[str, Any]:
