@@ -128,3 +128,12 @@ def test_shipped_qwen_checkpoints_see_the_update_not_its_factorisation(name):
             else:
                 got, want = [q["value"]], [p["value"]]
             assert torch.allclose(torch.tensor(got), torch.tensor(want), rtol=1e-3, atol=1e-3), (target, got, want)
+
+
+def test_every_bundled_file_is_within_16_mib():
+    """The repository's limit for one file: a checkpoint larger than that ships as shards (`--max-shard-size`);
+    the class-subset classes ensemble (11 members in float16, ≈ 26 MB) is one."""
+    big = [(str(p.relative_to(MODELS)), p.stat().st_size) for p in MODELS.rglob("*") if p.is_file() and p.stat().st_size > 16 * 2**20]
+    assert not big, big
+    shards = sorted(p.name for p in (MODELS / "inhouse-mix-classes").glob("model-*-of-*.safetensors"))
+    assert len(shards) >= 2 and not (MODELS / "inhouse-mix-classes" / "model.safetensors").exists()
