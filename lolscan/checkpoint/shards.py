@@ -67,15 +67,6 @@ def write_weights(state: dict[str, Any], folder: Path, max_bytes: int | None = N
     return [*names, INDEX_NAME]
 
 
-def weight_files(folder: Path) -> list[str]:
-    """The weight files a checkpoint folder holds (for copying it); [] when there are none."""
-    if (folder / WEIGHTS_NAME).is_file():
-        return [WEIGHTS_NAME]
-    if (folder / INDEX_NAME).is_file():
-        return sorted(p.name for p in folder.iterdir() if SHARD_NAME.fullmatch(p.name)) + [INDEX_NAME]
-    return []
-
-
 def read_weights(folder: Path) -> tuple[dict[str, Any], str]:
     """The tensors of ``folder``'s weights (one file or shards) and the name to cite for them. Raises
     `CheckpointError` naming the file at fault."""
