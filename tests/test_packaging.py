@@ -54,10 +54,11 @@ def test_wheel_carries_every_bundled_checkpoint_and_no_example_loras(wheel):
     names = set(wheel.namelist())
     assert CHECKPOINTS and "smollm2-val-loss" in CHECKPOINTS
     for ck in CHECKPOINTS:
-        for f in ("card.json", "model.safetensors"):
-            assert f"lolscan/_models/{ck}/{f}" in names, (ck, f)
-        info = wheel.getinfo(f"lolscan/_models/{ck}/model.safetensors")
-        assert info.file_size == (REPO / "models" / ck / "model.safetensors").stat().st_size
+        files = sorted(p for p in (REPO / "models" / ck).iterdir() if p.is_file())
+        weights = [p.name for p in files if p.name == "model.safetensors" or p.name.startswith("model-")]
+        assert "card.json" in [p.name for p in files] and weights, (ck, files)  # one file, or shards with their index
+        for p in files:  # every file of the folder, the weights' shards and index included, at its size
+            assert wheel.getinfo(f"lolscan/_models/{ck}/{p.name}").file_size == p.stat().st_size, (ck, p.name)
     assert not [n for n in names if n.startswith("lolscan/_models/examples")]
 
 
