@@ -130,5 +130,8 @@ def test_cli_train_writes_shards(tmp_path, monkeypatch):
     assert (tmp_path / "x" / INDEX_NAME).is_file() and not (tmp_path / "x" / "model.safetensors").exists()
     r = CliRunner().invoke(app, ["models", str(tmp_path / "x"), "--self-test"])
     assert r.exit_code == 0, r.output
+    n = len(list((tmp_path / "x").glob("model-*-of-*.safetensors")))
+    r = CliRunner(env={"COLUMNS": "200"}).invoke(app, ["models", str(tmp_path / "x")])
+    assert r.exit_code == 0 and f"{n} shards (model-0000K-of-{n:05d}.safetensors) and their index" in r.stdout, r.output
     r = CliRunner().invoke(app, ["predict", str(zoo.parent), "--model", str(tmp_path / "x"), "--format", "json", "--no-progress"])
     assert r.exit_code == 0 and len(json.loads(r.stdout)["results"]) == 40, r.output

@@ -67,6 +67,16 @@ def write_weights(state: dict[str, Any], folder: Path, max_bytes: int | None = N
     return [*names, INDEX_NAME]
 
 
+def weight_files(folder: Path) -> list[Path]:
+    """The files holding ``folder``'s weights as `read_weights` would read them: the single file, or the shards the
+    index names and the index ([] when neither is there; nothing is validated)."""
+    if (folder / WEIGHTS_NAME).is_file():
+        return [folder / WEIGHTS_NAME]
+    if (folder / INDEX_NAME).is_file():
+        return sorted(p for p in folder.iterdir() if SHARD_NAME.fullmatch(p.name)) + [folder / INDEX_NAME]
+    return []
+
+
 def read_weights(folder: Path) -> tuple[dict[str, Any], str]:
     """The tensors of ``folder``'s weights (one file or shards) and the name to cite for them. Raises
     `CheckpointError` naming the file at fault."""

@@ -74,7 +74,7 @@ def models(
             if fmt == "json":
                 print(json.dumps(card, indent=2))
             else:
-                _show_card(card)
+                _show_card(card, resolve(name))
             return
         infos = list_checkpoints()
         if fmt == "json":
@@ -221,13 +221,14 @@ def read_card_targets(info: dict[str, Any]) -> list[dict[str, Any]]:
         return []
 
 
-def _show_card(card: dict[str, Any]) -> None:
+def _show_card(card: dict[str, Any], folder: Any) -> None:
     t = Table(title=f"[bold]{card.get('name', '')}[/]", show_header=False, title_justify="left")
     t.add_column(style="cyan", no_wrap=True)
     t.add_column(overflow="fold")
     t.add_row("architecture", f"{card['architecture']} {json.dumps(card['hparams'])}")
     if isinstance(card.get("ensemble"), dict):
         t.add_row("ensemble", ensemble_line(card))
+    t.add_row("weights", weights_line(card, folder))
     t.add_row("base model", str(card.get("base_model", "unknown")))
     t.add_row("modules", str(len(card["layer_spec"].get("layers", []))))
     for target in card["targets"]:
@@ -253,6 +254,20 @@ def _show_card(card: dict[str, Any]) -> None:
                               for name, vals in test.items() if isinstance(vals, dict))
             t.add_row(f"earlier ({k})", f"{h.get('architecture')} on {n} adapters: test {shown or 'not recorded'}")
     console.print(t)
+
+
+def weights_line(card: dict[str, Any], folder: Any) -> str:
+    """"model.safetensors, 2.4 MB, float16" or "2 shards (model-0000K-of-00002.safetensors) and their index, 26.3 MB, float16"."""
+    from ..checkpoint.shards import weight_files
+
+    files = weight_files(folder)
+    if not files:
+        return "[red]missing[/]"
+    size = f"{sum(f.stat().st_size for f in files) / 1e6:.1f} MB, {card.get('weights_dtype', 'float32')}"
+    if len(files) == 1:
+        return f"{files[0].name}, {size}"
+    shards = files[:-1]
+    return f"{len(shards)} shards (model-0000K-of-{len(shards):05d}.safetensors) and their index, {size}"
 
 
 def ensemble_line(card: dict[str, Any]) -> str:
