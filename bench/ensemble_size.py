@@ -16,7 +16,6 @@ CI over test LoRAs for the chosen k and its paired difference to k = 1 and to th
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 from pathlib import Path
 
@@ -25,21 +24,15 @@ import torch
 
 
 def member_logits(ckpt, adapters, target) -> np.ndarray:
-    """[members, adapters, labels] raw outputs of each member for ``target``, each member reading a fresh batch."""
-    from lolscan.nets import EnsembleNet, FactorBatch, collate
+    """[members, adapters, labels] raw outputs of each member for ``target`` (`EnsembleNet.member_outputs`)."""
+    from lolscan.nets import EnsembleNet, collate
 
     if not isinstance(ckpt.model, EnsembleNet):
         raise SystemExit(f"{ckpt.path}: not an ensemble checkpoint (train it with --ensemble K)")
-    batch = collate(adapters, ckpt.spec, "cpu", check=False)
-    outs = []
+    dtype = next(ckpt.model.parameters()).dtype
     with torch.no_grad():
-        for m in ckpt.model.members:
-            m.eval()
-            own = FactorBatch(batch.spec, batch.groups, batch.sources, {})
-            if next(m.parameters()).dtype != own.dtype:
-                own = own.to(dtype=next(m.parameters()).dtype)
-            outs.append(m(own).float()[:, target.out_slice].numpy())
-    return np.stack(outs)
+        out = ckpt.model.eval().member_outputs(collate(adapters, ckpt.spec, "cpu", dtype=dtype, check=False))
+    return out.float()[..., target.out_slice].numpy()
 
 
 def scores(logits: np.ndarray, truth: np.ndarray, count: np.ndarray) -> dict[str, np.ndarray]:
@@ -67,19 +60,19 @@ def main() -> None:
 
     import lolscan
     from lolscan.checkpoint import load_checkpoint
+    from lolscan.manifest import read_manifest
 
     ckpt = load_checkpoint(a.checkpoint)
     target = next(t for t in ckpt.targets if t.name == a.target)
-    rows = [json.loads(line) for line in (gzip.open if a.manifest.suffix == ".gz" else open)(a.manifest, "rt")]
+    rows = read_manifest(a.manifest).rows
     out: dict = {"checkpoint": str(a.checkpoint), "manifest": str(a.manifest), "members": len(ckpt.model.members),
                  "seeds": ckpt.card["training"]["ensemble"]["seeds"], "splits": {}}
     per: dict[str, dict[str, np.ndarray]] = {}
     for split in ("val", "test"):
-        sel = [r for r in rows if r.get("split") == split]
-        ads = [lolscan.load(a.manifest.parent / r["path"]) for r in sel]
-        logits = member_logits(ckpt, ads, target)
-        truth = np.array([[lab in r[a.target] for lab in target.labels] for r in sel], float)
-        count = np.array([r[a.count] for r in sel])
+        sel = [r for r in rows if r.split == split]
+        logits = member_logits(ckpt, [lolscan.load(r.source) for r in sel], target)
+        truth = np.array([[lab in r.labels[a.target] for lab in target.labels] for r in sel], float)
+        count = np.array([r.labels[a.count] for r in sel])
         curves = []
         for k in range(1, len(logits) + 1):
             s = scores(logits[:k].mean(0), truth, count)

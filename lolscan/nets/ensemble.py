@@ -38,6 +38,11 @@ class EnsembleNet(MetaNet):
         self.members = nn.ModuleList(members)
 
     def forward(self, batch: FactorBatch) -> torch.Tensor:
+        return self.member_outputs(batch).mean(0)
+
+    def member_outputs(self, batch: FactorBatch) -> torch.Tensor:
+        """``[members, B, out]``: each member's raw outputs on ``batch`` as it alone would give them (its own fresh
+        cache; the singular values, the same for all, computed once); ``forward`` is their mean."""
         if not isinstance(batch, FactorBatch):
             raise TypeError("an EnsembleNet reads a FactorBatch: features prepared for one member are not another's")
         from .svd import SPECTRA
@@ -51,7 +56,7 @@ class EnsembleNet(MetaNet):
                 shared[SPECTRA] = own.cache[SPECTRA]
         if SPECTRA in shared and SPECTRA not in batch.cache:  # for the caller's domain score, as one model leaves it
             batch.cache[SPECTRA] = shared[SPECTRA]
-        return torch.stack(outs).mean(0)
+        return torch.stack(outs)
 
 
 def base_net(model: nn.Module) -> nn.Module:
