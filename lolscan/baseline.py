@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .evaluation.compare import BOOTSTRAP, HEADLINE_METRIC, metric, paired_bootstrap
+from .targets import LABEL_SETS
 
 if TYPE_CHECKING:
     from .targets import Target
@@ -28,11 +29,11 @@ BASELINE_ROWS = {"ridge": "hp-ridge", "gbt": "hp-gbt"}  # table rows of the base
 
 def truth(t: Target, values: list[Any]) -> np.ndarray:
     """Labels as `compare` reads them: values (regression, in units, at full precision), 0/1 labels,
-    class indices, or the 0/1 label matrix (multilabel)."""
+    class indices, or the 0/1 label matrix (multilabel, count)."""
     if t.kind == "regression":
         return np.array([float(v) for v in t.true_values(values)])
     y, _ = t.encode(values)
-    return y.numpy().astype(float) if t.kind == "multilabel" else y[:, 0].numpy().astype(float)
+    return y.numpy().astype(float) if t.kind in LABEL_SETS else y[:, 0].numpy().astype(float)
 
 
 def model_scores(t: Target, scores: Any) -> np.ndarray:

@@ -1,7 +1,11 @@
 """What a checkpoint predicts: one `Target` per label column, with its kind and encoding.
 
 Kinds: ``regression`` (one standardised output), ``binary`` (one logit), ``multiclass``
-(one logit per class, softmax) and ``multilabel`` (one logit per label, independent sigmoids).
+(one logit per class, softmax), ``multilabel`` (one logit per label, independent sigmoids) and
+``count``: a multilabel head trained on another column's label sets (``source``) whose value is
+``per_label`` × the number of labels called present. A class-subset zoo's dataset size is such a count
+(a fixed number of images a class): a regression or a class over the size reads it far worse than the
+classes it is made of do (bench/RESULTS.md, "The ensemble size chosen on validation").
 A target knows how to turn raw column values into training tensors, how to compute its loss,
 and how to turn model outputs back into user-facing predictions.
 """
@@ -17,7 +21,8 @@ from .errors import UsageError
 if TYPE_CHECKING:  # torch is imported where it is used: `lolscan --help`, `models` start without it
     import torch
 
-KINDS = ("regression", "binary", "multiclass", "multilabel")
+KINDS = ("regression", "binary", "multiclass", "multilabel", "count")
+LABEL_SETS = ("multilabel", "count")  # kinds whose outputs are independent per-label sigmoids
 # Regression: what is standardised. "none": the value; "log": log(value), for positive labels spread over
 # orders of magnitude (`lolscan.training` tries it where validation can choose; see LOG_TAIL_RATIO there).
 TRANSFORMS = ("none", "log")
@@ -45,6 +50,9 @@ class Target:
     # Regression: "log" standardises log(value) (mean/std above are then of the logs) and its interval is
     # fitted on log residuals: [value·e^−q, value·e^q]. Cards written before the field existed mean "none".
     transform: str = "none"
+    # Count: the column of label sets it is trained on, and what one label called present is worth.
+    source: str = ""
+    per_label: float = 1.0
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -53,6 +61,9 @@ class Target:
             raise UsageError(f"target {self.name!r}: unknown transform {self.transform!r} (expected one of {', '.join(TRANSFORMS)})")
         if self.transform != "none" and self.kind != "regression":
             raise UsageError(f"target {self.name!r}: transform {self.transform!r} is for regression targets, not {self.kind}")
+        if self.kind == "count" and not (self.source and isinstance(self.per_label, (int, float))
+                                         and math.isfinite(self.per_label) and self.per_label > 0):
+            raise UsageError(f"target {self.name!r}: a count needs a source column and a positive per_label")
 
     @property
     def out_slice(self) -> slice:
@@ -62,7 +73,14 @@ class Target:
         data = asdict(self)
         if self.transform == "none":  # what a card without the field means: untransformed cards stay as they were
             del data["transform"]
+        if self.kind != "count":  # the same for the count's fields
+            del data["source"], data["per_label"]
         return data
+
+    @property
+    def column(self) -> str:
+        """The manifest column this target is trained and scored on (a count's source, else its name)."""
+        return self.source if self.kind == "count" else self.name
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Target:
@@ -108,13 +126,20 @@ class Target:
                 out.append(self.labels[self._binary_index(v)])
             elif self.kind == "multiclass":
                 out.append(self.labels[self._class_index(v)])
+            elif self.kind == "count":
+                out.append(self.count_value(len(split_set(v))))
             else:
                 out.append(split_set(v))
         return out
 
+    def count_value(self, n: int) -> float | int:
+        """A count target's value for ``n`` labels present (an int where per_label is whole)."""
+        v = n * self.per_label
+        return int(v) if float(self.per_label).is_integer() else v
+
     def missing(self, v: Any) -> bool:
-        """Multilabel: an empty cell is the empty label set; only null/NaN is missing."""
-        if self.kind == "multilabel":
+        """Multilabel, count: an empty cell is the empty label set; only null/NaN is missing."""
+        if self.kind in LABEL_SETS:
             return v is None or (isinstance(v, float) and math.isnan(v))
         return is_missing(v)
 
@@ -188,7 +213,7 @@ class Target:
         o, t = out[mask][:, self.out_slice], y[mask]
         if self.kind == "regression":
             return F.mse_loss(o, t)
-        if self.kind in ("binary", "multilabel"):
+        if self.kind in ("binary", *LABEL_SETS):
             return F.binary_cross_entropy_with_logits(o, t)
         return F.cross_entropy(o, t[:, 0].long())
 
@@ -201,7 +226,7 @@ class Target:
         o = out[:, self.out_slice].double()
         if self.kind == "regression":
             per = ((o - torch.nan_to_num(y.double())) ** 2).mean(1)
-        elif self.kind in ("binary", "multilabel"):
+        elif self.kind in ("binary", *LABEL_SETS):
             per = F.binary_cross_entropy_with_logits(o, torch.nan_to_num(y.double()), reduction="none").mean(1)
         else:
             per = F.cross_entropy(o, torch.nan_to_num(y[:, 0]).long().clamp(0, self.width - 1), reduction="none")
@@ -236,9 +261,15 @@ class Target:
         if self.kind == "multiclass":
             best = max(range(len(s)), key=lambda i: s[i])
             return {"value": self.labels[best], "probability": s[best], "probabilities": probs}
-        return {"value": [lab for lab, p in probs.items() if p >= 0.5], "probabilities": probs}
+        called = [lab for lab, p in probs.items() if p >= 0.5]
+        if self.kind == "count":
+            return {"value": self.count_value(len(called)), "labels": called, "probabilities": probs}
+        return {"value": called, "probabilities": probs}
 
     def describe(self) -> str:
+        if self.kind == "count":
+            each = f"{self.per_label:g}" + (f" {self.units}" if self.units else "")
+            return f"{self.name} (count: {each} for each {self.source} label called: {', '.join(self.labels)})"
         if self.kind == "regression":
             extra = (", " + self.units if self.units else "") + (", fitted on its log" if self.transform == "log" else "")
             return f"{self.name} (regression{extra})"
@@ -319,8 +350,16 @@ def infer_kind(name: str, values: Sequence[Any]) -> str:
     )
 
 
-def make_target(name: str, values: Sequence[Any], kind: str | None = None, units: str = "") -> Target:
-    """Build a target from a column's values (kind inferred unless given). Normalisation is fitted later."""
+def make_target(name: str, values: Sequence[Any], kind: str | None = None, units: str = "",
+                count: tuple[str, float] | None = None) -> Target:
+    """Build a target from a column's values (kind inferred unless given). Normalisation is fitted later.
+    ``count=(source, per_label)``: a count target; ``values`` are then the source column's label sets."""
+    if count is not None:
+        if kind not in (None, "count"):
+            raise UsageError(f"--kind {name}={kind} and --count {name}=…: a count is its own kind")
+        kind = "count"
+    elif kind == "count":
+        raise UsageError(f"--kind {name}=count: say what it counts with --count {name}=COLUMN:PER_LABEL")
     kind = kind or infer_kind(name, values)
     if kind not in KINDS:
         raise UsageError(f"--kind {name}={kind}: unknown kind (expected one of {', '.join(KINDS)})")
@@ -349,7 +388,9 @@ def make_target(name: str, values: Sequence[Any], kind: str | None = None, units
         return Target(name, kind, labels=labels, width=len(labels), units=units)
     labels = sorted({x for v in present for x in split_set(v)}, key=_natural_key)
     if not labels:
-        raise UsageError(f"target {name!r}: multilabel column has no labels")
+        raise UsageError(f"target {name!r}: {'column ' + repr(count[0]) + ' (its count source)' if count else 'multilabel column'} has no labels")
+    if count is not None:
+        return Target(name, kind, labels=labels, width=len(labels), units=units, source=count[0], per_label=float(count[1]))
     return Target(name, kind, labels=labels, width=len(labels), units=units)
 
 

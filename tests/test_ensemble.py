@@ -16,7 +16,7 @@ from helpers import write_noise_zoo
 from test_nets_models import F64, SPEC, adapter, gauge
 from typer.testing import CliRunner
 
-from lolscan.checkpoint import CARD_NAME, CheckpointError, load_checkpoint, read_card
+from lolscan.checkpoint import CARD_NAME, CARD_SCHEMA_VERSION, CheckpointError, load_checkpoint, read_card
 from lolscan.manifest import read_manifest
 from lolscan.nets import EnsembleNet, PerTargetNet, build_model, collate
 from lolscan.training import (
@@ -148,7 +148,7 @@ def test_the_checkpoint_round_trips_and_refuses_a_card_that_does_not_match(ds, r
     with pytest.raises(CheckpointError, match="schema_version 2"):
         load_checkpoint(broken(lambda c: c.update(schema_version=2)))  # an ensemble needs 3
     with pytest.raises(CheckpointError, match="newer than this lolscan.*written by lolscan"):
-        read_card(broken(lambda c: c.update(schema_version=4)))
+        read_card(broken(lambda c: c.update(schema_version=CARD_SCHEMA_VERSION + 1)))
 
 
 def test_self_test_passes_on_an_ensemble(ds, runs, tmp_path):

@@ -18,11 +18,13 @@ from ..targets import Target
 
 # 2: the card may hold ``states`` (several weights, one per target's best step: `lolscan.nets.PerTargetNet`).
 # 3: the card may hold ``ensemble`` (models trained at several seeds, outputs averaged: `lolscan.nets.EnsembleNet`).
+# 4: a target may be a ``count`` (`lolscan.targets`: a multilabel head read as per_label × the labels called).
 # A card is written with the oldest version that holds it (1 without either), so older lolscan reads what it can
 # and refuses the rest in one line rather than misreading it.
 STATES_SCHEMA_VERSION = 2
 ENSEMBLE_SCHEMA_VERSION = 3
-CARD_SCHEMA_VERSION = 3  # the newest this lolscan reads
+COUNT_SCHEMA_VERSION = 4  # a card with a count target (an older lolscan would not know the kind)
+CARD_SCHEMA_VERSION = 4  # the newest this lolscan reads
 CARD_NAME = "card.json"
 WEIGHTS_NAME = "model.safetensors"
 # The precisions a card's ``weights_dtype`` may name (absent: float32). Parameters are stored in it, buffers in
@@ -82,7 +84,10 @@ def validate_card(card: Any, path: Path | str) -> None:
         raise CheckpointError(f"card has a malformed target: {exc}", path=path) from None
     width = 0
     for t in targets:
-        if t.offset != width or t.width < 1 or (t.kind in ("multiclass", "multilabel") and len(t.labels) != t.width):
+        if t.kind == "count" and version < COUNT_SCHEMA_VERSION:
+            raise CheckpointError(f"card target {t.name!r} is a count but the card says schema_version {version} "
+                                  f"(a count needs {COUNT_SCHEMA_VERSION})", path=path)
+        if t.offset != width or t.width < 1 or (t.kind in ("multiclass", "multilabel", "count") and len(t.labels) != t.width):
             raise CheckpointError(f"card target {t.name!r} has an inconsistent output slice", path=path)
         if t.kind == "regression" and not (t.std > 0):
             raise CheckpointError(f"card target {t.name!r} has a non-positive std", path=path)

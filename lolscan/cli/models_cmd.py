@@ -123,7 +123,7 @@ def _self_test(name: str, fmt: str) -> None:
         raise typer.Exit(1)
 
 
-SHORT_METRIC = {"mse": "MSE", "r2": "R²", "kendall_tau": "τ", "accuracy": "acc.", "auc": "AUC", "mean_accuracy": "mean acc."}
+SHORT_METRIC = {"mse": "MSE", "r2": "R²", "kendall_tau": "τ", "accuracy": "acc.", "auc": "AUC", "mean_accuracy": "mean acc.", "mae": "MAE"}
 
 
 def abbreviate_labels(labels: list[str], shown: int = 2) -> str:
@@ -138,6 +138,8 @@ def task_cell(targets: list[dict[str, Any]]) -> str:
     for t in targets:
         if t["kind"] == "regression":
             parts.append(f"{t['name']} (regression{', ' + t['units'] if t.get('units') else ''})")
+        elif t["kind"] == "count":
+            parts.append(f"{t['name']} (count{', ' + t['units'] if t.get('units') else ''}; of {abbreviate_labels(list(t.get('labels') or []))})")
         else:
             parts.append(f"{t['name']} ({t['kind']}; {abbreviate_labels(list(t.get('labels') or []))})")
     return "; ".join(parts)

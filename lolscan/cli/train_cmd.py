@@ -26,6 +26,23 @@ def parse_pairs(items: list[str], flag: str) -> dict[str, str]:
     return out
 
 
+def label_options(kind: list[str], units: list[str], count: list[str]) -> dict[str, Any]:
+    """``--kind``, ``--units`` and ``--count`` as `training.prepare` takes them. ``--count
+    dataset_size=classes:7``: the target dataset_size is 7 × the number of labels called present by a
+    head trained on the label sets of column ``classes`` (PER_LABEL 1 when left out)."""
+    counts: dict[str, tuple[str, float]] = {}
+    for name, spec in parse_pairs(count, "--count").items():
+        source, colon, per = spec.partition(":")
+        try:
+            k = float(per) if colon else 1.0
+        except ValueError:
+            k = float("nan")
+        if not source.strip() or not (0 < k < float("inf")):
+            raise typer.BadParameter(f"{name}={spec!r}: expected NAME=COLUMN[:PER_LABEL], e.g. dataset_size=classes:7", param_hint="--count")
+        counts[name] = (source.strip(), k)
+    return {"kinds": parse_pairs(kind, "--kind"), "units": parse_pairs(units, "--units"), "counts": counts}
+
+
 def parse_lr(text: str) -> float | None:
     """``--lr``: a positive number, or ``auto`` (None: `lolscan.training.train` chooses it by validation loss)."""
     if text.strip().lower() == "auto":
@@ -133,7 +150,8 @@ def train(
     arch: Annotated[Literal[(*ARCHITECTURES, "all")], typer.Option("--arch", help="Architecture, or 'all' to compare all five.")] = "glnet",
     out: Annotated[Optional[str], typer.Option("--out", "-o", metavar="NAME|PATH", help="Checkpoint NAME (user data folder) or a PATH (contains a slash). With --arch all: NAME-<arch> each.")] = None,
     kind: Annotated[list[str], typer.Option("--kind", metavar="COL=KIND", help="Override a target's kind: COL=regression|binary|multiclass|multilabel.")] = [],
-    units: Annotated[list[str], typer.Option("--units", metavar="COL=UNITS", help="Units of a regression target, shown in reports: COL=UNITS.")] = [],
+    units: Annotated[list[str], typer.Option("--units", metavar="COL=UNITS", help="Units of a regression or count target, shown in reports: COL=UNITS.")] = [],
+    count: Annotated[list[str], typer.Option("--count", metavar="COL=SOURCE:K", help="Make target COL a count: a head trained on the label sets of column SOURCE whose value is K × the labels it calls present (a class-subset zoo's dataset size: dataset_size=classes:7).")] = [],
     hparam: Annotated[list[str], typer.Option("--hparam", metavar="KEY=VALUE", help="Architecture hyperparameter KEY=VALUE (JSON value), e.g. d=16.")] = [],
     seed: Annotated[int, typer.Option(help="Seed for the split, initialisation and batch order.")] = 0,
     steps: Annotated[int, typer.Option(help="Maximum optimiser steps.", min=1)] = 2000,
@@ -169,7 +187,7 @@ def train(
     from ..training_run import compare_results, destinations, train_each
 
     progress = progress and err_console.is_terminal  # a bar off a terminal only leaves blank lines
-    kinds, unit_map, hparams = parse_pairs(kind, "--kind"), parse_pairs(units, "--units"), parse_hparams(hparam)
+    labels, hparams = label_options(kind, units, count), parse_hparams(hparam)
     if arch != "all" and not out:
         raise typer.BadParameter("name the checkpoint to write, e.g. --out my-model", param_hint="--out")
     if val_fraction + test_fraction >= 0.95:
@@ -183,7 +201,7 @@ def train(
 
         resolve_device(device)  # fail before reading the zoo
         dests, shard = destinations(out, archs, arch == "all", overwrite), parse_size(max_shard_size) if max_shard_size else None
-        ds = prepare_dataset(manifest, target, kinds=kinds, units=unit_map, seed=seed, val_fraction=val_fraction,
+        ds = prepare_dataset(manifest, target, **labels, seed=seed, val_fraction=val_fraction,
                              test_fraction=test_fraction, workers=workers, allow_pickle=allow_pickle, base_model=base_model,
                              progress=progress, source_options=source_options(offline, civitai_token, hf_token))
         sizes = {s: len(v) for s, v in ds.splits.items()}

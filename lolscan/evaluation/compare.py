@@ -36,7 +36,8 @@ COUNT_TARGETS = {"n_classes": "cls_", "dataset_size": "cls_"}
 # columns tied to a family (its count, and the dataset size that images_per_class makes a multiple of it): a
 # target made of the family, or one of them, reads none of them either
 TIED = {"cls_": ("n_classes", "dataset_size")}
-HEADLINE_METRIC = {"regression": "r2", "binary": "accuracy", "multiclass": "accuracy", "multilabel": "mean_accuracy"}
+HEADLINE_METRIC = {"regression": "r2", "binary": "accuracy", "multiclass": "accuracy", "multilabel": "mean_accuracy",
+                   "count": "accuracy"}  # a count: the share of rows whose count of labels called is right
 RIDGE_ALPHAS = tuple(float(a) for a in np.logspace(-3, 3, 13))
 BOOTSTRAP = 2000
 
@@ -66,7 +67,7 @@ def recipe_columns(columns: Sequence[str], target: str, kind: str = "regression"
     for prefix in SOURCE_PREFIXES:
         family = sorted(c for c in cols if c.startswith(prefix))
         made_of = target.startswith(prefix) or (
-            kind == "multilabel" and bool(labels) and {prefix + str(x) for x in labels} <= set(family)) or (
+            kind in ("multilabel", "count") and bool(labels) and {prefix + str(x) for x in labels} <= set(family)) or (
             prefix == "sty_" and (target in STYLE_TARGETS or target.startswith("attr_"))) or COUNT_TARGETS.get(target) == prefix
         if not made_of:
             data += family
@@ -194,6 +195,8 @@ def metric(kind: str, true: np.ndarray, pred: np.ndarray, idx: np.ndarray | None
             out = np.where(tot > 0, 1.0 - res / np.where(tot > 0, tot, 1.0), np.nan)
     elif kind == "multiclass":  # probabilities (n, k), or class indices (n,)
         out = ((p.argmax(-1) if p.ndim > t.ndim else np.rint(p)) == t).mean(-1)
+    elif kind == "count":  # the 0/1 label matrix and probabilities: is the number of labels called right
+        out = ((p >= 0.5).sum(-1) == (t > 0.5).sum(-1)).mean(-1)
     else:  # binary, multilabel
         out = ((p >= 0.5) == (t > 0.5)).mean(axis=axes)
     return float(out) if np.ndim(out) == 0 else out

@@ -19,9 +19,12 @@ HEADLINE = {
     "binary": ("accuracy", "auc"),
     "multiclass": ("accuracy", "auc"),
     "multilabel": ("mean_accuracy", "auc"),
+    "count": ("accuracy", "mae", "mean_accuracy"),  # accuracy: the count is right; MAE in the target's units
 }
-METRIC_NAMES = {"mse": "MSE", "r2": "R²", "kendall_tau": "Kendall τ", "accuracy": "accuracy", "auc": "AUC", "mean_accuracy": "mean accuracy"}
-HIGHER_IS_BETTER = {"mse": False, "r2": True, "kendall_tau": True, "accuracy": True, "auc": True, "mean_accuracy": True}
+METRIC_NAMES = {"mse": "MSE", "r2": "R²", "kendall_tau": "Kendall τ", "accuracy": "accuracy", "auc": "AUC", "mean_accuracy": "mean accuracy",
+                "mae": "MAE", "within_one_label": "within one label"}
+HIGHER_IS_BETTER = {"mse": False, "r2": True, "kendall_tau": True, "accuracy": True, "auc": True, "mean_accuracy": True,
+                    "mae": False, "within_one_label": True}
 
 
 def mse(pred: torch.Tensor, true: torch.Tensor) -> float:
@@ -113,6 +116,11 @@ def target_metrics(target: Target, scores: torch.Tensor, y: torch.Tensor, mask: 
         out["accuracy"] = float((s.argmax(dim=1) == cls).double().mean())
         out["auc"] = _nanmean([auc(s[:, k], (cls == k).double()) for k in range(s.shape[1])])
     else:
+        if target.kind == "count":  # the count first: it is the value a count target reports
+            diff = ((s >= 0.5).sum(dim=1) - (t > 0.5).sum(dim=1)).abs()
+            out["accuracy"] = float((diff == 0).double().mean())
+            out["within_one_label"] = float((diff <= 1).double().mean())
+            out["mae"] = float(diff.double().mean() * target.per_label)
         per_label = ((s >= 0.5) == (t > 0.5)).double().mean(dim=0)
         out["mean_accuracy"] = float(per_label.mean())
         out["exact_match"] = float(((s >= 0.5) == (t > 0.5)).all(dim=1).double().mean())

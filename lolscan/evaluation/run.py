@@ -85,12 +85,12 @@ def evaluate(manifest: Path, model: str | None, split: str, *, device: str = "au
     if not rows:
         raise UsageError(f"{manifest}: no rows to evaluate ({split_note})")
     note(f"evaluating {len(rows)} of {len(m.rows)} rows: {split_note}")
-    targets = [t for t in ckpt.targets if t.name in m.label_columns]
+    targets = [t for t in ckpt.targets if t.column in m.label_columns]  # a count is scored on its source's label sets
     if not targets:
-        raise UsageError(f"{manifest} has none of the checkpoint's target columns ({', '.join(t.name for t in ckpt.targets)})")
+        raise UsageError(f"{manifest} has none of the checkpoint's target columns ({', '.join(t.column for t in ckpt.targets)})")
     for t in ckpt.targets:
         if t not in targets:
-            note(f"note: no column {t.name!r} in the manifest; not evaluated")
+            note(f"note: no column {t.column!r} in the manifest; not evaluated")
     opts = ScoreOptions(batch_size=batch_size, workers=workers, allow_pickle=allow_pickle, processes=auto_processes(len(rows)),
                         source_options=source_options)
     scored = list(Scorer(ckpt, opts).score([Found(r.source) for r in rows]))
@@ -108,7 +108,7 @@ def target_metrics_of(t: Target, ok: list[tuple[Any, dict[str, Any]]]) -> dict[s
 
     if not ok:
         return {"n": 0}
-    y, mask = t.encode([r.labels.get(t.name) for r, _ in ok])
+    y, mask = t.encode([r.labels.get(t.column) for r, _ in ok])
     scores = scores_from_predictions(t, [s["predictions"][t.name] for _, s in ok])
     from .calibration import interval_coverage
 

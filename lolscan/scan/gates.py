@@ -57,13 +57,13 @@ def check_gates(gates: Sequence[Gate], targets: Sequence[Target]) -> None:
             raise UsageError(f"{g.text}: the model has no target {g.target!r} (targets: {', '.join(by_name)})")
         if g.label is None and t.kind in ("multiclass", "multilabel"):
             raise UsageError(f"{g.text}: {t.name!r} is {t.kind}; gate a class probability, e.g. {t.name}:{t.labels[0]}={g.bound:g}")
-        if g.label is not None and (t.kind == "regression" or g.label not in t.labels):
+        if g.label is not None and (t.kind == "regression" or g.label not in t.labels):  # a count gates its value or a label's probability
             where = "a regression target has no classes" if t.kind == "regression" else f"labels: {', '.join(t.labels)}"
             raise UsageError(f"{g.text}: {t.name!r} has no class {g.label!r} ({where})")
 
 
 def gate_value(gate: Gate, target: Target, prediction: dict[str, Any]) -> float:
-    if target.kind == "regression":
+    if target.kind == "regression" or (target.kind == "count" and gate.label is None):
         return float(prediction["value"])
     if target.kind == "binary":
         p = float(prediction["probability"])

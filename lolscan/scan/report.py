@@ -138,10 +138,15 @@ TOP_PROBABILITIES = 3  # multilabel cells of the human tables: the most likely l
 def prediction_cell(target: Target, pred: dict[str, Any] | None) -> str:
     """One target's prediction as a person reads it. Multilabel: the top labels by probability
     ("sciq 0.51, arc_easy 0.49, mmlu_math 0.47, …"), not only the set above 0.5, so a prediction
-    where every label sits near 0.5 reads as the coin toss it is."""
+    where every label sits near 0.5 reads as the coin toss it is. Count: the value and the labels
+    it counted."""
     if not pred:
         return ""
     probs = pred.get("probabilities")
+    called = pred.get("labels")
+    if target.kind == "count" and isinstance(called, list):  # "21 (3 classes: Bag, Coat, Dress)"
+        shown = ", ".join(str(x) for x in called[:TOP_PROBABILITIES]) + (", …" if len(called) > TOP_PROBABILITIES else "")
+        return f"{fmt_value(pred.get('value'))} ({len(called)} {target.source}{': ' + shown if called else ''})"
     if target.kind == "multilabel" and isinstance(probs, dict) and probs:
         top = sorted(probs.items(), key=lambda kv: -kv[1])
         shown = ", ".join(f"{label} {p:.2f}" for label, p in top[:TOP_PROBABILITIES])
@@ -194,7 +199,7 @@ def render_csv(rows: Sequence[dict[str, Any]], targets: Sequence[Target]) -> str
         if t.kind == "binary":
             header.append(f"{t.name}.probability")
             label_cols.append((t.name, "probability"))
-        elif t.kind in ("multiclass", "multilabel"):
+        elif t.kind in ("multiclass", "multilabel", "count"):
             for lab in t.labels:
                 header.append(f"{t.name}.p[{lab}]")
                 label_cols.append((t.name, lab))

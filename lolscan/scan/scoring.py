@@ -67,13 +67,16 @@ def true_labels(adapter: Adapter, source: str, label_files: LabelFiles) -> dict[
 
 
 def fill_truth(row: dict[str, Any], targets: Iterable[Any], labels: dict[str, Any]) -> None:
-    """A row's ``truth``: each target's known label, decoded as the target reads labels when it can."""
+    """A row's ``truth``: each target's known label, decoded as the target reads labels when it can. A count
+    takes its own column's number as it is, else counts its source column's label set."""
     for t in targets:
-        if t.name in labels:
+        if t.kind == "count" and t.name in labels:
+            row["truth"][t.name] = labels[t.name]
+        elif t.column in labels:
             try:
-                row["truth"][t.name] = t.true_values([labels[t.name]])[0]
+                row["truth"][t.name] = t.true_values([labels[t.column]])[0]
             except LolscanError:
-                row["truth"][t.name] = labels[t.name]
+                row["truth"][t.name] = labels[t.column]
 
 
 def read_adapter(source: str, allow_pickle: bool, source_options: dict[str, Any]) -> tuple[dict[str, Any], Adapter | None]:

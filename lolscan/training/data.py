@@ -76,6 +76,7 @@ def prepare(
     *,
     kinds: dict[str, str] | None = None,
     units: dict[str, str] | None = None,
+    counts: dict[str, tuple[str, float]] | None = None,
     seed: int = 0,
     val_fraction: float = 0.15,
     test_fraction: float = 0.15,
@@ -88,18 +89,19 @@ def prepare(
     from ..formats.build import layer_finite
     from ..nets import LayerSpec
 
-    kinds, units = kinds or {}, units or {}
+    kinds, units, counts = kinds or {}, units or {}, counts or {}
     if not target_columns:
         raise UsageError("name at least one --target column")
     if len(set(target_columns)) != len(target_columns):
         raise UsageError("a --target column is named twice")
-    manifest.require_columns(list(target_columns))
-    for col in list(kinds) + list(units):
+    for col in list(kinds) + list(units) + list(counts):
         if col not in target_columns:
-            raise UsageError(f"--kind/--units {col}=…: {col!r} is not one of the --target columns")
+            raise UsageError(f"--kind/--units/--count {col}=…: {col!r} is not one of the --target columns")
+    column = {c: counts[c][0] if c in counts else c for c in target_columns}  # a count reads its source's label sets
+    manifest.require_columns(list(dict.fromkeys(column.values())))
     splits = assign_splits(manifest, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction)
-    values = {c: manifest.column(c) for c in target_columns}
-    targets = [make_target(c, values[c], kinds.get(c), units.get(c, "")) for c in target_columns]
+    values = {c: manifest.column(column[c]) for c in target_columns}
+    targets = [make_target(c, values[c], kinds.get(c), units.get(c, ""), counts.get(c)) for c in target_columns]
     layout(targets)
 
     from ..utils.progress import progress_console

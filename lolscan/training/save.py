@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from ..utils.files import sha256_file
-from ..targets import Target
+from ..targets import LABEL_SETS, Target, split_set
 from .data import Dataset
 from .options import TrainResult
 
@@ -22,8 +22,8 @@ def _label_summary(t: Target, values: list[Any]) -> dict[str, Any]:
     if t.kind == "regression":
         xs = [float(v) for v in present]
         return {"n": len(xs), "min": min(xs), "max": max(xs), "mean": sum(xs) / len(xs)}
-    if t.kind == "multilabel":
-        counts = Counter(x for v in t.true_values(present) for x in v)
+    if t.kind in LABEL_SETS:
+        counts = Counter(x for v in present for x in split_set(v))
     else:
         counts = Counter(t.true_values(present))
     return {"n": len(present), "counts": {k: counts.get(k, 0) for k in t.labels}}
@@ -41,7 +41,7 @@ def _states(model: torch.nn.Module, best_steps: dict[str, int], targets: Sequenc
 
 def make_card(ds: Dataset, result: TrainResult, *, name: str, description: str = "") -> dict[str, Any]:
     from .. import __version__
-    from ..checkpoint import ENSEMBLE_SCHEMA_VERSION, STATES_SCHEMA_VERSION
+    from ..checkpoint import COUNT_SCHEMA_VERSION, ENSEMBLE_SCHEMA_VERSION, STATES_SCHEMA_VERSION
     from ..nets.ensemble import EnsembleNet
 
     model = result.model
@@ -56,7 +56,8 @@ def make_card(ds: Dataset, result: TrainResult, *, name: str, description: str =
     else:  # which weights serve which target
         states = _states(model, result.best_steps, ds.targets)
     # the oldest schema that holds the card, so older lolscan reads it where it can (and refuses an ensemble in one line)
-    version = ENSEMBLE_SCHEMA_VERSION if ensemble else STATES_SCHEMA_VERSION if states else 1
+    version = (COUNT_SCHEMA_VERSION if any(t.kind == "count" for t in ds.targets) else ENSEMBLE_SCHEMA_VERSION if ensemble
+               else STATES_SCHEMA_VERSION if states else 1)
     card = {
         "schema_version": version,
         "name": name,
@@ -125,6 +126,9 @@ def plot_panels(ds: Dataset, result: TrainResult) -> list[tuple[list[float], lis
         elif t.kind == "multiclass":
             onehot = torch.nn.functional.one_hot(y[:, 0].long(), t.width).float()
             panels.append((onehot.flatten().tolist(), s.flatten().tolist()))
+        elif t.kind == "count":  # the value it reports against the truth, in units
+            panels.append(((y > 0.5).sum(1).double().mul(t.per_label).tolist(),
+                           (s >= 0.5).sum(1).double().mul(t.per_label).tolist()))
         else:
             panels.append((y.flatten().tolist(), s.flatten().tolist()))
     return panels
