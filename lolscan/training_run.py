@@ -108,8 +108,10 @@ def compare_results(ds: Dataset, results: dict[str, dict[str, Any]], hp: dict[st
             row = baseline.BASELINE_ROWS[model]
             runs[row] = [pred]
             y, mask = t.encode([ds.values[t.name][test[k]] for k in pos])
-            scores = torch_scores(t, pred)
-            out["baselines"].setdefault(row, {"metrics": {"test": {}}})["metrics"]["test"][t.name] = target_metrics(t, scores, y, mask)
+            m = target_metrics(t, torch_scores(t, pred), y, mask)
+            if t.kind == "count":  # it guessed a number, not labels: no label metrics
+                m = {k: v for k, v in m.items() if k not in ("mean_accuracy", "auc")}
+            out["baselines"].setdefault(row, {"metrics": {"test": {}}})["metrics"]["test"][t.name] = m
         healthy = healthy_rows([lrs[test[k]] for k in pos], healthy_lr) if lrs is not None and healthy_lr is not None else None
         stats, best = compare_rows(t.kind, true, runs, healthy=healthy, reps=reps or BOOTSTRAP)
         out["targets"][t.name] = {"best": best, "rows": stats, "healthy_rows": None if healthy is None else len(healthy)}
@@ -141,8 +143,12 @@ def _lrs(ds: Dataset) -> list[float | None] | None:
 
 
 def torch_scores(t: Any, pred: Any) -> Any:
-    """A baseline's predictions as the ``(n, width)`` score tensor `target_metrics` reads."""
+    """A baseline's predictions as the ``(n, width)`` score tensor `target_metrics` reads (a count's numbers of
+    labels as a 0/1 matrix that calls that many)."""
     import torch
 
     s = torch.as_tensor(pred, dtype=torch.float64)
+    if t.kind == "count" and s.ndim == 1:
+        k = s.round().clamp(0, t.width).long()
+        return (torch.arange(t.width)[None, :] < k[:, None]).double()
     return s[:, None] if s.ndim == 1 else s

@@ -162,3 +162,28 @@ def test_card_with_a_count_validates_its_slice(pair):
         validate_card(card | {"schema_version": 3}, Path("card.json"))
     with pytest.raises(CheckpointError, match="newer than this lolscan"):  # what an older lolscan says, one version on
         validate_card(card | {"schema_version": COUNT_SCHEMA_VERSION + 1}, Path("card.json"))
+
+
+def test_the_recipe_baseline_of_a_count_predicts_the_number_of_labels():
+    """The hyperparameter-only rows of a count guess the number itself: from a recipe column that fixes it they
+    are right; counting per-label guesses instead would be near chance with every label at its prior."""
+    pytest.importorskip("sklearn")
+    from lolscan.evaluation.compare import fit_hp_baseline
+
+    rng = np.random.default_rng(1)
+    y = (rng.random((400, 3)) < 0.5).astype(float)
+    n = y.sum(1)
+    X = np.column_stack([np.log10(1e-4 * (1 + n)), rng.random(400)])  # lr fixed by the count, and noise
+    preds = fit_hp_baseline("count", X[:300], y[:300], X[300:], ["lr", "noise"])
+    assert set(preds) == {"ridge", "gbt"} and all(p.shape == (100,) for p in preds.values())
+    assert metric("count", y[300:], preds["gbt"]) == 1.0
+    assert metric("count", y[300:], preds["ridge"]) > 0.5
+    assert metric("count", y[300:], np.full(100, 2.4)) == pytest.approx(float(np.mean(n[300:] == 2)))  # rounded
+    # as the architecture tables score them (`lolscan train`'s hp- columns): the count is the guessed number
+    from lolscan.training_run import torch_scores
+
+    t = make_target("n", ["a|b|c"], count=("tags", K))
+    for p in preds.values():
+        m = target_metrics(t, torch_scores(t, p), torch.tensor(y[300:]), torch.ones(100, dtype=torch.bool))
+        assert m["accuracy"] == pytest.approx(metric("count", y[300:], p))
+        assert m["mae"] == pytest.approx(K * float(np.mean(np.abs(np.clip(np.rint(p), 0, 3) - n[300:]))))
