@@ -20,10 +20,15 @@ class LabelFiles:
         self._cache: dict[Path, dict[str, Any]] = {}
 
     def lookup(self, source: str) -> dict[str, Any]:
+        """The entry of ``source`` (by file name or stem) in the ``labels.json`` beside it, else the entry of the
+        folder that holds it in the ``labels.json`` beside that folder: an adapter folder whose weights file is
+        the source (diffusers' ``NAME/pytorch_lora_weights.safetensors``) is labelled as a PEFT folder is."""
         if is_remote(source):
             return {}
         p = Path(source)
-        folder = p.parent
+        return self._entry(p.parent, (p.name, p.stem)) or (self._entry(p.parent.parent, (p.parent.name,)) if p.parent.name else {})
+
+    def _entry(self, folder: Path, keys: tuple[str, ...]) -> dict[str, Any]:
         if folder not in self._cache:
             data: dict[str, Any] = {}
             f = folder / LABELS_FILE
@@ -35,7 +40,7 @@ class LabelFiles:
                     data = {}
             self._cache[folder] = data
         table = self._cache[folder]
-        for key in (p.name, p.stem):
+        for key in keys:
             if isinstance(table.get(key), dict):
                 return table[key]
         return {}
