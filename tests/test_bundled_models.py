@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -85,6 +86,16 @@ def test_mix_checkpoints_read_each_examples_classes_and_font():
     assert len(rows) == 6 and all(x["models"] == {"attributes": "inhouse-mix-attributes", "classes": "inhouse-mix-classes",
                                                   "clip_score": "inhouse-mix-clip-score",
                                                   "dataset_size": "inhouse-mix-dataset-size"} for x in rows)
+    # the dataset size is 7 images for each class the classes checkpoint calls (the same members), and each row
+    # carries the labels of labels.json beside the adapter folders (diffusers files sit one level down)
+    for x in rows:
+        name = Path(x["source"]).parent.name
+        assert x["predictions"]["dataset_size"]["value"] == 7 * len(x["predictions"]["classes"]["value"])
+        assert x["predictions"]["dataset_size"]["labels"] == x["predictions"]["classes"]["value"]
+        known = {k: sorted(v) if isinstance(v, list) else v for k, v in labels[name].items() if k in x["predictions"]}
+        assert known and {k: sorted(v) if isinstance(v, list) else v for k, v in x["truth"].items()} == known, name
+    assert sum(x["predictions"]["dataset_size"]["value"] == labels[Path(x["source"]).parent.name].get("dataset_size")
+               for x in rows) >= 3  # of the four class-subset LoRAs
 
 
 def test_models_lists_the_bundled_checkpoints():
