@@ -357,6 +357,10 @@ def make_target(name: str, values: Sequence[Any], kind: str | None = None, units
     if count is not None:
         if kind not in (None, "count"):
             raise UsageError(f"--kind {name}={kind} and --count {name}=…: a count is its own kind")
+        sets = [v for v in values if not is_missing(v)]
+        if sets and all(_is_number(v) for v in sets):
+            raise UsageError(f"--count {name}={count[0]}:…: column {count[0]!r} holds numbers, not label sets "
+                             f"(lists, or labels joined by '|')")
         kind = "count"
     elif kind == "count":
         raise UsageError(f"--kind {name}=count: say what it counts with --count {name}=COLUMN:PER_LABEL")

@@ -58,6 +58,11 @@ def test_count_target_refuses_what_it_cannot_be(kwargs, needle):
         make_target("n", ["a|b", "c"], **kwargs)
 
 
+def test_a_count_of_a_numeric_column_is_refused():
+    with pytest.raises(UsageError, match="column 'size' holds numbers, not label sets"):
+        make_target("n", [7, 14, "21", None], count=("size", 7))
+
+
 def test_count_metrics_against_counts_by_hand():
     rng = np.random.default_rng(0)
     t = make_target("n", ["a|b|c|d"], count=("tags", K))
@@ -187,3 +192,13 @@ def test_the_recipe_baseline_of_a_count_predicts_the_number_of_labels():
         m = target_metrics(t, torch_scores(t, p), torch.tensor(y[300:]), torch.ones(100, dtype=torch.bool))
         assert m["accuracy"] == pytest.approx(metric("count", y[300:], p))
         assert m["mae"] == pytest.approx(K * float(np.mean(np.abs(np.clip(np.rint(p), 0, 3) - n[300:]))))
+
+
+def test_a_counts_truth_is_its_own_number_else_its_source_counted():
+    from lolscan.scan.scoring import fill_truth
+
+    t = make_target("n", ["a|b|c"], count=("tags", K))
+    for labels, want in (({"n": "21"}, 21), ({"n": 10.5}, 10.5), ({"tags": "a|c"}, 2 * K), ({"tags": ["a"], "n": 4}, 4), ({}, None)):
+        row = {"truth": {}}
+        fill_truth(row, [t], labels)
+        assert row["truth"].get("n") == want, labels

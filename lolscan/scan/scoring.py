@@ -70,8 +70,13 @@ def fill_truth(row: dict[str, Any], targets: Iterable[Any], labels: dict[str, An
     """A row's ``truth``: each target's known label, decoded as the target reads labels when it can. A count
     takes its own column's number as it is, else counts its source column's label set."""
     for t in targets:
-        if t.kind == "count" and t.name in labels:
-            row["truth"][t.name] = labels[t.name]
+        if t.kind == "count" and t.name in labels:  # the number itself (an int where it is whole)
+            v = labels[t.name]
+            try:
+                f = float(v)
+                row["truth"][t.name] = int(f) if f.is_integer() else f
+            except (TypeError, ValueError):
+                row["truth"][t.name] = v
         elif t.column in labels:
             try:
                 row["truth"][t.name] = t.true_values([labels[t.column]])[0]
