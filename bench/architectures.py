@@ -21,7 +21,8 @@ bootstrap 95 % CI of (row − best row) over test adapters. --json saves what it
 before it, give the zoo's JSONL manifest too: ``python bench/architectures.py MANIFEST --from-json …``.
 ``--test-where rank=8`` (repeatable) adds that table on the test rows whose manifest column holds one of
 the values: with a split column that trains on ranks 2 and 4 and tests on both, rank generalisation.
-``--kind n_classes=multiclass`` sets a target's kind as `lolscan train --kind` does; ``--bins dataset_size=10``
+``--kind n_classes=multiclass`` sets a target's kind as `lolscan train --kind` does (``--count
+dataset_size=classes:7`` a count target as `lolscan train --count` does); ``--bins dataset_size=10``
 replaces a numeric target column by 10 equal-width bins over its range in the manifest, a multiclass target
 (the paper scores Imagenette-LoRA's dataset size as classes, its Table 4). Such runs keep their honest rows
 in ``--json``; rebuilding them from a manifest (``--refit-baselines``) would read the unbinned column.
@@ -72,6 +73,18 @@ def parse_hparams(items: list[str]) -> dict[str, dict[str, Any]]:
         except ValueError:
             parsed = value
         out.setdefault(arch, {})[name] = parsed
+    return out
+
+
+def parse_counts(items: list[str]) -> dict[str, tuple[str, float]]:
+    """``--count dataset_size=classes:7`` as `lolscan.training.prepare` takes it."""
+    out: dict[str, tuple[str, float]] = {}
+    for col, spec in parse_pairs(items, "--count").items():
+        source, _, k = spec.partition(":")
+        try:
+            out[col] = (source, float(k or 1))
+        except ValueError:
+            sys.exit(f"error: --count {col}={spec!r}: give COLUMN=SOURCE:K, e.g. dataset_size=classes:7")
     return out
 
 
@@ -146,6 +159,9 @@ def main() -> None:
                     help="with --from-json and MANIFEST: fit the hyperparameter-only rows again on the manifest's recipe columns")
     ap.add_argument("--kind", action="append", default=[], metavar="COL=KIND",
                     help="a target's kind (regression, binary, multiclass, multilabel), e.g. n_classes=multiclass")
+    ap.add_argument("--count", action="append", default=[], metavar="COL=SOURCE:K",
+                    help="make COL a count target, K × the labels of column SOURCE called present (lolscan train --count), "
+                         "e.g. dataset_size=classes:7")
     ap.add_argument("--bins", action="append", default=[], metavar="COL=N",
                     help="score a numeric target as N equal-width bins over its range (a multiclass target)")
     ap.add_argument("--test-where", action="append", default=[], metavar="COLUMN=V[,V...]",
@@ -209,7 +225,7 @@ def main() -> None:
             edges = bin_column(m, col, int(n))
             kinds[col] = "multiclass"
             print(f"{col}: {n} bins, edges {', '.join(f'{e:g}' for e in edges)}", file=sys.stderr)
-        ds = prepare(m, targets, kinds=kinds, seed=args.split_seed, progress=False)
+        ds = prepare(m, targets, kinds=kinds, counts=parse_counts(args.count), seed=args.split_seed, progress=False)
     except LolscanError as exc:
         sys.exit(f"error: {exc}")
     sizes = {k: len(v) for k, v in ds.splits.items()}
@@ -341,7 +357,7 @@ def honest_from_manifest(manifest: Path, saved: dict[str, Any]) -> dict[str, Any
     rows = [ManifestRow(source=str(r.get("path")), labels={k: v for k, v in r.items() if k in columns}, split=r["split"]) for r in recs]
     splits = {s: [k for k, r in enumerate(recs) if r["split"] == s] for s in ("train", "val")} | {"test": test}
     ds = SimpleNamespace(manifest=SimpleNamespace(columns=columns, rows=rows), targets=targets, splits=splits,
-                         values={t.name: [r.get(t.name) for r in recs] for t in targets})
+                         values={t.name: [r.get(t.column) for r in recs] for t in targets})  # a count reads its source
     from lolscan import baseline
 
     return honest_payload(ds, baseline.fit(ds))

@@ -5,6 +5,7 @@ zoo's cls_* columns) must not read the cls_* columns, which add up to it, nor da
 where the recipe sets images_per_class), nor that of dataset_size either."""
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 import sys
@@ -57,3 +58,28 @@ def test_a_binned_target_trains_as_classes(tmp_path):
     assert "score accuracy" in out.stdout and "score: 3 bins" in out.stderr
     pred = saved["runs"]["mlp-svd"][0]["pred"]["score"]
     assert len(pred[0]) == 3  # class probabilities, as the honest table's paired bootstrap reads them
+
+
+def test_a_count_target_gets_its_table_and_its_baselines_from_saved_runs(tmp_path):
+    """--count: the count's accuracy per seed, the recipe rows guessing the number of labels, and the same
+    honest rows again from the saved JSON and the manifest (--from-json MANIFEST --refit-baselines)."""
+    manifest = write_recipe_zoo(tmp_path / "zoo", n=40)
+    tagged = tmp_path / "zoo" / "manifest.jsonl"  # the JSONL a zoo writes, which --refit-baselines reads
+    with open(manifest, newline="") as fh:
+        recs = list(csv.DictReader(fh))
+    num = ("lr", "steps", "batch_size", "dropout", "weight_decay", "rank", "alpha", "src_a")
+    tagged.write_text("".join(json.dumps({**r, **{k: float(r[k]) for k in num}, "big": r["big"].split("|") if r["big"] else []}) + "\n"
+                              for r in recs))
+    args = [sys.executable, SCRIPT, str(tagged), "-t", "n", "--count", "n=big:5", "--arch", "mlp-svd", "--seeds", "2",
+            "--steps", "10", "--threads", "1", "--device", "cpu", "--markdown", "--bootstrap", "50", "--json", str(tmp_path / "c.json")]
+    out = subprocess.run(args, capture_output=True, text=True, timeout=300, env=ENV, check=False)
+    assert out.returncode == 0, out.stderr
+    saved = json.loads((tmp_path / "c.json").read_text())
+    t = saved["targets"][0]
+    assert (t["kind"], t["source"], t["per_label"]) == ("count", "big", 5.0) and len(t["labels"]) >= 2
+    assert "n test accuracy" in out.stdout and "hp-ridge" in out.stdout
+    again = subprocess.run([sys.executable, SCRIPT, str(tagged), "--from-json", str(tmp_path / "c.json"), "--refit-baselines",
+                            "--markdown", "--bootstrap", "50"], capture_output=True, text=True, timeout=300, env=ENV, check=False)
+    assert again.returncode == 0, again.stderr
+    table = lambda text: [line for line in text.splitlines() if line.startswith("| hp-")]  # noqa: E731
+    assert table(again.stdout) == table(out.stdout) and table(out.stdout)
