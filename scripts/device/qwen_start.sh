@@ -13,4 +13,4 @@ tar -c --exclude=./.chunks --exclude=./.benchkit . | tar -x -C $P/repo
 ls $P/repo/models/qwen2.5-coder-1.5b-*/model.safetensors >/dev/null || echo "WARNING: no shipped Qwen checkpoints in the tree: they will not be evaluated" 
 cd $P/repo && BUILD_S=${1:-900} SUITE=${2:-1} setsid nohup bash scripts/device/qwen_pipeline.sh > $P/out/logs/pipeline.log 2>&1 < /dev/null &
 echo "pipeline started (pid $!)"
-sleep 3; tail -3 $P/out/logs/bench.log; cat $P/out/progress 2>/dev/null
+sleep 3; tail -3 $P/out/logs/bench.log 2>/dev/null; cat $P/out/progress 2>/dev/null; true  # neither exists yet on the v3 path
