@@ -76,18 +76,6 @@ def parse_hparams(items: list[str]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def parse_counts(items: list[str]) -> dict[str, tuple[str, float]]:
-    """``--count dataset_size=classes:7`` as `lolscan.training.prepare` takes it."""
-    out: dict[str, tuple[str, float]] = {}
-    for col, spec in parse_pairs(items, "--count").items():
-        source, _, k = spec.partition(":")
-        try:
-            out[col] = (source, float(k or 1))
-        except ValueError:
-            sys.exit(f"error: --count {col}={spec!r}: give COLUMN=SOURCE:K, e.g. dataset_size=classes:7")
-    return out
-
-
 def parse_pairs(items: list[str], flag: str) -> dict[str, str]:
     """``COL=VALUE`` items (repeatable flags) as a dict."""
     out: dict[str, str] = {}
@@ -194,6 +182,7 @@ def main() -> None:
 
     from lolscan.errors import LolscanError
     from lolscan.manifest import read_manifest
+    from lolscan.targets import parse_count
     from lolscan.nets import ARCHITECTURES, hparam_names
     from lolscan.training import TrainOptions, prepare, run_safely, train, write_synthetic_zoo
 
@@ -225,7 +214,8 @@ def main() -> None:
             edges = bin_column(m, col, int(n))
             kinds[col] = "multiclass"
             print(f"{col}: {n} bins, edges {', '.join(f'{e:g}' for e in edges)}", file=sys.stderr)
-        ds = prepare(m, targets, kinds=kinds, counts=parse_counts(args.count), seed=args.split_seed, progress=False)
+        counts = {col: parse_count(col, spec) for col, spec in parse_pairs(args.count, "--count").items()}
+        ds = prepare(m, targets, kinds=kinds, counts=counts, seed=args.split_seed, progress=False)
     except LolscanError as exc:
         sys.exit(f"error: {exc}")
     sizes = {k: len(v) for k, v in ds.splits.items()}

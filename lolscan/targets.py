@@ -350,6 +350,18 @@ def infer_kind(name: str, values: Sequence[Any]) -> str:
     )
 
 
+def parse_count(name: str, spec: str) -> tuple[str, float]:
+    """``--count NAME=SOURCE[:PER_LABEL]``'s right side as ``(source, per_label)`` (per_label 1 when left out)."""
+    source, colon, per = spec.partition(":")
+    try:
+        k = float(per) if colon else 1.0
+    except ValueError:
+        k = math.nan
+    if not source.strip() or not (0 < k < math.inf):
+        raise UsageError(f"--count {name}={spec}: expected NAME=COLUMN[:PER_LABEL], e.g. dataset_size=classes:7")
+    return source.strip(), k
+
+
 def make_target(name: str, values: Sequence[Any], kind: str | None = None, units: str = "",
                 count: tuple[str, float] | None = None) -> Target:
     """Build a target from a column's values (kind inferred unless given). Normalisation is fitted later.

@@ -202,3 +202,20 @@ def test_a_counts_truth_is_its_own_number_else_its_source_counted():
         row = {"truth": {}}
         fill_truth(row, [t], labels)
         assert row["truth"].get("n") == want, labels
+
+
+@pytest.mark.parametrize("spec, want", [("classes:7", ("classes", 7.0)), (" classes ", ("classes", 1.0)), ("c:0.5", ("c", 0.5))])
+def test_count_specs_parse(spec, want):
+    from lolscan.targets import parse_count
+
+    assert parse_count("n", spec) == want
+
+
+@pytest.mark.parametrize("spec", ["", ":7", "classes:0", "classes:x", "classes:inf", "classes:-2"])
+def test_bad_count_specs_are_refused_in_one_line_by_train(spec, tmp_path):
+    from lolscan.targets import parse_count
+
+    with pytest.raises(UsageError, match="expected NAME=COLUMN"):
+        parse_count("n", spec)
+    r = CliRunner().invoke(app, ["train", str(tmp_path / "m.csv"), "-t", "n", "--count", f"n={spec}", "--out", str(tmp_path / "o")])
+    assert r.exit_code == 2 and "expected NAME=COLUMN" in " ".join(r.output.replace("│", " ").split())

@@ -30,16 +30,13 @@ def label_options(kind: list[str], units: list[str], count: list[str]) -> dict[s
     """``--kind``, ``--units`` and ``--count`` as `training.prepare` takes them. ``--count
     dataset_size=classes:7``: the target dataset_size is 7 × the number of labels called present by a
     head trained on the label sets of column ``classes`` (PER_LABEL 1 when left out)."""
-    counts: dict[str, tuple[str, float]] = {}
-    for name, spec in parse_pairs(count, "--count").items():
-        source, colon, per = spec.partition(":")
-        try:
-            k = float(per) if colon else 1.0
-        except ValueError:
-            k = float("nan")
-        if not source.strip() or not (0 < k < float("inf")):
-            raise typer.BadParameter(f"{name}={spec!r}: expected NAME=COLUMN[:PER_LABEL], e.g. dataset_size=classes:7", param_hint="--count")
-        counts[name] = (source.strip(), k)
+    from ..errors import UsageError
+    from ..targets import parse_count
+
+    try:
+        counts = {name: parse_count(name, spec) for name, spec in parse_pairs(count, "--count").items()}
+    except UsageError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--count") from None
     return {"kinds": parse_pairs(kind, "--kind"), "units": parse_pairs(units, "--units"), "counts": counts}
 
 
