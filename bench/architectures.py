@@ -19,7 +19,8 @@ src_* — when it has an lr column; hp-gbt needs scikit-learn), with Kendall τ 
 (lr ≤ --healthy-lr, default the zoo's median lr: a cut on the recipe, not on the label) and the paired
 bootstrap 95 % CI of (row − best row) over test adapters. --json saves what it needs; for runs saved
 before it, give the zoo's JSONL manifest too: ``python bench/architectures.py MANIFEST --from-json …``.
-``--test-where rank=8`` (repeatable) adds that table on the test rows whose manifest column holds one of
+``--refit`` trains every model again on train + validation once validation chose it, as `lolscan train --refit`
+(rows named ARCH-refit). ``--test-where rank=8`` (repeatable) adds that table on the test rows whose manifest column holds one of
 the values: with a split column that trains on ranks 2 and 4 and tests on both, rank generalisation.
 ``--kind n_classes=multiclass`` sets a target's kind as `lolscan train --kind` does (``--count
 dataset_size=classes:7`` a count target as `lolscan train --count` does); ``--bins dataset_size=10``
@@ -126,6 +127,8 @@ def main() -> None:
     ap.add_argument("--first-seed", type=int, default=0,
                     help="seeds run from here (split one architecture's seeds over processes; merge with --from-json)")
     ap.add_argument("--split-seed", type=int, default=0)
+    ap.add_argument("--refit", action="store_true",
+                    help="as `lolscan train --refit`: each model trained again on train + validation once validation chose it")
     ap.add_argument("--ensemble", type=int, default=1, metavar="K",
                     help="each seed's row is `lolscan train --ensemble K` at seed·K: members at seeds seed·K … seed·K+K−1, "
                          "so no two rows share a member (row name ARCH-ensK unless --name)")
@@ -250,11 +253,11 @@ def main() -> None:
 
     for arch in archs:
         hp = {k: v for k, v in hp_all.get("*", {}).items() if k in hparam_names(arch)} | hp_all.get(arch, {})
-        row = args.name or (arch if args.ensemble == 1 else f"{arch}-ens{args.ensemble}")
+        row = args.name or (arch if args.ensemble == 1 else f"{arch}-ens{args.ensemble}") + ("-refit" if args.refit else "")
         for seed in range(args.first_seed, args.first_seed + args.seeds):
             opts = TrainOptions(arch=arch, hparams=hp, seed=seed * args.ensemble, max_steps=args.steps, batch_size=args.batch_size,
                                 lr=args.lr, patience=args.patience, device=args.device, progress=False, threads=args.threads,
-                                ensemble=args.ensemble)
+                                ensemble=args.ensemble, refit=args.refit)
             t0 = time.perf_counter()
             if cuda:
                 torch.cuda.reset_peak_memory_stats()
@@ -269,6 +272,7 @@ def main() -> None:
                                               "best_step": result.best_step, "seconds": time.perf_counter() - t0,
                                               "pred": pred, "chosen": result.chosen, "tried": result.tried}
                                              | ({"ensemble": result.ensemble} if result.ensemble else {})
+                                             | ({"refit": result.refit} if result.refit else {})
                                              | ({"peak_gib": torch.cuda.max_memory_allocated() / 2**30} if cuda else {}))
             print(f"  {row} seed {seed}: {time.perf_counter() - t0:.1f} s, best step {result.best_step}", file=sys.stderr)
             if args.json:

@@ -61,6 +61,8 @@ def train_each(ds: Dataset, archs: list[str], hparams: dict[str, Any], base: Tra
             entry["lr_search"] = result.lr_search
         if result.ensemble:  # --ensemble K: every member's seed and steps (steps and best_step above: the first's)
             entry["ensemble"] = dict(result.ensemble)
+        if result.refit:  # --refit: the rows and steps each model was trained again with
+            entry["refit"] = dict(result.refit)
         logged = [t.name for t in ds.targets if t.transform != "none"]
         if logged:  # `train` kept the log transform for these (the targets are this architecture's until the next)
             entry["log_targets"] = logged

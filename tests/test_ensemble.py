@@ -92,7 +92,7 @@ def test_train_averages_models_trained_at_the_next_seeds(ds, runs):
         assert torch.allclose(ens.outputs[s], mean, rtol=1e-6, atol=1e-7), s
     assert not torch.allclose(ens.outputs["test"], singles[0].outputs["test"], rtol=1e-3)
     assert ens.ensemble == {"members": 3, "seeds": [0, 1, 2], "best_steps": [r.best_steps for r in singles],
-                            "steps": [r.steps for r in singles]}
+                            "steps": [r.steps for r in singles], "lr_cuts": [r.lr_cuts for r in singles]}
     # the monitored loss is the ensemble's, metrics are recomputed from its outputs
     y = ens.ys["val"]
     assert ens.best_loss == pytest.approx(float(sum(t.loss(ens.outputs["val"], *y[t.name]) for t in ds.targets)), rel=1e-6)

@@ -230,6 +230,10 @@ def _show_card(card: dict[str, Any], folder: Any) -> None:
     t.add_row("architecture", f"{card['architecture']} {json.dumps(card['hparams'])}")
     if isinstance(card.get("ensemble"), dict):
         t.add_row("ensemble", ensemble_line(card))
+    refit = (card.get("training") or {}).get("refit")
+    if isinstance(refit, dict) and refit.get("rows"):
+        t.add_row("refit", f"trained again on {refit['rows']:,} LoRAs (training + validation) for "
+                           f"{refit.get('ratio', 1):.3g}× each model's best step")
     t.add_row("weights", weights_line(card, folder))
     t.add_row("base model", str(card.get("base_model", "unknown")))
     t.add_row("modules", str(len(card["layer_spec"].get("layers", []))))

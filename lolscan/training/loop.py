@@ -93,6 +93,7 @@ def _train(ds: Dataset, opts: TrainOptions) -> TrainResult:
     own = {n: (math.inf, 0) for n in names}  # per target: its best monitored loss and the step of it
     states = {0: best_state}  # per_target: the weights at every step that is some target's best
     history: list[dict[str, float]] = []
+    cuts: list[int] = []  # the steps after which the lr was cut (a refit replays them: lolscan.training.refit)
     step, order, pos = 0, torch.randperm(n_train, generator=gen), 0
     bs = min(opts.batch_size, n_train)
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn())
@@ -139,6 +140,7 @@ def _train(ds: Dataset, opts: TrainOptions) -> TrainResult:
                     if opts.decay_after and stale % opts.decay_after == 0 and opts.lr_decay != 1.0:
                         for group in optim.param_groups:  # on a plateau: a smaller step from here
                             group["lr"] *= opts.lr_decay
+                        cuts.append(step)
     if per_target:
         best_steps = {n: b for n, (_, b) in own.items() if n not in blind}
         best, best_step = sum(own[n][0] for n in best_steps), max(best_steps.values())
@@ -152,7 +154,7 @@ def _train(ds: Dataset, opts: TrainOptions) -> TrainResult:
     metrics, test_scores = _evaluate(ds.targets, outputs, ys)
     result = TrainResult(model, metrics, history, best_step, step, time.perf_counter() - start, test_scores, opts, best)
     result.outputs, result.ys = outputs, {s: {k: (y.cpu(), m.cpu()) for k, (y, m) in v.items()} for s, v in ys.items()}
-    result.best_steps, result.lr = best_steps, _lr(opts)
+    result.best_steps, result.lr, result.lr_cuts = best_steps, _lr(opts), cuts
     return result
 
 

@@ -48,6 +48,10 @@ class TrainOptions:
     # The precision the checkpoint stores its weights in (`WEIGHTS_DTYPES`): the kept model's parameters are
     # rounded through it before calibration and the test metrics, so the card measures the weights it ships.
     weights_dtype: str = "float32"
+    # True: once validation has chosen the settings, the lr and each model's step, every model is trained again
+    # from its seed on the training and all validation rows for that step scaled by the row ratio (the same
+    # epochs; lr cuts replayed), as `lolscan train --refit` (lolscan.training.refit).
+    refit: bool = False
 
 
 @dataclass
@@ -70,6 +74,8 @@ class TrainResult:
     lr: float = math.nan  # the learning rate the kept model trained with
     lr_search: list[dict[str, float]] = field(default_factory=list)  # with lr=None: every lr tried and its validation loss
     ensemble: dict[str, Any] = field(default_factory=dict)  # ensemble > 1: members, seeds, best_steps and steps per member
+    lr_cuts: list[int] = field(default_factory=list)  # the steps after which the lr was cut on a plateau
+    refit: dict[str, Any] = field(default_factory=dict)  # opts.refit: rows, ratio and steps per model (lolscan.training.refit)
 
 
 # The learning rates `train` tries with ``lr=None`` (`lolscan train --lr auto`, the default), after the

@@ -86,6 +86,7 @@ def make_card(ds: Dataset, result: TrainResult, *, name: str, description: str =
             **({"search": result.tried} if result.tried else {}),
             "calibration_rows": result.calibration_rows,
             **({"ensemble": dict(result.ensemble)} if result.ensemble else {}),
+            **({"refit": dict(result.refit)} if result.refit else {}),
         },
         **({"weights_dtype": opts.weights_dtype} if opts.weights_dtype != "float32" else {}),
         "training_data": {

@@ -232,11 +232,17 @@ def train(ds: Dataset, opts: TrainOptions) -> TrainResult:
 
     With ``opts.ensemble`` K > 1, everything above runs once, at ``opts.seed``; then `_ensemble` trains
     K − 1 more models with what it chose (settings, lr, transforms) at the next seeds, and the result is
-    their `EnsembleNet` (outputs: the members' mean), calibrated on the ensemble's outputs."""
+    their `EnsembleNet` (outputs: the members' mean), calibrated on the ensemble's outputs.
+
+    With ``opts.refit``, the model (every member) is then trained again on the training and validation rows
+    (`lolscan.training.refit`); calibration and the validation metrics stay those of the models before it."""
     if opts.transform not in ("auto", "none", "log"):
         raise UsageError(f"transform {opts.transform!r}: expected auto, none or log")
     if isinstance(opts.ensemble, bool) or not isinstance(opts.ensemble, int) or opts.ensemble < 1:
         raise UsageError(f"ensemble {opts.ensemble!r}: expected a whole number of models ≥ 1")
+    if opts.refit and not ds.splits["val"]:
+        raise UsageError("--refit trains again on the validation rows once they have chosen the model, "
+                         "and this split has none (set --val-fraction, or give the split column val rows)")
     if opts.weights_dtype not in WEIGHTS_DTYPES:
         raise UsageError(f"weights dtype {opts.weights_dtype!r}: expected one of {', '.join(WEIGHTS_DTYPES)}")
     before = torch.get_num_threads()
@@ -309,6 +315,10 @@ def train(ds: Dataset, opts: TrainOptions) -> TrainResult:
         if calib:
             best.outputs["calibration"] = _outputs_for(best.model, ds, calib)
             best.ys["calibration"] = {t.name: t.encode([ds.values[t.name][i] for i in calib]) for t in ds.targets}
+        if opts.refit:  # calibration and validation outputs stay the models' before it (lolscan.training.refit)
+            from .refit import refit
+
+            best = refit(ds, opts, best, settings, lr, opts.weights_dtype)
         calibrate(ds.targets, best, split="calibration" if calib else "val")
         best.calibration_rows = len(calib) if calib else len(val)
         best.seconds = time.perf_counter() - start
@@ -341,7 +351,8 @@ def _ensemble(ds: Dataset, opts: TrainOptions, first: TrainResult, hparams: dict
     loss = float(_loss(ds.targets, outputs[monitor], first.ys[monitor]))
     out = replace(first, model=model, metrics=metrics, test_scores=test_scores, best_loss=loss, outputs=outputs)
     out.ensemble = {"members": opts.ensemble, "seeds": [r.options.seed for r in results],
-                    "best_steps": [dict(r.best_steps) for r in results], "steps": [r.steps for r in results]}
+                    "best_steps": [dict(r.best_steps) for r in results], "steps": [r.steps for r in results],
+                    "lr_cuts": [list(r.lr_cuts) for r in results]}
     return out
 
 
@@ -349,15 +360,20 @@ def _round_weights(ds: Dataset, result: TrainResult, dtype: str) -> None:
     """Round the kept model's floating parameters through ``dtype``, as `Checkpoint.save` will store them
     (buffers — input scales, feature statistics — stay float32), then measure its outputs, metrics and
     monitored loss again on the rounded weights."""
-    dt = getattr(torch, dtype)
-    with torch.no_grad():
-        for p in result.model.parameters():
-            if p.is_floating_point():
-                p.copy_(p.to(dt).to(p.dtype))
+    round_parameters(result.model, dtype)
     result.outputs = {s: _outputs_for(result.model, ds, ds.splits[s]) for s in result.outputs}
     result.metrics, result.test_scores = _evaluate(ds.targets, result.outputs, result.ys)
     monitor = "val" if "val" in result.outputs else "train"
     result.best_loss = float(_loss(ds.targets, result.outputs[monitor], result.ys[monitor]))
+
+
+def round_parameters(model: torch.nn.Module, dtype: str) -> None:
+    """Round ``model``'s floating parameters through ``dtype`` in place (buffers stay as they are)."""
+    dt = getattr(torch, dtype)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.is_floating_point():
+                p.copy_(p.to(dt).to(p.dtype))
 
 
 def _lower(a: float, b: float) -> bool:
