@@ -238,6 +238,15 @@ def _outputs_for(model: torch.nn.Module, ds: Dataset, rows: Sequence[int]) -> to
     return _outputs(model, _model_inputs(model, [ds.adapters[i] for i in rows], ds.spec, model.device)).cpu()
 
 
+def round_parameters(model: torch.nn.Module, dtype: str) -> None:
+    """Round ``model``'s floating parameters through ``dtype`` in place (buffers stay as they are)."""
+    dt = getattr(torch, dtype)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.is_floating_point():
+                p.copy_(p.to(dt).to(p.dtype))
+
+
 def calibrate(targets: Sequence[Target], result: TrainResult, level: float = 0.9, split: str = "val") -> None:
     """Fit each target's interval (regression) or temperature (classes) on ``split``'s outputs, then
     recompute the result's metrics with them (a run without such rows is left uncalibrated)."""

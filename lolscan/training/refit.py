@@ -23,7 +23,7 @@ import torch
 
 from ..utils.device import resolve_device
 from .data import Dataset
-from .loop import _evaluate, _fit_skip, _loss, _model_inputs, _outputs_for, _serve_per_target, _to, build
+from .loop import _evaluate, _fit_skip, _loss, _model_inputs, _outputs_for, _serve_per_target, _to, build, round_parameters
 from .options import TrainOptions, TrainResult, _lr
 
 
@@ -87,7 +87,6 @@ def refit(ds: Dataset, opts: TrainOptions, before: TrainResult, hparams: dict[st
     outputs stay ``before``'s; ``round_to``: the dtype the weights are rounded through, as `lolscan train
     --weights-dtype`. Metrics are computed again; `calibrate` is still to run on the result."""
     from ..nets.ensemble import EnsembleNet
-    from .search import round_parameters
 
     rows = list(ds.splits["train"]) + list(ds.splits["val"])
     ratio = len(rows) / len(ds.splits["train"])

@@ -18,7 +18,7 @@ from ..errors import UsageError
 from ..checkpoint import WEIGHTS_DTYPES
 from ..targets import Target, fit_normalisation
 from .data import Dataset
-from .loop import _evaluate, _loss, _outputs_for, _train, calibrate
+from .loop import _evaluate, _loss, _outputs_for, _train, calibrate, round_parameters
 from .options import LR_GRID, RECOMMENDED, TrainOptions, TrainResult, _lr
 
 
@@ -365,15 +365,6 @@ def _round_weights(ds: Dataset, result: TrainResult, dtype: str) -> None:
     result.metrics, result.test_scores = _evaluate(ds.targets, result.outputs, result.ys)
     monitor = "val" if "val" in result.outputs else "train"
     result.best_loss = float(_loss(ds.targets, result.outputs[monitor], result.ys[monitor]))
-
-
-def round_parameters(model: torch.nn.Module, dtype: str) -> None:
-    """Round ``model``'s floating parameters through ``dtype`` in place (buffers stay as they are)."""
-    dt = getattr(torch, dtype)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.is_floating_point():
-                p.copy_(p.to(dt).to(p.dtype))
 
 
 def _lower(a: float, b: float) -> bool:
