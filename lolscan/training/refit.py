@@ -4,7 +4,8 @@ model is trained again from its own seed on the training rows and all validation
 Why: the validation rows did their work (choosing); after that they are labelled LoRAs like any other. On the
 class-subset zoo (1,630 training and 182 validation LoRAs) an 11-model GL-net ensemble refitted this way named
 the dataset size for 0.756 ± 0.011 of the test LoRAs over five ensembles against 0.733 ± 0.015 without (paired
-+0.023 [+0.003, +0.044]; bench/RESULTS.md, "Refit on train + validation").
++0.023 [+0.003, +0.044]; with a search per ensemble 0.744 against 0.723; bench/RESULTS.md, "Refit on train +
+validation").
 
 What stays from before the refit: the number of epochs (each model's best step, per target, times the ratio of
 rows), its lr cuts (replayed at the scaled steps), the targets' normalisation and transforms, and calibration —
