@@ -1,5 +1,6 @@
 """Does refitting an ensemble's members on train + validation (after validation chose their step) name a
-class-subset LoRA's dataset size more often?  A probe for issue 18, before any library change.
+class-subset LoRA's dataset size more often?  A probe for issue 18, run before `lolscan train --refit` existed (with
+its own loop then; it calls the library's `train_fixed` now, which gives the same figures to the digit).
 
     OMP_NUM_THREADS=1 python3 bench/refit_probe.py ZOO/manifest.jsonl --blocks 0 1 --json out.json
 
@@ -13,7 +14,6 @@ depend on calibration) is scored against the test LoRAs' true number of classes.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import time
 from dataclasses import replace
@@ -22,8 +22,9 @@ import torch
 
 from lolscan.manifest import read_manifest
 from lolscan.training.data import prepare
-from lolscan.training.loop import _train
+from lolscan.training.loop import _outputs_for, _train
 from lolscan.training.options import TrainOptions
+from lolscan.training.refit import train_fixed
 
 SETTINGS = {"products": True, "squash": "asinh"}
 
@@ -62,12 +63,9 @@ def main() -> None:
             t0 = time.perf_counter()
             r = _train(fit_ds, o)
             n = max(1, round(r.best_step * ratio))
-            o2 = copy.copy(o)
-            o2.max_steps, o2.min_steps, o2.patience = n, 10**9, 10**9
-            o2.eval_every = n  # one evaluation, at the end: the final weights are kept
-            r2 = _train(refit_ds, o2)
+            model = train_fixed(refit_ds, o, {"classes": n})  # what `lolscan train --refit` trains
             plain.append(r.outputs["test"])
-            refit.append(r2.outputs["test"])
+            refit.append(_outputs_for(model, ds, ds.splits["test"]))
             steps.append((r.best_step, n))
             print(f"block {b} seed {seed}: best step {r.best_step} → refit {n} steps "
                   f"({time.perf_counter() - t0:.0f} s)", flush=True)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -68,10 +68,45 @@ def _to(ys: dict[str, tuple[torch.Tensor, torch.Tensor]], device: torch.device) 
     return {k: (y.to(device), m.to(device)) for k, (y, m) in ys.items()}
 
 
-def _train(ds: Dataset, opts: TrainOptions) -> TrainResult:
-    from ..utils.progress import progress_console
+def _minibatches(n: int, bs: int, gen: torch.Generator) -> Iterator[torch.Tensor]:
+    """Endless minibatch row indices: a fresh permutation of the ``n`` rows each epoch (drawn from ``gen``),
+    taken ``bs`` at a time; an epoch's tail shorter than ``bs`` is skipped."""
+    order, pos = torch.randperm(n, generator=gen), 0
+    while True:
+        if pos + bs > n:
+            order, pos = torch.randperm(n, generator=gen), 0
+        yield order[pos : pos + bs]
+        pos += bs
+
+
+def _step(model: torch.nn.Module, optim: torch.optim.Optimizer, targets: Sequence[Target], batch: Any,
+          ys: dict[str, tuple[torch.Tensor, torch.Tensor]], idx: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """One optimiser step on the rows ``idx`` of the training inputs ``batch`` and labels ``ys``; its loss."""
+    model.train()
+    mys = {k: (y[idx.to(device)], m[idx.to(device)]) for k, (y, m) in ys.items()}
+    loss = _loss(targets, model(batch.select(idx.tolist())), mys)
+    optim.zero_grad(set_to_none=True)
+    loss.backward()
+    optim.step()
+    return loss
+
+
+def _cut_lr(optim: torch.optim.Optimizer, factor: float) -> None:
+    for group in optim.param_groups:
+        group["lr"] *= factor
+
+
+def _progress(opts: TrainOptions) -> Any:
+    """The transient training bar on stderr (off with ``opts.progress`` False)."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from ..utils.progress import progress_console
+
+    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn())
+    return Progress(*columns, console=progress_console(), transient=True, disable=not opts.progress)
+
+
+def _train(ds: Dataset, opts: TrainOptions) -> TrainResult:
     device = resolve_device(opts.device)
     start = time.perf_counter()
     model = build(ds, opts, device)
@@ -94,23 +129,11 @@ def _train(ds: Dataset, opts: TrainOptions) -> TrainResult:
     states = {0: best_state}  # per_target: the weights at every step that is some target's best
     history: list[dict[str, float]] = []
     cuts: list[int] = []  # the steps after which the lr was cut (a refit replays them: lolscan.training.refit)
-    step, order, pos = 0, torch.randperm(n_train, generator=gen), 0
-    bs = min(opts.batch_size, n_train)
-    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn())
-    with Progress(*columns, console=progress_console(), transient=True, disable=not opts.progress) as bar:
+    step, order = 0, _minibatches(n_train, min(opts.batch_size, n_train), gen)
+    with _progress(opts) as bar:
         task = bar.add_task(f"training {opts.arch}", total=opts.max_steps)
         while step < opts.max_steps:
-            if pos + bs > n_train:
-                order, pos = torch.randperm(n_train, generator=gen), 0
-            idx = order[pos : pos + bs]
-            pos += bs
-            model.train()
-            mb = batches["train"].select(idx.tolist())
-            mys = {k: (y[idx.to(device)], m[idx.to(device)]) for k, (y, m) in ys["train"].items()}
-            loss = _loss(ds.targets, model(mb), mys)
-            optim.zero_grad(set_to_none=True)
-            loss.backward()
-            optim.step()
+            loss = _step(model, optim, ds.targets, batches["train"], ys["train"], next(order), device)
             step += 1
             bar.advance(task)
             if step % opts.eval_every == 0 or step == opts.max_steps:
@@ -138,8 +161,7 @@ def _train(ds: Dataset, opts: TrainOptions) -> TrainResult:
                     if stale >= opts.patience:
                         break
                     if opts.decay_after and stale % opts.decay_after == 0 and opts.lr_decay != 1.0:
-                        for group in optim.param_groups:  # on a plateau: a smaller step from here
-                            group["lr"] *= opts.lr_decay
+                        _cut_lr(optim, opts.lr_decay)  # on a plateau: a smaller step from here
                         cuts.append(step)
     if per_target:
         best_steps = {n: b for n, (_, b) in own.items() if n not in blind}

@@ -24,16 +24,15 @@ import torch
 
 from ..utils.device import resolve_device
 from .data import Dataset
-from .loop import _evaluate, _fit_skip, _loss, _model_inputs, _outputs_for, _serve_per_target, _to, build, round_parameters
+from .loop import (_cut_lr, _evaluate, _fit_skip, _minibatches, _model_inputs, _outputs_for, _progress, _serve_per_target, _step, _to,
+                   build, round_parameters)
 from .options import TrainOptions, TrainResult, _lr
 
 
 def train_fixed(ds: Dataset, opts: TrainOptions, stops: dict[str, int], cuts: Sequence[int] = ()) -> torch.nn.Module:
     """A fresh model trained on ``ds``'s training split for ``max(stops)`` steps, the lr cut by ``opts.lr_decay``
-    after each step in ``cuts``; each target's outputs come from the weights at its own step in ``stops``."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-    from ..utils.progress import progress_console
-
+    after each step in ``cuts``; each target's outputs come from the weights at its own step in ``stops``. The
+    same initialisation, minibatches and steps as `_train` at ``opts.seed``, without its validation checks."""
     device = resolve_device(opts.device)
     model = build(ds, opts, device)
     batch = _model_inputs(model, ds.split_adapters("train"), ds.spec, device)
@@ -44,30 +43,18 @@ def train_fixed(ds: Dataset, opts: TrainOptions, stops: dict[str, int], cuts: Se
     gen = torch.Generator().manual_seed(opts.seed)
     optim = torch.optim.AdamW(model.parameters(), lr=_lr(opts), weight_decay=opts.weight_decay)
     n = len(ds.splits["train"])
-    bs, keep, last = min(opts.batch_size, n), set(stops.values()), max(stops.values())
+    keep, last = set(stops.values()), max(stops.values())
     states = {0: copy.deepcopy(model.state_dict())} if 0 in keep else {}
-    step, order, pos = 0, torch.randperm(n, generator=gen), 0
-    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn())
-    with Progress(*columns, console=progress_console(), transient=True, disable=not opts.progress) as bar:
+    order = _minibatches(n, min(opts.batch_size, n), gen)
+    with _progress(opts) as bar:
         task = bar.add_task(f"refitting {opts.arch} (seed {opts.seed})", total=last)
-        while step < last:
-            if pos + bs > n:
-                order, pos = torch.randperm(n, generator=gen), 0
-            idx = order[pos : pos + bs]
-            pos += bs
-            model.train()
-            mys = {k: (y[idx.to(device)], m[idx.to(device)]) for k, (y, m) in ys.items()}
-            loss = _loss(ds.targets, model(batch.select(idx.tolist())), mys)
-            optim.zero_grad(set_to_none=True)
-            loss.backward()
-            optim.step()
-            step += 1
+        for step in range(1, last + 1):
+            _step(model, optim, ds.targets, batch, ys, next(order), device)
             bar.advance(task)
             if step in keep:
                 states[step] = copy.deepcopy(model.state_dict())
             if step in cuts:
-                for group in optim.param_groups:
-                    group["lr"] *= opts.lr_decay
+                _cut_lr(optim, opts.lr_decay)
     model = _serve_per_target(model, ds.targets, stops, states)
     model.eval()
     return model
@@ -81,12 +68,11 @@ def members(result: TrainResult, opts: TrainOptions) -> list[tuple[int, dict[str
     return [(opts.seed, dict(result.best_steps), list(result.lr_cuts))]
 
 
-def refit(ds: Dataset, opts: TrainOptions, before: TrainResult, hparams: dict[str, Any], lr: float,
-          round_to: str = "float32") -> TrainResult:
+def refit(ds: Dataset, opts: TrainOptions, before: TrainResult, hparams: dict[str, Any], lr: float) -> TrainResult:
     """``before``'s models trained again on ``ds``'s training and validation rows (see the module's docstring), as
-    a result whose model, training and test outputs are the refitted ones' and whose validation (and calibration)
-    outputs stay ``before``'s; ``round_to``: the dtype the weights are rounded through, as `lolscan train
-    --weights-dtype`. Metrics are computed again; `calibrate` is still to run on the result."""
+    a result whose model, training and test outputs are the refitted ones' (weights rounded through
+    ``opts.weights_dtype``) and whose validation (and calibration) outputs stay ``before``'s. Metrics are computed
+    again; `calibrate` is still to run on the result."""
     from ..nets.ensemble import EnsembleNet
 
     rows = list(ds.splits["train"]) + list(ds.splits["val"])
@@ -101,8 +87,8 @@ def refit(ds: Dataset, opts: TrainOptions, before: TrainResult, hparams: dict[st
         models.append(train_fixed(refit_ds, o, stops, [c2 for c in cuts if (c2 := round(c * ratio)) < last]))
         steps.append(stops)
     model = EnsembleNet(models) if len(models) > 1 else models[0]
-    if round_to != "float32":
-        round_parameters(model, round_to)
+    if opts.weights_dtype != "float32":
+        round_parameters(model, opts.weights_dtype)
     outputs = {s: (_outputs_for(model, ds, ds.splits[s]) if s in ("train", "test") else out)
                for s, out in before.outputs.items()}
     metrics, test_scores = _evaluate(ds.targets, {k: v for k, v in outputs.items() if k != "calibration"}, before.ys)

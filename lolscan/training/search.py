@@ -318,7 +318,7 @@ def train(ds: Dataset, opts: TrainOptions) -> TrainResult:
         if opts.refit:  # calibration and validation outputs stay the models' before it (lolscan.training.refit)
             from .refit import refit
 
-            best = refit(ds, opts, best, settings, lr, opts.weights_dtype)
+            best = refit(ds, opts, best, settings, lr)
         calibrate(ds.targets, best, split="calibration" if calib else "val")
         best.calibration_rows = len(calib) if calib else len(val)
         best.seconds = time.perf_counter() - start
