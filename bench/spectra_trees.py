@@ -6,7 +6,8 @@ alone and on one number, the log of Σ ‖ΔW‖²_F. A diagnostic for issue 17,
 
 Trees fit on the train + validation rows of the manifest's split column and are scored (R²) on its test rows;
 the spectra trees at ``--seeds`` seeds (row subsampling 0.8), the one-feature trees once (they are deterministic).
-Singular values come from the factors (QR of U and V, then the r × r core), exact for any rank.
+Singular values come from the factors (`Layer.singular_values`: QR of U and V, then the r × r core), exact for
+any rank.
 """
 from __future__ import annotations
 
@@ -23,10 +24,7 @@ def log_spectra(adapter) -> list[float]:
     """log σ of every module's ΔW (modules in name order, σ descending), from the factors."""
     out: list[float] = []
     for name in sorted(adapter.layers):
-        layer = adapter.layers[name]
-        _, ru = torch.linalg.qr(layer.U.double())
-        _, rv = torch.linalg.qr(layer.V.double())
-        out.extend(torch.log(torch.linalg.svdvals(ru @ rv.T) + 1e-12).tolist())
+        out.extend(torch.log(adapter.layers[name].singular_values(torch.float64) + 1e-12).tolist())
     return out
 
 

@@ -69,11 +69,12 @@ class Layer:
                 w = w * (m / torch.linalg.norm(w, dim=1)).view(-1, 1)
         return w.reshape(weight.shape)
 
-    def singular_values(self) -> torch.Tensor:
-        """Singular values of U Vᵀ from the r × r core of the QR factors (never forms ΔW)."""
+    def singular_values(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Singular values of U Vᵀ from the r × r core of the QR factors (never forms ΔW), computed in float64
+        and returned as ``dtype``."""
         _, ru = torch.linalg.qr(self.U.double())
         _, rv = torch.linalg.qr(self.V.double())
-        return torch.linalg.svdvals(ru @ rv.T).float()
+        return torch.linalg.svdvals(ru @ rv.T).to(dtype)
 
     def frobenius_norm(self) -> float:
         # ‖U Vᵀ‖_F² = trace((UᵀU)(VᵀV)): r × r work only.
