@@ -20,7 +20,7 @@ from ..adapter import Adapter
 from .batch import FactorBatch, index_tensor
 from .common import MetaNet, _chunks, make_mlp
 from .spec import LayerSpec
-from .svd import SUMMARIES, all_spectra, batch_spectra, median_top, spectral_summaries
+from .svd import SUMMARIES, all_spectra, batch_spectra, log_magnitudes, median_top, spectral_summaries
 
 POOLS = ("concat", "mean")
 # How fit() sets input_scale: "rms" = from the mean square entry of ΔW over all training adapters
@@ -52,7 +52,8 @@ class GLNet(MetaNet):
     per-layer input scale), ``squash`` none|asinh (applied elementwise to the invariants before
     pooling and the head), ``spectral`` (top singular values per layer the head also reads), ``products``
     (False: the head reads the spectral features alone), ``skip`` (with ``products=False``: a linear map
-    from the standardised spectral features to the output, added to the head's). ``d=1, pool="mean"`` is the paper's CLIP-score head.
+    from the standardised spectral features to the output, added to the head's), ``log_spectra`` (the spectral
+    magnitudes read as log(σ / ref): `log_magnitudes`). ``d=1, pool="mean"`` is the paper's CLIP-score head.
 
     The defaults of ``scale``, ``squash``, ``spectral`` and ``skip`` are the original behaviour and must
     stay so: checkpoint cards and configs written before these keys existed are rebuilt through
@@ -81,6 +82,7 @@ class GLNet(MetaNet):
         products: bool = True,
         skip: bool = False,
         summaries: bool = False,
+        log_spectra: bool = False,
     ):
         if d <= 0 or depth < 1:
             raise ValueError(f"glnet needs d >= 1 and depth >= 1, got d={d}, depth={depth}")
@@ -101,12 +103,15 @@ class GLNet(MetaNet):
             # likewise; with the products the head keeps the top singular values alone: on the invariant suite
             # the summaries there cost a cross-layer trace 0.021 R² and a heavy-tailed functional 0.07
             hp["summaries"] = True
+        if bool(log_spectra) and int(spectral) > 0:
+            hp["log_spectra"] = True  # likewise recorded only when on
         super().__init__(spec, out_dim, hp)
         self.d, self.depth, self.pool, self.scale, self.squash = int(d), int(depth), pool, scale, squash
         self.spectral = int(spectral)
         self.products = bool(products)
         self.skip = bool(self.hparams.get("skip", False))
         self.summaries = bool(self.hparams.get("summaries", False))
+        self.log_spectra = bool(self.hparams.get("log_spectra", False))
         # spectral features per layer: the top `spectral` singular values, then `spectral_summaries`
         self._per_layer = self.spectral + (SUMMARIES if self.summaries else 0)
         if not self.products and not self.spectral:
@@ -285,10 +290,14 @@ class GLNet(MetaNet):
 
     def _scaled(self, raw: torch.Tensor) -> torch.Tensor:
         """``[B, L·f]`` from `_raw_spectral`'s ``[B, L, f]``: magnitudes (singular values, the energy past
-        them) divided by each layer's reference σ₁, the scale-free shapes as they are."""
+        them) divided by each layer's reference σ₁ (with ``log_spectra`` then their logs), the scale-free shapes as
+        they are."""
         mags = self.spectral + (1 if self.summaries else 0)  # the top k, then the energy past them
         ref = self.spec_ref.view(1, -1, 1).to(raw)
-        return torch.cat([raw[..., :mags] / ref, raw[..., mags:]], dim=-1).flatten(1)
+        scaled = raw[..., :mags] / ref
+        if self.log_spectra:
+            scaled = log_magnitudes(scaled)
+        return torch.cat([scaled, raw[..., mags:]], dim=-1).flatten(1)
 
     @torch.no_grad()
     def standardised_spectra(self, batch: FactorBatch) -> torch.Tensor:
