@@ -5,8 +5,11 @@ so ΔW is never formed. GL-invariant, but blind to everything but the spectrum (
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
+from ..adapter import Adapter
 from .batch import FactorBatch
 from .common import FeatureMLP, _chunks, mlp_hparams
 from .spec import LayerSpec
@@ -168,7 +171,7 @@ class SVDMLP(FeatureMLP):
             s = log_magnitudes(s / self.spec_ref.to(s).view(1, -1, 1))
         return s.to(batch.dtype).flatten(1)
 
-    def _fit_inputs(self, adapters) -> None:
+    def _fit_inputs(self, adapters: Sequence[Adapter]) -> None:
         if self.log_spectra:  # ref first: the standardising statistics are taken of the log features
             with torch.no_grad():
                 top = torch.cat([batch_spectra(self.collate(chunk), 1)[..., 0] for chunk in _chunks(adapters, 32)])
