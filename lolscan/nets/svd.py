@@ -100,8 +100,8 @@ def batch_spectra(batch: FactorBatch, k: int) -> torch.Tensor:
 
 SUMMARIES = 3  # values per module from `spectral_summaries`
 # ``log_spectra``: a magnitude x = σ / ref is read as log(x + LOG_FLOOR). The floor keeps zero-padded ranks and
-# zero modules finite (log 1e-6 ≈ −13.8, far below any real σ / ref of the zoos measured: the smallest there is
-# ≈ e⁻⁹) without bending the rest.
+# zero modules finite (log 1e-6 ≈ −13.8, far below any real σ / ref measured: on the Qwen v3 zoo log(σ / ref) spans
+# −5.6 to 5.1) without bending the rest.
 LOG_FLOOR = 1e-6
 
 
@@ -137,7 +137,7 @@ class SVDMLP(FeatureMLP):
     """Hyperparameters: ``k`` singular values per layer, head ``hidden``/``layers``/``dropout``, ``standardize``,
     ``log_spectra`` (read log(σ / ref) instead of σ, ref each layer's median σ₁ over the training adapters: on
     damage-driven labels, where a label changes past a size of the update, this took the Qwen v3 zoo's ARC-C
-    from R² 0.73 to 0.93; bench/RESULTS.md, "Log spectra")."""
+    from R² 0.88 to 0.93 at 1,004 LoRAs; bench/RESULTS.md, "Log spectra")."""
 
     arch = "mlp-svd"
 
