@@ -146,13 +146,16 @@ def test_checkpoint_card_without_the_new_keys_predicts_identically(tmp_path) -> 
     torch.testing.assert_close(old.model.predict(adapters), new, rtol=0, atol=0)
 
 
-def test_bundled_glnet_cards_predate_the_keys_and_load_the_original_behaviour() -> None:
+def test_bundled_glnet_cards_load_the_scale_and_squash_they_record() -> None:
+    """Every bundled GL-net card records scale and squash and loads them (the last card written before the keys,
+    the v1 Qwen data-sources checkpoint, was replaced; a card without them is covered by
+    `test_checkpoint_card_without_the_new_keys_predicts_identically`)."""
     from helpers import REPO
 
     from lolscan.checkpoint import load_checkpoint
     from lolscan.nets import base_net
 
-    old = 0
+    seen = 0
     for folder in sorted((REPO / "models").iterdir()):
         if not (folder / "card.json").exists():
             continue
@@ -160,9 +163,7 @@ def test_bundled_glnet_cards_predate_the_keys_and_load_the_original_behaviour() 
         if card["architecture"] != "glnet":
             continue
         model = base_net(load_checkpoint(folder).model)  # an ensemble's members share the card's hparams
-        if set(NEW_KEYS) & set(card["hparams"]):  # written with the keys: loads what it says
-            assert (model.scale, model.squash) == (card["hparams"]["scale"], card["hparams"]["squash"])
-        else:  # written before them: the original behaviour
-            assert (model.scale, model.squash) == ("rms", "none")
-            old += 1
-    assert old >= 1  # qwen2.5-coder-1.5b-data-sources predates the keys
+        assert set(NEW_KEYS) <= set(card["hparams"]), folder.name
+        assert (model.scale, model.squash) == (card["hparams"]["scale"], card["hparams"]["squash"])
+        seen += 1
+    assert seen >= 5
