@@ -24,7 +24,7 @@ def summary(card: dict) -> dict:
         "description": card.get("description", ""),
         "training_data": {k: data.get(k) for k in ("manifest_sha256", "adapters", "splits") if k in data},
         "training": {k: (card.get("training") or {}).get(k) for k in ("seed", "steps", "best_step", "lr")},
-        "test_metrics_own_split": (card.get("metrics") or {}).get("test"),
+        "test": (card.get("metrics") or {}).get("test"),  # its own split's, under the key `lolscan train --overwrite` uses
     }
 
 

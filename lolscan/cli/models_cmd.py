@@ -255,7 +255,9 @@ def _show_card(card: dict[str, Any], folder: Any) -> None:
     for k, h in enumerate(card.get("history") or [], 1):  # what the checkpoints it replaced measured
         if isinstance(h, dict):
             n = (h.get("training_data") or {}).get("adapters", "?")
-            test = h.get("test") or {}  # its own metrics: an earlier training may have had another kind of target
+            # its own metrics (an earlier training may have had another kind of target); scripts/card_history.py
+            # wrote them as "test_metrics_own_split" before it wrote "test" as `lolscan train --overwrite` does
+            test = h.get("test") or h.get("test_metrics_own_split") or {}
             shown = "; ".join(f"{name}: " + " ".join(f"{m}={format_metric(v)}" for m, v in vals.items() if m != "n")
                               for name, vals in test.items() if isinstance(vals, dict))
             t.add_row(f"earlier ({k})", f"{h.get('architecture')} on {n} adapters: test {shown or 'not recorded'}")
