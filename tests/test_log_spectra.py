@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_glnet_v2 import _dense_features
 from test_nets_models import F64, SPEC, adapter, assert_gl_invariant_and_padding_free
 
 from lolscan.nets import build_model, collate
@@ -28,10 +29,8 @@ def _zoo(gen: torch.Generator):
 
 
 def _dense_top(layer, k: int) -> torch.Tensor:
-    if layer is None:
-        return torch.zeros(k, dtype=F64)
-    sv = torch.linalg.svdvals(layer.delta().double())
-    return torch.nn.functional.pad(sv[:k], (0, max(0, k - sv.numel())))[:k]
+    """The top ``k`` singular values of the dense ΔW, zero-padded (zeros for a missing module)."""
+    return _dense_features(layer, k, summaries=False)[0]
 
 
 def _dense_refs(ads) -> torch.Tensor:
