@@ -4,7 +4,8 @@ packs them in small pieces, smol_fetch.sh brings them back four a call, and the 
 the home merge takes what came whole; the resume pair travels in the last chunk (qwen_park.sh); the second lease
 builds the groups left and packs only its own adapters; after its merge the home zoo is, byte for byte, the zoo
 one uninterrupted build writes (manifest, zoo.json, adapters). A row that arrives unlike the home's is refused.
-And make_chunks.py --room, which keeps the last chunk free enough for the resume pair."""
+A home zoo lost with its machine is rebuilt from its kept manifest (`resume --known`). And make_chunks.py
+--room, which keeps the last chunk free enough for the resume pair."""
 from __future__ import annotations
 
 import importlib.util
@@ -60,7 +61,7 @@ def _fetch_all(p: Path, into: Path) -> list[Path]:
     raise AssertionError("smol_fetch.sh never sent every piece")
 
 
-def test_two_leases_resume_and_come_home_as_one_build(tmp_path: Path) -> None:
+def _toy_v3(tmp_path: Path) -> tuple[Path, dict[str, str]]:
     data = tmp_path / ".zoodata" / "olmo_eval"  # where qwen_env.sh points LOLSCAN_ZOO_DATA, via zoodata.tgz
     write_toy_data(data)
     with tarfile.open(tmp_path / "zoodata.tgz", "w:gz") as tf:
@@ -69,7 +70,21 @@ def test_two_leases_resume_and_come_home_as_one_build(tmp_path: Path) -> None:
     d["data"] = {**d["data"], "store_correct": True, "max_per_source": 8}
     recipe = tmp_path / "toy_v3.toml"
     recipe.write_text(recipe_toml(d).replace("lr = { loguniform = [0.001, 0.01] }", V3_LR))
-    env = {"SMALL": "1", "DEV": "cpu", "V3_RECIPE": str(recipe), "V3_QUESTIONS": "9", "SNAP_S": "1", "PIECE": "8000"}
+    return recipe, {"SMALL": "1", "DEV": "cpu", "V3_RECIPE": str(recipe), "V3_QUESTIONS": "9", "SNAP_S": "1",
+                    "PIECE": "8000"}
+
+
+def _lease(p: Path, tmp_path: Path, rows: int, env: dict[str, str], **more: str) -> list[Path]:
+    """One toy lease into P=p (its chunks parked there already, or none): build, pack, fetch every piece."""
+    p.mkdir(exist_ok=True)
+    shutil.copy(tmp_path / "zoodata.tgz", p)
+    r = _sh("qwen_v3.sh", P=str(p), V3_ROWS=str(rows), V3_ANALYSES="0", **env, **more)
+    assert r.returncode == 0 and (p / "out" / "DONE").exists(), r.stdout + r.stderr
+    return _fetch_all(p, tmp_path / f"fetch_{p.name}")
+
+
+def test_two_leases_resume_and_come_home_as_one_build(tmp_path: Path) -> None:
+    recipe, env = _toy_v3(tmp_path)
     home = tmp_path / "home" / "zoo"
 
     # lease 1: 2 of the 4 groups; the second fetch call's pieces never arrive
@@ -149,6 +164,46 @@ def test_two_leases_resume_and_come_home_as_one_build(tmp_path: Path) -> None:
     r = _home("merge", *map(str, calls), "--zoo", str(spare), cwd=tmp_path)
     assert r.returncode != 0 and "nothing merged" in r.stdout + r.stderr
     assert (spare / "manifest.jsonl").read_bytes() == before
+
+
+def test_a_lost_home_zoo_is_rebuilt_at_training_cost_from_its_kept_manifest(tmp_path: Path) -> None:
+    """The dev machine replaced, the home zoo gone, its cumulative manifest kept in git: `resume --known` carries
+    it, the lease rebuilds its groups at training cost (their labels from it) and measures the groups it lacks,
+    a later lease carries the home rows and the same file; the home zoo ends as one uninterrupted build's
+    (manifest and adapters byte for byte; zoo.json records where the labels came from)."""
+    recipe, env = _toy_v3(tmp_path)
+    _lease(tmp_path / "a", tmp_path, 0, env, V3_MAX_GROUPS="2")  # 2 of 4 groups; its adapters are then lost
+    kept = tmp_path / "a" / "out" / "qwen_v3_manifest.jsonl.gz"
+    home = tmp_path / "home" / "zoo"
+    repo = tmp_path / "repo"
+    (repo / ".chunks" / "g00").mkdir(parents=True)
+    assert _home("resume", "--zoo", str(home), "--known", str(tmp_path / "nope.gz"), cwd=repo).returncode != 0
+    r = _home("resume", "--zoo", str(home), "--known", str(kept), cwd=repo)
+    assert r.returncode == 0 and "V3_ROWS=0 " in r.stdout and "8 rows whose groups" in r.stdout, r.stdout + r.stderr
+    b = tmp_path / "b"
+    assert _sh("qwen_park.sh", cwd=repo, P=str(b)).returncode == 0
+    calls = _lease(b, tmp_path, 0, env, V3_MAX_GROUPS="3", V3_CHECK_EVERY="2")
+    log = (b / "out" / "logs" / "build_v3.log").read_text()
+    assert "holds the labels of 2 of the 4 groups left" in log and "1 group(s) labelled here and compared" in log
+    assert _home("merge", *map(str, calls), "--zoo", str(home), cwd=repo).returncode == 0
+    assert len(_rows(home / "manifest.jsonl")) == 12
+    r = _home("resume", "--zoo", str(home), "--known", str(kept), cwd=repo)
+    assert r.returncode == 0 and "V3_ROWS=12 " in r.stdout, r.stdout + r.stderr
+    c = tmp_path / "c"
+    assert _sh("qwen_park.sh", cwd=repo, P=str(c)).returncode == 0
+    calls = _lease(c, tmp_path, 12, env)
+    assert _home("merge", *map(str, calls), "--zoo", str(home), cwd=repo).returncode == 0
+    ref = tmp_path / "ref"
+    r = subprocess.run([sys.executable, "-m", "lolscan", "zoo", "build", str(recipe), str(ref), "--device", "cpu",
+                        "--base-path", str(b / "st"), "--save-dtype", "float16"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}, check=False)
+    assert r.returncode == 0, r.stderr
+    assert (home / "manifest.jsonl").read_bytes() == (ref / "manifest.jsonl").read_bytes()
+    for x in _rows(ref / "manifest.jsonl"):
+        assert (home / x["path"] / "adapter_model.safetensors").read_bytes() == \
+            (ref / x["path"] / "adapter_model.safetensors").read_bytes()
+    zoo_home, zoo_ref = (json.loads((z / "zoo.json").read_text()) for z in (home, ref))
+    assert zoo_home.pop("labels_from")["check_every"] == 2 and zoo_home == zoo_ref
 
 
 def test_make_chunks_leaves_room_in_the_last_chunk(tmp_path: Path) -> None:

@@ -382,23 +382,34 @@ def test_labels_from_an_earlier_build(zoo, tmp_path, monkeypatch):
         build(recipe, out, model=tiny_llama(), tokenizer=CharTokenizer(), log=lambda s: None)
 
 
-def test_labels_from_a_build_stopped_early_rebuilds_the_groups_it_holds(zoo, tmp_path):
-    """A manifest of a build stopped after some groups (a lease that ran out) rebuilds exactly those groups at
-    training cost, with the same rows, and says that the rest need measured labels."""
+def test_labels_from_a_build_stopped_early_rebuilds_its_groups_then_labels_the_rest(zoo, tmp_path):
+    """A manifest of a build stopped after some groups (a lease that ran out, a home zoo whose adapters were
+    lost) rebuilds those groups at training cost with its labels, and labels the groups it lacks here: the
+    zoo comes out as one uninterrupted build."""
     from lolscan.zoo.known_labels import KnownLabels
 
     root, recipe, full_out, _ = zoo
+    full = read_zoo_rows(full_out / "manifest.jsonl")  # in group order: 2, 2, 1
     part = tmp_path / "part"
     build(recipe, part, model=tiny_llama(), tokenizer=CharTokenizer(), max_groups=2, log=lambda s: None)
     part_rows = read_zoo_rows(part / "manifest.jsonl")
-    assert 0 < len(part_rows) < len(read_zoo_rows(full_out / "manifest.jsonl"))
+    assert [r["id"] for r in part_rows] == [r["id"] for r in full[:4]]
+    # the second group's labels are taken, not measured (check_every=2 labels the first only): mark one
+    marked = [dict(r, toymc_acc=0.123456) if i == 2 else r for i, r in enumerate(part_rows)]
+    (tmp_path / "known.jsonl").write_text("".join(json.dumps(r) + "\n" for r in marked))
     logs: list[str] = []
     out = tmp_path / "again"
     rep = build(recipe, out, model=tiny_llama(), tokenizer=CharTokenizer(),
-                labels_from=KnownLabels.load(part / "manifest.jsonl", check_every=1), log=logs.append)
-    assert rep.groups_run == 2 and not rep.complete and rep.groups_checked == 2
-    assert (out / "manifest.jsonl").read_bytes() == (part / "manifest.jsonl").read_bytes()
-    assert any("holds the labels of 2 of the 3 groups left" in line for line in logs)
+                labels_from=KnownLabels.load(tmp_path / "known.jsonl", check_every=2), log=logs.append)
+    assert rep.complete and rep.groups_run == 3 and rep.groups_checked == 1
+    assert any("holds the labels of 2 of the 3 groups left: those at training cost, the other 1 labelled here"
+               in line for line in logs)
+    rows = read_zoo_rows(out / "manifest.jsonl")
+    assert rows[2]["toymc_acc"] == 0.123456  # from the manifest
+    assert [r for i, r in enumerate(rows) if i != 2] == [r for i, r in enumerate(full) if i != 2]  # the rest measured
+    for r in full:  # the same adapters, the unknown group's included
+        assert (out / r["path"] / "adapter_model.safetensors").read_bytes() == \
+            (full_out / r["path"] / "adapter_model.safetensors").read_bytes()
 
 
 def test_labels_from_refuses_what_it_does_not_reproduce(zoo, tmp_path):

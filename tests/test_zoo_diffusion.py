@@ -311,6 +311,16 @@ def test_labels_from_an_earlier_build(zoo, tmp_path):
     rep = zd.build_diffusion(recipe, tmp_path / "z", labels_from=KnownLabels.load(root / "zoo" / "manifest.jsonl", 2), **kw)
     assert rep.complete and rep.groups_checked == 1 and rep.label_max_diff < 1e-5
     assert read_zoo_rows(tmp_path / "z" / "manifest.jsonl") == rows
+    # a manifest of a build stopped after its first group: that group from it, the second labelled here
+    (tmp_path / "half.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:2]))
+    rep = zd.build_diffusion(recipe, tmp_path / "zh", labels_from=KnownLabels.load(tmp_path / "half.jsonl", 1), **kw)
+    assert rep.complete and rep.groups_run == 2 and rep.groups_checked == 1
+    half = read_zoo_rows(tmp_path / "zh" / "manifest.jsonl")
+    assert half[:2] == rows[:2] and [r.keys() for r in half] == [r.keys() for r in rows]
+    for new, old in zip(half[2:], rows[2:]):  # measured again: CLIP scores to float rounding
+        assert {k: v for k, v in new.items() if not k.startswith("clip_score")} == \
+            {k: v for k, v in old.items() if not k.startswith("clip_score")}
+        assert all(new[k] == pytest.approx(old[k], abs=1e-4) for k in new if k.startswith("clip_score"))
 
     def tampered(name: str, **change) -> KnownLabels:
         (tmp_path / name).write_text("".join(json.dumps(dict(r, **change) if i == 0 else r) + "\n" for i, r in enumerate(rows)))

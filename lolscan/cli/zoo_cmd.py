@@ -116,7 +116,7 @@ def build_cmd(
     labels_from: Annotated[Optional[Path], typer.Option(
         help="manifest.jsonl of an earlier build of this recipe and seed: rebuild its adapters at training "
         "cost and take its labels, after checking every adapter's hyperparameters and training losses "
-        "against it, and the labels of every --check-every'th group.")] = None,
+        "against it, and the labels of every --check-every'th group; groups it lacks are labelled here.")] = None,
     check_every: Annotated[int, typer.Option(help="With --labels-from: label and compare every Nth group.")] = 8,
     nproc: Annotated[Optional[int], typer.Option(
         help="Build with N processes that split the groups (as `torchrun --nproc-per-node N` does): the same "

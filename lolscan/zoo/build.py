@@ -188,7 +188,8 @@ def build(recipe: Recipe, out: str | Path, *, model: nn.Module | None = None, to
 
     ``compile`` trains through ``torch.compile`` (`train_group`): same adapters when dropout is 0, other
     dropout masks otherwise, so a zoo is built all one way (zoo.json records it; a resume must match).
-    ``labels_from``: take the labels from an earlier build's manifest, checked (`known_labels`).
+    ``labels_from``: take the labels from an earlier build's manifest, checked (`known_labels`); groups it
+    lacks (that build stopped before them) are labelled here, so a lost zoo is rebuilt and then completed.
     ``ranks``: this process is one of several building the zoo together (`lolscan.zoo.ranks`); it trains
     its share of the groups left, and ``max_minutes`` / ``max_groups`` count for it alone."""
 
@@ -238,12 +239,11 @@ def build(recipe: Recipe, out: str | Path, *, model: nn.Module | None = None, to
             commit_rows(manifest, [], order)
             done = {r["id"] for r in read_zoo_rows(manifest)}
             todo = [pos for pos, g in enumerate(groups) if not all(s.id in done for s in g)]
-            if labels_from is not None:  # at training cost: only the groups whose labels it holds
-                known = [pos for pos in todo if all(s.id in labels_from.rows for s in groups[pos])]
-                if len(known) < len(todo):
-                    log(f"{labels_from.path} holds the labels of {len(known)} of the {len(todo)} groups left: "
-                        "building those; the others need a build with measured labels")
-                todo = known
+            if labels_from is not None:  # its groups at training cost, the others labelled here
+                known = sum(all(s.id in labels_from.rows for s in groups[pos]) for pos in todo)
+                if known < len(todo):
+                    log(f"{labels_from.path} holds the labels of {known} of the {len(todo)} groups left: "
+                        f"those at training cost, the other {len(todo) - known} labelled here")
             state = {"done": len(done), "todo": todo, "base_labels": info.get("base_labels", {})}
         except LolscanError as exc:
             share_from_rank0({"error": str(exc), "exit_code": exc.exit_code}, ranks)
@@ -269,15 +269,17 @@ def build(recipe: Recipe, out: str | Path, *, model: nn.Module | None = None, to
         _sync(model)
         t1 = time.monotonic()
         k = len(group)
+        # a group the manifest lacks (the build that wrote it stopped before it) is labelled as usual
+        known = labels_from if labels_from is not None and all(s.id in labels_from.rows for s in group) else None
         measured: list[dict[str, float]] | None = None
-        if labels_from is None or labels_from.checks(gi):
+        if known is None or known.checks(gi):
             measured = _measure_labels(model, k, pool.val, evals, recipe.eval_batch, recipe.store_correct,
                                        {ev.name: ev.metric for ev in recipe.evals})
             _sync(model)
         t2 = time.monotonic()
-        rows_out = _group_rows(recipe, group, finite, losses, measured, labels_from, keys,
+        rows_out = _group_rows(recipe, group, finite, losses, measured, known, keys,
                                {src: len(v) for src, v in pool.train.items()})
-        if labels_from is not None and measured is not None:
+        if known is not None and measured is not None:
             rep.groups_checked += 1
         for slot, (s, row) in enumerate(zip(group, rows_out)):
             ranks_of = s.layer_ranks or {n: s.rank for n in targets}
@@ -295,7 +297,7 @@ def build(recipe: Recipe, out: str | Path, *, model: nn.Module | None = None, to
             log(f"warning: {finite.count(False)} of {k} adapters diverged (NaN/Inf factors; row 'finite': false)")
         log(f"group {rep.groups_run}: {k} adapters (steps ≤ {max(s.steps for s in group)}, "
             f"batch ≤ {max(s.batch_size for s in group)}) train {t1 - t0:.1f}s label {t2 - t1:.1f}s "
-            f"write {t3 - t2:.1f}s{_label_note(labels_from, measured)} — {rep.done}/{rep.total} done")
+            f"write {t3 - t2:.1f}s{_label_note(known, measured)} — {rep.done}/{rep.total} done")
     if labels_from is not None:
         rep.label_max_diff = labels_from.max_diff
     return rep

@@ -321,7 +321,8 @@ def build_diffusion(recipe: DiffusionRecipe, out: str | Path, *, base: Diffusion
     specs = sample_specs(recipe, source)
     if labels_from is not None:
         fields = {s.id: spec_fields(s, source, recipe.data.styles) for s in specs}
-        labels_from.check_specs(fields, keys=tuple(next(iter(fields.values()))))
+        keys_ = tuple(next(iter(fields.values())))  # a partial manifest (a build stopped early) covers some groups
+        labels_from.check_specs({a: f for a, f in fields.items() if a in labels_from.rows}, keys=keys_)
     keys = ["clip_score", *(f"clip_score_p{j}" for j in range(len(recipe.labels.prompts))),
             *(f"clip_score_s{k}" for k in range(len(recipe.labels.seeds)) if len(recipe.labels.seeds) > 1)]
     if labels_from is not None and labels_from.rows:  # a manifest from before the per-seed columns
@@ -369,23 +370,25 @@ def build_diffusion(recipe: DiffusionRecipe, out: str | Path, *, base: Diffusion
             mods, losses = train_group(base, targets, group, recipe, source)
             finite = all_finite(mods)  # [K]: False = diverged
             t1 = time.monotonic()
+            # a group the manifest lacks (the build that wrote it stopped before it) is labelled as usual
+            known = labels_from if labels_from is not None and all(s.id in labels_from.rows for s in group) else None
             measured = None
-            if labels_from is None or labels_from.checks(gi):
+            if known is None or known.checks(gi):
                 measured = clip_labels(base, clip, len(group), recipe)
             t2 = time.monotonic()
             rows_out = []
             for slot, s in enumerate(group):  # every row first: a mismatch with labels_from leaves no trace
                 tl = losses[: s.steps, slot]
                 labels = measured[slot] if measured is not None else None
-                if labels_from is not None:
-                    labels = labels_from.labels(s.id, keys, labels)
+                if known is not None:
+                    labels = known.labels(s.id, keys, labels)
                 row = {"id": s.id, "path": f"adapters/{s.id}/{WEIGHT_NAME}", "finite": bool(finite[slot]), **labels,
                        **spec_fields(s, source, recipe.data.styles),
                        "train_loss_first": round(float(tl[0]), 6), "train_loss_last": round(float(tl[-5:].mean()), 6)}
-                if labels_from is not None:
-                    labels_from.check_training(s.id, row)
+                if known is not None:
+                    known.check_training(s.id, row)
                 rows_out.append(row)
-            if labels_from is not None and measured is not None:
+            if known is not None and measured is not None:
                 rep.groups_checked += 1
             new_rows = []
             for slot, (s, row) in enumerate(zip(group, rows_out)):

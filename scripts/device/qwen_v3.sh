@@ -9,6 +9,8 @@
 #      they seed $P/v3, so the build goes on with the same zoo (same recipe and pool digests, same base labels)
 #      and builds only the groups whose rows are not in it (their adapters stay at home). V3_ROWS: the rows
 #      the pair must hold (0: none carried, the first lease); another count stops the lease before building.
+#      With known.jsonl.gz there too (`resume --known`: a kept manifest whose adapters were lost) the build runs
+#      with --labels-from it: its groups at training cost, the others measured (V3_CHECK_EVERY: 8).
 #   1. the build (never --group-size: it is in the recipe's digest), stopped between groups BUILD_S seconds
 #      after it starts, and earlier if V3_END is set: V3_END seconds after the lease's first call
 #      (qwen_park.sh env, $P/t_call1); hard kill 90 s later. Every SNAP_S (20) seconds the manifest is
@@ -40,8 +42,16 @@ GPU=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1); 
 if [ -d $P/v3_resume ]; then
   (cd $P/v3_resume && sha256sum -c SHA256SUMS > /dev/null) || fail "the resume pair's sha256 ($P/v3_resume)"
   [ ! -e $Z/manifest.jsonl ] || fail "$Z already holds a manifest: a resume pair goes into a fresh machine"
-  mkdir -p $Z && zcat $P/v3_resume/manifest.jsonl.gz > $P/v3.carried.jsonl && cp $P/v3.carried.jsonl $Z/manifest.jsonl \
-    && cp $P/v3_resume/zoo.json $Z/zoo.json || fail "resume pair"
+  if [ -e $P/v3_resume/manifest.jsonl.gz ]; then
+    mkdir -p $Z && zcat $P/v3_resume/manifest.jsonl.gz > $P/v3.carried.jsonl && cp $P/v3.carried.jsonl $Z/manifest.jsonl \
+      && cp $P/v3_resume/zoo.json $Z/zoo.json || fail "resume pair"
+  fi
+fi
+KN=()  # resume --known: a kept manifest whose adapters were lost; its groups at training cost, the rest measured
+if [ -e $P/v3_resume/known.jsonl.gz ]; then
+  zcat $P/v3_resume/known.jsonl.gz > $P/v3_known.jsonl || fail "known manifest"
+  KN=(--labels-from $P/v3_known.jsonl --check-every ${V3_CHECK_EVERY:-8})
+  log "v3: labels from a kept manifest, $(grep -c . $P/v3_known.jsonl) rows (sha256 $(sha256sum < $P/v3_known.jsonl | cut -c1-16))"
 fi
 NC=$(grep -c . $P/v3.carried.jsonl)
 log "v3: $NC rows carried$( [ $NC = 0 ] || echo " (manifest sha256 $(sha256sum < $P/v3.carried.jsonl | cut -c1-16))"), device $GPU"
@@ -67,7 +77,7 @@ NG=(); [ -n "${V3_MAX_GROUPS:-}" ] && NG=(--max-groups $V3_MAX_GROUPS)
 snap() { [ -s $Z/manifest.jsonl ] && gzip -c $Z/manifest.jsonl > $O/.v.gz && mv $O/.v.gz $O/qwen_v3_manifest.jsonl.gz
          [ -e $Z/zoo.json ] && cp $Z/zoo.json $L/v3_zoo.json; }
 log "v3: building (at most $S s${NG:+, ${NG[*]}})"
-timeout $(( S + 90 )) python3 -m lolscan zoo build $VR $Z --device $DEV --base-path $P/st --save-dtype float16 "${NG[@]}" \
+timeout $(( S + 90 )) python3 -m lolscan zoo build $VR $Z --device $DEV --base-path $P/st --save-dtype float16 "${NG[@]}" "${KN[@]}" \
   --max-minutes $(python3 -c "print(($S - 15) / 60)") > $L/build_v3.log 2>&1 & B=$!
 i=0; while kill -0 $B 2>/dev/null; do sleep 1; i=$(( i + 1 )); [ $(( i % ${SNAP_S:-20} )) = 0 ] && snap; done
 wait $B; rc=$?; snap

@@ -33,6 +33,10 @@ base and scorer and seeds the zoos), and the start command with DIFF_ROWS (the r
 (the home zoo holding only zoo.json, say, after a kept manifest outlived its adapters): that manifest's rows are
 carried too, before the home rows, so the lease builds only the groups not in it; their adapters never come, so
 merge leaves them out ("left behind") and a later lease carried without --lost builds their groups again.
+--known MANIFEST.gz (v3; the home kit gone, a kept cumulative manifest in bench/history/results/): carried as
+v3_resume/known.jsonl.gz, and qwen_v3.sh builds with --labels-from it: the groups it holds at training cost (≈ 2/3
+of a measured LoRA's), the rest measured. The zoo.json the first such lease writes records its sha256, so every
+later lease of that home zoo carries the same file.
 
 A pack may hold other folders (a first diffusion lease's dora/): they are left out.
 """
@@ -57,6 +61,7 @@ MIX_TARS = ("inhouse_base_mix.tar.gz", "inhouse_clip_mix.tar.gz")  # diff_pipeli
 FILES = ("adapter_config.json", "adapter_model.safetensors")
 SAME_ZOO = ("recipe_digest", "pool_digest", "data", "resolution", "targets", "base")
 # V3_END: 1,500 s after the first call with all 30 device minutes left (`status`'s budget_left_s less 300 if not)
+KNOWN = "known.jsonl.gz"  # resume --known: qwen_v3.sh builds with --labels-from it
 START = "bash scripts/device/qwen_park.sh && V3=1 V3_ROWS={} V3_END=1500 bash scripts/device/qwen_start.sh 1200 0"
 # ZOO_END: 1,280 s for the first lease (base and scorer first), 1,400 for a resumed one (no training: see README.md)
 MIX_START = ("P=/root/d bash scripts/device/qwen_park.sh && ZOO=mix DIFF_ROWS=\"{}\" BASE_DTYPE=float16 P=/root/d "
@@ -376,7 +381,10 @@ def resume(args: argparse.Namespace) -> int:
               "merge leaves them out of the home zoo, and a lease without --lost builds their groups again)")
     counts = " ".join(str(len(lost[n]) + len(r)) for n, r in rows.items())
     var = f'DIFF_ROWS="{counts}"' if args.mix else f"V3_ROWS={counts}"
-    if not any(rows.values()) and not any(lost.values()):
+    known = Path(args.known) if args.known else None
+    if known is not None and (args.mix or not known.is_file()):
+        sys.exit(f"resume: --known {known}: {'a v3 lease only' if args.mix else 'no such file'}")
+    if not any(rows.values()) and not any(lost.values()) and known is None:
         print(f"resume: {', '.join(map(str, zoos.values()))} hold no rows: nothing to carry (the first lease starts "
               f"the zoo{'s' if len(zoos) > 1 else ''}): {var}")
         print(f"start: {MIX_START.format(counts, 1280) if args.mix else START.format(counts)}")
@@ -406,6 +414,12 @@ def resume(args: argparse.Namespace) -> int:
     for t in tars:
         shutil.copy(t, dest / t.name)
         names.append(t.name)
+    if known is not None:  # byte for byte: the device's zoo.json records its sha256, which every lease must match
+        shutil.copy(known, dest / KNOWN)
+        names.append(KNOWN)
+        with gzip.open(known, "rt", encoding="utf-8") as f:
+            n_known = sum(1 for line in f if line.strip())
+        print(f"resume: {known}: {n_known} rows whose groups the lease rebuilds at training cost (--labels-from)")
     (dest / "SHA256SUMS").write_text("".join(f"{sha256(dest / n)}  {n}\n" for n in names))
     size, chunk = dir_bytes(dest), (0 if args.dest else dir_bytes(dest.parent))
     print(f"resume: {dest}: {size:,} bytes"
@@ -455,6 +469,9 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--chunks", default=".chunks")
     r.add_argument("--dest", help="write it here instead (a rehearsal's $P/v3_resume or $P/diff_resume)")
     r.add_argument("--cap", type=int, default=54_000_000, help="bytes the last chunk may hold (make_chunks.py --cap)")
+    r.add_argument("--known", help="v3: a kept cumulative manifest (.jsonl.gz) whose adapters were lost: the lease "
+                   "builds with --labels-from it, its groups at training cost, the others measured; carry the same "
+                   "file on every later lease of the zoo (its zoo.json records the file's sha256)")
     r.add_argument("--lost", action="append", help="[NAME=]MANIFEST: a kept manifest whose rows' adapters were lost "
                    "(the home kit gone): carried besides the home rows, so the lease builds only other groups")
     s = sub.add_parser("status", help="rows, splits, adapters of the home zoo(s)")
