@@ -180,6 +180,14 @@ def test_a_lost_home_zoo_is_rebuilt_at_training_cost_from_its_kept_manifest(tmp_
     assert _home("resume", "--zoo", str(home), "--known", str(tmp_path / "nope.gz"), cwd=repo).returncode != 0
     r = _home("resume", "--zoo", str(home), "--known", str(kept), cwd=repo)
     assert r.returncode == 0 and "V3_ROWS=0 " in r.stdout and "8 rows whose groups" in r.stdout, r.stdout + r.stderr
+    # on another GPU model than built it (V3_KNOWN=carry) its rows are carried, and only the groups after them built
+    h = tmp_path / "h"
+    shutil.copytree(repo / ".chunks" / "g00" / "v3_resume", h / "v3_resume")
+    calls = _lease(h, tmp_path, 8, env, V3_KNOWN="carry")
+    other = tmp_path / "other" / "zoo"
+    assert _home("merge", *map(str, calls), "--zoo", str(other), cwd=tmp_path).returncode == 0
+    kept_ids = {x["id"] for x in _rows(tmp_path / "a" / "v3" / "manifest.jsonl")}
+    assert len(_rows(other / "manifest.jsonl")) == 8 and not kept_ids & {x["id"] for x in _rows(other / "manifest.jsonl")}
     b = tmp_path / "b"
     assert _sh("qwen_park.sh", cwd=repo, P=str(b)).returncode == 0
     calls = _lease(b, tmp_path, 0, env, V3_MAX_GROUPS="3", V3_CHECK_EVERY="2")

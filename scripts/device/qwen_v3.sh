@@ -10,7 +10,9 @@
 #      and builds only the groups whose rows are not in it (their adapters stay at home). V3_ROWS: the rows
 #      the pair must hold (0: none carried, the first lease); another count stops the lease before building.
 #      With known.jsonl.gz there too (`resume --known`: a kept manifest whose adapters were lost) the build runs
-#      with --labels-from it: its groups at training cost, the others measured (V3_CHECK_EVERY: 8).
+#      with --labels-from it: its groups at training cost, the others measured (V3_CHECK_EVERY: 8), and writes
+#      its own zoo.json (which records the file's sha256). It reproduces only on the GPU model that built it:
+#      on another, V3_KNOWN=carry carries its rows instead (V3_ROWS counts them), and only later groups are built.
 #   1. the build (never --group-size: it is in the recipe's digest), stopped between groups BUILD_S seconds
 #      after it starts, and earlier if V3_END is set: V3_END seconds after the lease's first call
 #      (qwen_park.sh env, $P/t_call1); hard kill 90 s later. Every SNAP_S (20) seconds the manifest is
@@ -42,17 +44,24 @@ GPU=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1); 
 if [ -d $P/v3_resume ]; then
   (cd $P/v3_resume && sha256sum -c SHA256SUMS > /dev/null) || fail "the resume pair's sha256 ($P/v3_resume)"
   [ ! -e $Z/manifest.jsonl ] || fail "$Z already holds a manifest: a resume pair goes into a fresh machine"
+  mkdir -p $Z
   if [ -e $P/v3_resume/manifest.jsonl.gz ]; then
-    mkdir -p $Z && zcat $P/v3_resume/manifest.jsonl.gz > $P/v3.carried.jsonl && cp $P/v3.carried.jsonl $Z/manifest.jsonl \
-      && cp $P/v3_resume/zoo.json $Z/zoo.json || fail "resume pair"
+    zcat $P/v3_resume/manifest.jsonl.gz > $P/v3.carried.jsonl && cp $P/v3_resume/zoo.json $Z/zoo.json || fail "resume pair"
   fi
 fi
-KN=()  # resume --known: a kept manifest whose adapters were lost; its groups at training cost, the rest measured
+KN=()  # resume --known: a kept manifest whose adapters were lost
 if [ -e $P/v3_resume/known.jsonl.gz ]; then
   zcat $P/v3_resume/known.jsonl.gz > $P/v3_known.jsonl || fail "known manifest"
-  KN=(--labels-from $P/v3_known.jsonl --check-every ${V3_CHECK_EVERY:-8})
-  log "v3: labels from a kept manifest, $(grep -c . $P/v3_known.jsonl) rows (sha256 $(sha256sum < $P/v3_known.jsonl | cut -c1-16))"
+  log "v3: a kept manifest, $(grep -c . $P/v3_known.jsonl) rows (sha256 $(sha256sum < $P/v3_known.jsonl | cut -c1-16)), ${V3_KNOWN:-rebuilt}"
+  if [ "${V3_KNOWN:-rebuild}" = carry ]; then  # another GPU than built it: its rows carried, so only groups after them are built
+    python3 -c "import json, sys; c = [json.loads(x) for x in open(sys.argv[1]) if x.strip()]; have = {r['id'] for r in c}
+sys.stdout.writelines(json.dumps(r) + '\n' for r in [*(json.loads(x) for x in open(sys.argv[2]) if x.strip())] if r['id'] not in have)" \
+      $P/v3.carried.jsonl $P/v3_known.jsonl >> $P/v3.carried.jsonl || fail "known rows"
+  else  # its groups at training cost, the rest measured; the build writes the zoo.json (labels_from, base labels)
+    KN=(--labels-from $P/v3_known.jsonl --check-every ${V3_CHECK_EVERY:-8}); rm -f $Z/zoo.json
+  fi
 fi
+[ -s $P/v3.carried.jsonl ] && cp $P/v3.carried.jsonl $Z/manifest.jsonl
 NC=$(grep -c . $P/v3.carried.jsonl)
 log "v3: $NC rows carried$( [ $NC = 0 ] || echo " (manifest sha256 $(sha256sum < $P/v3.carried.jsonl | cut -c1-16))"), device $GPU"
 [ -z "${V3_ROWS:-}" ] || [ "$V3_ROWS" = "$NC" ] || fail "V3_ROWS=$V3_ROWS but $NC rows carried: not building (a stale or missing resume pair)"
