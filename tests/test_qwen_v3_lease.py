@@ -179,7 +179,8 @@ def test_a_lost_home_zoo_is_rebuilt_at_training_cost_from_its_kept_manifest(tmp_
     (repo / ".chunks" / "g00").mkdir(parents=True)
     assert _home("resume", "--zoo", str(home), "--known", str(tmp_path / "nope.gz"), cwd=repo).returncode != 0
     r = _home("resume", "--zoo", str(home), "--known", str(kept), cwd=repo)
-    assert r.returncode == 0 and "V3_ROWS=0 " in r.stdout and "8 rows whose groups" in r.stdout, r.stdout + r.stderr
+    assert r.returncode == 0 and "V3_ROWS=0 " in r.stdout and "8 rows, 8 of them not home" in r.stdout, r.stdout + r.stderr
+    assert "start on another GPU model: bash scripts/device/qwen_park.sh && V3=1 V3_KNOWN=carry V3_ROWS=8 " in r.stdout
     # on another GPU model than built it (V3_KNOWN=carry) its rows are carried, and only the groups after them built
     h = tmp_path / "h"
     shutil.copytree(repo / ".chunks" / "g00" / "v3_resume", h / "v3_resume")
@@ -196,7 +197,7 @@ def test_a_lost_home_zoo_is_rebuilt_at_training_cost_from_its_kept_manifest(tmp_
     assert _home("merge", *map(str, calls), "--zoo", str(home), cwd=repo).returncode == 0
     assert len(_rows(home / "manifest.jsonl")) == 12
     r = _home("resume", "--zoo", str(home), "--known", str(kept), cwd=repo)
-    assert r.returncode == 0 and "V3_ROWS=12 " in r.stdout, r.stdout + r.stderr
+    assert r.returncode == 0 and "V3_ROWS=12 " in r.stdout and "V3_KNOWN=carry V3_ROWS=12 " in r.stdout, r.stdout + r.stderr
     c = tmp_path / "c"
     assert _sh("qwen_park.sh", cwd=repo, P=str(c)).returncode == 0
     calls = _lease(c, tmp_path, 12, env)

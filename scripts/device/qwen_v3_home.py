@@ -418,8 +418,11 @@ def resume(args: argparse.Namespace) -> int:
         shutil.copy(known, dest / KNOWN)
         names.append(KNOWN)
         with gzip.open(known, "rt", encoding="utf-8") as f:
-            n_known = sum(1 for line in f if line.strip())
-        print(f"resume: {known}: {n_known} rows whose groups the lease rebuilds at training cost (--labels-from)")
+            ids = [json.loads(line)["id"] for line in f if line.strip()]
+        (home,) = rows.values()
+        away = len(set(ids) - {r["id"] for r in home})
+        print(f"resume: {known}: {len(ids)} rows, {away} of them not home: the lease rebuilds their groups at training "
+              "cost on the GPU model that built them (--labels-from), or carries them on another (V3_KNOWN=carry)")
     (dest / "SHA256SUMS").write_text("".join(f"{sha256(dest / n)}  {n}\n" for n in names))
     size, chunk = dir_bytes(dest), (0 if args.dest else dir_bytes(dest.parent))
     print(f"resume: {dest}: {size:,} bytes"
@@ -429,6 +432,12 @@ def resume(args: argparse.Namespace) -> int:
         sys.exit(f"resume: {dest.parent} would pass --cap {args.cap}: remake the chunks with make_chunks.py --room "
                  f"{max(2_000_000, 2 * size)} (the {'folder' if args.mix else 'pair'} removed)")
     print(f"start: {MIX_START.format(counts, 1400) if args.mix else START.format(counts)}")
+    if known is not None:  # on another GPU model than built the kept rows, carry them instead of rebuilding
+        (home,) = rows.values()
+        home_ids = {r["id"] for r in home}
+        with gzip.open(known, "rt", encoding="utf-8") as f:
+            extra = sum(1 for line in f if line.strip() and json.loads(line)["id"] not in home_ids)
+        print(f"start on another GPU model: {START.format(len(home) + extra).replace('V3=1', 'V3=1 V3_KNOWN=carry')}")
     return 0
 
 
