@@ -133,6 +133,8 @@ def main() -> None:
                  "(--cv K scores a small zoo by cross-validation)")
     print(f"{args.target}: {len(ids)} test LoRAs ({len(healthy)} healthy: lr <= {args.healthy_lr:g}); "
           f"label sd {statistics.pstdev(true):.4g}", file=sys.stderr)
+    if args.questions and not all(0.0 <= t <= 1.0 for t in true):
+        sys.exit(f"error: --questions: {args.target} is not an accuracy (labels outside [0, 1]); leave it out")
     if args.questions:
         noise = statistics.fmean(t * (1 - t) / args.questions for t in true)
         ceiling = 1 - noise / statistics.pvariance(true)
