@@ -191,17 +191,20 @@ def test_a_lost_home_zoo_is_rebuilt_at_training_cost_from_its_kept_manifest(tmp_
     assert len(_rows(other / "manifest.jsonl")) == 8 and not kept_ids & {x["id"] for x in _rows(other / "manifest.jsonl")}
     b = tmp_path / "b"
     assert _sh("qwen_park.sh", cwd=repo, P=str(b)).returncode == 0
-    calls = _lease(b, tmp_path, 0, env, V3_MAX_GROUPS="3", V3_CHECK_EVERY="2")
+    calls = _lease(b, tmp_path, 0, env, V3_MAX_GROUPS="2", V3_CHECK_EVERY="2")  # the kept groups again
     log = (b / "out" / "logs" / "build_v3.log").read_text()
     assert "holds the labels of 2 of the 4 groups left" in log and "1 group(s) labelled here and compared" in log
     assert _home("merge", *map(str, calls), "--zoo", str(home), cwd=repo).returncode == 0
-    assert len(_rows(home / "manifest.jsonl")) == 12
-    r = _home("resume", "--zoo", str(home), "--known", str(kept), cwd=repo)
-    assert r.returncode == 0 and "V3_ROWS=12 " in r.stdout and "V3_KNOWN=carry V3_ROWS=12 " in r.stdout, r.stdout + r.stderr
-    c = tmp_path / "c"
-    assert _sh("qwen_park.sh", cwd=repo, P=str(c)).returncode == 0
-    calls = _lease(c, tmp_path, 12, env)
-    assert _home("merge", *map(str, calls), "--zoo", str(home), cwd=repo).returncode == 0
+    assert len(_rows(home / "manifest.jsonl")) == 8
+    # then, home rows beside the kept manifest: a rebuild lease measures a new group, and a carry lease (its
+    # zoo.json records no label source, home's does) the last
+    for lease, rows, more in (("c", 8, {"V3_MAX_GROUPS": "1"}), ("d", 12, {"V3_KNOWN": "carry"})):
+        r = _home("resume", "--zoo", str(home), "--known", str(kept), cwd=repo)
+        assert r.returncode == 0 and f"V3_ROWS={rows} " in r.stdout and f"V3_KNOWN=carry V3_ROWS={rows} " in r.stdout, r.stdout
+        assert _sh("qwen_park.sh", cwd=repo, P=str(tmp_path / lease)).returncode == 0
+        calls = _lease(tmp_path / lease, tmp_path, rows, env, **more)
+        assert _home("merge", *map(str, calls), "--zoo", str(home), cwd=repo).returncode == 0
+        assert len(_rows(home / "manifest.jsonl")) == rows + 4
     ref = tmp_path / "ref"
     r = subprocess.run([sys.executable, "-m", "lolscan", "zoo", "build", str(recipe), str(ref), "--device", "cpu",
                         "--base-path", str(b / "st"), "--save-dtype", "float16"], cwd=ROOT, capture_output=True, text=True,

@@ -10,9 +10,9 @@
 #      and builds only the groups whose rows are not in it (their adapters stay at home). V3_ROWS: the rows
 #      the pair must hold (0: none carried, the first lease); another count stops the lease before building.
 #      With known.jsonl.gz there too (`resume --known`: a kept manifest whose adapters were lost) the build runs
-#      with --labels-from it: its groups at training cost, the others measured (V3_CHECK_EVERY: 8), and writes
-#      its own zoo.json (which records the file's sha256). It reproduces only on the GPU model that built it:
-#      on another, V3_KNOWN=carry carries its rows instead (V3_ROWS counts them), and only later groups are built.
+#      with --labels-from it: its groups at training cost, the others measured (V3_CHECK_EVERY: 8). It reproduces
+#      only on the GPU model that built it: on another, V3_KNOWN=carry carries its rows instead (V3_ROWS counts
+#      them), and only later groups are built. Either way the build writes its own zoo.json (home keeps the first).
 #   1. the build (never --group-size: it is in the recipe's digest), stopped between groups BUILD_S seconds
 #      after it starts, and earlier if V3_END is set: V3_END seconds after the lease's first call
 #      (qwen_park.sh env, $P/t_call1); hard kill 90 s later. Every SNAP_S (20) seconds the manifest is
@@ -52,13 +52,14 @@ fi
 KN=()  # resume --known: a kept manifest whose adapters were lost
 if [ -e $P/v3_resume/known.jsonl.gz ]; then
   zcat $P/v3_resume/known.jsonl.gz > $P/v3_known.jsonl || fail "known manifest"
-  log "v3: a kept manifest, $(grep -c . $P/v3_known.jsonl) rows (sha256 $(sha256sum < $P/v3_known.jsonl | cut -c1-16)), ${V3_KNOWN:-rebuilt}"
+  log "v3: a kept manifest, $(grep -c . $P/v3_known.jsonl) rows (sha256 $(sha256sum < $P/v3_known.jsonl | cut -c1-16)), ${V3_KNOWN:-rebuild}"
+  rm -f $Z/zoo.json  # the build writes its own (base labels, label source): home's may record another label source
   if [ "${V3_KNOWN:-rebuild}" = carry ]; then  # another GPU than built it: its rows carried, so only groups after them are built
     python3 -c "import json, sys; c = [json.loads(x) for x in open(sys.argv[1]) if x.strip()]; have = {r['id'] for r in c}
 sys.stdout.writelines(json.dumps(r) + '\n' for r in [*(json.loads(x) for x in open(sys.argv[2]) if x.strip())] if r['id'] not in have)" \
       $P/v3.carried.jsonl $P/v3_known.jsonl >> $P/v3.carried.jsonl || fail "known rows"
-  else  # its groups at training cost, the rest measured; the build writes the zoo.json (labels_from, base labels)
-    KN=(--labels-from $P/v3_known.jsonl --check-every ${V3_CHECK_EVERY:-8}); rm -f $Z/zoo.json
+  else  # its groups at training cost, the rest measured
+    KN=(--labels-from $P/v3_known.jsonl --check-every ${V3_CHECK_EVERY:-8})
   fi
 fi
 [ -s $P/v3.carried.jsonl ] && cp $P/v3.carried.jsonl $Z/manifest.jsonl
