@@ -41,6 +41,8 @@ ROWS: dict[str, tuple[str, dict[str, Any]]] = {
     "glnet-noskip": ("glnet", {"skip": False}),
     # the default with whole-spectrum summaries beside the top singular values (GLNet `summaries`)
     "glnet-sum": ("glnet", {"summaries": True}),
+    # the default search with the spectral head reading log(σ/ref) (GLNet `log_spectra`), every candidate
+    "glnet-log": ("glnet", {"log_spectra": True}),
 }
 DEFAULT_ROW = "glnet"
 TEST_SIZE = 500

@@ -35,8 +35,9 @@ carried too, before the home rows, so the lease builds only the groups not in it
 merge leaves them out ("left behind") and a later lease carried without --lost builds their groups again.
 --known MANIFEST.gz (v3; the home kit gone, a kept cumulative manifest in bench/history/results/): carried as
 v3_resume/known.jsonl.gz, and qwen_v3.sh builds with --labels-from it: the groups it holds at training cost (≈ 2/3
-of a measured LoRA's), the rest measured. The zoo.json the first such lease writes records its sha256, so every
-later lease of that home zoo carries the same file.
+of a measured LoRA's), the rest measured; on another GPU model than built its rows (V3_KNOWN=carry, the second start
+line printed) its rows are carried and only later groups built. Such a lease writes its own zoo.json on the device
+(home keeps its first), so the kept manifest may be the latest cumulative one each time.
 
 A pack may hold other folders (a first diffusion lease's dora/): they are left out.
 """
@@ -479,8 +480,8 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--dest", help="write it here instead (a rehearsal's $P/v3_resume or $P/diff_resume)")
     r.add_argument("--cap", type=int, default=54_000_000, help="bytes the last chunk may hold (make_chunks.py --cap)")
     r.add_argument("--known", help="v3: a kept cumulative manifest (.jsonl.gz) whose adapters were lost: the lease "
-                   "builds with --labels-from it, its groups at training cost, the others measured; carry the same "
-                   "file on every later lease of the zoo (its zoo.json records the file's sha256)")
+                   "builds with --labels-from it, its groups at training cost, the others measured (or, V3_KNOWN=carry "
+                   "on another GPU model, carries its rows)")
     r.add_argument("--lost", action="append", help="[NAME=]MANIFEST: a kept manifest whose rows' adapters were lost "
                    "(the home kit gone): carried besides the home rows, so the lease builds only other groups")
     s = sub.add_parser("status", help="rows, splits, adapters of the home zoo(s)")
