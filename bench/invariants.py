@@ -254,7 +254,14 @@ def main() -> None:
                     help="with --from-json: rename a row of the i-th file (0-based), e.g. 0:glnet=glnet-2way")
     ap.add_argument("--search-margin", type=float, metavar="M",
                     help="an experiment: lolscan.training.search.SEARCH_MARGIN set to M for every run (workers fork after it is set)")
+    ap.add_argument("--search-log", action="store_true",
+                    help="an experiment: GL-net's search (lolscan.training.search.SEARCH) tries the spectral head with "
+                         "log(σ/ref) (`log_spectra`) after its other candidates, kept on the usual margin and confidence")
     args = ap.parse_args()
+    if args.search_log:
+        import lolscan.training.search as search
+
+        search.SEARCH["glnet"] = [*search.SEARCH["glnet"], {"products": False, "summaries": False, "log_spectra": True}]
     if args.search_margin is not None:
         import lolscan.training.search as search  # the module whose `_keeps` reads it
 
