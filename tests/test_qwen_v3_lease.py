@@ -83,6 +83,15 @@ def _lease(p: Path, tmp_path: Path, rows: int, env: dict[str, str], **more: str)
     return _fetch_all(p, tmp_path / f"fetch_{p.name}")
 
 
+def _uninterrupted(recipe: Path, base: Path, out: Path) -> Path:
+    """The same recipe built in one go, the reference a zoo built over leases must equal."""
+    r = subprocess.run([sys.executable, "-m", "lolscan", "zoo", "build", str(recipe), str(out), "--device", "cpu",
+                        "--base-path", str(base), "--save-dtype", "float16"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}, check=False)
+    assert r.returncode == 0, r.stderr
+    return out
+
+
 def test_two_leases_resume_and_come_home_as_one_build(tmp_path: Path) -> None:
     recipe, env = _toy_v3(tmp_path)
     home = tmp_path / "home" / "zoo"
@@ -141,11 +150,7 @@ def test_two_leases_resume_and_come_home_as_one_build(tmp_path: Path) -> None:
     assert f"{len(pack['new'])} adapters added" in r.stdout and not (repo / ".chunks" / "g01" / "v3_resume").exists()
 
     # one uninterrupted build of the same recipe: the same zoo, byte for byte
-    ref = tmp_path / "ref"
-    r = subprocess.run([sys.executable, "-m", "lolscan", "zoo", "build", str(recipe), str(ref), "--device", "cpu",
-                        "--base-path", str(a / "st"), "--save-dtype", "float16"], cwd=ROOT, capture_output=True, text=True,
-                       timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}, check=False)
-    assert r.returncode == 0, r.stderr
+    ref = _uninterrupted(recipe, a / "st", tmp_path / "ref")
     assert (home / "manifest.jsonl").read_bytes() == (ref / "manifest.jsonl").read_bytes()
     assert (home / "zoo.json").read_bytes() == (ref / "zoo.json").read_bytes()
     for x in _rows(ref / "manifest.jsonl"):
@@ -205,11 +210,7 @@ def test_a_lost_home_zoo_is_rebuilt_at_training_cost_from_its_kept_manifest(tmp_
         calls = _lease(tmp_path / lease, tmp_path, rows, env, **more)
         assert _home("merge", *map(str, calls), "--zoo", str(home), cwd=repo).returncode == 0
         assert len(_rows(home / "manifest.jsonl")) == rows + 4
-    ref = tmp_path / "ref"
-    r = subprocess.run([sys.executable, "-m", "lolscan", "zoo", "build", str(recipe), str(ref), "--device", "cpu",
-                        "--base-path", str(b / "st"), "--save-dtype", "float16"], cwd=ROOT, capture_output=True, text=True,
-                       timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}, check=False)
-    assert r.returncode == 0, r.stderr
+    ref = _uninterrupted(recipe, b / "st", tmp_path / "ref")
     assert (home / "manifest.jsonl").read_bytes() == (ref / "manifest.jsonl").read_bytes()
     for x in _rows(ref / "manifest.jsonl"):
         assert (home / x["path"] / "adapter_model.safetensors").read_bytes() == \
