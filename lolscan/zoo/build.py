@@ -240,7 +240,7 @@ def build(recipe: Recipe, out: str | Path, *, model: nn.Module | None = None, to
             done = {r["id"] for r in read_zoo_rows(manifest)}
             todo = [pos for pos, g in enumerate(groups) if not all(s.id in done for s in g)]
             if labels_from is not None:  # its groups at training cost, the others labelled here
-                known = sum(all(s.id in labels_from.rows for s in groups[pos]) for pos in todo)
+                known = sum(labels_from.holds([s.id for s in groups[pos]]) for pos in todo)
                 if known < len(todo):
                     log(f"{labels_from.path} holds the labels of {known} of the {len(todo)} groups left: "
                         f"those at training cost, the other {len(todo) - known} labelled here")
@@ -270,7 +270,7 @@ def build(recipe: Recipe, out: str | Path, *, model: nn.Module | None = None, to
         t1 = time.monotonic()
         k = len(group)
         # a group the manifest lacks (the build that wrote it stopped before it) is labelled as usual
-        known = labels_from if labels_from is not None and all(s.id in labels_from.rows for s in group) else None
+        known = labels_from if labels_from is not None and labels_from.holds([s.id for s in group]) else None
         measured: list[dict[str, float]] | None = None
         if known is None or known.checks(gi):
             measured = _measure_labels(model, k, pool.val, evals, recipe.eval_batch, recipe.store_correct,

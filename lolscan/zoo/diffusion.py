@@ -371,7 +371,7 @@ def build_diffusion(recipe: DiffusionRecipe, out: str | Path, *, base: Diffusion
             finite = all_finite(mods)  # [K]: False = diverged
             t1 = time.monotonic()
             # a group the manifest lacks (the build that wrote it stopped before it) is labelled as usual
-            known = labels_from if labels_from is not None and all(s.id in labels_from.rows for s in group) else None
+            known = labels_from if labels_from is not None and labels_from.holds([s.id for s in group]) else None
             measured = None
             if known is None or known.checks(gi):
                 measured = clip_labels(base, clip, len(group), recipe)

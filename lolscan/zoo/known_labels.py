@@ -92,6 +92,11 @@ class KnownLabels:
                     raise InputError(f"{self.path}: {aid} has {key} = {old.get(key)!r}, this recipe gives "
                                      f"{f[key]!r}; it is not a manifest of this recipe and seed")
 
+    def holds(self, ids: list[str]) -> bool:
+        """Does the manifest hold every one of these adapters (a group it can give the labels of)? A build
+        stopped early wrote only its first groups."""
+        return all(i in self.rows for i in ids)
+
     def checks(self, group_index: int) -> bool:
         """Is this group (its position in the recipe's group order) labelled and compared?"""
         return group_index % self.check_every == 0
