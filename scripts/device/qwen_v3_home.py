@@ -415,13 +415,13 @@ def resume(args: argparse.Namespace) -> int:
     for t in tars:
         shutil.copy(t, dest / t.name)
         names.append(t.name)
-    if known is not None:  # byte for byte: the device's zoo.json records its sha256, which every lease must match
+    away = 0  # kept rows not home: rebuilt (--labels-from) or, on another GPU model, carried
+    if known is not None:
         shutil.copy(known, dest / KNOWN)
         names.append(KNOWN)
-        with gzip.open(known, "rt", encoding="utf-8") as f:
-            ids = [json.loads(line)["id"] for line in f if line.strip()]
+        ids = {r["id"] for r in read_rows(known)}
         (home,) = rows.values()
-        away = len(set(ids) - {r["id"] for r in home})
+        away = len(ids - {r["id"] for r in home})
         print(f"resume: {known}: {len(ids)} rows, {away} of them not home: the lease rebuilds their groups at training "
               "cost on the GPU model that built them (--labels-from), or carries them on another (V3_KNOWN=carry)")
     (dest / "SHA256SUMS").write_text("".join(f"{sha256(dest / n)}  {n}\n" for n in names))
@@ -434,11 +434,7 @@ def resume(args: argparse.Namespace) -> int:
                  f"{max(2_000_000, 2 * size)} (the {'folder' if args.mix else 'pair'} removed)")
     print(f"start: {MIX_START.format(counts, 1400) if args.mix else START.format(counts)}")
     if known is not None:  # on another GPU model than built the kept rows, carry them instead of rebuilding
-        (home,) = rows.values()
-        home_ids = {r["id"] for r in home}
-        with gzip.open(known, "rt", encoding="utf-8") as f:
-            extra = sum(1 for line in f if line.strip() and json.loads(line)["id"] not in home_ids)
-        print(f"start on another GPU model: {START.format(len(home) + extra).replace('V3=1', 'V3=1 V3_KNOWN=carry')}")
+        print(f"start on another GPU model: {START.format(len(home) + away).replace('V3=1', 'V3=1 V3_KNOWN=carry')}")
     return 0
 
 
