@@ -12,18 +12,14 @@ twice over: new LoRAs, and for a zoo built over several leases possibly another 
 from __future__ import annotations
 
 import argparse
-import gzip
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-
-def read_rows(path: Path) -> list[dict[str, Any]]:
-    raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
-    return [json.loads(line) for line in raw.decode().splitlines() if line.strip()]
+from hp_baseline import read_rows  # noqa: E402  (bench/ on the path first)
 
 
 def checkpoint_scores(manifest: Path, model: str, ids: set[str]) -> tuple[Any, dict[str, dict[str, Any]]]:
