@@ -329,7 +329,7 @@ for lift, kind, cj, ci, r_on, r_off in top:
 
 tl = true.tolist()
 grid = (0.85, 0.90, 0.904, 0.93, 0.95, 0.96, 0.97, 0.98, 0.99, 1.0)
-print(f"  (a) independent errors at per-class accuracy a → count accuracy (test counts): "
+print("  (a) independent errors at per-class accuracy a → count accuracy (test counts): "
       + ", ".join(f"{a:.3f}→{indep_count_accuracy(a, tl):.3f}" for a in grid))
 print(f"      a for {args.target:.0%}: {solve(lambda a: indep_count_accuracy(a, tl), args.target):.4f}; a for GL-net's "
       f"realised called count {st.mean(acc(c) for c in counts['called']):.3f}: "

@@ -34,7 +34,7 @@ def main() -> None:
     for i, r in rows.items():
         if i in pred:
             groups["mixed" if r.get("mixed_rank") else r["rank"]].append((r[a.target], pred[i]))
-    print(f"| rank | n | true mean ± std | MSE | R² | Kendall τ | mean error |\n|---|---|---|---|---|---|---|")
+    print("| rank | n | true mean ± std | MSE | R² | Kendall τ | mean error |\n|---|---|---|---|---|---|---|")
     ranks = [k for k in groups if not isinstance(k, str)]
     if len(ranks) > 1:  # every one-rank adapter together: how well the order carries across ranks
         groups["all ranks"] = [x for k in ranks for x in groups[k]]

@@ -8,3 +8,6 @@ from pathlib import Path
 TESTS = Path(__file__).resolve().parent
 if str(TESTS) not in sys.path:
     sys.path.insert(0, str(TESTS))
+
+# The source tests' fixtures (sources_env, hub, storage, civitai), found by name in every test module.
+pytest_plugins = ["servers.fixtures"]

@@ -6,7 +6,6 @@ update in ``bench/invariant_tasks.py``.
 """
 from __future__ import annotations
 
-import math
 import sys
 from pathlib import Path
 

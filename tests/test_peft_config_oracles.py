@@ -3,7 +3,6 @@ share these modules, so a bug in them cannot show there): peft's own ``get_patte
 ΔW recomputed from the raw tensors."""
 from __future__ import annotations
 
-import copy
 import itertools
 import json
 import math

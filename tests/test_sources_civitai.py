@@ -4,7 +4,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from servers.fixtures import CAT, DISNEY, civitai, run_together, sha256_hex, sources_env, storage, tree_files  # noqa: F401
+from servers.fixtures import CAT, DISNEY, run_together, sha256_hex, tree_files
 
 from lolscan.errors import InputError
 from lolscan.sources import resolve

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 
 import pytest
-from servers.fixtures import CAT, DISNEY, PEFT_DIR, hub, run_together, sha256_hex, sources_env, tree_files  # noqa: F401
+from servers.fixtures import CAT, DISNEY, PEFT_DIR, run_together, sha256_hex, tree_files
 
 from lolscan.errors import InputError
 from lolscan.sources import resolve

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from servers.fixtures import CAT, PEFT_DIR, civitai, hub, sha256_hex, sources_env, storage  # noqa: F401
+from servers.fixtures import CAT, PEFT_DIR, sha256_hex
 
 import lolscan
 from lolscan.errors import InputError

@@ -261,6 +261,8 @@ def train(ds: Dataset, opts: TrainOptions) -> TrainResult:
         calib = val[1::2] if len(val) >= CALIBRATION_MIN else []
         fit_ds = replace(ds, splits={**ds.splits, "val": val[0::2]}) if calib else ds
         tried, best, start = [], None, time.perf_counter()
+        chosen: dict[str, Any] = {}  # the kept candidate's override, and its entry in `tried`
+        chosen_entry: dict[str, Any] = {}
         lr = _lr(opts)
         for override in candidates(opts, regression=any(t.kind == "regression" for t in ds.targets)):
             o = copy.copy(opts)

@@ -119,7 +119,7 @@ class MockCivitai(MockServer):
                     "hashes": hashes,
                     "primary": i == 0,
                     "downloadUrl": f"https://civitai.com/api/download/models/{version_id}?type=Model&format={fmt}"
-                    + (f"&fp=fp16" if i else ""),
+                    + ("&fp=fp16" if i else ""),
                 }
             )
         eco = {"SD 1.5": "sd1", "SDXL 1.0": "sdxl"}.get(base_model, "other")
@@ -182,7 +182,7 @@ class MockCivitai(MockServer):
             for f in v.record["files"]:
                 if digest.upper() in {h.upper() for h in f["hashes"].values()}:
                     return _json(200, v.record)
-        return _json(404, {"error": f"Model not found"})
+        return _json(404, {"error": "Model not found"})
 
     def _download(self, req: Request, vid: int) -> Response:
         v = self.versions.get(vid)
