@@ -47,7 +47,9 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import search_experiments  # noqa: E402
 from lolscan.evaluation.metrics import HEADLINE, METRIC_NAMES  # noqa: E402
 
 SYNTHETIC_TARGETS = ["score", "norm", "planted", "dominant", "big"]
@@ -159,11 +161,11 @@ def main() -> None:
                     help="also the honest table on the test rows whose manifest COLUMN is one of the values (repeatable)")
     ap.add_argument("--search-margin", type=float, metavar="M",
                     help="an experiment: lolscan.training.search.SEARCH_MARGIN set to M for every run")
+    ap.add_argument("--search-log", action="store_true",
+                    help="an experiment: GL-net's search also tries the spectral head on log(σ/ref) last "
+                         "(bench/search_experiments.py)")
     args = ap.parse_args()
-    if args.search_margin is not None:
-        import lolscan.training.search as search
-
-        search.SEARCH_MARGIN = args.search_margin
+    search_experiments.apply(args.search_margin, args.search_log)
     if args.from_json:
         merged = merge_saved(args.from_json)
         if args.manifest and ("honest" not in merged or args.refit_baselines):
@@ -332,7 +334,6 @@ def honest_payload(ds: Any, hp: dict[str, dict[str, Any]]) -> dict[str, Any]:
 def honest_from_manifest(manifest: Path, saved: dict[str, Any]) -> dict[str, Any]:
     """`honest_payload` for runs saved without it: the test rows are found in MANIFEST by name (its path's
     file name, as ``test_sources`` holds them), the training rows by its ``split`` column."""
-    import gzip
     from types import SimpleNamespace
 
     from lolscan.manifest import ManifestRow

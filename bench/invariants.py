@@ -26,6 +26,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import search_experiments  # noqa: E402
+
 # Rows of the table: name -> (architecture, hyperparameters). "glnet" is what `lolscan train` uses
 # by default; "glnet-v1" is GL-net as it was before the suite existed (kept for comparison).
 ROWS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -258,14 +260,7 @@ def main() -> None:
                     help="an experiment: GL-net's search (lolscan.training.search.SEARCH) tries the spectral head with "
                          "log(σ/ref) (`log_spectra`) after its other candidates, kept on the usual margin and confidence")
     args = ap.parse_args()
-    if args.search_log:
-        import lolscan.training.search as search
-
-        search.SEARCH["glnet"] = [*search.SEARCH["glnet"], {"products": False, "summaries": False, "log_spectra": True}]
-    if args.search_margin is not None:
-        import lolscan.training.search as search  # the module whose `_keeps` reads it
-
-        search.SEARCH_MARGIN = args.search_margin
+    search_experiments.apply(args.search_margin, args.search_log)
 
     if args.from_json:
         renames: dict[int, dict[str, str]] = {}
