@@ -53,6 +53,14 @@ class Target:
     # Count: the column of label sets it is trained on, and what one label called present is worth.
     source: str = ""
     per_label: float = 1.0
+    # Regression: the range of the training split's labels (user units); `scores` keeps predictions inside it,
+    # as trees do. A metanetwork extrapolates linearly past the LoRAs it has seen: on the Qwen v3 zoo one
+    # test LoRA more damaged than any in training was predicted at ARC-C accuracy −0.12 (true 0.225), a
+    # quarter of the split's R² (bench/RESULTS.md, "Predictions kept within the training labels' range").
+    # None (cards written before the fields existed, a target fitted on its log, whose heavy tail's training
+    # maximum is no bound, or `lolscan train --no-clamp`): not clamped.
+    low: float | None = None
+    high: float | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -75,6 +83,8 @@ class Target:
             del data["transform"]
         if self.kind != "count":  # the same for the count's fields
             del data["source"], data["per_label"]
+        if self.low is None and self.high is None:  # and for the range
+            del data["low"], data["high"]
         return data
 
     @property
@@ -239,7 +249,8 @@ class Target:
 
         o = out[:, self.out_slice].float()
         if self.kind == "regression":
-            return self.to_units(o)
+            v = self.to_units(o)
+            return v if self.low is None and self.high is None else v.clamp(min=self.low, max=self.high)
         if self.temperature != 1.0:
             o = o / self.temperature
         if self.kind == "multiclass":
@@ -272,6 +283,8 @@ class Target:
             return f"{self.name} (count: {each} for each {self.source} label called: {', '.join(self.labels)})"
         if self.kind == "regression":
             extra = (", " + self.units if self.units else "") + (", fitted on its log" if self.transform == "log" else "")
+            if self.low is not None and self.high is not None:
+                extra += f", predictions within {self.low:g}–{self.high:g}"
             return f"{self.name} (regression{extra})"
         return f"{self.name} ({self.kind}: {', '.join(self.labels)})"
 
@@ -424,6 +437,13 @@ def layout(targets: list[Target]) -> int:
         t.offset = off
         off += t.width
     return off
+
+
+def label_range(target: Target, values: Sequence[Any]) -> tuple[float | None, float | None]:
+    """A regression target's (lowest, highest) labelled value (user units); (None, None) for other kinds or
+    without labels."""
+    xs = [to_float(v, target.name) for v in values if not is_missing(v)] if target.kind == "regression" else []
+    return (min(xs), max(xs)) if xs else (None, None)
 
 
 def fit_normalisation(target: Target, values: Sequence[Any]) -> None:

@@ -116,7 +116,7 @@ def test_damaged_weights_and_missing_files(ckpt_copy):
 
 
 def test_resolution_order_path_then_user_then_bundled(trained, tmp_path, monkeypatch):
-    _, _, path = trained
+    ds, _, path = trained
     user, bundled = tmp_path / "data", tmp_path / "bundled"
     monkeypatch.setenv("LOLSCAN_DATA_DIR", str(user))
     monkeypatch.setenv("LOLSCAN_MODELS_DIR", str(bundled))
@@ -134,7 +134,9 @@ def test_resolution_order_path_then_user_then_bundled(trained, tmp_path, monkeyp
         resolve("nope")
     infos = list_checkpoints()
     assert [(i["name"], i["origin"]) for i in infos] == [("tiny", "user"), ("only-bundled", "bundled"), ("tiny", "bundled")]
-    assert infos[0]["architecture"] == "glnet" and "score (regression)" in infos[0]["task"]
+    scores = [float(ds.values["score"][i]) for i in ds.splits["train"]]  # the card's range: the training labels'
+    assert infos[0]["architecture"] == "glnet"
+    assert f"score (regression, predictions within {min(scores):g}–{max(scores):g})" in infos[0]["task"]
     assert output_path("mine") == user / "models" / "mine" and output_path("./x/y") == Path("./x/y")
 
 

@@ -169,6 +169,7 @@ def train(
     refit: Annotated[bool, typer.Option("--refit", help="Once validation has chosen the settings, lr and steps, train every model again on the training and validation rows for as many epochs (calibration and validation metrics stay from before).")] = False,
     weights_dtype: Annotated[Literal["float32", "float16", "bfloat16"], typer.Option("--weights-dtype", help="Precision of the checkpoint's stored weights: float16 or bfloat16 halve model.safetensors; the weights are rounded before calibration and the test metrics, so the card measures what it ships.")] = "float32",
     max_shard_size: Annotated[Optional[str], typer.Option("--max-shard-size", metavar="SIZE", help="Split weights larger than SIZE (e.g. 16MB, 10MiB) into model-0000K-of-0000N.safetensors shards with model.safetensors.index.json, as transformers does; for hosts that cap a file's size.")] = None,
+    clamp: Annotated[bool, typer.Option("--clamp/--no-clamp", help="Keep regression predictions within the range of the training labels (recorded in the card), as trees do; --no-clamp where values past it must be predicted.")] = True,
     transform: Annotated[Literal["auto", "none", "log"], typer.Option("--transform", help="Regression targets: auto = also try log(y) for positive, heavy-tailed ones (max/median ≥ 20) and keep it when validation prefers it; none; log = every positive one.")] = "auto",
     healthy_lr: Annotated[Optional[float], typer.Option("--healthy-lr", help="Kendall τ on the test LoRAs trained with lr ≤ this (manifest's lr column; default: the zoo's median lr).", min=0.0)] = None,
     fmt: Annotated[Literal["table", "json"], typer.Option("--format", "-f", help="Result table or JSON on stdout.")] = "table",
@@ -205,7 +206,7 @@ def train(
         sizes = {s: len(v) for s, v in ds.splits.items()}
         base = TrainOptions(seed=seed, max_steps=steps, batch_size=batch_size, lr=learning_rate, weight_decay=weight_decay, transform=transform,
                             eval_every=eval_every, patience=patience, device=device, progress=progress, threads=threads,
-                            ensemble=ensemble, weights_dtype=weights_dtype, refit=refit)
+                            ensemble=ensemble, weights_dtype=weights_dtype, refit=refit, clamp=clamp)
         hp = fit_baseline(ds)
         results = train_each(
             ds, archs, hparams, base, every=arch == "all", dests=dests, overwrite=overwrite, description=description, hp=hp, max_shard_bytes=shard,

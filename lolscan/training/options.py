@@ -52,6 +52,9 @@ class TrainOptions:
     # from its seed on the training and all validation rows for that step scaled by the row ratio (the same
     # epochs; lr cuts replayed), as `lolscan train --refit` (lolscan.training.refit).
     refit: bool = False
+    # True: regression predictions are kept within the training split's label range (`Target.low`/`high`,
+    # recorded in the card); False (`lolscan train --no-clamp`): the model's outputs as they are.
+    clamp: bool = True
 
 
 @dataclass
