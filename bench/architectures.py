@@ -295,10 +295,13 @@ def same_targets(a: list[dict[str, Any]], b: list[dict[str, Any]], rtol: float =
     if len(a) != len(b):
         return False
     calibration = {"interval", "interval_level", "temperature"}  # fitted per run on validation: not the target's identity
+    # the training labels' range: from the same labels as mean/std, and absent from runs saved before it was
+    # recorded (or with --no-clamp), which still merge with those that have it
+    derived = {"low", "high"}
     for x, y in zip(a, b):
-        if x.keys() != y.keys():
+        if x.keys() - derived != y.keys() - derived:
             return False
-        for k in x.keys() - calibration:
+        for k in x.keys() - calibration - derived:
             u, v = x[k], y[k]
             if isinstance(u, float) and isinstance(v, (int, float)):
                 if not math.isclose(u, v, rel_tol=rtol, abs_tol=1e-12):

@@ -80,3 +80,16 @@ def test_a_target_fitted_on_its_log_is_not_clamped():
     t = ds.targets[0]
     assert t.transform == "log" and t.low is None and t.high is None and "low" not in t.to_json()
     assert float(result.test_scores["norm"][:, 0].max()) > hi
+
+
+def test_bench_runs_saved_before_the_range_merge_with_runs_that_record_it():
+    """bench/architectures.py --from-json merges runs of one split and one set of targets; the range is derived
+    from the same training labels, so a run saved before it existed is still the same target."""
+    from helpers import load_script
+
+    arch = load_script("bench/architectures.py")
+    new = Target("acc", "regression", mean=0.5, std=0.1, low=0.2, high=0.6).to_json()
+    old = Target("acc", "regression", mean=0.5, std=0.1).to_json()
+    other = Target("acc", "regression", mean=0.4, std=0.1, low=0.2, high=0.6).to_json()
+    assert arch.same_targets([old], [new]) and arch.same_targets([new], [old])
+    assert not arch.same_targets([old], [other])
