@@ -177,6 +177,8 @@ def test_the_card_records_the_margin_and_models_shows_it(trained):
     assert r.exit_code == 0, r.output
     line = next(x for x in r.output.splitlines() if "recipe-only by_lr" in x)
     assert f"margin {m['margin']:.4g}" in line and m["model"] in line
+    t = next(t for t in card["targets"] if t["name"] == "by_lr")  # the range the predictions are kept in
+    assert f"predictions within {t['low']:.4g}–{t['high']:.4g}" in next(x for x in r.output.splitlines() if "target by_lr" in x)
 
 
 def test_a_manifest_without_a_recipe_says_so_on_the_card(tmp_path):

@@ -243,6 +243,8 @@ def _show_card(card: dict[str, Any], folder: Any) -> None:
             desc += f", labels {', '.join(target['labels'])}"
         if target["kind"] == "regression":
             desc += f", mean {target['mean']:.4g}, std {target['std']:.4g}"
+            if target.get("low") is not None and target.get("high") is not None:
+                desc += f", predictions within {target['low']:.4g}–{target['high']:.4g}"
         t.add_row(f"target {target['name']}", desc)
     for split, per_target in (card.get("metrics") or {}).items():
         t.add_row(f"{split} metrics", headline_metrics(card["targets"], per_target))
