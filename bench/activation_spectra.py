@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def arc_easy_text(wheel: str | None = None) -> list[str]:
@@ -92,18 +93,18 @@ def _module_key(layer_name: str, keys: list[str]) -> str:
 
 
 def features(adapter, chol: dict[str, torch.Tensor]) -> tuple[list[float], list[float]]:
-    """(log σ(ΔW), log σ(ΔW L)) of every module, modules in name order, σ descending."""
-    plain, weighted = [], []
+    """(log σ(ΔW), log σ(ΔW L)) of every module, modules in name order, σ descending. ΔW L = U (Lᵀ V)ᵀ: the
+    factors (U, Lᵀ V) of a layer, whose spectrum `Layer.singular_values` reads from the QR core as for ΔW."""
+    from lolscan.adapter import Layer
+    from spectra_trees import log_spectra
+
+    weighted: list[float] = []
     keys = list(chol)
     for name in sorted(adapter.layers):
         layer = adapter.layers[name]
-        plain.extend(torch.log(layer.singular_values(torch.float64) + 1e-12).tolist())
-        U, V = layer.U.double(), layer.V.double()  # ΔW = U Vᵀ, V: in × r
-        LtV = chol[_module_key(name, keys)].T @ V
-        _, ru = torch.linalg.qr(U)
-        _, rv = torch.linalg.qr(LtV)
-        weighted.extend(torch.log(torch.linalg.svdvals(ru @ rv.T) + 1e-12).tolist())
-    return plain, weighted
+        seen = Layer(layer.U, chol[_module_key(name, keys)].T @ layer.V.double(), layer.shape)
+        weighted.extend(torch.log(seen.singular_values(torch.float64) + 1e-12).tolist())
+    return log_spectra(adapter), weighted
 
 
 def trees(manifest: Path, moments_file: Path, targets: list[str], seeds: int, ridge: float, rank: int | None = None,

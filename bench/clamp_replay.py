@@ -22,7 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from hp_baseline import read_rows  # noqa: E402
-from lolscan.evaluation.compare import kendall_tau, paired_bootstrap  # noqa: E402
+from lolscan.evaluation.compare import kendall_tau, metric, paired_bootstrap  # noqa: E402
+from lolscan.targets import Target, label_range  # noqa: E402
 
 
 def _load(path: Path) -> dict:
@@ -43,12 +44,12 @@ def replay(rows: list[dict], saved: dict, reps: int, healthy_lr: float | None) -
             preds = [np.asarray(r["pred"][t], dtype=float) for r in runs if t in r.get("pred", {})]
             if not preds or any(p.ndim != 1 for p in preds) or not all(isinstance(rows[i].get(t), (int, float)) for i in idx):
                 continue
-            train = [float(r[t]) for r in rows if r.get("split") == "train" and isinstance(r.get(t), (int, float))]
-            lo, hi = min(train), max(train)
+            # the range `lolscan train` records (`set_range`): the training split's labels
+            lo, hi = label_range(Target(t, "regression"), [r.get(t) for r in rows if r.get("split") == "train"])
             true = np.array([float(rows[i][t]) for i in idx])
             clamped = [np.clip(p, lo, hi) for p in preds]
             d, a, b = paired_bootstrap("regression", true, clamped, preds, reps=reps)
-            r2 = lambda ps: [1 - float(((p - true) ** 2).sum() / ((true - true.mean()) ** 2).sum()) for p in ps]  # noqa: E731
+            r2 = lambda ps: [float(metric("regression", true, p)) for p in ps]  # noqa: E731
             entry = {"row": name, "target": t, "seeds": len(preds), "range": [lo, hi],
                      "outside": int(sum(((p < lo) | (p > hi)).sum() for p in preds)), "test": len(idx),
                      "r2_raw": r2(preds), "r2_clamped": r2(clamped), "diff": d, "ci": [a, b]}

@@ -262,9 +262,10 @@ def train(ds: Dataset, opts: TrainOptions) -> TrainResult:
     try:
         for t in ds.targets:  # calibration is fitted for the chosen model only, at the end
             t.temperature, t.interval = 1.0, None
-            if t.transform != "none":  # left by an earlier `train` on this dataset
+            if t.transform != "none":  # left by an earlier `train` on this dataset (sets the range too)
                 set_transform(ds, t, "none", opts.clamp)
-            set_range(ds, t, opts.clamp)
+            else:
+                set_range(ds, t, opts.clamp)
         if opts.transform == "log":
             for t in ds.targets:
                 if _positive(ds, t):
