@@ -19,10 +19,10 @@ from lolscan.evaluation.metrics import kendall_tau
 
 MODELS = REPO / "models"
 PAIRS = [("smollm2-val-loss", "examples", "val_loss", "mse"),
-         ("qwen2.5-coder-1.5b-arc-c-accuracy", "examples-qwen", "arc_c_acc", "mse"),
-         # Heavy-tailed target: one damaged example LoRA (lora-01111, true 2.97) is predicted at 4.2, and on
-         # four examples that one square outweighs the rest; the checkpoint orders all four correctly.
-         ("qwen2.5-coder-1.5b-val-loss", "examples-qwen", "val_loss", "order"),
+         ("qwen2.5-coder-1.5b-arc-c-accuracy", "examples-qwen-v3", "arc_c_acc", "mse"),
+         # Heavy-tailed target: one damaged example LoRA (lora-01224, ARC-C 0.24, true 2.39) is predicted at 2.9,
+         # and on four examples that one square outweighs the rest; the checkpoint orders all four correctly.
+         ("qwen2.5-coder-1.5b-val-loss", "examples-qwen-v3", "val_loss", "order"),
          ("inhouse-mix-clip-score", "examples-mix", "clip_score", "mse")]
 
 
