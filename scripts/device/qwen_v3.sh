@@ -100,10 +100,10 @@ sha256sum $M | tee -a $O/progress
 python3 scripts/device/pack_list.py $P "$GPU" v3 > $P/pack.list || fail "pack list"
 Q=$O/zoo bash scripts/device/pack.sh $P -T $P/pack.list || fail "pack"
 log "v3 packed: $(( $(wc -l < $P/pack.list) - 3 )) adapters, $(cat $O/zoo/PACKED) pieces, $(du -sb $O/zoo | cut -f1) bytes"
-# 2b. V3_PVE=CHECKPOINT (an absolute path: the start call copies a carried checkpoint to $P, since the run works in a
-# copy of the tree without .benchkit): issue 17 item 4 on this GPU while the
-# pieces are fetched — one adapter of the build evaluated as a user would (peft merge, all ARC-C questions 5-shot)
-# against `lolscan predict` of it and of a folder of up to 100 of the build's adapters (bench/predict_vs_eval.py)
+# 2b. V3_PVE=CHECKPOINT: issue 17 item 4 on this GPU while the pieces are fetched — one adapter of the build evaluated
+# as a user would (peft merge, all ARC-C questions 5-shot) against `lolscan predict` of it and of a folder of up to 100
+# of the build's adapters (bench/predict_vs_eval.py). An absolute path: the run works in a copy of the tree without
+# .benchkit, so the start call copies a carried checkpoint to $P first (README.md here, "Seventh v3 lease").
 if [ -n "${V3_PVE:-}" ] && [ "${SMALL:-0}" != 1 ]; then
   timeout ${V3_PVE_S:-300} python3 bench/predict_vs_eval.py --base-path $P/st --model $V3_PVE --device $DEV \
     --requests $LOLSCAN_ZOO_DATA/oe_eval_tasks/arc_challenge/test_mc_5shot/requests.jsonl.gz --folder $Z/adapters --n 100 \
