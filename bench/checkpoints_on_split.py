@@ -21,15 +21,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from hp_baseline import read_rows  # noqa: E402  (bench/ on the path first)
-from new_rows import checkpoint_scores  # noqa: E402
+from new_rows import checkpoint_scores, print_table, recipe_table  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:
-    import numpy as np
-
-    from lolscan.evaluation.compare import (compare_rows, fit_hp_baseline, gbt_available, healthy_rows,
-                                            recipe_columns, recipe_matrix)
-
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("manifest", type=Path, help="a zoo's manifest.jsonl with a split column (its adapters beside it)")
     ap.add_argument("--model", "-m", action="append", required=True, help="checkpoint name or folder (repeatable)")
@@ -50,8 +45,6 @@ def main(argv: list[str] | None = None) -> dict:
         ckpt, scores = checkpoint_scores(args.manifest, model, ids)
         scored[ckpt.name if ckpt.name not in scored else f"{ckpt.name} [{model}]"] = (ckpt, scores)
     first = next(iter(scored.values()))[0]
-    models = ["gbt", "ridge"] if gbt_available() else ["ridge"]
-    names = {"gbt": "hp-trees", "ridge": "hp-ridge"}
     out: dict = {"manifest": str(args.manifest), "split": args.split, "targets": {}}
     for t in first.targets:
         if not all(any(u.name == t.name for u in ck.targets) for ck, _ in scored.values()):
@@ -59,35 +52,16 @@ def main(argv: list[str] | None = None) -> dict:
             continue
         here = [r for r in split if r.get(t.column) is not None and all(r["id"] in s[t.name] for _, s in scored.values())]
         train = [r for r in fit if r.get(t.column) is not None]
-        if t.kind == "regression":
-            y, y_fit = (np.array([float(r[t.column]) for r in rs]) for rs in (here, train))
-        else:
-            y, y_fit = (t.encode([r[t.column] for r in rs])[0].numpy().astype(float) for rs in (here, train))
-            if t.kind in ("multiclass", "binary"):
-                y, y_fit = y.reshape(-1), y_fit.reshape(-1)
-        cols = recipe_columns(list(dict.fromkeys(k for r in train for k in r)), t.column, t.kind, t.labels)
-        runs = {}
-        for label, (_, s) in scored.items():
-            ck = np.stack([s[t.name][r["id"]] for r in here])
-            runs[label] = [ck.reshape(-1) if t.kind in ("regression", "binary") else ck]
-        if cols is not None:
-            base = fit_hp_baseline(t.kind, recipe_matrix(train, cols), y_fit, recipe_matrix(here, cols), cols,
-                                   classes=len(t.labels), models=models)
-            runs |= {names[m]: [p] for m, p in base.items()}
-        healthy = healthy_rows([r["lr"] for r in here], args.healthy_lr) if t.kind == "regression" and cols else None
-        table, best = compare_rows(t.kind, y, runs, healthy=healthy, reps=args.bootstrap)
+        table, best, healthy, cols = recipe_table(t, here, train, {k: s[t.name] for k, (_, s) in scored.items()},
+                                                  healthy_lr=args.healthy_lr, reps=args.bootstrap)
         out["targets"][t.name] = {"rows": len(here), "healthy": len(healthy or []), "best": best, "table": table,
                                   "recipe_columns": cols, "fitted_on": len(train)}
         print(f"{t.name}: {len(here)} {args.split} LoRAs ({len(healthy or [])} healthy), baselines fitted on "
               f"{len(train)} other rows")
-        for name, s in sorted(table.items(), key=lambda kv: -kv[1]["mean"]):
-            ci = "best row" if name == best else f"{s['diff']:+.3f} [{s['ci95'][0]:+.3f}, {s['ci95'][1]:+.3f}]"
-            tau = f"  healthy τ {s['tau_healthy']:.3f}" if "tau_healthy" in s else ""
-            print(f"  {name:40s} {s['metric']} {s['mean']:.3f}{tau}  row − {best}: {ci}")
+        print_table(table, best)
     if args.json:
         args.json.write_text(json.dumps(out, indent=1) + "\n")
     return out
-
 
 if __name__ == "__main__":
     main()

@@ -21,6 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from hp_baseline import read_rows  # noqa: E402  (bench/ on the path first)
 
+BASELINE_NAMES = {"gbt": "hp-trees", "ridge": "hp-ridge"}  # the baselines' rows in these tables
+
 
 def checkpoint_scores(manifest: Path, model: str, ids: set[str]) -> tuple[Any, dict[str, dict[str, Any]]]:
     """The checkpoint and, per target, {adapter id: score vector} over the manifest rows in ``ids``."""
@@ -44,12 +46,44 @@ def checkpoint_scores(manifest: Path, model: str, ids: set[str]) -> tuple[Any, d
     return ckpt, out
 
 
-def main() -> None:
+def recipe_table(t: Any, rows: list[dict[str, Any]], fit: list[dict[str, Any]], scores: dict[str, dict[str, Any]],
+                 *, healthy_lr: float, reps: int) -> tuple[dict[str, dict[str, Any]], str | None, list[int] | None, list[str] | None]:
+    """One target's honest table over ``rows``: each checkpoint's scores (``scores``: row label → {adapter id: score
+    vector}) beside the hyperparameter-only baselines (ridge, and trees where scikit-learn is installed) fitted on
+    ``fit``, with Kendall τ on the healthy rows (lr ≤ ``healthy_lr``, regression) and the paired bootstrap CI against
+    the best row (`lolscan.evaluation.compare.compare_rows`). Returns (table, best row, healthy positions, recipe
+    columns); without an lr column there are no baseline rows and the columns are None."""
     import numpy as np
 
+    from lolscan.baseline import truth
     from lolscan.evaluation.compare import (compare_rows, fit_hp_baseline, gbt_available, healthy_rows,
                                             recipe_columns, recipe_matrix)
 
+    y, y_fit = (truth(t, [r[t.column] for r in rs]) for rs in (rows, fit))  # units; 0/1 labels or class indices
+    runs = {}
+    for label, s in scores.items():
+        ck = np.stack([s[r["id"]] for r in rows])
+        runs[label] = [ck.reshape(-1) if t.kind in ("regression", "binary") else ck]
+    cols = recipe_columns(list(dict.fromkeys(k for r in fit for k in r)), t.column, t.kind, t.labels)
+    if cols is not None:
+        models = ["gbt", "ridge"] if gbt_available() else ["ridge"]
+        base = fit_hp_baseline(t.kind, recipe_matrix(fit, cols), y_fit, recipe_matrix(rows, cols), cols,
+                               classes=len(t.labels), models=models)
+        runs |= {BASELINE_NAMES[m]: [p] for m, p in base.items()}
+    healthy = healthy_rows([r["lr"] for r in rows], healthy_lr) if t.kind == "regression" and cols else None
+    table, best = compare_rows(t.kind, y, runs, healthy=healthy, reps=reps)
+    return table, best, healthy, cols
+
+
+def print_table(table: dict[str, dict[str, Any]], best: str | None) -> None:
+    """`recipe_table`'s rows, best first, each with its difference to the best row and that CI."""
+    for name, s in sorted(table.items(), key=lambda kv: -kv[1]["mean"]):
+        ci = "best row" if name == best else f"{s['diff']:+.3f} [{s['ci95'][0]:+.3f}, {s['ci95'][1]:+.3f}]"
+        tau = f"  healthy τ {s['tau_healthy']:.3f}" if "tau_healthy" in s else ""
+        print(f"  {name:40s} {s['metric']} {s['mean']:.3f}{tau}  row − {best}: {ci}")
+
+
+def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("old", type=Path, help="the manifest of the LoRAs before (the baselines are fitted on all of it)")
     ap.add_argument("manifest", type=Path, help="a zoo's manifest.jsonl (its adapters beside it)")
@@ -64,33 +98,16 @@ def main() -> None:
     if not fresh:
         sys.exit(f"error: every row of {args.manifest} is in {args.old}: no new LoRAs")
     ckpt, scores = checkpoint_scores(args.manifest, args.model, {r["id"] for r in fresh})
-    models = ["gbt", "ridge"] if gbt_available() else ["ridge"]
-    names = {"gbt": "hp-trees", "ridge": "hp-ridge"}
     for t in ckpt.targets:
         rows = [r for r in fresh if r.get(t.column) is not None and r["id"] in scores[t.name]]
         fit = [r for r in old if r.get(t.column) is not None]
-        if t.kind == "regression":  # in units (`Target.encode` gives the model's space: a log target's logs)
-            y_new, y_fit = (np.array([float(r[t.column]) for r in rs]) for rs in (rows, fit))
-        else:  # 0/1 per label (multilabel), a class index (multiclass), 0/1 (binary)
-            y_new, y_fit = (t.encode([r[t.column] for r in rs])[0].numpy().astype(float) for rs in (rows, fit))
-            if t.kind in ("multiclass", "binary"):
-                y_new, y_fit = y_new.reshape(-1), y_fit.reshape(-1)
-        cols = recipe_columns(list(dict.fromkeys(k for r in fit for k in r)), t.column, t.kind, t.labels)
+        table, best, healthy, cols = recipe_table(t, rows, fit, {ckpt.name: scores[t.name]},
+                                                  healthy_lr=args.healthy_lr, reps=args.bootstrap)
         if cols is None:
             sys.exit("error: no lr column: no recipe to fit a baseline on")
-        base = fit_hp_baseline(t.kind, recipe_matrix(fit, cols), y_fit, recipe_matrix(rows, cols), cols,
-                               classes=len(t.labels), models=models)
-        ck = np.stack([scores[t.name][r["id"]] for r in rows])
-        runs = {ckpt.name: [ck.reshape(-1) if t.kind in ("regression", "binary") else ck]} | {names[m]: [p] for m, p in base.items()}
-        healthy = healthy_rows([r["lr"] for r in rows], args.healthy_lr) if t.kind == "regression" else None
-        table, best = compare_rows(t.kind, y_new, runs, healthy=healthy, reps=args.bootstrap)
         print(f"{t.name}: {len(rows)} new LoRAs ({len(healthy or [])} healthy), baselines fitted on {len(fit)} "
               f"earlier rows; recipe columns: {', '.join(cols)}")
-        for name, s in sorted(table.items(), key=lambda kv: -kv[1]["mean"]):
-            ci = "best row" if name == best else f"{s['diff']:+.3f} [{s['ci95'][0]:+.3f}, {s['ci95'][1]:+.3f}]"
-            tau = f"  healthy τ {s['tau_healthy']:.3f}" if "tau_healthy" in s else ""
-            print(f"  {name:40s} {s['metric']} {s['mean']:.3f}{tau}  row − {best}: {ci}")
-
+        print_table(table, best)
 
 if __name__ == "__main__":
     main()
